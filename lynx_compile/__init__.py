@@ -1,0 +1,18 @@
+"""lynx-compile: a torch.compile backend for online N:M activation sparsity in Diffusion Transformers (RT-Lynx).
+
+    import lynx_compile
+    compiled = torch.compile(transformer, backend="lynx")
+    print(lynx_compile.explain(transformer, **inputs))
+"""
+
+from . import ops  # noqa: F401  (registers the torch.ops.lynx custom ops)
+from .backend import lynx_backend, register
+from .config import LynxConfig, parse_options
+from .explain import explain
+from .report import LayerRecord, Report, collect_reports
+
+__version__ = "0.1.0"
+
+register()
+
+__all__ = ["LayerRecord", "LynxConfig", "Report", "collect_reports", "explain", "lynx_backend", "parse_options"]

@@ -1,0 +1,89 @@
+"""The `lynx` torch.compile backend: Dynamo's FX graph → lynx passes → Inductor.
+
+    torch.compile(transformer, backend="lynx")                                   # simulate 2:4 + norm, Inductor
+    torch.compile(transformer, backend="lynx", mode="reduce-overhead")           # + CUDA graphs
+    torch.compile(transformer, backend="lynx", options={"execution": "dense"})   # A/B baseline
+
+The backend stays thin: parse options into `LynxConfig`, run the passes, publish the decisions, hand the graph to
+`compile_fx` with `LowerSparseLinears` installed for this compile only. A failing lynx pass never breaks the user's
+model: the graph compiles unchanged, with a warning, unless ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Callable
+
+import torch
+import torch.fx
+
+from .config import LynxConfig, parse_options
+from .passes import PassContext, run_passes
+from .report import publish
+
+logger = logging.getLogger(__name__)
+
+BACKEND_NAME = "lynx"
+_LOWERING_SLOT = "post_grad_custom_post_pass"
+
+
+def lynx_backend(
+    gm: torch.fx.GraphModule,
+    example_inputs: list[Any],
+    *,
+    mode: str | None = None,
+    options: dict[str, Any] | LynxConfig | None = None,
+) -> Callable[..., Any]:
+    """Entry point that torch.compile calls; `mode` and `options` arrive as torch.compile was given them."""
+    return compile_graph(gm, example_inputs, parse_options(options, mode))
+
+
+def apply_lynx_passes(gm: torch.fx.GraphModule, config: LynxConfig) -> tuple[torch.fx.GraphModule, PassContext]:
+    """Run the lynx passes on a Dynamo graph and publish the decisions; on failure return the graph unchanged."""
+    before = str(gm.graph)
+    original = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    ctx = PassContext(config)
+    if config.execution == "sparse":
+        logger.warning("lynx: execution='sparse' has no sparse-tensor-core path yet; simulating instead")
+    try:
+        gm = run_passes(gm, ctx)
+    except Exception as error:
+        if config.strict:
+            raise
+        logger.warning("lynx: passes failed (%s: %s); compiling this graph without lynx", type(error).__name__, error)
+        gm, ctx = original, PassContext(config)
+    publish(ctx.sites, before, str(gm.graph))
+    sparse = sum(site.decision == "sparse" for site in ctx.sites)
+    logger.info("lynx: %d/%d linears sparsified in this graph", sparse, len(ctx.sites))
+    return gm, ctx
+
+
+def compile_graph(
+    gm: torch.fx.GraphModule, example_inputs: list[Any], config: LynxConfig, *, inductor: bool = True
+) -> Callable[..., Any]:
+    """Rewrite with lynx, then compile with Inductor (or, with ``inductor=False``, run the rewritten graph eagerly)."""
+    gm, ctx = apply_lynx_passes(gm, config)
+    if not inductor:
+        return gm.forward
+    from torch._inductor.compile_fx import compile_fx
+
+    from .passes.lower_sparse_linears import LowerSparseLinears
+
+    patches = config.inductor_patches()
+    if _LOWERING_SLOT in patches:
+        raise ValueError(f"lynx: Inductor option {_LOWERING_SLOT!r} is used by lynx itself and cannot be forwarded")
+    if ctx.rewrites:
+        patches[_LOWERING_SLOT] = LowerSparseLinears(config)
+    return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def register() -> None:
+    """Register the backend under "lynx"; importing twice, or after the entry point registered it, is harmless."""
+    from torch._dynamo.backends import registry
+
+    if BACKEND_NAME in registry._COMPILER_FNS:
+        return
+    if registry._BACKENDS.get(BACKEND_NAME) is not None:
+        return  # the entry point is known; lookup_backend loads and registers it, and would assert on a duplicate
+    registry.register_backend(lynx_backend, name=BACKEND_NAME)

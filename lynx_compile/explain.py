@@ -1,0 +1,37 @@
+"""`explain(model, *args, options=None, **kwargs) -> Report`: what lynx would do to a model, and why.
+
+It captures the model with Dynamo, runs the lynx passes exactly as the backend does, and runs the rewritten graph
+eagerly (Inductor's code generation is skipped: it changes speed, not decisions). The report lists every matched
+linear with its sizes, decision, reason and share of linear FLOPs, plus each FX graph before and after the rewrite.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from .backend import compile_graph
+from .config import LynxConfig, parse_options
+from .report import Report, collect_reports
+
+
+def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxConfig | None = None,
+            **kwargs: Any) -> Report:  # fmt: skip
+    """Trace `model(*args, **kwargs)` under lynx and return the per-linear decisions.
+
+    >>> report = lynx_compile.explain(transformer, **inputs, options={"exclude": ["*.proj_out"]})
+    >>> print(report)          # aligned table + summary line
+    >>> report.to_json()       # the same, machine-readable, with the graphs before and after
+    """
+    config = parse_options(options)
+    backend = functools.partial(compile_graph, config=config, inductor=False)
+    with collect_reports() as report, torch.no_grad():
+        torch.compile(model, backend=backend)(*args, **kwargs)
+    if not report.graphs:
+        raise RuntimeError(
+            "lynx.explain: Dynamo compiled no graph (recompile limit reached for this model's forward? "
+            "call torch.compiler.reset() and try again)"
+        )
+    return report

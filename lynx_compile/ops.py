@@ -1,0 +1,103 @@
+"""The lynx custom ops that the graph passes emit, with the fake implementations Dynamo, AOT and Inductor trace.
+
+- ``lynx::sparse_linear(x, weight, bias, n, m, norm_compensation, min_tokens)``: what the rewrite pass puts where a
+  chosen linear was. It is the unit of decision: its eager body runs the method as simulation (prune, dense GEMM,
+  per-row scale, bias), and the Inductor pass `lower_sparse_linears` replaces it by its parts so Inductor can fuse
+  the epilogue. The sparse-tensor-core path plugs in at that lowering.
+- ``lynx::nm_prune(x, n, m) -> (pruned, scale)``: the Triton kernel on CUDA, the reference elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
+
+
+@torch.library.custom_op("lynx::nm_prune", mutates_args=())
+def nm_prune_op(x: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return nm_prune(x, n, m)
+
+
+@nm_prune_op.register_fake
+def _(x: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((x.shape[0],), dtype=torch.float32)
+
+
+PruneFn = Callable[[torch.Tensor, int, int], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def simulated_sparse_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    n: int,
+    m: int,
+    norm_compensation: bool,
+    prune: PruneFn,
+) -> torch.Tensor:
+    """y = s ⊙ (prune(x) · Wᵀ) + b, with x flattened to (tokens, K). Shared by the op's body and its lowering."""
+    in_features = weight.shape[1]
+    rows = x.reshape(-1, in_features)
+    pruned, scale = prune(rows, n, m)
+    out = torch.mm(pruned, weight.t())
+    if norm_compensation:
+        out = (out.float() * scale.unsqueeze(1)).to(out.dtype)
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+@torch.library.custom_op("lynx::sparse_linear", mutates_args=())
+def sparse_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    n: int,
+    m: int,
+    norm_compensation: bool,
+    min_tokens: int,
+) -> torch.Tensor:
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if rows < min_tokens:  # only reachable with a symbolic token count; static counts are decided at compile time
+        return F.linear(x, weight, bias)
+    return simulated_sparse_linear(x, weight, bias, n, m, norm_compensation, nm_prune)
+
+
+@sparse_linear.register_fake
+def _(x, weight, bias, n, m, norm_compensation, min_tokens):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+# Gradients (straight-through): the mask and the scale are held constant, so y = s ⊙ (x ⊙ mask)·Wᵀ + b is linear in
+# x, W and b. Inference is the target; this exists so that compiling a model whose parameters require grad works.
+def _setup_backward(ctx, inputs, output):
+    x, weight, bias, n, m, norm_compensation, min_tokens = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.options = (bias is not None, n, m, norm_compensation, min_tokens)
+
+
+def _backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    has_bias, n, m, norm_compensation, min_tokens = ctx.options
+    rows = x.reshape(-1, weight.shape[1])
+    grad_rows = grad_out.reshape(-1, weight.shape[0])
+    if rows.shape[0] >= min_tokens:
+        keep = nm_keep_mask_ref(rows, n, m)
+        pruned = torch.where(keep, rows, 0)
+        if norm_compensation:
+            grad_rows = (grad_rows.float() * norm_scale_ref(rows, keep).unsqueeze(1)).to(grad_rows.dtype)
+    else:
+        keep, pruned = None, rows
+    grad_x = grad_rows @ weight
+    if keep is not None:
+        grad_x = torch.where(keep, grad_x, 0)
+    grad_weight = grad_rows.t() @ pruned
+    grad_bias = grad_out.reshape(-1, weight.shape[0]).sum(0) if has_bias else None
+    return grad_x.reshape(x.shape), grad_weight, grad_bias, None, None, None, None
+
+
+sparse_linear.register_autograd(_backward, setup_context=_setup_backward)

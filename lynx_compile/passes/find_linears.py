@@ -1,0 +1,94 @@
+"""Find every linear whose weight is a module parameter, in any form Dynamo records it.
+
+diffusers goes through `nn.Linear` (`torch._C._nn.linear` in the graph), but hand-written blocks also spell a
+linear as `x @ w.t()`, `torch.matmul(x, w.T)` or `torch.addmm(b, x, w.t())`; a fused QKV is just a wider linear.
+All of them become one `LinearSite` carrying the parameter itself (not its transpose), the owning module's
+qualified name and the sizes the decision needs. Matmuls between two activations (attention) are not linears.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+
+import torch
+import torch.fx
+
+from .utils import LinearSite, PassContext, fake_value, linear_name
+
+logger = logging.getLogger(__name__)
+
+_LINEAR_FUNCTIONS = {torch._C._nn.linear, torch.nn.functional.linear}
+_MATMUL_FUNCTIONS = {torch.matmul, torch.mm, operator.matmul}
+_MATMUL_METHODS = {"matmul", "mm", "__matmul__"}
+_TRANSPOSE_FUNCTIONS = {torch.t, torch.transpose, torch.permute, torch.Tensor.t}
+_SWAP_LAST_TWO = ((0, 1), (1, 0), (-1, -2), (-2, -1), (0, -1), (-1, 0), (1, -2), (-2, 1))
+
+
+def _untransposed(node: object) -> torch.fx.Node | None:
+    """If `node` is the 2-D transpose of another node (w.t(), w.T, w.transpose(0, 1), w.permute(1, 0)), return w."""
+    if not isinstance(node, torch.fx.Node):
+        return None
+    source, rest = (node.args[0], node.args[1:]) if node.args else (None, ())
+    if node.op == "call_function" and node.target is getattr and rest in (("T",), ("mT",)):
+        return source
+    is_method = node.op == "call_method" and node.target in ("t", "transpose", "permute")
+    is_function = node.op == "call_function" and node.target in _TRANSPOSE_FUNCTIONS
+    if not (is_method or is_function) or node.kwargs:
+        return None
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):  # permute((1, 0))
+        rest = tuple(rest[0])
+    if rest == () or tuple(rest) in _SWAP_LAST_TWO:
+        return source
+    return None
+
+
+def _operands(node: torch.fx.Node) -> tuple[str, object, object, object] | None:
+    """(form, x, weight-as-stored (N, K), bias) for a node that computes a linear, else None."""
+    args, kwargs = node.args, node.kwargs
+    if node.op == "call_function" and node.target in _LINEAR_FUNCTIONS:
+        x = args[0] if args else kwargs.get("input")
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        return "linear", x, weight, bias
+    is_matmul = (node.op == "call_function" and node.target in _MATMUL_FUNCTIONS) or (
+        node.op == "call_method" and node.target in _MATMUL_METHODS
+    )
+    if is_matmul and len(args) == 2 and not kwargs:
+        return "matmul", args[0], _untransposed(args[1]), None
+    is_addmm = (node.op == "call_function" and node.target is torch.addmm) or (
+        node.op == "call_method" and node.target == "addmm"
+    )
+    scaled = any(kwargs.get(k, 1) != 1 for k in ("beta", "alpha"))
+    if is_addmm and len(args) == 3 and not scaled and set(kwargs) <= {"beta", "alpha"}:
+        return "addmm", args[1], _untransposed(args[2]), args[0]
+    return None
+
+
+def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+    """Record a `LinearSite` for each linear with a module-parameter weight (the graph is left unchanged)."""
+    for node in gm.graph.nodes:
+        operands = _operands(node)
+        if operands is None:
+            continue
+        form, x, weight, bias = operands
+        if not isinstance(weight, torch.fx.Node) or not isinstance(x, torch.fx.Node):
+            continue
+        name = linear_name(weight, gm)
+        x_value, weight_value = fake_value(x), fake_value(weight)
+        if name is None or not isinstance(x_value, torch.Tensor) or getattr(weight_value, "ndim", 0) != 2:
+            logger.debug("lynx: %s (%s) is not a linear over a module parameter", node.name, form)
+            continue
+        if bias is not None and not isinstance(bias, torch.fx.Node):
+            continue  # a constant bias is legal torch but never produced by a module; leave it alone
+        out_features, in_features = (int(s) for s in weight_value.shape)
+        tokens = math.prod(x_value.shape[:-1]) if x_value.ndim > 1 else 1
+        ctx.sites.append(
+            LinearSite(
+                node=node, x=x, weight=weight, bias=bias, form=form, name=name, tokens=tokens,
+                in_features=in_features, out_features=out_features, dtype=x_value.dtype, device=x_value.device,
+            )
+        )  # fmt: skip
+    logger.debug("lynx: found %d linears", len(ctx.sites))
+    return gm

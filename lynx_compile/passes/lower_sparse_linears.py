@@ -1,0 +1,76 @@
+"""Inductor post-grad pass: lower each `lynx::sparse_linear` into prune → mm → scale → bias.
+
+The Dynamo-level rewrite leaves one opaque node per sparsified linear, which keeps decisions visible and the graph
+small through AOT. Opaque, though, it would run as an extern call with its GEMM and epilogue hidden from Inductor.
+Lowered here, Inductor picks the GEMM and fuses the per-row scale and the bias into one pointwise epilogue; only
+`lynx::nm_prune` stays opaque. This is also where the sparse-tensor-core path will replace the mm.
+
+A node whose token count is symbolic and not provably ≥ min_tokens keeps its run-time dense fallback and is left
+opaque. The pass is a `CustomGraphPass` whose uuid hashes this file, the op definitions and the lynx config, so
+Inductor's FX graph cache never serves a graph lowered under other settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.fx
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._inductor.pattern_matcher import (
+    CallFunction,
+    KeywordArg,
+    Match,
+    PatternMatcherPass,
+    register_graph_pattern,
+)
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from .. import ops
+from ..config import LynxConfig
+
+logger = logging.getLogger(__name__)
+
+_PATTERNS = PatternMatcherPass(pass_name="lynx_lower_sparse_linears")
+_ARG_NAMES = ("x", "weight", "bias", "n", "m", "norm_compensation", "min_tokens")
+
+
+def _token_count_known_large_enough(match: Match) -> bool:
+    x = match.kwargs["x"].meta["val"]
+    return bool(statically_known_true(math.prod(x.shape[:-1]) >= match.kwargs["min_tokens"]))
+
+
+@functools.cache
+def _register_patterns() -> None:
+    pattern = CallFunction(torch.ops.lynx.sparse_linear.default, *(KeywordArg(name) for name in _ARG_NAMES))
+
+    @register_graph_pattern(pattern, extra_check=_token_count_known_large_enough, pass_dict=_PATTERNS)
+    def _lower(match: Match, x, weight, bias, n, m, norm_compensation, min_tokens):
+        def lowered(x, weight, *maybe_bias):
+            bias_value = maybe_bias[0] if maybe_bias else None
+            return ops.simulated_sparse_linear(
+                x, weight, bias_value, n, m, norm_compensation, torch.ops.lynx.nm_prune.default
+            )
+
+        match.replace_by_example(lowered, [x, weight] + ([bias] if bias is not None else []))
+
+
+class LowerSparseLinears(CustomGraphPass):
+    """Installed per compile as Inductor's `post_grad_custom_post_pass` (never in global config)."""
+
+    def __init__(self, config: LynxConfig) -> None:
+        self.config = config
+        self.lowered = 0
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        _register_patterns()
+        self.lowered = _PATTERNS.apply(graph)
+        logger.debug("lynx: lowered %d lynx::sparse_linear nodes for Inductor", self.lowered)
+
+    def uuid(self) -> bytes:
+        package = Path(__file__).resolve().parent.parent
+        files = (Path(__file__), package / "ops.py", package / "kernels" / "nm_prune.py")
+        return get_hash_for_files(tuple(str(f) for f in files)) + self.config.cache_key().encode()

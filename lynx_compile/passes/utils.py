@@ -1,0 +1,103 @@
+"""What the lynx passes share: the per-linear record they fill in, and helpers to read Dynamo's FX graphs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+
+from ..config import LynxConfig
+
+
+@dataclass
+class LinearSite:
+    """One weight linear found in the graph: y = x·Wᵀ (+ b), whatever FX form it had."""
+
+    node: torch.fx.Node  # the node computing y
+    x: torch.fx.Node
+    weight: torch.fx.Node  # the parameter itself (placeholder or get_attr), never its transpose
+    bias: torch.fx.Node | None
+    form: str  # "linear" | "matmul" | "addmm": the source form, for the report
+    name: str  # module qualified name ("transformer_blocks.3.ff.net.2"); a non-"weight" parameter adds its own
+    tokens: Any  # M: int, or a SymInt when Dynamo made the token count dynamic
+    in_features: int  # K
+    out_features: int  # N
+    dtype: torch.dtype
+    device: torch.device
+    decision: str = "undecided"  # "sparse" | "dense"
+    reason: str = ""
+
+    @property
+    def flops(self) -> int:
+        return 2 * concrete_int(self.tokens) * self.in_features * self.out_features
+
+
+@dataclass
+class PassContext:
+    """State handed from pass to pass for one graph."""
+
+    config: LynxConfig
+    sites: list[LinearSite] = field(default_factory=list)
+    rewrites: int = 0
+
+
+def fake_value(node: Any) -> Any:
+    """The fake tensor (or SymInt) Dynamo or AOT recorded for a node; None for constants and unknowns."""
+    if not isinstance(node, torch.fx.Node):
+        return None
+    return node.meta.get("example_value", node.meta.get("val"))
+
+
+def concrete_int(value: Any) -> int:
+    """An int for a size: itself, or a SymInt's example hint."""
+    if isinstance(value, torch.SymInt):
+        return int(value.node.hint) if value.node.has_hint() else 0
+    return int(value)
+
+
+_MODULE_KEY = re.compile(r"\._modules\['([^']*)'\]|\.(\w+)|\[(\d+)\]")
+_PARAMETER_KEY = re.compile(r"_parameters\['([^']*)'\]$")
+
+
+def linear_name(weight: torch.fx.Node, gm: torch.fx.GraphModule) -> str | None:
+    """Name of the linear whose weight `weight` is; None when it is not a module parameter.
+
+    The owning module's qualified name for the usual ``<module>.weight`` (``transformer_blocks.3.ff.net.2``), the
+    parameter's own qualified name otherwise (``blocks.0.w_qkv``). Dynamo lifts parameters to placeholders whose
+    source reads like ``L['self']._modules['blocks']._modules['0']._parameters['weight']``; FX-traced graphs keep
+    them as get_attr.
+    """
+    path = _parameter_path(weight, gm)
+    if path is None:
+        return None
+    owner, _, parameter = path.rpartition(".")
+    return owner if parameter == "weight" and owner else path
+
+
+def _parameter_path(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str | None:
+    if node.op == "get_attr":
+        return str(node.target) if isinstance(_resolve(gm, str(node.target)), torch.nn.Parameter) else None
+    if node.op != "placeholder":
+        return None
+    graph_arg = node.meta.get("grapharg")
+    source = getattr(graph_arg, "source", None)
+    if source is None or not isinstance(getattr(graph_arg, "example", None), torch.nn.Parameter):
+        return None
+    source_name = source.name() if callable(source.name) else source.name
+    parameter = _PARAMETER_KEY.search(source_name)
+    if parameter is None:
+        return None
+    root_end = source_name.find("]") + 1  # drop the root local/global, e.g. L['self']
+    modules = source_name[root_end : parameter.start()]
+    parts = [next(g for g in match.groups() if g is not None) for match in _MODULE_KEY.finditer(modules)]
+    return ".".join([*parts, parameter.group(1)])
+
+
+def _resolve(root: torch.nn.Module, target: str) -> Any:
+    value: Any = root
+    for part in target.split("."):
+        value = getattr(value, part, None)
+    return value

@@ -1,0 +1,119 @@
+"""What lynx decided, per linear, for every graph it compiled: the data behind `explain` and the backend's log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+from .passes.utils import LinearSite
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    name: str  # qualified name of the module owning the weight
+    tokens: int | str  # M; a symbolic expression (e.g. "2*s0") when Dynamo made it dynamic
+    in_features: int  # K
+    out_features: int  # N
+    dtype: str
+    decision: str  # "sparse" | "dense"
+    reason: str
+    form: str  # how the graph spelled it: "linear" | "matmul" | "addmm"
+    flops: int  # 2·M·K·N, with a symbolic M at its example value
+    flop_share: float = 0.0  # of all matched linears in the report
+    graph: int = 0  # index of the Dynamo graph it was found in
+
+    @classmethod
+    def from_site(cls, site: LinearSite, graph: int) -> LayerRecord:
+        return cls(
+            name=site.name, tokens=site.tokens if isinstance(site.tokens, int) else str(site.tokens),
+            in_features=site.in_features, out_features=site.out_features, dtype=str(site.dtype).removeprefix("torch."),
+            decision=site.decision, reason=site.reason, form=site.form, flops=site.flops, graph=graph,
+        )  # fmt: skip
+
+
+@dataclass
+class GraphRecord:
+    before: str  # Dynamo's FX graph as lynx received it
+    after: str  # the same after the lynx passes
+
+
+@dataclass
+class Report:
+    layers: list[LayerRecord] = field(default_factory=list)
+    graphs: list[GraphRecord] = field(default_factory=list)
+
+    def add_graph(self, sites: list[LinearSite], before: str, after: str) -> None:
+        index = len(self.graphs)
+        self.graphs.append(GraphRecord(before, after))
+        self.layers.extend(LayerRecord.from_site(site, index) for site in sites)
+        total = sum(layer.flops for layer in self.layers) or 1
+        self.layers = [_with_share(layer, layer.flops / total) for layer in self.layers]
+
+    @property
+    def sparse_layers(self) -> list[LayerRecord]:
+        return [layer for layer in self.layers if layer.decision == "sparse"]
+
+    @property
+    def sparse_flop_share(self) -> float:
+        return sum(layer.flop_share for layer in self.sparse_layers)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.sparse_layers)}/{len(self.layers)} linears sparsified, "
+            f"{100 * self.sparse_flop_share:.1f}% of linear FLOPs, in {len(self.graphs)} graph(s)"
+        )
+
+    def to_json(self, indent: int | None = 2) -> str:
+        data = {"summary": self.summary(), "layers": [asdict(layer) for layer in self.layers],
+                "graphs": [asdict(graph) for graph in self.graphs]}  # fmt: skip
+        return json.dumps(data, indent=indent)
+
+    def __str__(self) -> str:
+        header = ("layer", "M", "K", "N", "dtype", "decision", "FLOPs %", "reason")
+        rows = [
+            (layer.name, str(layer.tokens), str(layer.in_features), str(layer.out_features), layer.dtype,
+             layer.decision, f"{100 * layer.flop_share:.1f}", layer.reason)
+            for layer in self.layers
+        ]  # fmt: skip
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+        numeric = {1, 2, 3, 6}
+
+        def line(row: tuple[str, ...]) -> str:
+            cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+            return "  ".join(cells + [row[-1]]).rstrip()
+
+        rule = "-" * (sum(widths) + 2 * len(widths) + len(header[-1]))
+        return "\n".join([line(header), rule, *map(line, rows), rule, self.summary()])
+
+
+def _with_share(layer: LayerRecord, share: float) -> LayerRecord:
+    return LayerRecord(**{**asdict(layer), "flop_share": share})
+
+
+_active_reports: list[Report] = []
+
+
+@contextlib.contextmanager
+def collect_reports() -> Iterator[Report]:
+    """Collect what every lynx compile inside the block decided:
+
+    >>> with collect_reports() as report:
+    ...     compiled(x)
+    >>> print(report)
+    """
+    report = Report()
+    _active_reports.append(report)
+    try:
+        yield report
+    finally:
+        _active_reports.remove(report)
+
+
+def publish(sites: list[LinearSite], before: str, after: str) -> None:
+    for report in _active_reports:
+        report.add_graph(sites, before, after)
+
+
+__all__ = ["GraphRecord", "LayerRecord", "Report", "collect_reports"]
