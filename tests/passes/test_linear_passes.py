@@ -1,0 +1,184 @@
+"""find_linears → decide_linears → rewrite_linears on small FX graphs: every linear form, and what is not a linear."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+import lynx_compile  # noqa: F401
+from lynx_compile.config import LynxConfig
+from lynx_compile.kernels.nm_prune import nm_prune_ref
+from lynx_compile.ops import simulated_sparse_linear
+from lynx_compile.passes import PassContext, run_passes
+from lynx_compile.passes.decide_linears import decide_linears
+from lynx_compile.passes.find_linears import find_linears
+
+SPARSE_OP = torch.ops.lynx.sparse_linear.default
+
+
+def traced(module, *inputs):
+    """An FX graph with fake values on every node, parameters as get_attr (as FX tracing leaves them)."""
+    gm = torch.fx.symbolic_trace(module)
+    FakeTensorProp(gm, FakeTensorMode(allow_non_fake_inputs=True)).propagate(*inputs)
+    return gm
+
+
+class OneLinear(nn.Module):
+    """proj as a linear spelled `form`, optionally after something that is not a linear."""
+
+    def __init__(self, form, k=16, n=32, bias=True):
+        super().__init__()
+        self.form = form
+        self.proj = nn.Linear(k, n, bias=bias)
+
+    def forward(self, x):
+        w, b = self.proj.weight, self.proj.bias
+        if self.form == "linear":
+            return F.linear(x, w, b)
+        if self.form == "matmul_t":
+            return x @ w.t()
+        if self.form == "matmul_T":
+            return torch.matmul(x, w.T)
+        if self.form == "matmul_transpose":
+            return x.matmul(w.transpose(0, 1))
+        if self.form == "matmul_permute":
+            return x @ w.permute(1, 0)
+        if self.form == "addmm":
+            return torch.addmm(b, x.flatten(0, 1), w.t()).view(x.shape[0], x.shape[1], -1)
+        raise AssertionError(self.form)
+
+
+FORMS = ["linear", "matmul_t", "matmul_T", "matmul_transpose", "matmul_permute", "addmm"]
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_form_is_found_rewritten_and_simulated(form):
+    module = OneLinear(form)
+    x = torch.randn(2, 24, 16)
+    gm = traced(module, x)
+    ctx = PassContext(LynxConfig())
+    gm = run_passes(gm, ctx)
+    (site,) = ctx.sites
+    assert (site.name, site.tokens, site.in_features, site.out_features) == ("proj", 48, 16, 32)
+    assert site.decision == "sparse", site.reason
+    targets = [node.target for node in gm.graph.nodes if node.op == "call_function"]
+    assert targets.count(SPARSE_OP) == 1
+    assert not any(node.op == "call_method" and node.target in ("t", "transpose", "permute") for node in gm.graph.nodes)
+    bias = module.proj.bias if form in ("linear", "addmm") else None
+    expected = simulated_sparse_linear(x, module.proj.weight, bias, 2, 4, True, nm_prune_ref)
+    torch.testing.assert_close(gm(x), expected, rtol=0, atol=0)
+
+
+class NotLinears(nn.Module):
+    """Attention-style matmuls, an untransposed weight, a scaled addmm, a buffer weight: none is a weight linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(16, 16))
+        self.register_buffer("frozen", torch.randn(16, 16))
+
+    def forward(self, x, y):
+        attention = x @ y.transpose(-1, -2)
+        untransposed = x @ self.w
+        scaled = torch.addmm(x[0], x[0], self.w.t(), beta=2.0)
+        from_buffer = F.linear(x, self.frozen)
+        return attention.sum() + untransposed.sum() + scaled.sum() + from_buffer.sum()
+
+
+def test_non_linears_are_not_matched():
+    x, y = torch.randn(2, 16, 16), torch.randn(2, 16, 16)
+    ctx = PassContext(LynxConfig())
+    gm = run_passes(traced(NotLinears(), x, y), ctx)
+    assert ctx.sites == []
+    assert SPARSE_OP not in [node.target for node in gm.graph.nodes]
+
+
+def _decide(module, x, **options):
+    ctx = PassContext(LynxConfig(**options))
+    gm = traced(module, x)
+    decide_linears(find_linears(gm, ctx), ctx)
+    (site,) = ctx.sites
+    return site.decision, site.reason
+
+
+@pytest.mark.parametrize(
+    "k, n, tokens, dtype, options, reason",
+    [
+        (16, 32, 48, torch.float32, {"exclude": ("pro*",)}, "excluded by 'pro*'"),
+        (16, 32, 48, torch.float32, {"include": ("blocks.*",)}, "not matched by include"),
+        (16, 32, 48, torch.float32, {"execution": "dense"}, "execution='dense'"),
+        (18, 32, 48, torch.float32, {}, "K=18 not a multiple of m=4"),
+        (16, 32, 48, torch.float32, {"m": 8, "n": 4}, None),
+        (12, 32, 48, torch.float32, {}, "features K=12, N=32 < min_features=16"),
+        (16, 8, 48, torch.float32, {}, "features K=16, N=8 < min_features=16"),
+        (16, 32, 1, torch.float32, {}, "tokens M=1 < min_tokens=16"),
+        (16, 32, 1, torch.float32, {"min_tokens": 0}, None),
+        (16, 32, 48, torch.float64, {}, "dtype torch.float64 unsupported"),
+    ],
+)
+def test_decision_rules(k, n, tokens, dtype, options, reason):
+    module = OneLinear("linear", k, n).to(dtype)
+    decision, why = _decide(module, torch.randn(tokens, k, dtype=dtype), **options)
+    if reason is None:
+        assert decision == "sparse", why
+    else:
+        assert (decision, why) == ("dense", reason)
+
+
+def test_mixed_dtypes_stay_dense():
+    module = OneLinear("linear").to(torch.bfloat16)
+
+    class Upcast(nn.Module):
+        def forward(self, x):
+            return F.linear(x, module.proj.weight.float())
+
+    ctx = PassContext(LynxConfig())
+    run_passes(traced(Upcast(), torch.randn(48, 16)), ctx)
+    assert ctx.sites == []  # a cast weight is an activation, not a parameter: nothing to decide
+
+    decision, why = _decide(module, torch.randn(48, 16))
+    assert (decision, why) == ("dense", "input dtype torch.float32 != weight dtype torch.bfloat16")
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ff = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.qkv = nn.Parameter(torch.randn(48, 16) / 4)
+
+    def forward(self, x):
+        return self.ff(x) + (x @ self.qkv.t())[..., :16]
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(), Block()])
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_names_are_recovered_from_dynamo_placeholders():
+    captured = []
+
+    def capture(gm, example_inputs):
+        ctx = PassContext(LynxConfig())
+        captured.append((run_passes(gm, ctx), ctx))
+        return gm.forward
+
+    model, x = Tiny(), torch.randn(2, 12, 16)
+    with torch.no_grad():
+        out = torch.compile(model, backend=capture, fullgraph=True)(x)
+    ((gm, ctx),) = captured
+    names = [site.name for site in ctx.sites]
+    assert names == ["blocks.0.ff.0", "blocks.0.ff.2", "blocks.0.qkv", "blocks.1.ff.0", "blocks.1.ff.2", "blocks.1.qkv"]
+    assert [site.form for site in ctx.sites] == ["linear", "linear", "matmul"] * 2
+    linear_modules = {name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
+    assert linear_modules <= set(names)
+    assert sum(node.target is SPARSE_OP for node in gm.graph.nodes) == len(names)
+    assert out.shape == x.shape and torch.isfinite(out).all()

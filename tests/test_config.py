@@ -1,0 +1,64 @@
+import dataclasses
+
+import pytest
+
+from lynx_compile.config import LynxConfig, parse_options
+
+
+def test_defaults_are_2_4_simulate_with_norm():
+    config = parse_options(None)
+    assert (config.execution, config.n, config.m, config.norm_compensation) == ("simulate", 2, 4, True)
+    assert config.inductor_patches() == {}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [LynxConfig(), LynxConfig(execution="dense", n=1, m=4, include=("a.*",), exclude=("*.proj_out",), min_tokens=0),
+     LynxConfig(mode="reduce-overhead", inductor={"max_autotune": True}, strict=True)],
+    ids=["default", "dense-1:4-globs", "mode+inductor"],
+)
+def test_dict_round_trip(config):
+    assert LynxConfig.from_dict(config.to_dict()) == config
+
+
+def test_inductor_options_are_forwarded_and_lynx_options_parsed():
+    config = parse_options({"execution": "dense", "triton.cudagraphs": True, "max_autotune": False, "n": 1})
+    assert config.execution == "dense" and config.n == 1
+    assert config.inductor == {"triton.cudagraphs": True, "max_autotune": False}
+
+
+def test_unknown_option_is_rejected_with_the_valid_names():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['sparsity'\].*'execution'"):
+        parse_options({"sparsity": 0.5})
+
+
+def test_mode_reaches_inductor_through_either_route():
+    by_mode = parse_options(None, mode="reduce-overhead")
+    by_option = parse_options({"mode": "reduce-overhead", "execution": "dense"})
+    assert by_mode.inductor_patches() == by_option.inductor_patches() == {"triton.cudagraphs": True}
+    explicit = parse_options({"mode": "max-autotune", "triton.cudagraphs": False})
+    assert explicit.inductor_patches()["triton.cudagraphs"] is False  # an explicit option beats the mode's
+    assert explicit.inductor_patches()["max_autotune"] is True
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"execution": "fast"}, "execution must be one of"), ({"n": 2, "m": 3}, "power of two"),
+     ({"n": 4, "m": 4}, "1 <= n < m"), ({"min_tokens": -1}, "non-negative"), ({"mode": "turbo"}, "turbo"),
+     ({"exclude": [3]}, "glob strings")],
+)
+def test_invalid_values_are_rejected(options, message):
+    with pytest.raises(ValueError, match=message):
+        parse_options(options)
+
+
+def test_single_glob_string_becomes_a_tuple():
+    assert parse_options({"exclude": "*.proj_out"}).exclude == ("*.proj_out",)
+
+
+def test_cache_key_changes_with_every_field():
+    base = LynxConfig()
+    changed = [dataclasses.replace(base, n=1), dataclasses.replace(base, norm_compensation=False),
+               dataclasses.replace(base, exclude=("x",)), dataclasses.replace(base, execution="dense")]
+    keys = {base.cache_key(), *(c.cache_key() for c in changed)}
+    assert len(keys) == 1 + len(changed)
