@@ -1,0 +1,50 @@
+"""The Inductor post-grad lowering: what reaches generated code, and the cache identity of the pass."""
+
+import dataclasses
+
+import torch
+import torch.nn as nn
+from torch._inductor.utils import run_and_get_code
+
+import lynx_compile  # noqa: F401
+from lynx_compile.config import LynxConfig
+from lynx_compile.passes.lower_sparse_linears import LowerSparseLinears
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)).eval()
+
+
+def generated_code(model, *inputs):
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(model, backend="lynx"), *inputs)
+    return out, "\n".join(code)
+
+
+def test_static_token_count_is_lowered_to_prune_then_mm():
+    out, code = generated_code(mlp(), torch.randn(2, 12, 32))
+    calls = [line for line in code.splitlines() if "= torch.ops.lynx" in line]
+    assert len(calls) == 2 and all("torch.ops.lynx.nm_prune.default(" in line for line in calls)
+    assert "torch.ops.lynx.sparse_linear" not in code.replace("Original ATen: [lynx.sparse_linear", "")
+    assert out.shape == (2, 12, 32)
+
+
+def test_symbolic_token_count_keeps_the_opaque_op_with_its_runtime_fallback():
+    model = mlp()
+    x = torch.randn(2, 20, 32)
+    torch._dynamo.mark_dynamic(x, 1)
+    compiled = torch.compile(model, backend="lynx")
+    with torch.no_grad():
+        out, code = run_and_get_code(compiled, x)
+        assert "torch.ops.lynx.sparse_linear.default(" in "\n".join(code)
+        assert not torch.allclose(out, model(x), rtol=1e-2, atol=1e-3)  # 40 tokens: pruned
+        few = torch.randn(2, 4, 32)  # 8 tokens < min_tokens, same dynamic graph: the op runs dense
+        with torch.compiler.set_stance("fail_on_recompile"):
+            torch.testing.assert_close(compiled(few), model(few), rtol=1e-5, atol=1e-5)
+
+
+def test_uuid_follows_config_and_is_stable():
+    base = LynxConfig()
+    assert LowerSparseLinears(base).uuid() == LowerSparseLinears(LynxConfig()).uuid()
+    for changed in (dataclasses.replace(base, n=1), dataclasses.replace(base, norm_compensation=False)):
+        assert LowerSparseLinears(changed).uuid() != LowerSparseLinears(base).uuid()

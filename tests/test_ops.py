@@ -1,0 +1,65 @@
+"""The lynx custom ops: schema/fake/autograd registration (opcheck) and the math they stand for."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lynx_compile  # noqa: F401
+from lynx_compile.kernels.nm_prune import nm_keep_mask_ref, nm_prune_ref
+
+
+def sample_args(tokens=24, k=32, n=16, bias=True, dtype=torch.float32, requires_grad=False):
+    g = torch.Generator().manual_seed(tokens * 1000 + k)
+    x = torch.randn(2, tokens // 2, k, generator=g, dtype=dtype)
+    weight = torch.randn(n, k, generator=g, dtype=dtype) / k**0.5
+    b = torch.randn(n, generator=g, dtype=dtype) if bias else None
+    for t in (x, weight, b):
+        if t is not None:
+            t.requires_grad_(requires_grad)
+    return x, weight, b
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("min_tokens", [0, 1000])
+def test_opcheck_sparse_linear(bias, norm, min_tokens):
+    x, weight, b = sample_args(bias=bias, requires_grad=True)
+    torch.library.opcheck(torch.ops.lynx.sparse_linear.default, (x, weight, b, 2, 4, norm, min_tokens))
+
+
+def test_opcheck_nm_prune():
+    torch.library.opcheck(torch.ops.lynx.nm_prune.default, (torch.randn(8, 16), 2, 4))
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_sparse_linear_is_the_method(norm):
+    """y = s·(x̃·Wᵀ) + b, computed here the paper's way round: scale the pruned input, then a plain linear."""
+    x, weight, b = sample_args()
+    rows = x.reshape(-1, x.shape[-1])
+    pruned, scale = nm_prune_ref(rows, 2, 4)
+    compensated = pruned * scale[:, None] if norm else pruned
+    expected = F.linear(compensated, weight, b).reshape(*x.shape[:-1], -1)
+    actual = torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, norm, 0)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_below_min_tokens_the_op_is_dense():
+    x, weight, b = sample_args()
+    torch.testing.assert_close(torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, True, 1000), F.linear(x, weight, b))
+
+
+def test_gradient_is_straight_through():
+    """With the mask (and scale) held constant the layer is linear; its gradients are those of that linear map."""
+    x, weight, b = sample_args(requires_grad=True)
+    out = torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, True, 0)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, weight, b), grad_out)
+
+    rows = x.detach().reshape(-1, x.shape[-1])
+    keep = nm_keep_mask_ref(rows, 2, 4)
+    _, scale = nm_prune_ref(rows, 2, 4)
+    x2, w2, b2 = (t.detach().clone().requires_grad_() for t in (x, weight, b))
+    frozen = torch.where(keep, x2.reshape(-1, x.shape[-1]), 0) * scale[:, None]
+    expected = torch.autograd.grad(F.linear(frozen, w2, b2).reshape(out.shape), (x2, w2, b2), grad_out)
+    for actual, want in zip(grads, expected):
+        torch.testing.assert_close(actual, want, rtol=1e-5, atol=1e-5)
