@@ -59,6 +59,7 @@ def concrete_int(value: Any) -> int:
 
 
 _MODULE_KEY = re.compile(r"\._modules\['([^']*)'\]|\.(\w+)|\[(\d+)\]")
+_ROOT = re.compile(r"[LG]\['([^']*)'\]")
 _PARAMETER_KEY = re.compile(r"_parameters\['([^']*)'\]$")
 
 
@@ -90,9 +91,13 @@ def _parameter_path(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str | None
     parameter = _PARAMETER_KEY.search(source_name)
     if parameter is None:
         return None
-    root_end = source_name.find("]") + 1  # drop the root local/global, e.g. L['self']
-    modules = source_name[root_end : parameter.start()]
+    root = _ROOT.match(source_name)
+    if root is None:
+        return None
+    modules = source_name[root.end() : parameter.start()]
     parts = [next(g for g in match.groups() if g is not None) for match in _MODULE_KEY.finditer(modules)]
+    if root.group(1) != "self":  # a module reached through a global or a local other than self: keep its name
+        parts.insert(0, root.group(1))
     return ".".join([*parts, parameter.group(1)])
 
 
