@@ -59,12 +59,10 @@ def apply_lynx_passes(gm: torch.fx.GraphModule, config: LynxConfig) -> tuple[tor
     return gm, ctx
 
 
-def compile_graph(
-    gm: torch.fx.GraphModule, example_inputs: list[Any], config: LynxConfig, *, inductor: bool = True
-) -> Callable[..., Any]:
-    """Rewrite with lynx, then compile with Inductor (or, with ``inductor=False``, run the rewritten graph eagerly)."""
+def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: LynxConfig) -> Callable[..., Any]:
+    """Rewrite with lynx, then compile with Inductor (or, with ``compiler="eager"``, run the rewritten graph)."""
     gm, ctx = apply_lynx_passes(gm, config)
-    if not inductor:
+    if config.compiler == "eager":
         return gm.forward
     from torch._inductor.compile_fx import compile_fx
 

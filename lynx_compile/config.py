@@ -16,6 +16,7 @@ from typing import Any
 from .kernels.nm_prune import check_nm
 
 EXECUTIONS = ("simulate", "dense", "sparse")
+COMPILERS = ("inductor", "eager")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class LynxConfig:
         exclude: glob patterns of linears that stay dense; wins over ``include``.
         mode: torch.compile's mode, for when ``options`` are given too (``"reduce-overhead"``, ``"max-autotune"``).
         strict: raise when a lynx pass fails instead of warning and compiling the graph unchanged.
+        compiler: ``"inductor"`` compiles the rewritten graph; ``"eager"`` runs it as it is (debugging, `explain`).
         inductor: Inductor config entries forwarded to ``compile_fx`` (filled from unknown-to-lynx option keys).
     """
 
@@ -49,12 +51,15 @@ class LynxConfig:
     exclude: tuple[str, ...] = ()
     mode: str | None = None
     strict: bool = False
+    compiler: str = "inductor"
     inductor: dict[str, Any] = field(default_factory=dict)
     version: int = 1
 
     def __post_init__(self) -> None:
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {self.execution!r}")
+        if self.compiler not in COMPILERS:
+            raise ValueError(f"compiler must be one of {COMPILERS}, got {self.compiler!r}")
         check_nm(self.n, self.m)
         for name in ("min_tokens", "min_features"):
             value = getattr(self, name)

@@ -7,12 +7,11 @@ linear with its sizes, decision, reason and share of linear FLOPs, plus each FX 
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Any
 
 import torch
 
-from .backend import compile_graph
 from .config import LynxConfig, parse_options
 from .report import Report, collect_reports
 
@@ -25,10 +24,9 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
     >>> print(report)          # aligned table + summary line
     >>> report.to_json()       # the same, machine-readable, with the graphs before and after
     """
-    config = parse_options(options)
-    backend = functools.partial(compile_graph, config=config, inductor=False)
+    config = dataclasses.replace(parse_options(options), compiler="eager")
     with collect_reports() as report, torch.no_grad():
-        torch.compile(model, backend=backend)(*args, **kwargs)
+        torch.compile(model, backend="lynx", options=config)(*args, **kwargs)
     if not report.graphs:
         raise RuntimeError(
             "lynx.explain: Dynamo compiled no graph (recompile limit reached for this model's forward? "
