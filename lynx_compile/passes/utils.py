@@ -58,9 +58,8 @@ def concrete_int(value: Any) -> int:
     return int(value)
 
 
-_MODULE_KEY = re.compile(r"\._modules\['([^']*)'\]|\.(\w+)|\[(\d+)\]")
 _ROOT = re.compile(r"[LG]\['([^']*)'\]")
-_PARAMETER_KEY = re.compile(r"_parameters\['([^']*)'\]$")
+_KEY = re.compile(r"\.(\w+)|\['([^']*)'\]|\[(\d+)\]")
 
 
 def linear_name(weight: torch.fx.Node, gm: torch.fx.GraphModule) -> str | None:
@@ -88,17 +87,16 @@ def _parameter_path(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str | None
     if source is None or not isinstance(getattr(graph_arg, "example", None), torch.nn.Parameter):
         return None
     source_name = source.name() if callable(source.name) else source.name
-    parameter = _PARAMETER_KEY.search(source_name)
-    if parameter is None:
-        return None
     root = _ROOT.match(source_name)
-    if root is None:
+    if root is None or "_parameters" not in source_name:
         return None
-    modules = source_name[root.end() : parameter.start()]
-    parts = [next(g for g in match.groups() if g is not None) for match in _MODULE_KEY.finditer(modules)]
+    # Dynamo spells the path as ._modules['a'], .__dict__['_modules']['a'] or .a depending on version and on
+    # how the module was reached; a key after `_modules`/`_parameters` and a plain attribute are path elements.
+    keys = [next(g for g in match.groups() if g is not None) for match in _KEY.finditer(source_name, root.end())]
+    path = [key for key in keys if key not in ("__dict__", "_modules", "_parameters")]
     if root.group(1) != "self":  # a module reached through a global or a local other than self: keep its name
-        parts.insert(0, root.group(1))
-    return ".".join([*parts, parameter.group(1)])
+        path.insert(0, root.group(1))
+    return ".".join(path)
 
 
 def _resolve(root: torch.nn.Module, target: str) -> Any:

@@ -182,3 +182,27 @@ def test_names_are_recovered_from_dynamo_placeholders():
     assert linear_modules <= set(names)
     assert sum(node.target is SPARSE_OP for node in gm.graph.nodes) == len(names)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "source, name",
+    [
+        ("L['self']._modules['blocks']._modules['0']._modules['ff']._parameters['weight']", "blocks.0.ff"),
+        ("L['self'].__dict__['_modules']['transformer_blocks']._modules['3']._modules['to_q']._parameters['weight']",
+         "transformer_blocks.3.to_q"),
+        ("L['self'].blocks[2].proj._parameters['weight']", "blocks.2.proj"),
+        ("L['self']._modules['attn']._parameters['w_qkv']", "attn.w_qkv"),
+        ("G['head']._parameters['weight']", "head"),
+        ("L['self']._modules['norm']._buffers['weight']", None),
+    ],
+)
+def test_linear_name_from_every_source_spelling(source, name):
+    from types import SimpleNamespace
+
+    from lynx_compile.passes.utils import linear_name
+
+    graph = torch.fx.Graph()
+    node = graph.placeholder("w")
+    node.meta["grapharg"] = SimpleNamespace(source=SimpleNamespace(name=source), example=nn.Parameter(torch.ones(1)))
+    graph.output(node)
+    assert linear_name(node, torch.fx.GraphModule(nn.Module(), graph)) == name
