@@ -22,22 +22,25 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
     """Put a `lynx::sparse_linear` node in place of every linear decided sparse."""
     config = ctx.config
     graph = gm.graph
+    replaced: dict[torch.fx.Node, torch.fx.Node] = {}  # a linear feeding a linear: its site still names the old node
     for site in ctx.sites:
         if site.decision != "sparse":
             continue
         old = site.node
+        x, bias = replaced.get(site.x, site.x), replaced.get(site.bias, site.bias)
         with graph.inserting_before(old):
             new = graph.call_function(
                 torch.ops.lynx.sparse_linear.default,
-                (site.x, site.weight, site.bias, config.n, config.m, config.norm_compensation, config.min_tokens),
+                (x, site.weight, bias, config.n, config.m, config.norm_compensation, config.min_tokens),
             )
         new.meta.update(old.meta)
         old.replace_all_uses_with(new)
-        transposed_weight = {"matmul": old.args[-1], "addmm": old.args[-1]}.get(site.form)
+        transposed_weight = old.args[-1] if site.form in ("matmul", "addmm") else None
         graph.erase_node(old)
         if transposed_weight is not None and not transposed_weight.users:
             graph.erase_node(transposed_weight)
-        site.node = new
+        replaced[old] = new
+        site.node, site.x, site.bias = new, x, bias
         ctx.rewrites += 1
     if ctx.rewrites:
         graph.lint()

@@ -206,3 +206,21 @@ def test_linear_name_from_every_source_spelling(source, name):
     node.meta["grapharg"] = SimpleNamespace(source=SimpleNamespace(name=source), example=nn.Parameter(torch.ones(1)))
     graph.output(node)
     assert linear_name(node, torch.fx.GraphModule(nn.Module(), graph)) == name
+
+
+def test_a_linear_feeding_a_linear_is_rewritten_in_order():
+    class TwoLinears(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = nn.Linear(16, 32), nn.Linear(32, 16)
+
+        def forward(self, x):
+            return F.linear(F.linear(x, self.up.weight, self.up.bias), self.down.weight, self.down.bias)
+
+    model, x = TwoLinears(), torch.randn(24, 16)
+    ctx = PassContext(LynxConfig())
+    gm = run_passes(traced(model, x), ctx)
+    assert [(site.name, site.decision) for site in ctx.sites] == [("up", "sparse"), ("down", "sparse")]
+    first = simulated_sparse_linear(x, model.up.weight, model.up.bias, 2, 4, True, nm_prune_ref)
+    expected = simulated_sparse_linear(first, model.down.weight, model.down.bias, 2, 4, True, nm_prune_ref)
+    torch.testing.assert_close(gm(x), expected, rtol=0, atol=0)
