@@ -13,6 +13,8 @@ from lynx_compile.kernels.nm_prune import (
     nm_prune_triton,
 )
 
+# The real kernel where there is a GPU, the interpreter (on CPU tensors) where there is not: see conftest.py.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 PATTERNS = [(2, 4), (1, 4), (3, 4), (4, 8), (1, 2), (8, 16)]
 
@@ -29,7 +31,7 @@ def activations(draw, max_rows=40, max_groups=48):
         x = torch.randn(rows, groups * m, generator=generator) * draw(st.sampled_from([1e-3, 1.0, 50.0]))
     else:
         x = torch.randint(-2, 3, (rows, groups * m), generator=generator).float()
-    x = x.to(dtype)
+    x = x.to(dtype=dtype, device=DEVICE)
     if draw(st.booleans()):  # a transposed view: the kernel must honour strides, not assume contiguity
         x = x.t().contiguous().t()
     return x, n, m
@@ -88,7 +90,7 @@ def test_scale_restores_the_row_norm(case):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_all_equal_group_keeps_the_first_n(dtype):
-    x = torch.tensor([[-1.0, 1.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0]], dtype=dtype)
+    x = torch.tensor([[-1.0, 1.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0]], dtype=dtype, device=DEVICE)
     for kernel in (nm_prune_ref, nm_prune_triton):
         pruned, _ = kernel(x, 2, 4)
         assert pruned.tolist() == [[-1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
@@ -98,7 +100,7 @@ def test_all_equal_group_keeps_the_first_n(dtype):
 @pytest.mark.parametrize("kernel", [nm_prune_ref, nm_prune_triton])
 def test_non_finite_values(dtype, kernel):
     """NaN ranks as +inf (kept, so it reaches the GEMM as in a dense layer); non-finite rows get scale 1."""
-    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(1)).to(dtype)
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(1)).to(dtype=dtype, device=DEVICE)
     x[1, 5] = float("nan")
     x[2, 8] = float("inf")
     x[3, 0] = float("-inf")
@@ -111,16 +113,17 @@ def test_non_finite_values(dtype, kernel):
 
 
 def test_fp32_overflowing_norm_gets_scale_one():
-    x = torch.full((1, 8), 1e30)
+    x = torch.full((1, 8), 1e30, device=DEVICE)
     for kernel in (nm_prune_ref, nm_prune_triton):
         pruned, scale = kernel(x, 2, 4)
-        assert scale.item() == 1.0 and torch.equal(pruned, torch.tensor([[1e30, 1e30, 0, 0] * 2]))
+        first_two_of_each_group = torch.tensor([[1.0, 1.0, 0.0, 0.0] * 2], device=DEVICE)
+        assert scale.item() == 1.0 and torch.equal(pruned, x * first_two_of_each_group)
 
 
 def test_zero_row_and_empty_input():
-    pruned, scale = nm_prune_triton(torch.zeros(2, 8), 2, 4)
+    pruned, scale = nm_prune_triton(torch.zeros(2, 8, device=DEVICE), 2, 4)
     assert not pruned.any() and scale.tolist() == [0.0, 0.0]
-    pruned, scale = nm_prune_triton(torch.zeros(0, 8), 2, 4)
+    pruned, scale = nm_prune_triton(torch.zeros(0, 8, device=DEVICE), 2, 4)
     assert pruned.shape == (0, 8) and scale.shape == (0,)
 
 
@@ -135,7 +138,7 @@ def test_zero_row_and_empty_input():
     ],
 )
 def test_bad_input_is_a_clear_error(shape, n, m, dtype, message):
-    x = torch.ones(shape, dtype=dtype)
+    x = torch.ones(shape, dtype=dtype, device=DEVICE)
     for kernel in (nm_prune_ref, nm_prune_triton, nm_prune):
         with pytest.raises(ValueError, match=message):
             kernel(x, n, m)
