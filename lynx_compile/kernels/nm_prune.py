@@ -86,6 +86,20 @@ def nm_prune_ref(x: torch.Tensor, n: int = 2, m: int = 4) -> tuple[torch.Tensor,
 if triton is not None:
 
     @triton.jit
+    def keep_top_magnitudes(xf, N_KEEP: tl.constexpr, GROUP: tl.constexpr):
+        """Keep-mask of a [rows, groups, GROUP] fp32 tile by the rank rule of the module docstring."""
+        member = tl.arange(0, GROUP)[None, None, :]
+        mag = tl.abs(xf)
+        mag = tl.where(mag != mag, float("inf"), mag)  # NaN ranks as +inf (see the docstring)
+        # rank[j] = #(i beats j); GROUP is a power of two <= 16, so this unrolls into a few compares.
+        rank = tl.zeros(xf.shape, dtype=tl.int32)
+        for i in tl.static_range(GROUP):
+            mag_i = tl.sum(tl.where(member == i, mag, 0.0), axis=2)[:, :, None]
+            beats = (mag_i > mag) | ((mag_i == mag) & (i < member))
+            rank += beats.to(tl.int32)
+        return rank < N_KEEP
+
+    @triton.jit
     def _nm_prune_kernel(
         # pointers
         x_ptr, out_ptr, scale_ptr,
@@ -108,17 +122,7 @@ if triton is not None:
             mask = (rows[:, None, None] < M) & (groups[None, :, None] < n_groups)
             x = tl.load(x_ptr + rows[:, None, None] * stride_xm + cols * stride_xk, mask=mask, other=0.0)
             xf = x.to(tl.float32)
-            mag = tl.abs(xf)
-            mag = tl.where(mag != mag, float("inf"), mag)  # NaN ranks as +inf (see the docstring)
-
-            # rank[j] = #(i beats j); GROUP is a power of two <= 16, so this unrolls into a few compares.
-            rank = tl.zeros([BLOCK_M, BLOCK_G, GROUP], dtype=tl.int32)
-            for i in tl.static_range(GROUP):
-                mag_i = tl.sum(tl.where(member[None, None, :] == i, mag, 0.0), axis=2)[:, :, None]
-                beats = (mag_i > mag) | ((mag_i == mag) & (i < member[None, None, :]))
-                rank += beats.to(tl.int32)
-            keep = rank < N_KEEP
-
+            keep = keep_top_magnitudes(xf, N_KEEP, GROUP)
             tl.store(out_ptr + rows[:, None, None] * K + cols, tl.where(keep, x, 0.0), mask=mask)
             square = xf * xf
             total += tl.sum(tl.sum(square, axis=2), axis=1)

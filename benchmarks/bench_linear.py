@@ -1,0 +1,130 @@
+"""One sparsified linear, whole, against cuBLAS: does 2:4 activation sparsity pay on this GPU, per shape?
+
+    python benchmarks/bench_linear.py      # on a CUDA GPU (sm_90); prints a table, writes bench_linear.json to $OUT
+
+Per shape (tokens M, K → N, bf16, with bias), all timed in one run as CUDA-graph replays (median of do_bench):
+- dense: `F.linear(x, W, b)` (cuBLAS);
+- lynx: the fused prune+compress kernel → `torch._cslt_sparse_mm` with the norm scale as cuSPARSELt's per-row
+  alpha and the algorithm `_cslt_sparse_mm_search` picked → `+ b`: the whole layer, nothing left out;
+- lynx_alg0: the same with cuSPARSELt's default algorithm;
+- unfused: Inductor-compiled prune reference → `torch._cslt_compress` → `_cslt_sparse_mm` → scale and bias;
+- gemm_only: `_cslt_sparse_mm` on a ready compressed operand: the ceiling any fused path can reach;
+- prune: the fused prune+compress kernel alone (its share of `lynx` is the pruning overhead).
+Ratios are dense / variant (> 1: faster than dense).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
+from lynx_compile.kernels.prune_compress_24 import prune_compress_24  # noqa: E402
+
+# (name, M, K, N): DESIGN.md §3. FLUX.1 at 1024² is 4096 image + 512 text tokens.
+SHAPES = [
+    ("flux attn out", 4608, 3072, 3072),
+    ("flux qkv", 4608, 3072, 9216),
+    ("flux mlp up", 4608, 3072, 12288),
+    ("flux mlp down", 4608, 12288, 3072),
+    ("flux single in", 4608, 3072, 21504),
+    ("flux single out", 4608, 15360, 3072),
+    ("qwen-image mlp up", 4352, 3072, 12288),
+    ("qwen-image mlp down", 4352, 12288, 3072),
+    ("dit-xl b8 qkv", 2048, 1152, 3456),
+    ("dit-xl b8 mlp up", 2048, 1152, 4608),
+    ("dit-xl b8 mlp down", 2048, 4608, 1152),
+    ("wan 32k ffn up", 32768, 5120, 13824),
+    ("wan 32k ffn down", 32768, 13824, 5120),
+]
+
+
+def graph_time_ms(fn, calls_per_replay: int = 10) -> float:
+    from triton.testing import do_bench
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls_per_replay):
+            fn()
+    return do_bench(graph.replay, warmup=25, rep=150, return_mode="median") / calls_per_replay
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def bench_shape(name: str, m: int, k: int, n: int, prune_compiled) -> dict:
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    weight_t = weight.t()
+
+    buffer, scale = prune_compress_24(x)
+    operand = buffer.view(m, -1)
+    best_alg = torch._cslt_sparse_mm_search(operand, weight_t, alpha=scale)
+
+    def lynx(alg=best_alg):
+        compressed, row_scale = prune_compress_24(x)
+        return torch._cslt_sparse_mm(compressed.view(m, -1), weight_t, alpha=row_scale, alg_id=alg) + bias
+
+    def unfused():
+        pruned, row_scale = prune_compiled(x)
+        out = torch._cslt_sparse_mm(torch._cslt_compress(pruned), weight_t)
+        return (out.float() * row_scale[:, None]).to(out.dtype) + bias
+
+    pruned, ref_scale = nm_prune_ref(x)
+    reference = (pruned.float() @ weight.float().t()) * ref_scale[:, None] + bias.float()
+    times = {
+        "dense": graph_time_ms(lambda: F.linear(x, weight, bias)),
+        "lynx": graph_time_ms(lynx),
+        "lynx_alg0": graph_time_ms(lambda: lynx(0)),
+        "unfused": graph_time_ms(unfused),
+        "gemm_only": graph_time_ms(lambda: torch._cslt_sparse_mm(operand, weight_t, alg_id=best_alg)),
+        "prune": graph_time_ms(lambda: prune_compress_24(x)),
+    }
+    return {
+        "shape": name, "M": m, "K": k, "N": n, "best_alg": best_alg,
+        **{f"{p}_ms": t for p, t in times.items()},
+        **{f"x_{p}": times["dense"] / t for p, t in times.items() if p not in ("dense", "prune")},
+        "prune_share": times["prune"] / times["lynx"],
+        "lynx_rel_err": relative_error(lynx(), reference),
+        "dense_tflops": 2 * m * k * n / times["dense"] / 1e9,
+    }  # fmt: skip
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    prune_compiled = torch.compile(nm_prune_ref)
+    rows = []
+    for index, (name, m, k, n) in enumerate(SHAPES):
+        row = bench_shape(name, m, k, n, prune_compiled)
+        rows.append(row)
+        print(f"[{index + 1}/{len(SHAPES)}] " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                             for k, v in row.items()}), flush=True)  # fmt: skip
+    out_dir = os.environ.get("OUT", "/tmp")
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    with open(os.path.join(out_dir, "bench_linear.json"), "w") as f:
+        json.dump({**meta, "rows": rows}, f, indent=1)
+    flux = [r for r in rows if r["shape"].startswith("flux")]
+    geomean = torch.tensor([r["x_lynx"] for r in flux]).log().mean().exp().item()
+    print(f"\n{meta}\n{'shape':22} {'dense ms':>9} {'lynx ×':>7} {'alg0 ×':>7} {'unfused ×':>9} {'ceiling ×':>9} "
+          f"{'prune %':>8} {'alg':>4}")  # fmt: skip
+    for r in rows:
+        print(f"{r['shape']:22} {r['dense_ms']:9.4f} {r['x_lynx']:7.2f} {r['x_lynx_alg0']:7.2f} {r['x_unfused']:9.2f} "
+              f"{r['x_gemm_only']:9.2f} {100 * r['prune_share']:8.1f} {r['best_alg']:>4}")  # fmt: skip
+    print(f"geomean lynx × over FLUX shapes: {geomean:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The fused 2:4 prune + compress kernel, its reference encoder, and the sm_90 layout they share."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lynx_compile.kernels.nm_prune import nm_prune_ref
+from lynx_compile.kernels.prune_compress_24 import (
+    compress_24_ref,
+    compressed_numel,
+    decompress_24_ref,
+    metadata_nibble_address,
+    prune_compress_24,
+    prune_compress_24_ref,
+    stored_indices_ref,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@st.composite
+def activations(draw, max_rows=150, max_k_tiles=8):
+    rows = draw(st.integers(1, max_rows))
+    k = 32 * draw(st.integers(1, max_k_tiles))
+    dtype = draw(st.sampled_from([torch.bfloat16, torch.float16]))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(rows, k, generator=generator)
+    if draw(st.booleans()):  # exact ties and exact zeros (including -0.0): the cases an encoder gets wrong
+        x = torch.randint(-2, 3, (rows, k), generator=generator).float() * draw(st.sampled_from([1.0, -0.0]))
+    x = x.to(dtype=dtype, device=DEVICE)
+    if draw(st.booleans()):
+        x = x.t().contiguous().t()
+    return x
+
+
+def bits(t):
+    return t.view(torch.int16)
+
+
+@given(activations())
+def test_kernel_matches_reference_bit_for_bit(x):
+    buffer, scale = prune_compress_24(x)
+    ref_buffer, ref_scale = prune_compress_24_ref(x)
+    assert buffer.shape == ref_buffer.shape == (compressed_numel(*x.shape),)
+    assert torch.equal(bits(buffer), bits(ref_buffer))
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+
+
+@given(activations())
+def test_decompress_recovers_the_pruned_matrix(x):
+    pruned, _ = nm_prune_ref(x, 2, 4)
+    assert torch.equal(decompress_24_ref(compress_24_ref(pruned), *x.shape), pruned)
+
+
+@pytest.mark.parametrize("rows, k", [(64, 32), (64, 256), (192, 96), (16, 64)])
+def test_metadata_addresses_tile_the_buffer_exactly_once(rows, k):
+    padded_rows = -(-rows // 64) * 64
+    address = metadata_nibble_address(torch.arange(padded_rows)[:, None], torch.arange(k // 4)[None, :], k)
+    assert torch.equal(address.flatten().sort().values, torch.arange(padded_rows * k // 4))
+
+
+# Metadata nibbles torch._cslt_compress wrote on an H100 (2026-11-24, benchmarks/probe_cslt_layout.py) for each
+# possible content of one group: the nonzero positions of the pruned group -> (stored lo, stored hi).
+H100_STORED_INDICES = {
+    (0, 1): (0, 1), (0, 2): (0, 2), (0, 3): (0, 3), (1, 2): (1, 2), (1, 3): (1, 3), (2, 3): (2, 3),
+    (0,): (0, 3), (1,): (1, 3), (2,): (2, 3), (3,): (2, 3), (): (2, 3),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("nonzeros, expected", H100_STORED_INDICES.items())
+def test_stored_indices_follow_the_measured_rule(nonzeros, expected):
+    group = torch.zeros(1, 1, 4)
+    group[0, 0, list(nonzeros)] = torch.arange(1.0, len(nonzeros) + 1)
+    lo, hi = stored_indices_ref(group)
+    assert (lo.item(), hi.item()) == expected
+
+
+def test_padding_rows_are_empty_groups():
+    buffer = compress_24_ref(torch.zeros(16, 32, dtype=torch.bfloat16))
+    metadata = buffer.view(torch.uint8)[16 * 32 :]
+    assert metadata.numel() == 64 * 32 // 8 and (metadata == 0xEE).all()
+
+
+@pytest.mark.parametrize("shape, dtype, message", [((8, 48), torch.bfloat16, "multiple of 32"),
+                                                   ((8, 64), torch.float32, "implemented for"),
+                                                   ((2, 8, 64), torch.float16, "2-D")])  # fmt: skip
+def test_bad_input_is_a_clear_error(shape, dtype, message):
+    x = torch.ones(shape, dtype=dtype, device=DEVICE)
+    for encode in (prune_compress_24, prune_compress_24_ref):
+        with pytest.raises(ValueError, match=message):
+            encode(x)
