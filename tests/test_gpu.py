@@ -73,7 +73,7 @@ def test_compiled_bf16_linear_matches_the_eager_op():
 needs_sm90 = pytest.mark.skipif(
     not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)), reason="layout known for sm_90"
 )
-COMPRESS_SHAPES = [(64, 64), (128, 128), (16, 64), (48, 96), (80, 256), (4608, 3072), (2048, 1152), (4608, 15360),
+COMPRESS_SHAPES = [(64, 64), (128, 128), (16, 64), (48, 192), (80, 256), (4608, 3072), (2048, 1152), (4608, 15360),
                    (1040, 4608)]  # fmt: skip
 
 
@@ -81,17 +81,19 @@ COMPRESS_SHAPES = [(64, 64), (128, 128), (16, 64), (48, 96), (80, 256), (4608, 3
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows, k", COMPRESS_SHAPES)
 def test_compressor_is_bit_exact_with_cusparselt(rows, k, dtype):
-    from lynx_compile.kernels.prune_compress_24 import compress_24_ref, prune_compress_24
+    from lynx_compile.kernels.prune_compress_24 import as_flat, compress_24_ref, compressed_numel, prune_compress_24
 
     g = torch.Generator(device="cuda").manual_seed(rows + k)
     x = torch.randn(rows, k, device="cuda", dtype=dtype, generator=g)
     x[: rows // 2, : k // 2] = x[: rows // 2, : k // 2].round()  # ties and exact zeros
     x[0, :8] = torch.tensor([0.0, -0.0, 0.0, 1.0, -0.0, 0.0, 0.0, 0.0])
     pruned, _ = nm_prune_ref(x)
-    expected = torch._cslt_compress(pruned).flatten()
+    torch_operand = torch._cslt_compress(pruned)
+    expected = torch_operand.flatten()[: compressed_numel(rows, k)]
     ours, _ = prune_compress_24(x)
+    assert ours.shape == torch_operand.shape
     assert torch.equal(compress_24_ref(pruned).view(torch.int16), expected.view(torch.int16))
-    assert torch.equal(ours.view(torch.int16), expected.view(torch.int16))
+    assert torch.equal(as_flat(ours, rows, k).view(torch.int16), expected.view(torch.int16))
 
 
 @needs_sm90
@@ -100,8 +102,8 @@ def test_sparse_gemm_on_our_buffer_equals_the_simulated_layer():
 
     x = torch.randn(4608, 3072, device="cuda", dtype=torch.bfloat16)
     weight = torch.randn(1024, 3072, device="cuda", dtype=torch.bfloat16) / 3072**0.5
-    buffer, scale = prune_compress_24(x)
-    out = torch._cslt_sparse_mm(buffer.view(4608, -1), weight.t(), alpha=scale)
+    operand, scale = prune_compress_24(x)
+    out = torch._cslt_sparse_mm(operand, weight.t()).float() * scale[:, None]
     pruned, ref_scale = nm_prune_ref(x)
     expected = (pruned.float() @ weight.float().t()) * ref_scale[:, None]
     rel = (out.float() - expected).norm() / expected.norm()

@@ -3,7 +3,7 @@
 The sparse GEMM (`torch._cslt_sparse_mm`) wants its 2:4 operand as one buffer in cuSPARSELt's own layout, which torch
 only produces from an already-pruned dense matrix (`torch._cslt_compress`, a second pass over X). This kernel reads X
 once and writes that buffer directly. The layout, found by experiment on an H100 (`benchmarks/probe_cslt_layout.py`;
-notes in `CSLT_LAYOUT_SM90.md` beside this file), for bf16/fp16 X of shape (M, K), K % 32 == 0:
+notes in `CSLT_LAYOUT_SM90.md` beside this file), for bf16/fp16 X of shape (M, K), K % 64 == 0:
 
 - values: M × K/2 elements, row-major; each group of 4 contributes its two stored entries in index order.
 - metadata, right after: one nibble per group, ``lo | hi << 2`` for the two stored indices lo < hi. A group
@@ -11,7 +11,9 @@ notes in `CSLT_LAYOUT_SM90.md` beside this file), for bf16/fp16 X of shape (M, K
 
       (r // 64 · K/32 + g // 8) · 512 + (r & 7)·16 + ((r >> 3) & 1) + ((r >> 4) & 3)·128 + (g & 3)·4 + ((g >> 2) & 1)·2
 
-  (even address: low nibble of byte address // 2). Rows are padded to a multiple of 64 with empty groups.
+  (even address: low nibble of byte address // 2). Rows are padded to a multiple of 64 with empty groups. For
+  K % 64 == 32 cuSPARSELt pads K as well, differently: not implemented, such layers stay dense.
+- the tensor torch returns is (M, ceil(total / M)) elements of X's dtype; the slack at the end is never read.
 - which indices are stored is decided by the pruned values' nonzeros, not by the mask: a group with two nonzeros
   stores them; with fewer, the missing slots are the highest unused indices (one nonzero at p → (p, 3), or (2, 3)
   when p = 3; none → (2, 3)). So a kept exact zero is stored like a pruned one, as cuSPARSELt does.
@@ -35,6 +37,7 @@ except ImportError:
 
 COMPRESSED_DTYPES = (torch.float16, torch.bfloat16)
 K_TILE = 32  # K elements per metadata tile
+K_MULTIPLE = 64  # K % 64 == 32 is padded by cuSPARSELt in a way not implemented here
 M_TILE = 64  # rows per metadata tile; M is padded to it
 EMPTY_GROUP = 0xE  # nibble of a group with no nonzeros: stored indices (2, 3)
 
@@ -51,8 +54,8 @@ def check_compressible(x: torch.Tensor) -> None:
         raise ValueError(f"expected a 2-D activation (tokens, K), got shape {tuple(x.shape)}")
     if x.dtype not in COMPRESSED_DTYPES:
         raise ValueError(f"the compressed layout is implemented for {COMPRESSED_DTYPES}, got {x.dtype}")
-    if x.shape[1] % K_TILE:
-        raise ValueError(f"K={x.shape[1]} is not a multiple of {K_TILE}")
+    if x.shape[1] % K_MULTIPLE:
+        raise ValueError(f"K={x.shape[1]} is not a multiple of {K_MULTIPLE}")
 
 
 def metadata_bytes(rows: int, k: int) -> int:
@@ -62,6 +65,11 @@ def metadata_bytes(rows: int, k: int) -> int:
 def compressed_numel(rows: int, k: int) -> int:
     """Elements (of X's dtype) in the compressed buffer: values, then metadata bytes."""
     return rows * k // 2 + metadata_bytes(rows, k) // 2
+
+
+def compressed_shape(rows: int, k: int) -> tuple[int, int]:
+    """The shape `torch._cslt_compress` gives its result, which `torch._cslt_sparse_mm` expects back."""
+    return rows, -(-compressed_numel(rows, k) // rows)
 
 
 def metadata_nibble_address(rows: torch.Tensor, groups: torch.Tensor, k: int) -> torch.Tensor:
@@ -216,25 +224,34 @@ if triton is not None:
 
 
 def prune_compress_24(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused 2:4 prune + compress: (flat compressed buffer in X's dtype, per-row scale fp32)."""
+    """Fused 2:4 prune + compress: (compressed operand shaped as `torch._cslt_compress` returns it, per-row scale).
+
+    Compare with the references on `as_flat(operand, rows, k)`: the slack past `compressed_numel` is left unwritten.
+    """
     if triton is None:
         raise RuntimeError("triton is not installed; use prune_compress_24_ref")
     check_compressible(x)
     rows, k = x.shape
-    buffer = torch.empty(compressed_numel(rows, k), dtype=x.dtype, device=x.device)
     scale = torch.empty(rows, dtype=torch.float32, device=x.device)
     if rows == 0:
-        return buffer, scale
+        return torch.empty(0, k, dtype=x.dtype, device=x.device), scale
+    operand = torch.empty(compressed_shape(rows, k), dtype=x.dtype, device=x.device)
+    buffer = as_flat(operand, rows, k)
     values = buffer[: rows * k // 2].view(torch.int16)
     metadata = buffer[rows * k // 2 :].view(torch.uint8)
     grid = (-(-rows // M_TILE) * (M_TILE // 16),)
     _prune_compress_24_kernel[grid](
         x, values, metadata, scale, rows, k, x.stride(0), x.stride(1), NORM_EPS, BLOCK_G=min(64, triton.next_power_of_2(k // 4)),
     )  # fmt: skip
-    return buffer, scale
+    return operand, scale
+
+
+def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
+    """The meaningful prefix of a compressed operand (values then metadata), as a flat view."""
+    return operand.reshape(-1)[: compressed_numel(rows, k)]
 
 
 __all__ = [
-    "compress_24_ref", "compressed_numel", "decompress_24_ref", "layout_supported", "metadata_nibble_address",
+    "as_flat", "compress_24_ref", "compressed_numel", "compressed_shape", "decompress_24_ref", "layout_supported", "metadata_nibble_address",
     "prune_compress_24", "prune_compress_24_ref", "stored_indices_ref",
 ]  # fmt: skip
