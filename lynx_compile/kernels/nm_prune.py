@@ -69,8 +69,11 @@ def nm_keep_mask_ref(x: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 def norm_scale_ref(x: torch.Tensor, keep: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     square = x.float().square()
-    total = square.sum(-1)
-    kept = torch.where(keep, square, 0.0).sum(-1)
+    return norm_scale_from_energy(square.sum(-1), torch.where(keep, square, 0.0).sum(-1), eps)
+
+
+def norm_scale_from_energy(total: torch.Tensor, kept: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
+    """s = sqrt(‖x‖² / (‖x̃‖² + eps)) from the two energies; rows with a non-finite ‖x‖² get 1."""
     scale = torch.sqrt(total / (kept + eps))
     return torch.where(torch.isfinite(total), scale, 1.0)
 

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import torch
 
-from .nm_prune import NORM_EPS, nm_prune_ref
+from .nm_prune import nm_prune_ref, norm_scale_from_energy
 
 try:
     import triton
     import triton.language as tl
 
-    from .nm_prune import keep_top_magnitudes
 except ImportError:
     triton = None
 
@@ -40,6 +39,7 @@ K_TILE = 32  # K elements per metadata tile
 K_MULTIPLE = 64  # K % 64 == 32 is padded by cuSPARSELt in a way not implemented here
 M_TILE = 64  # rows per metadata tile; M is padded to it
 EMPTY_GROUP = 0xE  # nibble of a group with no nonzeros: stored indices (2, 3)
+GROUPS_PER_PROGRAM = 64  # 256 K-elements: with 16 rows, 8 KB of bf16 a program
 
 
 def layout_supported(device: torch.device | None = None) -> bool:
@@ -133,117 +133,119 @@ def prune_compress_24_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 if triton is not None:
 
     @triton.jit
-    def _select_and_encode(x, member, N_KEEP: tl.constexpr):
-        """For a [rows, groups, 4] tile: (lo value bits, hi value bits, nibble, kept fp32) of the compressed encoding.
-
-        Everything is decided on the exact fp32 upcast and the values are moved as raw 16-bit patterns, so -0.0
-        and NaN payloads survive, and no arithmetic touches bf16 (whose emulation in the interpreter is unreliable).
-        """
-        xf = x.to(tl.float32)
-        keep = keep_top_magnitudes(xf, N_KEEP, 4)
-        # Stored slots follow the pruned nonzeros, then the highest free indices (see the module docstring).
-        preference = (keep & (xf != 0.0)).to(tl.int32) * 4 + member
-        rank = tl.zeros(preference.shape, dtype=tl.int32)
-        for i in tl.static_range(4):
-            pref_i = tl.sum(tl.where(member == i, preference, 0), axis=2)[:, :, None]
-            rank += (pref_i > preference).to(tl.int32)
-        stored = rank < 2
-        lo = tl.min(tl.where(stored, member, 4), axis=2)
-        hi = tl.max(tl.where(stored, member, -1), axis=2)
-        bits = tl.where(keep, x.to(tl.int16, bitcast=True).to(tl.int32), 0)
-        lo_bits = tl.sum(tl.where(member == lo[:, :, None], bits, 0), axis=2)
-        hi_bits = tl.sum(tl.where(member == hi[:, :, None], bits, 0), axis=2)
-        return lo_bits, hi_bits, lo | (hi << 2), tl.where(keep, xf, 0.0)
+    def _beats(a, b):
+        """Does the entry of magnitude `a` beat the later entry of magnitude `b`? (NaN ranks as +inf; ties: a wins)"""
+        a = tl.where(a != a, float("inf"), a)
+        b = tl.where(b != b, float("inf"), b)
+        return a >= b
 
     @triton.jit
-    def _store_norm_scale(scale_ptr, rows, total, kept, M, eps):
-        scale = tl.sqrt(total / (kept + eps))
-        scale = tl.where(total - total == 0.0, scale, 1.0)  # non-finite rows get 1, as in nm_prune
-        tl.store(scale_ptr + rows, scale, mask=rows < M)
+    def _half_tile(x_ptr, rows, groups, M, n_groups, stride_xm, stride_xk, values_ptr, K):
+        """Prune + encode one [8 rows, BLOCK_G groups] half tile; store its values. Returns (nibble, total, kept).
+
+        The 4 members of a group are 4 separate [rows, groups] tensors, so the whole 2:4 decision is elementwise:
+        no reduction over a size-4 axis, nothing but compares and selects in registers.
+        """
+        mask = (rows[:, None] < M) & (groups[None, :] < n_groups)
+        base = x_ptr + rows[:, None] * stride_xm + groups[None, :] * 4 * stride_xk
+        x0 = tl.load(base, mask=mask, other=0.0)
+        x1 = tl.load(base + stride_xk, mask=mask, other=0.0)
+        x2 = tl.load(base + 2 * stride_xk, mask=mask, other=0.0)
+        x3 = tl.load(base + 3 * stride_xk, mask=mask, other=0.0)
+        f0, f1, f2, f3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
+
+        # 2:4 keep mask: j is kept when fewer than 2 entries beat it (lynx's rank rule, ties to the lower index).
+        b01, b02, b03 = _beats(tl.abs(f0), tl.abs(f1)), _beats(tl.abs(f0), tl.abs(f2)), _beats(tl.abs(f0), tl.abs(f3))
+        b12, b13, b23 = _beats(tl.abs(f1), tl.abs(f2)), _beats(tl.abs(f1), tl.abs(f3)), _beats(tl.abs(f2), tl.abs(f3))
+        k0 = ((~b01).to(tl.int32) + (~b02).to(tl.int32) + (~b03).to(tl.int32)) < 2
+        k1 = (b01.to(tl.int32) + (~b12).to(tl.int32) + (~b13).to(tl.int32)) < 2
+        k2 = (b02.to(tl.int32) + b12.to(tl.int32) + (~b23).to(tl.int32)) < 2
+        k3 = (b03.to(tl.int32) + b13.to(tl.int32) + b23.to(tl.int32)) < 2
+
+        # Stored slots: the kept nonzeros, then the highest free indices (see the module docstring).
+        n0, n1, n2, n3 = k0 & (f0 != 0.0), k1 & (f1 != 0.0), k2 & (f2 != 0.0), k3 & (f3 != 0.0)
+        # With two kept nonzeros they are the slots; with fewer, the free slots are taken from index 3 down.
+        count = n0.to(tl.int32) + n1.to(tl.int32) + n2.to(tl.int32) + n3.to(tl.int32)
+        lo = tl.where(n0, 0, tl.where(n1, 1, 2))
+        hi = tl.where(n3 | (count < 2), 3, tl.where(n2, 2, 1))
+
+        # Move values as raw 16-bit patterns so that -0.0 and NaN payloads survive.
+        w0 = tl.where(k0, x0.to(tl.int16, bitcast=True), 0)
+        w1 = tl.where(k1, x1.to(tl.int16, bitcast=True), 0)
+        w2 = tl.where(k2, x2.to(tl.int16, bitcast=True), 0)
+        w3 = tl.where(k3, x3.to(tl.int16, bitcast=True), 0)
+        lo_bits = tl.where(lo == 0, w0, tl.where(lo == 1, w1, w2))
+        hi_bits = tl.where(hi == 3, w3, tl.where(hi == 2, w2, w1))
+        out = values_ptr + rows[:, None] * (K // 2) + groups[None, :] * 2
+        tl.store(out, lo_bits, mask=mask)
+        tl.store(out + 1, hi_bits, mask=mask)
+
+        total = tl.sum(f0 * f0 + f1 * f1 + f2 * f2 + f3 * f3, axis=1)
+        kept = tl.sum(tl.where(k0, f0 * f0, 0.0) + tl.where(k1, f1 * f1, 0.0) + tl.where(k2, f2 * f2, 0.0)
+                      + tl.where(k3, f3 * f3, 0.0), axis=1)  # fmt: skip
+        return lo | (hi << 2), total, kept
 
     @triton.jit
     def _prune_compress_24_kernel(
-        # pointers: values and metadata are two views of one output buffer
-        x_ptr, values_ptr, meta_ptr, scale_ptr,
+        # pointers: values and metadata are two views of one output buffer; energies are (M, n_chunks) partial sums
+        x_ptr, values_ptr, meta_ptr, total_ptr, kept_ptr,
         # sizes and strides
         M, K, stride_xm, stride_xk,
-        eps,
         # meta-parameters
         BLOCK_G: tl.constexpr,
     ):  # fmt: skip
-        # A program owns 16 rows: rows r and r + 8 share each metadata byte (low and high nibble), so it handles
-        # them as two halves of 8 rows and writes whole bytes. The grid covers M rounded up to 64: the padding
-        # rows load as zeros and come out as empty groups, as cuSPARSELt writes them.
-        row0 = tl.program_id(0) * 16
-        half = tl.arange(0, 8)
-        rows_lo = row0 + half
-        rows_hi = rows_lo + 8
-        member = tl.arange(0, 4)[None, None, :]
+        # Program (i, j) owns rows 16i .. 16i+15 and groups j·BLOCK_G onwards: many small programs, so that enough
+        # loads are in flight to approach memory speed. Rows r and r + 8 share each metadata byte (low and high
+        # nibble): the program handles them as two halves of 8 rows and writes whole bytes. The grid covers M
+        # rounded up to 64: padding rows load as zeros and come out as empty groups, as cuSPARSELt writes them.
+        pid_m = tl.program_id(0)
+        pid_k = tl.program_id(1)
         n_groups = K // 4
-        total_lo = tl.zeros([8], dtype=tl.float32)
-        kept_lo = tl.zeros([8], dtype=tl.float32)
-        total_hi = tl.zeros([8], dtype=tl.float32)
-        kept_hi = tl.zeros([8], dtype=tl.float32)
-        for g0 in range(0, n_groups, BLOCK_G):
-            groups = g0 + tl.arange(0, BLOCK_G)
-            group_ok = groups[None, :] < n_groups
-            cols = groups[None, :, None] * 4 + member
-            mask_lo = (rows_lo[:, None, None] < M) & group_ok[:, :, None]
-            mask_hi = (rows_hi[:, None, None] < M) & group_ok[:, :, None]
-            x_lo = tl.load(x_ptr + rows_lo[:, None, None] * stride_xm + cols * stride_xk, mask=mask_lo, other=0.0)
-            x_hi = tl.load(x_ptr + rows_hi[:, None, None] * stride_xm + cols * stride_xk, mask=mask_hi, other=0.0)
-            a_lo, a_hi, nibble_lo, kept_f_lo = _select_and_encode(x_lo, member, 2)
-            b_lo, b_hi, nibble_hi, kept_f_hi = _select_and_encode(x_hi, member, 2)
+        n_chunks = tl.num_programs(1)
+        rows_lo = pid_m * 16 + tl.arange(0, 8)
+        rows_hi = rows_lo + 8
+        groups = pid_k * BLOCK_G + tl.arange(0, BLOCK_G)
+        nibble_lo, total_lo, kept_lo = _half_tile(x_ptr, rows_lo, groups, M, n_groups, stride_xm, stride_xk,
+                                                  values_ptr, K)  # fmt: skip
+        nibble_hi, total_hi, kept_hi = _half_tile(x_ptr, rows_hi, groups, M, n_groups, stride_xm, stride_xk,
+                                                  values_ptr, K)  # fmt: skip
 
-            # values: row-major (M, K/2), two entries a group
-            out_lo = values_ptr + rows_lo[:, None] * (K // 2) + groups[None, :] * 2
-            out_hi = values_ptr + rows_hi[:, None] * (K // 2) + groups[None, :] * 2
-            store_lo = (rows_lo[:, None] < M) & group_ok
-            store_hi = (rows_hi[:, None] < M) & group_ok
-            tl.store(out_lo, a_lo.to(tl.int16), mask=store_lo)
-            tl.store(out_lo + 1, a_hi.to(tl.int16), mask=store_lo)
-            tl.store(out_hi, b_lo.to(tl.int16), mask=store_hi)
-            tl.store(out_hi + 1, b_hi.to(tl.int16), mask=store_hi)
+        r = rows_lo[:, None]
+        g = groups[None, :]
+        address = ((r // 64) * (K // 32) + g // 8) * 512 + (r & 7) * 16 + ((r >> 4) & 3) * 128 + (g & 3) * 4 \
+            + ((g >> 2) & 1) * 2
+        tl.store(meta_ptr + address // 2, (nibble_lo | (nibble_hi << 4)).to(tl.uint8), mask=g < n_groups)
 
-            # metadata: the byte holding rows r (low nibble) and r + 8 (high nibble)
-            r = rows_lo[:, None]
-            g = groups[None, :]
-            tile = (r // 64) * (K // 32) + g // 8
-            address = tile * 512 + (r & 7) * 16 + ((r >> 4) & 3) * 128 + (g & 3) * 4 + ((g >> 2) & 1) * 2
-            tl.store(meta_ptr + address // 2, (nibble_lo | (nibble_hi << 4)).to(tl.uint8), mask=group_ok)
-
-            xf_lo = x_lo.to(tl.float32)
-            xf_hi = x_hi.to(tl.float32)
-            total_lo += tl.sum(tl.sum(xf_lo * xf_lo, axis=2), axis=1)
-            total_hi += tl.sum(tl.sum(xf_hi * xf_hi, axis=2), axis=1)
-            kept_lo += tl.sum(tl.sum(kept_f_lo * kept_f_lo, axis=2), axis=1)
-            kept_hi += tl.sum(tl.sum(kept_f_hi * kept_f_hi, axis=2), axis=1)
-
-        _store_norm_scale(scale_ptr, rows_lo, total_lo, kept_lo, M, eps)
-        _store_norm_scale(scale_ptr, rows_hi, total_hi, kept_hi, M, eps)
+        tl.store(total_ptr + rows_lo * n_chunks + pid_k, total_lo, mask=rows_lo < M)
+        tl.store(kept_ptr + rows_lo * n_chunks + pid_k, kept_lo, mask=rows_lo < M)
+        tl.store(total_ptr + rows_hi * n_chunks + pid_k, total_hi, mask=rows_hi < M)
+        tl.store(kept_ptr + rows_hi * n_chunks + pid_k, kept_hi, mask=rows_hi < M)
 
 
 def prune_compress_24(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused 2:4 prune + compress: (compressed operand shaped as `torch._cslt_compress` returns it, per-row scale).
 
     Compare with the references on `as_flat(operand, rows, k)`: the slack past `compressed_numel` is left unwritten.
+    The scale is reduced from per-chunk energies in a second, tiny step (M × K/256 floats), which keeps the sum
+    order fixed: the result is deterministic.
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use prune_compress_24_ref")
     check_compressible(x)
     rows, k = x.shape
-    scale = torch.empty(rows, dtype=torch.float32, device=x.device)
     if rows == 0:
-        return torch.empty(0, k, dtype=x.dtype, device=x.device), scale
+        return torch.empty(0, k, dtype=x.dtype, device=x.device), torch.empty(0, device=x.device)
     operand = torch.empty(compressed_shape(rows, k), dtype=x.dtype, device=x.device)
     buffer = as_flat(operand, rows, k)
     values = buffer[: rows * k // 2].view(torch.int16)
     metadata = buffer[rows * k // 2 :].view(torch.uint8)
-    grid = (-(-rows // M_TILE) * (M_TILE // 16),)
-    _prune_compress_24_kernel[grid](
-        x, values, metadata, scale, rows, k, x.stride(0), x.stride(1), NORM_EPS, BLOCK_G=min(64, triton.next_power_of_2(k // 4)),
-    )  # fmt: skip
-    return operand, scale
+    block_g = min(GROUPS_PER_PROGRAM, triton.next_power_of_2(k // 4))
+    grid = (-(-rows // M_TILE) * (M_TILE // 16), -(-(k // 4) // block_g))
+    total = torch.empty(rows, grid[1], dtype=torch.float32, device=x.device)
+    kept = torch.empty_like(total)
+    _prune_compress_24_kernel[grid](x, values, metadata, total, kept, rows, k, x.stride(0), x.stride(1),
+                                    BLOCK_G=block_g)  # fmt: skip
+    return operand, norm_scale_from_energy(total.sum(1), kept.sum(1))
 
 
 def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
