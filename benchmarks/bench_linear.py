@@ -4,9 +4,12 @@
 
 Per shape (tokens M, K → N, bf16, with bias), all timed in one run as CUDA-graph replays (median of do_bench):
 - dense: `F.linear(x, W, b)` (cuBLAS);
-- lynx: the fused prune+compress kernel → `torch._cslt_sparse_mm` with the algorithm `_cslt_sparse_mm_search` picked
-  → one compiled pointwise pass for the norm scale and the bias: the whole layer, nothing left out (cuSPARSELt's
-  per-row alpha vector, which would absorb the scale, answers "operation not supported" for bf16 on the H100);
+- lynx: the fused prune + scale + compress kernels → `torch._cslt_sparse_mm` with the algorithm
+  `_cslt_sparse_mm_search` picked → `+ b`: the whole layer, nothing left out. The norm scale is inside the
+  compressed values, so the GEMM output needs none (cuSPARSELt's per-row alpha vector, the other way to fold it in,
+  answers "operation not supported" for bf16 on the H100);
+- lynx_in_model: the same without `+ b`, which in a compiled model Inductor fuses into the consumer's pointwise
+  kernel (gate, residual add, GELU) at no extra pass over Y;
 - lynx_alg0: the same with cuSPARSELt's default algorithm;
 - unfused: Inductor-compiled prune reference → `torch._cslt_compress` → `_cslt_sparse_mm` → scale and bias;
 - gemm_only: `_cslt_sparse_mm` on a ready compressed operand: the ceiling any fused path can reach;
@@ -87,9 +90,10 @@ def bench_shape(name: str, m: int, k: int, n: int, prune_compiled) -> dict:
     operand, _ = prune_compress_24(x)
     best_alg = search_algorithm(operand, weight_t)
 
-    def lynx(alg=best_alg):
-        compressed, row_scale = prune_compress_24(x)
-        return epilogue(torch._cslt_sparse_mm(compressed, weight_t, alg_id=alg), row_scale, bias)
+    def lynx(alg=best_alg, with_bias=True):
+        compressed, _ = prune_compress_24(x)
+        out = torch._cslt_sparse_mm(compressed, weight_t, alg_id=alg)
+        return out + bias if with_bias else out
 
     def unfused():
         pruned, row_scale = prune_compiled(x)
@@ -100,6 +104,7 @@ def bench_shape(name: str, m: int, k: int, n: int, prune_compiled) -> dict:
     times = {
         "dense": graph_time_ms(lambda: F.linear(x, weight, bias)),
         "lynx": graph_time_ms(lynx),
+        "lynx_in_model": graph_time_ms(lambda: lynx(with_bias=False)),
         "lynx_alg0": graph_time_ms(lambda: lynx(0)),
         "unfused": graph_time_ms(unfused),
         "gemm_only": graph_time_ms(lambda: torch._cslt_sparse_mm(operand, weight_t, alg_id=best_alg)),
@@ -130,12 +135,14 @@ def main() -> None:
         json.dump({**meta, "rows": rows}, f, indent=1)
     flux = [r for r in rows if r["shape"].startswith("flux")]
     geomean = torch.tensor([r["x_lynx"] for r in flux]).log().mean().exp().item()
-    print(f"\n{meta}\n{'shape':22} {'dense ms':>9} {'lynx ×':>7} {'alg0 ×':>7} {'unfused ×':>9} {'ceiling ×':>9} "
-          f"{'prune %':>8} {'alg':>4}")  # fmt: skip
+    geomean_in_model = torch.tensor([r["x_lynx_in_model"] for r in flux]).log().mean().exp().item()
+    print(f"\n{meta}\n{'shape':22} {'dense ms':>9} {'lynx ×':>7} {'in-model ×':>10} {'alg0 ×':>7} {'unfused ×':>9} "
+          f"{'ceiling ×':>9} {'prune %':>8} {'alg':>4}")  # fmt: skip
     for r in rows:
-        print(f"{r['shape']:22} {r['dense_ms']:9.4f} {r['x_lynx']:7.2f} {r['x_lynx_alg0']:7.2f} {r['x_unfused']:9.2f} "
-              f"{r['x_gemm_only']:9.2f} {100 * r['prune_share']:8.1f} {r['best_alg']:>4}")  # fmt: skip
-    print(f"geomean lynx × over FLUX shapes: {geomean:.3f}")
+        print(f"{r['shape']:22} {r['dense_ms']:9.4f} {r['x_lynx']:7.2f} {r['x_lynx_in_model']:10.2f} "
+              f"{r['x_lynx_alg0']:7.2f} {r['x_unfused']:9.2f} {r['x_gemm_only']:9.2f} {100 * r['prune_share']:8.1f} "
+              f"{r['best_alg']:>4}")  # fmt: skip
+    print(f"geomean over FLUX shapes: lynx × {geomean:.3f}, in-model × {geomean_in_model:.3f}")
 
 
 if __name__ == "__main__":

@@ -81,18 +81,20 @@ COMPRESS_SHAPES = [(64, 64), (128, 128), (16, 64), (48, 192), (80, 256), (4608, 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows, k", COMPRESS_SHAPES)
 def test_compressor_is_bit_exact_with_cusparselt(rows, k, dtype):
-    from lynx_compile.kernels.prune_compress_24 import as_flat, compress_24_ref, compressed_numel, prune_compress_24
+    from lynx_compile.kernels.prune_compress_24 import (
+        as_flat, compensated_pruned_ref, compress_24_ref, compressed_numel, prune_compress_24,
+    )  # fmt: skip
 
     g = torch.Generator(device="cuda").manual_seed(rows + k)
     x = torch.randn(rows, k, device="cuda", dtype=dtype, generator=g)
     x[: rows // 2, : k // 2] = x[: rows // 2, : k // 2].round()  # ties and exact zeros
     x[0, :8] = torch.tensor([0.0, -0.0, 0.0, 1.0, -0.0, 0.0, 0.0, 0.0])
-    pruned, _ = nm_prune_ref(x)
-    torch_operand = torch._cslt_compress(pruned)
+    ours, scale = prune_compress_24(x)
+    compensated, _ = compensated_pruned_ref(x, scale)
+    torch_operand = torch._cslt_compress(compensated)
     expected = torch_operand.flatten()[: compressed_numel(rows, k)]
-    ours, _ = prune_compress_24(x)
     assert ours.shape == torch_operand.shape
-    assert torch.equal(compress_24_ref(pruned).view(torch.int16), expected.view(torch.int16))
+    assert torch.equal(compress_24_ref(compensated).view(torch.int16), expected.view(torch.int16))
     assert torch.equal(as_flat(ours, rows, k).view(torch.int16), expected.view(torch.int16))
 
 
@@ -102,8 +104,8 @@ def test_sparse_gemm_on_our_buffer_equals_the_simulated_layer():
 
     x = torch.randn(4608, 3072, device="cuda", dtype=torch.bfloat16)
     weight = torch.randn(1024, 3072, device="cuda", dtype=torch.bfloat16) / 3072**0.5
-    operand, scale = prune_compress_24(x)
-    out = torch._cslt_sparse_mm(operand, weight.t()).float() * scale[:, None]
+    operand, _ = prune_compress_24(x)
+    out = torch._cslt_sparse_mm(operand, weight.t())  # the operand holds s·x̃: no rescaling
     pruned, ref_scale = nm_prune_ref(x)
     expected = (pruned.float() @ weight.float().t()) * ref_scale[:, None]
     rel = (out.float() - expected).norm() / expected.norm()

@@ -1,8 +1,9 @@
-"""Fused 2:4 prune + compress: X (tokens × K) → cuSPARSELt's compressed operand for sm_90, plus the norm scale.
+"""Fused 2:4 prune + norm compensation + compress: X (tokens × K) → cuSPARSELt's compressed operand of s·x̃ (sm_90).
 
 The sparse GEMM (`torch._cslt_sparse_mm`) wants its 2:4 operand as one buffer in cuSPARSELt's own layout, which torch
-only produces from an already-pruned dense matrix (`torch._cslt_compress`, a second pass over X). This kernel reads X
-once and writes that buffer directly. The layout, found by experiment on an H100 (`benchmarks/probe_cslt_layout.py`;
+only produces from an already-pruned dense matrix (`torch._cslt_compress`, yet another pass). These kernels write
+that buffer straight from X, with the per-row norm scale s already applied to the stored values (so the GEMM output
+needs no rescaling). The layout, found by experiment on an H100 (`benchmarks/probe_cslt_layout.py`;
 notes in `CSLT_LAYOUT_SM90.md` beside this file), for bf16/fp16 X of shape (M, K), K % 64 == 0:
 
 - values: M × K/2 elements, row-major; each group of 4 contributes its two stored entries in index order.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .nm_prune import nm_prune_ref, norm_scale_from_energy
+from .nm_prune import NORM_EPS, nm_prune_ref
 
 try:
     import triton
@@ -121,113 +122,154 @@ def decompress_24_ref(buffer: torch.Tensor, rows: int, k: int) -> torch.Tensor:
     return dense.reshape(rows, k)
 
 
-def prune_compress_24_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """2:4 prune (lynx's rank rule) then compress: what the fused kernel must reproduce bit for bit."""
+def compensated_pruned_ref(x: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s·x̃ rounded to X's dtype, s): the matrix whose compressed form the fused kernel writes.
+
+    Pass the kernel's own `scale` to get its operand bit for bit: s is a sum over K, and the kernel sums in another
+    order than torch, so the two s may differ in the last fp32 bit, and s·x̃ then round differently now and then.
+    """
+    pruned, ref_scale = nm_prune_ref(x, 2, 4)
+    scale = ref_scale if scale is None else scale
+    return (pruned.float() * scale[:, None]).to(x.dtype), scale
+
+
+def prune_compress_24_ref(x: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """2:4 prune (lynx's rank rule), scale by s, compress: the fused kernel's output (given its `scale`)."""
     check_compressible(x)
-    pruned, scale = nm_prune_ref(x, 2, 4)
-    return compress_24_ref(pruned), scale
+    compensated, scale = compensated_pruned_ref(x, scale)
+    return compress_24_ref(compensated), scale
 
 
-# ---- Triton kernel -----------------------------------------------------------------------------------------------
+# ---- Triton kernels ----------------------------------------------------------------------------------------------
+#
+# Two passes over X, each a 2-D grid of small programs (16 rows × 4·BLOCK_G columns) so that enough loads are in
+# flight to approach memory speed: `_energy_kernel` writes each row's partial energies ‖x‖², ‖x̃‖² per column chunk;
+# `_compress_kernel` reduces them to the row's scale s and writes the compressed operand of s·x̃. Scaling the stored
+# values puts the norm compensation inside the GEMM — no pass over Y — for one extra read of X (K·2 bytes a row
+# against N·4 for a scale pass over Y). Chunked partial sums keep the summation order fixed: deterministic output.
 
 if triton is not None:
 
     @triton.jit
+    def _load_members(x_ptr, rows, chunk, M, K, stride_xm, stride_xk, BLOCK_G: tl.constexpr):
+        """A [rows, 4·BLOCK_G] tile, loaded contiguously, split into its 4 group members ([rows, BLOCK_G] each)."""
+        cols = chunk * 4 * BLOCK_G + tl.arange(0, 4 * BLOCK_G)
+        mask = (rows[:, None] < M) & (cols[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xk, mask=mask, other=0.0)
+        even, odd = tl.split(tl.reshape(x, (x.shape[0], BLOCK_G, 2, 2)))  # members (0, 2) and (1, 3)
+        x0, x2 = tl.split(even)
+        x1, x3 = tl.split(odd)
+        return x0, x1, x2, x3
+
+    @triton.jit
     def _beats(a, b):
-        """Does the entry of magnitude `a` beat the later entry of magnitude `b`? (NaN ranks as +inf; ties: a wins)"""
+        """Does magnitude `a` beat the later entry's magnitude `b`? NaN ranks as +inf; a tie goes to `a`."""
         a = tl.where(a != a, float("inf"), a)
         b = tl.where(b != b, float("inf"), b)
         return a >= b
 
     @triton.jit
-    def _half_tile(x_ptr, rows, groups, M, n_groups, stride_xm, stride_xk, values_ptr, K):
-        """Prune + encode one [8 rows, BLOCK_G groups] half tile; store its values. Returns (nibble, total, kept).
+    def _keep_2_of_4(f0, f1, f2, f3):
+        """lynx's 2:4 rank rule, elementwise over the four members (fp32)."""
+        a0, a1, a2, a3 = tl.abs(f0), tl.abs(f1), tl.abs(f2), tl.abs(f3)
+        b01, b02, b03 = _beats(a0, a1).to(tl.int32), _beats(a0, a2).to(tl.int32), _beats(a0, a3).to(tl.int32)
+        b12, b13, b23 = _beats(a1, a2).to(tl.int32), _beats(a1, a3).to(tl.int32), _beats(a2, a3).to(tl.int32)
+        k0 = (3 - b01 - b02 - b03) < 2  # rank = number of entries that beat this one
+        k1 = (b01 + 2 - b12 - b13) < 2
+        k2 = (b02 + b12 + 1 - b23) < 2
+        k3 = (b03 + b13 + b23) < 2
+        return k0, k1, k2, k3
 
-        The 4 members of a group are 4 separate [rows, groups] tensors, so the whole 2:4 decision is elementwise:
-        no reduction over a size-4 axis, nothing but compares and selects in registers.
-        """
-        mask = (rows[:, None] < M) & (groups[None, :] < n_groups)
-        base = x_ptr + rows[:, None] * stride_xm + groups[None, :] * 4 * stride_xk
-        x0 = tl.load(base, mask=mask, other=0.0)
-        x1 = tl.load(base + stride_xk, mask=mask, other=0.0)
-        x2 = tl.load(base + 2 * stride_xk, mask=mask, other=0.0)
-        x3 = tl.load(base + 3 * stride_xk, mask=mask, other=0.0)
+    @triton.jit
+    def _energy_kernel(
+        x_ptr, total_ptr, kept_ptr,
+        M, K, stride_xm, stride_xk,
+        BLOCK_G: tl.constexpr,
+    ):  # fmt: skip
+        rows = tl.program_id(0) * 16 + tl.arange(0, 16)
+        chunk = tl.program_id(1)
+        x0, x1, x2, x3 = _load_members(x_ptr, rows, chunk, M, K, stride_xm, stride_xk, BLOCK_G)
         f0, f1, f2, f3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
+        k0, k1, k2, k3 = _keep_2_of_4(f0, f1, f2, f3)
+        q0, q1, q2, q3 = f0 * f0, f1 * f1, f2 * f2, f3 * f3
+        total = tl.sum(q0 + q1 + q2 + q3, axis=1)
+        kept = tl.sum(tl.where(k0, q0, 0.0) + tl.where(k1, q1, 0.0) + tl.where(k2, q2, 0.0) + tl.where(k3, q3, 0.0),
+                      axis=1)  # fmt: skip
+        n_chunks = tl.num_programs(1)
+        tl.store(total_ptr + rows * n_chunks + chunk, total, mask=rows < M)
+        tl.store(kept_ptr + rows * n_chunks + chunk, kept, mask=rows < M)
 
-        # 2:4 keep mask: j is kept when fewer than 2 entries beat it (lynx's rank rule, ties to the lower index).
-        b01, b02, b03 = _beats(tl.abs(f0), tl.abs(f1)), _beats(tl.abs(f0), tl.abs(f2)), _beats(tl.abs(f0), tl.abs(f3))
-        b12, b13, b23 = _beats(tl.abs(f1), tl.abs(f2)), _beats(tl.abs(f1), tl.abs(f3)), _beats(tl.abs(f2), tl.abs(f3))
-        k0 = ((~b01).to(tl.int32) + (~b02).to(tl.int32) + (~b03).to(tl.int32)) < 2
-        k1 = (b01.to(tl.int32) + (~b12).to(tl.int32) + (~b13).to(tl.int32)) < 2
-        k2 = (b02.to(tl.int32) + b12.to(tl.int32) + (~b23).to(tl.int32)) < 2
-        k3 = (b03.to(tl.int32) + b13.to(tl.int32) + b23.to(tl.int32)) < 2
+    @triton.jit
+    def _row_scale(total_ptr, kept_ptr, rows, M, n_chunks, eps, CHUNKS: tl.constexpr):
+        """s for each row from its partial energies (CHUNKS: n_chunks rounded up to a power of two)."""
+        chunks = tl.arange(0, CHUNKS)
+        mask = (rows[:, None] < M) & (chunks[None, :] < n_chunks)
+        offsets = rows[:, None] * n_chunks + chunks[None, :]
+        total = tl.sum(tl.load(total_ptr + offsets, mask=mask, other=0.0), axis=1)
+        kept = tl.sum(tl.load(kept_ptr + offsets, mask=mask, other=0.0), axis=1)
+        scale = tl.sqrt(total / (kept + eps))
+        return tl.where(total - total == 0.0, scale, 1.0)  # non-finite rows get 1, as in nm_prune
 
-        # Stored slots: the kept nonzeros, then the highest free indices (see the module docstring).
-        n0, n1, n2, n3 = k0 & (f0 != 0.0), k1 & (f1 != 0.0), k2 & (f2 != 0.0), k3 & (f3 != 0.0)
-        # With two kept nonzeros they are the slots; with fewer, the free slots are taken from index 3 down.
+    @triton.jit
+    def _encode_half(x_ptr, values_ptr, rows, scale, chunk, M, K, stride_xm, stride_xk, BLOCK_G: tl.constexpr):
+        """Prune, scale and encode 8 rows of the chunk; store their values, return their metadata nibbles."""
+        x0, x1, x2, x3 = _load_members(x_ptr, rows, chunk, M, K, stride_xm, stride_xk, BLOCK_G)
+        f0, f1, f2, f3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
+        k0, k1, k2, k3 = _keep_2_of_4(f0, f1, f2, f3)
+        s = scale[:, None]
+        v0 = tl.where(k0, f0 * s, 0.0).to(x0.dtype)
+        v1 = tl.where(k1, f1 * s, 0.0).to(x0.dtype)
+        v2 = tl.where(k2, f2 * s, 0.0).to(x0.dtype)
+        v3 = tl.where(k3, f3 * s, 0.0).to(x0.dtype)
+        # Stored slots: the nonzeros (after scaling and rounding, as cuSPARSELt would see them); with fewer than
+        # two, the free slots are taken from index 3 down (see the module docstring).
+        n0, n1, n2, n3 = v0 != 0.0, v1 != 0.0, v2 != 0.0, v3 != 0.0
         count = n0.to(tl.int32) + n1.to(tl.int32) + n2.to(tl.int32) + n3.to(tl.int32)
         lo = tl.where(n0, 0, tl.where(n1, 1, 2))
         hi = tl.where(n3 | (count < 2), 3, tl.where(n2, 2, 1))
-
-        # Move values as raw 16-bit patterns so that -0.0 and NaN payloads survive.
-        w0 = tl.where(k0, x0.to(tl.int16, bitcast=True), 0)
-        w1 = tl.where(k1, x1.to(tl.int16, bitcast=True), 0)
-        w2 = tl.where(k2, x2.to(tl.int16, bitcast=True), 0)
-        w3 = tl.where(k3, x3.to(tl.int16, bitcast=True), 0)
-        lo_bits = tl.where(lo == 0, w0, tl.where(lo == 1, w1, w2))
-        hi_bits = tl.where(hi == 3, w3, tl.where(hi == 2, w2, w1))
-        out = values_ptr + rows[:, None] * (K // 2) + groups[None, :] * 2
-        tl.store(out, lo_bits, mask=mask)
-        tl.store(out + 1, hi_bits, mask=mask)
-
-        total = tl.sum(f0 * f0 + f1 * f1 + f2 * f2 + f3 * f3, axis=1)
-        kept = tl.sum(tl.where(k0, f0 * f0, 0.0) + tl.where(k1, f1 * f1, 0.0) + tl.where(k2, f2 * f2, 0.0)
-                      + tl.where(k3, f3 * f3, 0.0), axis=1)  # fmt: skip
-        return lo | (hi << 2), total, kept
+        lo_value = tl.where(lo == 0, v0, tl.where(lo == 1, v1, v2))
+        hi_value = tl.where(hi == 3, v3, tl.where(hi == 2, v2, v1))
+        pairs = tl.reshape(tl.join(lo_value, hi_value), (lo_value.shape[0], 2 * BLOCK_G))
+        cols = chunk * 2 * BLOCK_G + tl.arange(0, 2 * BLOCK_G)
+        mask = (rows[:, None] < M) & (cols[None, :] < K // 2)
+        tl.store(values_ptr + rows[:, None] * (K // 2) + cols[None, :], pairs, mask=mask)
+        return lo | (hi << 2)
 
     @triton.jit
-    def _prune_compress_24_kernel(
-        # pointers: values and metadata are two views of one output buffer; energies are (M, n_chunks) partial sums
-        x_ptr, values_ptr, meta_ptr, total_ptr, kept_ptr,
+    def _compress_kernel(
+        # pointers: values and metadata are two views of one output buffer
+        x_ptr, values_ptr, meta_ptr, total_ptr, kept_ptr, scale_ptr,
         # sizes and strides
-        M, K, stride_xm, stride_xk,
+        M, K, stride_xm, stride_xk, n_chunks, eps,
         # meta-parameters
-        BLOCK_G: tl.constexpr,
+        BLOCK_G: tl.constexpr, CHUNKS: tl.constexpr,
     ):  # fmt: skip
-        # Program (i, j) owns rows 16i .. 16i+15 and groups j·BLOCK_G onwards: many small programs, so that enough
-        # loads are in flight to approach memory speed. Rows r and r + 8 share each metadata byte (low and high
-        # nibble): the program handles them as two halves of 8 rows and writes whole bytes. The grid covers M
-        # rounded up to 64: padding rows load as zeros and come out as empty groups, as cuSPARSELt writes them.
-        pid_m = tl.program_id(0)
-        pid_k = tl.program_id(1)
-        n_groups = K // 4
-        n_chunks = tl.num_programs(1)
-        rows_lo = pid_m * 16 + tl.arange(0, 8)
+        # Rows r and r + 8 share each metadata byte (low and high nibble): a program takes 16 rows as two halves of
+        # 8 and writes whole bytes. The grid covers M rounded up to 64: padding rows load as zeros and come out as
+        # empty groups, as cuSPARSELt writes them.
+        chunk = tl.program_id(1)
+        rows_lo = tl.program_id(0) * 16 + tl.arange(0, 8)
         rows_hi = rows_lo + 8
-        groups = pid_k * BLOCK_G + tl.arange(0, BLOCK_G)
-        nibble_lo, total_lo, kept_lo = _half_tile(x_ptr, rows_lo, groups, M, n_groups, stride_xm, stride_xk,
-                                                  values_ptr, K)  # fmt: skip
-        nibble_hi, total_hi, kept_hi = _half_tile(x_ptr, rows_hi, groups, M, n_groups, stride_xm, stride_xk,
-                                                  values_ptr, K)  # fmt: skip
+        scale_lo = _row_scale(total_ptr, kept_ptr, rows_lo, M, n_chunks, eps, CHUNKS)
+        scale_hi = _row_scale(total_ptr, kept_ptr, rows_hi, M, n_chunks, eps, CHUNKS)
+        nibble_lo = _encode_half(x_ptr, values_ptr, rows_lo, scale_lo, chunk, M, K, stride_xm, stride_xk, BLOCK_G)
+        nibble_hi = _encode_half(x_ptr, values_ptr, rows_hi, scale_hi, chunk, M, K, stride_xm, stride_xk, BLOCK_G)
 
         r = rows_lo[:, None]
-        g = groups[None, :]
+        g = chunk * BLOCK_G + tl.arange(0, BLOCK_G)[None, :]
         address = ((r // 64) * (K // 32) + g // 8) * 512 + (r & 7) * 16 + ((r >> 4) & 3) * 128 + (g & 3) * 4 \
             + ((g >> 2) & 1) * 2
-        tl.store(meta_ptr + address // 2, (nibble_lo | (nibble_hi << 4)).to(tl.uint8), mask=g < n_groups)
-
-        tl.store(total_ptr + rows_lo * n_chunks + pid_k, total_lo, mask=rows_lo < M)
-        tl.store(kept_ptr + rows_lo * n_chunks + pid_k, kept_lo, mask=rows_lo < M)
-        tl.store(total_ptr + rows_hi * n_chunks + pid_k, total_hi, mask=rows_hi < M)
-        tl.store(kept_ptr + rows_hi * n_chunks + pid_k, kept_hi, mask=rows_hi < M)
+        tl.store(meta_ptr + address // 2, (nibble_lo | (nibble_hi << 4)).to(tl.uint8), mask=g < K // 4)
+        if chunk == 0:
+            tl.store(scale_ptr + rows_lo, scale_lo, mask=rows_lo < M)
+            tl.store(scale_ptr + rows_hi, scale_hi, mask=rows_hi < M)
 
 
 def prune_compress_24(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused 2:4 prune + compress: (compressed operand shaped as `torch._cslt_compress` returns it, per-row scale).
+    """Fused 2:4 prune + norm compensation + compress: (operand of s·x̃ shaped as `torch._cslt_compress` returns
+    it, the per-row scale s). The GEMM on the operand needs no scale afterwards.
 
     Compare with the references on `as_flat(operand, rows, k)`: the slack past `compressed_numel` is left unwritten.
-    The scale is reduced from per-chunk energies in a second, tiny step (M × K/256 floats), which keeps the sum
-    order fixed: the result is deterministic.
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use prune_compress_24_ref")
@@ -237,15 +279,21 @@ def prune_compress_24(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.empty(0, k, dtype=x.dtype, device=x.device), torch.empty(0, device=x.device)
     operand = torch.empty(compressed_shape(rows, k), dtype=x.dtype, device=x.device)
     buffer = as_flat(operand, rows, k)
-    values = buffer[: rows * k // 2].view(torch.int16)
-    metadata = buffer[rows * k // 2 :].view(torch.uint8)
-    block_g = min(GROUPS_PER_PROGRAM, triton.next_power_of_2(k // 4))
-    grid = (-(-rows // M_TILE) * (M_TILE // 16), -(-(k // 4) // block_g))
-    total = torch.empty(rows, grid[1], dtype=torch.float32, device=x.device)
+    block_g = GROUPS_PER_PROGRAM  # k // 4 is a multiple of 16: the largest power of two ≤ 64 dividing it
+    while (k // 4) % block_g:
+        block_g //= 2
+    n_chunks = k // 4 // block_g
+    total = torch.empty(rows, n_chunks, dtype=torch.float32, device=x.device)
     kept = torch.empty_like(total)
-    _prune_compress_24_kernel[grid](x, values, metadata, total, kept, rows, k, x.stride(0), x.stride(1),
-                                    BLOCK_G=block_g)  # fmt: skip
-    return operand, norm_scale_from_energy(total.sum(1), kept.sum(1))
+    scale = torch.empty(rows, dtype=torch.float32, device=x.device)
+    _energy_kernel[(triton.cdiv(rows, 16), n_chunks)](x, total, kept, rows, k, x.stride(0), x.stride(1),
+                                                       BLOCK_G=block_g)  # fmt: skip
+    _compress_kernel[(triton.cdiv(rows, M_TILE) * (M_TILE // 16), n_chunks)](
+        x, buffer[: rows * k // 2], buffer[rows * k // 2 :].view(torch.uint8), total, kept, scale,
+        rows, k, x.stride(0), x.stride(1), n_chunks, NORM_EPS,
+        BLOCK_G=block_g, CHUNKS=triton.next_power_of_2(n_chunks),
+    )  # fmt: skip
+    return operand, scale
 
 
 def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
@@ -254,6 +302,6 @@ def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
 
 
 __all__ = [
-    "as_flat", "compress_24_ref", "compressed_numel", "compressed_shape", "decompress_24_ref", "layout_supported", "metadata_nibble_address",
+    "as_flat", "compensated_pruned_ref", "compress_24_ref", "compressed_numel", "compressed_shape", "decompress_24_ref", "layout_supported", "metadata_nibble_address",
     "prune_compress_24", "prune_compress_24_ref", "stored_indices_ref",
 ]  # fmt: skip

@@ -19,6 +19,9 @@ from lynx_compile.kernels.prune_compress_24 import (
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Triton's interpreter converts fp32 to bf16 by truncation, not round-to-nearest-even as the GPU and torch do, so
+# s·x̃ in bf16 is only bit-exact on a GPU (tests/test_gpu.py); here bf16 is checked to one rounding step.
+INTERPRETED_BF16_IS_TRUNCATED = DEVICE == "cpu"
 
 
 @st.composite
@@ -43,10 +46,16 @@ def bits(t):
 @given(activations())
 def test_kernel_matches_reference_bit_for_bit(x):
     operand, scale = prune_compress_24(x)
-    ref_buffer, ref_scale = prune_compress_24_ref(x)
-    assert operand.shape == compressed_shape(*x.shape) and ref_buffer.shape == (compressed_numel(*x.shape),)
-    assert torch.equal(bits(as_flat(operand, *x.shape)), bits(ref_buffer))
+    _, ref_scale = prune_compress_24_ref(x)
     torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+    ref_buffer, _ = prune_compress_24_ref(x, scale)  # the kernel's s: see compensated_pruned_ref
+    assert operand.shape == compressed_shape(*x.shape) and ref_buffer.shape == (compressed_numel(*x.shape),)
+    ours = as_flat(operand, *x.shape)
+    if x.dtype == torch.bfloat16 and INTERPRETED_BF16_IS_TRUNCATED:
+        decoded, expected = decompress_24_ref(ours, *x.shape), decompress_24_ref(ref_buffer, *x.shape)
+        torch.testing.assert_close(decoded.float(), expected.float(), rtol=2**-7, atol=0)
+    else:
+        assert torch.equal(bits(ours), bits(ref_buffer))
 
 
 @given(activations())
