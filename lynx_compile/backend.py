@@ -44,8 +44,6 @@ def apply_lynx_passes(gm: torch.fx.GraphModule, config: LynxConfig) -> tuple[tor
     before = str(gm.graph)
     original = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
     ctx = PassContext(config)
-    if config.execution == "sparse":
-        logger.warning("lynx: execution='sparse' has no sparse-tensor-core path yet; simulating instead")
     try:
         gm = run_passes(gm, ctx)
     except Exception as error:

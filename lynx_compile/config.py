@@ -15,7 +15,7 @@ from typing import Any
 
 from .kernels.nm_prune import check_nm
 
-EXECUTIONS = ("simulate", "dense", "sparse")
+EXECUTIONS = ("auto", "simulate", "dense", "sparse")
 COMPILERS = ("inductor", "eager")
 
 
@@ -24,14 +24,18 @@ class LynxConfig:
     """Options of the lynx backend.
 
     Attributes:
-        execution: how chosen linears run. ``"simulate"``: prune + compensate, then a dense GEMM (exact numerics of
-            the method on any device). ``"dense"``: no rewrite at all, the A/B baseline. ``"sparse"``: sparse tensor
-            cores (not built yet: falls back to simulate and says so in the log and in each layer's reason).
+        execution: how chosen linears run. ``"sparse"``: fused prune + compress and cuSPARSELt's sparse GEMM, for
+            layers where that path exists and is measured faster than dense on this GPU (others stay dense, with the
+            reason). ``"simulate"``: prune + compensate, then a dense GEMM (the method's numerics on any device, for
+            quality studies; slower than dense). ``"dense"``: no rewrite at all, the A/B baseline. ``"auto"``
+            (default): ``"sparse"`` on GPUs with the sparse path (sm_90), ``"simulate"`` elsewhere.
         n, m: keep ``n`` of every ``m`` consecutive input channels (2:4 by default; simulate also takes 1:4, 4:8 ...).
         norm_compensation: rescale each pruned token row to its dense L2 norm (applied after the GEMM).
         min_tokens: linears with fewer input rows (tokens × batch) stay dense; with a symbolic token count the check
             runs at run time.
         min_features: linears with in- or out-features below this stay dense.
+        min_speedup: sparse execution: a layer goes sparse only where the sparse path measured at least this much
+            faster than dense for its shape (with CUDA graphs if the compile uses them, else host time included).
         include: glob patterns over module qualified names (``"transformer_blocks.*"``); only matching linears may
             be sparsified. Empty means all.
         exclude: glob patterns of linears that stay dense; wins over ``include``.
@@ -41,12 +45,13 @@ class LynxConfig:
         inductor: Inductor config entries forwarded to ``compile_fx`` (filled from unknown-to-lynx option keys).
     """
 
-    execution: str = "simulate"
+    execution: str = "auto"
     n: int = 2
     m: int = 4
     norm_compensation: bool = True
     min_tokens: int = 16
     min_features: int = 16
+    min_speedup: float = 1.05
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     mode: str | None = None
@@ -65,6 +70,8 @@ class LynxConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        if not isinstance(self.min_speedup, (int, float)) or self.min_speedup <= 0:
+            raise ValueError(f"min_speedup must be a positive number, got {self.min_speedup!r}")
         for name in ("include", "exclude"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -86,6 +93,10 @@ class LynxConfig:
     def cache_key(self) -> str:
         """Everything that changes what the lynx passes emit, as a stable string (for Inductor's FX graph cache)."""
         return json.dumps(self.to_dict(), sort_keys=True, default=repr)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return bool(self.inductor_patches().get("triton.cudagraphs", False))
 
     def inductor_patches(self) -> dict[str, Any]:
         """Inductor config for this compile: the mode's entries, then the explicitly forwarded ones."""

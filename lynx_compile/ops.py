@@ -1,10 +1,12 @@
 """The lynx custom ops that the graph passes emit, with the fake implementations Dynamo, AOT and Inductor trace.
 
-- ``lynx::sparse_linear(x, weight, bias, n, m, norm_compensation, min_tokens)``: what the rewrite pass puts where a
-  chosen linear was. It is the unit of decision: its eager body runs the method as simulation (prune, dense GEMM,
-  per-row scale, bias), and the Inductor pass `lower_sparse_linears` replaces it by its parts so Inductor can fuse
-  the epilogue. The sparse-tensor-core path plugs in at that lowering.
+- ``lynx::sparse_linear(x, weight, bias, n, m, norm_compensation, min_tokens, path, algorithm)``: what the
+  rewrite pass puts where a chosen linear was. It is the unit of decision; ``path`` says how it runs:
+  ``"simulate"`` (prune, dense GEMM, per-row scale, bias: the method's numerics on any device) or ``"cusparselt"``
+  (fused prune + compress, then cuSPARSELt's sparse GEMM with ``algorithm``). The Inductor pass
+  `lower_sparse_linears` replaces it by its parts so that Inductor fuses the epilogue.
 - ``lynx::nm_prune(x, n, m) -> (pruned, scale)``: the Triton kernel on CUDA, the reference elsewhere.
+- ``lynx::prune_compress_24(x) -> (operand, scale)``: cuSPARSELt's compressed operand of s·x̃ (sm_90).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
+from .kernels.prune_compress_24 import compressed_shape, prune_compress_24
+
 
 
 @torch.library.custom_op("lynx::nm_prune", mutates_args=())
@@ -25,6 +29,16 @@ def nm_prune_op(x: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Te
 @nm_prune_op.register_fake
 def _(x: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((x.shape[0],), dtype=torch.float32)
+
+
+@torch.library.custom_op("lynx::prune_compress_24", mutates_args=())
+def prune_compress_24_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return prune_compress_24(x)
+
+
+@prune_compress_24_op.register_fake
+def _(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty(compressed_shape(x.shape[0], x.shape[1])), x.new_empty((x.shape[0],), dtype=torch.float32)
 
 
 PruneFn = Callable[[torch.Tensor, int, int], "tuple[torch.Tensor, torch.Tensor]"]
@@ -51,6 +65,17 @@ def simulated_sparse_linear(
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
+def cusparselt_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, algorithm: int, compress: Callable
+) -> torch.Tensor:
+    """y = (s·x̃)·Wᵀ + b on sparse tensor cores: the compressed operand already carries the scale."""
+    operand, _ = compress(x.reshape(-1, weight.shape[1]))
+    out = torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm)
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
 @torch.library.custom_op("lynx::sparse_linear", mutates_args=())
 def sparse_linear(
     x: torch.Tensor,
@@ -60,22 +85,29 @@ def sparse_linear(
     m: int,
     norm_compensation: bool,
     min_tokens: int,
+    path: str,  # "simulate" | "cusparselt"; not "kernel": Inductor's FallbackKernel.create takes that name itself
+    algorithm: int,  # no defaults: AOT would turn defaulted arguments into kwargs, which the lowering pattern misses
 ) -> torch.Tensor:
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if rows < min_tokens:  # only reachable with a symbolic token count; static counts are decided at compile time
+    # The run-time checks matter only for a symbolic token count; static counts are decided at compile time.
+    if rows < min_tokens:
         return F.linear(x, weight, bias)
+    if path == "cusparselt":
+        if rows % 16:  # cuSPARSELt's shape rule; the dense GEMM is the honest fallback (simulation is slower)
+            return F.linear(x, weight, bias)
+        return cusparselt_linear(x, weight, bias, algorithm, prune_compress_24)
     return simulated_sparse_linear(x, weight, bias, n, m, norm_compensation, nm_prune)
 
 
 @sparse_linear.register_fake
-def _(x, weight, bias, n, m, norm_compensation, min_tokens):
+def _(x, weight, bias, n, m, norm_compensation, min_tokens, path, algorithm):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 # Gradients (straight-through): the mask and the scale are held constant, so y = s ⊙ (x ⊙ mask)·Wᵀ + b is linear in
 # x, W and b. Inference is the target; this exists so that compiling a model whose parameters require grad works.
 def _setup_backward(ctx, inputs, output):
-    x, weight, bias, n, m, norm_compensation, min_tokens = inputs
+    x, weight, bias, n, m, norm_compensation, min_tokens, _path, _algorithm = inputs
     ctx.save_for_backward(x, weight)
     ctx.options = (bias is not None, n, m, norm_compensation, min_tokens)
 
@@ -97,7 +129,7 @@ def _backward(ctx, grad_out):
         grad_x = torch.where(keep, grad_x, 0)
     grad_weight = grad_rows.t() @ pruned
     grad_bias = grad_out.reshape(-1, weight.shape[0]).sum(0) if has_bias else None
-    return grad_x.reshape(x.shape), grad_weight, grad_bias, None, None, None, None
+    return grad_x.reshape(x.shape), grad_weight, grad_bias, None, None, None, None, None, None
 
 
 sparse_linear.register_autograd(_backward, setup_context=_setup_backward)

@@ -139,15 +139,23 @@ def test_a_failing_pass_warns_and_compiles_unchanged(model, monkeypatch, caplog)
         run(model, x, emb, options={"strict": True})
 
 
-def test_sparse_execution_falls_back_to_simulate_with_a_reason(model, caplog):
+def test_sparse_execution_without_the_sparse_path_stays_dense_with_the_reason(model):
     x, emb = inputs()
-    with caplog.at_level(logging.WARNING, logger="lynx_compile"):
-        out, report = run(model, x, emb, options={"execution": "sparse"})
+    out, report = run(model, x, emb, options={"execution": "sparse"})
     torch._dynamo.reset()
-    simulated, _ = run(model, x, emb)
-    assert "no sparse-tensor-core path yet" in caplog.text
-    assert all("simulated" in layer.reason for layer in report.sparse_layers) and report.sparse_layers
-    assert torch.equal(out, simulated)
+    dense, _ = run(model, x, emb, options={"execution": "dense"})
+    assert report.layers and not report.sparse_layers
+    assert all(layer.reason.startswith(("no sparse-tensor-core kernel for cpu", "tokens M=")) for layer in report.layers)
+    assert torch.equal(out, dense)
+
+
+def test_auto_execution_simulates_on_cpu(model):
+    x, emb = inputs()
+    auto, auto_report = run(model, x, emb)
+    torch._dynamo.reset()
+    simulated, simulate_report = run(model, x, emb, options={"execution": "simulate"})
+    assert [layer.reason for layer in auto_report.layers] == [layer.reason for layer in simulate_report.layers]
+    assert auto_report.sparse_layers and torch.equal(auto, simulated)
 
 
 # ---- awkward inputs: no crash, defined result --------------------------------------------------------------------
@@ -158,7 +166,7 @@ def test_odd_in_features_stay_dense_with_reason():
     x = torch.randn(2, 16, 18)
     out, report = run(model, x)
     assert [(l.decision, l.reason) for l in report.layers] == [
-        ("dense", "K=18 not a multiple of m=4"), ("sparse", "2:4 on K + norm")]  # fmt: skip
+        ("dense", "K=18 not a multiple of m=4"), ("sparse", "2:4 on K + norm, simulated")]  # fmt: skip
     assert out.shape == (2, 16, 18)
 
 

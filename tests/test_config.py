@@ -5,9 +5,9 @@ import pytest
 from lynx_compile.config import LynxConfig, parse_options
 
 
-def test_defaults_are_2_4_simulate_with_norm():
+def test_defaults_are_auto_2_4_with_norm():
     config = parse_options(None)
-    assert (config.execution, config.n, config.m, config.norm_compensation) == ("simulate", 2, 4, True)
+    assert (config.execution, config.n, config.m, config.norm_compensation) == ("auto", 2, 4, True)
     assert config.inductor_patches() == {}
 
 
@@ -45,6 +45,7 @@ def test_mode_reaches_inductor_through_either_route():
     "options, message",
     [({"execution": "fast"}, "execution must be one of"), ({"n": 2, "m": 3}, "power of two"),
      ({"n": 4, "m": 4}, "1 <= n < m"), ({"min_tokens": -1}, "non-negative"), ({"mode": "turbo"}, "turbo"),
+     ({"min_speedup": 0}, "positive"), ({"compiler": "tvm"}, "compiler must be one of"),
      ({"exclude": [3]}, "glob strings")],
 )
 def test_invalid_values_are_rejected(options, message):

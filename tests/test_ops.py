@@ -24,7 +24,7 @@ def sample_args(tokens=24, k=32, n=16, bias=True, dtype=torch.float32, requires_
 @pytest.mark.parametrize("min_tokens", [0, 1000])
 def test_opcheck_sparse_linear(bias, norm, min_tokens):
     x, weight, b = sample_args(bias=bias, requires_grad=True)
-    torch.library.opcheck(torch.ops.lynx.sparse_linear.default, (x, weight, b, 2, 4, norm, min_tokens))
+    torch.library.opcheck(torch.ops.lynx.sparse_linear.default, (x, weight, b, 2, 4, norm, min_tokens, "simulate", 0))
 
 
 def test_opcheck_nm_prune():
@@ -39,19 +39,20 @@ def test_sparse_linear_is_the_method(norm):
     pruned, scale = nm_prune_ref(rows, 2, 4)
     compensated = pruned * scale[:, None] if norm else pruned
     expected = F.linear(compensated, weight, b).reshape(*x.shape[:-1], -1)
-    actual = torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, norm, 0)
+    actual = torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, norm, 0, "simulate", 0)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_below_min_tokens_the_op_is_dense():
     x, weight, b = sample_args()
-    torch.testing.assert_close(torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, True, 1000), F.linear(x, weight, b))
+    out = torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, True, 1000, "simulate", 0)
+    torch.testing.assert_close(out, F.linear(x, weight, b))
 
 
 def test_gradient_is_straight_through():
     """With the mask (and scale) held constant the layer is linear; its gradients are those of that linear map."""
     x, weight, b = sample_args(requires_grad=True)
-    out = torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, True, 0)
+    out = torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, True, 0, "simulate", 0)
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, (x, weight, b), grad_out)
 

@@ -1,8 +1,10 @@
 """Decide per linear: sparse or dense, always with a reason a user can act on.
 
 Rules, first match wins: name excluded/not included; execution="dense"; dtype; K % m; too few features; too few
-tokens. A symbolic token count cannot be decided here without a guard (a recompile at the threshold), so such a
-layer is marked sparse and `lynx::sparse_linear` runs it dense at run time below `min_tokens`.
+tokens; then, for sparse execution, whether the sparse-tensor-core path exists for the layer and is measured faster
+than dense for its shape (`cusparselt.measure`). A symbolic token count cannot be decided here without a guard (a
+recompile at the threshold), so such a layer is marked sparse and `lynx::sparse_linear` runs it dense at run time
+below `min_tokens`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import logging
 import torch
 import torch.fx
 
+from .. import cusparselt
 from ..kernels.nm_prune import SUPPORTED_DTYPES
-from .utils import LinearSite, PassContext, fake_value
+from ..kernels.prune_compress_24 import layout_supported
+from .utils import LinearSite, PassContext, concrete_int, fake_value
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +46,49 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
     return None
 
 
+def _execution(site: LinearSite, ctx: PassContext) -> str:
+    """The config's execution for this site, with "auto" resolved on the site's device."""
+    if ctx.config.execution != "auto":
+        return ctx.config.execution
+    return "sparse" if site.device.type == "cuda" and layout_supported(site.device) else "simulate"
+
+
+def _decide_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
+    """For execution="sparse": set path/algorithm and return None, or return why the layer stays dense."""
+    config = ctx.config
+    unavailable = cusparselt.unavailable_reason(site.device, site.dtype, site.in_features, site.out_features, config)
+    if unavailable:
+        return unavailable
+    symbolic = isinstance(site.tokens, torch.SymInt)
+    if not symbolic and site.tokens % cusparselt.CSLT_MULTIPLE:
+        return f"M={site.tokens} not a multiple of {cusparselt.CSLT_MULTIPLE} (cuSPARSELt)"
+    tokens = max(cusparselt.CSLT_MULTIPLE, concrete_int(site.tokens) // 16 * 16)  # a symbolic M at its example
+    device_index = site.device.index if site.device.index is not None else torch.cuda.current_device()
+    measured = cusparselt.measure(tokens, site.in_features, site.out_features, site.dtype, device_index,
+                                  config.cuda_graphs)  # fmt: skip
+    where = f"M={tokens}, " + ("CUDA graphs" if config.cuda_graphs else "no CUDA graphs, host time included")
+    if measured.speedup < config.min_speedup:
+        return f"sparse path measured {measured.speedup:.2f}× dense ({where}) < min_speedup={config.min_speedup}"
+    site.path, site.algorithm = "cusparselt", measured.algorithm
+    site.reason = f"2:4 sparse tensor cores, measured {measured.speedup:.2f}× dense ({where}; alg {measured.algorithm})"
+    return None
+
+
 def _sparse_reason(site: LinearSite, ctx: PassContext) -> str:
     config = ctx.config
-    reason = f"{config.n}:{config.m} on K" + (" + norm" if config.norm_compensation else "")
+    reason = site.reason or (f"{config.n}:{config.m} on K" + (" + norm" if config.norm_compensation else "")
+                             + ", simulated")  # fmt: skip
     if isinstance(site.tokens, torch.SymInt):
         reason += f"; M symbolic: dense at run time below {config.min_tokens} tokens"
-    if config.execution == "sparse":
-        reason += "; simulated (no sparse-tensor-core path yet)"
     return reason
 
 
 def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-    """Fill in `decision` and `reason` on every site found (the graph is left unchanged)."""
+    """Fill in `decision` and `reason` (and, for the sparse path, path and algorithm) on every site found."""
     for site in ctx.sites:
         dense_reason = _dense_reason(site, ctx)
+        if dense_reason is None and _execution(site, ctx) == "sparse":
+            dense_reason = _decide_sparse_path(site, ctx)
         site.decision = "dense" if dense_reason else "sparse"
         site.reason = dense_reason or _sparse_reason(site, ctx)
         logger.debug("lynx: %s -> %s (%s)", site.name, site.decision, site.reason)

@@ -1,12 +1,14 @@
-"""Inductor post-grad pass: lower each `lynx::sparse_linear` into prune → mm → scale → bias.
+"""Inductor post-grad pass: lower each `lynx::sparse_linear` into its parts, so Inductor fuses the epilogue.
 
 The Dynamo-level rewrite leaves one opaque node per sparsified linear, which keeps decisions visible and the graph
 small through AOT. Opaque, though, it would run as an extern call with its GEMM and epilogue hidden from Inductor.
-Lowered here, Inductor picks the GEMM and fuses the per-row scale and the bias into one pointwise epilogue; only
-`lynx::nm_prune` stays opaque. This is also where the sparse-tensor-core path will replace the mm.
+Lowered here, by the node's path:
+- "simulate": `lynx::nm_prune` → mm → per-row scale → bias; Inductor picks the GEMM and fuses scale and bias;
+- "cusparselt": `lynx::prune_compress_24` → `aten._cslt_sparse_mm` (the algorithm chosen at decision time) →
+  bias, which Inductor fuses into the consumer's pointwise kernel.
 
-A node whose token count is symbolic and not provably ≥ min_tokens keeps its run-time dense fallback and is left
-opaque. The pass is a `CustomGraphPass` whose uuid hashes this file, the op definitions and the lynx config, so
+A node whose token count is symbolic and not provably ≥ min_tokens (or a multiple of 16, for cuSPARSELt) keeps its
+run-time fallback and is left opaque. The pass is a `CustomGraphPass` whose uuid hashes this file, the op definitions and the lynx config, so
 Inductor's FX graph cache never serves a graph lowered under other settings.
 """
 
@@ -35,22 +37,29 @@ from ..config import LynxConfig
 logger = logging.getLogger(__name__)
 
 _PATTERNS = PatternMatcherPass(pass_name="lynx_lower_sparse_linears")
-_ARG_NAMES = ("x", "weight", "bias", "n", "m", "norm_compensation", "min_tokens")
+_ARG_NAMES = ("x", "weight", "bias", "n", "m", "norm_compensation", "min_tokens", "path", "algorithm")
 
 
-def _token_count_known_large_enough(match: Match) -> bool:
+def _run_time_checks_are_settled(match: Match) -> bool:
+    """Lower only where the op's run-time fallbacks (too few tokens; M % 16 for cuSPARSELt) provably never fire."""
     x = match.kwargs["x"].meta["val"]
-    return bool(statically_known_true(math.prod(x.shape[:-1]) >= match.kwargs["min_tokens"]))
+    tokens = math.prod(x.shape[:-1])
+    if not statically_known_true(tokens >= match.kwargs["min_tokens"]):
+        return False
+    return match.kwargs["path"] != "cusparselt" or bool(statically_known_true(tokens % 16 == 0))
 
 
 @functools.cache
 def _register_patterns() -> None:
     pattern = CallFunction(torch.ops.lynx.sparse_linear.default, *(KeywordArg(name) for name in _ARG_NAMES))
 
-    @register_graph_pattern(pattern, extra_check=_token_count_known_large_enough, pass_dict=_PATTERNS)
-    def _lower(match: Match, x, weight, bias, n, m, norm_compensation, min_tokens):
+    @register_graph_pattern(pattern, extra_check=_run_time_checks_are_settled, pass_dict=_PATTERNS)
+    def _lower(match: Match, x, weight, bias, n, m, norm_compensation, min_tokens, path, algorithm):
         def lowered(x, weight, *maybe_bias):
             bias_value = maybe_bias[0] if maybe_bias else None
+            if path == "cusparselt":
+                compress = torch.ops.lynx.prune_compress_24.default
+                return ops.cusparselt_linear(x, weight, bias_value, algorithm, compress)
             return ops.simulated_sparse_linear(
                 x, weight, bias_value, n, m, norm_compensation, torch.ops.lynx.nm_prune.default
             )
@@ -72,5 +81,6 @@ class LowerSparseLinears(CustomGraphPass):
 
     def uuid(self) -> bytes:
         package = Path(__file__).resolve().parent.parent
-        files = (Path(__file__), package / "ops.py", package / "kernels" / "nm_prune.py")
+        files = (Path(__file__), package / "ops.py", package / "kernels" / "nm_prune.py",
+                 package / "kernels" / "prune_compress_24.py")  # fmt: skip
         return get_hash_for_files(tuple(str(f) for f in files)) + self.config.cache_key().encode()

@@ -31,7 +31,8 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
         with graph.inserting_before(old):
             new = graph.call_function(
                 torch.ops.lynx.sparse_linear.default,
-                (x, site.weight, bias, config.n, config.m, config.norm_compensation, config.min_tokens),
+                (x, site.weight, bias, config.n, config.m, config.norm_compensation, config.min_tokens, site.path,
+                 site.algorithm),  # fmt: skip
             )
         new.meta.update(old.meta)
         old.replace_all_uses_with(new)

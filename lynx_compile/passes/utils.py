@@ -29,6 +29,8 @@ class LinearSite:
     device: torch.device
     decision: str = "undecided"  # "sparse" | "dense"
     reason: str = ""
+    path: str = "simulate"  # how a sparse decision runs: "simulate" | "cusparselt"
+    algorithm: int = 0  # cuSPARSELt algorithm, for path "cusparselt"
 
     @property
     def flops(self) -> int:

@@ -1,0 +1,116 @@
+"""The sparse-tensor-core path: when it exists, and whether it is faster than dense for a shape, measured.
+
+A linear runs on sparse tensor cores as: `lynx::prune_compress_24` (prune, compensate, write cuSPARSELt's operand)
+→ `torch._cslt_sparse_mm` with the algorithm cuSPARSELt's search picks for the shape → bias (fused by Inductor
+into whatever consumes the output). That needs an sm_90 GPU (the only compressed layout we write), bf16/fp16, 2:4
+with norm compensation, K % 64 == 0 and N, M % 16 == 0.
+
+Whether it pays depends on the shape and on CUDA graphs: cuSPARSELt's GEMM alone is 1.0–1.6× faster than cuBLAS
+(benchmarks/RESULTS.md), and torch 2.11 rebuilds its plan on every `_cslt_sparse_mm` call (0.5–0.9 ms of host time)
+unless the call is replayed from a CUDA graph. So the decision is measured, once per GPU, shape and graph mode, on
+random data at compile time, and cached for the process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .kernels.prune_compress_24 import COMPRESSED_DTYPES, K_MULTIPLE, layout_supported
+
+logger = logging.getLogger(__name__)
+
+CSLT_MULTIPLE = 16  # cuSPARSELt wants M, N (and K) multiples of 16 for 16-bit operands
+
+
+def unavailable_reason(device: torch.device, dtype: torch.dtype, k: int, n: int, config) -> str | None:
+    """Why a linear cannot run on the sparse path here; None when it can."""
+    if device.type != "cuda" or not layout_supported(device):
+        return f"no sparse-tensor-core kernel for {device.type} (compressed layout known for sm_90 only)"
+    if (config.n, config.m) != (2, 4):
+        return f"{config.n}:{config.m} has no tensor-core path (2:4 only)"
+    if not config.norm_compensation:
+        return "the fused kernel always applies norm compensation"
+    if dtype not in COMPRESSED_DTYPES:
+        return f"dtype {str(dtype).removeprefix('torch.')}: sparse tensor cores take bf16/fp16"
+    if k % K_MULTIPLE:
+        return f"K={k} not a multiple of {K_MULTIPLE}"
+    if n % CSLT_MULTIPLE:
+        return f"N={n} not a multiple of {CSLT_MULTIPLE}"
+    return None
+
+
+def search_algorithm(operand: torch.Tensor, weight_t: torch.Tensor) -> int:
+    """cuSPARSELt's own pick among its algorithms (10–35% over the default on FLUX shapes)."""
+    with warnings.catch_warnings():  # deprecated in torch 2.11 in favour of a private API that 2.11 lacks
+        warnings.simplefilter("ignore")
+        return int(torch._cslt_sparse_mm_search(operand, weight_t))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    dense_ms: float
+    sparse_ms: float
+    algorithm: int
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.sparse_ms
+
+
+def _graph_ms(fn, calls: int = 10, replays: int = 10) -> float:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / (calls * replays)
+
+
+def _eager_ms(fn, calls: int = 20) -> float:
+    """Per call as a program without CUDA graphs sees it: host work included."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3 / calls
+
+
+@functools.cache
+def measure(tokens: int, k: int, n: int, dtype: torch.dtype, device_index: int, cuda_graphs: bool) -> Measurement:
+    """Dense `F.linear` vs the sparse path (bias left out: Inductor fuses it either way), on random data."""
+    from .ops import cusparselt_linear
+
+    device = torch.device("cuda", device_index)
+    with torch.no_grad(), torch._subclasses.fake_tensor.unset_fake_temporarily():
+        generator = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(tokens, k, device=device, dtype=dtype, generator=generator)
+        weight = torch.randn(n, k, device=device, dtype=dtype, generator=generator) / k**0.5
+        operand, _ = torch.ops.lynx.prune_compress_24(x)
+        algorithm = search_algorithm(operand, weight.t())
+        timer = _graph_ms if cuda_graphs else _eager_ms
+        dense_ms = timer(lambda: F.linear(x, weight))
+        sparse_ms = timer(lambda: cusparselt_linear(x, weight, None, algorithm, torch.ops.lynx.prune_compress_24))
+    result = Measurement(dense_ms, sparse_ms, algorithm)
+    logger.info("lynx: %d×%d→%d %s (%s): dense %.4f ms, sparse %.4f ms, %.2f×", tokens, k, n, dtype,
+                "CUDA graphs" if cuda_graphs else "no CUDA graphs", dense_ms, sparse_ms, result.speedup)  # fmt: skip
+    return result
