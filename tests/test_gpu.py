@@ -162,14 +162,18 @@ def test_tiny_diffusers_model_sparse_matches_simulate(name):
     model = entry.build().cuda().to(torch.bfloat16)
     inputs = {k: v.cuda().to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else
               (v.cuda() if torch.is_tensor(v) else v) for k, v in entry.make_inputs(0).items()}  # fmt: skip
-    outputs = {}
-    for execution in ("simulate", "sparse"):
+    outputs, sparse_names = {}, []
+    for execution in ("sparse", "simulate"):  # simulate exactly the layers the sparse run put on sparse cores
         torch._dynamo.reset()
+        options = {"execution": execution, "min_speedup": 1e-3, "include": sparse_names}
         with torch.no_grad(), lynx_compile.collect_reports() as report:
-            outputs[execution] = output_tensor(torch.compile(model, backend="lynx", fullgraph=True, options={
-                "execution": execution, "min_speedup": 1e-3})(**inputs)).float()  # fmt: skip
+            outputs[execution] = output_tensor(torch.compile(model, backend="lynx", fullgraph=True,
+                                                             options=options)(**inputs)).float()  # fmt: skip
         if execution == "sparse":
-            assert any("sparse tensor cores" in layer.reason for layer in report.layers)
+            sparse_names = [layer.name for layer in report.sparse_layers]
+            assert sparse_names and all("sparse tensor cores" in layer.reason for layer in report.sparse_layers)
+        else:
+            assert sorted(layer.name for layer in report.sparse_layers) == sorted(sparse_names)
     rel = (outputs["sparse"] - outputs["simulate"]).norm() / outputs["simulate"].norm()
     # bf16 rounding of s·x̃ vs rounding after the GEMM can flip near-ties in later layers' masks: loose bound
     assert rel < 5e-2, rel
