@@ -16,6 +16,7 @@ execution="dense", shows what the backend costs by itself.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -137,7 +138,9 @@ def run_case(name: str, build, variants: tuple[str, ...]) -> list[dict]:
         print(f"{name} graphs={graphs}: " + ", ".join(f"{v} {ms}" for v, ms in times.items()), flush=True)
         rows.append({"model": name, "cuda_graphs": graphs, **{f"{v}_ms": t for v, t in best.items()},
                      "speedup": best["dense"] / best["lynx"]})  # fmt: skip
-        del compiled, model
+        del compiled, model, inputs
+        torch.compiler.reset()  # Dynamo's caches hold the compiled modules
+        gc.collect()
         torch.cuda.empty_cache()
     return rows
 
