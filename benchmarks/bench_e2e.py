@@ -10,8 +10,8 @@ them. FLUX compiles block by block (diffusers' `compile_repeated_blocks`), dense
 lynx with `backend="lynx", options={"execution": "sparse"}`; "graphs" adds `triton.cudagraphs`. (DiT has no
 `_repeated_blocks` in diffusers: it compiles whole.) Each forward is
 timed with CUDA events, median of 10 after 3 warm-ups, twice round interleaved with the other variants (the lower
-median counts); ratios are dense / lynx in the same graph mode. For DiT a third variant, lynx with
-execution="dense", shows what the backend costs by itself.
+median counts); ratios are dense / lynx in the same graph mode. `lynx_dense` (lynx with execution="dense") can be
+added to a case's variants to see what the backend costs by itself.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def time_forward_ms(fn, warmup: int = 3, runs: int = 10) -> float:
 VARIANTS = {
     "dense": dict(backend="inductor"),
     "lynx": dict(backend="lynx", options={"execution": "sparse"}),
-    # lynx with every layer dense: isolates the backend's own cost from the sparse layers' effect
+    # lynx with every layer dense: the backend's own cost, apart from the sparse layers' effect
     "lynx_dense": dict(backend="lynx", options={"execution": "dense"}),
 }
 
@@ -147,7 +147,7 @@ def run_case(name: str, build, variants: tuple[str, ...]) -> list[dict]:
 
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
-    cases = {"flux": (flux_case, ("dense", "lynx")), "dit": (dit_case, ("dense", "lynx", "lynx_dense"))}
+    cases = {"flux": (flux_case, ("dense", "lynx")), "dit": (dit_case, ("dense", "lynx"))}
     rows = []
     for name, (build, variants) in cases.items():
         if which in (name, "all"):
