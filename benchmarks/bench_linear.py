@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24  # noqa: E402
 
@@ -47,22 +48,6 @@ SHAPES = [
     ("wan 32k ffn up", 32768, 5120, 13824),
     ("wan 32k ffn down", 32768, 13824, 5120),
 ]
-
-
-def graph_time_ms(fn, calls_per_replay: int = 10) -> float:
-    from triton.testing import do_bench
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls_per_replay):
-            fn()
-    return do_bench(graph.replay, warmup=25, rep=150, return_mode="median") / calls_per_replay
 
 
 @torch.compile
@@ -102,13 +87,13 @@ def bench_shape(name: str, m: int, k: int, n: int, prune_compiled) -> dict:
     pruned, ref_scale = nm_prune_ref(x)
     reference = (pruned.float() @ weight.float().t()) * ref_scale[:, None] + bias.float()
     times = {
-        "dense": graph_time_ms(lambda: F.linear(x, weight, bias)),
-        "lynx": graph_time_ms(lynx),
-        "lynx_in_model": graph_time_ms(lambda: lynx(with_bias=False)),
-        "lynx_alg0": graph_time_ms(lambda: lynx(0)),
-        "unfused": graph_time_ms(unfused),
-        "gemm_only": graph_time_ms(lambda: torch._cslt_sparse_mm(operand, weight_t, alg_id=best_alg)),
-        "prune": graph_time_ms(lambda: prune_compress_24(x)),
+        "dense": cuda_graph_ms(lambda: F.linear(x, weight, bias)),
+        "lynx": cuda_graph_ms(lynx),
+        "lynx_in_model": cuda_graph_ms(lambda: lynx(with_bias=False)),
+        "lynx_alg0": cuda_graph_ms(lambda: lynx(0)),
+        "unfused": cuda_graph_ms(unfused),
+        "gemm_only": cuda_graph_ms(lambda: torch._cslt_sparse_mm(operand, weight_t, alg_id=best_alg)),
+        "prune": cuda_graph_ms(lambda: prune_compress_24(x)),
     }
     return {
         "shape": name, "M": m, "K": k, "N": n, "best_alg": best_alg,

@@ -6,7 +6,7 @@ Providers, per shape (tokens M × K, bf16, 2:4):
 - lynx: the Triton kernel `nm_prune_triton`;
 - torch_compiled: the pure-torch reference `nm_prune_ref` under torch.compile (what Inductor makes of it);
 - copy: x.clone(), a floor: reading X and writing X once.
-Times are CUDA-graph replays (20 calls a replay, median of do_bench), so launch overhead is out. The pruning must
+Times are CUDA-graph replays (`lynx_compile.timing.cuda_graph_ms`: 10 calls a replay, median), so launch overhead is out. The pruning must
 read 2·M·K bytes and write 2·M·K + 4·M: the `TB/s` column counts exactly those bytes.
 """
 
@@ -19,6 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 from lynx_compile.kernels.nm_prune import nm_prune_ref, nm_prune_triton  # noqa: E402
 
 # (name, M, K) from DESIGN.md §3: the K of each sparsified linear is what the pruning sees.
@@ -31,22 +32,6 @@ SHAPES = [
 ]
 
 
-def graph_time_ms(fn, calls_per_replay: int = 20) -> float:
-    from triton.testing import do_bench
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls_per_replay):
-            fn()
-    return do_bench(graph.replay, warmup=25, rep=200, return_mode="median") / calls_per_replay
-
-
 def main() -> None:
     torch.manual_seed(0)
     compiled_ref = torch.compile(nm_prune_ref)
@@ -55,9 +40,9 @@ def main() -> None:
         x = torch.randn(m_tokens, k, device="cuda", dtype=torch.bfloat16)
         assert torch.equal(nm_prune_triton(x)[0], nm_prune_ref(x)[0]), name
         times = {
-            "lynx": graph_time_ms(lambda: nm_prune_triton(x)),
-            "torch_compiled": graph_time_ms(lambda: compiled_ref(x)),
-            "copy": graph_time_ms(lambda: x.clone()),
+            "lynx": cuda_graph_ms(lambda: nm_prune_triton(x)),
+            "torch_compiled": cuda_graph_ms(lambda: compiled_ref(x)),
+            "copy": cuda_graph_ms(lambda: x.clone()),
         }
         moved = 4 * m_tokens * k + 4 * m_tokens
         row = {"shape": name, "M": m_tokens, "K": k, **{f"{p}_ms": t for p, t in times.items()},

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .kernels.prune_compress_24 import COMPRESSED_DTYPES, K_MULTIPLE, layout_supported
+from .timing import cuda_graph_ms, host_included_ms
 
 logger = logging.getLogger(__name__)
 
@@ -64,37 +64,6 @@ class Measurement:
         return self.dense_ms / self.sparse_ms
 
 
-def _graph_ms(fn, calls: int = 10, replays: int = 10) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / (calls * replays)
-
-
-def _eager_ms(fn, calls: int = 20) -> float:
-    """Per call as a program without CUDA graphs sees it: host work included."""
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3 / calls
-
-
 @functools.cache
 def measure(tokens: int, k: int, n: int, dtype: torch.dtype, device_index: int, cuda_graphs: bool) -> Measurement:
     """Dense `F.linear` vs the sparse path (bias left out: Inductor fuses it either way), on random data."""
@@ -107,7 +76,7 @@ def measure(tokens: int, k: int, n: int, dtype: torch.dtype, device_index: int, 
         weight = torch.randn(n, k, device=device, dtype=dtype, generator=generator) / k**0.5
         operand, _ = torch.ops.lynx.prune_compress_24(x)
         algorithm = search_algorithm(operand, weight.t())
-        timer = _graph_ms if cuda_graphs else _eager_ms
+        timer = (lambda fn: cuda_graph_ms(fn, rep_ms=20)) if cuda_graphs else host_included_ms
         dense_ms = timer(lambda: F.linear(x, weight))
         sparse_ms = timer(lambda: cusparselt_linear(x, weight, None, algorithm, torch.ops.lynx.prune_compress_24))
     result = Measurement(dense_ms, sparse_ms, algorithm)

@@ -60,9 +60,7 @@ def simulated_sparse_linear(
     out = torch.mm(pruned, weight.t())
     if norm_compensation:
         out = (out.float() * scale.unsqueeze(1)).to(out.dtype)
-    if bias is not None:
-        out = out + bias
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    return _add_bias_and_unflatten(out, bias, x)
 
 
 def cusparselt_linear(
@@ -70,10 +68,13 @@ def cusparselt_linear(
 ) -> torch.Tensor:
     """y = (s·x̃)·Wᵀ + b on sparse tensor cores: the compressed operand already carries the scale."""
     operand, _ = compress(x.reshape(-1, weight.shape[1]))
-    out = torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm)
+    return _add_bias_and_unflatten(torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm), bias, x)
+
+
+def _add_bias_and_unflatten(out: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     if bias is not None:
         out = out + bias
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 @torch.library.custom_op("lynx::sparse_linear", mutates_args=())

@@ -1,0 +1,36 @@
+"""GPU timing as METHOD.md asks for it: CUDA-graph replays (launch overhead out), or host time included."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+
+def cuda_graph_ms(fn: Callable[[], object], calls_per_replay: int = 10, rep_ms: float = 100) -> float:
+    """Median device time of one `fn()` call, from replays of a CUDA graph holding `calls_per_replay` calls."""
+    from triton.testing import do_bench
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up (compiles, allocations) outside the capture
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls_per_replay):
+            fn()
+    return do_bench(graph.replay, warmup=rep_ms / 4, rep=rep_ms, return_mode="median") / calls_per_replay
+
+
+def host_included_ms(fn: Callable[[], object], calls: int = 20) -> float:
+    """Mean time of one `fn()` call as a program without CUDA graphs sees it: host work included."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3 / calls
