@@ -64,7 +64,8 @@ def dit_case():
 
     with torch.device("meta"):
         model = DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
-                                      num_layers=28, sample_size=32, patch_size=2, num_embeds_ada_norm=1000)  # fmt: skip
+                                      num_layers=28, sample_size=32, patch_size=2,
+                                      num_embeds_ada_norm=1000)  # fmt: skip
     model = materialise(model)
     g = torch.Generator(device="cuda").manual_seed(1)
     inputs = dict(hidden_states=torch.randn(8, 4, 32, 32, device="cuda", dtype=torch.bfloat16, generator=g),
@@ -138,8 +139,9 @@ def run_case(name: str, build, variants: tuple[str, ...]) -> list[dict]:
         print(f"{name} graphs={graphs}: " + ", ".join(f"{v} {ms}" for v, ms in times.items()), flush=True)
         rows.append({"model": name, "cuda_graphs": graphs, **{f"{v}_ms": t for v, t in best.items()},
                      "speedup": best["dense"] / best["lynx"]})  # fmt: skip
-        del compiled, model, inputs
-        torch.compiler.reset()  # Dynamo's caches hold the compiled modules
+        compiled.clear()
+        model = inputs = None  # the last round's models must go before the next round builds two more
+        torch.compiler.reset()  # Dynamo's caches hold the compiled modules too
         gc.collect()
         torch.cuda.empty_cache()
     return rows

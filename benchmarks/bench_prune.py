@@ -6,7 +6,8 @@ Providers, per shape (tokens M × K, bf16, 2:4):
 - lynx: the Triton kernel `nm_prune_triton`;
 - torch_compiled: the pure-torch reference `nm_prune_ref` under torch.compile (what Inductor makes of it);
 - copy: x.clone(), a floor: reading X and writing X once.
-Times are CUDA-graph replays (`lynx_compile.timing.cuda_graph_ms`: 10 calls a replay, median), so launch overhead is out. The pruning must
+Times are CUDA-graph replays (`lynx_compile.timing.cuda_graph_ms`: 10 calls a replay, median), so launch overhead
+is out. The pruning must
 read 2·M·K bytes and write 2·M·K + 4·M: the `TB/s` column counts exactly those bytes.
 """
 
@@ -46,7 +47,8 @@ def main() -> None:
         }
         moved = 4 * m_tokens * k + 4 * m_tokens
         row = {"shape": name, "M": m_tokens, "K": k, **{f"{p}_ms": t for p, t in times.items()},
-               "lynx_TBps": moved / times["lynx"] / 1e9, "copy_TBps": 4 * m_tokens * k / times["copy"] / 1e9}  # fmt: skip
+               "lynx_TBps": moved / times["lynx"] / 1e9,
+               "copy_TBps": 4 * m_tokens * k / times["copy"] / 1e9}  # fmt: skip
         rows.append(row)
         print(json.dumps(row), flush=True)
     out_dir = os.environ.get("OUT", "/tmp")

@@ -119,9 +119,11 @@ FORCE_SPARSE = {"execution": "sparse", "min_speedup": 1e-3}  # the speed rule as
 
 
 @needs_sm90
-@pytest.mark.parametrize("compile_kwargs", [{"mode": "reduce-overhead"},
-                                            {"options": {**FORCE_SPARSE, "triton.cudagraphs": True}},
-                                            {"options": FORCE_SPARSE}], ids=["mode", "option", "no-graphs"])  # fmt: skip
+@pytest.mark.parametrize(
+    "compile_kwargs",
+    [{"mode": "reduce-overhead"}, {"options": {**FORCE_SPARSE, "triton.cudagraphs": True}}, {"options": FORCE_SPARSE}],
+    ids=["mode", "option", "no-graphs"],
+)
 def test_sparse_execution_is_right_across_replays(compile_kwargs):
     """mode= alone leaves the default speed rule in charge: the layer may go either way, but must be right."""
     layer = nn.Linear(1024, 2048).cuda().to(torch.bfloat16).eval()

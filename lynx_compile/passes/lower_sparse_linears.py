@@ -8,8 +8,9 @@ Lowered here, by the node's path:
   bias, which Inductor fuses into the consumer's pointwise kernel.
 
 A node whose token count is symbolic and not provably ≥ min_tokens (or a multiple of 16, for cuSPARSELt) keeps its
-run-time fallback and is left opaque. The pass is a `CustomGraphPass` whose uuid hashes this file, the op definitions and the lynx config, so
-Inductor's FX graph cache never serves a graph lowered under other settings.
+run-time fallback and is left opaque. The pass is a `CustomGraphPass` whose uuid hashes this file, the op
+definitions, the kernels and the lynx config, so Inductor's FX graph cache never serves a graph lowered under other
+settings.
 """
 
 from __future__ import annotations
