@@ -26,7 +26,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lynx_compile  # noqa: E402
+from plots import plot_e2e  # noqa: E402
 
 
 def materialise(model: torch.nn.Module) -> torch.nn.Module:
@@ -155,8 +157,10 @@ def main() -> None:
         if which in (name, "all"):
             rows += run_case(name, build, variants)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    with open(os.path.join(os.environ.get("OUT", "/tmp"), f"bench_e2e_{which}.json"), "w") as f:
+    out_dir = os.environ.get("OUT", "/tmp")
+    with open(os.path.join(out_dir, f"bench_e2e_{which}.json"), "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=1)
+    plot_e2e(rows, f"{meta['device']}, torch {meta['torch']}, bf16", os.path.join(out_dir, f"bench_e2e_{which}.png"))
     print(f"\n{meta}\n{'model':6} {'graphs':>6} {'dense ms':>9} {'lynx ms':>9} {'×':>6}")
     for r in rows:
         print(f"{r['model']:6} {str(r['cuda_graphs']):>6} {r['dense_ms']:9.2f} {r['lynx_ms']:9.2f} {r['speedup']:6.3f}")

@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24  # noqa: E402
+from plots import plot_linear  # noqa: E402
 
 # (name, M, K, N): DESIGN.md §3. FLUX.1 at 1024² is 4096 image + 512 text tokens.
 SHAPES = [
@@ -118,6 +120,7 @@ def main() -> None:
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     with open(os.path.join(out_dir, "bench_linear.json"), "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=1)
+    plot_linear(rows, f"{meta['device']}, torch {meta['torch']}, bf16", os.path.join(out_dir, "bench_linear.png"))
     flux = [r for r in rows if r["shape"].startswith("flux")]
     geomean = torch.tensor([r["x_lynx"] for r in flux]).log().mean().exp().item()
     geomean_in_model = torch.tensor([r["x_lynx_in_model"] for r in flux]).log().mean().exp().item()

@@ -59,10 +59,10 @@ def _decide_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
     unavailable = cusparselt.unavailable_reason(site.device, site.dtype, site.in_features, site.out_features, config)
     if unavailable:
         return unavailable
-    symbolic = isinstance(site.tokens, torch.SymInt)
-    if not symbolic and site.tokens % cusparselt.CSLT_MULTIPLE:
-        return f"M={site.tokens} not a multiple of {cusparselt.CSLT_MULTIPLE} (cuSPARSELt)"
-    tokens = max(cusparselt.CSLT_MULTIPLE, concrete_int(site.tokens) // 16 * 16)  # a symbolic M at its example
+    multiple = cusparselt.CSLT_MULTIPLE
+    if not isinstance(site.tokens, torch.SymInt) and site.tokens % multiple:
+        return f"M={site.tokens} not a multiple of {multiple} (cuSPARSELt)"
+    tokens = max(multiple, concrete_int(site.tokens) // multiple * multiple)  # a symbolic M: at its example value
     device_index = site.device.index if site.device.index is not None else torch.cuda.current_device()
     measured = cusparselt.measure(tokens, site.in_features, site.out_features, site.dtype, device_index,
                                   config.cuda_graphs)  # fmt: skip
@@ -80,6 +80,8 @@ def _sparse_reason(site: LinearSite, ctx: PassContext) -> str:
                              + ", simulated")  # fmt: skip
     if isinstance(site.tokens, torch.SymInt):
         reason += f"; M symbolic: dense at run time below {config.min_tokens} tokens"
+        if site.path == "cusparselt":
+            reason += f" or when M % {cusparselt.CSLT_MULTIPLE}"
     return reason
 
 
