@@ -20,7 +20,6 @@ from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
 from .kernels.prune_compress_24 import compressed_shape, prune_compress_24
 
 
-
 @torch.library.custom_op("lynx::nm_prune", mutates_args=())
 def nm_prune_op(x: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return nm_prune(x, n, m)

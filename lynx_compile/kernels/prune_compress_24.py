@@ -70,7 +70,7 @@ def compressed_numel(rows: int, k: int) -> int:
 
 def compressed_shape(rows: int, k: int) -> tuple[int, int]:
     """The shape `torch._cslt_compress` gives its result, which `torch._cslt_sparse_mm` expects back."""
-    return rows, -(-compressed_numel(rows, k) // rows)
+    return rows, -(-compressed_numel(rows, k) // torch.sym_max(rows, 1))  # sym_max: no guard on a symbolic M
 
 
 def metadata_nibble_address(rows: torch.Tensor, groups: torch.Tensor, k: int) -> torch.Tensor:
