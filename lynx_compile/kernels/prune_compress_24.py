@@ -275,9 +275,9 @@ def prune_compress_24(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise RuntimeError("triton is not installed; use prune_compress_24_ref")
     check_compressible(x)
     rows, k = x.shape
-    if rows == 0:
-        return torch.empty(0, k, dtype=x.dtype, device=x.device), torch.empty(0, device=x.device)
     operand = torch.empty(compressed_shape(rows, k), dtype=x.dtype, device=x.device)
+    if rows == 0:
+        return operand, torch.empty(0, device=x.device)
     buffer = as_flat(operand, rows, k)
     block_g = GROUPS_PER_PROGRAM  # k // 4 is a multiple of 16: the largest power of two ≤ 64 dividing it
     while (k // 4) % block_g:

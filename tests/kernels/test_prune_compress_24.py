@@ -101,3 +101,9 @@ def test_bad_input_is_a_clear_error(shape, dtype, message):
     for encode in (prune_compress_24, prune_compress_24_ref):
         with pytest.raises(ValueError, match=message):
             encode(x)
+
+
+def test_empty_input_matches_the_fake_shape():
+    x = torch.zeros(0, 64, dtype=torch.bfloat16, device=DEVICE)
+    operand, scale = prune_compress_24(x)
+    assert operand.shape == compressed_shape(0, 64) and scale.shape == (0,)
