@@ -9,10 +9,12 @@ from . import ops  # noqa: F401  (registers the torch.ops.lynx custom ops)
 from .backend import lynx_backend, register
 from .config import LynxConfig, parse_options
 from .explain import explain
+from .policy import LayerPolicy, Policy, calibrate
 from .report import LayerRecord, Report, collect_reports
 
 __version__ = "0.1.0"
 
 register()
 
-__all__ = ["LayerRecord", "LynxConfig", "Report", "collect_reports", "explain", "lynx_backend", "parse_options"]
+__all__ = ["LayerPolicy", "LayerRecord", "LynxConfig", "Policy", "Report", "calibrate", "collect_reports", "explain",
+           "lynx_backend", "parse_options"]  # fmt: skip

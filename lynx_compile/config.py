@@ -42,6 +42,8 @@ class LynxConfig:
         mode: torch.compile's mode, for when ``options`` are given too (``"reduce-overhead"``, ``"max-autotune"``).
         strict: raise when a lynx pass fails instead of warning and compiling the graph unchanged.
         compiler: ``"inductor"`` compiles the rewritten graph; ``"eager"`` runs it as it is (debugging, `explain`).
+        policy: a `Policy` (or the path of one saved as JSON) from `lynx_compile.calibrate`: layers it marks dense
+            stay dense, layers it does not name stay dense, layers it marks sparse follow the rules above.
         inductor: Inductor config entries forwarded to ``compile_fx`` (filled from unknown-to-lynx option keys).
     """
 
@@ -57,6 +59,7 @@ class LynxConfig:
     mode: str | None = None
     strict: bool = False
     compiler: str = "inductor"
+    policy: Any = None
     inductor: dict[str, Any] = field(default_factory=dict)
     version: int = 1
 
@@ -82,12 +85,20 @@ class LynxConfig:
                 object.__setattr__(self, name, tuple(value))
         if self.mode is not None:
             _inductor_mode_options(self.mode)  # raises on an unknown mode
+        if self.policy is not None:
+            from .policy import as_policy
+
+            object.__setattr__(self, "policy", as_policy(self.policy))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LynxConfig:
+        if isinstance(data.get("policy"), dict):
+            from .policy import Policy
+
+            data = {**data, "policy": Policy.from_json(json.dumps(data["policy"]))}
         return cls(**data)
 
     def cache_key(self) -> str:

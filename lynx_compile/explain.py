@@ -1,7 +1,9 @@
 """`explain(model, *args, options=None, **kwargs) -> Report`: what lynx would do to a model, and why.
 
 It captures the model with Dynamo, runs the lynx passes exactly as the backend does, and runs the rewritten graph
-eagerly (Inductor's code generation is skipped: it changes speed, not decisions). The report lists every matched
+eagerly (Inductor's code generation is skipped: it changes speed, not decisions). It starts from empty torch.compile
+caches (`torch.compiler.reset()`): Dynamo would otherwise reuse a graph compiled earlier with equal options and
+report nothing; models compiled before recompile on their next call. The report lists every matched
 linear with its sizes, decision, reason and share of linear FLOPs, plus each FX graph before and after the rewrite.
 """
 
@@ -25,11 +27,9 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
     >>> report.to_json()       # the same, machine-readable, with the graphs before and after
     """
     config = dataclasses.replace(parse_options(options), compiler="eager")
+    torch.compiler.reset()
     with collect_reports() as report, torch.no_grad():
         torch.compile(model, backend="lynx", options=config)(*args, **kwargs)
     if not report.graphs:
-        raise RuntimeError(
-            "lynx.explain: Dynamo compiled no graph (recompile limit reached for this model's forward? "
-            "call torch.compiler.reset() and try again)"
-        )
+        raise RuntimeError("lynx.explain: Dynamo captured no graph from this call (is the model's forward traceable?)")
     return report

@@ -30,6 +30,12 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
         return f"excluded by {matched_exclude!r}"
     if config.include and not any(fnmatch.fnmatchcase(site.name, p) for p in config.include):
         return "not matched by include"
+    if config.policy is not None:
+        entry = config.policy.decision_for(site.name)
+        if entry is None:
+            return "not in the policy"
+        if entry.decision == "dense":
+            return f"policy: {entry.reason}"
     if config.execution == "dense":
         return "execution='dense'"
     weight_dtype = fake_value(site.weight).dtype
@@ -78,6 +84,8 @@ def _sparse_reason(site: LinearSite, ctx: PassContext) -> str:
     config = ctx.config
     reason = site.reason or (f"{config.n}:{config.m} on K" + (" + norm" if config.norm_compensation else "")
                              + ", simulated")  # fmt: skip
+    if config.policy is not None:
+        reason += f"; policy: {config.policy.decision_for(site.name).reason}"
     if isinstance(site.tokens, torch.SymInt):
         reason += f"; M symbolic: dense at run time below {config.min_tokens} tokens"
         if site.path == "cusparselt":
@@ -94,4 +102,21 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
         site.decision = "dense" if dense_reason else "sparse"
         site.reason = dense_reason or _sparse_reason(site, ctx)
         logger.debug("lynx: %s -> %s (%s)", site.name, site.decision, site.reason)
+    _warn_about_policy_mismatch(ctx)
     return gm
+
+
+def _warn_about_policy_mismatch(ctx: PassContext) -> None:
+    policy = ctx.config.policy
+    if policy is None or not ctx.sites:
+        return
+    found = {site.name for site in ctx.sites}
+    unknown = sorted(found - set(policy.layers))
+    stale = sorted(set(policy.layers) - found)
+    if unknown:
+        logger.warning("lynx: the policy does not name %d linear(s) of this graph, which stay dense: %s",
+                       len(unknown), ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))  # fmt: skip
+    if stale:
+        logger.warning("lynx: the policy names %d layer(s) not in this graph (a stale policy, another model, or a "
+                       "model compiled in several graphs): %s", len(stale),
+                       ", ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""))  # fmt: skip

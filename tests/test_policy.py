@@ -1,0 +1,92 @@
+"""calibrate → Policy → compile: measured, reproducible decisions that the backend applies exactly."""
+
+import logging
+
+import pytest
+from zoo import ZOO
+
+import lynx_compile
+from lynx_compile import LayerPolicy, Policy, calibrate
+
+
+@pytest.fixture(scope="module")
+def dit():
+    entry = ZOO["dit"]
+    return entry.build(), [entry.make_inputs(seed) for seed in range(2)]
+
+
+@pytest.fixture(scope="module")
+def policy(dit):
+    model, samples = dit
+    return calibrate(model, samples, target=0.3)
+
+
+def test_calibration_is_deterministic(dit, policy):
+    model, samples = dit
+    assert calibrate(model, samples, target=0.3).to_json() == policy.to_json()
+
+
+def test_chosen_layers_meet_the_target_and_a_looser_target_takes_more(dit, policy):
+    model, samples = dit
+    sparse = {name for name, layer in policy.layers.items() if layer.decision == "sparse"}
+    assert sparse and policy.model_error <= policy.target
+    looser = calibrate(model, samples, target=0.6)
+    assert sparse <= {name for name, layer in looser.layers.items() if layer.decision == "sparse"}
+    assert looser.model_error <= 0.6
+    assert calibrate(model, samples, target=0.0).model_error == 0.0  # nothing may change the output
+
+
+def test_per_layer_numbers_are_recorded(policy):
+    measured = [layer for layer in policy.layers.values() if layer.error is not None]
+    assert measured and all(layer.error >= 0 and layer.error_without_norm >= 0 for layer in measured)
+    assert abs(sum(layer.flop_share for layer in policy.layers.values()) - 1) < 1e-9
+    assert policy.model_class == "DiTTransformer2DModel" and policy.lynx_version == lynx_compile.__version__
+
+
+def test_json_round_trip(policy, tmp_path):
+    path = tmp_path / "policy.json"
+    policy.save(path)
+    assert Policy.load(path) == policy
+
+
+def test_overrides_win_and_say_so(policy):
+    overridden = policy.with_overrides({"transformer_blocks.0.*": "dense", "transformer_blocks.1.ff.*": "sparse"})
+    for name, layer in overridden.layers.items():
+        if name.startswith("transformer_blocks.0."):
+            assert layer.decision == "dense" and layer.reason == "override 'transformer_blocks.0.*'"
+        elif name.startswith("transformer_blocks.1.ff."):
+            assert layer.decision == "sparse" and "override" in layer.reason
+        else:
+            assert layer == policy.layers[name]
+    with pytest.raises(ValueError, match="override decision"):
+        policy.with_overrides({"*": "maybe"})
+
+
+def test_compiled_decisions_are_exactly_the_policy(dit, policy, tmp_path):
+    model, samples = dit
+    path = tmp_path / "policy.json"
+    policy.save(path)
+    for given in (policy, str(path)):
+        report = lynx_compile.explain(model, **samples[0], options={"policy": given})
+        assert {layer.name: layer.decision for layer in report.layers} == {
+            name: layer.decision for name, layer in policy.layers.items()}  # fmt: skip
+        assert all("policy:" in layer.reason for layer in report.layers if layer.decision == "sparse")
+
+
+def test_a_stale_policy_warns_and_keeps_unnamed_layers_dense(dit, policy, caplog):
+    model, samples = dit
+    layers = dict(policy.layers)
+    dropped = next(name for name, layer in layers.items() if layer.decision == "sparse")
+    del layers[dropped]
+    layers["ghost.layer"] = LayerPolicy("sparse", "from another model")
+    stale = Policy(layers, policy.model_class, policy.lynx_version, policy.options, policy.target)
+    with caplog.at_level(logging.WARNING, logger="lynx_compile"):
+        report = lynx_compile.explain(model, **samples[0], options={"policy": stale})
+    assert "does not name 1 linear" in caplog.text and "ghost.layer" in caplog.text
+    (record,) = [layer for layer in report.layers if layer.name == dropped]
+    assert (record.decision, record.reason) == ("dense", "not in the policy")
+
+
+def test_calibrate_needs_samples(dit):
+    with pytest.raises(ValueError, match="at least one sample"):
+        calibrate(dit[0], [])
