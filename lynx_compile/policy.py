@@ -28,7 +28,10 @@ from .kernels.nm_prune import nm_prune_ref
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TARGET = 0.05  # relative L2 error of the model output vs dense, over the calibration samples
+# Bound on the relative L2 error of the model output vs dense, the largest over the calibration samples. On the
+# project's trained tiny DiT 0.2 sparsifies 41% of linear FLOPs for 3 points of sample class accuracy (0.96 → 0.93);
+# 0.05 sparsifies nothing there (benchmarks/RESULTS.md).
+DEFAULT_TARGET = 0.2
 
 
 @dataclass(frozen=True)
