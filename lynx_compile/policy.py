@@ -197,14 +197,18 @@ def calibrate(
     total_flops = sum(flops.values()) or 1
     candidates = sorted(errors, key=lambda name: (errors[name][0] / (flops[name] / total_flops), name))
 
-    def model_error(chosen: list[str]) -> float:
-        outs = pruning.run(model, calls, chosen)
-        return max(_relative_error(out, ref) for out, ref in zip(outs, references))
+    prefix_errors = {0: 0.0}
+
+    def model_error(prefix: int) -> float:
+        if prefix not in prefix_errors:
+            outs = pruning.run(model, calls, candidates[:prefix])
+            prefix_errors[prefix] = max(_relative_error(out, ref) for out, ref in zip(outs, references))
+        return prefix_errors[prefix]
 
     low, high = 0, len(candidates)  # the longest prefix within target, by bisection
     while low < high:
         mid = (low + high + 1) // 2
-        if model_error(candidates[:mid]) <= target:
+        if model_error(mid) <= target:
             low = mid
         else:
             high = mid - 1
@@ -225,5 +229,4 @@ def calibrate(
         layers[name] = LayerPolicy("sparse" if name in chosen else "dense", reason, error, error_bare, share)
     method = {"n": config.n, "m": config.m, "norm_compensation": config.norm_compensation,
               "min_tokens": config.min_tokens}  # the options the measurements depend on  # fmt: skip
-    return Policy(layers, type(model).__name__, __version__, method, target,
-                  model_error(sorted(chosen)) if chosen else 0.0)  # fmt: skip
+    return Policy(layers, type(model).__name__, __version__, method, target, model_error(low))
