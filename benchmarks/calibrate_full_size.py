@@ -9,7 +9,6 @@ how far random weights are from trained ones: compare with the trained tiny DiT 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
