@@ -34,7 +34,8 @@ def qwen_case():
     inputs = dict(hidden_states=torch.randn(1, 4096, 64, **bf16),
                   encoder_hidden_states=torch.randn(1, 256, 3584, **bf16),
                   encoder_hidden_states_mask=torch.ones(1, 256, device="cuda", dtype=torch.long),
-                  timestep=torch.full((1,), 0.5, device="cuda"), img_shapes=[(1, 64, 64)], return_dict=False)  # fmt: skip
+                  timestep=torch.full((1,), 0.5, device="cuda"), img_shapes=[(1, 64, 64)],
+                  return_dict=False)  # fmt: skip
     return model, inputs
 
 
