@@ -26,8 +26,15 @@ from bench_e2e import flux_case, materialise  # noqa: E402
 def qwen_case():
     from diffusers import QwenImageTransformer2DModel
 
-    with torch.device("meta"):
-        model = QwenImageTransformer2DModel()
+    # Built on the GPU in bf16, not on the meta device: its RoPE tables are plain attributes that meta would leave
+    # without data.
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = QwenImageTransformer2DModel()
+    finally:
+        torch.set_default_dtype(default_dtype)
     model = materialise(model)
     g = torch.Generator(device="cuda").manual_seed(1)
     bf16 = dict(device="cuda", dtype=torch.bfloat16, generator=g)
