@@ -47,7 +47,7 @@ def main() -> None:
     runs = {"dense": (dense, 0.0)}
     for target in args.targets:
         policy = lynx_compile.calibrate(model, calibration_inputs(labels[:40], noise[:40]), target=target,
-                                        options={"min_tokens": 1})  # fmt: skip
+                                        options={"min_tokens": 1}, progress=print)  # fmt: skip
         policy.save(args.out / f"policy_{target}.json")
         print(f"target {target}: {sum(l.decision == 'sparse' for l in policy.layers.values())}/{len(policy.layers)} "
               f"layers sparse, calibration error {policy.model_error:.4f}")  # fmt: skip

@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -146,12 +146,20 @@ def calibrate(
     *,
     options: dict[str, Any] | None = None,
     target: float = DEFAULT_TARGET,
+    progress: Callable[[str], None] | None = None,
 ) -> Policy:
     """Measure each linear's sensitivity on `samples` and choose the layers to sparsify within `target`.
 
     `samples` are forward-call inputs (dicts of keyword arguments, tuples, or tensors) covering the timesteps and
-    CFG branches the model will see. Deterministic: no randomness beyond the samples themselves.
+    CFG branches the model will see. Deterministic: no randomness beyond the samples themselves. `progress`, e.g.
+    `print`, receives a line per stage and per model evaluation (also logged at INFO).
     """
+
+    def report(line: str) -> None:
+        logger.info("lynx.calibrate: %s", line)
+        if progress is not None:
+            progress(f"calibrate: {line}")
+
     from . import __version__
     from .config import parse_options
 
@@ -184,6 +192,7 @@ def calibrate(
 
         return hook
 
+    report(f"measuring {len(linears)} linears on {len(calls)} sample(s)")
     handles = [mod.register_forward_hook(measure(name)) for name, mod in linears.items()]
     try:
         with torch.no_grad():
@@ -212,7 +221,7 @@ def calibrate(
             low = mid
         else:
             high = mid - 1
-        logger.info("lynx.calibrate: %d/%d layers within target so far", low, len(candidates))
+        report(f"{low} to {high} of {len(candidates)} layers fit the target (tried {mid}: {model_error(mid):.4f})")
     chosen = set(candidates[:low])
 
     layers = {}

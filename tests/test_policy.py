@@ -90,3 +90,10 @@ def test_a_stale_policy_warns_and_keeps_unnamed_layers_dense(dit, policy, caplog
 def test_calibrate_needs_samples(dit):
     with pytest.raises(ValueError, match="at least one sample"):
         calibrate(dit[0], [])
+
+
+def test_progress_is_reported(dit):
+    model, samples = dit
+    lines = []
+    calibrate(model, samples, target=0.3, progress=lines.append)
+    assert lines[0].startswith("calibrate: measuring") and any("fit the target" in line for line in lines[1:])
