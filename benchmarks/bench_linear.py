@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-import warnings
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lynx_compile.cusparselt import search_algorithm  # noqa: E402
+from lynx_compile.ops import cusparselt_linear  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24  # noqa: E402
@@ -57,13 +58,6 @@ def epilogue(out: torch.Tensor, row_scale: torch.Tensor, bias: torch.Tensor) -> 
     return (out.float() * row_scale[:, None] + bias.float()).to(out.dtype)
 
 
-def search_algorithm(operand: torch.Tensor, weight_t: torch.Tensor) -> int:
-    """cuSPARSELt's own pick among its algorithms for this shape (deprecated in torch 2.11, not yet replaced)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch._cslt_sparse_mm_search(operand, weight_t)
-
-
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
@@ -77,10 +71,8 @@ def bench_shape(name: str, m: int, k: int, n: int, prune_compiled) -> dict:
     operand, _ = prune_compress_24(x)
     best_alg = search_algorithm(operand, weight_t)
 
-    def lynx(alg=best_alg, with_bias=True):
-        compressed, _ = prune_compress_24(x)
-        out = torch._cslt_sparse_mm(compressed, weight_t, alg_id=alg)
-        return out + bias if with_bias else out
+    def lynx(alg=best_alg, with_bias=True):  # the backend's own sparse path, as lowered into compiled graphs
+        return cusparselt_linear(x, weight, bias if with_bias else None, alg, prune_compress_24)
 
     def unfused():
         pruned, row_scale = prune_compiled(x)
