@@ -9,6 +9,7 @@ from . import ops  # noqa: F401  (registers the torch.ops.lynx custom ops)
 from .backend import lynx_backend, register
 from .config import LynxConfig, parse_options
 from .explain import explain
+from .lora import LoraAdapter, fit_lora
 from .policy import LayerPolicy, Policy, calibrate
 from .report import LayerRecord, Report, collect_reports
 
@@ -16,5 +17,5 @@ __version__ = "0.1.0"
 
 register()
 
-__all__ = ["LayerPolicy", "LayerRecord", "LynxConfig", "Policy", "Report", "calibrate", "collect_reports", "explain",
-           "lynx_backend", "parse_options"]  # fmt: skip
+__all__ = ["LayerPolicy", "LayerRecord", "LoraAdapter", "LynxConfig", "Policy", "Report", "calibrate",
+           "collect_reports", "explain", "fit_lora", "lynx_backend", "parse_options"]  # fmt: skip

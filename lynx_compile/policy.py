@@ -10,21 +10,29 @@ policy naming layers the model lacks is reported with a warning.
 without norm compensation) and its share of linear FLOPs; then orders the layers by error per FLOP share (cheapest
 quality for the most compute first) and takes the longest prefix of that order whose end-to-end relative error on
 the model output stays within `target`, found by bisection over prefix length (error grows with the prefix in
-practice; bisection costs log2(layers) model evaluations instead of one per layer).
+practice; bisection costs log2(layers) model evaluations instead of one per layer). With ``lora_rank > 0`` every
+measured layer also gets its closed-form low-rank correction (`lynx_compile.lora`), the order and the prefix are
+taken with the corrections applied, and the chosen layers keep their adapters.
+
+A policy with adapters saves as two files: the JSON, and ``<same stem>.safetensors`` beside it holding
+``<layer>.lora_a`` (N × r) and ``<layer>.lora_b`` (r × K); each layer's ``lora_rank`` in the JSON says how many of
+the stored directions it uses (0: no correction), so editing it down needs no refit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 
 from .kernels.nm_prune import nm_prune_ref
+from .lora import DEFAULT_MEMORY_BUDGET, LoraAdapter, LoraSolution, fit_lora_on_calls
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +49,8 @@ class LayerPolicy:
     error: float | None = None  # relative output error of the layer alone, with norm compensation
     error_without_norm: float | None = None
     flop_share: float | None = None
+    lora_rank: int = 0  # directions of the stored adapter the layer uses; 0: no low-rank correction
+    error_with_lora: float | None = None  # the layer's error with norm compensation and that correction
 
 
 @dataclass
@@ -51,9 +61,37 @@ class Policy:
     options: dict[str, Any] = field(default_factory=dict)  # the lynx options it was calibrated with
     target: float | None = None
     model_error: float | None = None  # end-to-end relative error with the sparse layers, on the calibration samples
+    # Fitted corrections by layer name (fp32, CPU), saved beside the JSON; not part of the JSON or of equality.
+    adapters: dict[str, LoraAdapter] = field(default_factory=dict, repr=False, compare=False)
 
     def decision_for(self, name: str) -> LayerPolicy | None:
         return self.layers.get(name)
+
+    def adapter_for(self, name: str) -> LoraAdapter | None:
+        """The correction a layer runs with (its stored adapter cut to its `lora_rank`), or None."""
+        layer = self.layers.get(name)
+        if layer is None or layer.lora_rank == 0:
+            return None
+        return self.adapters[name].truncated(layer.lora_rank)
+
+    def check_adapters(self) -> None:
+        """Raise ValueError where a layer asks for more correction than its stored adapter holds."""
+        for name, layer in self.layers.items():
+            if layer.lora_rank < 0:
+                raise ValueError(f"policy: layer {name!r} has lora_rank {layer.lora_rank} < 0")
+            if layer.lora_rank == 0:
+                continue
+            stored = self.adapters.get(name)
+            if stored is None:
+                raise ValueError(f"policy: layer {name!r} uses a rank-{layer.lora_rank} LoRA correction but no "
+                                 "adapter is loaded for it (load the policy with Policy.load next to its "
+                                 ".safetensors file)")  # fmt: skip
+            if stored.rank < layer.lora_rank:
+                raise ValueError(f"policy: layer {name!r} asks for lora_rank {layer.lora_rank}, its adapter has "
+                                 f"rank {stored.rank}")  # fmt: skip
+
+    def _replace(self, layers: dict[str, LayerPolicy], adapters: dict[str, LoraAdapter] | None = None) -> Policy:
+        return dataclasses.replace(self, layers=layers, adapters=dict(self.adapters if adapters is None else adapters))
 
     def with_overrides(self, overrides: dict[str, str]) -> Policy:
         """A copy where every layer matching a glob takes that decision, reported as an override."""
@@ -63,31 +101,88 @@ class Policy:
                 raise ValueError(f"override decision must be 'sparse' or 'dense', got {decision!r}")
             for name, layer in layers.items():
                 if fnmatch.fnmatchcase(name, pattern):
-                    layers[name] = LayerPolicy(decision, f"override {pattern!r}", layer.error,
-                                               layer.error_without_norm, layer.flop_share)  # fmt: skip
-        return Policy(layers, self.model_class, self.lynx_version, self.options, self.target, self.model_error)
+                    layers[name] = dataclasses.replace(layer, decision=decision, reason=f"override {pattern!r}")
+        return self._replace(layers)
+
+    def with_lora(self, solutions: dict[str, LoraSolution], rank: int) -> Policy:
+        """A copy where each layer with a solution runs its rank-`rank` correction (0 removes corrections)."""
+        layers, adapters = dict(self.layers), dict(self.adapters)
+        for name, solution in solutions.items():
+            if name not in layers:
+                raise ValueError(f"with_lora: layer {name!r} is not in the policy")
+            used = min(rank, solution.rank)
+            layers[name] = dataclasses.replace(layers[name], lora_rank=used,
+                                               error_with_lora=solution.error_at(used) if used else None)  # fmt: skip
+            if used:
+                adapters[name] = solution.adapter_at(used).to("cpu", torch.float32)
+            else:
+                adapters.pop(name, None)
+        return self._replace(layers, adapters)
+
+    def without_lora(self) -> Policy:
+        """A copy with every correction removed."""
+        layers = {name: dataclasses.replace(layer, lora_rank=0, error_with_lora=None)
+                  for name, layer in self.layers.items()}  # fmt: skip
+        return self._replace(layers, {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the adapter tensors, as plain data."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "adapters"}
+        data["layers"] = {name: dataclasses.asdict(layer) for name, layer in self.layers.items()}
+        return data
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> Policy:
+    def from_json(cls, text: str, adapters: dict[str, LoraAdapter] | None = None) -> Policy:
         data = json.loads(text)
         data["layers"] = {name: LayerPolicy(**layer) for name, layer in data["layers"].items()}
-        return cls(**data)
+        return cls(**data, adapters=dict(adapters or {}))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
+        """Write the JSON to `path` and, when there are adapters, ``path.with_suffix(".safetensors")``."""
+        path = Path(path)
+        used = {name: adapter for name, adapter in self.adapters.items()
+                if name in self.layers and self.layers[name].lora_rank}  # fmt: skip
+        if used:
+            from safetensors.torch import save_file
+
+            tensors = {}
+            for name, adapter in sorted(used.items()):
+                tensors[f"{name}.lora_a"] = adapter.a.detach().to("cpu", torch.float32).contiguous()
+                tensors[f"{name}.lora_b"] = adapter.b.detach().to("cpu", torch.float32).contiguous()
+            save_file(tensors, str(adapters_path(path)))
+        path.write_text(self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
-        return cls.from_json(Path(path).read_text())
+        path = Path(path)
+        adapters = {}
+        if adapters_path(path).exists():
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(adapters_path(path)))
+            for key in tensors:
+                if key.endswith(".lora_a"):
+                    name = key.removesuffix(".lora_a")
+                    adapters[name] = LoraAdapter(tensors[key], tensors[f"{name}.lora_b"])
+        policy = cls.from_json(path.read_text(), adapters)
+        policy.check_adapters()
+        return policy
+
+
+def adapters_path(policy_path: str | Path) -> Path:
+    """Where the adapters of the policy saved at `policy_path` live."""
+    return Path(policy_path).with_suffix(".safetensors")
 
 
 def as_policy(value: Policy | str | Path | None) -> Policy | None:
-    if value is None or isinstance(value, Policy):
-        return value
-    return Policy.load(value)
+    if value is None:
+        return None
+    policy = value if isinstance(value, Policy) else Policy.load(value)
+    policy.check_adapters()
+    return policy
 
 
 # ---- calibration -------------------------------------------------------------------------------------------------
@@ -98,7 +193,8 @@ def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 class _Pruning:
-    """Forward pre-hooks that feed chosen nn.Linear modules s·x̃ (or x̃) instead of x: the method, in eager."""
+    """Hooks that feed chosen nn.Linear modules s·x̃ (or x̃) instead of x, plus any correction (x·Bᵀ)·Aᵀ of the dense
+    x: the method, in eager."""
 
     def __init__(self, modules: dict[str, torch.nn.Linear], n: int, m: int, norm: bool, min_tokens: int):
         self.modules, self.n, self.m, self.norm, self.min_tokens = modules, n, m, norm, min_tokens
@@ -111,12 +207,30 @@ class _Pruning:
         compensated = (pruned.float() * scale[:, None]).to(x.dtype) if self.norm else pruned
         return compensated.reshape(x.shape)
 
-    def run(self, model: torch.nn.Module, samples: list[tuple[tuple, dict]], names: Iterable[str]) -> list:
-        def hook(module, args):
-            pruned = self.prune(args[0])
-            return None if pruned is None else (pruned, *args[1:])
+    def run(
+        self,
+        model: torch.nn.Module,
+        samples: list[tuple[tuple, dict]],
+        names: Iterable[str],
+        adapters: dict[str, LoraAdapter] | None = None,
+    ) -> list:
+        names = list(names)
+        corrections = {self.modules[name]: adapters[name] for name in names if adapters and name in adapters}
+        dense_inputs: dict[torch.nn.Module, torch.Tensor] = {}
 
-        handles = [self.modules[name].register_forward_pre_hook(hook) for name in names]
+        def prune(module, args):
+            pruned = self.prune(args[0])
+            if pruned is None:
+                return None  # the layer runs dense, uncorrected, as lynx::sparse_linear does
+            dense_inputs[module] = args[0]
+            return (pruned, *args[1:])
+
+        def correct(module, args, out):
+            x = dense_inputs.pop(module, None)
+            return None if x is None else out + corrections[module].correction(x).to(out.dtype)
+
+        handles = [self.modules[name].register_forward_pre_hook(prune) for name in names]
+        handles += [module.register_forward_hook(correct) for module in corrections]
         try:
             with torch.no_grad():
                 return [_first_tensor(model(*args, **kwargs)) for args, kwargs in samples]
@@ -146,13 +260,17 @@ def calibrate(
     *,
     options: dict[str, Any] | None = None,
     target: float = DEFAULT_TARGET,
+    lora_rank: int = 0,
+    ridge: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Policy:
     """Measure each linear's sensitivity on `samples` and choose the layers to sparsify within `target`.
 
     `samples` are forward-call inputs (dicts of keyword arguments, tuples, or tensors) covering the timesteps and
-    CFG branches the model will see. Deterministic: no randomness beyond the samples themselves. `progress`, e.g.
-    `print`, receives a line per stage and per model evaluation (also logged at INFO).
+    CFG branches the model will see. Deterministic: no randomness beyond the samples themselves. With `lora_rank`,
+    every measured layer is fitted a correction of that rank first (`fit_lora`, with `ridge`: None cross-validates it)
+    and the choice is made with the corrections on. `progress`, e.g. `print`, receives a line per stage and per
+    model evaluation (also logged at INFO).
     """
 
     def report(line: str) -> None:
@@ -203,14 +321,24 @@ def calibrate(
     for name, (err_norm, err_bare, energy) in totals.items():
         errors[name] = ((err_norm / max(energy, 1e-30)) ** 0.5, (err_bare / max(energy, 1e-30)) ** 0.5)
 
+    solutions = {}
+    if lora_rank:
+        report(f"fitting rank-{lora_rank} corrections of {len(errors)} layers")
+        solutions = fit_lora_on_calls(model, calls, config, rank=lora_rank, layers=sorted(errors), ridge=ridge,
+                                      memory_budget=DEFAULT_MEMORY_BUDGET, progress=report)  # fmt: skip
+    adapters = {name: solution.adapter_at(lora_rank) for name, solution in solutions.items()}
+
+    def ordering_error(name: str) -> float:
+        return solutions[name].error_at(lora_rank) if name in solutions else errors[name][0]
+
     total_flops = sum(flops.values()) or 1
-    candidates = sorted(errors, key=lambda name: (errors[name][0] / (flops[name] / total_flops), name))
+    candidates = sorted(errors, key=lambda name: (ordering_error(name) / (flops[name] / total_flops), name))
 
     prefix_errors = {0: 0.0}
 
     def model_error(prefix: int) -> float:
         if prefix not in prefix_errors:
-            outs = pruning.run(model, calls, candidates[:prefix])
+            outs = pruning.run(model, calls, candidates[:prefix], adapters)
             prefix_errors[prefix] = max(_relative_error(out, ref) for out, ref in zip(outs, references))
         return prefix_errors[prefix]
 
@@ -233,9 +361,13 @@ def calibrate(
             layers[name] = LayerPolicy("dense", "never prunable on the samples (tokens or K)", None, None, share)
             continue
         error, error_bare = errors[name]
-        reason = (f"within target {target}: error {error:.4f}" if name in chosen
-                  else f"outside the prefix that meets target {target}: error {error:.4f}")  # fmt: skip
+        measured = f"error {error:.4f}"
+        if name in solutions:
+            measured += f", {solutions[name].error_at(lora_rank):.4f} with rank-{lora_rank} LoRA"
+        reason = (f"within target {target}: {measured}" if name in chosen
+                  else f"outside the prefix that meets target {target}: {measured}")  # fmt: skip
         layers[name] = LayerPolicy("sparse" if name in chosen else "dense", reason, error, error_bare, share)
     method = {"n": config.n, "m": config.m, "norm_compensation": config.norm_compensation,
               "min_tokens": config.min_tokens}  # the options the measurements depend on  # fmt: skip
-    return Policy(layers, type(model).__name__, __version__, method, target, model_error(low))
+    policy = Policy(layers, type(model).__name__, __version__, method, target, model_error(low))
+    return policy.with_lora({name: solutions[name] for name in chosen if name in solutions}, lora_rank)
