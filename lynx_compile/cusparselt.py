@@ -65,8 +65,11 @@ class Measurement:
 
 
 @functools.cache
-def measure(tokens: int, k: int, n: int, dtype: torch.dtype, device_index: int, cuda_graphs: bool) -> Measurement:
-    """Dense `F.linear` vs the sparse path (bias left out: Inductor fuses it either way), on random data."""
+def measure(
+    tokens: int, k: int, n: int, dtype: torch.dtype, device_index: int, cuda_graphs: bool, lora_rank: int = 0
+) -> Measurement:
+    """Dense `F.linear` vs the sparse path (bias left out: Inductor fuses it either way), on random data; with
+    `lora_rank`, the sparse path includes a correction of that rank (its add unfused, so slightly pessimistic)."""
     from .ops import cusparselt_linear
 
     device = torch.device("cuda", device_index)
@@ -76,10 +79,16 @@ def measure(tokens: int, k: int, n: int, dtype: torch.dtype, device_index: int, 
         weight = torch.randn(n, k, device=device, dtype=dtype, generator=generator) / k**0.5
         operand, _ = torch.ops.lynx.prune_compress_24(x)
         algorithm = search_algorithm(operand, weight.t())
+        lora = None
+        if lora_rank:
+            lora = (torch.randn(n, lora_rank, device=device, dtype=dtype, generator=generator) / n**0.5,
+                    torch.randn(lora_rank, k, device=device, dtype=dtype, generator=generator) / k**0.5)  # fmt: skip
         timer = (lambda fn: cuda_graph_ms(fn, rep_ms=20)) if cuda_graphs else host_included_ms
         dense_ms = timer(lambda: F.linear(x, weight))
-        sparse_ms = timer(lambda: cusparselt_linear(x, weight, None, algorithm, torch.ops.lynx.prune_compress_24))
+        compress = torch.ops.lynx.prune_compress_24
+        sparse_ms = timer(lambda: cusparselt_linear(x, weight, None, algorithm, compress, lora))
     result = Measurement(dense_ms, sparse_ms, algorithm)
-    logger.info("lynx: %d×%d→%d %s (%s): dense %.4f ms, sparse %.4f ms, %.2f×", tokens, k, n, dtype,
-                "CUDA graphs" if cuda_graphs else "no CUDA graphs", dense_ms, sparse_ms, result.speedup)  # fmt: skip
+    logger.info("lynx: %d×%d→%d %s (%s, LoRA rank %d): dense %.4f ms, sparse %.4f ms, %.2f×", tokens, k, n, dtype,
+                "CUDA graphs" if cuda_graphs else "no CUDA graphs", lora_rank, dense_ms, sparse_ms,
+                result.speedup)  # fmt: skip
     return result

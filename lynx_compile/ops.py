@@ -1,9 +1,10 @@
 """The lynx custom ops that the graph passes emit, with the fake implementations Dynamo, AOT and Inductor trace.
 
-- ``lynx::sparse_linear(x, weight, bias, n, m, norm_compensation, min_tokens, path, algorithm)``: what the
-  rewrite pass puts where a chosen linear was. It is the unit of decision; ``path`` says how it runs:
+- ``lynx::sparse_linear(x, weight, bias, lora_a, lora_b, n, m, norm_compensation, min_tokens, path, algorithm)``:
+  what the rewrite pass puts where a chosen linear was. It is the unit of decision; ``path`` says how it runs:
   ``"simulate"`` (prune, dense GEMM, per-row scale, bias: the method's numerics on any device) or ``"cusparselt"``
-  (fused prune + compress, then cuSPARSELt's sparse GEMM with ``algorithm``). The Inductor pass
+  (fused prune + compress, then cuSPARSELt's sparse GEMM with ``algorithm``). ``lora_a``/``lora_b``, when given,
+  add the calibrated correction (x·Bᵀ)·Aᵀ of the dense x (`lynx_compile.lora`). The Inductor pass
   `lower_sparse_linears` replaces it by its parts so that Inductor fuses the epilogue.
 - ``lynx::nm_prune(x, n, m) -> (pruned, scale)``: the Triton kernel on CUDA, the reference elsewhere.
 - ``lynx::prune_compress_24(x) -> (operand, scale)``: cuSPARSELt's compressed operand of s·x̃ (sm_90).
@@ -11,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,9 @@ def _(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 PruneFn = Callable[[torch.Tensor, int, int], "tuple[torch.Tensor, torch.Tensor]"]
 
 
+Lora = Optional[tuple[torch.Tensor, torch.Tensor]]  # (lora_a (N, r), lora_b (r, K))
+
+
 def simulated_sparse_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -51,28 +55,40 @@ def simulated_sparse_linear(
     m: int,
     norm_compensation: bool,
     prune: PruneFn,
+    lora: Lora = None,
 ) -> torch.Tensor:
-    """y = s ⊙ (prune(x) · Wᵀ) + b, with x flattened to (tokens, K). Shared by the op's body and its lowering."""
+    """y = s ⊙ (prune(x) · Wᵀ) + b [+ (x·Bᵀ)·Aᵀ], x flattened to (tokens, K). Shared by the op and its lowering."""
     in_features = weight.shape[1]
     rows = x.reshape(-1, in_features)
     pruned, scale = prune(rows, n, m)
     out = torch.mm(pruned, weight.t())
     if norm_compensation:
         out = (out.float() * scale.unsqueeze(1)).to(out.dtype)
-    return _add_bias_and_unflatten(out, bias, x)
+    return _epilogue(out, bias, lora, rows, x)
 
 
 def cusparselt_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, algorithm: int, compress: Callable
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    algorithm: int,
+    compress: Callable,
+    lora: Lora = None,
 ) -> torch.Tensor:
-    """y = (s·x̃)·Wᵀ + b on sparse tensor cores: the compressed operand already carries the scale."""
-    operand, _ = compress(x.reshape(-1, weight.shape[1]))
-    return _add_bias_and_unflatten(torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm), bias, x)
+    """y = (s·x̃)·Wᵀ + b [+ (x·Bᵀ)·Aᵀ] on sparse tensor cores: the compressed operand already carries the scale."""
+    rows = x.reshape(-1, weight.shape[1])
+    operand, _ = compress(rows)
+    return _epilogue(torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm), bias, lora, rows, x)
 
 
-def _add_bias_and_unflatten(out: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+def _epilogue(out: torch.Tensor, bias: torch.Tensor | None, lora: Lora, rows: torch.Tensor, x: torch.Tensor):
+    """Bias and correction as one sum after the GEMM, which Inductor fuses into a single pass over Y (with the
+    scale, on the simulate path); the correction's two small GEMMs read the dense rows."""
     if bias is not None:
         out = out + bias
+    if lora is not None:
+        lora_a, lora_b = lora
+        out = out + torch.mm(torch.mm(rows, lora_b.t()), lora_a.t())
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -81,6 +97,8 @@ def sparse_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
+    lora_a: torch.Tensor | None,
+    lora_b: torch.Tensor | None,
     n: int,
     m: int,
     norm_compensation: bool,
@@ -89,31 +107,40 @@ def sparse_linear(
     algorithm: int,  # no defaults: AOT would turn defaulted arguments into kwargs, which the lowering pattern misses
 ) -> torch.Tensor:
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    # The run-time checks matter only for a symbolic token count; static counts are decided at compile time.
+    # The run-time checks matter only for a symbolic token count; static counts are decided at compile time. A layer
+    # that falls back runs dense, so it also drops its correction: the correction is of the pruning error.
     if rows < min_tokens:
         return F.linear(x, weight, bias)
+    lora = _lora_pair(lora_a, lora_b)
     if path == "cusparselt":
         if rows % 16:  # cuSPARSELt's shape rule; the dense GEMM is the honest fallback (simulation is slower)
             return F.linear(x, weight, bias)
-        return cusparselt_linear(x, weight, bias, algorithm, prune_compress_24)
-    return simulated_sparse_linear(x, weight, bias, n, m, norm_compensation, nm_prune)
+        return cusparselt_linear(x, weight, bias, algorithm, prune_compress_24, lora)
+    return simulated_sparse_linear(x, weight, bias, n, m, norm_compensation, nm_prune, lora)
+
+
+def _lora_pair(lora_a: torch.Tensor | None, lora_b: torch.Tensor | None) -> Lora:
+    if (lora_a is None) != (lora_b is None):
+        raise ValueError("lynx::sparse_linear: lora_a and lora_b must be given together")
+    return None if lora_a is None else (lora_a, lora_b)
 
 
 @sparse_linear.register_fake
-def _(x, weight, bias, n, m, norm_compensation, min_tokens, path, algorithm):
+def _(x, weight, bias, lora_a, lora_b, n, m, norm_compensation, min_tokens, path, algorithm):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 # Gradients (straight-through): the mask and the scale are held constant, so y = s ⊙ (x ⊙ mask)·Wᵀ + b is linear in
 # x, W and b. Inference is the target; this exists so that compiling a model whose parameters require grad works.
+# The correction adapters are calibrated constants: they pass gradient to x but get none themselves.
 def _setup_backward(ctx, inputs, output):
-    x, weight, bias, n, m, norm_compensation, min_tokens, _path, _algorithm = inputs
-    ctx.save_for_backward(x, weight)
+    x, weight, bias, lora_a, lora_b, n, m, norm_compensation, min_tokens, _path, _algorithm = inputs
+    ctx.save_for_backward(x, weight, lora_a, lora_b)
     ctx.options = (bias is not None, n, m, norm_compensation, min_tokens)
 
 
 def _backward(ctx, grad_out):
-    x, weight = ctx.saved_tensors
+    x, weight, lora_a, lora_b = ctx.saved_tensors
     has_bias, n, m, norm_compensation, min_tokens = ctx.options
     rows = x.reshape(-1, weight.shape[1])
     grad_rows = grad_out.reshape(-1, weight.shape[0])
@@ -127,9 +154,11 @@ def _backward(ctx, grad_out):
     grad_x = grad_rows @ weight
     if keep is not None:
         grad_x = torch.where(keep, grad_x, 0)
+        if lora_a is not None:
+            grad_x = grad_x + (grad_out.reshape(-1, weight.shape[0]) @ lora_a) @ lora_b
     grad_weight = grad_rows.t() @ pruned
     grad_bias = grad_out.reshape(-1, weight.shape[0]).sum(0) if has_bias else None
-    return grad_x.reshape(x.shape), grad_weight, grad_bias, None, None, None, None, None, None
+    return (grad_x.reshape(x.shape), grad_weight, grad_bias) + (None,) * 8
 
 
 sparse_linear.register_autograd(_backward, setup_context=_setup_backward)

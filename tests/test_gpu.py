@@ -64,7 +64,8 @@ def test_compiled_bf16_linear_matches_the_eager_op():
     x = torch.randn(4608, 256, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         out = torch.compile(layer, backend="lynx", options={"execution": "simulate"})(x)
-        expected = torch.ops.lynx.sparse_linear(x, layer.weight, layer.bias, 2, 4, True, 0, "simulate", 0)
+        expected = torch.ops.lynx.sparse_linear(x, layer.weight, layer.bias, None, None, 2, 4, True, 0, "simulate",
+                                                0)  # fmt: skip
     rel = (out.float() - expected.float()).norm() / expected.float().norm()
     assert rel < 1e-2, rel
 
@@ -135,13 +136,38 @@ def test_sparse_execution_is_right_across_replays(compile_kwargs):
             out = compiled(x).clone()
             (decision,) = report.layers
             if decision.decision == "sparse":
-                expected = torch.ops.lynx.sparse_linear(x, layer.weight, layer.bias, 2, 4, True, 0, "simulate", 0)
+                expected = torch.ops.lynx.sparse_linear(x, layer.weight, layer.bias, None, None, 2, 4, True, 0,
+                                                        "simulate", 0)  # fmt: skip
             else:
                 expected = layer(x)
             rel = (out.float() - expected.float()).norm() / expected.float().norm()
             assert rel < 1e-2, (rel, decision.reason)
     if "options" in compile_kwargs:
         assert decision.decision == "sparse" and "sparse tensor cores" in decision.reason, decision.reason
+
+
+@needs_sm90
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "no-graphs"])
+def test_sparse_execution_with_a_lora_correction_matches_simulate(graphs):
+    model = nn.Sequential(nn.Linear(1024, 2048)).cuda().to(torch.bfloat16).eval()
+    samples = [torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    # A fixed λ: on random data cross-validation rightly finds nothing worth correcting; this tests the execution.
+    policy = lynx_compile.calibrate(model, samples, target=1.0, lora_rank=16, ridge=1.0)
+    assert policy.layers["0"].lora_rank == 16
+    options = {**FORCE_SPARSE, "policy": policy, "triton.cudagraphs": graphs}
+    compiled = torch.compile(model, backend="lynx", options=options)
+    adapter = policy.adapter_for("0").to("cuda", torch.bfloat16)
+    layer = model[0]
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        for _ in range(3):
+            x = torch.randn_like(samples[0])
+            out = compiled(x).clone()
+            expected = torch.ops.lynx.sparse_linear(x, layer.weight, layer.bias, adapter.a, adapter.b, 2, 4, True, 0,
+                                                    "simulate", 0)  # fmt: skip
+            rel = (out.float() - expected.float()).norm() / expected.float().norm()
+            assert rel < 1e-2, rel
+    (decision,) = report.layers
+    assert decision.decision == "sparse" and "rank-16 LoRA included" in decision.reason, decision.reason
 
 
 @needs_sm90

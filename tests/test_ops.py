@@ -19,12 +19,20 @@ def sample_args(tokens=24, k=32, n=16, bias=True, dtype=torch.float32, requires_
     return x, weight, b
 
 
+def sample_adapter(k=32, n=16, rank=3, dtype=torch.float32):
+    g = torch.Generator().manual_seed(rank)
+    return torch.randn(n, rank, generator=g, dtype=dtype), torch.randn(rank, k, generator=g, dtype=dtype) / k**0.5
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("norm", [True, False])
 @pytest.mark.parametrize("min_tokens", [0, 1000])
-def test_opcheck_sparse_linear(bias, norm, min_tokens):
+@pytest.mark.parametrize("lora", [False, True])
+def test_opcheck_sparse_linear(bias, norm, min_tokens, lora):
     x, weight, b = sample_args(bias=bias, requires_grad=True)
-    torch.library.opcheck(torch.ops.lynx.sparse_linear.default, (x, weight, b, 2, 4, norm, min_tokens, "simulate", 0))
+    lora_a, lora_b = sample_adapter() if lora else (None, None)
+    args = (x, weight, b, lora_a, lora_b, 2, 4, norm, min_tokens, "simulate", 0)
+    torch.library.opcheck(torch.ops.lynx.sparse_linear.default, args)
 
 
 def test_opcheck_nm_prune():
@@ -39,20 +47,32 @@ def test_sparse_linear_is_the_method(norm):
     pruned, scale = nm_prune_ref(rows, 2, 4)
     compensated = pruned * scale[:, None] if norm else pruned
     expected = F.linear(compensated, weight, b).reshape(*x.shape[:-1], -1)
-    actual = torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, norm, 0, "simulate", 0)
+    actual = torch.ops.lynx.sparse_linear(x, weight, b, None, None, 2, 4, norm, 0, "simulate", 0)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_below_min_tokens_the_op_is_dense():
+def test_a_correction_adds_its_low_rank_map_of_the_dense_input():
     x, weight, b = sample_args()
-    out = torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, True, 1000, "simulate", 0)
+    lora_a, lora_b = sample_adapter()
+    plain = torch.ops.lynx.sparse_linear(x, weight, b, None, None, 2, 4, True, 0, "simulate", 0)
+    corrected = torch.ops.lynx.sparse_linear(x, weight, b, lora_a, lora_b, 2, 4, True, 0, "simulate", 0)
+    torch.testing.assert_close(corrected - plain, x @ lora_b.t() @ lora_a.t(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="together"):
+        torch.ops.lynx.sparse_linear(x, weight, b, lora_a, None, 2, 4, True, 0, "simulate", 0)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_below_min_tokens_the_op_is_dense_and_uncorrected(lora):
+    x, weight, b = sample_args()
+    lora_a, lora_b = sample_adapter() if lora else (None, None)
+    out = torch.ops.lynx.sparse_linear(x, weight, b, lora_a, lora_b, 2, 4, True, 1000, "simulate", 0)
     torch.testing.assert_close(out, F.linear(x, weight, b))
 
 
 def test_gradient_is_straight_through():
     """With the mask (and scale) held constant the layer is linear; its gradients are those of that linear map."""
     x, weight, b = sample_args(requires_grad=True)
-    out = torch.ops.lynx.sparse_linear(x, weight, b, 2, 4, True, 0, "simulate", 0)
+    out = torch.ops.lynx.sparse_linear(x, weight, b, None, None, 2, 4, True, 0, "simulate", 0)
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, (x, weight, b), grad_out)
 

@@ -36,6 +36,12 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
             return "not in the policy"
         if entry.decision == "dense":
             return f"policy: {entry.reason}"
+        site.lora = config.policy.adapter_for(site.name)
+        adapter_shape = None if site.lora is None else (site.lora.b.shape[1], site.lora.a.shape[0])
+        if adapter_shape not in (None, (site.in_features, site.out_features)):
+            site.lora = None
+            return (f"policy: its LoRA adapter maps {adapter_shape[0]}→{adapter_shape[1]}, the layer "
+                    f"{site.in_features}→{site.out_features}")
     if config.execution == "dense":
         return "execution='dense'"
     weight_dtype = fake_value(site.weight).dtype
@@ -71,8 +77,10 @@ def _decide_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
     tokens = max(multiple, concrete_int(site.tokens) // multiple * multiple)  # a symbolic M: at its example value
     device_index = site.device.index if site.device.index is not None else torch.cuda.current_device()
     measured = cusparselt.measure(tokens, site.in_features, site.out_features, site.dtype, device_index,
-                                  config.cuda_graphs)  # fmt: skip
+                                  config.cuda_graphs, site.lora_rank)  # fmt: skip
     where = f"M={tokens}, " + ("CUDA graphs" if config.cuda_graphs else "no CUDA graphs, host time included")
+    if site.lora_rank:
+        where += f", rank-{site.lora_rank} LoRA included"
     if measured.speedup < config.min_speedup:
         return f"sparse path measured {measured.speedup:.2f}× dense ({where}) < min_speedup={config.min_speedup}"
     site.path, site.algorithm = "cusparselt", measured.algorithm
@@ -84,6 +92,8 @@ def _sparse_reason(site: LinearSite, ctx: PassContext) -> str:
     config = ctx.config
     reason = site.reason or (f"{config.n}:{config.m} on K" + (" + norm" if config.norm_compensation else "")
                              + ", simulated")  # fmt: skip
+    if site.lora_rank and site.path != "cusparselt":  # the sparse path's reason names it already
+        reason += f" + rank-{site.lora_rank} LoRA"
     if config.policy is not None:
         reason += f"; policy: {config.policy.decision_for(site.name).reason}"
     if isinstance(site.tokens, torch.SymInt):
@@ -100,6 +110,8 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
         if dense_reason is None and _execution(site, ctx) == "sparse":
             dense_reason = _decide_sparse_path(site, ctx)
         site.decision = "dense" if dense_reason else "sparse"
+        if dense_reason:
+            site.lora = None
         site.reason = dense_reason or _sparse_reason(site, ctx)
         logger.debug("lynx: %s -> %s (%s)", site.name, site.decision, site.reason)
     _warn_about_policy_mismatch(ctx)

@@ -6,6 +6,7 @@ Lowered here, by the node's path:
 - "simulate": `lynx::nm_prune` → mm → per-row scale → bias; Inductor picks the GEMM and fuses scale and bias;
 - "cusparselt": `lynx::prune_compress_24` → `aten._cslt_sparse_mm` (the algorithm chosen at decision time) →
   bias, which Inductor fuses into the consumer's pointwise kernel.
+A LoRA correction adds two small mms on the dense x, summed in the same fused pointwise pass.
 
 A node whose token count is symbolic and not provably ≥ min_tokens (or a multiple of 16, for cuSPARSELt) keeps its
 run-time fallback and is left opaque. The pass is a `CustomGraphPass` whose uuid hashes this file, the op
@@ -38,7 +39,8 @@ from ..config import LynxConfig
 logger = logging.getLogger(__name__)
 
 _PATTERNS = PatternMatcherPass(pass_name="lynx_lower_sparse_linears")
-_ARG_NAMES = ("x", "weight", "bias", "n", "m", "norm_compensation", "min_tokens", "path", "algorithm")
+_ARG_NAMES = ("x", "weight", "bias", "lora_a", "lora_b", "n", "m", "norm_compensation", "min_tokens", "path",
+              "algorithm")  # fmt: skip
 
 
 def _run_time_checks_are_settled(match: Match) -> bool:
@@ -55,17 +57,21 @@ def _register_patterns() -> None:
     pattern = CallFunction(torch.ops.lynx.sparse_linear.default, *(KeywordArg(name) for name in _ARG_NAMES))
 
     @register_graph_pattern(pattern, extra_check=_run_time_checks_are_settled, pass_dict=_PATTERNS)
-    def _lower(match: Match, x, weight, bias, n, m, norm_compensation, min_tokens, path, algorithm):
-        def lowered(x, weight, *maybe_bias):
-            bias_value = maybe_bias[0] if maybe_bias else None
+    def _lower(match: Match, x, weight, bias, lora_a, lora_b, n, m, norm_compensation, min_tokens, path, algorithm):
+        optional = [tensor for tensor in (bias, lora_a, lora_b) if tensor is not None]
+
+        def lowered(x, weight, *given):
+            rest = iter(given)
+            bias_value = next(rest) if bias is not None else None
+            lora = (next(rest), next(rest)) if lora_a is not None else None
             if path == "cusparselt":
                 compress = torch.ops.lynx.prune_compress_24.default
-                return ops.cusparselt_linear(x, weight, bias_value, algorithm, compress)
+                return ops.cusparselt_linear(x, weight, bias_value, algorithm, compress, lora)
             return ops.simulated_sparse_linear(
-                x, weight, bias_value, n, m, norm_compensation, torch.ops.lynx.nm_prune.default
+                x, weight, bias_value, n, m, norm_compensation, torch.ops.lynx.nm_prune.default, lora
             )
 
-        match.replace_by_example(lowered, [x, weight] + ([bias] if bias is not None else []))
+        match.replace_by_example(lowered, [x, weight, *optional])
 
 
 class LowerSparseLinears(CustomGraphPass):

@@ -3,6 +3,12 @@
 Every form (linear, x @ w.t(), addmm) becomes the same op on the parameter as stored (N, K), so everything after
 this pass — Inductor's lowering, the sparse fast path — sees one pattern. A transpose node left without users is
 removed; nothing else is, because Dynamo graphs may hold side-effecting nodes that a blanket dead-code sweep would drop.
+
+A layer with a LoRA correction gets its adapter as two buffers of the graph module (in the layer's dtype, on its
+device), read by get_attr nodes. AOT lifts module buffers to graph inputs, as it does the model's parameters, so the
+values are never baked into (or hashed for) a cached graph, and CUDA graphs treat them as static inputs. AOT asks
+Dynamo's record of where each lifted tensor came from (`_param_name_to_source`, used to deduplicate inputs); ours
+come from lynx itself, so they get a constant source naming them.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ import logging
 
 import torch
 import torch.fx
+from torch._dynamo.source import ConstantSource
 
 from .. import ops  # noqa: F401  (registers torch.ops.lynx)
-from .utils import PassContext
+from .utils import LinearSite, PassContext
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +36,11 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
         old = site.node
         x, bias = replaced.get(site.x, site.x), replaced.get(site.bias, site.bias)
         with graph.inserting_before(old):
+            lora_a, lora_b = _adapter_nodes(gm, site) if site.lora is not None else (None, None)
             new = graph.call_function(
                 torch.ops.lynx.sparse_linear.default,
-                (x, site.weight, bias, config.n, config.m, config.norm_compensation, config.min_tokens, site.path,
-                 site.algorithm),  # fmt: skip
+                (x, site.weight, bias, lora_a, lora_b, config.n, config.m, config.norm_compensation,
+                 config.min_tokens, site.path, site.algorithm),  # fmt: skip
             )
         new.meta.update(old.meta)
         old.replace_all_uses_with(new)
@@ -48,3 +56,26 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
         gm.recompile()
     logger.debug("lynx: rewrote %d linears into lynx::sparse_linear", ctx.rewrites)
     return gm
+
+
+def _adapter_nodes(gm: torch.fx.GraphModule, site: LinearSite) -> tuple[torch.fx.Node, torch.fx.Node]:
+    """get_attr nodes reading the site's adapter, registered as buffers of `gm` under fresh names."""
+    nodes = []
+    for part, tensor in (("a", site.lora.a), ("b", site.lora.b)):
+        target = _fresh_attribute(gm, f"lynx_lora_{part}_{site.name.replace('.', '_')}")
+        gm.register_buffer(target, tensor.detach().to(site.device, site.dtype).contiguous())
+        sources = getattr(gm, "_param_name_to_source", None)
+        if sources is not None:
+            sources[target] = ConstantSource(f"__lynx_{target}")
+        node = gm.graph.get_attr(target)
+        node.meta["example_value"] = getattr(gm, target)
+        nodes.append(node)
+    return nodes[0], nodes[1]
+
+
+def _fresh_attribute(gm: torch.fx.GraphModule, base: str) -> str:
+    name, suffix = base, 0
+    while hasattr(gm, name):
+        suffix += 1
+        name = f"{base}_{suffix}"
+    return name

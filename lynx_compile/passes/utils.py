@@ -31,6 +31,11 @@ class LinearSite:
     reason: str = ""
     path: str = "simulate"  # how a sparse decision runs: "simulate" | "cusparselt"
     algorithm: int = 0  # cuSPARSELt algorithm, for path "cusparselt"
+    lora: Any = None  # the policy's LoraAdapter for a sparse layer that runs a correction
+
+    @property
+    def lora_rank(self) -> int:
+        return 0 if self.lora is None else self.lora.rank
 
     @property
     def flops(self) -> int:
@@ -60,6 +65,8 @@ def concrete_int(value: Any) -> int:
     return int(value)
 
 
+# How Dynamo names the module that torch.compile was given: L['self'] in torch 2.13, L['fn'] in torch 2.11.
+_COMPILED_MODULE_ROOTS = ("self", "fn")
 _ROOT = re.compile(r"[LG]\['([^']*)'\]")
 _KEY = re.compile(r"\.(\w+)|\['([^']*)'\]|\[(\d+)\]")
 
@@ -96,7 +103,7 @@ def _parameter_path(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str | None
     # how the module was reached; a key after `_modules`/`_parameters` and a plain attribute are path elements.
     keys = [next(g for g in match.groups() if g is not None) for match in _KEY.finditer(source_name, root.end())]
     path = [key for key in keys if key not in ("__dict__", "_modules", "_parameters")]
-    if root.group(1) != "self":  # a module reached through a global or a local other than self: keep its name
+    if root.group(1) not in _COMPILED_MODULE_ROOTS:  # reached through a global or another local: keep its name
         path.insert(0, root.group(1))
     return ".".join(path)
 

@@ -191,6 +191,7 @@ def test_names_are_recovered_from_dynamo_placeholders():
         ("L['self'].__dict__['_modules']['transformer_blocks']._modules['3']._modules['to_q']._parameters['weight']",
          "transformer_blocks.3.to_q"),
         ("L['self'].blocks[2].proj._parameters['weight']", "blocks.2.proj"),
+        ("L['fn']._modules['0']._parameters['weight']", "0"),  # torch 2.11's name for the compiled module
         ("L['self']._modules['attn']._parameters['w_qkv']", "attn.w_qkv"),
         ("G['head']._parameters['weight']", "head"),
         ("L['self']._modules['norm']._buffers['weight']", None),
