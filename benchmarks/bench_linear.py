@@ -13,7 +13,12 @@ Per shape (tokens M, K → N, bf16, with bias), all timed in one run as CUDA-gra
 - lynx_alg0: the same with cuSPARSELt's default algorithm;
 - unfused: Inductor-compiled prune reference → `torch._cslt_compress` → `_cslt_sparse_mm` → scale and bias;
 - gemm_only: `_cslt_sparse_mm` on a ready compressed operand: the ceiling any fused path can reach;
-- prune: the fused prune+compress kernel alone (its share of `lynx` is the pruning overhead).
+- prune: the fused prune+compress kernel alone (its share of `lynx` is the pruning overhead);
+- lynx_lora64: `lynx` with a rank-64 correction, in the form Inductor gives it in a compiled graph: the two small
+  GEMMs on the dense x (the bias rides in the second one's epilogue) and one add with the sparse GEMM's output
+  (`lora_overhead` is its time over `lynx`'s);
+- gemm_only_k128: the sparse GEMM with K + 128: what folding the rank-64 correction into the sparse GEMM (its r
+  columns spread 2:4 into 2r extra K) would cost there, the ceiling of that unbuilt design.
 Ratios are dense / variant (> 1: faster than dense).
 """
 
@@ -74,6 +79,17 @@ def bench_shape(name: str, m: int, k: int, n: int, prune_compiled) -> dict:
     def lynx(alg=best_alg, with_bias=True):  # the backend's own sparse path, as lowered into compiled graphs
         return cusparselt_linear(x, weight, bias if with_bias else None, alg, prune_compress_24)
 
+    lora_a = torch.randn(n, 64, device="cuda", dtype=torch.bfloat16) / 8
+    lora_b = torch.randn(64, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+
+    def lynx_lora64():
+        out = torch._cslt_sparse_mm(prune_compress_24(x)[0], weight_t, alg_id=best_alg)
+        return out + torch.addmm(bias, torch.mm(x, lora_b.t()), lora_a.t())
+
+    wide_operand, _ = prune_compress_24(torch.randn(m, k + 128, device="cuda", dtype=torch.bfloat16))
+    wide_weight_t = torch.randn(n, k + 128, device="cuda", dtype=torch.bfloat16).t()
+    wide_alg = search_algorithm(wide_operand, wide_weight_t)
+
     def unfused():
         pruned, row_scale = prune_compiled(x)
         return epilogue(torch._cslt_sparse_mm(torch._cslt_compress(pruned), weight_t), row_scale, bias)
@@ -88,13 +104,19 @@ def bench_shape(name: str, m: int, k: int, n: int, prune_compiled) -> dict:
         "unfused": cuda_graph_ms(unfused),
         "gemm_only": cuda_graph_ms(lambda: torch._cslt_sparse_mm(operand, weight_t, alg_id=best_alg)),
         "prune": cuda_graph_ms(lambda: prune_compress_24(x)),
+        "lynx_lora64": cuda_graph_ms(lynx_lora64),
+        "gemm_only_k128": cuda_graph_ms(lambda: torch._cslt_sparse_mm(wide_operand, wide_weight_t, alg_id=wide_alg)),
     }
+    lora_reference = reference + (x.float() @ lora_b.float().t()) @ lora_a.float().t()
     return {
         "shape": name, "M": m, "K": k, "N": n, "best_alg": best_alg,
         **{f"{p}_ms": t for p, t in times.items()},
         **{f"x_{p}": times["dense"] / t for p, t in times.items() if p not in ("dense", "prune")},
         "prune_share": times["prune"] / times["lynx"],
+        "lora_overhead": times["lynx_lora64"] / times["lynx"] - 1,
+        "k128_overhead": times["gemm_only_k128"] / times["gemm_only"] - 1,
         "lynx_rel_err": relative_error(lynx(), reference),
+        "lynx_lora64_rel_err": relative_error(lynx_lora64(), lora_reference),
         "dense_tflops": 2 * m * k * n / times["dense"] / 1e9,
     }  # fmt: skip
 
@@ -117,11 +139,11 @@ def main() -> None:
     geomean = torch.tensor([r["x_lynx"] for r in flux]).log().mean().exp().item()
     geomean_in_model = torch.tensor([r["x_lynx_in_model"] for r in flux]).log().mean().exp().item()
     print(f"\n{meta}\n{'shape':22} {'dense ms':>9} {'lynx ×':>7} {'in-model ×':>10} {'alg0 ×':>7} {'unfused ×':>9} "
-          f"{'ceiling ×':>9} {'prune %':>8} {'alg':>4}")  # fmt: skip
+          f"{'ceiling ×':>9} {'prune %':>8} {'alg':>4} {'LoRA64 +%':>9} {'K+128 +%':>8}")  # fmt: skip
     for r in rows:
         print(f"{r['shape']:22} {r['dense_ms']:9.4f} {r['x_lynx']:7.2f} {r['x_lynx_in_model']:10.2f} "
               f"{r['x_lynx_alg0']:7.2f} {r['x_unfused']:9.2f} {r['x_gemm_only']:9.2f} {100 * r['prune_share']:8.1f} "
-              f"{r['best_alg']:>4}")  # fmt: skip
+              f"{r['best_alg']:>4} {100 * r['lora_overhead']:9.1f} {100 * r['k128_overhead']:8.1f}")  # fmt: skip
     print(f"geomean over FLUX shapes: lynx × {geomean:.3f}, in-model × {geomean_in_model:.3f}")
 
 

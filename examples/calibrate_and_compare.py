@@ -1,10 +1,11 @@
 """Calibrate a sparsity policy on the project's trained tiny DiT, then compare samples: dense vs lynx.
 
-    python examples/calibrate_and_compare.py [--targets 0.05 0.1 0.2 0.4] [--out /tmp/lynx_compare]
+    python examples/calibrate_and_compare.py [--targets 0.05 0.1 0.2 0.4] [--lora-ranks 32] [--out /tmp/lynx_compare]
 
 Loads `examples/checkpoints/tiny_dit_digits.safetensors` (made by `examples/train_tiny_dit.py`), calibrates on noised
-digits at four timesteps for each target (bound on the relative error of the model output), and samples 100 digits
-(10 of each class) from the same noise with: the dense model; lynx under each calibrated policy; lynx with every
+digits at four timesteps for each target (bound on the relative error of the model output), without and with the
+closed-form LoRA correction of each rank in --lora-ranks, and samples 100 digits (10 of each class) from the same
+noise with: the dense model; lynx under each calibrated policy; lynx with every
 prunable linear sparse (all-sparse), with and without norm compensation. Prints a quality table (class accuracy by
 a classifier trained on the real digits; PSNR and relative error against the dense samples) and, where matplotlib
 is installed, saves a grid of samples and a plot of quality against the sparsified share of linear FLOPs. Runs on
@@ -35,6 +36,7 @@ def lynx_samples(model, labels, noise, options) -> tuple[torch.Tensor, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--targets", type=float, nargs="+", default=[lynx_compile.policy.DEFAULT_TARGET, 0.1, 0.2, 0.4])
+    parser.add_argument("--lora-ranks", type=int, nargs="*", default=[32])
     parser.add_argument("--out", type=Path, default=Path("/tmp/lynx_compare"))
     args = parser.parse_args()
     model = load_model()
@@ -46,21 +48,24 @@ def main() -> None:
         dense = sample(model, labels, noise)
     runs = {"dense": (dense, 0.0)}
     for target in args.targets:
-        policy = lynx_compile.calibrate(model, calibration_inputs(labels[:40], noise[:40]), target=target,
-                                        options={"min_tokens": 1}, progress=print)  # fmt: skip
-        policy.save(args.out / f"policy_{target}.json")
-        print(f"target {target}: {sum(l.decision == 'sparse' for l in policy.layers.values())}/{len(policy.layers)} "
-              f"layers sparse, calibration error {policy.model_error:.4f}")  # fmt: skip
-        runs[f"policy, target {target}"] = lynx_samples(model, labels, noise, {"policy": policy})
+        for rank in (0, *args.lora_ranks):
+            policy = lynx_compile.calibrate(model, calibration_inputs(labels[:40], noise[:40]), target=target,
+                                            lora_rank=rank, options={"min_tokens": 1}, progress=print)  # fmt: skip
+            name = f"target {target}" + (f" + LoRA {rank}" if rank else "")
+            policy.save(args.out / f"policy_{target}_lora{rank}.json")
+            corrected = sum(layer.lora_rank > 0 for layer in policy.layers.values())
+            print(f"{name}: {sum(l.decision == 'sparse' for l in policy.layers.values())}/{len(policy.layers)} "
+                  f"layers sparse ({corrected} corrected), calibration error {policy.model_error:.4f}")  # fmt: skip
+            runs[name] = lynx_samples(model, labels, noise, {"policy": policy})
     runs["all-sparse + norm"] = lynx_samples(model, labels, noise, {})
     runs["all-sparse, no norm"] = lynx_samples(model, labels, noise, {"norm_compensation": False})
 
-    print(f"\n{'variant':22} {'FLOPs sparse':>12} {'class acc':>9} {'PSNR dB':>8} {'rel err':>8}")
+    print(f"\n{'variant':24} {'FLOPs sparse':>12} {'class acc':>9} {'PSNR dB':>8} {'rel err':>8}")
     rows = []
     for name, (samples, share) in runs.items():
         quality = sample_quality(samples, labels, reference=dense)
         rows.append((name, share, quality))
-        print(f"{name:22} {100 * share:11.1f}% {quality['class_accuracy']:9.2f} {quality['psnr_db']:8.1f} "
+        print(f"{name:24} {100 * share:11.1f}% {quality['class_accuracy']:9.2f} {quality['psnr_db']:8.1f} "
               f"{quality['relative_error']:8.3f}")  # fmt: skip
     save_figures(runs, rows, args.out)
 
