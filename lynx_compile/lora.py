@@ -10,8 +10,8 @@ correction of a given rank solves the reduced-rank ridge regression
 in closed form. The full-rank ridge fit is Cλ = W·Σdx·Σ⁻¹ with Σ = Σxx + λI, Σxx = XᵀX, Σdx = DᵀX. Writing the
 objective as ‖[R, 0] − C·[X, √λ·I]ᵀ‖² makes it plain reduced-rank regression on augmented data, whose optimum
 projects Cλ onto the top-r eigenvectors U of its fitted-value Gram Cλ·Σ·Cλᵀ = W·(Σdx·Σ⁻¹·Σdxᵀ)·Wᵀ: A = U_r and
-B = U_rᵀ·Cλ. Only Σxx and Σdx are needed, 2·K² fp64 numbers per layer whatever the token count, so they are
-accumulated while the samples stream through the model. The eigenvectors come ordered, so the adapter of any rank
+B = U_rᵀ·Cλ. Only Σxx and Σdx are needed, K² fp64 numbers each per layer whatever the token count (twice over: two
+halves of the tokens, for the ridge below), so they are accumulated while the samples stream through the model. The eigenvectors come ordered, so the adapter of any rank
 below the fitted one is a prefix of it, and the calibration error of every prefix follows from the statistics.
 λ matters: with few tokens per input channel an unregularised fit chases noise, so by default it is chosen per layer
 by two-fold cross-validation over halves of the captured tokens (`choose_ridge`).
@@ -121,12 +121,12 @@ class ResidualStatistics:
         """Accumulate token rows x (T, K) of a linear with `weight`, whose dense outputs were `outputs` (T, N)."""
         weight64 = weight.detach().double()
         half = (rows.shape[0] + 1) // 2
-        for moments, part in zip(self.halves, (rows[:half], rows[half:])):
-            part_outputs = outputs[:half] if moments is self.halves[0] else outputs[half:]
-            for start in range(0, part.shape[0], _CHUNK_TOKENS):
-                chunk = part[start : start + _CHUNK_TOKENS].detach()
+        for moments, part in zip(self.halves, (slice(0, half), slice(half, None))):
+            part_rows, part_outputs = rows[part].detach(), outputs[part].detach()
+            for start in range(0, part_rows.shape[0], _CHUNK_TOKENS):
+                chunk = part_rows[start : start + _CHUNK_TOKENS]
                 moments.accumulate(chunk.double(), pruning_residual(chunk, n, m, norm),
-                                   part_outputs[start : start + _CHUNK_TOKENS].detach(), weight64)  # fmt: skip
+                                   part_outputs[start : start + _CHUNK_TOKENS], weight64)  # fmt: skip
 
     def accumulate(self, x: torch.Tensor, d: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor) -> None:
         """Add tokens with inputs x and input residuals d (T, K, fp64), dense outputs (T, N), weight (N, K)."""

@@ -362,8 +362,10 @@ def calibrate(
             continue
         error, error_bare = errors[name]
         measured = f"error {error:.4f}"
-        if name in solutions:
-            measured += f", {solutions[name].error_at(lora_rank):.4f} with rank-{lora_rank} LoRA"
+        if name in solutions and solutions[name].rank:
+            measured += f", {solutions[name].error_at(lora_rank):.4f} with rank-{solutions[name].rank} LoRA"
+        elif name in solutions:
+            measured += " (LoRA: no ridge helped held-out tokens, uncorrected)"
         reason = (f"within target {target}: {measured}" if name in chosen
                   else f"outside the prefix that meets target {target}: {measured}")  # fmt: skip
         layers[name] = LayerPolicy("sparse" if name in chosen else "dense", reason, error, error_bare, share)
