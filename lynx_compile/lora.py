@@ -120,8 +120,7 @@ class ResidualStatistics:
     def add(self, rows: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor, n: int, m: int, norm: bool) -> None:
         """Accumulate token rows x (T, K) of a linear with `weight`, whose dense outputs were `outputs` (T, N)."""
         weight64 = weight.detach().double()
-        half = (rows.shape[0] + 1) // 2
-        for moments, part in zip(self.halves, (slice(0, half), slice(half, None))):
+        for moments, part in zip(self.halves, _halves(rows.shape[0])):
             part_rows, part_outputs = rows[part].detach(), outputs[part].detach()
             for start in range(0, part_rows.shape[0], _CHUNK_TOKENS):
                 chunk = part_rows[start : start + _CHUNK_TOKENS]
@@ -130,9 +129,14 @@ class ResidualStatistics:
 
     def accumulate(self, x: torch.Tensor, d: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor) -> None:
         """Add tokens with inputs x and input residuals d (T, K, fp64), dense outputs (T, N), weight (N, K)."""
-        half = (x.shape[0] + 1) // 2
-        for moments, part in zip(self.halves, (slice(0, half), slice(half, None))):
+        for moments, part in zip(self.halves, _halves(x.shape[0])):
             moments.accumulate(x[part], d[part], outputs[part], weight)
+
+
+def _halves(rows: int) -> tuple[slice, slice]:
+    """The first and second half of a call's token rows: the two folds of `choose_ridge`."""
+    half = (rows + 1) // 2
+    return slice(0, half), slice(half, None)
 
 
 @dataclass(frozen=True)
