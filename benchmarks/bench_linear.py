@@ -19,6 +19,14 @@ Per shape (tokens M, K → N, bf16, with bias), all timed in one run as CUDA-gra
   (`lora_overhead` is its time over `lynx`'s);
 - gemm_only_k128: the sparse GEMM with K + 128: what folding the rank-64 correction into the sparse GEMM (its r
   columns spread 2:4 into 2r extra K) would cost there, the ceiling of that unbuilt design.
+For shapes whose input a GELU produces in the model (MLP down-projections; FLUX's single-block output reads
+cat([attention, GELU(MLP)])), also the layer with its producer, as a compiled model runs it:
+- dense_producer: the Inductor-compiled producer (writes x) + `F.linear` without bias;
+- lynx_unfolded: the same producer, then `lynx_in_model` on the x it wrote;
+- lynx_folded: `lynx_in_model` on the producer's inputs: the compressor applies the GELU as it loads them, and x
+  is never written (`passes/fold_producers.py`);
+- producer, prune_folded: the producer alone, the folding compressor alone. `fold_prune_share` is what pruning
+  adds to the folded layer beyond the producer pass it replaces: (prune_folded − producer) / lynx_folded.
 Ratios are dense / variant (> 1: faster than dense).
 """
 
@@ -34,27 +42,29 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lynx_compile.cusparselt import search_algorithm  # noqa: E402
-from lynx_compile.ops import cusparselt_linear  # noqa: E402
+from lynx_compile.ops import assemble, cusparselt_linear  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24  # noqa: E402
 from plots import plot_linear  # noqa: E402
 
-# (name, M, K, N): DESIGN.md §3. FLUX.1 at 1024² is 4096 image + 512 text tokens.
+# (name, M, K, N, the input's producer as (width, activation) pieces or None): DESIGN.md §3. FLUX.1 at 1024² is
+# 4096 image + 512 text tokens.
+GELU_TANH = "gelu_tanh"
 SHAPES = [
-    ("flux attn out", 4608, 3072, 3072),
-    ("flux qkv", 4608, 3072, 9216),
-    ("flux mlp up", 4608, 3072, 12288),
-    ("flux mlp down", 4608, 12288, 3072),
-    ("flux single in", 4608, 3072, 21504),
-    ("flux single out", 4608, 15360, 3072),
-    ("qwen-image mlp up", 4352, 3072, 12288),
-    ("qwen-image mlp down", 4352, 12288, 3072),
-    ("dit-xl b8 qkv", 2048, 1152, 3456),
-    ("dit-xl b8 mlp up", 2048, 1152, 4608),
-    ("dit-xl b8 mlp down", 2048, 4608, 1152),
-    ("wan 32k ffn up", 32768, 5120, 13824),
-    ("wan 32k ffn down", 32768, 13824, 5120),
+    ("flux attn out", 4608, 3072, 3072, None),
+    ("flux qkv", 4608, 3072, 9216, None),
+    ("flux mlp up", 4608, 3072, 12288, None),
+    ("flux mlp down", 4608, 12288, 3072, ((12288, GELU_TANH),)),
+    ("flux single in", 4608, 3072, 21504, None),
+    ("flux single out", 4608, 15360, 3072, ((3072, "none"), (12288, GELU_TANH))),
+    ("qwen-image mlp up", 4352, 3072, 12288, None),
+    ("qwen-image mlp down", 4352, 12288, 3072, ((12288, GELU_TANH),)),
+    ("dit-xl b8 qkv", 2048, 1152, 3456, None),
+    ("dit-xl b8 mlp up", 2048, 1152, 4608, None),
+    ("dit-xl b8 mlp down", 2048, 4608, 1152, ((4608, GELU_TANH),)),
+    ("wan 32k ffn up", 32768, 5120, 13824, None),
+    ("wan 32k ffn down", 32768, 13824, 5120, ((13824, GELU_TANH),)),
 ]
 
 
@@ -67,7 +77,36 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-def bench_shape(name: str, m: int, k: int, n: int, prune_compiled) -> dict:
+def bench_producer(m: int, n: int, pieces, alg: int) -> dict:
+    """The layer with the GELU (and concatenation) that produces its input, folded into the compressor or not."""
+    inputs = [torch.randn(m, width, device="cuda", dtype=torch.bfloat16) for width, _ in pieces]
+    activations = ",".join(name for _, name in pieces)
+    k = sum(width for width, _ in pieces)
+    weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+    produce = torch.compile(lambda *inputs: assemble(list(inputs), activations))
+    compress = torch.ops.lynx.prune_compress_24
+
+    def layer(inputs, activations):
+        return cusparselt_linear(inputs, activations, weight, None, alg, compress)
+
+    times = {
+        "dense_producer": cuda_graph_ms(lambda: F.linear(produce(*inputs), weight)),
+        "lynx_unfolded": cuda_graph_ms(lambda: layer([produce(*inputs)], "none")),
+        "lynx_folded": cuda_graph_ms(lambda: layer(inputs, activations)),
+        "producer": cuda_graph_ms(lambda: produce(*inputs)),
+        "prune_folded": cuda_graph_ms(lambda: compress(inputs, activations)),
+    }
+    folded, unfolded = layer(inputs, activations), layer([produce(*inputs)], "none")
+    return {
+        "producer_pieces": activations, **{f"{p}_ms": t for p, t in times.items()},
+        "x_lynx_unfolded": times["dense_producer"] / times["lynx_unfolded"],
+        "x_lynx_folded": times["dense_producer"] / times["lynx_folded"],
+        "fold_prune_share": (times["prune_folded"] - times["producer"]) / times["lynx_folded"],
+        "folded_vs_unfolded_rel_err": relative_error(folded, unfolded),
+    }  # fmt: skip
+
+
+def bench_shape(name: str, m: int, k: int, n: int, pieces, prune_compiled) -> dict:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
@@ -77,7 +116,7 @@ def bench_shape(name: str, m: int, k: int, n: int, prune_compiled) -> dict:
     best_alg = search_algorithm(operand, weight_t)
 
     def lynx(alg=best_alg, with_bias=True):  # the backend's own sparse path, as lowered into compiled graphs
-        return cusparselt_linear(x, weight, bias if with_bias else None, alg, prune_compress_24)
+        return cusparselt_linear([x], "none", weight, bias if with_bias else None, alg, prune_compress_24)
 
     lora_a = torch.randn(n, 64, device="cuda", dtype=torch.bfloat16) / 8
     lora_b = torch.randn(64, k, device="cuda", dtype=torch.bfloat16) / k**0.5
@@ -118,6 +157,7 @@ def bench_shape(name: str, m: int, k: int, n: int, prune_compiled) -> dict:
         "lynx_rel_err": relative_error(lynx(), reference),
         "lynx_lora64_rel_err": relative_error(lynx_lora64(), lora_reference),
         "dense_tflops": 2 * m * k * n / times["dense"] / 1e9,
+        **(bench_producer(m, n, pieces, best_alg) if pieces else {}),
     }  # fmt: skip
 
 
@@ -125,8 +165,8 @@ def main() -> None:
     torch.manual_seed(0)
     prune_compiled = torch.compile(nm_prune_ref)
     rows = []
-    for index, (name, m, k, n) in enumerate(SHAPES):
-        row = bench_shape(name, m, k, n, prune_compiled)
+    for index, (name, m, k, n, pieces) in enumerate(SHAPES):
+        row = bench_shape(name, m, k, n, pieces, prune_compiled)
         rows.append(row)
         print(f"[{index + 1}/{len(SHAPES)}] " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                              for k, v in row.items()}), flush=True)  # fmt: skip
@@ -145,6 +185,16 @@ def main() -> None:
               f"{r['x_lynx_alg0']:7.2f} {r['x_unfused']:9.2f} {r['x_gemm_only']:9.2f} {100 * r['prune_share']:8.1f} "
               f"{r['best_alg']:>4} {100 * r['lora_overhead']:9.1f} {100 * r['k128_overhead']:8.1f}")  # fmt: skip
     print(f"geomean over FLUX shapes: lynx × {geomean:.3f}, in-model × {geomean_in_model:.3f}")
+    print(f"\nwith the producer of x (GELU, concatenation) in the timing\n{'shape':22} {'pieces':>16} "
+          f"{'dense ms':>9} {'unfolded ×':>10} {'folded ×':>9} {'producer ms':>11} {'prune ms':>9} {'prune %':>8}")
+    for r in (r for r in rows if "producer_pieces" in r):
+        print(f"{r['shape']:22} {r['producer_pieces']:>16} {r['dense_producer_ms']:9.4f} {r['x_lynx_unfolded']:10.2f} "
+              f"{r['x_lynx_folded']:9.2f} {r['producer_ms']:11.4f} {r['prune_folded_ms']:9.4f} "
+              f"{100 * r['fold_prune_share']:8.1f}")  # fmt: skip
+    # FLUX in the model: the folded layer where the model has a producer, in-model (bias fused) elsewhere
+    in_model = [r.get("x_lynx_folded", r["x_lynx_in_model"]) for r in flux]
+    print(f"geomean over FLUX shapes as compiled (folded where the model has a producer): "
+          f"{torch.tensor(in_model).log().mean().exp().item():.3f}")
 
 
 if __name__ == "__main__":

@@ -66,29 +66,36 @@ class Measurement:
 
 @functools.cache
 def measure(
-    tokens: int, k: int, n: int, dtype: torch.dtype, device_index: int, cuda_graphs: bool, lora_rank: int = 0
+    tokens: int, k: int, n: int, dtype: torch.dtype, device_index: int, cuda_graphs: bool, lora_rank: int = 0,
+    pieces: tuple[tuple[int, str], ...] | None = None,
 ) -> Measurement:
     """Dense `F.linear` vs the sparse path (bias left out: Inductor fuses it either way), on random data; with
-    `lora_rank`, the sparse path includes a correction of that rank (its add unfused, so slightly pessimistic)."""
-    from .ops import cusparselt_linear
+    `lora_rank`, the sparse path includes a correction of that rank (its add unfused, so slightly pessimistic).
+
+    `pieces` ((width, activation), ...) describe an input folded into the sparse op (`passes/fold_producers.py`):
+    dense then pays for writing x = cat(act(piece)) and the sparse path prunes the pieces as it loads them.
+    """
+    from .ops import assemble, cusparselt_linear
 
     device = torch.device("cuda", device_index)
     with torch.no_grad(), torch._subclasses.fake_tensor.unset_fake_temporarily():
         generator = torch.Generator(device=device).manual_seed(0)
-        x = torch.randn(tokens, k, device=device, dtype=dtype, generator=generator)
+        widths, names = zip(*pieces) if pieces else ((k,), ("none",))
+        inputs = [torch.randn(tokens, width, device=device, dtype=dtype, generator=generator) for width in widths]
+        activations = ",".join(names)
         weight = torch.randn(n, k, device=device, dtype=dtype, generator=generator) / k**0.5
-        operand, _ = torch.ops.lynx.prune_compress_24(x)
+        compress = torch.ops.lynx.prune_compress_24
+        operand, _ = compress(inputs, activations)
         algorithm = search_algorithm(operand, weight.t())
         lora = None
         if lora_rank:
             lora = (torch.randn(n, lora_rank, device=device, dtype=dtype, generator=generator) / n**0.5,
                     torch.randn(lora_rank, k, device=device, dtype=dtype, generator=generator) / k**0.5)  # fmt: skip
         timer = (lambda fn: cuda_graph_ms(fn, rep_ms=20)) if cuda_graphs else host_included_ms
-        dense_ms = timer(lambda: F.linear(x, weight))
-        compress = torch.ops.lynx.prune_compress_24
-        sparse_ms = timer(lambda: cusparselt_linear(x, weight, None, algorithm, compress, lora))
+        dense_ms = timer(lambda: F.linear(assemble(inputs, activations), weight))
+        sparse_ms = timer(lambda: cusparselt_linear(inputs, activations, weight, None, algorithm, compress, lora))
     result = Measurement(dense_ms, sparse_ms, algorithm)
-    logger.info("lynx: %d×%d→%d %s (%s, LoRA rank %d): dense %.4f ms, sparse %.4f ms, %.2f×", tokens, k, n, dtype,
-                "CUDA graphs" if cuda_graphs else "no CUDA graphs", lora_rank, dense_ms, sparse_ms,
-                result.speedup)  # fmt: skip
+    logger.info("lynx: %d×%d→%d %s (%s, LoRA rank %d, input %s): dense %.4f ms, sparse %.4f ms, %.2f×", tokens, k,
+                n, dtype, "CUDA graphs" if cuda_graphs else "no CUDA graphs", lora_rank, activations, dense_ms,
+                sparse_ms, result.speedup)  # fmt: skip
     return result

@@ -64,8 +64,8 @@ def test_compiled_bf16_linear_matches_the_eager_op():
     x = torch.randn(4608, 256, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         out = torch.compile(layer, backend="lynx", options={"execution": "simulate"})(x)
-        expected = torch.ops.lynx.sparse_linear(x, layer.weight, layer.bias, None, None, 2, 4, True, 0, "simulate",
-                                                0)  # fmt: skip
+        expected = torch.ops.lynx.sparse_linear([x], "none", layer.weight, layer.bias, None, None, 2, 4, True, 0,
+                                                "simulate", 0)  # fmt: skip
     rel = (out.float() - expected.float()).norm() / expected.float().norm()
     assert rel < 1e-2, rel
 
@@ -97,6 +97,26 @@ def test_compressor_is_bit_exact_with_cusparselt(rows, k, dtype):
     expected = torch_operand.flatten()[: compressed_numel(rows, k)]
     assert ours.shape == torch_operand.shape
     assert torch.equal(compress_24_ref(compensated).view(torch.int16), expected.view(torch.int16))
+    assert torch.equal(as_flat(ours, rows, k).view(torch.int16), expected.view(torch.int16))
+
+
+@needs_sm90
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("widths, names", [((3072, 12288), ("none", "gelu_tanh")), ((4608,), ("gelu_tanh",)),
+                                           ((1024, 512), ("gelu", "gelu_tanh"))])  # fmt: skip
+def test_folding_compressor_is_bit_exact_with_cusparselt(widths, names, dtype):
+    """Pieces with activations on load == cuSPARSELt's compression of x = cat(act(piece)) written out (by the
+    same activation code; its agreement with torch's GELU is tests/kernels/test_prune_compress_24.py's)."""
+    from lynx_compile.kernels.activations import activate
+    from lynx_compile.kernels.prune_compress_24 import as_flat, compensated_pruned_ref, compressed_numel, \
+        prune_compress_24  # fmt: skip
+
+    g = torch.Generator(device="cuda").manual_seed(sum(widths))
+    rows, k = 1040, sum(widths)
+    pieces = [torch.randn(rows, width, device="cuda", dtype=dtype, generator=g) for width in widths]
+    ours, scale = prune_compress_24(pieces, names)
+    compensated, _ = compensated_pruned_ref(torch.cat([activate(p, n) for p, n in zip(pieces, names)], 1), scale)
+    expected = torch._cslt_compress(compensated).flatten()[: compressed_numel(rows, k)]
     assert torch.equal(as_flat(ours, rows, k).view(torch.int16), expected.view(torch.int16))
 
 
@@ -136,8 +156,8 @@ def test_sparse_execution_is_right_across_replays(compile_kwargs):
             out = compiled(x).clone()
             (decision,) = report.layers
             if decision.decision == "sparse":
-                expected = torch.ops.lynx.sparse_linear(x, layer.weight, layer.bias, None, None, 2, 4, True, 0,
-                                                        "simulate", 0)  # fmt: skip
+                expected = torch.ops.lynx.sparse_linear([x], "none", layer.weight, layer.bias, None, None, 2, 4, True,
+                                                        0, "simulate", 0)  # fmt: skip
             else:
                 expected = layer(x)
             rel = (out.float() - expected.float()).norm() / expected.float().norm()
@@ -162,8 +182,8 @@ def test_sparse_execution_with_a_lora_correction_matches_simulate(graphs):
         for _ in range(3):
             x = torch.randn_like(samples[0])
             out = compiled(x).clone()
-            expected = torch.ops.lynx.sparse_linear(x, layer.weight, layer.bias, adapter.a, adapter.b, 2, 4, True, 0,
-                                                    "simulate", 0)  # fmt: skip
+            expected = torch.ops.lynx.sparse_linear([x], "none", layer.weight, layer.bias, adapter.a, adapter.b, 2, 4,
+                                                    True, 0, "simulate", 0)  # fmt: skip
             rel = (out.float() - expected.float()).norm() / expected.float().norm()
             assert rel < 1e-2, rel
     (decision,) = report.layers
@@ -237,6 +257,8 @@ def test_full_size_flux_single_block_sparse_matches_simulate():
         if execution == "sparse":
             sparse_names = [layer.name for layer in report.sparse_layers]
             assert len(sparse_names) >= 4  # to_q, to_k, to_v, proj_mlp, proj_out: K ∈ {3072, 15360}
+            (proj_out,) = [layer for layer in report.sparse_layers if layer.name == "proj_out"]
+            assert "input cat(none, gelu_tanh) pruned on load" in proj_out.reason, proj_out.reason
 
     def rel(a, b):
         return ((a - b).norm() / b.norm()).item()

@@ -31,7 +31,7 @@ def sample_adapter(k=32, n=16, rank=3, dtype=torch.float32):
 def test_opcheck_sparse_linear(bias, norm, min_tokens, lora):
     x, weight, b = sample_args(bias=bias, requires_grad=True)
     lora_a, lora_b = sample_adapter() if lora else (None, None)
-    args = (x, weight, b, lora_a, lora_b, 2, 4, norm, min_tokens, "simulate", 0)
+    args = ([x], "none", weight, b, lora_a, lora_b, 2, 4, norm, min_tokens, "simulate", 0)
     torch.library.opcheck(torch.ops.lynx.sparse_linear.default, args)
 
 
@@ -47,32 +47,32 @@ def test_sparse_linear_is_the_method(norm):
     pruned, scale = nm_prune_ref(rows, 2, 4)
     compensated = pruned * scale[:, None] if norm else pruned
     expected = F.linear(compensated, weight, b).reshape(*x.shape[:-1], -1)
-    actual = torch.ops.lynx.sparse_linear(x, weight, b, None, None, 2, 4, norm, 0, "simulate", 0)
+    actual = torch.ops.lynx.sparse_linear([x], "none", weight, b, None, None, 2, 4, norm, 0, "simulate", 0)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_correction_adds_its_low_rank_map_of_the_dense_input():
     x, weight, b = sample_args()
     lora_a, lora_b = sample_adapter()
-    plain = torch.ops.lynx.sparse_linear(x, weight, b, None, None, 2, 4, True, 0, "simulate", 0)
-    corrected = torch.ops.lynx.sparse_linear(x, weight, b, lora_a, lora_b, 2, 4, True, 0, "simulate", 0)
+    plain = torch.ops.lynx.sparse_linear([x], "none", weight, b, None, None, 2, 4, True, 0, "simulate", 0)
+    corrected = torch.ops.lynx.sparse_linear([x], "none", weight, b, lora_a, lora_b, 2, 4, True, 0, "simulate", 0)
     torch.testing.assert_close(corrected - plain, x @ lora_b.t() @ lora_a.t(), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="together"):
-        torch.ops.lynx.sparse_linear(x, weight, b, lora_a, None, 2, 4, True, 0, "simulate", 0)
+        torch.ops.lynx.sparse_linear([x], "none", weight, b, lora_a, None, 2, 4, True, 0, "simulate", 0)
 
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_below_min_tokens_the_op_is_dense_and_uncorrected(lora):
     x, weight, b = sample_args()
     lora_a, lora_b = sample_adapter() if lora else (None, None)
-    out = torch.ops.lynx.sparse_linear(x, weight, b, lora_a, lora_b, 2, 4, True, 1000, "simulate", 0)
+    out = torch.ops.lynx.sparse_linear([x], "none", weight, b, lora_a, lora_b, 2, 4, True, 1000, "simulate", 0)
     torch.testing.assert_close(out, F.linear(x, weight, b))
 
 
 def test_gradient_is_straight_through():
     """With the mask (and scale) held constant the layer is linear; its gradients are those of that linear map."""
     x, weight, b = sample_args(requires_grad=True)
-    out = torch.ops.lynx.sparse_linear(x, weight, b, None, None, 2, 4, True, 0, "simulate", 0)
+    out = torch.ops.lynx.sparse_linear([x], "none", weight, b, None, None, 2, 4, True, 0, "simulate", 0)
     grad_out = torch.randn_like(out)
     grads = torch.autograd.grad(out, (x, weight, b), grad_out)
 
@@ -84,3 +84,41 @@ def test_gradient_is_straight_through():
     expected = torch.autograd.grad(F.linear(frozen, w2, b2).reshape(out.shape), (x2, w2, b2), grad_out)
     for actual, want in zip(grads, expected):
         torch.testing.assert_close(actual, want, rtol=1e-5, atol=1e-5)
+
+
+def folded_args(requires_grad=False):
+    """x = cat([attention, GELU(up)], -1) as the op takes it folded: (pieces, activations), plus weight and bias."""
+    g = torch.Generator().manual_seed(7)
+    head, tail = torch.randn(2, 12, 16, generator=g), torch.randn(2, 12, 48, generator=g)
+    weight, b = torch.randn(16, 64, generator=g) / 8, torch.randn(16, generator=g)
+    for t in (head, tail, weight, b):
+        t.requires_grad_(requires_grad)
+    return [head, tail], weight, b
+
+
+@pytest.mark.parametrize("activations", ["none,gelu_tanh", "gelu,none"])
+def test_opcheck_sparse_linear_with_a_folded_input(activations):
+    pieces, weight, b = folded_args(requires_grad=True)
+    torch.library.opcheck(torch.ops.lynx.sparse_linear.default,
+                          (pieces, activations, weight, b, None, None, 2, 4, True, 0, "simulate", 0))  # fmt: skip
+
+
+@pytest.mark.parametrize("min_tokens", [0, 1000])
+def test_a_folded_input_is_the_layer_of_its_concatenation(min_tokens):
+    """Forward and gradients of the op on (pieces, activations) equal those of the op on x = cat(act(pieces))."""
+    pieces, weight, b = folded_args(requires_grad=True)
+    folded = torch.ops.lynx.sparse_linear(pieces, "none,gelu_tanh", weight, b, None, None, 2, 4, True, min_tokens,
+                                          "simulate", 0)  # fmt: skip
+    x = torch.cat([pieces[0], F.gelu(pieces[1], approximate="tanh")], dim=-1)
+    plain = torch.ops.lynx.sparse_linear([x], "none", weight, b, None, None, 2, 4, True, min_tokens, "simulate", 0)
+    torch.testing.assert_close(folded, plain, rtol=0, atol=0)
+    grad_out = torch.randn_like(plain)
+    expected = torch.autograd.grad(plain, (*pieces, weight, b), grad_out)  # through F.gelu's own autograd
+    for actual, want in zip(torch.autograd.grad(folded, (*pieces, weight, b), grad_out), expected):
+        torch.testing.assert_close(actual, want, rtol=1e-5, atol=1e-6)
+
+
+def test_activations_must_match_the_inputs():
+    pieces, weight, b = folded_args()
+    with pytest.raises(ValueError, match="2 inputs but activations"):
+        torch.ops.lynx.sparse_linear(pieces, "gelu", weight, b, None, None, 2, 4, True, 0, "simulate", 0)

@@ -24,14 +24,18 @@ Only that sm_90 layout is implemented: `layout_supported()` says whether this GP
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from .activations import ACTIVATIONS, check_activation
 from .nm_prune import NORM_EPS, nm_prune_ref
 
 try:
     import triton
     import triton.language as tl
 
+    from .activations import apply_activation
 except ImportError:
     triton = None
 
@@ -151,11 +155,22 @@ def prune_compress_24_ref(x: torch.Tensor, scale: torch.Tensor | None = None) ->
 if triton is not None:
 
     @triton.jit
-    def _load_members(x_ptr, rows, chunk, M, K, stride_xm, stride_xk, BLOCK_G: tl.constexpr):
-        """A [rows, 4·BLOCK_G] tile, loaded contiguously, split into its 4 group members ([rows, BLOCK_G] each)."""
-        cols = chunk * 4 * BLOCK_G + tl.arange(0, 4 * BLOCK_G)
-        mask = (rows[:, None] < M) & (cols[None, :] < K)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xk, mask=mask, other=0.0)
+    def _load_members(
+        head_ptr, tail_ptr, rows, chunk, M, K_HEAD, stride_hm, stride_hk, stride_tm, stride_tk,
+        HEAD_ACTIVATION: tl.constexpr, TAIL_ACTIVATION: tl.constexpr, BLOCK_G: tl.constexpr,
+    ):  # fmt: skip
+        """A [rows, 4·BLOCK_G] tile of X = [act(head) | act(tail)], loaded contiguously from the one piece the chunk
+        lies in (chunks never straddle), split into its 4 group members ([rows, BLOCK_G] each)."""
+        start = chunk * 4 * BLOCK_G
+        cols = tl.arange(0, 4 * BLOCK_G)[None, :]
+        mask = (rows[:, None] < M) & (cols >= 0)
+        if start < K_HEAD:
+            x = tl.load(head_ptr + rows[:, None] * stride_hm + (start + cols) * stride_hk, mask=mask, other=0.0)
+            x = apply_activation(x, HEAD_ACTIVATION)
+        else:
+            x = tl.load(tail_ptr + rows[:, None] * stride_tm + (start - K_HEAD + cols) * stride_tk, mask=mask,
+                        other=0.0)  # fmt: skip
+            x = apply_activation(x, TAIL_ACTIVATION)
         even, odd = tl.split(tl.reshape(x, (x.shape[0], BLOCK_G, 2, 2)))  # members (0, 2) and (1, 3)
         x0, x2 = tl.split(even)
         x1, x3 = tl.split(odd)
@@ -182,13 +197,14 @@ if triton is not None:
 
     @triton.jit
     def _energy_kernel(
-        x_ptr, total_ptr, kept_ptr,
-        M, K, stride_xm, stride_xk,
-        BLOCK_G: tl.constexpr,
+        head_ptr, tail_ptr, total_ptr, kept_ptr,
+        M, K_HEAD, stride_hm, stride_hk, stride_tm, stride_tk,
+        HEAD_ACTIVATION: tl.constexpr, TAIL_ACTIVATION: tl.constexpr, BLOCK_G: tl.constexpr,
     ):  # fmt: skip
         rows = tl.program_id(0) * 16 + tl.arange(0, 16)
         chunk = tl.program_id(1)
-        x0, x1, x2, x3 = _load_members(x_ptr, rows, chunk, M, K, stride_xm, stride_xk, BLOCK_G)
+        x0, x1, x2, x3 = _load_members(head_ptr, tail_ptr, rows, chunk, M, K_HEAD, stride_hm, stride_hk, stride_tm,
+                                       stride_tk, HEAD_ACTIVATION, TAIL_ACTIVATION, BLOCK_G)  # fmt: skip
         f0, f1, f2, f3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
         k0, k1, k2, k3 = _keep_2_of_4(f0, f1, f2, f3)
         q0, q1, q2, q3 = f0 * f0, f1 * f1, f2 * f2, f3 * f3
@@ -211,9 +227,13 @@ if triton is not None:
         return tl.where(total - total == 0.0, scale, 1.0)  # non-finite rows get 1, as in nm_prune
 
     @triton.jit
-    def _encode_half(x_ptr, values_ptr, rows, scale, chunk, M, K, stride_xm, stride_xk, BLOCK_G: tl.constexpr):
+    def _encode_half(
+        head_ptr, tail_ptr, values_ptr, rows, scale, chunk, M, K, K_HEAD, stride_hm, stride_hk, stride_tm, stride_tk,
+        HEAD_ACTIVATION: tl.constexpr, TAIL_ACTIVATION: tl.constexpr, BLOCK_G: tl.constexpr,
+    ):  # fmt: skip
         """Prune, scale and encode 8 rows of the chunk; store their values, return their metadata nibbles."""
-        x0, x1, x2, x3 = _load_members(x_ptr, rows, chunk, M, K, stride_xm, stride_xk, BLOCK_G)
+        x0, x1, x2, x3 = _load_members(head_ptr, tail_ptr, rows, chunk, M, K_HEAD, stride_hm, stride_hk, stride_tm,
+                                       stride_tk, HEAD_ACTIVATION, TAIL_ACTIVATION, BLOCK_G)  # fmt: skip
         f0, f1, f2, f3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
         k0, k1, k2, k3 = _keep_2_of_4(f0, f1, f2, f3)
         s = scale[:, None]
@@ -238,11 +258,11 @@ if triton is not None:
     @triton.jit
     def _compress_kernel(
         # pointers: values and metadata are two views of one output buffer
-        x_ptr, values_ptr, meta_ptr, total_ptr, kept_ptr, scale_ptr,
+        head_ptr, tail_ptr, values_ptr, meta_ptr, total_ptr, kept_ptr, scale_ptr,
         # sizes and strides
-        M, K, stride_xm, stride_xk, n_chunks, eps,
+        M, K, K_HEAD, stride_hm, stride_hk, stride_tm, stride_tk, n_chunks, eps,
         # meta-parameters
-        BLOCK_G: tl.constexpr, CHUNKS: tl.constexpr,
+        HEAD_ACTIVATION: tl.constexpr, TAIL_ACTIVATION: tl.constexpr, BLOCK_G: tl.constexpr, CHUNKS: tl.constexpr,
     ):  # fmt: skip
         # Rows r and r + 8 share each metadata byte (low and high nibble): a program takes 16 rows as two halves of
         # 8 and writes whole bytes. The grid covers M rounded up to 64: padding rows load as zeros and come out as
@@ -252,8 +272,10 @@ if triton is not None:
         rows_hi = rows_lo + 8
         scale_lo = _row_scale(total_ptr, kept_ptr, rows_lo, M, n_chunks, eps, CHUNKS)
         scale_hi = _row_scale(total_ptr, kept_ptr, rows_hi, M, n_chunks, eps, CHUNKS)
-        nibble_lo = _encode_half(x_ptr, values_ptr, rows_lo, scale_lo, chunk, M, K, stride_xm, stride_xk, BLOCK_G)
-        nibble_hi = _encode_half(x_ptr, values_ptr, rows_hi, scale_hi, chunk, M, K, stride_xm, stride_xk, BLOCK_G)
+        nibble_lo = _encode_half(head_ptr, tail_ptr, values_ptr, rows_lo, scale_lo, chunk, M, K, K_HEAD, stride_hm,
+                                 stride_hk, stride_tm, stride_tk, HEAD_ACTIVATION, TAIL_ACTIVATION, BLOCK_G)
+        nibble_hi = _encode_half(head_ptr, tail_ptr, values_ptr, rows_hi, scale_hi, chunk, M, K, K_HEAD, stride_hm,
+                                 stride_hk, stride_tm, stride_tk, HEAD_ACTIVATION, TAIL_ACTIVATION, BLOCK_G)
 
         r = rows_lo[:, None]
         g = chunk * BLOCK_G + tl.arange(0, BLOCK_G)[None, :]
@@ -265,35 +287,65 @@ if triton is not None:
             tl.store(scale_ptr + rows_hi, scale_hi, mask=rows_hi < M)
 
 
-def prune_compress_24(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def prune_compress_24(
+    x: torch.Tensor | Sequence[torch.Tensor], activations: str | Sequence[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused 2:4 prune + norm compensation + compress: (operand of s·x̃ shaped as `torch._cslt_compress` returns
     it, the per-row scale s). The GEMM on the operand needs no scale afterwards.
 
-    Compare with the references on `as_flat(operand, rows, k)`: the slack past `compressed_numel` is left unwritten.
+    `x` is the activation (tokens, K), or up to two pieces whose concatenation along K it is, each with an
+    activation applied on load (`activations.ACTIVATIONS`; a list, or names joined by commas):
+    X = [act₀(x₀) | act₁(x₁)] is pruned without ever being written. Compare with the references on
+    `as_flat(operand, rows, k)`: the slack past `compressed_numel` is left unwritten.
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use prune_compress_24_ref")
-    check_compressible(x)
-    rows, k = x.shape
-    operand = torch.empty(compressed_shape(rows, k), dtype=x.dtype, device=x.device)
+    pieces, activations = check_pieces(x, activations)
+    rows, k = pieces[0].shape[0], sum(piece.shape[1] for piece in pieces)
+    head, tail = pieces[0], pieces[-1]
+    operand = torch.empty(compressed_shape(rows, k), dtype=head.dtype, device=head.device)
     if rows == 0:
-        return operand, torch.empty(0, device=x.device)
+        return operand, torch.empty(0, device=head.device)
     buffer = as_flat(operand, rows, k)
-    block_g = GROUPS_PER_PROGRAM  # k // 4 is a multiple of 16: the largest power of two ≤ 64 dividing it
-    while (k // 4) % block_g:
+    block_g = GROUPS_PER_PROGRAM  # the largest power of two ≤ 64 dividing every piece's group count: no straddling
+    while any((piece.shape[1] // 4) % block_g for piece in pieces):
         block_g //= 2
     n_chunks = k // 4 // block_g
-    total = torch.empty(rows, n_chunks, dtype=torch.float32, device=x.device)
+    total = torch.empty(rows, n_chunks, dtype=torch.float32, device=head.device)
     kept = torch.empty_like(total)
-    scale = torch.empty(rows, dtype=torch.float32, device=x.device)
-    _energy_kernel[(triton.cdiv(rows, 16), n_chunks)](x, total, kept, rows, k, x.stride(0), x.stride(1),
-                                                       BLOCK_G=block_g)  # fmt: skip
+    scale = torch.empty(rows, dtype=torch.float32, device=head.device)
+    codes = {"HEAD_ACTIVATION": ACTIVATIONS[activations[0]], "TAIL_ACTIVATION": ACTIVATIONS[activations[-1]]}
+    _energy_kernel[(triton.cdiv(rows, 16), n_chunks)](
+        head, tail, total, kept, rows, head.shape[1], *head.stride(), *tail.stride(), BLOCK_G=block_g, **codes
+    )  # fmt: skip
     _compress_kernel[(triton.cdiv(rows, M_TILE) * (M_TILE // 16), n_chunks)](
-        x, buffer[: rows * k // 2], buffer[rows * k // 2 :].view(torch.uint8), total, kept, scale,
-        rows, k, x.stride(0), x.stride(1), n_chunks, NORM_EPS,
-        BLOCK_G=block_g, CHUNKS=triton.next_power_of_2(n_chunks),
+        head, tail, buffer[: rows * k // 2], buffer[rows * k // 2 :].view(torch.uint8), total, kept, scale,
+        rows, k, head.shape[1], *head.stride(), *tail.stride(), n_chunks, NORM_EPS,
+        BLOCK_G=block_g, CHUNKS=triton.next_power_of_2(n_chunks), **codes,
     )  # fmt: skip
     return operand, scale
+
+
+def check_pieces(
+    x: torch.Tensor | Sequence[torch.Tensor], activations: str | Sequence[str] | None
+) -> tuple[list[torch.Tensor], list[str]]:
+    """The pieces and activations `prune_compress_24` takes, checked; a clear error for anything it cannot encode."""
+    pieces = [x] if isinstance(x, torch.Tensor) else list(x)
+    if activations is None:
+        activations = ["none"] * len(pieces)
+    activations = activations.split(",") if isinstance(activations, str) else list(activations)
+    if not 1 <= len(pieces) <= 2 or len(activations) != len(pieces):
+        raise ValueError(f"expected 1 or 2 pieces with an activation each, got {len(pieces)} and {len(activations)}")
+    for piece, activation in zip(pieces, activations):
+        check_activation(activation)
+        if piece.dim() != 2 or piece.shape[1] % 4:
+            raise ValueError(f"expected 2-D pieces (tokens, K) with K % 4 == 0, got shape {tuple(piece.shape)}")
+    head = pieces[0]
+    if any((p.shape[0], p.dtype, p.device) != (head.shape[0], head.dtype, head.device) for p in pieces):
+        raise ValueError("the pieces must share token count, dtype and device: "
+                         + ", ".join(f"{tuple(p.shape)} {p.dtype} {p.device}" for p in pieces))  # fmt: skip
+    check_compressible(head.new_empty(0, sum(p.shape[1] for p in pieces)))
+    return pieces, activations
 
 
 def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
@@ -302,7 +354,7 @@ def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
 
 
 __all__ = [
-    "as_flat", "compensated_pruned_ref", "compress_24_ref", "compressed_numel", "compressed_shape",
+    "as_flat", "check_pieces", "compensated_pruned_ref", "compress_24_ref", "compressed_numel", "compressed_shape",
     "decompress_24_ref", "layout_supported", "metadata_nibble_address",
     "prune_compress_24", "prune_compress_24_ref", "stored_indices_ref",
 ]  # fmt: skip

@@ -76,11 +76,17 @@ def _decide_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
         return f"M={site.tokens} not a multiple of {multiple} (cuSPARSELt)"
     tokens = max(multiple, concrete_int(site.tokens) // multiple * multiple)  # a symbolic M: at its example value
     device_index = site.device.index if site.device.index is not None else torch.cuda.current_device()
+    pieces = None
+    if site.folded is not None:
+        widths = [int(fake_value(node).shape[-1]) for node in site.folded.inputs]
+        pieces = tuple(zip(widths, site.folded.activations))
     measured = cusparselt.measure(tokens, site.in_features, site.out_features, site.dtype, device_index,
-                                  config.cuda_graphs, site.lora_rank)  # fmt: skip
+                                  config.cuda_graphs, site.lora_rank, pieces)  # fmt: skip
     where = f"M={tokens}, " + ("CUDA graphs" if config.cuda_graphs else "no CUDA graphs, host time included")
     if site.lora_rank:
         where += f", rank-{site.lora_rank} LoRA included"
+    if site.folded is not None:
+        where += f", input {site.folded.describe()} pruned on load"
     if measured.speedup < config.min_speedup:
         return f"sparse path measured {measured.speedup:.2f}× dense ({where}) < min_speedup={config.min_speedup}"
     site.path, site.algorithm = "cusparselt", measured.algorithm
@@ -94,6 +100,8 @@ def _sparse_reason(site: LinearSite, ctx: PassContext) -> str:
                              + ", simulated")  # fmt: skip
     if site.lora_rank and site.path != "cusparselt":  # the sparse path's reason names it already
         reason += f" + rank-{site.lora_rank} LoRA"
+    if site.folded is not None:
+        reason += f"; input {site.folded.describe()} folded into the op"
     if config.policy is not None:
         reason += f"; policy: {config.policy.decision_for(site.name).reason}"
     if isinstance(site.tokens, torch.SymInt):
@@ -107,6 +115,8 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
     """Fill in `decision` and `reason` (and, for the sparse path, path and algorithm) on every site found."""
     for site in ctx.sites:
         dense_reason = _dense_reason(site, ctx)
+        if site.lora is not None:
+            site.folded = None  # the correction reads the dense x: it is written anyway
         if dense_reason is None and _execution(site, ctx) == "sparse":
             dense_reason = _decide_sparse_path(site, ctx)
         site.decision = "dense" if dense_reason else "sparse"

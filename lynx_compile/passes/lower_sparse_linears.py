@@ -4,8 +4,8 @@ The Dynamo-level rewrite leaves one opaque node per sparsified linear, which kee
 small through AOT. Opaque, though, it would run as an extern call with its GEMM and epilogue hidden from Inductor.
 Lowered here, by the node's path:
 - "simulate": `lynx::nm_prune` → mm → per-row scale → bias; Inductor picks the GEMM and fuses scale and bias;
-- "cusparselt": `lynx::prune_compress_24` → `aten._cslt_sparse_mm` (the algorithm chosen at decision time) →
-  bias, which Inductor fuses into the consumer's pointwise kernel.
+- "cusparselt": `lynx::prune_compress_24` (applying x's folded producers as it loads) → `aten._cslt_sparse_mm`
+  (the algorithm chosen at decision time) → bias, which Inductor fuses into the consumer's pointwise kernel.
 A LoRA correction adds two small mms on the dense x, summed in the same fused pointwise pass.
 
 A node whose token count is symbolic and not provably ≥ min_tokens (or a multiple of 16, for cuSPARSELt) keeps its
@@ -39,13 +39,13 @@ from ..config import LynxConfig
 logger = logging.getLogger(__name__)
 
 _PATTERNS = PatternMatcherPass(pass_name="lynx_lower_sparse_linears")
-_ARG_NAMES = ("x", "weight", "bias", "lora_a", "lora_b", "n", "m", "norm_compensation", "min_tokens", "path",
-              "algorithm")  # fmt: skip
+_ARG_NAMES = ("inputs", "activations", "weight", "bias", "lora_a", "lora_b", "n", "m", "norm_compensation",
+              "min_tokens", "path", "algorithm")  # fmt: skip
 
 
 def _run_time_checks_are_settled(match: Match) -> bool:
     """Lower only where the op's run-time fallbacks (too few tokens; M % 16 for cuSPARSELt) provably never fire."""
-    x = match.kwargs["x"].meta["val"]
+    x = match.kwargs["inputs"][0].meta["val"]
     tokens = math.prod(x.shape[:-1])
     if not statically_known_true(tokens >= match.kwargs["min_tokens"]):
         return False
@@ -57,21 +57,22 @@ def _register_patterns() -> None:
     pattern = CallFunction(torch.ops.lynx.sparse_linear.default, *(KeywordArg(name) for name in _ARG_NAMES))
 
     @register_graph_pattern(pattern, extra_check=_run_time_checks_are_settled, pass_dict=_PATTERNS)
-    def _lower(match: Match, x, weight, bias, lora_a, lora_b, n, m, norm_compensation, min_tokens, path, algorithm):
+    def _lower(match: Match, inputs, activations, weight, bias, lora_a, lora_b, n, m, norm_compensation, min_tokens,
+               path, algorithm):  # fmt: skip
         optional = [tensor for tensor in (bias, lora_a, lora_b) if tensor is not None]
 
-        def lowered(x, weight, *given):
+        def lowered(weight, *given):
             rest = iter(given)
             bias_value = next(rest) if bias is not None else None
             lora = (next(rest), next(rest)) if lora_a is not None else None
+            pieces = list(rest)
             if path == "cusparselt":
                 compress = torch.ops.lynx.prune_compress_24.default
-                return ops.cusparselt_linear(x, weight, bias_value, algorithm, compress, lora)
-            return ops.simulated_sparse_linear(
-                x, weight, bias_value, n, m, norm_compensation, torch.ops.lynx.nm_prune.default, lora
-            )
+                return ops.cusparselt_linear(pieces, activations, weight, bias_value, algorithm, compress, lora)
+            return ops.simulated_sparse_linear(ops.assemble(pieces, activations), weight, bias_value, n, m,
+                                               norm_compensation, torch.ops.lynx.nm_prune.default, lora)  # fmt: skip
 
-        match.replace_by_example(lowered, [x, weight, *optional])
+        match.replace_by_example(lowered, [weight, *optional, *inputs])
 
 
 class LowerSparseLinears(CustomGraphPass):
@@ -89,5 +90,5 @@ class LowerSparseLinears(CustomGraphPass):
     def uuid(self) -> bytes:
         package = Path(__file__).resolve().parent.parent
         files = (Path(__file__), package / "ops.py", package / "kernels" / "nm_prune.py",
-                 package / "kernels" / "prune_compress_24.py")  # fmt: skip
+                 package / "kernels" / "prune_compress_24.py", package / "kernels" / "activations.py")  # fmt: skip
         return get_hash_for_files(tuple(str(f) for f in files)) + self.config.cache_key().encode()

@@ -1,8 +1,10 @@
 """Replace each linear decided sparse by one `lynx::sparse_linear` node.
 
 Every form (linear, x @ w.t(), addmm) becomes the same op on the parameter as stored (N, K), so everything after
-this pass — Inductor's lowering, the sparse fast path — sees one pattern. A transpose node left without users is
-removed; nothing else is, because Dynamo graphs may hold side-effecting nodes that a blanket dead-code sweep would drop.
+this pass — Inductor's lowering, the sparse fast path — sees one pattern. Where `fold_producers` found x to be a GELU
+or a concatenation the op can absorb, the op takes their inputs instead. A transpose or absorbed producer left without
+users is removed; nothing else is, because Dynamo graphs may hold side-effecting nodes that a blanket dead-code
+sweep would drop.
 
 A layer with a LoRA correction gets its adapter as two buffers of the graph module (in the layer's dtype, on its
 device), read by get_attr nodes. AOT lifts module buffers to graph inputs, as it does the model's parameters, so the
@@ -35,12 +37,15 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
             continue
         old = site.node
         x, bias = replaced.get(site.x, site.x), replaced.get(site.bias, site.bias)
+        inputs, activations = [x], ["none"]
+        if site.folded is not None:
+            inputs, activations = [replaced.get(node, node) for node in site.folded.inputs], site.folded.activations
         with graph.inserting_before(old):
             lora_a, lora_b = _adapter_nodes(gm, site) if site.lora is not None else (None, None)
             new = graph.call_function(
                 torch.ops.lynx.sparse_linear.default,
-                (x, site.weight, bias, lora_a, lora_b, config.n, config.m, config.norm_compensation,
-                 config.min_tokens, site.path, site.algorithm),  # fmt: skip
+                (inputs, ",".join(activations), site.weight, bias, lora_a, lora_b, config.n, config.m,
+                 config.norm_compensation, config.min_tokens, site.path, site.algorithm),  # fmt: skip
             )
         new.meta.update(old.meta)
         old.replace_all_uses_with(new)
@@ -48,6 +53,9 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
         graph.erase_node(old)
         if transposed_weight is not None and not transposed_weight.users:
             graph.erase_node(transposed_weight)
+        for producer in site.folded.absorbed if site.folded is not None else ():  # x's producers, consumers first
+            if not producer.users:
+                graph.erase_node(producer)
         replaced[old] = new
         site.node, site.x, site.bias = new, x, bias
         ctx.rewrites += 1

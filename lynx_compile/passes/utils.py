@@ -32,6 +32,7 @@ class LinearSite:
     path: str = "simulate"  # how a sparse decision runs: "simulate" | "cusparselt"
     algorithm: int = 0  # cuSPARSELt algorithm, for path "cusparselt"
     lora: Any = None  # the policy's LoraAdapter for a sparse layer that runs a correction
+    folded: Any = None  # FoldedInput: x's producers the sparse op absorbs (fold_producers); None keeps x as it is
 
     @property
     def lora_rank(self) -> int:

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from lynx_compile.kernels.activations import ACTIVATIONS, activate, activation_ref
 from lynx_compile.kernels.nm_prune import nm_prune_ref
 from lynx_compile.kernels.prune_compress_24 import (
     as_flat,
@@ -50,12 +51,43 @@ def test_kernel_matches_reference_bit_for_bit(x):
     torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
     ref_buffer, _ = prune_compress_24_ref(x, scale)  # the kernel's s: see compensated_pruned_ref
     assert operand.shape == compressed_shape(*x.shape) and ref_buffer.shape == (compressed_numel(*x.shape),)
-    ours = as_flat(operand, *x.shape)
-    if x.dtype == torch.bfloat16 and INTERPRETED_BF16_IS_TRUNCATED:
-        decoded, expected = decompress_24_ref(ours, *x.shape), decompress_24_ref(ref_buffer, *x.shape)
+    assert_same_operand(as_flat(operand, *x.shape), ref_buffer, x.shape)
+
+
+def assert_same_operand(ours, expected, shape):
+    if ours.dtype == torch.bfloat16 and INTERPRETED_BF16_IS_TRUNCATED:
+        decoded, expected = decompress_24_ref(ours, *shape), decompress_24_ref(expected, *shape)
         torch.testing.assert_close(decoded.float(), expected.float(), rtol=2**-7, atol=0)
     else:
-        assert torch.equal(bits(ours), bits(ref_buffer))
+        assert torch.equal(bits(ours), bits(expected))
+
+
+@settings(max_examples=25)  # pieces narrow the kernel's chunks: more programs, slower under the interpreter
+@given(activations(max_rows=64), st.integers(1, 63), st.lists(st.sampled_from(sorted(ACTIVATIONS)), min_size=2,
+                                                                max_size=2))
+@example(torch.randn(8, 64, dtype=torch.float16, device=DEVICE), 0, ["gelu_tanh", "gelu"]).via("a split at 4")
+def test_pieces_with_activations_equal_the_materialised_input(x, split_choice, names):
+    """Pruning [act₀(x₀) | act₁(x₁)] on load equals pruning that matrix written out (by the same activation code)."""
+    rows, k = x.shape
+    # layers split where their producers do, at multiples of 64 in practice; the example takes the narrowest split,
+    # one group of 4, which makes every chunk one group (slow under the interpreter: once is enough)
+    splits = list(range(64, k, 64)) + [k]  # k: one piece
+    split = 4 if split_choice == 0 else splits[split_choice % len(splits)]
+    pieces = [x[:, :split], x[:, split:]] if split < k else [x]
+    names = names[: len(pieces)]
+    materialised = torch.cat([activate(piece, name) for piece, name in zip(pieces, names)], dim=1)
+    operand, scale = prune_compress_24(pieces, names)
+    _, ref_scale = prune_compress_24_ref(materialised)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+    ref_buffer, _ = prune_compress_24_ref(materialised, scale)
+    assert_same_operand(as_flat(operand, rows, k), ref_buffer, x.shape)
+
+
+@given(activations(max_rows=40), st.sampled_from(["gelu", "gelu_tanh"]))
+def test_activation_on_load_is_torchs_to_one_rounding(x, name):
+    # exp/erf of the GPU, the interpreter and torch may differ in the last fp32 bit: one rounding step of the dtype
+    ulp = 2**-7 if x.dtype == torch.bfloat16 else 2**-10
+    torch.testing.assert_close(activate(x, name).float(), activation_ref(x, name).float(), rtol=ulp, atol=1e-6)
 
 
 @given(activations())
@@ -101,6 +133,18 @@ def test_bad_input_is_a_clear_error(shape, dtype, message):
     for encode in (prune_compress_24, prune_compress_24_ref):
         with pytest.raises(ValueError, match=message):
             encode(x)
+
+
+@pytest.mark.parametrize("pieces, names, message", [
+    ([(8, 64)] * 3, ["none"] * 3, "1 or 2 pieces"),
+    ([(8, 64)], ["relu"], "unknown activation"),
+    ([(8, 32), (4, 32)], ["none", "none"], "share token count"),
+    ([(8, 30), (8, 34)], ["none", "none"], "K % 4"),
+    ([(8, 32), (8, 64)], ["none", "gelu"], "multiple of 64"),
+])  # fmt: skip
+def test_bad_pieces_are_a_clear_error(pieces, names, message):
+    with pytest.raises(ValueError, match=message):
+        prune_compress_24([torch.ones(shape, dtype=torch.bfloat16, device=DEVICE) for shape in pieces], names)
 
 
 def test_empty_input_matches_the_fake_shape():

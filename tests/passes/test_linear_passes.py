@@ -225,3 +225,59 @@ def test_a_linear_feeding_a_linear_is_rewritten_in_order():
     first = simulated_sparse_linear(x, model.up.weight, model.up.bias, 2, 4, True, nm_prune_ref)
     expected = simulated_sparse_linear(first, model.down.weight, model.down.bias, 2, 4, True, nm_prune_ref)
     torch.testing.assert_close(gm(x), expected, rtol=0, atol=0)
+
+
+class GeluProducers(nn.Module):
+    """FLUX's two producers of a linear's input: up → GELU-tanh → down, and out(cat([attn, GELU(mlp)], -1))."""
+
+    def __init__(self, k=64, two_users=False, cat_dim=-1):
+        super().__init__()
+        self.up, self.down = nn.Linear(k, 4 * k), nn.Linear(4 * k, k)
+        self.attn, self.mlp, self.out = nn.Linear(k, k), nn.Linear(k, 2 * k), nn.Linear(3 * k, k)
+        self.two_users, self.cat_dim = two_users, cat_dim
+
+    def forward(self, x):
+        def linear(layer, x):
+            return F.linear(x, layer.weight, layer.bias)
+
+        up = F.gelu(linear(self.up, x), approximate="tanh")
+        h = linear(self.down, up) + (up[..., :64] if self.two_users else 0)
+        mlp = F.gelu(linear(self.mlp, h))
+        if self.cat_dim == -1:
+            return linear(self.out, torch.cat([linear(self.attn, h), mlp], dim=-1))
+        return linear(self.attn, torch.cat([h, F.gelu(h)], dim=self.cat_dim)) + linear(self.mlp, h).sum()
+
+
+def test_gelu_and_concatenation_are_folded_into_the_sparse_op():
+    model, x = GeluProducers(), torch.randn(2, 24, 64)
+    ctx = PassContext(LynxConfig())
+    gm = run_passes(traced(model, x), ctx)
+    ops = {node.args[2].target: node for node in gm.graph.nodes if node.target == SPARSE_OP}
+    assert ops["down.weight"].args[1] == "gelu_tanh" and ops["down.weight"].args[0] == [ops["up.weight"]]
+    assert ops["out.weight"].args[1] == "none,gelu" and ops["out.weight"].args[0] == [ops["attn.weight"],
+                                                                                      ops["mlp.weight"]]
+    remaining = {node.target for node in gm.graph.nodes if node.op == "call_function"}
+    assert remaining.isdisjoint({F.gelu, torch.cat}), "absorbed producers are erased"
+    reasons = {site.name: site.reason for site in ctx.sites}
+    assert "input gelu_tanh folded" in reasons["down"] and "input cat(none, gelu) folded" in reasons["out"]
+
+    def sparse(layer, x):
+        return simulated_sparse_linear(x, layer.weight, layer.bias, 2, 4, True, nm_prune_ref)
+
+    h = sparse(model.down, F.gelu(sparse(model.up, x), approximate="tanh"))
+    expected = sparse(model.out, torch.cat([sparse(model.attn, h), F.gelu(sparse(model.mlp, h))], dim=-1))
+    torch.testing.assert_close(gm(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", [{"two_users": True}, {"cat_dim": 0}])
+def test_producers_with_other_users_or_other_shapes_stay(variant):
+    model, x = GeluProducers(**variant), torch.randn(2, 24, 64)
+    ctx = PassContext(LynxConfig())
+    gm = run_passes(traced(model, x), ctx)
+    activations = {node.args[2].target: node.args[1] for node in gm.graph.nodes if node.target == SPARSE_OP}
+    if variant.get("two_users"):  # GELU(up) is also read by the residual: written anyway, so not folded
+        assert activations["down.weight"] == "none" and activations["out.weight"] == "none,gelu"
+    else:  # a concatenation along tokens is not one of features: it stays
+        assert activations["attn.weight"] == "none" and activations["down.weight"] == "gelu_tanh"
+        assert any(node.target is torch.cat for node in gm.graph.nodes)
+    torch.testing.assert_close(gm(x), model(x), rtol=0.5, atol=0.5)  # runs; pruned, so only roughly the dense model

@@ -1,0 +1,73 @@
+"""Pointwise activations a compressor can apply on load: the producer of a sparsified linear's input, fused.
+
+In a DiT the input of the MLP's down projection is GELU(up projection). Unfused, one kernel reads the up projection's
+output and writes X = GELU(·) densely, only for the compressor to read X back. The compressor can instead read the
+GELU's input and apply it on load (`prune_compress_24(..., activations=...)`), so X is never written.
+
+The activated value is rounded to the input's dtype before pruning, as the unfused kernel's store would round it, so
+the pruning sees what an unfused model's X would hold (up to the last fp32 bit of the activation's own formula).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+# name → the code the kernels take as a constexpr; names follow `F.gelu(approximate=...)`
+ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+
+
+def check_activation(name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+
+
+def activation_ref(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The activation as torch computes it (fp32 inside, rounded to x's dtype)."""
+    check_activation(name)
+    if name == "none":
+        return x
+    return F.gelu(x, approximate="tanh" if name == "gelu_tanh" else "none")
+
+
+if triton is not None:
+
+    @triton.jit
+    def apply_activation(x, ACTIVATION: tl.constexpr):
+        """x → activation(x) in fp32, rounded back to x's dtype. GELU-tanh as x·sigmoid(2u), which equals
+        0.5·x·(1 + tanh(u)) without tanh (missing from the interpreter) and without cancellation near u = 0."""
+        if ACTIVATION == 1:
+            f = x.to(tl.float32)
+            x = (0.5 * f * (1.0 + tl.erf(f * 0.7071067811865476))).to(x.dtype)
+        elif ACTIVATION == 2:
+            f = x.to(tl.float32)
+            u = 0.7978845608028654 * (f + 0.044715 * f * f * f)  # sqrt(2/π)·(x + 0.044715·x³)
+            x = (f / (1.0 + tl.exp(-2.0 * u))).to(x.dtype)
+        return x
+
+    @triton.jit
+    def _activation_kernel(x_ptr, out_ptr, numel, ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + offsets, mask=offsets < numel)
+        tl.store(out_ptr + offsets, apply_activation(x, ACTIVATION), mask=offsets < numel)
+
+
+def activate(x: torch.Tensor, name: str) -> torch.Tensor:
+    """`apply_activation` as a kernel of its own: what the compressor computes on load, materialised (for tests)."""
+    check_activation(name)
+    if triton is None:
+        raise RuntimeError("triton is not installed; use activation_ref")
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    block = 1024
+    _activation_kernel[(max(1, math.ceil(x.numel() / block)),)](x, out, x.numel(), ACTIVATION=ACTIVATIONS[name],
+                                                                 BLOCK=block)  # fmt: skip
+    return out
