@@ -4,19 +4,17 @@
 
 Per shape (tokens M, K → N, bf16, with bias), all timed in one run as CUDA-graph replays (median of do_bench):
 - dense: `F.linear(x, W, b)` (cuBLAS);
-- lynx: the fused prune + scale + compress kernels → `torch._cslt_sparse_mm` with the algorithm
-  `_cslt_sparse_mm_search` picked → `+ b`: the whole layer, nothing left out. The norm scale is inside the
-  compressed values, so the GEMM output needs none (cuSPARSELt's per-row alpha vector, the other way to fold it in,
-  answers "operation not supported" for bf16 on the H100);
-- lynx_in_model: the same without `+ b`, which in a compiled model Inductor fuses into the consumer's pointwise
-  kernel (gate, residual add, GELU) at no extra pass over Y;
+- lynx: the one-pass prune + compress kernel → `torch._cslt_sparse_mm` with the algorithm `_cslt_sparse_mm_search`
+  picked → norm scale s (reduced from the kernel's partial row energies) and `+ b`, eagerly: the whole layer,
+  nothing left out, the epilogue unfused;
+- lynx_in_model: the same up to s, without applying s and b, which in a compiled model Inductor fuses into the
+  consumer's pointwise kernel (gate, residual add, GELU) at no extra pass over Y;
 - lynx_alg0: the same with cuSPARSELt's default algorithm;
 - unfused: Inductor-compiled prune reference → `torch._cslt_compress` → `_cslt_sparse_mm` → scale and bias;
 - gemm_only: `_cslt_sparse_mm` on a ready compressed operand: the ceiling any fused path can reach;
-- prune: the fused prune+compress kernel alone (its share of `lynx` is the pruning overhead);
-- lynx_lora64: `lynx` with a rank-64 correction, in the form Inductor gives it in a compiled graph: the two small
-  GEMMs on the dense x (the bias rides in the second one's epilogue) and one add with the sparse GEMM's output
-  (`lora_overhead` is its time over `lynx`'s);
+- prune: the prune+compress kernel alone (its share of `lynx_in_model` is the pruning overhead);
+- lynx_lora64: `lynx_in_model` with a rank-64 correction: the two small GEMMs on the dense x, whose sum with the
+  sparse GEMM's output joins the fused epilogue (`lora_overhead` is its time over `lynx_in_model`'s);
 - gemm_only_k128: the sparse GEMM with K + 128: what folding the rank-64 correction into the sparse GEMM (its r
   columns spread 2:4 into 2r extra K) would cost there, the ceiling of that unbuilt design.
 For shapes whose input a GELU produces in the model (MLP down-projections; FLUX's single-block output reads
@@ -42,7 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lynx_compile.cusparselt import search_algorithm  # noqa: E402
-from lynx_compile.ops import assemble, cusparselt_linear  # noqa: E402
+from lynx_compile.ops import assemble, cusparselt_gemm, cusparselt_linear  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24  # noqa: E402
@@ -87,7 +85,7 @@ def bench_producer(m: int, n: int, pieces, alg: int) -> dict:
     compress = torch.ops.lynx.prune_compress_24
 
     def layer(inputs, activations):
-        return cusparselt_linear(inputs, activations, weight, None, alg, compress)
+        return cusparselt_gemm(inputs, activations, weight, alg, compress)
 
     times = {
         "dense_producer": cuda_graph_ms(lambda: F.linear(produce(*inputs), weight)),
@@ -96,7 +94,8 @@ def bench_producer(m: int, n: int, pieces, alg: int) -> dict:
         "producer": cuda_graph_ms(lambda: produce(*inputs)),
         "prune_folded": cuda_graph_ms(lambda: compress(inputs, activations)),
     }
-    folded, unfolded = layer(inputs, activations), layer([produce(*inputs)], "none")
+    folded = cusparselt_linear(inputs, activations, weight, None, alg, compress)
+    unfolded = cusparselt_linear([produce(*inputs)], "none", weight, None, alg, compress)
     return {
         "producer_pieces": activations, **{f"{p}_ms": t for p, t in times.items()},
         "x_lynx_unfolded": times["dense_producer"] / times["lynx_unfolded"],
@@ -115,15 +114,22 @@ def bench_shape(name: str, m: int, k: int, n: int, pieces, prune_compiled) -> di
     operand, _ = prune_compress_24(x)
     best_alg = search_algorithm(operand, weight_t)
 
-    def lynx(alg=best_alg, with_bias=True):  # the backend's own sparse path, as lowered into compiled graphs
-        return cusparselt_linear([x], "none", weight, bias if with_bias else None, alg, prune_compress_24)
+    def lynx(alg=best_alg):  # the backend's own sparse path, as lowered into compiled graphs
+        return cusparselt_linear([x], "none", weight, bias, alg, prune_compress_24)
+
+    def lynx_in_model(alg=best_alg):  # up to the epilogue, which Inductor fuses into the consumer
+        return cusparselt_gemm([x], "none", weight, alg, prune_compress_24)
 
     lora_a = torch.randn(n, 64, device="cuda", dtype=torch.bfloat16) / 8
     lora_b = torch.randn(64, k, device="cuda", dtype=torch.bfloat16) / k**0.5
 
-    def lynx_lora64():
-        out = torch._cslt_sparse_mm(prune_compress_24(x)[0], weight_t, alg_id=best_alg)
-        return out + torch.addmm(bias, torch.mm(x, lora_b.t()), lora_a.t())
+    def lynx_lora64():  # the sum with s·out + b is the epilogue's, fused into the consumer like b alone
+        out, scale = lynx_in_model()
+        return out, scale, torch.mm(torch.mm(x, lora_b.t()), lora_a.t())
+
+    def lynx_lora64_whole():
+        out, scale, correction = lynx_lora64()
+        return out.float() * scale[:, None] + bias.float() + correction.float()
 
     wide_operand, _ = prune_compress_24(torch.randn(m, k + 128, device="cuda", dtype=torch.bfloat16))
     wide_weight_t = torch.randn(n, k + 128, device="cuda", dtype=torch.bfloat16).t()
@@ -138,8 +144,8 @@ def bench_shape(name: str, m: int, k: int, n: int, pieces, prune_compiled) -> di
     times = {
         "dense": cuda_graph_ms(lambda: F.linear(x, weight, bias)),
         "lynx": cuda_graph_ms(lynx),
-        "lynx_in_model": cuda_graph_ms(lambda: lynx(with_bias=False)),
-        "lynx_alg0": cuda_graph_ms(lambda: lynx(0)),
+        "lynx_in_model": cuda_graph_ms(lynx_in_model),
+        "lynx_alg0": cuda_graph_ms(lambda: lynx_in_model(0)),
         "unfused": cuda_graph_ms(unfused),
         "gemm_only": cuda_graph_ms(lambda: torch._cslt_sparse_mm(operand, weight_t, alg_id=best_alg)),
         "prune": cuda_graph_ms(lambda: prune_compress_24(x)),
@@ -151,11 +157,11 @@ def bench_shape(name: str, m: int, k: int, n: int, pieces, prune_compiled) -> di
         "shape": name, "M": m, "K": k, "N": n, "best_alg": best_alg,
         **{f"{p}_ms": t for p, t in times.items()},
         **{f"x_{p}": times["dense"] / t for p, t in times.items() if p not in ("dense", "prune")},
-        "prune_share": times["prune"] / times["lynx"],
-        "lora_overhead": times["lynx_lora64"] / times["lynx"] - 1,
+        "prune_share": times["prune"] / times["lynx_in_model"],
+        "lora_overhead": times["lynx_lora64"] / times["lynx_in_model"] - 1,
         "k128_overhead": times["gemm_only_k128"] / times["gemm_only"] - 1,
         "lynx_rel_err": relative_error(lynx(), reference),
-        "lynx_lora64_rel_err": relative_error(lynx_lora64(), lora_reference),
+        "lynx_lora64_rel_err": relative_error(lynx_lora64_whole(), lora_reference),
         "dense_tflops": 2 * m * k * n / times["dense"] / 1e9,
         **(bench_producer(m, n, pieces, best_alg) if pieces else {}),
     }  # fmt: skip

@@ -1,8 +1,8 @@
 """The sparse-tensor-core path: when it exists, and whether it is faster than dense for a shape, measured.
 
-A linear runs on sparse tensor cores as: `lynx::prune_compress_24` (prune, compensate, write cuSPARSELt's operand)
-→ `torch._cslt_sparse_mm` with the algorithm cuSPARSELt's search picks for the shape → bias (fused by Inductor
-into whatever consumes the output). That needs an sm_90 GPU (the only compressed layout we write), bf16/fp16, 2:4
+A linear runs on sparse tensor cores as: `lynx::prune_compress_24` (prune, write cuSPARSELt's operand and the rows'
+norm scale) → `torch._cslt_sparse_mm` with the algorithm cuSPARSELt's search picks for the shape → norm scale and bias
+(fused by Inductor into whatever consumes the output). That needs an sm_90 GPU (the only compressed layout we write), bf16/fp16, 2:4
 with norm compensation, K % 64 == 0 and N, M % 16 == 0.
 
 Whether it pays depends on the shape and on CUDA graphs: cuSPARSELt's GEMM alone is 1.0–1.6× faster than cuBLAS
@@ -69,13 +69,14 @@ def measure(
     tokens: int, k: int, n: int, dtype: torch.dtype, device_index: int, cuda_graphs: bool, lora_rank: int = 0,
     pieces: tuple[tuple[int, str], ...] | None = None,
 ) -> Measurement:
-    """Dense `F.linear` vs the sparse path (bias left out: Inductor fuses it either way), on random data; with
-    `lora_rank`, the sparse path includes a correction of that rank (its add unfused, so slightly pessimistic).
+    """Dense `F.linear` vs the sparse path on random data, the epilogue left out on both sides: Inductor fuses bias
+    and norm scale into the consumer either way.
+    With `lora_rank`, the sparse path includes a correction of that rank (its add unfused: slightly pessimistic).
 
     `pieces` ((width, activation), ...) describe an input folded into the sparse op (`passes/fold_producers.py`):
     dense then pays for writing x = cat(act(piece)) and the sparse path prunes the pieces as it loads them.
     """
-    from .ops import assemble, cusparselt_linear
+    from .ops import assemble, cusparselt_gemm
 
     device = torch.device("cuda", device_index)
     with torch.no_grad(), torch._subclasses.fake_tensor.unset_fake_temporarily():
@@ -92,8 +93,16 @@ def measure(
             lora = (torch.randn(n, lora_rank, device=device, dtype=dtype, generator=generator) / n**0.5,
                     torch.randn(lora_rank, k, device=device, dtype=dtype, generator=generator) / k**0.5)  # fmt: skip
         timer = (lambda fn: cuda_graph_ms(fn, rep_ms=20)) if cuda_graphs else host_included_ms
+
+        def sparse():
+            out, scale = cusparselt_gemm(inputs, activations, weight, algorithm, compress)
+            if lora is not None:  # the correction's two small GEMMs on the dense x
+                lora_a, lora_b = lora
+                out = out + torch.mm(torch.mm(assemble(inputs, activations), lora_b.t()), lora_a.t())
+            return out, scale
+
         dense_ms = timer(lambda: F.linear(assemble(inputs, activations), weight))
-        sparse_ms = timer(lambda: cusparselt_linear(inputs, activations, weight, None, algorithm, compress, lora))
+        sparse_ms = timer(sparse)
     result = Measurement(dense_ms, sparse_ms, algorithm)
     logger.info("lynx: %d×%d→%d %s (%s, LoRA rank %d, input %s): dense %.4f ms, sparse %.4f ms, %.2f×", tokens, k,
                 n, dtype, "CUDA graphs" if cuda_graphs else "no CUDA graphs", lora_rank, activations, dense_ms,

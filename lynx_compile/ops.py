@@ -11,8 +11,8 @@
   add the calibrated correction (x·Bᵀ)·Aᵀ of the dense x (`lynx_compile.lora`). The Inductor pass
   `lower_sparse_linears` replaces it by its parts so that Inductor fuses the epilogue.
 - ``lynx::nm_prune(x, n, m) -> (pruned, scale)``: the Triton kernel on CUDA, the reference elsewhere.
-- ``lynx::prune_compress_24(pieces, activations) -> (operand, scale)``: cuSPARSELt's compressed operand of s·x̃
-  (sm_90), x̃ pruned from x = cat([act(p) for p in pieces], -1).
+- ``lynx::prune_compress_24(pieces, activations) -> (operand, scale)``: cuSPARSELt's compressed operand of x̃
+  (sm_90), x̃ pruned from x = cat([act(p) for p in pieces], -1), and the rows' norm scale s.
 """
 
 from __future__ import annotations
@@ -93,13 +93,22 @@ def cusparselt_linear(
     compress: Callable,
     lora: Lora = None,
 ) -> torch.Tensor:
-    """y = (s·x̃)·Wᵀ + b [+ (x·Bᵀ)·Aᵀ] on sparse tensor cores, x = `assemble(inputs, activations)` pruned as it is
-    loaded: the compressed operand already carries the scale."""
-    pieces = [tensor.reshape(-1, tensor.shape[-1]) for tensor in inputs]
-    operand, _ = compress(pieces, activations)
-    out = torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm)
+    """y = s ⊙ (x̃·Wᵀ) + b [+ (x·Bᵀ)·Aᵀ] on sparse tensor cores, x = `assemble(inputs, activations)` pruned as it is
+    loaded. The scale and the rest of the epilogue are plain torch: Inductor fuses them into one pointwise pass,
+    or into the consumer's."""
+    out, scale = cusparselt_gemm(inputs, activations, weight, algorithm, compress)
+    out = (out.float() * scale.unsqueeze(1)).to(out.dtype)
     x = assemble(inputs, activations) if lora is not None else inputs[0]  # dense x only where the correction reads it
     return _epilogue(out, bias, lora, x.reshape(-1, x.shape[-1]), x)
+
+
+def cusparselt_gemm(
+    inputs: list[torch.Tensor], activations: str, weight: torch.Tensor, algorithm: int, compress: Callable
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̃·Wᵀ as rows × N, the rows' norm scale s): the sparse layer before its epilogue."""
+    pieces = [tensor.reshape(-1, tensor.shape[-1]) for tensor in inputs]
+    operand, scale = compress(pieces, activations)
+    return torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm), scale
 
 
 def _epilogue(out: torch.Tensor, bias: torch.Tensor | None, lora: Lora, rows: torch.Tensor, x: torch.Tensor):

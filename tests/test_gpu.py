@@ -84,7 +84,7 @@ COMPRESS_SHAPES = [(64, 64), (128, 128), (16, 64), (48, 192), (80, 256), (4608, 
 @pytest.mark.parametrize("rows, k", COMPRESS_SHAPES)
 def test_compressor_is_bit_exact_with_cusparselt(rows, k, dtype):
     from lynx_compile.kernels.prune_compress_24 import (
-        as_flat, compensated_pruned_ref, compress_24_ref, compressed_numel, prune_compress_24,
+        as_flat, compress_24_ref, compressed_numel, prune_compress_24,
     )  # fmt: skip
 
     g = torch.Generator(device="cuda").manual_seed(rows + k)
@@ -92,11 +92,12 @@ def test_compressor_is_bit_exact_with_cusparselt(rows, k, dtype):
     x[: rows // 2, : k // 2] = x[: rows // 2, : k // 2].round()  # ties and exact zeros
     x[0, :8] = torch.tensor([0.0, -0.0, 0.0, 1.0, -0.0, 0.0, 0.0, 0.0])
     ours, scale = prune_compress_24(x)
-    compensated, _ = compensated_pruned_ref(x, scale)
-    torch_operand = torch._cslt_compress(compensated)
+    pruned, ref_scale = nm_prune_ref(x)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+    torch_operand = torch._cslt_compress(pruned)
     expected = torch_operand.flatten()[: compressed_numel(rows, k)]
     assert ours.shape == torch_operand.shape
-    assert torch.equal(compress_24_ref(compensated).view(torch.int16), expected.view(torch.int16))
+    assert torch.equal(compress_24_ref(pruned).view(torch.int16), expected.view(torch.int16))
     assert torch.equal(as_flat(ours, rows, k).view(torch.int16), expected.view(torch.int16))
 
 
@@ -108,15 +109,14 @@ def test_folding_compressor_is_bit_exact_with_cusparselt(widths, names, dtype):
     """Pieces with activations on load == cuSPARSELt's compression of x = cat(act(piece)) written out (by the
     same activation code; its agreement with torch's GELU is tests/kernels/test_prune_compress_24.py's)."""
     from lynx_compile.kernels.activations import activate
-    from lynx_compile.kernels.prune_compress_24 import as_flat, compensated_pruned_ref, compressed_numel, \
-        prune_compress_24  # fmt: skip
+    from lynx_compile.kernels.prune_compress_24 import as_flat, compressed_numel, prune_compress_24
 
     g = torch.Generator(device="cuda").manual_seed(sum(widths))
     rows, k = 1040, sum(widths)
     pieces = [torch.randn(rows, width, device="cuda", dtype=dtype, generator=g) for width in widths]
-    ours, scale = prune_compress_24(pieces, names)
-    compensated, _ = compensated_pruned_ref(torch.cat([activate(p, n) for p, n in zip(pieces, names)], 1), scale)
-    expected = torch._cslt_compress(compensated).flatten()[: compressed_numel(rows, k)]
+    ours, _ = prune_compress_24(pieces, names)
+    pruned, _ = nm_prune_ref(torch.cat([activate(p, n) for p, n in zip(pieces, names)], 1))
+    expected = torch._cslt_compress(pruned).flatten()[: compressed_numel(rows, k)]
     assert torch.equal(as_flat(ours, rows, k).view(torch.int16), expected.view(torch.int16))
 
 
@@ -126,8 +126,8 @@ def test_sparse_gemm_on_our_buffer_equals_the_simulated_layer():
 
     x = torch.randn(4608, 3072, device="cuda", dtype=torch.bfloat16)
     weight = torch.randn(1024, 3072, device="cuda", dtype=torch.bfloat16) / 3072**0.5
-    operand, _ = prune_compress_24(x)
-    out = torch._cslt_sparse_mm(operand, weight.t())  # the operand holds s·x̃: no rescaling
+    operand, scale = prune_compress_24(x)
+    out = torch._cslt_sparse_mm(operand, weight.t()) * scale[:, None]
     pruned, ref_scale = nm_prune_ref(x)
     expected = (pruned.float() @ weight.float().t()) * ref_scale[:, None]
     rel = (out.float() - expected).norm() / expected.norm()
