@@ -6,7 +6,9 @@ back: at K = 12288 and 15360, the x round trip is a fifth of the sparsified laye
 Folded, `lynx::sparse_linear` takes the GELU's input (or the concatenation's pieces) and an activation per piece,
 and the compressor applies them on load (`kernels/activations.py`).
 
-Only producers whose one user is the linear are folded: otherwise x is written for its other users anyway.
+Only producers whose one user is the linear are folded: otherwise x is written for its other users anyway. An
+inference-time dropout (`training=False`, which Dynamo keeps in the graph: diffusers' FeedForward has one between
+its GELU and its down-projection) is looked through, and erased with the producers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .utils import fake_value
 _GELU_FUNCTIONS = {torch._C._nn.gelu, torch.nn.functional.gelu}
 _CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 _GELU_APPROXIMATIONS = {"none": "gelu", "tanh": "gelu_tanh"}
+_DROPOUT_FUNCTIONS = {torch.nn.functional.dropout, torch.dropout}
 PIECE_MULTIPLE = 64  # a piece's width: the compressor's chunks (up to 256 columns) never straddle two pieces
 
 
@@ -40,18 +43,35 @@ class FoldedInput:
 
 def fold_input(x: torch.fx.Node) -> FoldedInput | None:
     """The pieces and activations x is made of, as far as the sparse op can absorb them; None for nothing to fold."""
+    skipped, x = _through_identities(x)
     pieces = _cat_pieces(x)
     if pieces is None:
         source, activation = _gelu_input(x)
-        return None if source is x else FoldedInput([source], [activation], [x])
-    folded = FoldedInput([], [], [x])
+        return None if source is x else FoldedInput([source], [activation], [*skipped, x])
+    folded = FoldedInput([], [], [*skipped, x])
     for piece in pieces:
-        source, activation = _gelu_input(piece)
+        skipped, unwrapped = _through_identities(piece)
+        source, activation = _gelu_input(unwrapped)
+        if source is unwrapped:  # nothing to fold here: the piece stays as it is, dropout and all
+            source, skipped = piece, []
         folded.inputs.append(source)
         folded.activations.append(activation)
         if source is not piece:
-            folded.absorbed.append(piece)
+            folded.absorbed.extend([*skipped, unwrapped])
     return folded
+
+
+def _through_identities(node: torch.fx.Node) -> tuple[list[torch.fx.Node], torch.fx.Node]:
+    """(the one-user inference-time dropouts in front of node, outermost first; what they pass through)."""
+    skipped = []
+    while node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS and len(node.users) == 1:
+        training = node.args[2] if len(node.args) > 2 else node.kwargs.get("training", node.kwargs.get("train", True))
+        source = node.args[0] if node.args else node.kwargs.get("input")
+        if training is not False or not isinstance(source, torch.fx.Node):
+            break
+        skipped.append(node)
+        node = source
+    return skipped, node
 
 
 def _gelu_input(node: torch.fx.Node) -> tuple[torch.fx.Node, str]:
