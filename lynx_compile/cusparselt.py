@@ -2,8 +2,8 @@
 
 A linear runs on sparse tensor cores as: `lynx::prune_compress_24` (prune, write cuSPARSELt's operand and the rows'
 norm scale) → `torch._cslt_sparse_mm` with the algorithm cuSPARSELt's search picks for the shape → norm scale and bias
-(fused by Inductor into whatever consumes the output). That needs an sm_90 GPU (the only compressed layout we write), bf16/fp16, 2:4
-with norm compensation, K % 64 == 0 and N, M % 16 == 0.
+(fused by Inductor into whatever consumes the output). That needs an sm_90 GPU (the only compressed layout we write),
+bf16/fp16, 2:4 with norm compensation, K % 64 == 0 and N, M % 16 == 0.
 
 Whether it pays depends on the shape and on CUDA graphs: cuSPARSELt's GEMM alone is 1.0–1.6× faster than cuBLAS
 (benchmarks/RESULTS.md), and torch 2.11 rebuilds its plan on every `_cslt_sparse_mm` call (0.5–0.9 ms of host time)
