@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .kernels.activations import activation_ref
+from .kernels.activations import GELU_APPROXIMATE, activation_ref
 from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
 from .kernels.prune_compress_24 import compressed_shape, prune_compress_24
 
@@ -198,7 +198,7 @@ def _through_activations(grad_x: torch.Tensor, tensors: list[torch.Tensor], acti
     """The gradient of x = cat([act(t) for t in tensors], -1), taken back to each of the tensors."""
     grads = grad_x.split([tensor.shape[-1] for tensor in tensors], dim=-1)
     return [grad if name == "none" else
-            torch.ops.aten.gelu_backward(grad, tensor, approximate="tanh" if name == "gelu_tanh" else "none")
+            torch.ops.aten.gelu_backward(grad, tensor, approximate=GELU_APPROXIMATE[name])
             for grad, tensor, name in zip(grads, tensors, activations.split(","))]  # fmt: skip
 
 

@@ -23,6 +23,7 @@ except ImportError:
 
 # name → the code the kernels take as a constexpr; names follow `F.gelu(approximate=...)`
 ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+GELU_APPROXIMATE = {"gelu": "none", "gelu_tanh": "tanh"}  # name → `F.gelu`'s (and `gelu_backward`'s) approximate
 
 
 def check_activation(name: str) -> None:
@@ -35,7 +36,7 @@ def activation_ref(x: torch.Tensor, name: str) -> torch.Tensor:
     check_activation(name)
     if name == "none":
         return x
-    return F.gelu(x, approximate="tanh" if name == "gelu_tanh" else "none")
+    return F.gelu(x, approximate=GELU_APPROXIMATE[name])
 
 
 if triton is not None:

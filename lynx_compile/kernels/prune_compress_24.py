@@ -337,7 +337,7 @@ def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
 
 
 __all__ = [
-    "as_flat", "check_pieces", "compress_24_ref", "compressed_numel", "compressed_shape",
-    "decompress_24_ref", "groups_per_chunk", "layout_supported", "metadata_nibble_address",
+    "as_flat", "compress_24_ref", "compressed_numel", "compressed_shape",
+    "decompress_24_ref", "layout_supported", "metadata_nibble_address",
     "prune_compress_24", "prune_compress_24_ref", "stored_indices_ref",
 ]  # fmt: skip

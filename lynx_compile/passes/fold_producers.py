@@ -18,11 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
+from ..kernels.activations import GELU_APPROXIMATE
 from .utils import fake_value
 
 _GELU_FUNCTIONS = {torch._C._nn.gelu, torch.nn.functional.gelu}
 _CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
-_GELU_APPROXIMATIONS = {"none": "gelu", "tanh": "gelu_tanh"}
+_GELU_NAMES = {approximate: name for name, approximate in GELU_APPROXIMATE.items()}  # F.gelu's approximate → name
 _DROPOUT_FUNCTIONS = {torch.nn.functional.dropout, torch.dropout}
 PIECE_MULTIPLE = 64  # a piece's width: the compressor's chunks (up to 256 columns) never straddle two pieces
 
@@ -80,9 +81,9 @@ def _gelu_input(node: torch.fx.Node) -> tuple[torch.fx.Node, str]:
         return node, "none"
     source = node.args[0] if node.args else node.kwargs.get("input")
     approximate = node.args[1] if len(node.args) > 1 else node.kwargs.get("approximate", "none")
-    if not isinstance(source, torch.fx.Node) or approximate not in _GELU_APPROXIMATIONS:
+    if not isinstance(source, torch.fx.Node) or approximate not in _GELU_NAMES:
         return node, "none"
-    return source, _GELU_APPROXIMATIONS[approximate]
+    return source, _GELU_NAMES[approximate]
 
 
 def _cat_pieces(node: torch.fx.Node) -> list[torch.fx.Node] | None:
