@@ -22,7 +22,7 @@ cat([attention, GELU(MLP)])), also the layer with its producer, as a compiled mo
 - dense_producer: the Inductor-compiled producer (writes x) + `F.linear` without bias;
 - lynx_unfolded: the same producer, then `lynx_in_model` on the x it wrote;
 - lynx_folded: `lynx_in_model` on the producer's inputs: the compressor applies the GELU as it loads them, and x
-  is never written (`passes/fold_producers.py`);
+  is never written (`lynx_compile.folds`);
 - producer, prune_folded: the producer alone, the folding compressor alone. `fold_prune_share` is what pruning
   adds to the folded layer beyond the producer pass it replaces: (prune_folded − producer) / lynx_folded.
 Ratios are dense / variant (> 1: faster than dense).
@@ -39,8 +39,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lynx_compile.cusparselt import search_algorithm  # noqa: E402
-from lynx_compile.ops import assemble, cusparselt_gemm, cusparselt_linear  # noqa: E402
+from lynx_compile.folds import IDENTITY, FoldSpec, assemble  # noqa: E402
+from lynx_compile.paths.cusparselt import Cusparselt, cusparselt_gemm, search_algorithm  # noqa: E402
+from lynx_compile.plan import SparseLinearPlan  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24  # noqa: E402
@@ -75,29 +76,42 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
+CUSPARSELT = Cusparselt()
+
+
+def linear(inputs, fold: FoldSpec, weight, bias, alg: int):
+    """The backend's cuSPARSELt path, whole, as the op runs it (epilogue unfused)."""
+    plan = SparseLinearPlan(CUSPARSELT.name, fold=fold, row_multiple=CUSPARSELT.row_multiple,
+                            params=(("algorithm", alg),))  # fmt: skip
+    return CUSPARSELT.forward(inputs, weight, bias, None, plan)
+
+
+def fold_of(pieces) -> FoldSpec:
+    """The fold of x made of (width, activation) pieces: GELU(t), or cat([act(p) ...])."""
+    names = tuple(name for _, name in pieces)
+    return FoldSpec("concat", names) if len(pieces) > 1 else FoldSpec("activation", names)
+
+
 def bench_producer(m: int, n: int, pieces, alg: int) -> dict:
     """The layer with the GELU (and concatenation) that produces its input, folded into the compressor or not."""
     inputs = [torch.randn(m, width, device="cuda", dtype=torch.bfloat16) for width, _ in pieces]
-    activations = ",".join(name for _, name in pieces)
+    fold = fold_of(pieces)
     k = sum(width for width, _ in pieces)
     weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
-    produce = torch.compile(lambda *inputs: assemble(list(inputs), activations))
+    produce = torch.compile(lambda *inputs: assemble(list(inputs), fold))
     compress = torch.ops.lynx.prune_compress_24
-
-    def layer(inputs, activations):
-        return cusparselt_gemm(inputs, activations, weight, alg, compress)
 
     times = {
         "dense_producer": cuda_graph_ms(lambda: F.linear(produce(*inputs), weight)),
-        "lynx_unfolded": cuda_graph_ms(lambda: layer([produce(*inputs)], "none")),
-        "lynx_folded": cuda_graph_ms(lambda: layer(inputs, activations)),
+        "lynx_unfolded": cuda_graph_ms(lambda: cusparselt_gemm([produce(*inputs)], IDENTITY, weight, alg)),
+        "lynx_folded": cuda_graph_ms(lambda: cusparselt_gemm(inputs, fold, weight, alg)),
         "producer": cuda_graph_ms(lambda: produce(*inputs)),
-        "prune_folded": cuda_graph_ms(lambda: compress(inputs, activations)),
+        "prune_folded": cuda_graph_ms(lambda: compress(inputs, fold.encode())),
     }
-    folded = cusparselt_linear(inputs, activations, weight, None, alg, compress)
-    unfolded = cusparselt_linear([produce(*inputs)], "none", weight, None, alg, compress)
+    folded = linear(inputs, fold, weight, None, alg)
+    unfolded = linear([produce(*inputs)], IDENTITY, weight, None, alg)
     return {
-        "producer_pieces": activations, **{f"{p}_ms": t for p, t in times.items()},
+        "producer_pieces": fold.encode(), **{f"{p}_ms": t for p, t in times.items()},
         "x_lynx_unfolded": times["dense_producer"] / times["lynx_unfolded"],
         "x_lynx_folded": times["dense_producer"] / times["lynx_folded"],
         "fold_prune_share": (times["prune_folded"] - times["producer"]) / times["lynx_folded"],
@@ -115,10 +129,10 @@ def bench_shape(name: str, m: int, k: int, n: int, pieces, prune_compiled) -> di
     best_alg = search_algorithm(operand, weight_t)
 
     def lynx(alg=best_alg):  # the backend's own sparse path, as lowered into compiled graphs
-        return cusparselt_linear([x], "none", weight, bias, alg, prune_compress_24)
+        return linear([x], IDENTITY, weight, bias, alg)
 
     def lynx_in_model(alg=best_alg):  # up to the epilogue, which Inductor fuses into the consumer
-        return cusparselt_gemm([x], "none", weight, alg, prune_compress_24)
+        return cusparselt_gemm([x], IDENTITY, weight, alg)
 
     lora_a = torch.randn(n, 64, device="cuda", dtype=torch.bfloat16) / 8
     lora_b = torch.randn(64, k, device="cuda", dtype=torch.bfloat16) / k**0.5
@@ -191,10 +205,10 @@ def main() -> None:
               f"{r['x_lynx_alg0']:7.2f} {r['x_unfused']:9.2f} {r['x_gemm_only']:9.2f} {100 * r['prune_share']:8.1f} "
               f"{r['best_alg']:>4} {100 * r['lora_overhead']:9.1f} {100 * r['k128_overhead']:8.1f}")  # fmt: skip
     print(f"geomean over FLUX shapes: lynx × {geomean:.3f}, in-model × {geomean_in_model:.3f}")
-    print(f"\nwith the producer of x (GELU, concatenation) in the timing\n{'shape':22} {'pieces':>16} "
+    print(f"\nwith the producer of x (GELU, concatenation) in the timing\n{'shape':22} {'pieces':>24} "
           f"{'dense ms':>9} {'unfolded ×':>10} {'folded ×':>9} {'producer ms':>11} {'prune ms':>9} {'prune %':>8}")
     for r in (r for r in rows if "producer_pieces" in r):
-        print(f"{r['shape']:22} {r['producer_pieces']:>16} {r['dense_producer_ms']:9.4f} {r['x_lynx_unfolded']:10.2f} "
+        print(f"{r['shape']:22} {r['producer_pieces']:>24} {r['dense_producer_ms']:9.4f} {r['x_lynx_unfolded']:10.2f} "
               f"{r['x_lynx_folded']:9.2f} {r['producer_ms']:11.4f} {r['prune_folded_ms']:9.4f} "
               f"{100 * r['fold_prune_share']:8.1f}")  # fmt: skip
     # FLUX in the model: the folded layer where the model has a producer, in-model (bias fused) elsewhere

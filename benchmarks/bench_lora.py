@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lynx_compile.lora import adapter_error, collect_statistics, pruning_residual, solve_lora  # noqa: E402
-from lynx_compile.policy import _as_call  # noqa: E402
+from lynx_compile.calibration import _as_call, collect_statistics  # noqa: E402
+from lynx_compile.lora import adapter_error, solve_lora  # noqa: E402
+from lynx_compile.method import Method, pruning_residual  # noqa: E402
 
 RANKS = (8, 32, 64)
 
@@ -38,11 +39,11 @@ def layer_table(model, fit_samples, eval_samples, names, min_tokens) -> list[dic
     """The error table rows for the named linears (statistics held for all of them at once)."""
     linears = {name: module for name, module in model.named_modules() if name in names}
     fit_calls, eval_calls = [_as_call(s) for s in fit_samples], [_as_call(s) for s in eval_samples]
-    naive = collect_statistics(model, eval_calls, linears, 2, 4, False, min_tokens)
-    held_out = collect_statistics(model, eval_calls, linears, 2, 4, True, min_tokens)
+    naive = collect_statistics(model, eval_calls, linears, Method(2, 4, False, min_tokens))
+    held_out = collect_statistics(model, eval_calls, linears, Method(2, 4, True, min_tokens))
     sync()
     started = time.perf_counter()
-    fit = collect_statistics(model, fit_calls, linears, 2, 4, True, min_tokens)
+    fit = collect_statistics(model, fit_calls, linears, Method(2, 4, True, min_tokens))
     sync()
     statistics_s = (time.perf_counter() - started) / max(len(fit), 1)
     rows = []
@@ -106,7 +107,7 @@ def fit_adam(x, weight, rank, steps, lr, batch=4096):
     for _ in range(steps):
         index = torch.randint(0, x.shape[0], (batch,), device=x.device, generator=generator)
         xb = x[index]
-        target = pruning_residual(xb, 2, 4, True).float() @ w.t()
+        target = pruning_residual(xb, Method()).float() @ w.t()
         loss = (target - (xb.float() @ b.t()) @ a.t()).square().mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -115,7 +116,7 @@ def fit_adam(x, weight, rank, steps, lr, batch=4096):
 
 
 def held_out_error(x, weight, a, b) -> float:
-    d = pruning_residual(x, 2, 4, True)
+    d = pruning_residual(x, Method())
     w = weight.double()
     dense = x.double() @ w.t()
     correction = (x.double() @ b.double().t()) @ a.double().t()

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import lynx_compile  # noqa: E402
+from lynx_compile.calibration import DEFAULT_TARGET  # noqa: E402
 from tiny_dit import calibration_inputs, load_model, sample, sample_quality  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def lynx_samples(model, labels, noise, options) -> tuple[torch.Tensor, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--targets", type=float, nargs="+", default=[lynx_compile.policy.DEFAULT_TARGET, 0.1, 0.2, 0.4])
+    parser.add_argument("--targets", type=float, nargs="+", default=[DEFAULT_TARGET, 0.1, 0.2, 0.4])
     parser.add_argument("--lora-ranks", type=int, nargs="*", default=[32])
     parser.add_argument("--out", type=Path, default=Path("/tmp/lynx_compare"))
     args = parser.parse_args()

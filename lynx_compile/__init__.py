@@ -6,16 +6,17 @@
 """
 
 from . import ops  # noqa: F401  (registers the torch.ops.lynx custom ops)
+from ._version import __version__
 from .backend import lynx_backend, register
+from .calibration import calibrate, fit_lora
 from .config import LynxConfig, parse_options
 from .explain import explain
-from .lora import LoraAdapter, fit_lora
-from .policy import LayerPolicy, Policy, calibrate
+from .lora import LoraAdapter
+from .paths import measured
+from .policy import LayerPolicy, Policy
 from .report import LayerRecord, Report, collect_reports
-
-__version__ = "0.1.0"
 
 register()
 
-__all__ = ["LayerPolicy", "LayerRecord", "LoraAdapter", "LynxConfig", "Policy", "Report", "calibrate",
-           "collect_reports", "explain", "fit_lora", "lynx_backend", "parse_options"]  # fmt: skip
+__all__ = ["LayerPolicy", "LayerRecord", "LoraAdapter", "LynxConfig", "Policy", "Report", "__version__", "calibrate",
+           "collect_reports", "explain", "fit_lora", "lynx_backend", "measured", "parse_options"]  # fmt: skip

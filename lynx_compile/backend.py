@@ -69,9 +69,15 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
     patches = config.inductor_patches()
     if _LOWERING_SLOT in patches:
         raise ValueError(f"lynx: Inductor option {_LOWERING_SLOT!r} is used by lynx itself and cannot be forwarded")
-    if ctx.rewrites:
-        patches[_LOWERING_SLOT] = LowerSparseLinears(config)
-    return compile_fx(gm, example_inputs, config_patches=patches)
+    lowering = LowerSparseLinears(config) if ctx.rewrites else None
+    if lowering is not None:
+        patches[_LOWERING_SLOT] = lowering
+    compiled = compile_fx(gm, example_inputs, config_patches=patches)
+    if lowering is not None and lowering.lowered is not None:  # None: Inductor served the graph from its cache
+        opaque = sum(site.opaque for site in ctx.sites)
+        logger.info("lynx: lowered %d of %d lynx::sparse_linear ops for Inductor (%d left opaque: symbolic M)",
+                    lowering.lowered, ctx.rewrites, opaque)  # fmt: skip
+    return compiled
 
 
 def register() -> None:

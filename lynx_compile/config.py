@@ -13,7 +13,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .kernels.nm_prune import check_nm
+import torch
+
+from .lora import tensor_digest
+from .policy import Policy, as_policy
+from .method import Method
 
 EXECUTIONS = ("auto", "simulate", "dense", "sparse")
 COMPILERS = ("inductor", "eager")
@@ -68,7 +72,7 @@ class LynxConfig:
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {self.execution!r}")
         if self.compiler not in COMPILERS:
             raise ValueError(f"compiler must be one of {COMPILERS}, got {self.compiler!r}")
-        check_nm(self.n, self.m)
+        self.method  # noqa: B018  (checks n, m, norm_compensation, min_tokens)
         for name in ("min_tokens", "min_features"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -86,24 +90,31 @@ class LynxConfig:
         if self.mode is not None:
             _inductor_mode_options(self.mode)  # raises on an unknown mode
         if self.policy is not None:
-            from .policy import as_policy
-
             object.__setattr__(self, "policy", as_policy(self.policy))
 
+    @property
+    def method(self) -> Method:
+        """The method's settings, as the op's plan, calibrate and the LoRA fit take them."""
+        return Method(self.n, self.m, self.norm_compensation, self.min_tokens)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field as plain data; a policy as `Policy.to_dict(adapters=True)` (its adapters as tensors)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data.update(include=list(self.include), exclude=list(self.exclude), inductor=dict(self.inductor))
+        if self.policy is not None:
+            data["policy"] = self.policy.to_dict(adapters=True)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LynxConfig:
         if isinstance(data.get("policy"), dict):
-            from .policy import Policy
-
-            data = {**data, "policy": Policy.from_json(json.dumps(data["policy"]))}
+            data = {**data, "policy": Policy.from_dict(data["policy"])}
         return cls(**data)
 
     def cache_key(self) -> str:
-        """Everything that changes what the lynx passes emit, as a stable string (for Inductor's FX graph cache)."""
-        return json.dumps(self.to_dict(), sort_keys=True, default=repr)
+        """Everything that changes what the lynx passes emit, as a stable string (for Inductor's FX graph cache);
+        a policy's adapters by the hash of their content."""
+        return json.dumps(self.to_dict(), sort_keys=True, default=_content_hash)
 
     @property
     def cuda_graphs(self) -> bool:
@@ -112,6 +123,12 @@ class LynxConfig:
     def inductor_patches(self) -> dict[str, Any]:
         """Inductor config for this compile: the mode's entries, then the explicitly forwarded ones."""
         return {**_inductor_mode_options(self.mode), **self.inductor}
+
+
+def _content_hash(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return tensor_digest(value)
+    raise TypeError(f"{type(value).__name__} in a LynxConfig is not hashable for the cache key")
 
 
 _LYNX_FIELDS = tuple(f.name for f in dataclasses.fields(LynxConfig) if f.name not in ("inductor", "version"))

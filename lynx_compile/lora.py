@@ -19,13 +19,14 @@ by two-fold cross-validation over halves of the captured tokens (`choose_ridge`)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
-from .kernels.nm_prune import nm_prune_ref
+from .method import Method, pruning_residual
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +66,17 @@ class LoraAdapter:
     def correction(self, x: torch.Tensor) -> torch.Tensor:
         return (x @ self.b.to(x).t()) @ self.a.to(x).t()
 
+    def digest(self) -> str:
+        """A hash of the adapter's content (for cache keys: two equal adapters hash the same)."""
+        return tensor_digest(self.a) + tensor_digest(self.b)
 
-def pruning_residual(rows: torch.Tensor, n: int, m: int, norm_compensation: bool) -> torch.Tensor:
-    """d = x − s·x̃ (or x − x̃) in fp64: what pruning takes from each token row."""
-    pruned, scale = nm_prune_ref(rows, n, m)
-    kept = pruned.double() * scale.double()[:, None] if norm_compensation else pruned.double()
-    return rows.double() - kept
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and values (16 hex digits)."""
+    data = tensor.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(f"{data.dtype} {tuple(data.shape)}".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 class Moments:
@@ -117,14 +123,14 @@ class ResidualStatistics:
     def total(self) -> Moments:
         return self.halves[0] + self.halves[1]
 
-    def add(self, rows: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor, n: int, m: int, norm: bool) -> None:
+    def add(self, rows: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor, method: Method) -> None:
         """Accumulate token rows x (T, K) of a linear with `weight`, whose dense outputs were `outputs` (T, N)."""
         weight64 = weight.detach().double()
         for moments, part in zip(self.halves, _halves(rows.shape[0])):
             part_rows, part_outputs = rows[part].detach(), outputs[part].detach()
             for start in range(0, part_rows.shape[0], _CHUNK_TOKENS):
                 chunk = part_rows[start : start + _CHUNK_TOKENS]
-                moments.accumulate(chunk.double(), pruning_residual(chunk, n, m, norm),
+                moments.accumulate(chunk.double(), pruning_residual(chunk, method),
                                    part_outputs[start : start + _CHUNK_TOKENS], weight64)  # fmt: skip
 
     def accumulate(self, x: torch.Tensor, d: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor) -> None:
@@ -259,106 +265,3 @@ def _prefix_errors(w: torch.Tensor, stats: Moments, a: torch.Tensor, b_t: torch.
     remaining = stats.residual_energy - torch.cat([gain.new_zeros(1), (gain - cost).cumsum(0)])
     relative = (remaining.clamp_min(0) / stats.output_energy.clamp_min(1e-30)).sqrt()
     return tuple(relative.tolist())
-
-
-def collect_statistics(
-    model: torch.nn.Module,
-    calls: list[tuple[tuple, dict]],
-    layers: dict[str, torch.nn.Linear],
-    n: int,
-    m: int,
-    norm_compensation: bool,
-    min_tokens: int,
-) -> dict[str, ResidualStatistics]:
-    """Run the dense model over `calls` once, accumulating the statistics of every layer in `layers` it calls."""
-    stats: dict[str, ResidualStatistics] = {}
-
-    def capture(name: str) -> Callable:
-        def hook(module: torch.nn.Linear, args: tuple, out: torch.Tensor) -> None:
-            rows = args[0].reshape(-1, module.in_features)
-            if rows.shape[0] < min_tokens or module.in_features % m:
-                return  # never pruned at run time, nothing to correct
-            entry = stats.setdefault(name, ResidualStatistics(module.in_features, rows.device))
-            entry.add(rows, out.reshape(-1, module.out_features), module.weight, n, m, norm_compensation)
-
-        return hook
-
-    handles = [module.register_forward_hook(capture(name)) for name, module in layers.items()]
-    try:
-        with torch.no_grad():
-            for args, kwargs in calls:
-                model(*args, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return stats
-
-
-def fit_lora(
-    model: torch.nn.Module,
-    samples: Iterable[Any],
-    *,
-    rank: int = DEFAULT_RANK,
-    layers: Iterable[str] | None = None,
-    options: dict[str, Any] | None = None,
-    ridge: float | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, LoraSolution]:
-    """Fit the rank-`rank` correction of each named linear (default: every nn.Linear) on `samples`.
-
-    `samples` are forward-call inputs, as for `calibrate`; `options` the lynx options the layers will run with
-    (n, m, norm_compensation, min_tokens); `ridge` a fixed λ (see `solve_lora`), None to cross-validate it. Layers
-    are processed in groups whose statistics fit `memory_budget` bytes (32·K² each), one pass over the samples per
-    group. Layers the samples never call with enough tokens get
-    no solution. Apply the result with `Policy.with_lora`.
-    """
-    from .config import parse_options
-    from .policy import _as_call
-
-    calls = [_as_call(sample) for sample in samples]
-    if not calls:
-        raise ValueError("fit_lora needs at least one sample")
-    return fit_lora_on_calls(model, calls, parse_options(options), rank=rank, layers=layers, ridge=ridge,
-                             memory_budget=memory_budget, progress=progress)  # fmt: skip
-
-
-def fit_lora_on_calls(
-    model: torch.nn.Module,
-    calls: list[tuple[tuple, dict]],
-    config: Any,
-    *,
-    rank: int,
-    layers: Iterable[str] | None,
-    ridge: float | None,
-    memory_budget: int,
-    progress: Callable[[str], None] | None,
-) -> dict[str, LoraSolution]:
-    """`fit_lora` on (args, kwargs) pairs and a parsed `LynxConfig`."""
-    linears = {name: mod for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
-    names = list(linears) if layers is None else list(layers)
-    missing = [name for name in names if name not in linears]
-    if missing:
-        raise ValueError(f"fit_lora: not nn.Linear modules of this model: {missing[:5]}")
-    groups: list[list[str]] = [[]]
-    group_bytes = 0
-    for name in names:
-        size = ResidualStatistics.nbytes(linears[name].in_features)
-        if groups[-1] and group_bytes + size > memory_budget:
-            groups.append([])
-            group_bytes = 0
-        groups[-1].append(name)
-        group_bytes += size
-
-    solutions: dict[str, LoraSolution] = {}
-    for index, group in enumerate(groups):
-        stats = collect_statistics(model, calls, {name: linears[name] for name in group}, config.n, config.m,
-                                   config.norm_compensation, config.min_tokens)  # fmt: skip
-        for name, layer_stats in stats.items():
-            solutions[name] = solve_lora(linears[name].weight, layer_stats, rank, ridge)
-        line = f"fit_lora: group {index + 1}/{len(groups)}: {len(stats)} layer(s) fitted at rank {rank}"
-        logger.info("lynx.%s", line)
-        if progress is not None:
-            progress(line)
-        del stats
-    return solutions

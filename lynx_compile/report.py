@@ -23,6 +23,8 @@ class LayerRecord:
     flops: int  # 2·M·K·N, with a symbolic M at its example value
     flop_share: float = 0.0  # of all matched linears in the report
     graph: int = 0  # index of the Dynamo graph it was found in
+    path: str = ""  # the sparse path that runs a sparse layer (`lynx_compile.paths`); "" for a dense one
+    opaque: bool = False  # a sparse layer whose op stays opaque to Inductor (decides at run time; epilogue unfused)
 
     @classmethod
     def from_site(cls, site: LinearSite, graph: int) -> LayerRecord:
@@ -30,6 +32,7 @@ class LayerRecord:
             name=site.name, tokens=site.tokens if isinstance(site.tokens, int) else str(site.tokens),
             in_features=site.in_features, out_features=site.out_features, dtype=str(site.dtype).removeprefix("torch."),
             decision=site.decision, reason=site.reason, form=site.form, flops=site.flops, graph=graph,
+            path=site.plan.path if site.plan is not None else "", opaque=site.opaque,
         )  # fmt: skip
 
 
@@ -60,9 +63,11 @@ class Report:
         return sum(layer.flop_share for layer in self.sparse_layers)
 
     def summary(self) -> str:
+        opaque = sum(layer.opaque for layer in self.sparse_layers)
         return (
             f"{len(self.sparse_layers)}/{len(self.layers)} linears sparsified, "
             f"{100 * self.sparse_flop_share:.1f}% of linear FLOPs, in {len(self.graphs)} graph(s)"
+            + (f"; {opaque} run as opaque ops (symbolic M: checked at run time, epilogue unfused)" if opaque else "")
         )
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -1,7 +1,8 @@
-"""GPU timing as METHOD.md asks for it: CUDA-graph replays (launch overhead out), or host time included."""
+"""Timing as METHOD.md asks for it: CUDA-graph replays (launch overhead out), or host time included."""
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable
 
@@ -25,12 +26,21 @@ def cuda_graph_ms(fn: Callable[[], object], calls_per_replay: int = 10, rep_ms: 
     return do_bench(graph.replay, warmup=rep_ms / 4, rep=rep_ms, return_mode="median") / calls_per_replay
 
 
-def host_included_ms(fn: Callable[[], object], calls: int = 20) -> float:
+def host_included_ms(fn: Callable[[], object], calls: int = 20, device: torch.device | None = None) -> float:
     """Mean time of one `fn()` call as a program without CUDA graphs sees it: host work included."""
+    synchronize = torch.cuda.synchronize if device is None or device.type == "cuda" else (lambda: None)
     fn()
-    torch.cuda.synchronize()
+    synchronize()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
-    torch.cuda.synchronize()
+    synchronize()
     return (time.perf_counter() - start) * 1e3 / calls
+
+
+def timer_for(cuda_graphs: bool, device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """The speed rule's clock on `device`: CUDA-graph replays (20 ms of them) if the compile uses CUDA graphs, else
+    host time."""
+    if cuda_graphs and device.type == "cuda":
+        return functools.partial(cuda_graph_ms, rep_ms=20)
+    return functools.partial(host_included_ms, device=device)

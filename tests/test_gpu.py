@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from sparse_op import sparse_linear
+
 import lynx_compile
 from lynx_compile.kernels.nm_prune import nm_prune_ref, nm_prune_triton
 
@@ -64,8 +66,7 @@ def test_compiled_bf16_linear_matches_the_eager_op():
     x = torch.randn(4608, 256, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         out = torch.compile(layer, backend="lynx", options={"execution": "simulate"})(x)
-        expected = torch.ops.lynx.sparse_linear([x], "none", layer.weight, layer.bias, None, None, 2, 4, True, 0,
-                                                "simulate", 0)  # fmt: skip
+        expected = sparse_linear(x, layer.weight, layer.bias)
     rel = (out.float() - expected.float()).norm() / expected.float().norm()
     assert rel < 1e-2, rel
 
@@ -108,13 +109,15 @@ def test_compressor_is_bit_exact_with_cusparselt(rows, k, dtype):
 def test_folding_compressor_is_bit_exact_with_cusparselt(widths, names, dtype):
     """Pieces with activations on load == cuSPARSELt's compression of x = cat(act(piece)) written out (by the
     same activation code; its agreement with torch's GELU is tests/kernels/test_prune_compress_24.py's)."""
+    from lynx_compile.folds import FoldSpec, compress
     from lynx_compile.kernels.activations import activate
-    from lynx_compile.kernels.prune_compress_24 import as_flat, compressed_numel, prune_compress_24
+    from lynx_compile.kernels.prune_compress_24 import as_flat, compressed_numel
 
     g = torch.Generator(device="cuda").manual_seed(sum(widths))
     rows, k = 1040, sum(widths)
     pieces = [torch.randn(rows, width, device="cuda", dtype=dtype, generator=g) for width in widths]
-    ours, _ = prune_compress_24(pieces, names)
+    spec = FoldSpec("concat", names) if len(pieces) > 1 else FoldSpec("activation", names)
+    ours, _ = compress(pieces, spec)
     pruned, _ = nm_prune_ref(torch.cat([activate(p, n) for p, n in zip(pieces, names)], 1))
     expected = torch._cslt_compress(pruned).flatten()[: compressed_numel(rows, k)]
     assert torch.equal(as_flat(ours, rows, k).view(torch.int16), expected.view(torch.int16))
@@ -156,8 +159,7 @@ def test_sparse_execution_is_right_across_replays(compile_kwargs):
             out = compiled(x).clone()
             (decision,) = report.layers
             if decision.decision == "sparse":
-                expected = torch.ops.lynx.sparse_linear([x], "none", layer.weight, layer.bias, None, None, 2, 4, True,
-                                                        0, "simulate", 0)  # fmt: skip
+                expected = sparse_linear(x, layer.weight, layer.bias)
             else:
                 expected = layer(x)
             rel = (out.float() - expected.float()).norm() / expected.float().norm()
@@ -182,8 +184,7 @@ def test_sparse_execution_with_a_lora_correction_matches_simulate(graphs):
         for _ in range(3):
             x = torch.randn_like(samples[0])
             out = compiled(x).clone()
-            expected = torch.ops.lynx.sparse_linear([x], "none", layer.weight, layer.bias, adapter.a, adapter.b, 2, 4,
-                                                    True, 0, "simulate", 0)  # fmt: skip
+            expected = sparse_linear(x, layer.weight, layer.bias, (adapter.a, adapter.b))
             rel = (out.float() - expected.float()).norm() / expected.float().norm()
             assert rel < 1e-2, rel
     (decision,) = report.layers

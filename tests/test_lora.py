@@ -11,7 +11,8 @@ from zoo import ZOO, output_tensor
 import lynx_compile
 from lynx_compile import Policy, calibrate, fit_lora
 from lynx_compile.kernels.nm_prune import nm_prune_ref
-from lynx_compile.lora import LoraAdapter, ResidualStatistics, adapter_error, pruning_residual, solve_lora
+from lynx_compile.lora import LoraAdapter, ResidualStatistics, adapter_error, solve_lora
+from lynx_compile.method import Method, pruning_residual
 from lynx_compile.policy import adapters_path
 
 
@@ -72,7 +73,7 @@ def test_rank_deficient_inputs_give_a_finite_fit_that_never_hurts():
     x = torch.randn(6, 32, generator=g)  # 6 tokens: XᵀX has rank 6 of 32
     x[:, 5] = 0  # a dead channel
     weight = torch.randn(20, 32, generator=g, dtype=torch.float64)
-    x, d = x.double(), pruning_residual(x, 2, 4, True)
+    x, d = x.double(), pruning_residual(x, Method())
     solution = solve_lora(weight, statistics_of(x, d, weight), rank=16)
     assert torch.isfinite(solution.adapter.a).all() and torch.isfinite(solution.adapter.b).all()
     a, b = solution.adapter.a.double(), solution.adapter.b.double()
@@ -262,10 +263,10 @@ def test_the_error_of_any_adapter_on_other_tokens_follows_from_their_statistics(
     g = torch.Generator().manual_seed(3)
     weight = torch.randn(12, 16, generator=g, dtype=torch.float64)
     x_fit, x_new = torch.randn(50, 16, generator=g), torch.randn(30, 16, generator=g)
-    fit = statistics_of(x_fit.double(), pruning_residual(x_fit, 2, 4, True), weight)
+    fit = statistics_of(x_fit.double(), pruning_residual(x_fit, Method()), weight)
     solution = solve_lora(weight, fit, rank=5)
-    new = statistics_of(x_new.double(), pruning_residual(x_new, 2, 4, True), weight)
-    x, d = x_new.double(), pruning_residual(x_new, 2, 4, True)
+    new = statistics_of(x_new.double(), pruning_residual(x_new, Method()), weight)
+    x, d = x_new.double(), pruning_residual(x_new, Method())
     for rank in (0, 2, 5):
         adapter = solution.adapter_at(rank)
         measured = (d @ weight.t() - adapter.to(torch.float64).correction(x)).norm() / (x @ weight.t()).norm()
@@ -279,8 +280,8 @@ def test_cross_validated_ridge_keeps_a_fit_from_few_tokens_from_hurting_fresh_in
     g = torch.Generator().manual_seed(5)
     weight = torch.randn(48, 64, generator=g, dtype=torch.float64)
     x_fit, x_new = torch.randn(80, 64, generator=g), torch.randn(400, 64, generator=g)
-    fit = statistics_of(x_fit.double(), pruning_residual(x_fit, 2, 4, True), weight)
-    new = statistics_of(x_new.double(), pruning_residual(x_new, 2, 4, True), weight)
+    fit = statistics_of(x_fit.double(), pruning_residual(x_fit, Method()), weight)
+    new = statistics_of(x_new.double(), pruning_residual(x_new, Method()), weight)
     uncorrected = adapter_error(new, weight, None)
     overfitted = adapter_error(new, weight, solve_lora(weight, fit, rank=16, ridge=1e-4).adapter)
     chosen = solve_lora(weight, fit, rank=16)

@@ -26,17 +26,16 @@ Only that sm_90 layout is implemented: `layout_supported()` says whether this GP
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from .activations import ACTIVATIONS, check_activation
 from .nm_prune import NORM_EPS, nm_prune_ref
 
 try:
     import triton
     import triton.language as tl
-
-    from .activations import apply_activation
 except ImportError:
     triton = None
 
@@ -146,22 +145,23 @@ def prune_compress_24_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 if triton is not None:
 
     @triton.jit
-    def _load_members(
-        head_ptr, tail_ptr, rows, chunk, M, K_HEAD, stride_hm, stride_hk, stride_tm, stride_tk,
-        HEAD_ACTIVATION: tl.constexpr, TAIL_ACTIVATION: tl.constexpr, BLOCK_G: tl.constexpr,
-    ):  # fmt: skip
-        """A [rows, 4·BLOCK_G] tile of X = [act(head) | act(tail)], loaded contiguously from the one piece the chunk
-        lies in (chunks never straddle), split into its 4 group members ([rows, BLOCK_G] each)."""
-        start = chunk * 4 * BLOCK_G
-        cols = tl.arange(0, 4 * BLOCK_G)[None, :]
+    def load_tile(ptr, stride_m, stride_k, rows, start, M, WIDTH: tl.constexpr):
+        """Columns start .. start + WIDTH of `rows` of a 2-D tensor; rows ≥ M (the padding up to 64) read as 0."""
+        cols = start + tl.arange(0, WIDTH)[None, :]
         mask = (rows[:, None] < M) & (cols >= 0)
-        if start < K_HEAD:
-            x = tl.load(head_ptr + rows[:, None] * stride_hm + (start + cols) * stride_hk, mask=mask, other=0.0)
-            x = apply_activation(x, HEAD_ACTIVATION)
-        else:
-            x = tl.load(tail_ptr + rows[:, None] * stride_tm + (start - K_HEAD + cols) * stride_tk, mask=mask,
-                        other=0.0)  # fmt: skip
-            x = apply_activation(x, TAIL_ACTIVATION)
+        return tl.load(ptr + rows[:, None] * stride_m + cols * stride_k, mask=mask, other=0.0)
+
+    @triton.jit
+    def load_rows(operands, strides, scalars, rows, start, M, ARGS: tl.constexpr, WIDTH: tl.constexpr):
+        """The default loader: X is the one operand, read as it is."""
+        return load_tile(operands[0], strides[0], strides[1], rows, start, M, WIDTH)
+
+    @triton.jit
+    def _load_members(operands, strides, scalars, rows, chunk, M, LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr,
+                      BLOCK_G: tl.constexpr):  # fmt: skip
+        """The chunk's [rows, 4·BLOCK_G] tile of X, as the loader makes it, split into its 4 group members
+        ([rows, BLOCK_G] each)."""
+        x = LOAD(operands, strides, scalars, rows, chunk * 4 * BLOCK_G, M, LOAD_ARGS, 4 * BLOCK_G)
         even, odd = tl.split(tl.reshape(x, (x.shape[0], BLOCK_G, 2, 2)))  # members (0, 2) and (1, 3)
         x0, x2 = tl.split(even)
         x1, x3 = tl.split(odd)
@@ -188,13 +188,12 @@ if triton is not None:
 
     @triton.jit
     def _encode_half(
-        head_ptr, tail_ptr, values_ptr, rows, chunk, M, K, K_HEAD, stride_hm, stride_hk, stride_tm, stride_tk,
-        HEAD_ACTIVATION: tl.constexpr, TAIL_ACTIVATION: tl.constexpr, BLOCK_G: tl.constexpr,
+        operands, strides, scalars, values_ptr, rows, chunk, M, K,
+        LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr,
     ):  # fmt: skip
         """Prune and encode 8 rows of the chunk; store their values; return their metadata nibbles and their partial
         energies (‖x‖², ‖x̃‖² over the chunk)."""
-        x0, x1, x2, x3 = _load_members(head_ptr, tail_ptr, rows, chunk, M, K_HEAD, stride_hm, stride_hk, stride_tm,
-                                       stride_tk, HEAD_ACTIVATION, TAIL_ACTIVATION, BLOCK_G)  # fmt: skip
+        x0, x1, x2, x3 = _load_members(operands, strides, scalars, rows, chunk, M, LOAD, LOAD_ARGS, BLOCK_G)
         f0, f1, f2, f3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
         k0, k1, k2, k3 = _keep_2_of_4(f0, f1, f2, f3)
         q0, q1, q2, q3 = f0 * f0, f1 * f1, f2 * f2, f3 * f3
@@ -220,12 +219,13 @@ if triton is not None:
 
     @triton.jit
     def _compress_kernel(
-        # pointers: values and metadata are two views of one output buffer
-        head_ptr, tail_ptr, values_ptr, meta_ptr, energy_ptr,
-        # sizes and strides
-        M, K, K_HEAD, stride_hm, stride_hk, stride_tm, stride_tk,
-        # meta-parameters
-        HEAD_ACTIVATION: tl.constexpr, TAIL_ACTIVATION: tl.constexpr, BLOCK_G: tl.constexpr,
+        # X's operands (tuples: pointers, their strides, the loader's run-time ints), then the outputs: values and
+        # metadata are two views of one buffer
+        operands, strides, scalars, values_ptr, meta_ptr, energy_ptr,
+        # sizes
+        M, K,
+        # meta-parameters: the loader that makes X's tiles from the operands, and its constants
+        LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr,
     ):  # fmt: skip
         # Rows r and r + 8 share each metadata byte (low and high nibble): a program takes 16 rows as two halves of
         # 8 and writes whole bytes. The grid covers M rounded up to 64: padding rows load as zeros and come out as
@@ -234,12 +234,10 @@ if triton is not None:
         n_chunks = tl.num_programs(1)
         rows_lo = tl.program_id(0) * 16 + tl.arange(0, 8)
         rows_hi = rows_lo + 8
-        nibble_lo, total_lo, kept_lo = _encode_half(head_ptr, tail_ptr, values_ptr, rows_lo, chunk, M, K, K_HEAD,
-                                                    stride_hm, stride_hk, stride_tm, stride_tk, HEAD_ACTIVATION,
-                                                    TAIL_ACTIVATION, BLOCK_G)  # fmt: skip
-        nibble_hi, total_hi, kept_hi = _encode_half(head_ptr, tail_ptr, values_ptr, rows_hi, chunk, M, K, K_HEAD,
-                                                    stride_hm, stride_hk, stride_tm, stride_tk, HEAD_ACTIVATION,
-                                                    TAIL_ACTIVATION, BLOCK_G)  # fmt: skip
+        nibble_lo, total_lo, kept_lo = _encode_half(operands, strides, scalars, values_ptr, rows_lo, chunk, M, K,
+                                                    LOAD, LOAD_ARGS, BLOCK_G)  # fmt: skip
+        nibble_hi, total_hi, kept_hi = _encode_half(operands, strides, scalars, values_ptr, rows_hi, chunk, M, K,
+                                                    LOAD, LOAD_ARGS, BLOCK_G)  # fmt: skip
 
         r = rows_lo[:, None]
         g = chunk * BLOCK_G + tl.arange(0, BLOCK_G)[None, :]
@@ -265,23 +263,47 @@ if triton is not None:
         tl.store(scale_ptr + rows, tl.where(total - total == 0.0, scale, 1.0), mask=rows < M)  # non-finite rows: 1
 
 
+else:  # no Triton (it ships for Linux only): the references still work, nothing is launched
+    load_tile = load_rows = None
+
+
+@dataclass(frozen=True)
+class Loader:
+    """How the compressor reads X (tokens × K) from its operands, for X that is never written: `fn` is a
+    ``@triton.jit`` function ``(operands, strides, scalars, rows, start, M, ARGS, WIDTH) -> tile`` returning columns
+    start .. start + WIDTH of those rows of X in the operands' dtype (rows ≥ M as 0; `load_tile` does that), `args`
+    its compile-time constants, `scalars` its run-time ints. A program's chunk of X lies within one of `segments`
+    (widths along K summing to K; None: all of K), so a loader may take each chunk from one operand."""
+
+    fn: Any
+    width: int  # K
+    args: tuple[int, ...] = (0,)
+    scalars: tuple[int, ...] = (0,)
+    segments: tuple[int, ...] | None = None
+
+
 def prune_compress_24(
-    x: torch.Tensor | Sequence[torch.Tensor], activations: str | Sequence[str] | None = None
+    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused 2:4 prune + compress: (x̃'s operand shaped as `torch._cslt_compress` returns it, the per-row norm scale
     s, which the GEMM's epilogue applies).
 
-    `x` is the activation (tokens, K), or up to two pieces whose concatenation along K it is, each with an
-    activation applied on load (`activations.ACTIVATIONS`; a list, or names joined by commas):
-    X = [act₀(x₀) | act₁(x₁)] is pruned without ever being written. Compare with the references on
-    `as_flat(operand, rows, k)`: the slack past `compressed_numel` is left unwritten.
+    `x` is the activation (tokens, K), or, with a `loader`, the 2-D operands (tokens, ·) it makes X from as it loads
+    them (a folded producer: `lynx_compile.folds`), so X is pruned without ever being written. Compare with the
+    references on `as_flat(operand, rows, k)`: the slack past `compressed_numel` is left unwritten.
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use prune_compress_24_ref")
-    pieces, activations = check_pieces(x, activations)
-    rows, widths = pieces[0].shape[0], [piece.shape[1] for piece in pieces]
-    k, block_g = sum(widths), groups_per_chunk(widths)
-    head, tail = pieces[0], pieces[-1]
+    operands = [x] if isinstance(x, torch.Tensor) else list(x)
+    check_operands(operands)
+    head = operands[0]
+    if loader is None:
+        if len(operands) != 1:
+            raise ValueError(f"{len(operands)} operands need a loader that says how X is made of them")
+        loader = Loader(load_rows, head.shape[1])
+    rows, k = head.shape[0], loader.width
+    check_compressible(head.new_empty(0, k))
+    block_g = groups_per_chunk(loader.segments or (k,))
     operand = torch.empty(compressed_shape(rows, k), dtype=head.dtype, device=head.device)
     scale = torch.empty(rows, dtype=torch.float32, device=head.device)
     if rows == 0:
@@ -289,10 +311,10 @@ def prune_compress_24(
     buffer = as_flat(operand, rows, k)
     n_chunks = k // 4 // block_g
     energies = torch.empty(rows, 2, n_chunks, dtype=torch.float32, device=head.device)
+    strides = tuple(stride for tensor in operands for stride in tensor.stride())
     _compress_kernel[(triton.cdiv(rows, M_TILE) * (M_TILE // 16), n_chunks)](
-        head, tail, buffer[: rows * k // 2], buffer[rows * k // 2 :].view(torch.uint8), energies,
-        rows, k, head.shape[1], *head.stride(), *tail.stride(), BLOCK_G=block_g,
-        HEAD_ACTIVATION=ACTIVATIONS[activations[0]], TAIL_ACTIVATION=ACTIVATIONS[activations[-1]],
+        tuple(operands), strides, loader.scalars, buffer[: rows * k // 2], buffer[rows * k // 2 :].view(torch.uint8),
+        energies, rows, k, LOAD=loader.fn, LOAD_ARGS=loader.args, BLOCK_G=block_g,
     )  # fmt: skip
     block_m = 64
     _row_scale_kernel[(triton.cdiv(rows, block_m),)](energies, scale, rows, n_chunks, NORM_EPS, BLOCK_M=block_m,
@@ -300,35 +322,28 @@ def prune_compress_24(
     return operand, scale
 
 
-def groups_per_chunk(widths: Sequence[int]) -> int:
-    """Groups of 4 a program takes along K: the largest power of two ≤ 64 dividing every piece's group count, so
-    that no chunk straddles two pieces. (64 groups: with 16 rows, 8 KB of bf16 a program.)"""
+def groups_per_chunk(segments: Sequence[int]) -> int:
+    """Groups of 4 a program takes along K: the largest power of two ≤ 64 dividing every segment's group count, so
+    that no chunk straddles two segments. (64 groups: with 16 rows, 8 KB of bf16 a program.)"""
     block_g = GROUPS_PER_PROGRAM
-    while any((width // 4) % block_g for width in widths):
+    while any((width // 4) % block_g for width in segments):
         block_g //= 2
     return block_g
 
 
-def check_pieces(
-    x: torch.Tensor | Sequence[torch.Tensor], activations: str | Sequence[str] | None
-) -> tuple[list[torch.Tensor], list[str]]:
-    """The pieces and activations `prune_compress_24` takes, checked; a clear error for anything it cannot encode."""
-    pieces = [x] if isinstance(x, torch.Tensor) else list(x)
-    if activations is None:
-        activations = ["none"] * len(pieces)
-    activations = activations.split(",") if isinstance(activations, str) else list(activations)
-    if not 1 <= len(pieces) <= 2 or len(activations) != len(pieces):
-        raise ValueError(f"expected 1 or 2 pieces with an activation each, got {len(pieces)} and {len(activations)}")
-    for piece, activation in zip(pieces, activations):
-        check_activation(activation)
-        if piece.dim() != 2 or piece.shape[1] % 4:
-            raise ValueError(f"expected 2-D pieces (tokens, K) with K % 4 == 0, got shape {tuple(piece.shape)}")
-    head = pieces[0]
-    if any((p.shape[0], p.dtype, p.device) != (head.shape[0], head.dtype, head.device) for p in pieces):
-        raise ValueError("the pieces must share token count, dtype and device: "
-                         + ", ".join(f"{tuple(p.shape)} {p.dtype} {p.device}" for p in pieces))  # fmt: skip
-    check_compressible(head.new_empty(0, sum(p.shape[1] for p in pieces)))
-    return pieces, activations
+def check_operands(operands: Sequence[torch.Tensor]) -> None:
+    """Operands a loader can read: 2-D, one token count, dtype and device; a clear error for anything else."""
+    if not operands:
+        raise ValueError("the compressor needs at least one operand")
+    for operand in operands:
+        if operand.dim() != 2:
+            raise ValueError(f"expected 2-D operands (tokens, K), got shape {tuple(operand.shape)}")
+    head = operands[0]
+    if any((p.shape[0], p.dtype, p.device) != (head.shape[0], head.dtype, head.device) for p in operands):
+        raise ValueError("the operands must share token count, dtype and device: "
+                         + ", ".join(f"{tuple(p.shape)} {p.dtype} {p.device}" for p in operands))  # fmt: skip
+    if head.dtype not in COMPRESSED_DTYPES:
+        raise ValueError(f"the compressed layout is implemented for {COMPRESSED_DTYPES}, got {head.dtype}")
 
 
 def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
@@ -337,7 +352,7 @@ def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
 
 
 __all__ = [
-    "as_flat", "compress_24_ref", "compressed_numel", "compressed_shape",
+    "Loader", "as_flat", "compress_24_ref", "compressed_numel", "compressed_shape",
     "decompress_24_ref", "layout_supported", "metadata_nibble_address",
     "prune_compress_24", "prune_compress_24_ref", "stored_indices_ref",
 ]  # fmt: skip

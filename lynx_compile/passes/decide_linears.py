@@ -1,10 +1,11 @@
 """Decide per linear: sparse or dense, always with a reason a user can act on.
 
-Rules, first match wins: name excluded/not included; execution="dense"; dtype; K % m; too few features; too few
-tokens; then, for sparse execution, whether the sparse-tensor-core path exists for the layer and is measured faster
-than dense for its shape (`cusparselt.measure`). A symbolic token count cannot be decided here without a guard (a
-recompile at the threshold), so such a layer is marked sparse and `lynx::sparse_linear` runs it dense at run time
-below `min_tokens`.
+Rules, first match wins: name excluded/not included; the policy; execution="dense"; dtype; K % m; too few features;
+too few tokens. Then the execution picks the sparse paths (`lynx_compile.paths`): "simulate" takes the simulate path
+as it is; "sparse" asks every sparse path why it cannot run the layer, measures the others against dense for the
+layer's shape (with its folded producer and correction, `paths.measure`), and takes the fastest if it beats dense by
+`min_speedup`. A symbolic token count cannot be decided here without a guard (a recompile at the threshold), so such
+a layer is marked sparse and `lynx::sparse_linear` runs it dense at run time below `min_tokens`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import logging
 import torch
 import torch.fx
 
-from .. import cusparselt
+from ..folds import IDENTITY, describe
 from ..kernels.nm_prune import SUPPORTED_DTYPES
-from ..kernels.prune_compress_24 import layout_supported
+from ..paths import SparsePath, Workload, get_path, measure, paths_for, resolve_execution
+from ..plan import SparseLinearPlan
 from .utils import LinearSite, PassContext, concrete_int, fake_value
 
 logger = logging.getLogger(__name__)
@@ -58,70 +60,90 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
     return None
 
 
-def _execution(site: LinearSite, ctx: PassContext) -> str:
-    """The config's execution for this site, with "auto" resolved on the site's device."""
-    if ctx.config.execution != "auto":
-        return ctx.config.execution
-    return "sparse" if site.device.type == "cuda" and layout_supported(site.device) else "simulate"
+def _plan(site: LinearSite, ctx: PassContext, path: SparsePath, params: dict | None = None) -> SparseLinearPlan:
+    fold = site.fold.spec if site.fold is not None else IDENTITY
+    settings = tuple(sorted((params or {}).items()))
+    return SparseLinearPlan(path.name, ctx.config.method, fold, path.row_multiple, settings)
 
 
-def _decide_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
-    """For execution="sparse": set path/algorithm and return None, or return why the layer stays dense."""
+def _workload(site: LinearSite, ctx: PassContext) -> Workload:
+    device = site.device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    fold, widths = IDENTITY, ()
+    if site.fold is not None:
+        fold, widths = site.fold.spec, tuple(int(fake_value(node).shape[-1]) for node in site.fold.inputs)
+    return Workload(concrete_int(site.tokens), site.in_features, site.out_features, site.dtype, device,
+                    ctx.config.cuda_graphs, fold, widths, site.lora_rank,
+                    isinstance(site.tokens, torch.SymInt))  # fmt: skip
+
+
+def _choose_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
+    """For execution="sparse": set the plan and the reason and return None, or return why the layer stays dense."""
     config = ctx.config
-    unavailable = cusparselt.unavailable_reason(site.device, site.dtype, site.in_features, site.out_features, config)
-    if unavailable:
-        return unavailable
-    multiple = cusparselt.CSLT_MULTIPLE
-    if not isinstance(site.tokens, torch.SymInt) and site.tokens % multiple:
-        return f"M={site.tokens} not a multiple of {multiple} (cuSPARSELt)"
-    tokens = max(multiple, concrete_int(site.tokens) // multiple * multiple)  # a symbolic M: at its example value
-    device_index = site.device.index if site.device.index is not None else torch.cuda.current_device()
-    pieces = None
-    if site.folded is not None:
-        widths = [int(fake_value(node).shape[-1]) for node in site.folded.inputs]
-        pieces = tuple(zip(widths, site.folded.activations))
-    measured = cusparselt.measure(tokens, site.in_features, site.out_features, site.dtype, device_index,
-                                  config.cuda_graphs, site.lora_rank, pieces)  # fmt: skip
-    where = f"M={tokens}, " + ("CUDA graphs" if config.cuda_graphs else "no CUDA graphs, host time included")
+    workload = _workload(site, ctx)
+    unavailable, best, best_path = [], None, None
+    for path in paths_for("sparse"):
+        why = path.unavailable_reason(workload, config.method)
+        if why is not None:
+            unavailable.append((path.name, why))
+            continue
+        measured = measure(path, workload, config.policy.measurements if config.policy is not None else None)
+        if best is None or measured.speedup > best.speedup:
+            best, best_path = measured, path
+    if best is None:
+        if len(unavailable) == 1:
+            return unavailable[0][1]
+        return "; ".join(f"{name}: {why}" for name, why in unavailable) or "no sparse path is registered"
+    where = f"M={best.tokens}, " + ("CUDA graphs" if config.cuda_graphs else "no CUDA graphs, host time included")
     if site.lora_rank:
         where += f", rank-{site.lora_rank} LoRA included"
-    if site.folded is not None:
-        where += f", input {site.folded.describe()} pruned on load"
-    if measured.speedup < config.min_speedup:
-        return f"sparse path measured {measured.speedup:.2f}× dense ({where}) < min_speedup={config.min_speedup}"
-    site.path, site.algorithm = "cusparselt", measured.algorithm
-    site.reason = f"2:4 sparse tensor cores, measured {measured.speedup:.2f}× dense ({where}; alg {measured.algorithm})"
+    if site.fold is not None:
+        where += f", input {describe(site.fold.spec)} pruned on load"
+    if best.speedup < config.min_speedup:
+        return f"sparse path measured {best.speedup:.2f}× dense ({where}) < min_speedup={config.min_speedup}"
+    params = dict(best.params)
+    site.plan = _plan(site, ctx, best_path, params)
+    site.reason = f"{best_path.describe(params)}, measured {best.speedup:.2f}× dense ({where})"
     return None
 
 
 def _sparse_reason(site: LinearSite, ctx: PassContext) -> str:
     config = ctx.config
-    reason = site.reason or (f"{config.n}:{config.m} on K" + (" + norm" if config.norm_compensation else "")
-                             + ", simulated")  # fmt: skip
-    if site.lora_rank and site.path != "cusparselt":  # the sparse path's reason names it already
-        reason += f" + rank-{site.lora_rank} LoRA"
-    if site.folded is not None:
-        reason += f"; input {site.folded.describe()} folded into the op"
+    path = get_path(site.plan.path)
+    if not path.measured:
+        reason = f"{config.n}:{config.m} on K" + (" + norm" if config.norm_compensation else "")
+        reason += f", {path.describe(dict(site.plan.params))}"
+        if site.lora_rank:  # a measured path's reason names it already
+            reason += f" + rank-{site.lora_rank} LoRA"
+    else:
+        reason = site.reason
+    if site.fold is not None:
+        reason += f"; input {describe(site.fold.spec)} folded into the op"
     if config.policy is not None:
         reason += f"; policy: {config.policy.decision_for(site.name).reason}"
     if isinstance(site.tokens, torch.SymInt):
         reason += f"; M symbolic: dense at run time below {config.min_tokens} tokens"
-        if site.path == "cusparselt":
-            reason += f" or when M % {cusparselt.CSLT_MULTIPLE}"
+        if site.plan.row_multiple > 1:
+            reason += f" or when M % {site.plan.row_multiple}"
     return reason
 
 
 def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-    """Fill in `decision` and `reason` (and, for the sparse path, path and algorithm) on every site found."""
+    """Fill in `decision` and `reason` (and, for a sparse layer, its plan) on every site found."""
     for site in ctx.sites:
         dense_reason = _dense_reason(site, ctx)
         if site.lora is not None:
-            site.folded = None  # the correction reads the dense x: it is written anyway
-        if dense_reason is None and _execution(site, ctx) == "sparse":
-            dense_reason = _decide_sparse_path(site, ctx)
+            site.fold = None  # the correction reads the dense x: it is written anyway
+        if dense_reason is None:
+            execution = resolve_execution(ctx.config.execution, site.device)
+            if execution == "sparse":
+                dense_reason = _choose_sparse_path(site, ctx)
+            else:  # "simulate": the path of that execution, as it is
+                site.plan = _plan(site, ctx, paths_for(execution)[0])
         site.decision = "dense" if dense_reason else "sparse"
         if dense_reason:
-            site.lora = None
+            site.lora, site.plan = None, None
         site.reason = dense_reason or _sparse_reason(site, ctx)
         logger.debug("lynx: %s -> %s (%s)", site.name, site.decision, site.reason)
     _warn_about_policy_mismatch(ctx)

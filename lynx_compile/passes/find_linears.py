@@ -15,7 +15,7 @@ import operator
 import torch
 import torch.fx
 
-from .fold_producers import fold_input
+from ..folds import match_producer
 from .utils import LinearSite, PassContext, fake_value, linear_name
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
             LinearSite(
                 node=node, x=x, weight=weight, bias=bias, form=form, name=name, tokens=tokens,
                 in_features=in_features, out_features=out_features, dtype=x_value.dtype, device=x_value.device,
-                folded=fold_input(x),
+                fold=match_producer(x),
             )
         )  # fmt: skip
     logger.debug("lynx: found %d linears", len(ctx.sites))

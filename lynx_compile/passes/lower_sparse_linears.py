@@ -1,24 +1,22 @@
-"""Inductor post-grad pass: lower each `lynx::sparse_linear` into its parts, so Inductor fuses the epilogue.
+"""Inductor post-grad pass: lower each `lynx::sparse_linear` into its sparse path's parts, so Inductor fuses them.
 
 The Dynamo-level rewrite leaves one opaque node per sparsified linear, which keeps decisions visible and the graph
 small through AOT. Opaque, though, it would run as an extern call with its GEMM and epilogue hidden from Inductor.
-Lowered here, by the node's path:
-- "simulate": `lynx::nm_prune` → mm → per-row scale → bias; Inductor picks the GEMM and fuses scale and bias;
-- "cusparselt": `lynx::prune_compress_24` (applying x's folded producers as it loads) → `aten._cslt_sparse_mm`
-  (the algorithm chosen at decision time) → bias, which Inductor fuses into the consumer's pointwise kernel.
-A LoRA correction adds two small mms on the dense x, summed in the same fused pointwise pass.
+Here each node is replaced by what its path's `lower` traces (`lynx_compile.paths`): for "simulate", `lynx::nm_prune`
+→ mm → per-row scale → bias, Inductor picking the GEMM and fusing the rest; for "cusparselt",
+`lynx::prune_compress_24` (applying x's folded producer as it loads) → `aten._cslt_sparse_mm` → scale and bias,
+fused into the consumer's pointwise kernel. A LoRA correction adds two small mms on the dense x to the same sum.
 
-A node whose token count is symbolic and not provably ≥ min_tokens (or a multiple of 16, for cuSPARSELt) keeps its
-run-time fallback and is left opaque. The pass is a `CustomGraphPass` whose uuid hashes this file, the op
-definitions, the kernels and the lynx config, so Inductor's FX graph cache never serves a graph lowered under other
-settings.
+A node whose token count is symbolic and not provably one its plan runs sparse (≥ min_tokens, a multiple of the
+path's row multiple) keeps its run-time fallback and stays opaque. The pass is a `CustomGraphPass` whose uuid hashes
+its own sources, every registered path's and fold's, the kernels and the lynx config, so Inductor's FX graph cache
+never serves a graph lowered under other code or settings.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -31,56 +29,65 @@ from torch._inductor.pattern_matcher import (
     PatternMatcherPass,
     register_graph_pattern,
 )
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from .. import ops
 from ..config import LynxConfig
+from ..folds import FOLDS
+from ..method import token_rows
+from ..ops import SPARSE_LINEAR_ARGS
+from ..paths import PATHS, get_path
+from ..plan import SparseLinearPlan
 
 logger = logging.getLogger(__name__)
 
 _PATTERNS = PatternMatcherPass(pass_name="lynx_lower_sparse_linears")
-_ARG_NAMES = ("inputs", "activations", "weight", "bias", "lora_a", "lora_b", "n", "m", "norm_compensation",
-              "min_tokens", "path", "algorithm")  # fmt: skip
+_PACKAGE = Path(__file__).resolve().parent.parent
+# The shared machinery every lowering goes through; each path and fold adds its own files (`source_files`).
+_CORE_FILES = ("passes/lower_sparse_linears.py", "ops.py", "plan.py", "method.py", "folds/__init__.py",
+               "folds/base.py", "paths/__init__.py", "paths/base.py")  # fmt: skip
 
 
-def _run_time_checks_are_settled(match: Match) -> bool:
-    """Lower only where the op's run-time fallbacks (too few tokens; M % 16 for cuSPARSELt) provably never fire."""
-    x = match.kwargs["inputs"][0].meta["val"]
-    tokens = math.prod(x.shape[:-1])
-    if not statically_known_true(tokens >= match.kwargs["min_tokens"]):
-        return False
-    return match.kwargs["path"] != "cusparselt" or bool(statically_known_true(tokens % 16 == 0))
+def _settled(match: Match) -> bool:
+    """Lower only where the op's run-time fallback (too few tokens, off the path's multiple) provably never fires."""
+    rows = token_rows(match.kwargs["inputs"][0].meta["val"])
+    return SparseLinearPlan.decode(match.kwargs["plan"]).settled(rows)
 
 
 @functools.cache
 def _register_patterns() -> None:
-    pattern = CallFunction(torch.ops.lynx.sparse_linear.default, *(KeywordArg(name) for name in _ARG_NAMES))
+    pattern = CallFunction(torch.ops.lynx.sparse_linear.default, *(KeywordArg(name) for name in SPARSE_LINEAR_ARGS))
 
-    @register_graph_pattern(pattern, extra_check=_run_time_checks_are_settled, pass_dict=_PATTERNS)
-    def _lower(match: Match, inputs, activations, weight, bias, lora_a, lora_b, n, m, norm_compensation, min_tokens,
-               path, algorithm):  # fmt: skip
+    @register_graph_pattern(pattern, extra_check=_settled, pass_dict=_PATTERNS)
+    def _lower(match: Match, inputs, weight, bias, lora_a, lora_b, plan):  # noqa: ANN001
+        decoded = SparseLinearPlan.decode(plan)
+        path = get_path(decoded.path)
         optional = [tensor for tensor in (bias, lora_a, lora_b) if tensor is not None]
 
         def lowered(weight, *given):
             rest = iter(given)
             bias_value = next(rest) if bias is not None else None
             lora = (next(rest), next(rest)) if lora_a is not None else None
-            pieces = list(rest)
-            if path == "cusparselt":
-                compress = torch.ops.lynx.prune_compress_24.default
-                return ops.cusparselt_linear(pieces, activations, weight, bias_value, algorithm, compress, lora)
-            return ops.simulated_sparse_linear(ops.assemble(pieces, activations), weight, bias_value, n, m,
-                                               norm_compensation, torch.ops.lynx.nm_prune.default, lora)  # fmt: skip
+            return path.lower(list(rest), weight, bias_value, lora, decoded)
 
         match.replace_by_example(lowered, [weight, *optional, *inputs])
 
 
+def source_files() -> tuple[str, ...]:
+    """Every file whose content changes what the lowering emits: the core, the kernels, each registered path and
+    fold (so a new path or fold is covered without being listed here)."""
+    files = {str(_PACKAGE / name) for name in _CORE_FILES}
+    files.update(str(path) for path in (_PACKAGE / "kernels").glob("*.py"))
+    for entry in (*PATHS.values(), *FOLDS.values()):
+        files.update(str(Path(file).resolve()) for file in entry.source_files())
+    return tuple(sorted(files))
+
+
 class LowerSparseLinears(CustomGraphPass):
-    """Installed per compile as Inductor's `post_grad_custom_post_pass` (never in global config)."""
+    """Installed per compile as Inductor's `post_grad_custom_post_pass` (never in global config). `lowered` counts
+    the nodes it lowered in the last graph it ran on (None until it runs: an FX graph cache hit skips it)."""
 
     def __init__(self, config: LynxConfig) -> None:
         self.config = config
-        self.lowered = 0
+        self.lowered: int | None = None
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         _register_patterns()
@@ -88,7 +95,4 @@ class LowerSparseLinears(CustomGraphPass):
         logger.debug("lynx: lowered %d lynx::sparse_linear nodes for Inductor", self.lowered)
 
     def uuid(self) -> bytes:
-        package = Path(__file__).resolve().parent.parent
-        files = (Path(__file__), package / "ops.py", package / "kernels" / "nm_prune.py",
-                 package / "kernels" / "prune_compress_24.py", package / "kernels" / "activations.py")  # fmt: skip
-        return get_hash_for_files(tuple(str(f) for f in files)) + self.config.cache_key().encode()
+        return get_hash_for_files(source_files()) + self.config.cache_key().encode()

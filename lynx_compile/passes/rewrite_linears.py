@@ -1,8 +1,8 @@
 """Replace each linear decided sparse by one `lynx::sparse_linear` node.
 
 Every form (linear, x @ w.t(), addmm) becomes the same op on the parameter as stored (N, K), so everything after
-this pass — Inductor's lowering, the sparse fast path — sees one pattern. Where `fold_producers` found x to be a GELU
-or a concatenation the op can absorb, the op takes their inputs instead. A transpose or absorbed producer left without
+this pass — Inductor's lowering, the sparse paths — sees one pattern. Where a producer fold (`lynx_compile.folds`)
+matched x's producer, the op takes the fold's inputs instead. A transpose or absorbed producer left without
 users is removed; nothing else is, because Dynamo graphs may hold side-effecting nodes that a blanket dead-code
 sweep would drop.
 
@@ -21,7 +21,7 @@ import torch
 import torch.fx
 from torch._dynamo.source import ConstantSource
 
-from .. import ops  # noqa: F401  (registers torch.ops.lynx)
+from ..ops import sparse_linear_args
 from .utils import LinearSite, PassContext
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
     """Put a `lynx::sparse_linear` node in place of every linear decided sparse."""
-    config = ctx.config
     graph = gm.graph
     replaced: dict[torch.fx.Node, torch.fx.Node] = {}  # a linear feeding a linear: its site still names the old node
     for site in ctx.sites:
@@ -37,23 +36,18 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
             continue
         old = site.node
         x, bias = replaced.get(site.x, site.x), replaced.get(site.bias, site.bias)
-        inputs, activations = [x], ["none"]
-        if site.folded is not None:
-            inputs, activations = [replaced.get(node, node) for node in site.folded.inputs], site.folded.activations
+        inputs = [x] if site.fold is None else [replaced.get(node, node) for node in site.fold.inputs]
         with graph.inserting_before(old):
-            lora_a, lora_b = _adapter_nodes(gm, site) if site.lora is not None else (None, None)
-            new = graph.call_function(
-                torch.ops.lynx.sparse_linear.default,
-                (inputs, ",".join(activations), site.weight, bias, lora_a, lora_b, config.n, config.m,
-                 config.norm_compensation, config.min_tokens, site.path, site.algorithm),  # fmt: skip
-            )
+            lora = _adapter_nodes(gm, site) if site.lora is not None else None
+            new = graph.call_function(torch.ops.lynx.sparse_linear.default,
+                                      sparse_linear_args(inputs, site.weight, bias, lora, site.plan))  # fmt: skip
         new.meta.update(old.meta)
         old.replace_all_uses_with(new)
         transposed_weight = old.args[-1] if site.form in ("matmul", "addmm") else None
         graph.erase_node(old)
         if transposed_weight is not None and not transposed_weight.users:
             graph.erase_node(transposed_weight)
-        for producer in site.folded.absorbed if site.folded is not None else ():  # x's producers, consumers first
+        for producer in site.fold.absorbed if site.fold is not None else ():  # x's producers, consumers first
             if not producer.users:
                 graph.erase_node(producer)
         replaced[old] = new

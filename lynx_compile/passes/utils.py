@@ -10,6 +10,9 @@ import torch
 import torch.fx
 
 from ..config import LynxConfig
+from ..folds import FoldMatch
+from ..folds.base import fake_value  # noqa: F401  (the passes read fake values through here)
+from ..plan import SparseLinearPlan
 
 
 @dataclass
@@ -29,10 +32,15 @@ class LinearSite:
     device: torch.device
     decision: str = "undecided"  # "sparse" | "dense"
     reason: str = ""
-    path: str = "simulate"  # how a sparse decision runs: "simulate" | "cusparselt"
-    algorithm: int = 0  # cuSPARSELt algorithm, for path "cusparselt"
+    plan: SparseLinearPlan | None = None  # how a sparse decision runs: path, its settings, method, fold
     lora: Any = None  # the policy's LoraAdapter for a sparse layer that runs a correction
-    folded: Any = None  # FoldedInput: x's producers the sparse op absorbs (fold_producers); None keeps x as it is
+    fold: FoldMatch | None = None  # x's producer the sparse op absorbs (`lynx_compile.folds`); None keeps x as it is
+
+    @property
+    def opaque(self) -> bool:
+        """A sparse layer whose op cannot be lowered into its parts: its symbolic token count may fall below
+        min_tokens (or off the path's multiple), so the op decides at run time and runs eagerly."""
+        return self.plan is not None and not self.plan.settled(self.tokens)
 
     @property
     def lora_rank(self) -> int:
@@ -50,13 +58,6 @@ class PassContext:
     config: LynxConfig
     sites: list[LinearSite] = field(default_factory=list)
     rewrites: int = 0
-
-
-def fake_value(node: Any) -> Any:
-    """The fake tensor (or SymInt) Dynamo or AOT recorded for a node; None for constants and unknowns."""
-    if not isinstance(node, torch.fx.Node):
-        return None
-    return node.meta.get("example_value", node.meta.get("val"))
 
 
 def concrete_int(value: Any) -> int:

@@ -5,6 +5,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from lynx_compile.folds import FoldSpec, compress
 from lynx_compile.kernels.activations import ACTIVATIONS, activate, activation_ref
 from lynx_compile.kernels.nm_prune import nm_prune_ref
 from lynx_compile.kernels.prune_compress_24 import (
@@ -64,7 +65,8 @@ def test_scale_of_a_non_finite_row_is_one():
                                                                 max_size=2))
 @example(torch.randn(8, 64, dtype=torch.float16, device=DEVICE), 0, ["gelu_tanh", "gelu"]).via("a split at 4")
 def test_pieces_with_activations_equal_the_materialised_input(x, split_choice, names):
-    """Pruning [act₀(x₀) | act₁(x₁)] on load equals pruning that matrix written out (by the same activation code)."""
+    """Pruning [act₀(x₀) | act₁(x₁)] on load (the concat fold's loader; the activation fold's for one piece) equals
+    pruning that matrix written out (by the same activation code)."""
     rows, k = x.shape
     # layers split where their producers do, at multiples of 64 in practice; the example takes the narrowest split,
     # one group of 4, which makes every chunk one group (slow under the interpreter: once is enough)
@@ -73,7 +75,8 @@ def test_pieces_with_activations_equal_the_materialised_input(x, split_choice, n
     pieces = [x[:, :split], x[:, split:]] if split < k else [x]
     names = names[: len(pieces)]
     materialised = torch.cat([activate(piece, name) for piece, name in zip(pieces, names)], dim=1)
-    operand, scale = prune_compress_24(pieces, names)
+    one_activation = FoldSpec("activation", (names[0],)) if names[0] != "none" else FoldSpec()
+    operand, scale = compress(pieces, FoldSpec("concat", tuple(names)) if len(pieces) > 1 else one_activation)
     ref_buffer, ref_scale = prune_compress_24_ref(materialised)
     assert torch.equal(bits(as_flat(operand, rows, k)), bits(ref_buffer))
     torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
@@ -132,7 +135,7 @@ def test_bad_input_is_a_clear_error(shape, dtype, message):
 
 
 @pytest.mark.parametrize("pieces, names, message", [
-    ([(8, 64)] * 3, ["none"] * 3, "1 or 2 pieces"),
+    ([(8, 64)] * 3, ["none"] * 3, "1 to 2 pieces"),
     ([(8, 64)], ["relu"], "unknown activation"),
     ([(8, 32), (4, 32)], ["none", "none"], "share token count"),
     ([(8, 30), (8, 34)], ["none", "none"], "K % 4"),
@@ -140,7 +143,14 @@ def test_bad_input_is_a_clear_error(shape, dtype, message):
 ])  # fmt: skip
 def test_bad_pieces_are_a_clear_error(pieces, names, message):
     with pytest.raises(ValueError, match=message):
-        prune_compress_24([torch.ones(shape, dtype=torch.bfloat16, device=DEVICE) for shape in pieces], names)
+        compress([torch.ones(shape, dtype=torch.bfloat16, device=DEVICE) for shape in pieces],
+                 FoldSpec("concat", tuple(names)))  # fmt: skip
+
+
+def test_several_operands_need_a_loader():
+    x = torch.ones(8, 64, dtype=torch.bfloat16, device=DEVICE)
+    with pytest.raises(ValueError, match="need a loader"):
+        prune_compress_24([x, x])
 
 
 def test_empty_input_matches_the_fake_shape():

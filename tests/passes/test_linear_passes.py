@@ -9,13 +9,25 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 import lynx_compile  # noqa: F401
 from lynx_compile.config import LynxConfig
-from lynx_compile.kernels.nm_prune import nm_prune_ref
-from lynx_compile.ops import simulated_sparse_linear
+from lynx_compile.method import Method, sparse_linear_ref
 from lynx_compile.passes import PassContext, run_passes
 from lynx_compile.passes.decide_linears import decide_linears
 from lynx_compile.passes.find_linears import find_linears
 
 SPARSE_OP = torch.ops.lynx.sparse_linear.default
+
+
+def simulated(x, layer, bias=True):
+    return sparse_linear_ref(x, layer.weight, layer.bias if bias else None, Method())
+
+
+def folds_by_weight(gm):
+    """{weight target: (the op's inputs, its fold as reports name it)} for every sparse op in the graph."""
+    from lynx_compile.folds import describe
+    from lynx_compile.plan import SparseLinearPlan
+
+    return {node.args[1].target: (node.args[0], describe(SparseLinearPlan.decode(node.args[-1]).fold))
+            for node in gm.graph.nodes if node.target == SPARSE_OP}  # fmt: skip
 
 
 def traced(module, *inputs):
@@ -66,8 +78,7 @@ def test_every_form_is_found_rewritten_and_simulated(form):
     targets = [node.target for node in gm.graph.nodes if node.op == "call_function"]
     assert targets.count(SPARSE_OP) == 1
     assert not any(node.op == "call_method" and node.target in ("t", "transpose", "permute") for node in gm.graph.nodes)
-    bias = module.proj.bias if form in ("linear", "addmm") else None
-    expected = simulated_sparse_linear(x, module.proj.weight, bias, 2, 4, True, nm_prune_ref)
+    expected = simulated(x, module.proj, bias=form in ("linear", "addmm"))
     torch.testing.assert_close(gm(x), expected, rtol=0, atol=0)
 
 
@@ -222,8 +233,7 @@ def test_a_linear_feeding_a_linear_is_rewritten_in_order():
     ctx = PassContext(LynxConfig())
     gm = run_passes(traced(model, x), ctx)
     assert [(site.name, site.decision) for site in ctx.sites] == [("up", "sparse"), ("down", "sparse")]
-    first = simulated_sparse_linear(x, model.up.weight, model.up.bias, 2, 4, True, nm_prune_ref)
-    expected = simulated_sparse_linear(first, model.down.weight, model.down.bias, 2, 4, True, nm_prune_ref)
+    expected = simulated(simulated(x, model.up), model.down)
     torch.testing.assert_close(gm(x), expected, rtol=0, atol=0)
 
 
@@ -252,17 +262,17 @@ def test_gelu_and_concatenation_are_folded_into_the_sparse_op():
     model, x = GeluProducers(), torch.randn(2, 24, 64)
     ctx = PassContext(LynxConfig())
     gm = run_passes(traced(model, x), ctx)
-    ops = {node.args[2].target: node for node in gm.graph.nodes if node.target == SPARSE_OP}
-    assert ops["down.weight"].args[1] == "gelu_tanh" and ops["down.weight"].args[0] == [ops["up.weight"]]
-    assert ops["out.weight"].args[1] == "none,gelu" and ops["out.weight"].args[0] == [ops["attn.weight"],
-                                                                                      ops["mlp.weight"]]
+    ops = {node.args[1].target: node for node in gm.graph.nodes if node.target == SPARSE_OP}
+    folds = folds_by_weight(gm)
+    assert folds["down.weight"] == ([ops["up.weight"]], "gelu_tanh")
+    assert folds["out.weight"] == ([ops["attn.weight"], ops["mlp.weight"]], "cat(none, gelu)")
     remaining = {node.target for node in gm.graph.nodes if node.op == "call_function"}
     assert remaining.isdisjoint({F.gelu, torch.cat, F.dropout}), "absorbed producers are erased"
     reasons = {site.name: site.reason for site in ctx.sites}
     assert "input gelu_tanh folded" in reasons["down"] and "input cat(none, gelu) folded" in reasons["out"]
 
     def sparse(layer, x):
-        return simulated_sparse_linear(x, layer.weight, layer.bias, 2, 4, True, nm_prune_ref)
+        return simulated(x, layer)
 
     h = sparse(model.down, F.gelu(sparse(model.up, x), approximate="tanh"))
     expected = sparse(model.out, torch.cat([sparse(model.attn, h), F.gelu(sparse(model.mlp, h))], dim=-1))
@@ -274,10 +284,10 @@ def test_producers_with_other_users_or_other_shapes_stay(variant):
     model, x = GeluProducers(**variant), torch.randn(2, 24, 64)
     ctx = PassContext(LynxConfig())
     gm = run_passes(traced(model, x), ctx)
-    activations = {node.args[2].target: node.args[1] for node in gm.graph.nodes if node.target == SPARSE_OP}
+    folds = {weight: fold for weight, (_, fold) in folds_by_weight(gm).items()}
     if variant.get("two_users"):  # GELU(up) is also read by the residual: written anyway, so not folded
-        assert activations["down.weight"] == "none" and activations["out.weight"] == "none,gelu"
+        assert folds["down.weight"] == "none" and folds["out.weight"] == "cat(none, gelu)"
     else:  # a concatenation along tokens is not one of features: it stays
-        assert activations["attn.weight"] == "none" and activations["down.weight"] == "gelu_tanh"
+        assert folds["attn.weight"] == "none" and folds["down.weight"] == "gelu_tanh"
         assert any(node.target is torch.cat for node in gm.graph.nodes)
     torch.testing.assert_close(gm(x), model(x), rtol=0.5, atol=0.5)  # runs; pruned, so only roughly the dense model

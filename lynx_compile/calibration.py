@@ -1,0 +1,297 @@
+"""The drivers that run a model eagerly on calibration samples: `calibrate` (which layers to sparsify) and `fit_lora`
+(their low-rank corrections). Both see the method through `method.sparse_linear_ref`, the reference the op runs.
+
+`calibrate` measures, per linear, the relative output error of the sparsified layer on its captured inputs (with and
+without norm compensation) and its share of linear FLOPs; then orders the layers by error per FLOP share (cheapest
+quality for the most compute first) and takes the longest prefix of that order whose end-to-end relative error on
+the model output stays within `target`, found by bisection over prefix length (error grows with the prefix in
+practice; bisection costs log2(layers) model evaluations instead of one per layer). With ``lora_rank > 0`` every
+measured layer also gets its closed-form low-rank correction (`lynx_compile.lora`), the order and the prefix are
+taken with the corrections applied, and the chosen layers keep their adapters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from ._version import __version__
+from .config import LynxConfig, parse_options
+from .lora import DEFAULT_MEMORY_BUDGET, DEFAULT_RANK, LoraAdapter, LoraSolution, ResidualStatistics, solve_lora
+from .method import Method, sparse_linear_ref, token_rows
+from .policy import LayerPolicy, Policy
+
+logger = logging.getLogger(__name__)
+
+# Bound on the relative L2 error of the model output vs dense, the largest over the calibration samples. On the
+# project's trained tiny DiT 0.2 sparsifies 41% of linear FLOPs for 3 points of sample class accuracy (0.96 → 0.93);
+# 0.05 sparsifies nothing there (benchmarks/RESULTS.md).
+DEFAULT_TARGET = 0.2
+
+Call = tuple[tuple, dict]
+
+
+def _as_call(sample: Any) -> Call:
+    """A sample is a dict of keyword arguments, a tuple of positional ones, or a single tensor."""
+    if isinstance(sample, dict):
+        return (), sample
+    if isinstance(sample, tuple):
+        return sample, {}
+    return (sample,), {}
+
+
+def _as_calls(samples: Iterable[Any], caller: str) -> list[Call]:
+    calls = [_as_call(sample) for sample in samples]
+    if not calls:
+        raise ValueError(f"{caller} needs at least one sample")
+    return calls
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    while not isinstance(out, torch.Tensor):
+        out = out[0] if isinstance(out, (tuple, list)) else out.sample
+    return out
+
+
+def _linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+def _sparse_output(module: torch.nn.Linear, x: torch.Tensor, method: Method, adapter: LoraAdapter | None):
+    """The layer's output as lynx runs it on x; None where it runs dense (too few tokens, K % m)."""
+    if not method.prunes(token_rows(x), module.in_features):
+        return None
+    lora = None if adapter is None else (adapter.a.to(x), adapter.b.to(x))
+    return sparse_linear_ref(x, module.weight, module.bias, method, lora)
+
+
+@contextlib.contextmanager
+def _hooked(modules: dict[str, torch.nn.Module], make_hook: Callable[[str], Callable]) -> Iterator[None]:
+    """Forward hooks on the named modules for the duration of the block, under no_grad."""
+    handles = [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_sparsified(
+    model: torch.nn.Module,
+    calls: list[Call],
+    layers: dict[str, torch.nn.Linear],
+    method: Method,
+    adapters: dict[str, LoraAdapter] | None = None,
+) -> list[torch.Tensor]:
+    """The model's outputs with `layers` sparsified as lynx runs them (and corrected where `adapters` has one)."""
+    adapters = adapters or {}
+
+    def make_hook(name: str) -> Callable:
+        return lambda module, args, out: _sparse_output(module, args[0], method, adapters.get(name))
+
+    with _hooked(layers, make_hook):
+        return [_first_tensor(model(*args, **kwargs)) for args, kwargs in calls]
+
+
+def calibrate(
+    model: torch.nn.Module,
+    samples: Iterable[Any],
+    *,
+    options: dict[str, Any] | None = None,
+    target: float = DEFAULT_TARGET,
+    lora_rank: int = 0,
+    ridge: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Policy:
+    """Measure each linear's sensitivity on `samples` and choose the layers to sparsify within `target`.
+
+    `samples` are forward-call inputs (dicts of keyword arguments, tuples, or tensors) covering the timesteps and
+    CFG branches the model will see. Deterministic: no randomness beyond the samples themselves. With `lora_rank`,
+    every measured layer is fitted a correction of that rank first (`fit_lora`, with `ridge`: None cross-validates it)
+    and the choice is made with the corrections on. `progress`, e.g. `print`, receives a line per stage and per
+    model evaluation (also logged at INFO).
+    """
+
+    def report(line: str) -> None:
+        logger.info("lynx.calibrate: %s", line)
+        if progress is not None:
+            progress(f"calibrate: {line}")
+
+    config = parse_options(options)
+    method, bare = config.method, dataclasses.replace(config.method, norm_compensation=False)
+    calls = _as_calls(samples, "calibrate")
+    linears = _linears(model)
+
+    # Per layer: its output error on the inputs the dense model gives it (with norm compensation and without), its
+    # output energy, its FLOPs.
+    flops: dict[str, int] = {}
+    totals: dict[str, list[float]] = {}
+
+    def measure(name: str) -> Callable:
+        def hook(module: torch.nn.Linear, args: tuple, out: torch.Tensor) -> None:
+            x = args[0]
+            flops[name] = flops.get(name, 0) + 2 * x.numel() * module.out_features
+            with_norm, without = (_sparse_output(module, x, m, None) for m in (method, bare))
+            if with_norm is None:
+                return
+            acc = totals.setdefault(name, [0.0, 0.0, 0.0])
+            acc[0] += (with_norm.double() - out.double()).square().sum().item()
+            acc[1] += (without.double() - out.double()).square().sum().item()
+            acc[2] += out.double().square().sum().item()
+
+        return hook
+
+    report(f"measuring {len(linears)} linears on {len(calls)} sample(s)")
+    with _hooked(linears, measure):
+        references = [_first_tensor(model(*args, **kwargs)) for args, kwargs in calls]
+    errors = {name: ((norm / max(energy, 1e-30)) ** 0.5, (plain / max(energy, 1e-30)) ** 0.5)
+              for name, (norm, plain, energy) in totals.items()}  # fmt: skip
+
+    solutions = {}
+    if lora_rank:
+        report(f"fitting rank-{lora_rank} corrections of {len(errors)} layers")
+        solutions = fit_lora_on_calls(model, calls, config, rank=lora_rank, layers=sorted(errors), ridge=ridge,
+                                      memory_budget=DEFAULT_MEMORY_BUDGET, progress=report)  # fmt: skip
+    adapters = {name: solution.adapter_at(lora_rank) for name, solution in solutions.items()}
+
+    def ordering_error(name: str) -> float:
+        return solutions[name].error_at(lora_rank) if name in solutions else errors[name][0]
+
+    total_flops = sum(flops.values()) or 1
+    candidates = sorted(errors, key=lambda name: (ordering_error(name) / (flops[name] / total_flops), name))
+
+    prefix_errors = {0: 0.0}
+
+    def model_error(prefix: int) -> float:
+        if prefix not in prefix_errors:
+            chosen = {name: linears[name] for name in candidates[:prefix]}
+            outs = run_sparsified(model, calls, chosen, method, adapters)
+            prefix_errors[prefix] = max(_relative_error(out, ref) for out, ref in zip(outs, references))
+        return prefix_errors[prefix]
+
+    low, high = 0, len(candidates)  # the longest prefix within target, by bisection
+    while low < high:
+        mid = (low + high + 1) // 2
+        if model_error(mid) <= target:
+            low = mid
+        else:
+            high = mid - 1
+        report(f"{low} to {high} of {len(candidates)} layers fit the target (tried {mid}: {model_error(mid):.4f})")
+    chosen = set(candidates[:low])
+
+    layers = {}
+    for name in linears:
+        if name not in flops:
+            continue  # not called on these samples
+        share = flops[name] / total_flops
+        if name not in errors:
+            layers[name] = LayerPolicy("dense", "never prunable on the samples (tokens or K)", None, None, share)
+            continue
+        error, error_bare = errors[name]
+        measured = f"error {error:.4f}"
+        if name in solutions and solutions[name].rank:
+            measured += f", {solutions[name].error_at(lora_rank):.4f} with rank-{solutions[name].rank} LoRA"
+        elif name in solutions:
+            measured += " (LoRA: no ridge helped held-out tokens, uncorrected)"
+        reason = (f"within target {target}: {measured}" if name in chosen
+                  else f"outside the prefix that meets target {target}: {measured}")  # fmt: skip
+        layers[name] = LayerPolicy("sparse" if name in chosen else "dense", reason, error, error_bare, share)
+    policy = Policy(layers, type(model).__name__, __version__, method.to_dict(), target, model_error(low))
+    return policy.with_lora({name: solutions[name] for name in chosen if name in solutions}, lora_rank)
+
+
+# ---- the LoRA fit's driver ---------------------------------------------------------------------------------------
+
+
+def collect_statistics(
+    model: torch.nn.Module, calls: list[Call], layers: dict[str, torch.nn.Linear], method: Method
+) -> dict[str, ResidualStatistics]:
+    """Run the dense model over `calls` once, accumulating the statistics of every layer in `layers` it calls."""
+    stats: dict[str, ResidualStatistics] = {}
+
+    def capture(name: str) -> Callable:
+        def hook(module: torch.nn.Linear, args: tuple, out: torch.Tensor) -> None:
+            rows = args[0].reshape(-1, module.in_features)
+            if not method.prunes(rows.shape[0], module.in_features):
+                return  # never pruned at run time, nothing to correct
+            entry = stats.setdefault(name, ResidualStatistics(module.in_features, rows.device))
+            entry.add(rows, out.reshape(-1, module.out_features), module.weight, method)
+
+        return hook
+
+    with _hooked(layers, capture):
+        for args, kwargs in calls:
+            model(*args, **kwargs)
+    return stats
+
+
+def fit_lora(
+    model: torch.nn.Module,
+    samples: Iterable[Any],
+    *,
+    rank: int = DEFAULT_RANK,
+    layers: Iterable[str] | None = None,
+    options: dict[str, Any] | None = None,
+    ridge: float | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, LoraSolution]:
+    """Fit the rank-`rank` correction of each named linear (default: every nn.Linear) on `samples`.
+
+    `samples` are forward-call inputs, as for `calibrate`; `options` the lynx options the layers will run with
+    (n, m, norm_compensation, min_tokens); `ridge` a fixed λ (see `lora.solve_lora`), None to cross-validate it.
+    Layers are processed in groups whose statistics fit `memory_budget` bytes (32·K² each), one pass over the samples
+    per group. Layers the samples never call with enough tokens get no solution. Apply the result with
+    `Policy.with_lora`.
+    """
+    return fit_lora_on_calls(model, _as_calls(samples, "fit_lora"), parse_options(options), rank=rank, layers=layers,
+                             ridge=ridge, memory_budget=memory_budget, progress=progress)  # fmt: skip
+
+
+def fit_lora_on_calls(
+    model: torch.nn.Module,
+    calls: list[Call],
+    config: LynxConfig,
+    *,
+    rank: int,
+    layers: Iterable[str] | None,
+    ridge: float | None,
+    memory_budget: int,
+    progress: Callable[[str], None] | None,
+) -> dict[str, LoraSolution]:
+    """`fit_lora` on (args, kwargs) pairs and a parsed `LynxConfig`."""
+    linears = _linears(model)
+    names = list(linears) if layers is None else list(layers)
+    missing = [name for name in names if name not in linears]
+    if missing:
+        raise ValueError(f"fit_lora: not nn.Linear modules of this model: {missing[:5]}")
+    groups: list[list[str]] = [[]]
+    group_bytes = 0
+    for name in names:
+        size = ResidualStatistics.nbytes(linears[name].in_features)
+        if groups[-1] and group_bytes + size > memory_budget:
+            groups.append([])
+            group_bytes = 0
+        groups[-1].append(name)
+        group_bytes += size
+
+    solutions: dict[str, LoraSolution] = {}
+    for index, group in enumerate(groups):
+        stats = collect_statistics(model, calls, {name: linears[name] for name in group}, config.method)
+        for name, layer_stats in stats.items():
+            solutions[name] = solve_lora(linears[name].weight, layer_stats, rank, ridge)
+        line = f"fit_lora: group {index + 1}/{len(groups)}: {len(stats)} layer(s) fitted at rank {rank}"
+        logger.info("lynx.%s", line)
+        if progress is not None:
+            progress(line)
+        del stats
+    return solutions

@@ -1,0 +1,73 @@
+"""Producer folds, as a registry: which producers of a sparsified linear's input the op absorbs.
+
+`match_producer(x)` asks each registered fold's matcher in turn; the rewrite then hands the op the fold's inputs and
+its `FoldSpec`, and every consumer — the op's reference and backward, the compressor's loader, the fake shapes, the
+speed rule — asks `get_fold(spec.kind)`. Adding a fold is one module beside these (a `ProducerFold` subclass: see
+`base.py`) plus one `register_fold` line below.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.fx
+
+from ..kernels.prune_compress_24 import prune_compress_24
+from .activation import Activation
+from .base import IDENTITY, FoldMatch, FoldSpec, ProducerFold
+from .concat import Concat
+from .identity import Identity
+
+FOLDS: dict[str, ProducerFold] = {}
+
+
+def register_fold(fold: ProducerFold) -> ProducerFold:
+    if fold.kind in FOLDS:
+        raise ValueError(f"a producer fold named {fold.kind!r} is registered already")
+    FOLDS[fold.kind] = fold
+    return fold
+
+
+def get_fold(kind: str) -> ProducerFold:
+    try:
+        return FOLDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown producer fold {kind!r}; registered: {sorted(FOLDS)}") from None
+
+
+def match_producer(x: torch.fx.Node) -> FoldMatch | None:
+    """The first registered fold whose matcher takes x's producer; None leaves x as it is."""
+    for fold in FOLDS.values():
+        found = fold.match(x)
+        if found is not None:
+            return found
+    return None
+
+
+def describe(spec: FoldSpec) -> str:
+    """The fold as reasons and reports name it: `gelu_tanh`, `cat(none, gelu_tanh)`."""
+    return get_fold(spec.kind).describe(spec.params)
+
+
+def assemble(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> torch.Tensor:
+    """x, made from the op's inputs by the fold's torch reference."""
+    fold = get_fold(spec.kind)
+    fold.check(inputs, spec.params)
+    return fold.reference(inputs, spec.params)
+
+
+def compress(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The compressor on x = assemble(inputs, spec), made on load: (x̃'s operand, the rows' norm scale)."""
+    fold = get_fold(spec.kind)
+    fold.check(inputs, spec.params)
+    rows = [tensor.reshape(-1, tensor.shape[-1]) for tensor in inputs]
+    return prune_compress_24(rows, fold.loader(rows, spec.params))
+
+
+register_fold(Identity())
+register_fold(Concat())
+register_fold(Activation())
+
+__all__ = ["FOLDS", "IDENTITY", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "describe", "get_fold",
+           "match_producer", "register_fold"]  # fmt: skip

@@ -1,0 +1,89 @@
+"""The method in eager torch, once: what a sparsified linear computes, for the simulate path, `calibrate`, the LoRA
+fit and every fallback alike (the tests keep copies of their own on purpose, written independently).
+
+Per token row x of X (tokens × K): keep the n largest |x| of every m consecutive channels (`kernels/nm_prune.py`,
+ties to the lower index), giving x̃; with norm compensation scale by s = ‖x‖ / ‖x̃‖, applied after the GEMM because
+(s·x̃)·Wᵀ = s·(x̃·Wᵀ); add the bias and, where calibrated, the low-rank correction (x·Bᵀ)·Aᵀ of the dense x.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from .kernels.nm_prune import check_nm, nm_prune_ref
+
+Lora = Optional[tuple[torch.Tensor, torch.Tensor]]  # (lora_a (N, r), lora_b (r, K))
+PruneFn = Callable[[torch.Tensor, int, int], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """The method's settings: n:m along K, norm compensation, and the token count below which a layer runs dense."""
+
+    n: int = 2
+    m: int = 4
+    norm_compensation: bool = True
+    min_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        check_nm(self.n, self.m)
+        if not isinstance(self.norm_compensation, bool):
+            raise ValueError(f"norm_compensation must be a bool, got {self.norm_compensation!r}")
+        if not isinstance(self.min_tokens, int) or isinstance(self.min_tokens, bool) or self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be a non-negative int, got {self.min_tokens!r}")
+
+    def prunes(self, rows: int, in_features: int) -> bool:
+        """Whether a layer called on `rows` token rows is pruned at all (below min_tokens it runs dense)."""
+        return rows >= self.min_tokens and in_features % self.m == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sparse_linear_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    method: Method,
+    lora: Lora = None,
+    prune: PruneFn = nm_prune_ref,
+) -> torch.Tensor:
+    """y = s ⊙ (x̃·Wᵀ) + b [+ (x·Bᵀ)·Aᵀ], x of any leading shape; `prune` is the reference or the kernel's op."""
+    rows = x.reshape(-1, weight.shape[1])
+    pruned, scale = prune(rows, method.n, method.m)
+    out = torch.mm(pruned, weight.t())
+    if method.norm_compensation:
+        out = apply_row_scale(out, scale)
+    return epilogue(out, bias, lora, rows).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def apply_row_scale(out: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """s ⊙ out, in fp32, rounded once to out's dtype."""
+    return (out.float() * scale.unsqueeze(1)).to(out.dtype)
+
+
+def epilogue(out: torch.Tensor, bias: torch.Tensor | None, lora: Lora, rows: torch.Tensor) -> torch.Tensor:
+    """Bias and correction as one sum after the GEMM, which Inductor fuses into a single pass over Y (with the scale,
+    or into the consumer's kernel); the correction's two small GEMMs read the dense rows."""
+    if bias is not None:
+        out = out + bias
+    if lora is not None:
+        lora_a, lora_b = lora
+        out = out + torch.mm(torch.mm(rows, lora_b.t()), lora_a.t())
+    return out
+
+
+def pruning_residual(rows: torch.Tensor, method: Method) -> torch.Tensor:
+    """d = x − s·x̃ (or x − x̃) in fp64: what pruning takes from each token row (the LoRA fit's target)."""
+    pruned, scale = nm_prune_ref(rows, method.n, method.m)
+    kept = pruned.double() * scale.double()[:, None] if method.norm_compensation else pruned.double()
+    return rows.double() - kept
+
+
+def token_rows(x: torch.Tensor) -> int:
+    """Token rows of an activation (tokens × K, any leading shape)."""
+    return math.prod(x.shape[:-1])

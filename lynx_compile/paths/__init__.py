@@ -1,0 +1,51 @@
+"""Sparse paths, as a registry: the ways a sparsified linear can run.
+
+The decide pass asks every registered path of the chosen execution why it cannot run a layer (`unavailable_reason`),
+measures the rest against dense (`measure.measure`), and takes the fastest that beats dense by `min_speedup`; the op
+dispatches on the plan's path name (`get_path`), and the Inductor lowering asks the same path for its parts. Adding
+a path is one module beside these (a `SparsePath` subclass: see `base.py`) plus one `register_path` line below.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Measurement, SparsePath, Workload
+from .cusparselt import Cusparselt
+from .measure import clear_measurements, measure, measured
+from .simulate import Simulate
+
+PATHS: dict[str, SparsePath] = {}
+
+
+def register_path(path: SparsePath) -> SparsePath:
+    if path.name in PATHS:
+        raise ValueError(f"a sparse path named {path.name!r} is registered already")
+    PATHS[path.name] = path
+    return path
+
+
+def get_path(name: str) -> SparsePath:
+    try:
+        return PATHS[name]
+    except KeyError:
+        raise ValueError(f"unknown sparse path {name!r}; registered: {sorted(PATHS)}") from None
+
+
+def paths_for(execution: str) -> list[SparsePath]:
+    """The registered paths an `execution` option routes layers to."""
+    return [path for path in PATHS.values() if path.execution == execution]
+
+
+def resolve_execution(execution: str, device: torch.device) -> str:
+    """The `execution` option with "auto" resolved: "sparse" where some sparse path runs on the device."""
+    if execution != "auto":
+        return execution
+    return "sparse" if any(path.runs_on(device) for path in paths_for("sparse")) else "simulate"
+
+
+register_path(Simulate())
+register_path(Cusparselt())
+
+__all__ = ["PATHS", "Measurement", "SparsePath", "Workload", "clear_measurements", "get_path", "measure", "measured",
+           "paths_for", "register_path", "resolve_execution"]  # fmt: skip

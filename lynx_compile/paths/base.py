@@ -1,0 +1,130 @@
+"""What a sparse path is: one way to run a sparsified linear, with everything about it in one module.
+
+A path (`SparsePath`) owns:
+- `unavailable_reason`: why it cannot run a layer here (device, dtype, its shape rules and multiples), or None;
+- `tune`: for a path measured against dense, its settings for a shape and its time (`measure.py` does the dense side,
+  the caching and the storing); the settings become the plan's `params`;
+- `forward`: the op's body on this path, from the op's tensors and its `SparseLinearPlan`;
+- `lower`: what Inductor's post-grad pass replaces the op by (by default `forward`, traced, so that Inductor sees
+  the parts: the GEMM, the kernels' ops, the epilogue it fuses);
+- `source_files`: the files whose content decides what it emits (Inductor's FX graph cache key).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+
+from ..folds import IDENTITY, FoldSpec
+from ..method import Lora, Method
+from ..plan import SparseLinearPlan
+
+Timer = Callable[[Callable[[], object]], float]  # ms per call of a function (CUDA-graph replays or host time)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One sparsified layer as the speed rule times it: sizes, dtype, device, graph mode, the producer folded into it
+    (timed with the layer on both sides) and its correction's rank."""
+
+    tokens: int  # M (a symbolic M at its example value)
+    in_features: int  # K
+    out_features: int  # N
+    dtype: torch.dtype
+    device: torch.device
+    cuda_graphs: bool
+    fold: FoldSpec = IDENTITY
+    input_widths: tuple[int, ...] = ()  # the fold's inputs' widths; () for x itself
+    lora_rank: int = 0
+    symbolic_tokens: bool = False
+
+    def with_tokens(self, tokens: int) -> Workload:
+        return replace(self, tokens=tokens)
+
+    def describe(self) -> str:
+        """The workload as a stable string (part of the measurement cache key)."""
+        widths = ",".join(map(str, self.input_widths or (self.in_features,)))
+        graphs = "graphs" if self.cuda_graphs else "no-graphs"
+        dtype = str(self.dtype).removeprefix("torch.")
+        return (f"{self.tokens}x{self.in_features}->{self.out_features} {dtype} {graphs} "
+                f"fold={self.fold.encode()}[{widths}] lora={self.lora_rank}")  # fmt: skip
+
+    def example(self) -> tuple[list[torch.Tensor], torch.Tensor, Lora]:
+        """Random inputs of the fold, weight and correction for this workload: fixed seed, never zeros."""
+        generator = torch.Generator(device=self.device).manual_seed(0)
+
+        def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
+            return torch.randn(*shape, device=self.device, dtype=self.dtype, generator=generator) * scale
+
+        inputs = [randn(self.tokens, width) for width in self.input_widths or (self.in_features,)]
+        k, n = self.in_features, self.out_features
+        weight = randn(n, k, scale=k**-0.5)
+        lora = (randn(n, self.lora_rank, scale=n**-0.5), randn(self.lora_rank, k, scale=k**-0.5)) \
+            if self.lora_rank else None  # fmt: skip
+        return inputs, weight, lora
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A path's time against dense for one workload, with the settings it was measured with (its plan's params)."""
+
+    path: str
+    params: tuple[tuple[str, Any], ...]
+    dense_ms: float
+    sparse_ms: float
+    tokens: int  # M as timed (a path may time a symbolic M at a multiple it needs)
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.sparse_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "params": dict(self.params), "dense_ms": self.dense_ms,
+                "sparse_ms": self.sparse_ms, "tokens": self.tokens}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        return cls(str(data["path"]), tuple(sorted(dict(data["params"]).items())), float(data["dense_ms"]),
+                   float(data["sparse_ms"]), int(data["tokens"]))  # fmt: skip
+
+
+class SparsePath(ABC):
+    """One way to run `lynx::sparse_linear`. Subclasses live one a module and register in `paths`."""
+
+    name: ClassVar[str]
+    execution: ClassVar[str] = "sparse"  # the `execution` option that routes layers here: "sparse" or "simulate"
+    row_multiple: ClassVar[int] = 1  # token counts it runs; others fall back to dense at run time
+    measured: ClassVar[bool] = True  # chosen by the speed rule (timed against dense), or taken as it is
+
+    def runs_on(self, device: torch.device) -> bool:
+        """Whether the path can run anything on this device (decides `execution="auto"`)."""
+        return True
+
+    def unavailable_reason(self, workload: Workload, method: Method) -> str | None:
+        """Why this path cannot run the layer, as a reason a user can act on; None when it can."""
+        return None
+
+    def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
+        """(settings, ms per call) of the path's best variant for the workload, the epilogue left out."""
+        raise NotImplementedError(f"the {self.name} path is not measured")
+
+    @abstractmethod
+    def forward(self, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
+                plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
+        """y for x = the plan's fold of `inputs` (leading shape of inputs[0], N features)."""
+
+    def lower(self, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
+              plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
+        """What Inductor's lowering traces in place of the op; the op's own body unless a path needs otherwise."""
+        return self.forward(inputs, weight, bias, lora, plan)
+
+    def describe(self, params: dict[str, Any]) -> str:
+        """The path with its settings, for reasons (`explain`)."""
+        return self.name
+
+    def source_files(self) -> tuple[str, ...]:
+        return (inspect.getfile(type(self)),)

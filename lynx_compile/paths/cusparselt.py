@@ -1,0 +1,90 @@
+"""The cuSPARSELt path: `lynx::prune_compress_24` (prune x as it is loaded, applying the folded producer; write
+cuSPARSELt's sm_90 operand and the rows' norm scale) → `torch._cslt_sparse_mm` with the algorithm cuSPARSELt's
+search picks for the shape → norm scale, bias and correction, fused by Inductor into whatever consumes the output.
+
+It needs an sm_90 GPU (the only compressed layout we write), bf16/fp16, 2:4, K % 64 == 0, and N and M multiples of
+16. Whether it pays depends on the shape and on CUDA graphs: cuSPARSELt's GEMM alone is 1.0–1.6× faster than cuBLAS
+(benchmarks/RESULTS.md), and torch 2.11 rebuilds its plan on every `_cslt_sparse_mm` call (0.5–0.9 ms of host time)
+unless the call is replayed from a CUDA graph. So it is measured (`paths/measure.py`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import torch
+
+from ..folds import FoldSpec, assemble
+from ..kernels.prune_compress_24 import COMPRESSED_DTYPES, K_MULTIPLE, layout_supported
+from ..method import Lora, Method, apply_row_scale, epilogue
+from ..plan import SparseLinearPlan
+from .base import SparsePath, Timer, Workload
+
+CSLT_MULTIPLE = 16  # cuSPARSELt wants M, N (and K) multiples of 16 for 16-bit operands
+
+
+def search_algorithm(operand: torch.Tensor, weight_t: torch.Tensor) -> int:
+    """cuSPARSELt's own pick among its algorithms (10–35% over the default on FLUX shapes)."""
+    with warnings.catch_warnings():  # deprecated in torch 2.11 in favour of a private API that 2.11 lacks
+        warnings.simplefilter("ignore")
+        return int(torch._cslt_sparse_mm_search(operand, weight_t))
+
+
+def cusparselt_gemm(
+    inputs: Sequence[torch.Tensor], fold: FoldSpec, weight: torch.Tensor, algorithm: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̃·Wᵀ as rows × N, the rows' norm scale s): the sparse layer before its epilogue."""
+    operand, scale = torch.ops.lynx.prune_compress_24.default(list(inputs), fold.encode())
+    return torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm), scale
+
+
+class Cusparselt(SparsePath):
+    name = "cusparselt"
+    row_multiple = CSLT_MULTIPLE
+
+    def runs_on(self, device: torch.device) -> bool:
+        return device.type == "cuda" and layout_supported(device)
+
+    def unavailable_reason(self, workload: Workload, method: Method) -> str | None:
+        if not self.runs_on(workload.device):
+            return f"no sparse-tensor-core kernel for {workload.device.type} (compressed layout known for sm_90 only)"
+        if (method.n, method.m) != (2, 4):
+            return f"{method.n}:{method.m} has no tensor-core path (2:4 only)"
+        if workload.dtype not in COMPRESSED_DTYPES:
+            return f"dtype {str(workload.dtype).removeprefix('torch.')}: sparse tensor cores take bf16/fp16"
+        if workload.in_features % K_MULTIPLE:
+            return f"K={workload.in_features} not a multiple of {K_MULTIPLE}"
+        if workload.out_features % CSLT_MULTIPLE:
+            return f"N={workload.out_features} not a multiple of {CSLT_MULTIPLE}"
+        if not workload.symbolic_tokens and workload.tokens % CSLT_MULTIPLE:
+            return f"M={workload.tokens} not a multiple of {CSLT_MULTIPLE} (cuSPARSELt)"
+        return None
+
+    def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
+        inputs, weight, lora = workload.example()
+        operand, _ = torch.ops.lynx.prune_compress_24(inputs, workload.fold.encode())
+        algorithm = search_algorithm(operand, weight.t())
+
+        def sparse() -> object:
+            out, scale = cusparselt_gemm(inputs, workload.fold, weight, algorithm)
+            if lora is not None:  # the correction's two small GEMMs on the dense x (its add unfused: pessimistic)
+                out = epilogue(out, None, lora, assemble(inputs, workload.fold))
+            return out, scale
+
+        return {"algorithm": algorithm}, timer(sparse)
+
+    def forward(self, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
+                plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
+        """The scale and the rest of the epilogue are plain torch: Inductor fuses them into one pointwise pass, or
+        into the consumer's."""
+        out, scale = cusparselt_gemm(inputs, plan.fold, weight, plan.param("algorithm", 0))
+        if plan.method.norm_compensation:
+            out = apply_row_scale(out, scale)
+        rows = None
+        if lora is not None:  # the dense x, only where the correction reads it
+            rows = assemble(inputs, plan.fold).reshape(-1, weight.shape[1])
+        return epilogue(out, bias, lora, rows).reshape(*inputs[0].shape[:-1], weight.shape[0])
+
+    def describe(self, params: dict[str, Any]) -> str:
+        return f"2:4 sparse tensor cores (cuSPARSELt, alg {params.get('algorithm', 0)})"
