@@ -63,3 +63,29 @@ def test_cache_key_changes_with_every_field():
                dataclasses.replace(base, exclude=("x",)), dataclasses.replace(base, execution="dense")]
     keys = {base.cache_key(), *(c.cache_key() for c in changed)}
     assert len(keys) == 1 + len(changed)
+
+
+def policy_with_adapters(scale=1.0):
+    import torch
+
+    from lynx_compile import LayerPolicy, LoraAdapter, Policy
+
+    layers = {"up": LayerPolicy("sparse", "measured", 0.1, 0.2, 0.5, lora_rank=2), "down": LayerPolicy("dense", "x")}
+    adapter = LoraAdapter(torch.arange(8.0).reshape(4, 2) * scale, torch.ones(2, 3))
+    return Policy(layers, "Model", "0.1.0", {"n": 2}, 0.2, 0.1, {"k": {"path": "p"}}, {"up": adapter})
+
+
+def test_a_config_with_a_lora_policy_round_trips_and_hashes_the_same():
+    import torch
+
+    config = LynxConfig(policy=policy_with_adapters(), exclude=("a",))
+    again = LynxConfig.from_dict(config.to_dict())
+    assert again == config and again.cache_key() == config.cache_key()
+    assert torch.equal(again.policy.adapters["up"].a, config.policy.adapters["up"].a)
+
+
+def test_the_cache_key_follows_adapter_content_not_identity():
+    same = LynxConfig(policy=policy_with_adapters()).cache_key()
+    assert LynxConfig(policy=policy_with_adapters()).cache_key() == same  # fresh tensors, equal values
+    assert LynxConfig(policy=policy_with_adapters(scale=2.0)).cache_key() != same
+    assert "tensor(" not in same  # hashed, never repr'd

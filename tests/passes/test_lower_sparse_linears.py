@@ -48,3 +48,29 @@ def test_uuid_follows_config_and_is_stable():
     assert LowerSparseLinears(base).uuid() == LowerSparseLinears(LynxConfig()).uuid()
     for changed in (dataclasses.replace(base, n=1), dataclasses.replace(base, norm_compensation=False)):
         assert LowerSparseLinears(changed).uuid() != LowerSparseLinears(base).uuid()
+
+
+def test_the_pass_counts_what_it_lowered_and_the_report_marks_opaque_ops(monkeypatch):
+    import lynx_compile.passes.lower_sparse_linears as lowering
+
+    passes = []
+
+    class Recording(LowerSparseLinears):
+        def __init__(self, config):
+            super().__init__(config)
+            passes.append(self)
+
+    monkeypatch.setattr(lowering, "LowerSparseLinears", Recording)
+    model = mlp()
+    with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False):  # a cache hit skips the pass
+        with lynx_compile.collect_reports() as report:
+            torch.compile(model, backend="lynx")(torch.randn(2, 12, 32))
+        assert [layer.opaque for layer in report.layers] == [False, False] and "opaque" not in report.summary()
+        assert passes[-1].lowered == 2
+
+        x = torch.randn(2, 20, 32)
+        torch._dynamo.mark_dynamic(x, 1)
+        with lynx_compile.collect_reports() as report:
+            torch.compile(model, backend="lynx")(x)
+        assert [layer.opaque for layer in report.layers] == [True, True]
+        assert "2 run as opaque ops" in report.summary() and passes[-1].lowered == 0
