@@ -106,7 +106,7 @@ def bench_producer(m: int, n: int, pieces, alg: int) -> dict:
         "lynx_unfolded": cuda_graph_ms(lambda: cusparselt_gemm([produce(*inputs)], IDENTITY, weight, alg)),
         "lynx_folded": cuda_graph_ms(lambda: cusparselt_gemm(inputs, fold, weight, alg)),
         "producer": cuda_graph_ms(lambda: produce(*inputs)),
-        "prune_folded": cuda_graph_ms(lambda: compress(inputs, fold.encode())),
+        "prune_folded": cuda_graph_ms(lambda: compress(inputs, fold.encode(), 16)),
     }
     folded = linear(inputs, fold, weight, None, alg)
     unfolded = linear([produce(*inputs)], IDENTITY, weight, None, alg)

@@ -8,8 +8,9 @@
   settings, the fold. ``lora_a``/``lora_b``, when given, add the calibrated correction (x·Bᵀ)·Aᵀ of the dense x.
   The Inductor pass `lower_sparse_linears` replaces it by its path's parts so that Inductor fuses the epilogue.
 - ``lynx::nm_prune(x, n, m) -> (pruned, scale)``: the Triton kernel on CUDA, the reference elsewhere.
-- ``lynx::prune_compress_24(inputs, fold) -> (operand, scale)``: cuSPARSELt's compressed operand of x̃ (sm_90), x̃
-  pruned from x = the fold of ``inputs`` as the compressor loads them, and the rows' norm scale s.
+- ``lynx::prune_compress_24(inputs, fold, row_multiple) -> (operand, scale)``: cuSPARSELt's compressed operand of
+  x̃ (sm_90), x̃ pruned from x = the fold of ``inputs`` as the compressor loads them, its rows padded with zeros to
+  a multiple of ``row_multiple``; and the rows' norm scale s.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from .folds import FoldSpec, assemble, compress, get_fold
 from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
-from .kernels.prune_compress_24 import compressed_shape
+from .kernels.prune_compress_24 import compressed_shape, padded_rows
 from .method import Lora, token_rows
 from .paths import get_path
 from .plan import SparseLinearPlan
@@ -41,15 +42,18 @@ def _(x: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.library.custom_op("lynx::prune_compress_24", mutates_args=())
-def prune_compress_24_op(inputs: list[torch.Tensor], fold: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return compress(inputs, FoldSpec.decode(fold))
+def prune_compress_24_op(
+    inputs: list[torch.Tensor], fold: str, row_multiple: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return compress(inputs, FoldSpec.decode(fold), row_multiple)
 
 
 @prune_compress_24_op.register_fake
-def _(inputs: list[torch.Tensor], fold: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _(inputs: list[torch.Tensor], fold: str, row_multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
     spec = FoldSpec.decode(fold)
     rows, k = token_rows(inputs[0]), get_fold(spec.kind).width(inputs, spec.params)
-    return inputs[0].new_empty(compressed_shape(rows, k)), inputs[0].new_empty((rows,), dtype=torch.float32)
+    operand = inputs[0].new_empty(compressed_shape(padded_rows(rows, row_multiple), k))
+    return operand, inputs[0].new_empty((rows,), dtype=torch.float32)
 
 
 @torch.library.custom_op("lynx::sparse_linear", mutates_args=())
@@ -65,7 +69,7 @@ def sparse_linear(
     lora = _lora_pair(lora_a, lora_b)
     # The run-time check matters only for a symbolic token count; static counts are decided at compile time. A layer
     # that falls back runs dense, so it also drops its correction: the correction is of the pruning error. Where
-    # the path cannot run the count (cuSPARSELt: M % 16), dense is the honest fallback (simulation is slower).
+    # a path cannot run the count (off its `row_multiple`), dense is the honest fallback (simulation is slower).
     if not decoded.sparse_at(token_rows(inputs[0])):
         return F.linear(assemble(inputs, decoded.fold), weight, bias)
     return get_path(decoded.path).forward(inputs, weight, bias, lora, decoded)

@@ -124,6 +124,23 @@ def test_folding_compressor_is_bit_exact_with_cusparselt(widths, names, dtype):
 
 
 @needs_sm90
+@pytest.mark.parametrize("rows, k", [(1, 64), (37, 192), (1000, 3072), (14040, 512)])
+def test_padded_compressor_is_bit_exact_with_cusparselt_of_the_padded_matrix(rows, k):
+    """Any M: the operand padded to M % 16 == 0 is cuSPARSELt's compression of x̃ with zero rows appended."""
+    from lynx_compile.kernels.prune_compress_24 import as_flat, compressed_numel, padded_rows, prune_compress_24
+
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+    ours, scale = prune_compress_24(x, row_multiple=16)
+    stored = padded_rows(rows, 16)
+    pruned, _ = nm_prune_ref(x)
+    padded = torch.cat([pruned, pruned.new_zeros(stored - rows, k)])
+    expected = torch._cslt_compress(padded)
+    assert ours.shape == expected.shape and scale.shape == (rows,)
+    assert torch.equal(as_flat(ours, stored, k).view(torch.int16),
+                       expected.flatten()[: compressed_numel(stored, k)].view(torch.int16))  # fmt: skip
+
+
+@needs_sm90
 def test_sparse_gemm_on_our_buffer_equals_the_simulated_layer():
     from lynx_compile.kernels.prune_compress_24 import prune_compress_24
 
@@ -148,11 +165,13 @@ FORCE_SPARSE = {"execution": "sparse", "min_speedup": 1e-3}  # the speed rule as
     [{"mode": "reduce-overhead"}, {"options": {**FORCE_SPARSE, "triton.cudagraphs": True}}, {"options": FORCE_SPARSE}],
     ids=["mode", "option", "no-graphs"],
 )
-def test_sparse_execution_is_right_across_replays(compile_kwargs):
-    """mode= alone leaves the default speed rule in charge: the layer may go either way, but must be right."""
+@pytest.mark.parametrize("tokens", [512, 333])
+def test_sparse_execution_is_right_across_replays(compile_kwargs, tokens):
+    """mode= alone leaves the default speed rule in charge: the layer may go either way, but must be right. 333
+    tokens: the operand is padded to 336 rows and the layer's output is the GEMM's first 333."""
     layer = nn.Linear(1024, 2048).cuda().to(torch.bfloat16).eval()
     compiled = torch.compile(layer, backend="lynx", **compile_kwargs)
-    x = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(tokens, 1024, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad(), lynx_compile.collect_reports() as report:
         for _ in range(3):  # later calls replay the CUDA graph (where on); fresh inputs each time
             x = torch.randn_like(x)

@@ -57,12 +57,15 @@ def assemble(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> torch.Tensor:
     return fold.reference(inputs, spec.params)
 
 
-def compress(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """The compressor on x = assemble(inputs, spec), made on load: (x̃'s operand, the rows' norm scale)."""
+def compress(
+    inputs: Sequence[torch.Tensor], spec: FoldSpec, row_multiple: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The compressor on x = assemble(inputs, spec), made on load: (x̃'s operand, its rows padded with zeros to
+    `row_multiple`; the rows' norm scale)."""
     fold = get_fold(spec.kind)
     fold.check(inputs, spec.params)
     rows = [tensor.reshape(-1, tensor.shape[-1]) for tensor in inputs]
-    return prune_compress_24(rows, fold.loader(rows, spec.params))
+    return prune_compress_24(rows, fold.loader(rows, spec.params), row_multiple)
 
 
 register_fold(Identity())

@@ -72,6 +72,11 @@ def compressed_numel(rows: int, k: int) -> int:
     return rows * k // 2 + metadata_bytes(rows, k) // 2
 
 
+def padded_rows(rows: int, multiple: int) -> int:
+    """`rows` rounded up to a multiple (symbolic row counts welcome)."""
+    return (rows + multiple - 1) // multiple * multiple
+
+
 def compressed_shape(rows: int, k: int) -> tuple[int, int]:
     """The shape `torch._cslt_compress` gives its result, which `torch._cslt_sparse_mm` expects back."""
     return rows, -(-compressed_numel(rows, k) // torch.sym_max(rows, 1))  # sym_max: no guard on a symbolic M
@@ -188,7 +193,7 @@ if triton is not None:
 
     @triton.jit
     def _encode_half(
-        operands, strides, scalars, values_ptr, rows, chunk, M, K,
+        operands, strides, scalars, values_ptr, rows, chunk, M, M_STORED, K,
         LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr,
     ):  # fmt: skip
         """Prune and encode 8 rows of the chunk; store their values; return their metadata nibbles and their partial
@@ -213,7 +218,7 @@ if triton is not None:
         hi_value = tl.where(hi == 3, v3, tl.where(hi == 2, v2, v1))
         pairs = tl.reshape(tl.join(lo_value, hi_value), (lo_value.shape[0], 2 * BLOCK_G))
         cols = chunk * 2 * BLOCK_G + tl.arange(0, 2 * BLOCK_G)
-        mask = (rows[:, None] < M) & (cols[None, :] < K // 2)
+        mask = (rows[:, None] < M_STORED) & (cols[None, :] < K // 2)  # rows M .. M_STORED: zeros
         tl.store(values_ptr + rows[:, None] * (K // 2) + cols[None, :], pairs, mask=mask)
         return lo | (hi << 2), total, kept
 
@@ -222,8 +227,8 @@ if triton is not None:
         # X's operands (tuples: pointers, their strides, the loader's run-time ints), then the outputs: values and
         # metadata are two views of one buffer
         operands, strides, scalars, values_ptr, meta_ptr, energy_ptr,
-        # sizes
-        M, K,
+        # sizes: M rows of X, stored as M_STORED ≥ M rows (the GEMM's row multiple; the padding is zeros)
+        M, M_STORED, K,
         # meta-parameters: the loader that makes X's tiles from the operands, and its constants
         LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr,
     ):  # fmt: skip
@@ -234,10 +239,10 @@ if triton is not None:
         n_chunks = tl.num_programs(1)
         rows_lo = tl.program_id(0) * 16 + tl.arange(0, 8)
         rows_hi = rows_lo + 8
-        nibble_lo, total_lo, kept_lo = _encode_half(operands, strides, scalars, values_ptr, rows_lo, chunk, M, K,
-                                                    LOAD, LOAD_ARGS, BLOCK_G)  # fmt: skip
-        nibble_hi, total_hi, kept_hi = _encode_half(operands, strides, scalars, values_ptr, rows_hi, chunk, M, K,
-                                                    LOAD, LOAD_ARGS, BLOCK_G)  # fmt: skip
+        nibble_lo, total_lo, kept_lo = _encode_half(operands, strides, scalars, values_ptr, rows_lo, chunk, M,
+                                                    M_STORED, K, LOAD, LOAD_ARGS, BLOCK_G)  # fmt: skip
+        nibble_hi, total_hi, kept_hi = _encode_half(operands, strides, scalars, values_ptr, rows_hi, chunk, M,
+                                                    M_STORED, K, LOAD, LOAD_ARGS, BLOCK_G)  # fmt: skip
 
         r = rows_lo[:, None]
         g = chunk * BLOCK_G + tl.arange(0, BLOCK_G)[None, :]
@@ -283,14 +288,16 @@ class Loader:
 
 
 def prune_compress_24(
-    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None
+    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None, row_multiple: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused 2:4 prune + compress: (x̃'s operand shaped as `torch._cslt_compress` returns it, the per-row norm scale
     s, which the GEMM's epilogue applies).
 
     `x` is the activation (tokens, K), or, with a `loader`, the 2-D operands (tokens, ·) it makes X from as it loads
-    them (a folded producer: `lynx_compile.folds`), so X is pruned without ever being written. Compare with the
-    references on `as_flat(operand, rows, k)`: the slack past `compressed_numel` is left unwritten.
+    them (a folded producer: `lynx_compile.folds`), so X is pruned without ever being written. The operand holds
+    `padded_rows(M, row_multiple)` rows, the ones past M zero (cuSPARSELt's GEMM wants M % 16 == 0; its output's
+    first M rows are the layer's, a view). Compare with the references on `as_flat(operand, stored_rows, k)`: the
+    slack past `compressed_numel` is left unwritten.
     """
     if triton is None:
         raise RuntimeError("triton is not installed; use prune_compress_24_ref")
@@ -303,18 +310,20 @@ def prune_compress_24(
         loader = Loader(load_rows, head.shape[1])
     rows, k = head.shape[0], loader.width
     check_compressible(head.new_empty(0, k))
+    stored = padded_rows(rows, row_multiple)
     block_g = groups_per_chunk(loader.segments or (k,))
-    operand = torch.empty(compressed_shape(rows, k), dtype=head.dtype, device=head.device)
+    operand = torch.empty(compressed_shape(stored, k), dtype=head.dtype, device=head.device)
     scale = torch.empty(rows, dtype=torch.float32, device=head.device)
     if rows == 0:
         return operand, scale
-    buffer = as_flat(operand, rows, k)
+    buffer = as_flat(operand, stored, k)
     n_chunks = k // 4 // block_g
     energies = torch.empty(rows, 2, n_chunks, dtype=torch.float32, device=head.device)
     strides = tuple(stride for tensor in operands for stride in tensor.stride())
-    _compress_kernel[(triton.cdiv(rows, M_TILE) * (M_TILE // 16), n_chunks)](
-        tuple(operands), strides, loader.scalars, buffer[: rows * k // 2], buffer[rows * k // 2 :].view(torch.uint8),
-        energies, rows, k, LOAD=loader.fn, LOAD_ARGS=loader.args, BLOCK_G=block_g,
+    _compress_kernel[(triton.cdiv(stored, M_TILE) * (M_TILE // 16), n_chunks)](
+        tuple(operands), strides, loader.scalars, buffer[: stored * k // 2],
+        buffer[stored * k // 2 :].view(torch.uint8), energies, rows, stored, k,
+        LOAD=loader.fn, LOAD_ARGS=loader.args, BLOCK_G=block_g,
     )  # fmt: skip
     block_m = 64
     _row_scale_kernel[(triton.cdiv(rows, block_m),)](energies, scale, rows, n_chunks, NORM_EPS, BLOCK_M=block_m,
@@ -353,6 +362,6 @@ def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
 
 __all__ = [
     "Loader", "as_flat", "compress_24_ref", "compressed_numel", "compressed_shape",
-    "decompress_24_ref", "layout_supported", "metadata_nibble_address",
+    "decompress_24_ref", "layout_supported", "metadata_nibble_address", "padded_rows",
     "prune_compress_24", "prune_compress_24_ref", "stored_indices_ref",
 ]  # fmt: skip

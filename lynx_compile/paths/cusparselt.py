@@ -2,10 +2,13 @@
 cuSPARSELt's sm_90 operand and the rows' norm scale) → `torch._cslt_sparse_mm` with the algorithm cuSPARSELt's
 search picks for the shape → norm scale, bias and correction, fused by Inductor into whatever consumes the output.
 
-It needs an sm_90 GPU (the only compressed layout we write), bf16/fp16, 2:4, K % 64 == 0, and N and M multiples of
-16. Whether it pays depends on the shape and on CUDA graphs: cuSPARSELt's GEMM alone is 1.0–1.6× faster than cuBLAS
+It needs an sm_90 GPU (the only compressed layout we write), bf16/fp16, 2:4, K % 64 == 0 and N % 16 == 0. Any token
+count M runs: cuSPARSELt wants M % 16 == 0 too, so the compressor pads the operand with zero rows to the next
+multiple of 16 and the layer's output is the first M rows of the GEMM's, a view (no copy of Y).
+
+Whether it pays depends on the shape and on CUDA graphs: cuSPARSELt's GEMM alone is 1.0–1.6× faster than cuBLAS
 (benchmarks/RESULTS.md), and torch 2.11 rebuilds its plan on every `_cslt_sparse_mm` call (0.5–0.9 ms of host time)
-unless the call is replayed from a CUDA graph. So it is measured (`paths/measure.py`).
+unless the call is replayed from a CUDA graph. So it is measured (`paths/measurements.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ..method import Lora, Method, apply_row_scale, epilogue
 from ..plan import SparseLinearPlan
 from .base import SparsePath, Timer, Workload
 
-CSLT_MULTIPLE = 16  # cuSPARSELt wants M, N (and K) multiples of 16 for 16-bit operands
+CSLT_MULTIPLE = 16  # cuSPARSELt wants M, N (and K) multiples of 16 for 16-bit operands; M is padded to it
 
 
 def search_algorithm(operand: torch.Tensor, weight_t: torch.Tensor) -> int:
@@ -35,13 +38,13 @@ def cusparselt_gemm(
     inputs: Sequence[torch.Tensor], fold: FoldSpec, weight: torch.Tensor, algorithm: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x̃·Wᵀ as rows × N, the rows' norm scale s): the sparse layer before its epilogue."""
-    operand, scale = torch.ops.lynx.prune_compress_24.default(list(inputs), fold.encode())
-    return torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm), scale
+    operand, scale = torch.ops.lynx.prune_compress_24.default(list(inputs), fold.encode(), CSLT_MULTIPLE)
+    out = torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm)
+    return out[: scale.shape[0]], scale  # the padding rows' products are zeros, and no one's
 
 
 class Cusparselt(SparsePath):
     name = "cusparselt"
-    row_multiple = CSLT_MULTIPLE
 
     def runs_on(self, device: torch.device) -> bool:
         return device.type == "cuda" and layout_supported(device)
@@ -57,13 +60,11 @@ class Cusparselt(SparsePath):
             return f"K={workload.in_features} not a multiple of {K_MULTIPLE}"
         if workload.out_features % CSLT_MULTIPLE:
             return f"N={workload.out_features} not a multiple of {CSLT_MULTIPLE}"
-        if not workload.symbolic_tokens and workload.tokens % CSLT_MULTIPLE:
-            return f"M={workload.tokens} not a multiple of {CSLT_MULTIPLE} (cuSPARSELt)"
         return None
 
     def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
         inputs, weight, lora = workload.example()
-        operand, _ = torch.ops.lynx.prune_compress_24(inputs, workload.fold.encode())
+        operand, _ = torch.ops.lynx.prune_compress_24(inputs, workload.fold.encode(), CSLT_MULTIPLE)
         algorithm = search_algorithm(operand, weight.t())
 
         def sparse() -> object:

@@ -10,6 +10,7 @@ from lynx_compile.kernels.activations import ACTIVATIONS, activate, activation_r
 from lynx_compile.kernels.nm_prune import nm_prune_ref
 from lynx_compile.kernels.prune_compress_24 import (
     as_flat,
+    padded_rows,
     compress_24_ref,
     compressed_numel,
     compressed_shape,
@@ -49,6 +50,20 @@ def test_kernel_matches_reference_bit_for_bit(x):
     assert operand.shape == compressed_shape(*x.shape) and ref_buffer.shape == (compressed_numel(*x.shape),)
     assert torch.equal(bits(as_flat(operand, *x.shape)), bits(ref_buffer))
     # s is a sum over K, taken in another order than torch's: equal to the last fp32 bits
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+
+
+@settings(max_examples=25)
+@given(activations(max_rows=80), st.sampled_from([16, 64]))
+def test_rows_padded_to_a_multiple_are_the_zero_padded_matrix_compressed(x, multiple):
+    """The operand of M rows padded to `multiple` is the encoding of x̃ with zero rows appended; s covers M rows."""
+    rows, k = x.shape
+    stored = padded_rows(rows, multiple)
+    operand, scale = prune_compress_24(x, row_multiple=multiple)
+    pruned, ref_scale = nm_prune_ref(x, 2, 4)
+    expected = compress_24_ref(torch.cat([pruned, pruned.new_zeros(stored - rows, k)]))
+    assert stored % multiple == 0 and operand.shape == compressed_shape(stored, k) and scale.shape == (rows,)
+    assert torch.equal(bits(as_flat(operand, stored, k)), bits(expected))
     torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
 
 
