@@ -45,7 +45,7 @@ class Policy:
     options: dict[str, Any] = field(default_factory=dict)  # the lynx options it was calibrated with
     target: float | None = None
     model_error: float | None = None  # end-to-end relative error with the sparse layers, on the calibration samples
-    # The speed rule's measurements, keyed as `lynx_compile.paths.measure` looks them up (`with_measurements`).
+    # The speed rule's measurements, keyed as `lynx_compile.paths.measurements` looks them up (`with_measurements`).
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Fitted corrections by layer name (fp32, CPU), saved beside the JSON; not part of the JSON or of equality.
     adapters: dict[str, LoraAdapter] = field(default_factory=dict, repr=False, compare=False)

@@ -2,12 +2,15 @@
 kernels are decorated, so the variable is set here, before anything imports lynx_compile."""
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The speed rule's measurements persist on disk; tests keep theirs to themselves, whatever the user's cache holds.
+os.environ["LYNX_CACHE_DIR"] = tempfile.mkdtemp(prefix="lynx-test-cache-")
 
 from hypothesis import settings  # noqa: E402
 

@@ -56,7 +56,8 @@ class ToyPath(SparsePath):
 
 
 @pytest.fixture
-def toy_path():
+def toy_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))  # measured afresh in every test
     path = register_path(ToyPath())
     ToyPath.calls.update(tune=0, forward=0, lower=0)
     clear_measurements()
@@ -100,6 +101,28 @@ def test_stored_measurements_are_taken_instead_of_timing(toy_path):
     ToyPath.calls["tune"] = 0
     report = lynx_compile.explain(layers, x, options={"execution": "sparse", "policy": policy})
     assert ToyPath.calls["tune"] == 0 and report.layers[1].path == "toy"
+
+
+def test_measurements_persist_on_disk_for_the_next_process(toy_path, monkeypatch):
+    from lynx_compile.paths import measurements
+
+    layers, x = model(), torch.randn(2, 12, 16)
+    lynx_compile.explain(layers, x, options={"execution": "sparse"})
+    assert ToyPath.calls["tune"] == 1 and measurements.disk_cache_path().exists()
+
+    clear_measurements()  # as a new process starts
+    report = lynx_compile.explain(layers, x, options={"execution": "sparse"})
+    assert ToyPath.calls["tune"] == 1 and report.layers[1].path == "toy"  # read back, not timed
+
+    clear_measurements()
+    monkeypatch.setattr(measurements, "device_fingerprint", lambda device: "another GPU")
+    lynx_compile.explain(layers, x, options={"execution": "sparse"})
+    assert ToyPath.calls["tune"] == 2  # other hardware or versions: timed again
+
+    measurements.disk_cache_path().write_text("{not json")
+    clear_measurements()
+    lynx_compile.explain(layers, x, options={"execution": "sparse"})  # a damaged cache is re-measured, not fatal
+    assert ToyPath.calls["tune"] == 3
 
 
 def test_the_cache_identity_covers_every_registered_path(toy_path):

@@ -12,7 +12,7 @@ import torch
 
 from .base import Measurement, SparsePath, Workload
 from .cusparselt import Cusparselt
-from .measure import clear_measurements, measure, measured
+from .measurements import clear_measurements, measure, measured
 from .simulate import Simulate
 
 PATHS: dict[str, SparsePath] = {}

@@ -2,8 +2,8 @@
 
 A path (`SparsePath`) owns:
 - `unavailable_reason`: why it cannot run a layer here (device, dtype, its shape rules and multiples), or None;
-- `tune`: for a path measured against dense, its settings for a shape and its time (`measure.py` does the dense side,
-  the caching and the storing); the settings become the plan's `params`;
+- `tune`: for a path measured against dense, its settings for a shape and its time (`measurements.py` does the
+  dense side, the caching and the storing); the settings become the plan's `params`;
 - `forward`: the op's body on this path, from the op's tensors and its `SparseLinearPlan`;
 - `lower`: what Inductor's post-grad pass replaces the op by (by default `forward`, traced, so that Inductor sees
   the parts: the GEMM, the kernels' ops, the epilogue it fuses);

@@ -1,0 +1,140 @@
+"""The speed rule's measurements: a path against dense for one workload, timed once, then remembered.
+
+Both sides time the layer with its folded producer and without its epilogue (Inductor fuses bias and norm scale
+into the consumer either way), on the same random data, in the same process: CUDA-graph replays when the compile
+uses CUDA graphs, host time included otherwise. A measurement is keyed by the path, the GPU, its driver, the
+library versions and the workload (`measurement_key`), and looked up, in order: in this process; in the policy the
+compile uses (`Policy.with_measurements`, e.g. to give every rank the same decisions); on disk, in
+``$LYNX_CACHE_DIR`` (default: ``lynx/`` in Inductor's cache directory, which ``TORCHINDUCTOR_CACHE_DIR`` moves), so
+a second process does not time again. ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` turns the disk cache off.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from ..folds import assemble
+from ..timing import timer_for
+from .base import Measurement, SparsePath, Workload
+
+logger = logging.getLogger(__name__)
+
+_MEASURED: dict[str, Measurement] = {}
+_CACHE_FILE = "measurements-v1.json"
+
+
+def device_fingerprint(device: torch.device) -> str:
+    """What a measurement is only valid for: the GPU, its driver, CUDA, cuSPARSELt and torch."""
+    if device.type != "cuda":
+        return f"{device.type} torch {torch.__version__}"
+    major, minor = torch.cuda.get_device_capability(device)
+    return (f"{torch.cuda.get_device_name(device)} sm_{major}{minor} driver {_driver_version()} "
+            f"cuda {torch.version.cuda} cusparselt {torch.backends.cusparselt.version()} torch {torch.__version__}")
+
+
+@functools.cache
+def _driver_version() -> str:
+    try:  # torch has no getter of its own; the kernel module reports it on Linux
+        first = Path("/proc/driver/nvidia/version").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return "unknown"
+    return next((word for word in first.split() if word[:1].isdigit() and "." in word), "unknown")
+
+
+def measurement_key(path: SparsePath, workload: Workload) -> str:
+    return f"{path.name} | {device_fingerprint(workload.device)} | {workload.describe()}"
+
+
+def measure(path: SparsePath, workload: Workload, stored: Mapping[str, Mapping[str, Any]] | None = None) -> Measurement:
+    """The path's measurement for the workload: from this process's cache, from `stored` (a policy's), or timed."""
+    if workload.tokens % path.row_multiple:  # a symbolic M, timed at a token count the path runs
+        multiple = path.row_multiple
+        workload = workload.with_tokens(max(multiple, workload.tokens // multiple * multiple))
+    key = measurement_key(path, workload)
+    if key in _MEASURED:
+        return _MEASURED[key]
+    if stored is not None and key in stored:
+        _MEASURED[key] = Measurement.from_dict(dict(stored[key]))
+        logger.info("lynx: %s: measurement taken from the policy", key)
+    elif key in (on_disk := _read_disk_cache()):
+        _MEASURED[key] = Measurement.from_dict(on_disk[key])
+        logger.info("lynx: %s: measurement taken from the disk cache %s", key, disk_cache_path())
+    else:
+        _MEASURED[key] = _time(path, workload)
+        _write_disk_cache(key, _MEASURED[key])
+    return _MEASURED[key]
+
+
+def clear_measurements() -> None:
+    """Forget every measurement of this process (the next compile reads a policy's or the disk cache, or times)."""
+    _MEASURED.clear()
+    _dense_ms.cache_clear()
+
+
+def disk_cache_path() -> Path | None:
+    """Where measurements persist across processes; None when torch's caches are force-disabled."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    if inductor_config.force_disable_caches:
+        return None
+    return Path(os.environ.get("LYNX_CACHE_DIR") or Path(cache_dir()) / "lynx") / _CACHE_FILE
+
+
+def _read_disk_cache() -> dict[str, dict[str, Any]]:
+    path = disk_cache_path()
+    if path is None or not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {key: value for key, value in data.items() if isinstance(value, dict)}
+    except (OSError, ValueError, AttributeError) as error:  # a damaged cache is re-measured, never fatal
+        logger.warning("lynx: ignoring the measurement cache %s (%s)", path, error)
+        return {}
+
+
+def _write_disk_cache(key: str, measurement: Measurement) -> None:
+    """Add one measurement to the cache file: read, merge, write to a temporary file, rename over (atomic)."""
+    path = disk_cache_path()
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {**_read_disk_cache(), key: measurement.to_dict()}
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(f.name, path)
+    except OSError as error:  # a read-only cache directory costs a re-measurement next time, nothing else
+        logger.warning("lynx: could not write the measurement cache %s (%s)", path, error)
+
+
+def measured() -> dict[str, dict[str, Any]]:
+    """Every measurement this process made or loaded, keyed as `measure` looks them up (for `Policy`)."""
+    return {key: measurement.to_dict() for key, measurement in _MEASURED.items()}
+
+
+def _time(path: SparsePath, workload: Workload) -> Measurement:
+    timer = timer_for(workload.cuda_graphs, workload.device)
+    with torch.no_grad(), torch._subclasses.fake_tensor.unset_fake_temporarily():
+        dense = _dense_ms(workload)
+        params, sparse = path.tune(workload, timer)
+    result = Measurement(path.name, tuple(sorted(params.items())), dense, sparse, workload.tokens)
+    logger.info("lynx: %s (%s): dense %.4f ms, sparse %.4f ms, %.2f×", workload.describe(), path.describe(params),
+                dense, sparse, result.speedup)  # fmt: skip
+    return result
+
+
+@functools.cache
+def _dense_ms(workload: Workload) -> float:
+    """Dense `F.linear` on x as its producer writes it, timed once per workload for every path."""
+    inputs, weight, lora = workload.example()
+    return timer_for(workload.cuda_graphs, workload.device)(lambda: F.linear(assemble(inputs, workload.fold), weight))
