@@ -1,10 +1,15 @@
 """One transformer forward, end to end: Inductor dense vs lynx sparse, with and without CUDA graphs.
 
-    python benchmarks/bench_e2e.py [flux|dit|all]     # on an sm_90 GPU with diffusers; writes bench_e2e.json to $OUT
+    python benchmarks/bench_e2e.py [flux|wan|qwen_image|dit|all] [graphs|no-graphs]   # sm_90 GPU + diffusers
 
 - flux: full-size FluxTransformer2DModel config (19 double + 38 single blocks, hidden 3072), random weights, bf16,
   1024² (4096 image + 512 text tokens), batch 1;
+- wan: Wan2.1-14B's WanTransformer3DModel config (hidden 5120, FFN 13824) with 8 of its 40 blocks, 480×832, 33
+  frames: 9 × 30 × 52 = 14040 video tokens (not a multiple of 16) + 512 text tokens, batch 1;
+- qwen_image: QwenImageTransformer2DModel's config with 20 of its 60 blocks, 1024² (4096 image + 256 text tokens);
 - dit: DiT-XL/2 at 256² (28 blocks, hidden 1152), batch 8 (2048 tokens), bf16: the shape where lynx must not lose.
+Writes bench_e2e_<case>.json to $OUT; each lynx compile prints its share of linear FLOPs on the sparse path and
+how many layers stayed dense for each reason.
 Weights are random (built on the meta device, materialised on the GPU with N(0, 0.02)): speed does not depend on
 them. FLUX compiles block by block (diffusers' `compile_repeated_blocks`), dense with `backend="inductor"`,
 lynx with `backend="lynx", options={"execution": "sparse"}`; "graphs" adds `triton.cudagraphs`. (DiT has no
@@ -19,6 +24,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -32,8 +38,10 @@ from plots import plot_e2e  # noqa: E402
 
 
 def materialise(model: torch.nn.Module) -> torch.nn.Module:
-    """Random N(0, 0.02) weights on the GPU, bf16 (a model built on the meta device gets its storage here)."""
-    model = model.to_empty(device="cuda")
+    """Random N(0, 0.02) weights on the GPU, bf16 (a model built on the meta device gets its storage here; one built
+    on the GPU keeps its buffers, e.g. RoPE tables)."""
+    if any(param.is_meta for param in model.parameters()):
+        model = model.to_empty(device="cuda")
     generator = torch.Generator(device="cuda").manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():
@@ -59,6 +67,44 @@ def flux_case():
         img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(text, 3, device="cuda"),
         guidance=torch.full((1,), 3.5, device="cuda"), return_dict=False,
     )  # fmt: skip
+    return model, inputs
+
+
+def built_on_gpu(cls, **config) -> torch.nn.Module:
+    """Built on the GPU in bf16, not on the meta device: RoPE tables computed at init would be left without data."""
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            return materialise(cls(**config))
+    finally:
+        torch.set_default_dtype(default_dtype)
+
+
+def wan_case():
+    from diffusers import WanTransformer3DModel
+
+    model = built_on_gpu(WanTransformer3DModel, num_layers=8)  # Wan2.1-14B's defaults otherwise
+    g = torch.Generator(device="cuda").manual_seed(1)
+    bf16 = dict(device="cuda", dtype=torch.bfloat16, generator=g)
+    frames, height, width = (33 - 1) // 4 + 1, 480 // 8, 832 // 8  # the VAE's 4× time, 8× space compression
+    inputs = dict(hidden_states=torch.randn(1, 16, frames, height, width, **bf16),
+                  timestep=torch.full((1,), 500, device="cuda"),
+                  encoder_hidden_states=torch.randn(1, 512, 4096, **bf16), return_dict=False)  # fmt: skip
+    return model, inputs
+
+
+def qwen_image_case(num_layers: int = 20):
+    from diffusers import QwenImageTransformer2DModel
+
+    model = built_on_gpu(QwenImageTransformer2DModel, num_layers=num_layers)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    bf16 = dict(device="cuda", dtype=torch.bfloat16, generator=g)
+    inputs = dict(hidden_states=torch.randn(1, 4096, 64, **bf16),
+                  encoder_hidden_states=torch.randn(1, 256, 3584, **bf16),
+                  encoder_hidden_states_mask=torch.ones(1, 256, device="cuda", dtype=torch.long),
+                  timestep=torch.full((1,), 0.5, device="cuda"), img_shapes=[(1, 64, 64)],
+                  return_dict=False)  # fmt: skip
     return model, inputs
 
 
@@ -113,10 +159,20 @@ VARIANTS = {
 }
 
 
-def run_case(name: str, build, variants: tuple[str, ...]) -> list[dict]:
+def dense_reasons(report) -> dict[str, int]:
+    """How many layers stayed dense for each reason, numbers (measured ratios, sizes) left out so that they group."""
+    counts: dict[str, int] = {}
+    for layer in report.layers:
+        if layer.decision == "dense":
+            reason = re.sub(r"[0-9.]+×|M=\d+|K=\d+|N=\d+|\d+\.\d+", "#", layer.reason)
+            counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, True)) -> list[dict]:
     """Compile every variant first, then time them interleaved, twice round: no variant gets a quieter machine."""
     rows = []
-    for graphs in (False, True):
+    for graphs in graph_modes:
         compiled = {}
         torch.compiler.reset()
         for variant in variants:
@@ -130,8 +186,10 @@ def run_case(name: str, build, variants: tuple[str, ...]) -> list[dict]:
             print(f"{name} graphs={graphs} {variant}: compiled in {time.perf_counter() - started:.0f} s; "
                   f"{report.summary() if report.layers else 'no lynx report'}", flush=True)  # fmt: skip
             if variant == "lynx":
-                for reason in sorted({(layer.decision, layer.reason) for layer in report.layers})[:10]:
-                    print("   ", reason, flush=True)
+                sparse_share = report.sparse_flop_share
+                reasons = dense_reasons(report)
+                for reason, count in reasons.items():
+                    print(f"    dense ×{count}: {reason}", flush=True)
             compiled[variant] = (model, inputs)
         times = {variant: [] for variant in variants}
         for _ in range(2):
@@ -141,7 +199,8 @@ def run_case(name: str, build, variants: tuple[str, ...]) -> list[dict]:
         best = {variant: min(ms) for variant, ms in times.items()}
         print(f"{name} graphs={graphs}: " + ", ".join(f"{v} {ms}" for v, ms in times.items()), flush=True)
         rows.append({"model": name, "cuda_graphs": graphs, **{f"{v}_ms": t for v, t in best.items()},
-                     "speedup": best["dense"] / best["lynx"]})  # fmt: skip
+                     "speedup": best["dense"] / best["lynx"], "sparse_flop_share": sparse_share,
+                     "dense_reasons": reasons})  # fmt: skip
         compiled.clear()
         model = inputs = None  # the last round's models must go before the next round builds two more
         torch.compiler.reset()  # Dynamo's caches hold the compiled modules too
@@ -152,19 +211,21 @@ def run_case(name: str, build, variants: tuple[str, ...]) -> list[dict]:
 
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
-    cases = {"flux": (flux_case, ("dense", "lynx")), "dit": (dit_case, ("dense", "lynx"))}
+    modes = {"graphs": (True,), "no-graphs": (False,)}.get(sys.argv[2] if len(sys.argv) > 2 else "", (False, True))
+    cases = {"flux": flux_case, "wan": wan_case, "qwen_image": qwen_image_case, "dit": dit_case}
     rows = []
-    for name, (build, variants) in cases.items():
+    for name, build in cases.items():
         if which in (name, "all"):
-            rows += run_case(name, build, variants)
+            rows += run_case(name, build, ("dense", "lynx"), modes)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     out_dir = os.environ.get("OUT", "/tmp")
     with open(os.path.join(out_dir, f"bench_e2e_{which}.json"), "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=1)
     plot_e2e(rows, f"{meta['device']}, torch {meta['torch']}, bf16", os.path.join(out_dir, f"bench_e2e_{which}.png"))
-    print(f"\n{meta}\n{'model':6} {'graphs':>6} {'dense ms':>9} {'lynx ms':>9} {'×':>6}")
+    print(f"\n{meta}\n{'model':10} {'graphs':>6} {'dense ms':>9} {'lynx ms':>9} {'×':>6} {'sparse FLOPs':>12}")
     for r in rows:
-        print(f"{r['model']:6} {str(r['cuda_graphs']):>6} {r['dense_ms']:9.2f} {r['lynx_ms']:9.2f} {r['speedup']:6.3f}")
+        print(f"{r['model']:10} {str(r['cuda_graphs']):>6} {r['dense_ms']:9.2f} {r['lynx_ms']:9.2f} "
+              f"{r['speedup']:6.3f} {100 * r['sparse_flop_share']:11.1f}%")
 
 
 if __name__ == "__main__":

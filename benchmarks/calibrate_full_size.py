@@ -20,30 +20,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lynx_compile  # noqa: E402
-from bench_e2e import flux_case, materialise  # noqa: E402
+from bench_e2e import flux_case, qwen_image_case  # noqa: E402
 
 
 def qwen_case():
-    from diffusers import QwenImageTransformer2DModel
-
-    # Built on the GPU in bf16, not on the meta device: its RoPE tables are plain attributes that meta would leave
-    # without data.
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("cuda"):
-            model = QwenImageTransformer2DModel()
-    finally:
-        torch.set_default_dtype(default_dtype)
-    model = materialise(model)
-    g = torch.Generator(device="cuda").manual_seed(1)
-    bf16 = dict(device="cuda", dtype=torch.bfloat16, generator=g)
-    inputs = dict(hidden_states=torch.randn(1, 4096, 64, **bf16),
-                  encoder_hidden_states=torch.randn(1, 256, 3584, **bf16),
-                  encoder_hidden_states_mask=torch.ones(1, 256, device="cuda", dtype=torch.long),
-                  timestep=torch.full((1,), 0.5, device="cuda"), img_shapes=[(1, 64, 64)],
-                  return_dict=False)  # fmt: skip
-    return model, inputs
+    return qwen_image_case(num_layers=60)  # all of Qwen-Image's blocks
 
 
 def role(name: str) -> str:
