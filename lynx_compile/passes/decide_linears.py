@@ -3,8 +3,8 @@
 Rules, first match wins: name excluded/not included; the policy; execution="dense"; dtype; K % m; too few features;
 too few tokens. Then the execution picks the sparse paths (`lynx_compile.paths`): "simulate" takes the simulate path
 as it is; "sparse" asks every sparse path why it cannot run the layer, measures the others against dense for the
-layer's shape (with its folded producer and correction, `paths.measurements`), and takes the fastest if it beats dense by
-`min_speedup`. A symbolic token count cannot be decided here without a guard (a recompile at the threshold), so such
+layer's shape (with its folded producer and correction, `paths.measurements`), and takes the fastest if it beats
+dense by `min_speedup`. A symbolic token count cannot be decided here without a guard (a recompile at the threshold), so such
 a layer is marked sparse and `lynx::sparse_linear` runs it dense at run time below `min_tokens`.
 """
 
