@@ -7,6 +7,10 @@
   everything else: the sparse path that runs it (`lynx_compile.paths`) and that path's settings, the method's
   settings, the fold. ``lora_a``/``lora_b``, when given, add the calibrated correction (x·Bᵀ)·Aᵀ of the dense x.
   The Inductor pass `lower_sparse_linears` replaces it by its path's parts so that Inductor fuses the epilogue.
+- ``lynx::sparse_linear_group(inputs, weights, biases, biased, plan) -> [y, ...]``: sibling linears that read one x
+  (q, k, v), decided and run as a unit: x pruned and compressed once, one output per weight. ``biases`` are the
+  biases of the members listed in ``biased`` (a list of optional tensors would have no autograd support). No LoRA
+  (a member with a correction is not grouped).
 - ``lynx::nm_prune(x, n, m) -> (pruned, scale)``: the Triton kernel on CUDA, the reference elsewhere.
 - ``lynx::prune_compress_24(inputs, fold, row_multiple) -> (operand, scale)``: cuSPARSELt's compressed operand of
   x̃ (sm_90), x̃ pruned from x = the fold of ``inputs`` as the compressor loads them, its rows padded with zeros to
@@ -27,8 +31,9 @@ from .method import Lora, token_rows
 from .paths import get_path
 from .plan import SparseLinearPlan
 
-# The op's arguments, in schema order: the rewrite builds calls from them, the lowering's pattern matches them.
+# The ops' arguments, in schema order: the rewrite builds calls from them, the lowering's patterns match them.
 SPARSE_LINEAR_ARGS = ("inputs", "weight", "bias", "lora_a", "lora_b", "plan")
+SPARSE_LINEAR_GROUP_ARGS = ("inputs", "weights", "biases", "biased", "plan")
 
 
 @torch.library.custom_op("lynx::nm_prune", mutates_args=())
@@ -80,12 +85,41 @@ def _(inputs, weight, bias, lora_a, lora_b, plan):
     return inputs[0].new_empty((*inputs[0].shape[:-1], weight.shape[0]))
 
 
+@torch.library.custom_op("lynx::sparse_linear_group", mutates_args=())
+def sparse_linear_group(
+    inputs: list[torch.Tensor], weights: list[torch.Tensor], biases: list[torch.Tensor], biased: list[int], plan: str
+) -> list[torch.Tensor]:
+    decoded = SparseLinearPlan.decode(plan)
+    member_biases = member_bias_list(len(weights), biases, biased)
+    if not decoded.sparse_at(token_rows(inputs[0])):  # as for one layer: dense below min_tokens
+        x = assemble(inputs, decoded.fold)
+        return [F.linear(x, weight, bias) for weight, bias in zip(weights, member_biases)]
+    return get_path(decoded.path).forward_group(inputs, weights, member_biases, decoded)
+
+
+@sparse_linear_group.register_fake
+def _(inputs, weights, biases, biased, plan):
+    return [inputs[0].new_empty((*inputs[0].shape[:-1], weight.shape[0])) for weight in weights]
+
+
+def member_bias_list(members: int, biases: list, biased: list[int]) -> list:
+    """Each member's bias or None, from the group op's (biases, biased)."""
+    by_member = dict(zip(biased, biases))
+    return [by_member.get(index) for index in range(members)]
+
+
 def sparse_linear_args(
     inputs: list, weight: object, bias: object, lora: tuple | None, plan: SparseLinearPlan
 ) -> tuple:
     """The op's positional arguments (`SPARSE_LINEAR_ARGS`), for graph rewrites and direct calls."""
     lora_a, lora_b = lora if lora is not None else (None, None)
     return (list(inputs), weight, bias, lora_a, lora_b, plan.encode())
+
+
+def sparse_linear_group_args(inputs: list, weights: list, biases: list, plan: SparseLinearPlan) -> tuple:
+    """The group op's positional arguments (`SPARSE_LINEAR_GROUP_ARGS`) from each member's bias or None."""
+    biased = [index for index, bias in enumerate(biases) if bias is not None]
+    return (list(inputs), list(weights), [biases[index] for index in biased], biased, plan.encode())
 
 
 def _lora_pair(lora_a: torch.Tensor | None, lora_b: torch.Tensor | None) -> Lora:
@@ -105,25 +139,56 @@ def _setup_backward(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     weight, lora_a, lora_b, *tensors = ctx.saved_tensors
-    plan, method = ctx.plan, ctx.plan.method
+    lora = None if lora_a is None else (lora_a, lora_b)
+    grad_inputs, (grad_weight,), (grad_bias,) = _straight_through(tensors, [weight], [grad_out], [ctx.has_bias],
+                                                                 ctx.plan, lora)  # fmt: skip
+    return grad_inputs, grad_weight, grad_bias, None, None, None
+
+
+def _straight_through(tensors, weights, grad_outs, has_bias, plan: SparseLinearPlan, lora: Lora = None):
+    """Gradients of layers y_i = s ⊙ (x ⊙ mask)·W_iᵀ + b_i reading one x, mask and s held constant: (the grads of
+    the fold's inputs, of each weight, of each bias)."""
+    method = plan.method
     x = assemble(tensors, plan.fold)
-    rows = x.reshape(-1, weight.shape[1])
-    grad_out_rows = grad_out.reshape(-1, weight.shape[0])
-    grad_rows, keep, pruned = grad_out_rows, None, rows
+    rows = x.reshape(-1, weights[0].shape[1])
+    keep, pruned, scale = None, rows, None
     if plan.sparse_at(rows.shape[0]):
         keep = nm_keep_mask_ref(rows, method.n, method.m)
         pruned = torch.where(keep, rows, 0)
         if method.norm_compensation:
-            grad_rows = (grad_rows.float() * norm_scale_ref(rows, keep).unsqueeze(1)).to(grad_rows.dtype)
-    grad_x = grad_rows @ weight
+            scale = norm_scale_ref(rows, keep).unsqueeze(1)
+    grad_x, grad_weights, grad_biases = 0, [], []
+    for weight, grad_out, bias in zip(weights, grad_outs, has_bias):
+        grad_out_rows = grad_out.reshape(-1, weight.shape[0])
+        grad_rows = grad_out_rows if scale is None else (grad_out_rows.float() * scale).to(grad_out_rows.dtype)
+        grad_x = grad_x + grad_rows @ weight
+        grad_weights.append(grad_rows.t() @ pruned)
+        grad_biases.append(grad_out_rows.sum(0) if bias else None)
     if keep is not None:
         grad_x = torch.where(keep, grad_x, 0)
-        if lora_a is not None:
-            grad_x = grad_x + (grad_out_rows @ lora_a) @ lora_b
-    grad_weight = grad_rows.t() @ pruned
-    grad_bias = grad_out_rows.sum(0) if ctx.has_bias else None
+        if lora is not None:  # the correction reads the dense x: its gradient is not masked
+            grad_x = grad_x + (grad_outs[0].reshape(-1, weights[0].shape[0]) @ lora[0]) @ lora[1]
     grad_inputs = get_fold(plan.fold.kind).vjp(grad_x.reshape(x.shape), tensors, plan.fold.params)
-    return grad_inputs, grad_weight, grad_bias, None, None, None
+    return grad_inputs, grad_weights, grad_biases
 
 
 sparse_linear.register_autograd(_backward, setup_context=_setup_backward)
+
+
+def _setup_group_backward(ctx, inputs, output):
+    tensors, weights, biases, biased, plan = inputs
+    ctx.save_for_backward(*weights, *tensors)
+    ctx.members, ctx.biased, ctx.plan = len(weights), list(biased), SparseLinearPlan.decode(plan)
+
+
+def _group_backward(ctx, grad_outs):
+    weights, tensors = ctx.saved_tensors[: ctx.members], ctx.saved_tensors[ctx.members :]
+    has_bias = [index in ctx.biased for index in range(ctx.members)]
+    grad_inputs, grad_weights, grad_biases = _straight_through(tensors, weights, grad_outs, has_bias, ctx.plan)
+    # `biased` gets no gradient; torch matches the returned structure to the inputs', where an empty list is a list
+    # and a list of ints a leaf.
+    no_grad_for_biased = None if ctx.biased else []
+    return grad_inputs, grad_weights, [grad_biases[index] for index in ctx.biased], no_grad_for_biased, None
+
+
+sparse_linear_group.register_autograd(_group_backward, setup_context=_setup_group_backward)

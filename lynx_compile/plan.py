@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -30,6 +30,12 @@ class SparseLinearPlan:
 
     def param(self, name: str, default: Any = None) -> Any:
         return dict(self.params).get(name, default)
+
+    def member(self, index: int) -> SparseLinearPlan:
+        """A sibling group's plan (params ``{"members": [settings, ...]}``) as member `index`'s own plan; a plan
+        without per-member settings (the simulate path's) serves every member as it is."""
+        members = self.param("members")
+        return self if members is None else replace(self, params=tuple(sorted(members[index].items())))
 
     def encode(self) -> str:
         data = {"path": self.path, **self.method.to_dict(), "fold": self.fold.encode(), "rows": self.row_multiple,

@@ -25,6 +25,7 @@ class LayerRecord:
     graph: int = 0  # index of the Dynamo graph it was found in
     path: str = ""  # the sparse path that runs a sparse layer (`lynx_compile.paths`); "" for a dense one
     opaque: bool = False  # a sparse layer whose op stays opaque to Inductor (decides at run time; epilogue unfused)
+    siblings: tuple[str, ...] = ()  # the group it runs in (x pruned once for all of them), itself included
 
     @classmethod
     def from_site(cls, site: LinearSite, graph: int) -> LayerRecord:
@@ -33,6 +34,7 @@ class LayerRecord:
             in_features=site.in_features, out_features=site.out_features, dtype=str(site.dtype).removeprefix("torch."),
             decision=site.decision, reason=site.reason, form=site.form, flops=site.flops, graph=graph,
             path=site.plan.path if site.plan is not None else "", opaque=site.opaque,
+            siblings=tuple(site.group.names) if site.group is not None else (),
         )  # fmt: skip
 
 

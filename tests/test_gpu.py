@@ -285,3 +285,39 @@ def test_full_size_flux_single_block_sparse_matches_simulate():
 
     # One block: few mask flips can compound, so sparse and simulate agree far more closely than either with dense.
     assert rel(outputs["sparse"], outputs["simulate"]) < 0.1 * rel(outputs["simulate"], outputs["dense"])
+
+
+@needs_sm90
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "no-graphs"])
+def test_sibling_group_on_sparse_cores_matches_its_members_simulated_and_keeps_one_copy_of_the_weights(graphs):
+    """q, k, v (and an MLP-in) of one input: one compress, four GEMMs; each output equals that member simulated
+    alone, across replays; compiling adds no copy of the weights."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.to_q, self.to_k, self.to_v = (nn.Linear(1024, 1024) for _ in range(3))
+            self.proj_mlp = nn.Linear(1024, 4096, bias=False)
+
+        def forward(self, h):
+            return self.to_q(h), self.to_k(h), self.to_v(h), self.proj_mlp(h)
+
+    block = Block().cuda().to(torch.bfloat16).eval()
+    weight_bytes = sum(p.numel() * p.element_size() for p in block.parameters())
+    x = torch.randn(1000, 1024, device="cuda", dtype=torch.bfloat16)  # 1000 rows: padded to 1008 for the GEMMs
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    compiled = torch.compile(block, backend="lynx", options={**FORCE_SPARSE, "triton.cudagraphs": graphs})
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        for _ in range(3):
+            x = torch.randn_like(x)
+            outs = [out.clone() for out in compiled(x)]
+            for out, layer in zip(outs, (block.to_q, block.to_k, block.to_v, block.proj_mlp)):
+                expected = sparse_linear(x, layer.weight, layer.bias)
+                rel = (out.float() - expected.float()).norm() / expected.float().norm()
+                assert rel < 1e-2, rel
+    assert all(layer.siblings == ("to_q", "to_k", "to_v", "proj_mlp") for layer in report.layers), report
+    del outs, out
+    torch.cuda.synchronize()
+    if not graphs:  # CUDA graphs keep their pool of activations; the weights are what must not be copied
+        assert torch.cuda.memory_allocated() - before <= 0.02 * weight_bytes

@@ -31,10 +31,13 @@ except ImportError:  # pragma: no cover - triton ships for Linux only
 
 
 class ToyPath(SparsePath):
-    """Runs on the CPU with the simulate numerics; claims to be fast; refuses K < 32."""
+    """Runs on the CPU with the simulate numerics; claims to be fast (`speed`: dense time / its time); refuses
+    K < 32; runs sibling groups member by member (the base class's `forward_group`)."""
 
     name = "toy"
-    calls = {"tune": 0, "forward": 0, "lower": 0}
+    groups = True
+    calls = {"tune": 0, "forward": 0, "lower": 0, "groups": 0, "lower_group": 0}
+    speed = {"single": 1e9, "group": 1e9}
 
     def runs_on(self, device):
         return device.type == "cpu"
@@ -44,7 +47,12 @@ class ToyPath(SparsePath):
 
     def tune(self, workload, timer):
         self.calls["tune"] += 1
-        return {"variant": 7}, 1e-9
+        inputs, weight, _ = workload.example()
+        dense = timer(lambda: F.linear(inputs[0], weight))
+        if workload.out_splits:
+            self.calls["groups"] += 1
+            return {"members": [{"variant": 7}] * len(workload.out_splits)}, dense / self.speed["group"]
+        return {"variant": 7}, dense / self.speed["single"]
 
     def forward(self, inputs, weight, bias, lora, plan):
         self.calls["forward"] += 1
@@ -54,12 +62,17 @@ class ToyPath(SparsePath):
         self.calls["lower"] += 1
         return self.forward(inputs, weight, bias, lora, plan)
 
+    def lower_group(self, inputs, weights, biases, plan):
+        self.calls["lower_group"] += 1
+        return self.forward_group(inputs, weights, biases, plan)
+
 
 @pytest.fixture
 def toy_path(tmp_path, monkeypatch):
     monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))  # measured afresh in every test
     path = register_path(ToyPath())
-    ToyPath.calls.update(tune=0, forward=0, lower=0)
+    ToyPath.calls.update(tune=0, forward=0, lower=0, groups=0, lower_group=0)
+    ToyPath.speed.update(single=1e9, group=1e9)
     clear_measurements()
     yield path
     del PATHS["toy"]

@@ -4,7 +4,9 @@ Rules, first match wins: name excluded/not included; the policy; execution="dens
 too few tokens. Then the execution picks the sparse paths (`lynx_compile.paths`): "simulate" takes the simulate path
 as it is; "sparse" asks every sparse path why it cannot run the layer, measures the others against dense for the
 layer's shape (with its folded producer and correction, `paths.measurements`), and takes the fastest if it beats
-dense by `min_speedup`. A symbolic token count cannot be decided here without a guard (a recompile at the threshold), so such
+dense by `min_speedup`. Before that, siblings reading one x are measured as a group (`group_siblings`): one prune for all
+their GEMMs; a group that pays is decided as one, the others fall back to their own decisions. A symbolic token
+count cannot be decided here without a guard (a recompile at the threshold), so such
 a layer is marked sparse and `lynx::sparse_linear` runs it dense at run time below `min_tokens`.
 """
 
@@ -19,7 +21,9 @@ import torch.fx
 from ..folds import IDENTITY, describe
 from ..kernels.nm_prune import SUPPORTED_DTYPES
 from ..paths import SparsePath, Workload, get_path, measure, paths_for, resolve_execution
+from ..paths.base import Measurement
 from ..plan import SparseLinearPlan
+from .group_siblings import SiblingGroup, sibling_groups
 from .utils import LinearSite, PassContext, concrete_int, fake_value
 
 logger = logging.getLogger(__name__)
@@ -66,46 +70,87 @@ def _plan(site: LinearSite, ctx: PassContext, path: SparsePath, params: dict | N
     return SparseLinearPlan(path.name, ctx.config.method, fold, path.row_multiple, settings)
 
 
-def _workload(site: LinearSite, ctx: PassContext) -> Workload:
+def _workload(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = ()) -> Workload:
     device = site.device
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     fold, widths = IDENTITY, ()
     if site.fold is not None:
         fold, widths = site.fold.spec, tuple(int(fake_value(node).shape[-1]) for node in site.fold.inputs)
-    return Workload(concrete_int(site.tokens), site.in_features, site.out_features, site.dtype, device,
-                    ctx.config.cuda_graphs, fold, widths, site.lora_rank,
-                    isinstance(site.tokens, torch.SymInt))  # fmt: skip
+    return Workload(concrete_int(site.tokens), site.in_features, sum(out_splits) or site.out_features, site.dtype,
+                    device, ctx.config.cuda_graphs, fold, widths, site.lora_rank,
+                    isinstance(site.tokens, torch.SymInt), out_splits)  # fmt: skip
 
 
-def _choose_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
-    """For execution="sparse": set the plan and the reason and return None, or return why the layer stays dense."""
+def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, SparsePath | None, str]:
+    """(the best measurement, its path, why no path could run) over the sparse paths that can run the workload."""
     config = ctx.config
-    workload = _workload(site, ctx)
     unavailable, best, best_path = [], None, None
     for path in paths_for("sparse"):
-        why = path.unavailable_reason(workload, config.method)
+        why = "runs no sibling groups" if workload.out_splits and not path.groups else None
+        why = why or path.unavailable_reason(workload, config.method)
         if why is not None:
             unavailable.append((path.name, why))
             continue
         measured = measure(path, workload, config.policy.measurements if config.policy is not None else None)
         if best is None or measured.speedup > best.speedup:
             best, best_path = measured, path
-    if best is None:
-        if len(unavailable) == 1:
-            return unavailable[0][1]
-        return "; ".join(f"{name}: {why}" for name, why in unavailable) or "no sparse path is registered"
-    where = f"M={best.tokens}, " + ("CUDA graphs" if config.cuda_graphs else "no CUDA graphs, host time included")
+    if len(unavailable) == 1:
+        return best, best_path, unavailable[0][1]
+    return best, best_path, "; ".join(f"{name}: {why}" for name, why in unavailable) or "no sparse path is registered"
+
+
+def _conditions(measured: Measurement, site: LinearSite, ctx: PassContext) -> str:
+    """What a measurement was taken under, for reasons."""
+    where = f"M={measured.tokens}, " + ("CUDA graphs" if ctx.config.cuda_graphs else
+                                       "no CUDA graphs, host time included")  # fmt: skip
     if site.lora_rank:
         where += f", rank-{site.lora_rank} LoRA included"
     if site.fold is not None:
         where += f", input {describe(site.fold.spec)} pruned on load"
-    if best.speedup < config.min_speedup:
-        return f"sparse path measured {best.speedup:.2f}× dense ({where}) < min_speedup={config.min_speedup}"
+    return where
+
+
+def _choose_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
+    """For execution="sparse": set the plan and the reason and return None, or return why the layer stays dense."""
+    best, path, unavailable = _fastest(_workload(site, ctx), ctx)
+    if best is None:
+        return unavailable
+    where = _conditions(best, site, ctx)
+    if best.speedup < ctx.config.min_speedup:
+        return f"sparse path measured {best.speedup:.2f}× dense ({where}) < min_speedup={ctx.config.min_speedup}"
     params = dict(best.params)
-    site.plan = _plan(site, ctx, best_path, params)
-    site.reason = f"{best_path.describe(params)}, measured {best.speedup:.2f}× dense ({where})"
+    site.plan = _plan(site, ctx, path, params)
+    site.reason = f"{path.describe(params)}, measured {best.speedup:.2f}× dense ({where})"
     return None
+
+
+def _decide_group(group: SiblingGroup, ctx: PassContext) -> bool:
+    """Measure siblings as one unit; where it pays, decide all of them sparse with one plan and say so."""
+    first = group.sites[0]
+    best, path, unavailable = _fastest(_workload(first, ctx, group.out_splits), ctx)
+    if best is None or best.speedup < ctx.config.min_speedup:
+        logger.debug("lynx: sibling group %s stays apart (%s)", group.names,
+                     unavailable if best is None else f"measured {best.speedup:.2f}×")  # fmt: skip
+        return False
+    params = dict(best.params)
+    plan = _plan(first, ctx, path, params)
+    prefix = _common_prefix(group.names)
+    members = ", ".join(name[len(prefix):] for name in group.names)
+    reason = (f"sibling group of {len(group.sites)} ({members}): x pruned once for {len(group.sites)} GEMMs; "
+              f"{path.describe(params)}, measured {best.speedup:.2f}× dense ({_conditions(best, first, ctx)})")
+    for site in group.sites:
+        site.group, site.plan, site.reason = group, plan, reason
+    return True
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The dotted module path the names share (`single_transformer_blocks.0.`), so that reasons stay short."""
+    parts = [name.split(".") for name in names]
+    shared = 0
+    while all(len(p) > shared + 1 and p[shared] == parts[0][shared] for p in parts):
+        shared += 1
+    return "".join(part + "." for part in parts[0][:shared])
 
 
 def _sparse_reason(site: LinearSite, ctx: PassContext) -> str:
@@ -131,11 +176,18 @@ def _sparse_reason(site: LinearSite, ctx: PassContext) -> str:
 
 def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
     """Fill in `decision` and `reason` (and, for a sparse layer, its plan) on every site found."""
+    rules = {}  # site → why the rules keep it dense (None: it may go sparse)
     for site in ctx.sites:
-        dense_reason = _dense_reason(site, ctx)
+        rules[id(site)] = _dense_reason(site, ctx)
         if site.lora is not None:
             site.fold = None  # the correction reads the dense x: it is written anyway
-        if dense_reason is None:
+    measured = [site for site in ctx.sites if rules[id(site)] is None
+                and resolve_execution(ctx.config.execution, site.device) == "sparse"]  # fmt: skip
+    for group in sibling_groups(measured):
+        _decide_group(group, ctx)
+    for site in ctx.sites:
+        dense_reason = rules[id(site)]
+        if dense_reason is None and site.group is None:
             execution = resolve_execution(ctx.config.execution, site.device)
             if execution == "sparse":
                 dense_reason = _choose_sparse_path(site, ctx)

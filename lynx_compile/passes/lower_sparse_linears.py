@@ -2,10 +2,11 @@
 
 The Dynamo-level rewrite leaves one opaque node per sparsified linear, which keeps decisions visible and the graph
 small through AOT. Opaque, though, it would run as an extern call with its GEMM and epilogue hidden from Inductor.
-Here each node is replaced by what its path's `lower` traces (`lynx_compile.paths`): for "simulate", `lynx::nm_prune`
-→ mm → per-row scale → bias, Inductor picking the GEMM and fusing the rest; for "cusparselt",
-`lynx::prune_compress_24` (applying x's folded producer as it loads) → `aten._cslt_sparse_mm` → scale and bias,
-fused into the consumer's pointwise kernel. A LoRA correction adds two small mms on the dense x to the same sum.
+Here each node (and each sibling group's `lynx::sparse_linear_group`) is replaced by what its path's `lower` (or
+`lower_group`) traces (`lynx_compile.paths`): for "simulate", `lynx::nm_prune` → mm → per-row scale → bias, Inductor
+picking the GEMM and fusing the rest; for "cusparselt", `lynx::prune_compress_24` (applying x's folded producer as it
+loads) → `aten._cslt_sparse_mm` (one per member of a group, on the one operand) → scale and bias, fused into the
+consumer's pointwise kernel. A LoRA correction adds two small mms on the dense x to the same sum.
 
 A node whose token count is symbolic and not provably one its plan runs sparse (≥ min_tokens, a multiple of the
 path's row multiple) keeps its run-time fallback and stays opaque. The pass is a `CustomGraphPass` whose uuid hashes
@@ -33,7 +34,7 @@ from torch._inductor.pattern_matcher import (
 from ..config import LynxConfig
 from ..folds import FOLDS
 from ..method import token_rows
-from ..ops import SPARSE_LINEAR_ARGS
+from ..ops import SPARSE_LINEAR_ARGS, SPARSE_LINEAR_GROUP_ARGS, member_bias_list
 from ..paths import PATHS, get_path
 from ..plan import SparseLinearPlan
 
@@ -69,6 +70,22 @@ def _register_patterns() -> None:
             return path.lower(list(rest), weight, bias_value, lora, decoded)
 
         match.replace_by_example(lowered, [weight, *optional, *inputs])
+
+    group = CallFunction(torch.ops.lynx.sparse_linear_group.default,
+                         *(KeywordArg(name) for name in SPARSE_LINEAR_GROUP_ARGS))  # fmt: skip
+
+    @register_graph_pattern(group, extra_check=_settled, pass_dict=_PATTERNS)
+    def _lower_group(match: Match, inputs, weights, biases, biased, plan):  # noqa: ANN001
+        decoded = SparseLinearPlan.decode(plan)
+        path = get_path(decoded.path)
+
+        def lowered(*given):
+            member_weights, bias_values = given[: len(weights)], given[len(weights) : len(weights) + len(biases)]
+            member_biases = member_bias_list(len(weights), list(bias_values), biased)
+            return path.lower_group(list(given[len(weights) + len(biases) :]), list(member_weights), member_biases,
+                                    decoded)  # fmt: skip
+
+        match.replace_by_example(lowered, [*weights, *biases, *inputs])
 
 
 def source_files() -> tuple[str, ...]:

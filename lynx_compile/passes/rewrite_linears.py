@@ -2,7 +2,8 @@
 
 Every form (linear, x @ w.t(), addmm) becomes the same op on the parameter as stored (N, K), so everything after
 this pass — Inductor's lowering, the sparse paths — sees one pattern. Where a producer fold (`lynx_compile.folds`)
-matched x's producer, the op takes the fold's inputs instead. A transpose or absorbed producer left without
+matched x's producer, the op takes the fold's inputs instead. Siblings decided as a group (`group_siblings`) become
+one `lynx::sparse_linear_group` whose outputs replace theirs. A transpose or absorbed producer left without
 users is removed; nothing else is, because Dynamo graphs may hold side-effecting nodes that a blanket dead-code
 sweep would drop.
 
@@ -22,17 +23,28 @@ import torch.fx
 from torch._dynamo.source import ConstantSource
 
 from ..ops import sparse_linear_args
+from .group_siblings import rewrite_group
 from .utils import LinearSite, PassContext
 
 logger = logging.getLogger(__name__)
 
 
 def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-    """Put a `lynx::sparse_linear` node in place of every linear decided sparse."""
+    """Put a `lynx::sparse_linear` node in place of every linear decided sparse (one group op for sparse siblings)."""
     graph = gm.graph
     replaced: dict[torch.fx.Node, torch.fx.Node] = {}  # a linear feeding a linear: its site still names the old node
     for site in ctx.sites:
-        if site.decision != "sparse":
+        if site.decision != "sparse" or (site.group is not None and site.group.node is not None):
+            continue  # dense, or rewritten with its group
+        if site.group is not None:
+            x = replaced.get(site.x, site.x)
+            for member, output in zip(site.group.sites, rewrite_group(gm, site.group, x)):
+                old = member.node
+                old.replace_all_uses_with(output)
+                _erase_linear(graph, member, old)
+                replaced[old] = output
+                member.node, member.x = output, x
+            ctx.rewrites += 1
             continue
         old = site.node
         x, bias = replaced.get(site.x, site.x), replaced.get(site.bias, site.bias)
@@ -43,10 +55,7 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
                                       sparse_linear_args(inputs, site.weight, bias, lora, site.plan))  # fmt: skip
         new.meta.update(old.meta)
         old.replace_all_uses_with(new)
-        transposed_weight = old.args[-1] if site.form in ("matmul", "addmm") else None
-        graph.erase_node(old)
-        if transposed_weight is not None and not transposed_weight.users:
-            graph.erase_node(transposed_weight)
+        _erase_linear(graph, site, old)
         for producer in site.fold.absorbed if site.fold is not None else ():  # x's producers, consumers first
             if not producer.users:
                 graph.erase_node(producer)
@@ -58,6 +67,14 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
         gm.recompile()
     logger.debug("lynx: rewrote %d linears into lynx::sparse_linear", ctx.rewrites)
     return gm
+
+
+def _erase_linear(graph: torch.fx.Graph, site: LinearSite, old: torch.fx.Node) -> None:
+    """Remove a replaced linear, and the transpose of its weight if nothing else reads it."""
+    transposed_weight = old.args[-1] if site.form in ("matmul", "addmm") else None
+    graph.erase_node(old)
+    if transposed_weight is not None and not transposed_weight.users:
+        graph.erase_node(transposed_weight)
 
 
 def _adapter_nodes(gm: torch.fx.GraphModule, site: LinearSite) -> tuple[torch.fx.Node, torch.fx.Node]:

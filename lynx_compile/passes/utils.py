@@ -35,6 +35,7 @@ class LinearSite:
     plan: SparseLinearPlan | None = None  # how a sparse decision runs: path, its settings, method, fold
     lora: Any = None  # the policy's LoraAdapter for a sparse layer that runs a correction
     fold: FoldMatch | None = None  # x's producer the sparse op absorbs (`lynx_compile.folds`); None keeps x as it is
+    group: Any = None  # the SiblingGroup (`group_siblings`) it runs in, when decided sparse with its siblings
 
     @property
     def opaque(self) -> bool:

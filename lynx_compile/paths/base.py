@@ -4,7 +4,8 @@ A path (`SparsePath`) owns:
 - `unavailable_reason`: why it cannot run a layer here (device, dtype, its shape rules and multiples), or None;
 - `tune`: for a path measured against dense, its settings for a shape and its time (`measurements.py` does the
   dense side, the caching and the storing); the settings become the plan's `params`;
-- `forward`: the op's body on this path, from the op's tensors and its `SparseLinearPlan`;
+- `forward`: the op's body on this path, from the op's tensors and its `SparseLinearPlan`; `forward_group`, the
+  same for a group of sibling linears that read one x (`lynx::sparse_linear_group`), for a path with `groups`;
 - `lower`: what Inductor's post-grad pass replaces the op by (by default `forward`, traced, so that Inductor sees
   the parts: the GEMM, the kernels' ops, the epilogue it fuses);
 - `source_files`: the files whose content decides what it emits (Inductor's FX graph cache key).
@@ -41,6 +42,12 @@ class Workload:
     input_widths: tuple[int, ...] = ()  # the fold's inputs' widths; () for x itself
     lora_rank: int = 0
     symbolic_tokens: bool = False
+    out_splits: tuple[int, ...] = ()  # a sibling group: each member's N (summing to out_features); () for one layer
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """Each member's N: (out_features,) for one layer."""
+        return self.out_splits or (self.out_features,)
 
     def with_tokens(self, tokens: int) -> Workload:
         return replace(self, tokens=tokens)
@@ -50,7 +57,8 @@ class Workload:
         widths = ",".join(map(str, self.input_widths or (self.in_features,)))
         graphs = "graphs" if self.cuda_graphs else "no-graphs"
         dtype = str(self.dtype).removeprefix("torch.")
-        return (f"{self.tokens}x{self.in_features}->{self.out_features} {dtype} {graphs} "
+        outputs = "+".join(map(str, self.members))
+        return (f"{self.tokens}x{self.in_features}->{outputs} {dtype} {graphs} "
                 f"fold={self.fold.encode()}[{widths}] lora={self.lora_rank}")  # fmt: skip
 
     def example(self) -> tuple[list[torch.Tensor], torch.Tensor, Lora]:
@@ -60,6 +68,7 @@ class Workload:
         def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
             return torch.randn(*shape, device=self.device, dtype=self.dtype, generator=generator) * scale
 
+        # A group's weights are row blocks of one (N, K) tensor: each contiguous, as separate parameters are.
         inputs = [randn(self.tokens, width) for width in self.input_widths or (self.in_features,)]
         k, n = self.in_features, self.out_features
         weight = randn(n, k, scale=k**-0.5)
@@ -99,6 +108,7 @@ class SparsePath(ABC):
     execution: ClassVar[str] = "sparse"  # the `execution` option that routes layers here: "sparse" or "simulate"
     row_multiple: ClassVar[int] = 1  # token counts it runs; others fall back to dense at run time
     measured: ClassVar[bool] = True  # chosen by the speed rule (timed against dense), or taken as it is
+    groups: ClassVar[bool] = False  # runs sibling groups: `tune` takes a workload with out_splits, `forward_group`
 
     def runs_on(self, device: torch.device) -> bool:
         """Whether the path can run anything on this device (decides `execution="auto"`)."""
@@ -109,7 +119,8 @@ class SparsePath(ABC):
         return None
 
     def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
-        """(settings, ms per call) of the path's best variant for the workload, the epilogue left out."""
+        """(settings, ms per call) of the path's best variant for the workload, the epilogue left out. For a group
+        (`workload.out_splits`), the settings are ``{"members": [each member's settings]}``."""
         raise NotImplementedError(f"the {self.name} path is not measured")
 
     @abstractmethod
@@ -121,6 +132,17 @@ class SparsePath(ABC):
               plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
         """What Inductor's lowering traces in place of the op; the op's own body unless a path needs otherwise."""
         return self.forward(inputs, weight, bias, lora, plan)
+
+    def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                      biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
+        """Each member's y for x = the plan's fold of `inputs`. By default each member runs on its own; a path that
+        shares work between them (one prune and compress for all) overrides this."""
+        return [self.forward(inputs, weight, bias, None, plan.member(index))
+                for index, (weight, bias) in enumerate(zip(weights, biases))]  # fmt: skip
+
+    def lower_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                    biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
+        return self.forward_group(inputs, weights, biases, plan)
 
     def describe(self, params: dict[str, Any]) -> str:
         """The path with its settings, for reasons (`explain`)."""

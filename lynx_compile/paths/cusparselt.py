@@ -6,6 +6,10 @@ It needs an sm_90 GPU (the only compressed layout we write), bf16/fp16, 2:4, K %
 count M runs: cuSPARSELt wants M % 16 == 0 too, so the compressor pads the operand with zero rows to the next
 multiple of 16 and the layer's output is the first M rows of the GEMM's, a view (no copy of Y).
 
+Sibling linears that read one x (q, k and v; FLUX's single-block q, k, v and MLP-in) run as a group: one prune and
+compress of x for all of them, then each member's own GEMM against its own weight (so the weights stay where the
+model keeps them: no concatenated copy, nothing to go stale), each with the algorithm searched for it.
+
 Whether it pays depends on the shape and on CUDA graphs: cuSPARSELt's GEMM alone is 1.0–1.6× faster than cuBLAS
 (benchmarks/RESULTS.md), and torch 2.11 rebuilds its plan on every `_cslt_sparse_mm` call (0.5–0.9 ms of host time)
 unless the call is replayed from a CUDA graph. So it is measured (`paths/measurements.py`).
@@ -34,17 +38,28 @@ def search_algorithm(operand: torch.Tensor, weight_t: torch.Tensor) -> int:
         return int(torch._cslt_sparse_mm_search(operand, weight_t))
 
 
+def cusparselt_gemms(
+    inputs: Sequence[torch.Tensor], fold: FoldSpec, weights: Sequence[torch.Tensor], algorithms: Sequence[int]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """([x̃·Wᵢᵀ as rows × Nᵢ for each weight], the rows' norm scale s): layers reading one x before their epilogues,
+    x pruned and compressed once."""
+    operand, scale = torch.ops.lynx.prune_compress_24.default(list(inputs), fold.encode(), CSLT_MULTIPLE)
+    rows = scale.shape[0]  # the padding rows' products are zeros, and no one's
+    return [torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm)[:rows]
+            for weight, algorithm in zip(weights, algorithms)], scale  # fmt: skip
+
+
 def cusparselt_gemm(
     inputs: Sequence[torch.Tensor], fold: FoldSpec, weight: torch.Tensor, algorithm: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x̃·Wᵀ as rows × N, the rows' norm scale s): the sparse layer before its epilogue."""
-    operand, scale = torch.ops.lynx.prune_compress_24.default(list(inputs), fold.encode(), CSLT_MULTIPLE)
-    out = torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm)
-    return out[: scale.shape[0]], scale  # the padding rows' products are zeros, and no one's
+    (out,), scale = cusparselt_gemms(inputs, fold, [weight], [algorithm])
+    return out, scale
 
 
 class Cusparselt(SparsePath):
     name = "cusparselt"
+    groups = True
 
     def runs_on(self, device: torch.device) -> bool:
         return device.type == "cuda" and layout_supported(device)
@@ -58,34 +73,48 @@ class Cusparselt(SparsePath):
             return f"dtype {str(workload.dtype).removeprefix('torch.')}: sparse tensor cores take bf16/fp16"
         if workload.in_features % K_MULTIPLE:
             return f"K={workload.in_features} not a multiple of {K_MULTIPLE}"
-        if workload.out_features % CSLT_MULTIPLE:
-            return f"N={workload.out_features} not a multiple of {CSLT_MULTIPLE}"
+        if any(n % CSLT_MULTIPLE for n in workload.members):
+            return f"N={'+'.join(map(str, workload.members))} not a multiple of {CSLT_MULTIPLE}"
         return None
 
     def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
         inputs, weight, lora = workload.example()
+        weights = weight.split(workload.members)
         operand, _ = torch.ops.lynx.prune_compress_24(inputs, workload.fold.encode(), CSLT_MULTIPLE)
-        algorithm = search_algorithm(operand, weight.t())
+        algorithms = [search_algorithm(operand, member.t()) for member in weights]
 
         def sparse() -> object:
-            out, scale = cusparselt_gemm(inputs, workload.fold, weight, algorithm)
+            outs, scale = cusparselt_gemms(inputs, workload.fold, weights, algorithms)
             if lora is not None:  # the correction's two small GEMMs on the dense x (its add unfused: pessimistic)
-                out = epilogue(out, None, lora, assemble(inputs, workload.fold))
-            return out, scale
+                outs = [epilogue(outs[0], None, lora, assemble(inputs, workload.fold))]
+            return outs, scale
 
-        return {"algorithm": algorithm}, timer(sparse)
+        settings = [{"algorithm": algorithm} for algorithm in algorithms]
+        return (settings[0] if not workload.out_splits else {"members": settings}), timer(sparse)
 
     def forward(self, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
                 plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
         """The scale and the rest of the epilogue are plain torch: Inductor fuses them into one pointwise pass, or
         into the consumer's."""
-        out, scale = cusparselt_gemm(inputs, plan.fold, weight, plan.param("algorithm", 0))
-        if plan.method.norm_compensation:
-            out = apply_row_scale(out, scale)
+        (out,), scale = cusparselt_gemms(inputs, plan.fold, [weight], [plan.param("algorithm", 0)])
         rows = None
         if lora is not None:  # the dense x, only where the correction reads it
             rows = assemble(inputs, plan.fold).reshape(-1, weight.shape[1])
-        return epilogue(out, bias, lora, rows).reshape(*inputs[0].shape[:-1], weight.shape[0])
+        return self._epilogue(out, scale, bias, lora, rows, inputs, plan)
+
+    def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                      biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
+        algorithms = [member["algorithm"] for member in plan.param("members")]
+        outs, scale = cusparselt_gemms(inputs, plan.fold, weights, algorithms)
+        return [self._epilogue(out, scale, bias, None, None, inputs, plan) for out, bias in zip(outs, biases)]
+
+    @staticmethod
+    def _epilogue(out: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
+                  rows: torch.Tensor | None, inputs: Sequence[torch.Tensor], plan: SparseLinearPlan) -> torch.Tensor:
+        if plan.method.norm_compensation:
+            out = apply_row_scale(out, scale)
+        return epilogue(out, bias, lora, rows).reshape(*inputs[0].shape[:-1], out.shape[-1])
 
     def describe(self, params: dict[str, Any]) -> str:
-        return f"2:4 sparse tensor cores (cuSPARSELt, alg {params.get('algorithm', 0)})"
+        algorithms = ", ".join(str(member["algorithm"]) for member in params.get("members", [params]))
+        return f"2:4 sparse tensor cores (cuSPARSELt, alg {algorithms})"

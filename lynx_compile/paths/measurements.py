@@ -135,6 +135,13 @@ def _time(path: SparsePath, workload: Workload) -> Measurement:
 
 @functools.cache
 def _dense_ms(workload: Workload) -> float:
-    """Dense `F.linear` on x as its producer writes it, timed once per workload for every path."""
+    """Dense `F.linear` on x as its producer writes it (one per member of a group, as the model runs them), timed
+    once per workload for every path."""
     inputs, weight, lora = workload.example()
-    return timer_for(workload.cuda_graphs, workload.device)(lambda: F.linear(assemble(inputs, workload.fold), weight))
+    weights = weight.split(workload.members)
+
+    def dense() -> object:
+        x = assemble(inputs, workload.fold)
+        return [F.linear(x, member) for member in weights]
+
+    return timer_for(workload.cuda_graphs, workload.device)(dense)

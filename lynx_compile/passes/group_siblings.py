@@ -1,0 +1,75 @@
+"""Sibling linears: layers that read the same x, decided and run as one unit.
+
+diffusers computes q, k and v as three linears of one normalised input (FLUX's single block adds its MLP-in to them,
+3072 → 3 × 3072 + 12288). Run one by one, each prunes and compresses x again, and each GEMM alone is too narrow to
+beat cuBLAS (FLUX's 3072 → 3072 measured 0.91–0.94× as a lone layer). As a group, x is pruned and compressed once
+and each member's GEMM reads that one operand (`lynx::sparse_linear_group`), with its own weight: the parameters stay
+the model's own, so a weight changed after compiling is what runs. The speed rule measures the unit (dense: the
+members' GEMMs; sparse: one compress plus theirs); a group that does not pay falls back to its members' own
+decisions.
+
+A linear joins a group when it reads exactly the node its siblings read, has no producer folded (x has several
+users, so none could be) and no LoRA correction, and its weight and bias are graph inputs or attributes (so the
+group's op can stand before the first member).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+
+from ..ops import sparse_linear_group_args
+from .utils import LinearSite, fake_value
+
+
+@dataclass
+class SiblingGroup:
+    sites: list[LinearSite]
+    node: torch.fx.Node | None = field(default=None, repr=False)  # the group op, once rewritten
+
+    @property
+    def names(self) -> list[str]:
+        return [site.name for site in self.sites]
+
+    @property
+    def out_splits(self) -> tuple[int, ...]:
+        return tuple(site.out_features for site in self.sites)
+
+
+def sibling_groups(sites: list[LinearSite]) -> list[SiblingGroup]:
+    """Groups of two or more sites reading one x, in graph order."""
+    by_input: dict[torch.fx.Node, list[LinearSite]] = {}
+    for site in sites:
+        if site.fold is None and site.lora is None and _operands_are_inputs(site):
+            by_input.setdefault(site.x, []).append(site)
+    return [SiblingGroup(members) for members in by_input.values() if len(members) > 1]
+
+
+def _operands_are_inputs(site: LinearSite) -> bool:
+    """Weight and bias defined without computation (placeholders, attributes): movable ahead of the first member."""
+    return all(node is None or node.op in ("placeholder", "get_attr") for node in (site.weight, site.bias))
+
+
+def rewrite_group(gm: torch.fx.GraphModule, group: SiblingGroup, x: torch.fx.Node) -> list[torch.fx.Node]:
+    """Put one `lynx::sparse_linear_group` before the group's first member and hand each member's users its output;
+    returns the nodes now standing for the members' outputs."""
+    graph = gm.graph
+    first = group.sites[0].node
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    for site in group.sites:  # FX-traced graphs define a get_attr just before its use: hoist it above the op
+        for operand in (site.weight, site.bias):
+            if operand is not None and operand.op == "get_attr" and order[operand] > order[first]:
+                first.prepend(operand)
+    weights = [site.weight for site in group.sites]
+    biases = [site.bias for site in group.sites]
+    with graph.inserting_before(first):
+        group.node = graph.call_function(torch.ops.lynx.sparse_linear_group.default,
+                                         sparse_linear_group_args([x], weights, biases, group.sites[0].plan))
+        outputs = [graph.call_function(operator.getitem, (group.node, index)) for index in range(len(group.sites))]
+    for site, output in zip(group.sites, outputs):
+        output.meta.update(site.node.meta)
+    group.node.meta["example_value"] = [fake_value(site.node) for site in group.sites]
+    return outputs
