@@ -46,11 +46,11 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
                     f"{site.in_features}→{site.out_features}")
     if config.execution == "dense":
         return "execution='dense'"
-    weight_dtype = fake_value(site.weight).dtype
     if site.dtype not in SUPPORTED_DTYPES:
         return f"dtype {site.dtype} unsupported"
-    if weight_dtype != site.dtype:
-        return f"input dtype {site.dtype} != weight dtype {weight_dtype}"
+    input_dtype, weight_dtype = fake_value(site.x).dtype, fake_value(site.weight).dtype
+    if site.autocast is None and input_dtype != weight_dtype:  # under autocast the op casts both, as F.linear does
+        return f"input dtype {input_dtype} != weight dtype {weight_dtype}"
     if site.in_features % config.m:
         return f"K={site.in_features} not a multiple of m={config.m}"
     if min(site.in_features, site.out_features) < config.min_features:

@@ -16,6 +16,7 @@ import torch
 import torch.fx
 
 from ..folds import match_producer
+from .autocast import autocast_dtypes
 from .utils import LinearSite, PassContext, fake_value, linear_name
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def _operands(node: torch.fx.Node) -> tuple[str, object, object, object] | None:
 
 def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
     """Record a `LinearSite` for each linear with a module-parameter weight (the graph is left unchanged)."""
+    autocast = autocast_dtypes(gm.graph)
     for node in gm.graph.nodes:
         operands = _operands(node)
         if operands is None:
@@ -85,11 +87,16 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
             continue  # a constant bias is legal torch but never produced by a module; leave it alone
         out_features, in_features = (int(s) for s in weight_value.shape)
         tokens = math.prod(x_value.shape[:-1]) if x_value.ndim > 1 else 1
+        # The dtype the linear computes in, as Dynamo recorded its output: under autocast the operands' cast one.
+        dtype = getattr(fake_value(node), "dtype", x_value.dtype)
+        fold = match_producer(x)
+        if fold is not None and any(fake_value(piece).dtype != dtype for piece in fold.inputs):
+            fold = None  # autocast casts x after its producer ran; folded, the op would cast the producer's inputs
         ctx.sites.append(
             LinearSite(
                 node=node, x=x, weight=weight, bias=bias, form=form, name=name, tokens=tokens,
-                in_features=in_features, out_features=out_features, dtype=x_value.dtype, device=x_value.device,
-                fold=match_producer(x),
+                in_features=in_features, out_features=out_features, dtype=dtype, device=x_value.device,
+                autocast=autocast[node].get(x_value.device.type), fold=fold,
             )
         )  # fmt: skip
     logger.debug("lynx: found %d linears", len(ctx.sites))

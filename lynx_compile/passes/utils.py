@@ -28,8 +28,9 @@ class LinearSite:
     tokens: Any  # M: int, or a SymInt when Dynamo made the token count dynamic
     in_features: int  # K
     out_features: int  # N
-    dtype: torch.dtype
+    dtype: torch.dtype  # what it computes in: the operands' dtype, or under autocast the autocast dtype
     device: torch.device
+    autocast: torch.dtype | None = None  # the autocast dtype in force for the device (the op then casts as F.linear)
     decision: str = "undecided"  # "sparse" | "dense"
     reason: str = ""
     plan: SparseLinearPlan | None = None  # how a sparse decision runs: path, its settings, method, fold
