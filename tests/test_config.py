@@ -73,7 +73,8 @@ def policy_with_adapters(scale=1.0):
 
     layers = {"up": LayerPolicy("sparse", "measured", 0.1, 0.2, 0.5, lora_rank=2), "down": LayerPolicy("dense", "x")}
     adapter = LoraAdapter(torch.arange(8.0).reshape(4, 2) * scale, torch.ones(2, 3))
-    return Policy(layers, "Model", "0.1.0", {"n": 2}, 0.2, 0.1, {"k": {"path": "p"}}, {"up": adapter})
+    measurement = {"path": "p", "params": {}, "dense_ms": 1.0, "sparse_ms": 0.5, "tokens": 16}
+    return Policy(layers, "Model", "0.1.0", {"n": 2}, 0.2, 0.1, {"k": measurement}, {"up": adapter})
 
 
 def test_a_config_with_a_lora_policy_round_trips_and_hashes_the_same():
