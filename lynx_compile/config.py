@@ -9,6 +9,7 @@ are forwarded to Inductor untouched; anything else is rejected with the list of 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 from dataclasses import dataclass, field
@@ -92,6 +93,32 @@ class LynxConfig:
                 raise OptionError(f"lynx option 'policy' must be a Policy or the path of a saved one, "
                                   f"got {self.policy!r}")  # fmt: skip
             object.__setattr__(self, "policy", as_policy(self.policy))
+            self._check_policy_method()
+
+    def _check_policy_method(self) -> None:
+        """Refuse a policy calibrated for another method: its errors, its choice of layers and its corrections were
+        measured for the n:m and norm compensation it records, and would not hold for others. An error rather than
+        a warning: the two ways to carry on (ignore the policy, or keep every layer dense) both discard what the
+        user asked for, where the fix is one option away. min_tokens is not compared: a layer it moves either way
+        runs dense or was recorded dense."""
+        recorded, current = self.policy.options, self.method.to_dict()
+        differing = [key for key in ("n", "m", "norm_compensation")
+                     if key in recorded and recorded[key] != current[key]]  # fmt: skip
+        if differing:
+            calibrated = ", ".join(f"{key}={recorded[key]!r}" for key in differing)
+            compiling = ", ".join(f"{key}={current[key]!r}" for key in differing)
+            raise OptionError(f"lynx option 'policy': calibrated with {calibrated}, but these options give "
+                              f"{compiling}; pass the policy's settings as options (or calibrate with these)")
+
+    def name_rule(self, name: str) -> str | None:
+        """Why `include`/`exclude` keep the linear called `name` dense, or None: one rule for the passes and
+        `calibrate`."""
+        excluded_by = next((pattern for pattern in self.exclude if fnmatch.fnmatchcase(name, pattern)), None)
+        if excluded_by is not None:
+            return f"excluded by {excluded_by!r}"
+        if self.include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.include):
+            return "not matched by include"
+        return None
 
     @property
     def method(self) -> Method:

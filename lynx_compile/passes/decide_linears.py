@@ -10,7 +10,6 @@ a layer is marked sparse and `lynx::sparse_linear` runs it dense at run time bel
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 
 import torch
@@ -27,11 +26,9 @@ logger = logging.getLogger(__name__)
 
 def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
     config = ctx.config
-    matched_exclude = next((p for p in config.exclude if fnmatch.fnmatchcase(site.name, p)), None)
-    if matched_exclude is not None:
-        return f"excluded by {matched_exclude!r}"
-    if config.include and not any(fnmatch.fnmatchcase(site.name, p) for p in config.include):
-        return "not matched by include"
+    by_name = config.name_rule(site.name)
+    if by_name is not None:
+        return by_name
     if config.policy is not None:
         entry = config.policy.decision_for(site.name)
         if entry is None:
