@@ -55,7 +55,8 @@ def replace_adapters(json_path, tensors):
 @pytest.mark.parametrize("decision", ["Dense", "off", None, False, 0, "sparse "])
 def test_a_decision_other_than_sparse_or_dense_is_refused(tmp_path, decision):
     path = edited(tmp_path, lambda doc: doc["layers"]["down"].update(decision=decision))
-    with pytest.raises(PolicyError, match=rf"policy .*policy\.json, layer 'down', field 'decision': must be 'sparse' or"):
+    message = r"policy .*policy\.json, layer 'down', field 'decision': must be 'sparse' or"
+    with pytest.raises(PolicyError, match=message):
         Policy.load(path)
     with pytest.raises(PolicyError, match="field 'decision'"):
         LayerPolicy(decision, "by hand")

@@ -1,11 +1,12 @@
 """Decide per linear: sparse or dense, always with a reason a user can act on.
 
-Rules, first match wins: name excluded/not included; the policy; execution="dense"; dtype; K % m; too few features;
-too few tokens. Then the execution picks the sparse paths (`lynx_compile.paths`): "simulate" takes the simulate path
-as it is; "sparse" asks every sparse path why it cannot run the layer, measures the others against dense for the
-layer's shape (with its folded producer and correction, `paths.measure`), and takes the fastest if it beats dense by
-`min_speedup`. A symbolic token count cannot be decided here without a guard (a recompile at the threshold), so such
-a layer is marked sparse and `lynx::sparse_linear` runs it dense at run time below `min_tokens`.
+Rules, first match wins: name not recoverable (`names.py`); name excluded/not included; the policy;
+execution="dense"; dtype; K % m; too few features; too few tokens. Then the execution picks the sparse paths
+(`lynx_compile.paths`): "simulate" takes the simulate path as it is; "sparse" asks every sparse path why it cannot
+run the layer, measures the others against dense for the layer's shape (with its folded producer and correction,
+`paths.measure`), and takes the fastest if it beats dense by `min_speedup`. A symbolic token count cannot be decided
+here without a guard (a recompile at the threshold), so such a layer is marked sparse and `lynx::sparse_linear` runs
+it dense at run time below `min_tokens`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
     config = ctx.config
+    if site.name_problem is not None:
+        return f"qualified name not recoverable: {site.name_problem}"
     by_name = config.name_rule(site.name)
     if by_name is not None:
         return by_name
@@ -151,7 +154,7 @@ def _warn_about_policy_mismatch(ctx: PassContext) -> None:
     policy = ctx.config.policy
     if policy is None or not ctx.sites:
         return
-    found = {site.name for site in ctx.sites}
+    found = {site.name for site in ctx.sites if site.name_problem is None}
     unknown = sorted(found - set(policy.layers))
     stale = sorted(set(policy.layers) - found)
     if unknown:
