@@ -35,7 +35,8 @@ def check_bool(name: str, value: Any) -> bool:
 def check_number(name: str, value: Any, *, minimum: float = -math.inf, above: bool = False) -> float:
     """A finite real number ≥ `minimum` (> it with `above`)."""
     expected = f"a finite number {'>' if above else '>='} {minimum}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))  # huge ints: no float
+    if isinstance(value, bool) or not finite:
         raise _fail(name, expected, value)
     if value < minimum or (above and value == minimum):
         raise _fail(name, expected, value)

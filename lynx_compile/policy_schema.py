@@ -42,7 +42,8 @@ class PolicyError(ValueError):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real (an int of any size is finite; `math.isfinite` would overflow on a huge one)."""
+    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
 
 
 def _optional_error(field: str) -> Callable[[Any], None]:
