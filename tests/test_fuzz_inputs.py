@@ -18,8 +18,9 @@ JSON = st.recursive(SCALARS, lambda children: st.lists(children, max_size=3)
 LYNX_KEYS = [name for name in LynxConfig.__dataclass_fields__ if name not in ("policy", "version")]
 INDUCTOR_KEYS = ["max_autotune", "triton.cudagraphs", "fx_graph_cache", "coordinate_descent_tuning"]
 OPTION_KEYS = st.sampled_from(LYNX_KEYS + INDUCTOR_KEYS) | st.text(max_size=8)
-OPTION_VALUES = (JSON | st.sampled_from(["auto", "simulate", "dense", "sparse", "eager", "inductor",
-                                         "reduce-overhead", "*.proj", float("nan"), 2, 4, 1.05, True, False]))  # fmt: skip
+NAMED_VALUES = ["auto", "simulate", "dense", "sparse", "eager", "inductor", "reduce-overhead", "*.proj", float("nan"),
+                2, 4, 1.05, True, False]  # fmt: skip
+OPTION_VALUES = JSON | st.sampled_from(NAMED_VALUES)
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
