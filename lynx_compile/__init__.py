@@ -9,14 +9,16 @@ from . import ops  # noqa: F401  (registers the torch.ops.lynx custom ops)
 from ._version import __version__
 from .backend import lynx_backend, register
 from .calibration import calibrate, fit_lora
+from .checks import OptionError
 from .config import LynxConfig, parse_options
 from .explain import explain
 from .lora import LoraAdapter
 from .paths import measured
-from .policy import LayerPolicy, Policy
+from .policy import LayerPolicy, Policy, PolicyError
 from .report import LayerRecord, Report, collect_reports
 
 register()
 
-__all__ = ["LayerPolicy", "LayerRecord", "LoraAdapter", "LynxConfig", "Policy", "Report", "__version__", "calibrate",
-           "collect_reports", "explain", "fit_lora", "lynx_backend", "measured", "parse_options"]  # fmt: skip
+__all__ = ["LayerPolicy", "LayerRecord", "LoraAdapter", "LynxConfig", "OptionError", "Policy", "PolicyError", "Report",
+           "__version__", "calibrate", "collect_reports", "explain", "fit_lora", "lynx_backend", "measured",
+           "parse_options"]  # fmt: skip

@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
 from ._version import __version__
+from .checks import check_int, check_number
 from .config import LynxConfig, parse_options
 from .lora import DEFAULT_MEMORY_BUDGET, DEFAULT_RANK, LoraAdapter, LoraSolution, ResidualStatistics, solve_lora
 from .method import Method, sparse_linear_ref, token_rows
@@ -119,6 +121,12 @@ def calibrate(
     every measured layer is fitted a correction of that rank first (`fit_lora`, with `ridge`: None cross-validates it)
     and the choice is made with the corrections on. `progress`, e.g. `print`, receives a line per stage and per
     model evaluation (also logged at INFO).
+
+    `options` are the lynx options the policy will be compiled with: their method settings (n, m, norm
+    compensation, min_tokens) are measured and recorded in the policy (compiling with other ones is refused), and
+    layers their `include`/`exclude` keep dense are recorded dense with that reason and never take any of the
+    error budget. Arguments are checked before the model runs; a sample whose dense output is not finite is an error
+    (its relative errors would be NaN, and every layer would silently stay dense).
     """
 
     def report(line: str) -> None:
@@ -126,10 +134,15 @@ def calibrate(
         if progress is not None:
             progress(f"calibrate: {line}")
 
+    check_number("target", target, minimum=0)
+    check_int("lora_rank", lora_rank, 0)
+    if ridge is not None:
+        check_number("ridge", ridge, minimum=0)
     config = parse_options(options)
     method, bare = config.method, dataclasses.replace(config.method, norm_compensation=False)
     calls = _as_calls(samples, "calibrate")
     linears = _linears(model)
+    kept_dense = {name: why for name in linears if (why := config.name_rule(name)) is not None}
 
     # Per layer: its output error on the inputs the dense model gives it (with norm compensation and without), its
     # output energy, its FLOPs.
@@ -140,6 +153,8 @@ def calibrate(
         def hook(module: torch.nn.Linear, args: tuple, out: torch.Tensor) -> None:
             x = args[0]
             flops[name] = flops.get(name, 0) + 2 * x.numel() * module.out_features
+            if name in kept_dense:
+                return
             with_norm, without = (_sparse_output(module, x, m, None) for m in (method, bare))
             if with_norm is None:
                 return
@@ -153,8 +168,17 @@ def calibrate(
     report(f"measuring {len(linears)} linears on {len(calls)} sample(s)")
     with _hooked(linears, measure):
         references = [_first_tensor(model(*args, **kwargs)) for args, kwargs in calls]
+    for index, reference in enumerate(references):
+        if not bool(torch.isfinite(reference).all()):
+            raise ValueError(f"calibrate: sample {index}: the dense model's output holds NaN or Inf; calibration "
+                             "measures errors relative to it, so every sample must give a finite output")
     errors = {name: ((norm / max(energy, 1e-30)) ** 0.5, (plain / max(energy, 1e-30)) ** 0.5)
               for name, (norm, plain, energy) in totals.items()}  # fmt: skip
+    not_finite = sorted(name for name, pair in errors.items() if not all(map(math.isfinite, pair)))
+    if not_finite:
+        logger.warning("lynx.calibrate: %d layer(s) have a non-finite error on the samples and stay dense: %s",
+                       len(not_finite), ", ".join(not_finite[:5]))  # fmt: skip
+        errors = {name: pair for name, pair in errors.items() if name not in not_finite}
 
     solutions = {}
     if lora_rank:
@@ -193,6 +217,12 @@ def calibrate(
         if name not in flops:
             continue  # not called on these samples
         share = flops[name] / total_flops
+        if name in kept_dense:
+            layers[name] = LayerPolicy("dense", kept_dense[name], None, None, share)
+            continue
+        if name in not_finite:
+            layers[name] = LayerPolicy("dense", "non-finite error on the samples", None, None, share)
+            continue
         if name not in errors:
             layers[name] = LayerPolicy("dense", "never prunable on the samples (tokens or K)", None, None, share)
             continue
@@ -253,6 +283,10 @@ def fit_lora(
     per group. Layers the samples never call with enough tokens get no solution. Apply the result with
     `Policy.with_lora`.
     """
+    check_int("rank", rank, 1)
+    if ridge is not None:
+        check_number("ridge", ridge, minimum=0)
+    check_int("memory_budget", memory_budget, 1)
     return fit_lora_on_calls(model, _as_calls(samples, "fit_lora"), parse_options(options), rank=rank, layers=layers,
                              ridge=ridge, memory_budget=memory_budget, progress=progress)  # fmt: skip
 

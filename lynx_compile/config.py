@@ -9,18 +9,22 @@ are forwarded to Inductor untouched; anything else is rejected with the list of 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .checks import OptionError, check_bool, check_choice, check_int, check_number
 from .lora import tensor_digest
-from .policy import Policy, as_policy
 from .method import Method
+from .policy import Policy, as_policy
 
 EXECUTIONS = ("auto", "simulate", "dense", "sparse")
 COMPILERS = ("inductor", "eager")
+CONFIG_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -65,32 +69,56 @@ class LynxConfig:
     compiler: str = "inductor"
     policy: Any = None
     inductor: dict[str, Any] = field(default_factory=dict)
-    version: int = 1
+    version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        if self.execution not in EXECUTIONS:
-            raise ValueError(f"execution must be one of {EXECUTIONS}, got {self.execution!r}")
-        if self.compiler not in COMPILERS:
-            raise ValueError(f"compiler must be one of {COMPILERS}, got {self.compiler!r}")
+        """Type- and range-check every option here, at torch.compile time: a bad value caught later would surface
+        inside AOT tracing, after the passes, where ``strict=False`` cannot keep the model compiling."""
+        check_choice("execution", self.execution, EXECUTIONS)
+        check_choice("compiler", self.compiler, COMPILERS)
         self.method  # noqa: B018  (checks n, m, norm_compensation, min_tokens)
-        for name in ("min_tokens", "min_features"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        if not isinstance(self.min_speedup, (int, float)) or self.min_speedup <= 0:
-            raise ValueError(f"min_speedup must be a positive number, got {self.min_speedup!r}")
+        check_int("min_features", self.min_features, 0)
+        check_number("min_speedup", self.min_speedup, minimum=0, above=True)
         for name in ("include", "exclude"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                object.__setattr__(self, name, (value,))
-            elif not all(isinstance(p, str) for p in value):
-                raise ValueError(f"{name} must be a list of glob strings, got {value!r}")
-            else:
-                object.__setattr__(self, name, tuple(value))
-        if self.mode is not None:
-            _inductor_mode_options(self.mode)  # raises on an unknown mode
+            object.__setattr__(self, name, _globs(name, getattr(self, name)))
+        check_bool("strict", self.strict)
+        if self.mode is not None and not isinstance(self.mode, str):
+            raise OptionError(f"lynx option 'mode' must be a string or None, got {self.mode!r}")
+        _inductor_mode_options(self.mode)  # raises on an unknown mode
+        _check_inductor_options(self.inductor)
+        if self.version != CONFIG_VERSION:
+            raise OptionError(f"LynxConfig version {self.version!r} is not supported (this lynx: {CONFIG_VERSION})")
         if self.policy is not None:
+            if not isinstance(self.policy, (Policy, str, os.PathLike)):
+                raise OptionError(f"lynx option 'policy' must be a Policy or the path of a saved one, "
+                                  f"got {self.policy!r}")  # fmt: skip
             object.__setattr__(self, "policy", as_policy(self.policy))
+            self._check_policy_method()
+
+    def _check_policy_method(self) -> None:
+        """Refuse a policy calibrated for another method: its errors, its choice of layers and its corrections were
+        measured for the n:m and norm compensation it records, and would not hold for others. An error rather than
+        a warning: the two ways to carry on (ignore the policy, or keep every layer dense) both discard what the
+        user asked for, where the fix is one option away. min_tokens is not compared: a layer it moves either way
+        runs dense or was recorded dense."""
+        recorded, current = self.policy.options, self.method.to_dict()
+        differing = [key for key in ("n", "m", "norm_compensation")
+                     if key in recorded and recorded[key] != current[key]]  # fmt: skip
+        if differing:
+            calibrated = ", ".join(f"{key}={recorded[key]!r}" for key in differing)
+            compiling = ", ".join(f"{key}={current[key]!r}" for key in differing)
+            raise OptionError(f"lynx option 'policy': calibrated with {calibrated}, but these options give "
+                              f"{compiling}; pass the policy's settings as options (or calibrate with these)")
+
+    def name_rule(self, name: str) -> str | None:
+        """Why `include`/`exclude` keep the linear called `name` dense, or None: one rule for the passes and
+        `calibrate`."""
+        excluded_by = next((pattern for pattern in self.exclude if fnmatch.fnmatchcase(name, pattern)), None)
+        if excluded_by is not None:
+            return f"excluded by {excluded_by!r}"
+        if self.include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.include):
+            return "not matched by include"
+        return None
 
     @property
     def method(self) -> Method:
@@ -107,6 +135,11 @@ class LynxConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LynxConfig:
+        if not isinstance(data, dict):
+            raise OptionError(f"LynxConfig.from_dict takes a dict, got {type(data).__name__}")
+        unknown = sorted(map(repr, set(data) - {f.name for f in dataclasses.fields(cls)}))
+        if unknown:
+            raise OptionError(f"LynxConfig.from_dict: unknown field(s) {', '.join(unknown)}")
         if isinstance(data.get("policy"), dict):
             data = {**data, "policy": Policy.from_dict(data["policy"])}
         return cls(**data)
@@ -142,22 +175,60 @@ def _inductor_mode_options(mode: str | None) -> dict[str, Any]:
     try:
         return dict(torch._inductor.list_mode_options(mode))
     except RuntimeError as error:  # torch's message lists the valid modes
-        raise ValueError(f"lynx: {error}") from None
+        raise OptionError(f"lynx option 'mode': {error}") from None
 
 
-def _is_inductor_option(key: str) -> bool:
+def _inductor_defaults() -> dict[str, Any]:
     import torch._inductor.config as inductor_config
 
-    return key in inductor_config.get_config_copy()
+    return inductor_config.get_config_copy()
+
+
+def _is_inductor_option(key: object) -> bool:
+    return isinstance(key, str) and key in _inductor_defaults()
+
+
+def _check_inductor_options(entries: Any) -> None:
+    """Each key must name an Inductor config entry; where its current value is a bool, int, float or str, the value
+    must be one too (Inductor itself would take anything and fail, or misbehave, deep in code generation)."""
+    if not isinstance(entries, dict):
+        raise OptionError(f"lynx option 'inductor' must be a dict of Inductor config entries, got {entries!r}")
+    defaults = _inductor_defaults()
+    for key, value in entries.items():
+        if not isinstance(key, str) or key not in defaults:
+            raise OptionError(f"lynx option 'inductor': {key!r} is not an Inductor config name")
+        current = defaults[key]
+        if isinstance(current, bool):
+            check_bool(key, value)
+        elif isinstance(current, int):
+            check_int(key, value)
+        elif isinstance(current, float):
+            check_number(key, value)
+        elif isinstance(current, str) and not isinstance(value, str):
+            raise OptionError(f"lynx option {key!r} (Inductor) must be a string, got {value!r}")
+
+
+def _globs(name: str, value: Any) -> tuple[str, ...]:
+    """One glob or a list/tuple of them, as a tuple."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(pattern, str) for pattern in value):
+        raise OptionError(f"lynx option {name!r} must be a glob string or a list of glob strings, got {value!r}")
+    return tuple(value)
 
 
 def parse_options(options: dict[str, Any] | LynxConfig | None = None, mode: str | None = None) -> LynxConfig:
     """Turn torch.compile's ``options``/``mode`` into a validated `LynxConfig`."""
     if isinstance(options, LynxConfig):
         return options if mode is None else dataclasses.replace(options, mode=mode)
+    if options is not None and not isinstance(options, dict):
+        raise OptionError(f"lynx options must be a dict (or a LynxConfig), got {type(options).__name__}")
     options = dict(options or {})
     lynx: dict[str, Any] = {}
-    inductor: dict[str, Any] = dict(options.pop("inductor", {}) or {})
+    inductor = options.pop("inductor", None)
+    inductor = {} if inductor is None else inductor
+    _check_inductor_options(inductor)
+    inductor = dict(inductor)
     unknown = []
     for key, value in options.items():
         if key in _LYNX_FIELDS:
@@ -167,8 +238,9 @@ def parse_options(options: dict[str, Any] | LynxConfig | None = None, mode: str 
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(
-            f"lynx: unknown option(s) {sorted(unknown)}; lynx options are {list(_LYNX_FIELDS)}, "
+        raise OptionError(
+            f"lynx: unknown option(s) [{', '.join(sorted(map(repr, unknown)))}]; "
+            f"lynx options are {list(_LYNX_FIELDS)}, "
             "and any Inductor config name (e.g. 'triton.cudagraphs', 'max_autotune') is forwarded to Inductor"
         )
     if mode is not None:

@@ -5,11 +5,17 @@ eagerly (Inductor's code generation is skipped: it changes speed, not decisions)
 caches (`torch.compiler.reset()`): Dynamo would otherwise reuse a graph compiled earlier with equal options and
 report nothing; models compiled before recompile on their next call. The report lists every matched
 linear with its sizes, decision, reason and share of linear FLOPs, plus each FX graph before and after the rewrite.
+
+A module compiled in place (``model.compile()``) runs its compiled call and would give Dynamo nothing to capture,
+so explain traces its own `_call_impl` (hooks included) instead. Lynx options go in ``options=``, unless the
+model's forward has a parameter of that name: then ``options=`` is the model's, and lynx's go in
+``lynx_options=`` (always accepted).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import torch
@@ -19,17 +25,31 @@ from .report import Report, collect_reports
 
 
 def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxConfig | None = None,
-            **kwargs: Any) -> Report:  # fmt: skip
+            lynx_options: dict[str, Any] | LynxConfig | None = None, **kwargs: Any) -> Report:  # fmt: skip
     """Trace `model(*args, **kwargs)` under lynx and return the per-linear decisions.
 
     >>> report = lynx_compile.explain(transformer, **inputs, options={"exclude": ["*.proj_out"]})
     >>> print(report)          # aligned table + summary line
     >>> report.to_json()       # the same, machine-readable, with the graphs before and after
     """
+    if lynx_options is not None or "options" in _forward_parameters(model):
+        if options is not None:  # the model's own argument of that name
+            kwargs["options"] = options
+        options = lynx_options
     config = dataclasses.replace(parse_options(options), compiler="eager")
+    compiled_in_place = getattr(model, "_compiled_call_impl", None) is not None
     torch.compiler.reset()
     with collect_reports() as report, torch.no_grad():
-        torch.compile(model, backend="lynx", options=config)(*args, **kwargs)
+        target = model._call_impl if compiled_in_place else model
+        torch.compile(target, backend="lynx", options=config)(*args, **kwargs)
     if not report.graphs:
-        raise RuntimeError("lynx.explain: Dynamo captured no graph from this call (is the model's forward traceable?)")
+        raise RuntimeError("lynx.explain: Dynamo captured no graph from this call: the forward ran without Dynamo "
+                           "tracing any tensor operation (compiled or disabled elsewhere, or not traceable)")
     return report
+
+
+def _forward_parameters(model: torch.nn.Module) -> set[str]:
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):  # no signature to read (a C function)
+        return set()

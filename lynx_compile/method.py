@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .checks import OptionError, check_bool, check_int
 from .kernels.nm_prune import check_nm, nm_prune_ref
 
 Lora = Optional[tuple[torch.Tensor, torch.Tensor]]  # (lora_a (N, r), lora_b (r, K))
@@ -30,11 +31,14 @@ class Method:
     min_tokens: int = 16
 
     def __post_init__(self) -> None:
-        check_nm(self.n, self.m)
-        if not isinstance(self.norm_compensation, bool):
-            raise ValueError(f"norm_compensation must be a bool, got {self.norm_compensation!r}")
-        if not isinstance(self.min_tokens, int) or isinstance(self.min_tokens, bool) or self.min_tokens < 0:
-            raise ValueError(f"min_tokens must be a non-negative int, got {self.min_tokens!r}")
+        check_int("n", self.n)
+        check_int("m", self.m)
+        try:
+            check_nm(self.n, self.m)
+        except ValueError as error:
+            raise OptionError(f"lynx options 'n', 'm': {error}") from None
+        check_bool("norm_compensation", self.norm_compensation)
+        check_int("min_tokens", self.min_tokens, 0)
 
     def prunes(self, rows: int, in_features: int) -> bool:
         """Whether a layer called on `rows` token rows is pruned at all (below min_tokens it runs dense)."""

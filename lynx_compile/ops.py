@@ -15,6 +15,12 @@
 - ``lynx::prune_compress_24(inputs, fold, row_multiple) -> (operand, scale)``: cuSPARSELt's compressed operand of
   x̃ (sm_90), x̃ pruned from x = the fold of ``inputs`` as the compressor loads them, its rows padded with zeros to
   a multiple of ``row_multiple``; and the rows' norm scale s.
+
+Under autocast, ``lynx::sparse_linear`` (and the group op) does what ``F.linear`` does (ATen lists it as a
+lower-precision op): its floating-point tensors on the autocast device, fp64 excepted, are cast to the autocast
+dtype, and it computes and returns in that dtype, so the mask is the one a reduced-precision linear's input would
+get. The two kernel ops take their inputs as given. Either way the bodies run with autocast off: inside them every
+dtype is chosen explicitly.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from .kernels.prune_compress_24 import compressed_shape, padded_rows
 from .method import Lora, token_rows
 from .paths import get_path
 from .plan import SparseLinearPlan
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
 
 # The ops' arguments, in schema order: the rewrite builds calls from them, the lowering's patterns match them.
 SPARSE_LINEAR_ARGS = ("inputs", "weight", "bias", "lora_a", "lora_b", "plan")
@@ -192,3 +200,38 @@ def _group_backward(ctx, grad_outs):
 
 
 sparse_linear_group.register_autograd(_group_backward, setup_context=_setup_group_backward)
+
+
+def _cast_like_autocast(value: object, device_type: str, dtype: torch.dtype) -> object:
+    """ATen's autocast eligibility: floating point, on the autocast device, not fp64."""
+    if isinstance(value, torch.Tensor):
+        eligible = value.is_floating_point() and value.device.type == device_type and value.dtype != torch.float64
+        return value.to(dtype) if eligible else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast_like_autocast(item, device_type, dtype) for item in value)
+    return value
+
+
+def _register_autocast(op: torch._ops.OpOverload, cast: bool) -> None:
+    """An autocast kernel per device: cast as a lower-precision op (`cast`) or not at all, then run with autocast off.
+
+    `torch.library.register_autocast` would cast to one dtype fixed at registration, not the dtype of the autocast
+    region in force, so the kernel is registered the way that function does it, reading the dtype at call time."""
+    for device_type in _AUTOCAST_DEVICES:
+        key = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+        excluded = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+        def kernel(keyset, *args, device_type=device_type, excluded=excluded):  # noqa: ANN001
+            if cast:
+                args = _cast_like_autocast(args, device_type, torch.get_autocast_dtype(device_type))
+            with torch._C._ExcludeDispatchKeyGuard(excluded):
+                return op(*args)
+
+        _AUTOCAST_LIBRARY.impl(op._schema.name.split("::")[1], kernel, key, with_keyset=True)
+
+
+_AUTOCAST_LIBRARY = torch.library.Library("lynx", "FRAGMENT")
+_register_autocast(torch.ops.lynx.sparse_linear.default, cast=True)
+_register_autocast(torch.ops.lynx.sparse_linear_group.default, cast=True)
+_register_autocast(torch.ops.lynx.nm_prune.default, cast=False)
+_register_autocast(torch.ops.lynx.prune_compress_24.default, cast=False)

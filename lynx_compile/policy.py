@@ -7,9 +7,11 @@ and on the sparse path the measured speed rule, which wins). A layer the policy 
 policy naming layers the model lacks is reported with a warning. A policy may also carry the speed rule's
 measurements (`with_measurements`), so that another process or rank decides the same without timing again.
 
-A policy with adapters saves as two files: the JSON, and ``<same stem>.safetensors`` beside it holding
-``<layer>.lora_a`` (N × r) and ``<layer>.lora_b`` (r × K); each layer's ``lora_rank`` in the JSON says how many of
-the stored directions it uses (0: no correction), so editing it down needs no refit.
+A policy with adapters saves as two files: the JSON, and ``<same stem>.lora.safetensors`` beside it (the JSON names
+it) holding ``<layer>.lora_a`` (N × r) and ``<layer>.lora_b`` (r × K); each layer's ``lora_rank`` in the JSON says
+how many of the stored directions it uses (0: no correction), so editing it down needs no refit. How the files are
+written and read safely is `policy_files`; what a document may hold, `policy_schema`. Every problem with a policy,
+built in code or read from a file, is one `PolicyError` naming the file, the layer and the field.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from typing import Any, Mapping
 import torch
 
 from .lora import LoraAdapter, LoraSolution
+from .method import Method
+from .policy_files import adapters_path, read_policy_files, write_policy_files
+from .policy_schema import FORMAT, SCHEMA_VERSION, PolicyError, check_adapter, check_document, check_layer, check_record
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,9 @@ class LayerPolicy:
     flop_share: float | None = None
     lora_rank: int = 0  # directions of the stored adapter the layer uses; 0: no low-rank correction
     error_with_lora: float | None = None  # the layer's error with norm compensation and that correction
+
+    def __post_init__(self) -> None:
+        check_layer({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
 
 @dataclass
@@ -50,6 +58,15 @@ class Policy:
     # Fitted corrections by layer name (fp32, CPU), saved beside the JSON; not part of the JSON or of equality.
     adapters: dict[str, LoraAdapter] = field(default_factory=dict, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.layers, dict):
+            raise PolicyError(f"must be a dict of LayerPolicy, got {type(self.layers).__name__}", field="layers")
+        for name, layer in self.layers.items():
+            if not isinstance(name, str) or not isinstance(layer, LayerPolicy):
+                raise PolicyError(f"must map layer names to LayerPolicy, got {name!r}: {layer!r}", field="layers")
+        check_record({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, lambda o: Method(**o))
+        self.check_adapters()
+
     def decision_for(self, name: str) -> LayerPolicy | None:
         return self.layers.get(name)
 
@@ -61,20 +78,23 @@ class Policy:
         return self.adapters[name].truncated(layer.lora_rank)
 
     def check_adapters(self) -> None:
-        """Raise ValueError where a layer asks for more correction than its stored adapter holds."""
+        """Raise PolicyError for a malformed adapter, or where a layer asks for more correction than it holds."""
+        for name, adapter in self.adapters.items():
+            try:
+                check_adapter(adapter.a, adapter.b)
+            except PolicyError as error:
+                raise error.at(layer=name) from None
         for name, layer in self.layers.items():
-            if layer.lora_rank < 0:
-                raise ValueError(f"policy: layer {name!r} has lora_rank {layer.lora_rank} < 0")
             if layer.lora_rank == 0:
                 continue
             stored = self.adapters.get(name)
             if stored is None:
-                raise ValueError(f"policy: layer {name!r} uses a rank-{layer.lora_rank} LoRA correction but no "
-                                 "adapter is loaded for it (load the policy with Policy.load next to its "
-                                 ".safetensors file)")  # fmt: skip
+                raise PolicyError(f"uses a rank-{layer.lora_rank} LoRA correction but no adapter is loaded for it "
+                                  "(load the policy with Policy.load, beside its adapter file)", layer=name,
+                                  field="lora_rank")  # fmt: skip
             if stored.rank < layer.lora_rank:
-                raise ValueError(f"policy: layer {name!r} asks for lora_rank {layer.lora_rank}, its adapter has "
-                                 f"rank {stored.rank}")  # fmt: skip
+                raise PolicyError(f"asks for rank {layer.lora_rank}, its adapter has rank {stored.rank}", layer=name,
+                                  field="lora_rank")  # fmt: skip
 
     def _replace(self, layers: dict[str, LayerPolicy], adapters: dict[str, LoraAdapter] | None = None) -> Policy:
         return dataclasses.replace(self, layers=layers, adapters=dict(self.adapters if adapters is None else adapters))
@@ -84,7 +104,8 @@ class Policy:
         layers = dict(self.layers)
         for pattern, decision in overrides.items():
             if decision not in ("sparse", "dense"):
-                raise ValueError(f"override decision must be 'sparse' or 'dense', got {decision!r}")
+                raise PolicyError(f"override decision must be 'sparse' or 'dense', got {decision!r}",
+                                  field=f"overrides[{pattern!r}]")  # fmt: skip
             for name, layer in layers.items():
                 if fnmatch.fnmatchcase(name, pattern):
                     layers[name] = dataclasses.replace(layer, decision=decision, reason=f"override {pattern!r}")
@@ -95,7 +116,7 @@ class Policy:
         layers, adapters = dict(self.layers), dict(self.adapters)
         for name, solution in solutions.items():
             if name not in layers:
-                raise ValueError(f"with_lora: layer {name!r} is not in the policy")
+                raise PolicyError("with_lora: not in the policy", layer=name)
             used = min(rank, solution.rank)
             layers[name] = dataclasses.replace(layers[name], lora_rank=used,
                                                error_with_lora=solution.error_at(used) if used else None)  # fmt: skip
@@ -119,7 +140,8 @@ class Policy:
 
     def to_dict(self, adapters: bool = False) -> dict[str, Any]:
         """Plain data: what the JSON holds, and with `adapters` the adapter tensors too (``{name: {"a", "b"}}``)."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "adapters"}
+        data: dict[str, Any] = {"format": FORMAT, "schema_version": SCHEMA_VERSION}
+        data.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "adapters"})
         data["layers"] = {name: dataclasses.asdict(layer) for name, layer in self.layers.items()}
         data["options"], data["measurements"] = dict(self.options), dict(self.measurements)
         if adapters:
@@ -127,60 +149,85 @@ class Policy:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], adapters: dict[str, LoraAdapter] | None = None) -> Policy:
-        """The inverse of `to_dict`; `adapters`, when given, replace any the data holds."""
-        data = dict(data)
-        held = {name: LoraAdapter(pair["a"], pair["b"]) for name, pair in dict(data.pop("adapters", {})).items()}
-        data["layers"] = {name: LayerPolicy(**layer) for name, layer in data["layers"].items()}
-        return cls(**data, adapters=dict(held if adapters is None else adapters))
+    def from_dict(cls, data: Mapping[str, Any], adapters: dict[str, LoraAdapter] | None = None,
+                  source: str | None = None) -> Policy:  # fmt: skip
+        """The inverse of `to_dict`, checked (`source` names where the data came from in errors); `adapters`, when
+        given, replace any the data holds."""
+        try:
+            layers = check_document(data)
+            held = _adapters_from_data(data.get("adapters", {}))
+            fields = {f.name: data[f.name] for f in dataclasses.fields(cls)
+                      if f.name not in ("layers", "adapters") and f.name in data}  # fmt: skip
+            return cls(_layers_from_data(layers), **fields, adapters=held if adapters is None else dict(adapters))
+        except PolicyError as error:
+            raise error.at(source) from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, adapters: dict[str, LoraAdapter] | None = None) -> Policy:
-        return cls.from_dict(json.loads(text), adapters or {})
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PolicyError(f"is not a JSON document ({error})") from None
+        return cls.from_dict(data, adapters or {})
 
     def save(self, path: str | Path) -> None:
-        """Write the JSON to `path` and, when there are adapters, ``path.with_suffix(".safetensors")``."""
-        path = Path(path)
-        used = {name: adapter for name, adapter in self.adapters.items()
-                if name in self.layers and self.layers[name].lora_rank}  # fmt: skip
-        if used:
-            from safetensors.torch import save_file
-
-            tensors = {}
-            for name, adapter in sorted(used.items()):
+        """Write the JSON to `path` and, when layers use corrections, the adapters to `adapters_path(path)`, which
+        the JSON names; atomically, and never over a file lynx did not write (`policy_files`)."""
+        tensors = {}
+        for name, adapter in sorted(self.adapters.items()):
+            if name in self.layers and self.layers[name].lora_rank:
                 tensors[f"{name}.lora_a"] = adapter.a.detach().to("cpu", torch.float32).contiguous()
                 tensors[f"{name}.lora_b"] = adapter.b.detach().to("cpu", torch.float32).contiguous()
-            save_file(tensors, str(adapters_path(path)))
-        path.write_text(self.to_json())
+        write_policy_files(Path(path), self.to_dict(), tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
+        """Read a policy saved by `save` (with the adapter file its JSON names); PolicyError names what is wrong."""
         path = Path(path)
-        adapters = {}
-        if adapters_path(path).exists():
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(adapters_path(path)))
-            for key in tensors:
-                if key.endswith(".lora_a"):
-                    name = key.removesuffix(".lora_a")
-                    adapters[name] = LoraAdapter(tensors[key], tensors[f"{name}.lora_b"])
-        policy = cls.from_json(path.read_text(), adapters)
-        policy.check_adapters()
-        return policy
+        data, stored = read_policy_files(path)
+        try:
+            adapters = {name: LoraAdapter(pair["a"], pair["b"]) for name, pair in (stored or {}).items()}
+        except ValueError as error:  # LoraAdapter's shape check
+            raise PolicyError(str(error), source=str(path)) from None
+        return cls.from_dict({k: v for k, v in data.items() if k != "adapter_file"}, adapters, source=str(path))
 
 
-def adapters_path(policy_path: str | Path) -> Path:
-    """Where the adapters of the policy saved at `policy_path` live."""
-    return Path(policy_path).with_suffix(".safetensors")
+def _layers_from_data(layers: dict[str, Any]) -> dict[str, LayerPolicy]:
+    built = {}
+    for name, values in layers.items():
+        try:
+            built[name] = LayerPolicy(**values)
+        except PolicyError as error:
+            raise error.at(layer=name) from None
+    return built
+
+
+def _adapters_from_data(data: Any) -> dict[str, LoraAdapter]:
+    """`to_dict(adapters=True)`'s ``{name: {"a": tensor, "b": tensor}}``."""
+    if not isinstance(data, Mapping):
+        raise PolicyError(f"must be {{layer: {{'a': tensor, 'b': tensor}}}}, got {type(data).__name__}",
+                          field="adapters")  # fmt: skip
+    adapters = {}
+    for name, pair in data.items():
+        if not isinstance(pair, Mapping) or set(pair) != {"a", "b"}:
+            raise PolicyError(f"must be {{'a': tensor, 'b': tensor}}, got {pair!r}", layer=name, field="adapters")
+        try:
+            check_adapter(pair["a"], pair["b"])
+        except PolicyError as error:
+            raise error.at(layer=name) from None
+        adapters[name] = LoraAdapter(pair["a"], pair["b"])
+    return adapters
 
 
 def as_policy(value: Policy | str | Path | None) -> Policy | None:
     if value is None:
         return None
     policy = value if isinstance(value, Policy) else Policy.load(value)
-    policy.check_adapters()
+    policy.check_adapters()  # a Policy's adapters may have been swapped since it was built
     return policy
+
+
+__all__ = ["LayerPolicy", "Policy", "PolicyError", "adapters_path", "as_policy"]

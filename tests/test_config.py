@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 
+from lynx_compile.checks import OptionError
 from lynx_compile.config import LynxConfig, parse_options
 
 
@@ -43,10 +44,10 @@ def test_mode_reaches_inductor_through_either_route():
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"execution": "fast"}, "execution must be one of"), ({"n": 2, "m": 3}, "power of two"),
-     ({"n": 4, "m": 4}, "1 <= n < m"), ({"min_tokens": -1}, "non-negative"), ({"mode": "turbo"}, "turbo"),
-     ({"min_speedup": 0}, "positive"), ({"compiler": "tvm"}, "compiler must be one of"),
-     ({"exclude": [3]}, "glob strings")],
+    [({"execution": "fast"}, "'execution' must be one of"), ({"n": 2, "m": 3}, "power of two"),
+     ({"n": 4, "m": 4}, "1 <= n < m"), ({"min_tokens": -1}, "'min_tokens' must be an int >= 0"),
+     ({"mode": "turbo"}, "'mode'.*turbo"), ({"min_speedup": 0}, "'min_speedup' must be a finite number > 0"),
+     ({"compiler": "tvm"}, "'compiler' must be one of"), ({"exclude": [3]}, "'exclude' must be a glob string")],
 )
 def test_invalid_values_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
@@ -72,7 +73,8 @@ def policy_with_adapters(scale=1.0):
 
     layers = {"up": LayerPolicy("sparse", "measured", 0.1, 0.2, 0.5, lora_rank=2), "down": LayerPolicy("dense", "x")}
     adapter = LoraAdapter(torch.arange(8.0).reshape(4, 2) * scale, torch.ones(2, 3))
-    return Policy(layers, "Model", "0.1.0", {"n": 2}, 0.2, 0.1, {"k": {"path": "p"}}, {"up": adapter})
+    measurement = {"path": "p", "params": {}, "dense_ms": 1.0, "sparse_ms": 0.5, "tokens": 16}
+    return Policy(layers, "Model", "0.1.0", {"n": 2}, 0.2, 0.1, {"k": measurement}, {"up": adapter})
 
 
 def test_a_config_with_a_lora_policy_round_trips_and_hashes_the_same():
@@ -89,3 +91,31 @@ def test_the_cache_key_follows_adapter_content_not_identity():
     assert LynxConfig(policy=policy_with_adapters()).cache_key() == same  # fresh tensors, equal values
     assert LynxConfig(policy=policy_with_adapters(scale=2.0)).cache_key() != same
     assert "tensor(" not in same  # hashed, never repr'd
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("norm_compensation", "no"), ("norm_compensation", None), ("n", True), ("m", 4.0), ("min_tokens", True),
+     ("min_features", 1.5), ("strict", "yes"), ("strict", 1), ("min_speedup", float("nan")),
+     ("min_speedup", float("inf")), ("min_speedup", True), ("execution", None), ("mode", 3), ("include", 3),
+     ("exclude", {"a": 1}), ("inductor", ["max_autotune"]), ("triton.cudagraphs", "yes"), ("policy", 3)],
+)
+def test_every_option_is_type_and_range_checked_naming_it(option, value):
+    with pytest.raises(OptionError, match=f"'{option}'"):
+        parse_options({option: value})
+
+
+def test_a_bad_option_fails_at_compile_time_even_without_strict():
+    """norm_compensation="no" used to pass the lynx passes and crash in AOT tracing with a pybind cast error."""
+    import torch
+
+    model = torch.nn.Linear(16, 16)
+    with pytest.raises(Exception, match="lynx option 'norm_compensation' must be True or False, got 'no'"):
+        torch.compile(model, backend="lynx", options={"norm_compensation": "no"})(torch.randn(32, 16))
+
+
+def test_from_dict_rejects_unknown_fields_and_versions():
+    with pytest.raises(OptionError, match="unknown field.*'sparsity'"):
+        LynxConfig.from_dict({"sparsity": 0.5})
+    with pytest.raises(OptionError, match="version 2 is not supported"):
+        LynxConfig.from_dict({**LynxConfig().to_dict(), "version": 2})

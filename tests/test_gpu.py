@@ -321,3 +321,18 @@ def test_sibling_group_on_sparse_cores_matches_its_members_simulated_and_keeps_o
     torch.cuda.synchronize()
     if not graphs:  # CUDA graphs keep their pool of activations; the weights are what must not be copied
         assert torch.cuda.memory_allocated() - before <= 0.02 * weight_bytes
+
+
+@needs_sm90
+def test_autocast_runs_an_fp32_layer_on_sparse_cores_in_bf16():
+    """Under autocast a sparsified fp32 layer casts like F.linear, so it is decided and run in bf16 on sparse cores."""
+    layer = nn.Linear(1024, 2048).cuda().eval()
+    x = torch.randn(512, 1024, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16), lynx_compile.collect_reports() as report:
+        out = torch.compile(layer, backend="lynx", options=FORCE_SPARSE)(x)
+    (decision,) = report.layers
+    assert out.dtype == torch.bfloat16 and decision.path == "cusparselt", decision.reason
+    with torch.no_grad():
+        expected = sparse_linear(x.bfloat16(), layer.weight.bfloat16(), layer.bias.bfloat16())
+    rel = (out.float() - expected.float()).norm() / expected.float().norm()
+    assert rel < 1e-2, rel

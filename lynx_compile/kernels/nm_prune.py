@@ -35,7 +35,7 @@ MAX_GROUP = 16
 
 def check_nm(n: int, m: int) -> None:
     """Raise ValueError unless n:m is a pattern the kernel implements."""
-    if not (isinstance(n, int) and isinstance(m, int)):
+    if not (isinstance(n, int) and isinstance(m, int)) or isinstance(n, bool) or isinstance(m, bool):
         raise ValueError(f"n and m must be ints, got n={n!r}, m={m!r}")
     if m < 2 or m > MAX_GROUP or m & (m - 1):
         raise ValueError(f"m must be a power of two in [2, {MAX_GROUP}], got m={m}")

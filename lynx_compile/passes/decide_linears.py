@@ -1,18 +1,18 @@
 """Decide per linear: sparse or dense, always with a reason a user can act on.
 
-Rules, first match wins: name excluded/not included; the policy; execution="dense"; dtype; K % m; too few features;
-too few tokens. Then the execution picks the sparse paths (`lynx_compile.paths`): "simulate" takes the simulate path
-as it is; "sparse" asks every sparse path why it cannot run the layer, measures the others against dense for the
-layer's shape (with its folded producer and correction, `paths.measurements`), and takes the fastest if it beats
-dense by `min_speedup`. Before that, siblings reading one x are measured as a group (`group_siblings`): one prune for all
-their GEMMs; a group that pays is decided as one, the others fall back to their own decisions. A symbolic token
-count cannot be decided here without a guard (a recompile at the threshold), so such
-a layer is marked sparse and `lynx::sparse_linear` runs it dense at run time below `min_tokens`.
+Rules, first match wins: name not recoverable (`names.py`); name excluded/not included; the policy;
+execution="dense"; dtype; K % m; too few features; too few tokens. Then the execution picks the sparse paths
+(`lynx_compile.paths`): "simulate" takes the simulate path as it is; "sparse" asks every sparse path why it cannot
+run the layer, measures the others against dense for the layer's shape (with its folded producer and correction,
+`paths.measurements`), and takes the fastest if it beats dense by `min_speedup`. Before that, siblings reading one x
+are measured as a group (`group_siblings`): one prune for all their GEMMs; a group that pays is decided as one, the
+others fall back to their own decisions. A symbolic token count cannot be decided here without a guard (a recompile
+at the threshold), so such a layer is marked sparse and `lynx::sparse_linear` runs it dense at run time below
+`min_tokens`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 
 import torch
@@ -31,11 +31,11 @@ logger = logging.getLogger(__name__)
 
 def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
     config = ctx.config
-    matched_exclude = next((p for p in config.exclude if fnmatch.fnmatchcase(site.name, p)), None)
-    if matched_exclude is not None:
-        return f"excluded by {matched_exclude!r}"
-    if config.include and not any(fnmatch.fnmatchcase(site.name, p) for p in config.include):
-        return "not matched by include"
+    if site.name_problem is not None:
+        return f"qualified name not recoverable: {site.name_problem}"
+    by_name = config.name_rule(site.name)
+    if by_name is not None:
+        return by_name
     if config.policy is not None:
         entry = config.policy.decision_for(site.name)
         if entry is None:
@@ -50,11 +50,11 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
                     f"{site.in_features}→{site.out_features}")
     if config.execution == "dense":
         return "execution='dense'"
-    weight_dtype = fake_value(site.weight).dtype
     if site.dtype not in SUPPORTED_DTYPES:
         return f"dtype {site.dtype} unsupported"
-    if weight_dtype != site.dtype:
-        return f"input dtype {site.dtype} != weight dtype {weight_dtype}"
+    input_dtype, weight_dtype = fake_value(site.x).dtype, fake_value(site.weight).dtype
+    if site.autocast is None and input_dtype != weight_dtype:  # under autocast the op casts both, as F.linear does
+        return f"input dtype {input_dtype} != weight dtype {weight_dtype}"
     if site.in_features % config.m:
         return f"K={site.in_features} not a multiple of m={config.m}"
     if min(site.in_features, site.out_features) < config.min_features:
@@ -206,7 +206,7 @@ def _warn_about_policy_mismatch(ctx: PassContext) -> None:
     policy = ctx.config.policy
     if policy is None or not ctx.sites:
         return
-    found = {site.name for site in ctx.sites}
+    found = {site.name for site in ctx.sites if site.name_problem is None}
     unknown = sorted(found - set(policy.layers))
     stale = sorted(set(policy.layers) - found)
     if unknown:

@@ -16,7 +16,9 @@ import torch
 import torch.fx
 
 from ..folds import match_producer
-from .utils import LinearSite, PassContext, fake_value, linear_name
+from .autocast import autocast_dtypes
+from .names import parameter_name
+from .utils import LinearSite, PassContext, fake_value
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ def _operands(node: torch.fx.Node) -> tuple[str, object, object, object] | None:
 
 def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
     """Record a `LinearSite` for each linear with a module-parameter weight (the graph is left unchanged)."""
+    autocast = autocast_dtypes(gm.graph)
+    roots: dict[int, str] = {}  # site → the module its name is relative to
     for node in gm.graph.nodes:
         operands = _operands(node)
         if operands is None:
@@ -76,21 +80,41 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
         form, x, weight, bias = operands
         if not isinstance(weight, torch.fx.Node) or not isinstance(x, torch.fx.Node):
             continue
-        name = linear_name(weight, gm)
+        found = parameter_name(weight, gm)
         x_value, weight_value = fake_value(x), fake_value(weight)
-        if name is None or not isinstance(x_value, torch.Tensor) or getattr(weight_value, "ndim", 0) != 2:
+        if found is None or not isinstance(x_value, torch.Tensor) or getattr(weight_value, "ndim", 0) != 2:
             logger.debug("lynx: %s (%s) is not a linear over a module parameter", node.name, form)
             continue
         if bias is not None and not isinstance(bias, torch.fx.Node):
             continue  # a constant bias is legal torch but never produced by a module; leave it alone
         out_features, in_features = (int(s) for s in weight_value.shape)
         tokens = math.prod(x_value.shape[:-1]) if x_value.ndim > 1 else 1
+        # The dtype the linear computes in, as Dynamo recorded its output: under autocast the operands' cast one.
+        dtype = getattr(fake_value(node), "dtype", x_value.dtype)
+        fold = match_producer(x)
+        if fold is not None and any(fake_value(piece).dtype != dtype for piece in fold.inputs):
+            fold = None  # autocast casts x after its producer ran; folded, the op would cast the producer's inputs
         ctx.sites.append(
             LinearSite(
-                node=node, x=x, weight=weight, bias=bias, form=form, name=name, tokens=tokens,
-                in_features=in_features, out_features=out_features, dtype=x_value.dtype, device=x_value.device,
-                fold=match_producer(x),
+                node=node, x=x, weight=weight, bias=bias, form=form, name=found.linear_name, tokens=tokens,
+                in_features=in_features, out_features=out_features, dtype=dtype, device=x_value.device,
+                autocast=autocast[node].get(x_value.device.type), fold=fold, name_problem=found.problem,
             )
         )  # fmt: skip
+        roots[id(ctx.sites[-1])] = found.root
+    _flag_ambiguous_names(ctx.sites, roots)
     logger.debug("lynx: found %d linears", len(ctx.sites))
     return gm
+
+
+def _flag_ambiguous_names(sites: list[LinearSite], roots: dict[int, str]) -> None:
+    """Names are relative to the module each weight was reached through; where modules reached from different roots
+    give one name, it would not say which layer it means, so neither has a name."""
+    by_name: dict[str, set[str]] = {}
+    for site in sites:
+        if site.name_problem is None:
+            by_name.setdefault(site.name, set()).add(roots[id(site)])
+    for site in sites:
+        if site.name_problem is None and len(by_name[site.name]) > 1:
+            site.name_problem = (f"{site.name!r} names a linear under each of {', '.join(sorted(by_name[site.name]))}"
+                                 " (modules reached from different roots)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,14 +27,16 @@ class LinearSite:
     tokens: Any  # M: int, or a SymInt when Dynamo made the token count dynamic
     in_features: int  # K
     out_features: int  # N
-    dtype: torch.dtype
+    dtype: torch.dtype  # what it computes in: the operands' dtype, or under autocast the autocast dtype
     device: torch.device
+    autocast: torch.dtype | None = None  # the autocast dtype in force for the device (the op then casts as F.linear)
     decision: str = "undecided"  # "sparse" | "dense"
     reason: str = ""
     plan: SparseLinearPlan | None = None  # how a sparse decision runs: path, its settings, method, fold
     lora: Any = None  # the policy's LoraAdapter for a sparse layer that runs a correction
     fold: FoldMatch | None = None  # x's producer the sparse op absorbs (`lynx_compile.folds`); None keeps x as it is
     group: Any = None  # the SiblingGroup (`group_siblings`) it runs in, when decided sparse with its siblings
+    name_problem: str | None = None  # why `name` is only a label (Dynamo's spelling): the layer then stays dense
 
     @property
     def opaque(self) -> bool:
@@ -66,53 +67,3 @@ def concrete_int(value: Any) -> int:
     if isinstance(value, torch.SymInt):
         return int(value.node.hint) if value.node.has_hint() else 0
     return int(value)
-
-
-# How Dynamo names the module that torch.compile was given: L['self'] in torch 2.13, L['fn'] in torch 2.11.
-_COMPILED_MODULE_ROOTS = ("self", "fn")
-_ROOT = re.compile(r"[LG]\['([^']*)'\]")
-_KEY = re.compile(r"\.(\w+)|\['([^']*)'\]|\[(\d+)\]")
-
-
-def linear_name(weight: torch.fx.Node, gm: torch.fx.GraphModule) -> str | None:
-    """Name of the linear whose weight `weight` is; None when it is not a module parameter.
-
-    The owning module's qualified name for the usual ``<module>.weight`` (``transformer_blocks.3.ff.net.2``), the
-    parameter's own qualified name otherwise (``blocks.0.w_qkv``). Dynamo lifts parameters to placeholders whose
-    source reads like ``L['self']._modules['blocks']._modules['0']._parameters['weight']``; FX-traced graphs keep
-    them as get_attr.
-    """
-    path = _parameter_path(weight, gm)
-    if path is None:
-        return None
-    owner, _, parameter = path.rpartition(".")
-    return owner if parameter == "weight" and owner else path
-
-
-def _parameter_path(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str | None:
-    if node.op == "get_attr":
-        return str(node.target) if isinstance(_resolve(gm, str(node.target)), torch.nn.Parameter) else None
-    if node.op != "placeholder":
-        return None
-    graph_arg = node.meta.get("grapharg")
-    source = getattr(graph_arg, "source", None)
-    if source is None or not isinstance(getattr(graph_arg, "example", None), torch.nn.Parameter):
-        return None
-    source_name = source.name() if callable(source.name) else source.name
-    root = _ROOT.match(source_name)
-    if root is None or "_parameters" not in source_name:
-        return None
-    # Dynamo spells the path as ._modules['a'], .__dict__['_modules']['a'] or .a depending on version and on
-    # how the module was reached; a key after `_modules`/`_parameters` and a plain attribute are path elements.
-    keys = [next(g for g in match.groups() if g is not None) for match in _KEY.finditer(source_name, root.end())]
-    path = [key for key in keys if key not in ("__dict__", "_modules", "_parameters")]
-    if root.group(1) not in _COMPILED_MODULE_ROOTS:  # reached through a global or another local: keep its name
-        path.insert(0, root.group(1))
-    return ".".join(path)
-
-
-def _resolve(root: torch.nn.Module, target: str) -> Any:
-    value: Any = root
-    for part in target.split("."):
-        value = getattr(value, part, None)
-    return value

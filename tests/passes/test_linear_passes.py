@@ -195,29 +195,112 @@ def test_names_are_recovered_from_dynamo_placeholders():
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize(
-    "source, name",
-    [
-        ("L['self']._modules['blocks']._modules['0']._modules['ff']._parameters['weight']", "blocks.0.ff"),
-        ("L['self'].__dict__['_modules']['transformer_blocks']._modules['3']._modules['to_q']._parameters['weight']",
-         "transformer_blocks.3.to_q"),
-        ("L['self'].blocks[2].proj._parameters['weight']", "blocks.2.proj"),
-        ("L['fn']._modules['0']._parameters['weight']", "0"),  # torch 2.11's name for the compiled module
-        ("L['self']._modules['attn']._parameters['w_qkv']", "attn.w_qkv"),
-        ("G['head']._parameters['weight']", "head"),
-        ("L['self']._modules['norm']._buffers['weight']", None),
-    ],
-)
-def test_linear_name_from_every_source_spelling(source, name):
+def captured_sites(fn, *args):
+    """The sites the lynx passes find in the graph Dynamo captures from `fn(*args)`."""
+    found = []
+
+    def capture(gm, example_inputs):
+        ctx = PassContext(LynxConfig())
+        run_passes(gm, ctx)
+        found.extend(ctx.sites)
+        return gm.forward
+
+    with torch.no_grad():
+        torch.compile(fn, backend=capture, fullgraph=True)(*args)
+    return found
+
+
+class Named(nn.Module):
+    """Submodules reached every way a name can go wrong: a forward whose first argument is not `self`, a ModuleDict
+    key with a quote, a ModuleList entry, a raw parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(16, 16)
+        self.d = nn.ModuleDict({"a'b": nn.Linear(16, 16)})
+        self.blocks = nn.ModuleList([nn.Linear(16, 16)])
+        self.w = nn.Parameter(torch.randn(16, 16))
+
+    def forward(this, x):  # noqa: N805  (the point of the test)
+        return this.blocks[0](this.d["a'b"](this.proj(x))) @ this.w.t()
+
+
+NAMED = ["proj", "d.a'b", "blocks.0", "w"]
+_MODEL = Named()
+
+
+def _through_global(x):
+    return _MODEL.proj(x)
+
+
+def _through_argument(module, x):
+    return module.proj(x)
+
+
+def test_names_are_qualified_names_however_the_module_is_reached():
+    model, x = Named(), torch.randn(24, 16)
+    assert [site.name for site in captured_sites(model, x)] == NAMED
+    assert set(NAMED) - {"w"} <= {name for name, _ in model.named_modules()}
+
+    def closure(x):
+        return model.proj(x)
+
+    assert [site.name for site in captured_sites(closure, x)] == ["proj"]
+    assert [site.name for site in captured_sites(_through_global, x)] == ["proj"]
+    assert [site.name for site in captured_sites(_through_argument, model, x)] == ["proj"]
+    bare = nn.Linear(16, 16)
+    assert [site.name for site in captured_sites(bare, x)] == [""] == [n for n, _ in bare.named_modules()]
+
+
+def test_the_options_and_a_policy_see_those_names():
+    model, x = Named(), torch.randn(24, 16)
+    report = lynx_compile.explain(model, x, options={"exclude": ["proj"]})
+    assert {layer.name: layer.reason for layer in report.layers}["proj"] == "excluded by 'proj'"
+    policy = lynx_compile.Policy({name: lynx_compile.LayerPolicy("sparse", "by hand") for name in NAMED})
+    report = lynx_compile.explain(model, x, options={"policy": policy})
+    assert [(layer.name, layer.decision) for layer in report.layers] == [(name, "sparse") for name in NAMED]
+
+
+def test_a_name_two_modules_share_is_not_recovered_and_stays_dense():
+    first, second, x = Named(), Named(), torch.randn(24, 16)
+
+    def both(x):
+        return first.proj(x) + second.proj(x) + first.blocks[0](x)
+
+    sites = captured_sites(both, x)
+    assert [(site.name, site.decision) for site in sites] == [
+        ("proj", "dense"), ("proj", "dense"), ("blocks.0", "sparse")]  # fmt: skip
+    assert sites[0].reason.startswith("qualified name not recoverable: 'proj' names a linear under each of")
+
+
+def test_names_from_chains_spelled_with_attributes_and_indices():
+    """Other torch versions reach submodules as attributes and list entries (``L['self'].blocks[2].proj``)."""
     from types import SimpleNamespace
 
-    from lynx_compile.passes.utils import linear_name
+    from torch._dynamo.source import AttrSource, DictGetItemSource, GetItemSource, LocalSource, NNModuleSource
 
-    graph = torch.fx.Graph()
-    node = graph.placeholder("w")
-    node.meta["grapharg"] = SimpleNamespace(source=SimpleNamespace(name=source), example=nn.Parameter(torch.ones(1)))
-    graph.output(node)
-    assert linear_name(node, torch.fx.GraphModule(nn.Module(), graph)) == name
+    from lynx_compile.passes.names import parameter_name
+
+    def name_of(source):
+        graph = torch.fx.Graph()
+        node = graph.placeholder("w")
+        node.meta["grapharg"] = SimpleNamespace(source=source, example=nn.Parameter(torch.ones(1)))
+        graph.output(node)
+        found = parameter_name(node, torch.fx.GraphModule(nn.Module(), graph))
+        return None if found is None else (found.linear_name, found.problem)
+
+    root = NNModuleSource(LocalSource("fn"))
+    blocks = NNModuleSource(GetItemSource(AttrSource(root, "blocks"), 2))
+    assert name_of(DictGetItemSource(AttrSource(AttrSource(blocks, "proj"), "_parameters"), "weight")) == (
+        "blocks.2.proj", None)  # fmt: skip
+    via_dict = DictGetItemSource(DictGetItemSource(AttrSource(root, "__dict__"), "_modules"), "attn")
+    assert name_of(DictGetItemSource(AttrSource(NNModuleSource(via_dict), "_parameters"), "w_qkv")) == (
+        "attn.w_qkv", None)  # fmt: skip
+    last = NNModuleSource(GetItemSource(AttrSource(root, "blocks"), -1))
+    name, problem = name_of(DictGetItemSource(AttrSource(last, "_parameters"), "weight"))
+    assert "index -1" in problem
+    _, problem = name_of(DictGetItemSource(AttrSource(LocalSource("params"), "_parameters"), "weight"))
+    assert problem == "the weight is not reached through a module"
 
 
 def test_a_linear_feeding_a_linear_is_rewritten_in_order():

@@ -1,0 +1,49 @@
+"""Checks of user-given settings, with errors that name the setting: options at torch.compile time (`LynxConfig`,
+`Method`) and the arguments of `calibrate` and `fit_lora`.
+
+Python's bool is an int and NaN compares False with everything, so plain `isinstance`/`<` checks let `n=True` and
+`min_speedup=nan` through (the latter would make every speed comparison pass); these helpers refuse both.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class OptionError(ValueError):
+    """A lynx option or argument with a wrong type or value; the message names it."""
+
+
+def _fail(name: str, expected: str, value: Any) -> OptionError:
+    return OptionError(f"lynx option {name!r} must be {expected}, got {value!r} ({type(value).__name__})")
+
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    expected = "an int" + (f" >= {minimum}" if minimum is not None else "")
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        raise _fail(name, expected, value)
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(name, "True or False", value)
+    return value
+
+
+def check_number(name: str, value: Any, *, minimum: float = -math.inf, above: bool = False) -> float:
+    """A finite real number ≥ `minimum` (> it with `above`)."""
+    expected = f"a finite number {'>' if above else '>='} {minimum}"
+    finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))  # huge ints: no float
+    if isinstance(value, bool) or not finite:
+        raise _fail(name, expected, value)
+    if value < minimum or (above and value == minimum):
+        raise _fail(name, expected, value)
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise _fail(name, f"one of {choices}", value)
+    return value

@@ -1,0 +1,118 @@
+"""The qualified name of the module that owns a linear's weight, as `named_modules()` gives it.
+
+Dynamo lifts each parameter to a placeholder whose `grapharg.source` says how the traced code reached it: a
+chain such as L['this'] → (a module) → ._modules['blocks'] → ['0'] → ._modules['ff'] → ._parameters['weight']. The name
+is read from that chain structurally (keys are taken as they are: a ModuleDict key ``a'b`` stays ``a'b``), relative
+to the outermost module in it — whatever the forward's first argument is called, whether the module came in as
+``self``, as a closure cell or a global, or is a bare `nn.Linear`, whose name is ``""`` as in `named_modules()`.
+
+A name that cannot be recovered is never guessed: the chain goes through something this reader does not know, or
+two modules reached from different roots give the same name. The site then gets a label and a `problem`, and the
+decide pass keeps it dense with that reason. One limit stays: a graph Dynamo compiles for a submodule's own frame
+(after a graph break inside it) is rooted at that submodule, and its names are relative to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+
+_CONTAINERS = {"_modules": "module", "_parameters": "parameter", "_buffers": "buffer"}
+
+
+@dataclass(frozen=True)
+class ParameterName:
+    """Where a parameter lives: its qualified name under the module `root` (a Dynamo source), or why not known."""
+
+    qualified: str | None  # "blocks.0.ff.weight"; None when not recoverable
+    root: str  # the source of the module it is relative to ("L['self']"), or "" for an FX-traced graph's root
+    problem: str | None = None
+    spelled: str = ""  # how Dynamo reached it: the label of a layer whose name is not recoverable
+
+    @property
+    def linear_name(self) -> str:
+        """The linear's name: the owning module for ``<module>.weight`` (``""`` for a bare `nn.Linear`), else the
+        parameter's own qualified name; Dynamo's spelling where the name is not recoverable."""
+        if self.qualified is None:
+            return self.spelled
+        module, _, parameter = self.qualified.rpartition(".")
+        return module if parameter == "weight" else self.qualified
+
+
+def parameter_name(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ParameterName | None:
+    """The name of the parameter `node` holds; None when it is not a module parameter at all."""
+    if node.op == "get_attr":  # an FX-traced graph keeps parameters as attributes of its root module
+        return ParameterName(str(node.target), "") if isinstance(_resolve(gm, str(node.target)),
+                                                                  torch.nn.Parameter) else None  # fmt: skip
+    if node.op != "placeholder":
+        return None
+    graph_arg = node.meta.get("grapharg")
+    source = getattr(graph_arg, "source", None)
+    if source is None or not isinstance(getattr(graph_arg, "example", None), torch.nn.Parameter):
+        return None
+    return _from_source(source)
+
+
+def _name_of(source: Any) -> str:
+    name = source.name
+    return name() if callable(name) else str(name)
+
+
+def _from_source(source: Any) -> ParameterName | None:
+    chain = [source]  # parameter first, root last
+    while getattr(chain[-1], "base", None) is not None:
+        chain.append(chain[-1].base)
+    chain.reverse()
+    # The outermost module: the base of the first wrapper marking a module (NNModuleSource and its variants).
+    boundary = next((i for i, step in enumerate(chain) if type(step).__name__.endswith("NNModuleSource")), None)
+    if boundary is None:
+        return ParameterName(None, _name_of(source), "the weight is not reached through a module", _name_of(source))
+    root = _name_of(chain[boundary])
+    steps = []
+    for step in chain[boundary + 1:]:
+        if type(step).__name__.endswith("NNModuleSource"):
+            continue  # marks its base as a module; adds no name
+        if hasattr(step, "member"):
+            steps.append(("attribute", step.member))
+        elif hasattr(step, "index"):
+            steps.append(("item", step.index))
+        else:
+            return ParameterName(None, root, f"unknown step {type(step).__name__} in {_name_of(source)}",
+                                 _name_of(source))  # fmt: skip
+    return _interpret(steps, root, _name_of(source))
+
+
+def _interpret(steps: list[tuple[str, Any]], root: str, spelled: str) -> ParameterName | None:
+    """Qualified name from the steps below the root module: ``._modules[k]``, ``.__dict__['_modules'][k]`` and
+    ``.k`` name a submodule, ``._parameters[k]`` a parameter, ``[i]`` an entry of a ModuleList/ModuleDict."""
+    parts, kind, index = [], None, 0
+    while index < len(steps):
+        step, key = steps[index]
+        if step == "attribute" and key == "__dict__":  # .__dict__['_modules'] is ._modules
+            if index + 1 < len(steps) and steps[index + 1][1] in _CONTAINERS:
+                kind, index = _CONTAINERS[steps[index + 1][1]], index + 2
+                continue
+            return ParameterName(None, root, f"cannot read the name in {spelled}", spelled)
+        if step == "attribute" and key in _CONTAINERS:
+            kind = _CONTAINERS[key]
+        elif step == "attribute" or isinstance(key, str) or (isinstance(key, int) and key >= 0):
+            if kind == "buffer":
+                return None  # a buffer is no parameter: not a linear's weight
+            parts.append(str(key))
+            kind = None
+        else:  # a negative index or a slice: which entry it is depends on the container's length
+            return ParameterName(None, root, f"cannot read the name in {spelled} (index {key!r})", spelled)
+        index += 1
+    if not parts:
+        return ParameterName(None, root, f"cannot read the name in {spelled}", spelled)
+    return ParameterName(".".join(parts), root, spelled=spelled)
+
+
+def _resolve(root: torch.nn.Module, target: str) -> Any:
+    value: Any = root
+    for part in target.split("."):
+        value = getattr(value, part, None)
+    return value
