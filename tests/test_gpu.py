@@ -338,3 +338,23 @@ def test_autocast_runs_an_fp32_layer_on_sparse_cores_in_bf16():
         expected = sparse_linear(x.bfloat16(), layer.weight.bfloat16(), layer.bias.bfloat16())
     rel = (out.float() - expected.float()).norm() / expected.float().norm()
     assert rel < 1e-2, rel
+
+
+@needs_sm90
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["silu", "gelu_tanh"])
+def test_gated_folding_compressor_is_bit_exact_with_cusparselt(name, dtype):
+    """act(a)·b on load == cuSPARSELt's compression of the product the same loader writes out; that product is
+    torch's to one rounding step (here Triton rounds to nearest, as torch does)."""
+    from lynx_compile.folds import FoldSpec, assemble, compress, load
+    from lynx_compile.kernels.prune_compress_24 import as_flat, compressed_numel
+
+    rows, k = 1040, 10240
+    a, b = torch.randn(rows, 2 * k, device="cuda", dtype=dtype).chunk(2, dim=-1)  # views, as proj(x).chunk(2)
+    spec = FoldSpec("gated", (name,))
+    ours, _ = compress([a, b], spec)
+    written = load([a, b], spec)
+    expected = torch._cslt_compress(nm_prune_ref(written)[0]).flatten()[: compressed_numel(rows, k)]
+    assert torch.equal(as_flat(ours, rows, k).view(torch.int16), expected.view(torch.int16))
+    ulp = 2**-7 if dtype == torch.bfloat16 else 2**-10
+    torch.testing.assert_close(written.float(), assemble([a, b], spec).float(), rtol=2 * ulp, atol=1e-5)

@@ -13,10 +13,11 @@ from typing import Sequence
 import torch
 import torch.fx
 
-from ..kernels.prune_compress_24 import prune_compress_24
+from ..kernels.prune_compress_24 import prune_compress_24, written_out
 from .activation import Activation
 from .base import IDENTITY, FoldMatch, FoldSpec, ProducerFold
 from .concat import Concat
+from .gated import Gated
 from .identity import Identity
 
 FOLDS: dict[str, ProducerFold] = {}
@@ -68,9 +69,18 @@ def compress(
     return prune_compress_24(rows, fold.loader(rows, spec.params), row_multiple)
 
 
+def load(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> torch.Tensor:
+    """x as the compressor makes it from `inputs` on load, written out (rows × K): for tests of a fold's loader."""
+    fold = get_fold(spec.kind)
+    fold.check(inputs, spec.params)
+    rows = [tensor.reshape(-1, tensor.shape[-1]) for tensor in inputs]
+    return written_out(rows, fold.loader(rows, spec.params))
+
+
 register_fold(Identity())
 register_fold(Concat())
 register_fold(Activation())
+register_fold(Gated())
 
-__all__ = ["FOLDS", "IDENTITY", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "describe", "get_fold",
+__all__ = ["FOLDS", "IDENTITY", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "describe", "get_fold", "load",
            "match_producer", "register_fold"]  # fmt: skip

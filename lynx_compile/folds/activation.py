@@ -1,4 +1,4 @@
-"""A pointwise activation producing x: the MLP down-projection's input, GELU(up-projection), in every DiT.
+"""A pointwise activation producing x: the MLP down-projection's input, GELU(up-projection), in most DiTs (SiLU too).
 
 Unfolded, one kernel reads the up-projection's output and writes x = GELU(·) densely, only for the compressor to read
 x back: at K = 12288 that round trip is a fifth of the sparsified layer's time (benchmarks/RESULTS.md). Folded, the
@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.fx
 
-from ..kernels.activations import ACTIVATIONS, GELU_APPROXIMATE, activation_ref, check_activation
+from ..kernels.activations import ACTIVATIONS, GELU_APPROXIMATE, activation_ref, activation_vjp, check_activation
 from ..kernels.prune_compress_24 import Loader
 from .base import FoldMatch, FoldSpec, ProducerFold, argument, through_identities
 
@@ -26,25 +26,23 @@ except ImportError:
     triton = None
 
 _GELU_FUNCTIONS = {torch._C._nn.gelu, torch.nn.functional.gelu}
+_SILU_FUNCTIONS = {torch.nn.functional.silu, torch._C._nn.silu}
 _GELU_NAMES = {approximate: name for name, approximate in GELU_APPROXIMATE.items()}  # F.gelu's approximate → name
 
 
 def activation_input(node: torch.fx.Node) -> tuple[torch.fx.Node, str] | None:
     """(the activation's input, its name) for a one-user activation node the compressor can apply; else None."""
-    if node.op != "call_function" or node.target not in _GELU_FUNCTIONS or len(node.users) != 1:
+    if node.op != "call_function" or len(node.users) != 1:
         return None
     source = argument(node, 0, "input")
-    approximate = argument(node, 1, "approximate", "none")
-    if not isinstance(source, torch.fx.Node) or approximate not in _GELU_NAMES:
+    if not isinstance(source, torch.fx.Node):
         return None
-    return source, _GELU_NAMES[approximate]
-
-
-def activation_vjp(grad: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
-    """The gradient of `activation_ref(x, name)` given the gradient of its output."""
-    if name == "none":
-        return grad
-    return torch.ops.aten.gelu_backward(grad, x, approximate=GELU_APPROXIMATE[name])
+    if node.target in _SILU_FUNCTIONS and argument(node, 1, "inplace", False) is False:
+        return source, "silu"
+    approximate = argument(node, 1, "approximate", "none")
+    if node.target in _GELU_FUNCTIONS and approximate in _GELU_NAMES:
+        return source, _GELU_NAMES[approximate]
+    return None
 
 
 if triton is not None:

@@ -12,9 +12,9 @@ from typing import Sequence
 import torch
 import torch.fx
 
-from ..kernels.activations import ACTIVATIONS, activation_ref, check_activation
+from ..kernels.activations import ACTIVATIONS, activation_ref, activation_vjp, check_activation
 from ..kernels.prune_compress_24 import Loader
-from .activation import activation_input, activation_vjp
+from .activation import activation_input
 from .base import FoldMatch, FoldSpec, ProducerFold, argument, fake_value, through_identities
 
 try:

@@ -21,8 +21,8 @@ try:
 except ImportError:
     triton = None
 
-# name → the code the kernels take as a constexpr; names follow `F.gelu(approximate=...)`
-ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+# name → the code the kernels take as a constexpr; GELU's names follow `F.gelu(approximate=...)`
+ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3}
 GELU_APPROXIMATE = {"gelu": "none", "gelu_tanh": "tanh"}  # name → `F.gelu`'s (and `gelu_backward`'s) approximate
 
 
@@ -36,7 +36,19 @@ def activation_ref(x: torch.Tensor, name: str) -> torch.Tensor:
     check_activation(name)
     if name == "none":
         return x
+    if name == "silu":
+        return F.silu(x)
     return F.gelu(x, approximate=GELU_APPROXIMATE[name])
+
+
+def activation_vjp(grad: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+    """The gradient of `activation_ref(x, name)` given the gradient of its output."""
+    check_activation(name)
+    if name == "none":
+        return grad
+    if name == "silu":
+        return torch.ops.aten.silu_backward(grad, x)
+    return torch.ops.aten.gelu_backward(grad, x, approximate=GELU_APPROXIMATE[name])
 
 
 if triton is not None:
@@ -45,7 +57,8 @@ if triton is not None:
     def apply_activation(x, ACTIVATION: tl.constexpr):
         """x → activation(x) in fp32, rounded back to x's dtype. GELU-tanh as x·sigmoid(2u), which equals
         0.5·x·(1 + tanh(u)) without tanh (missing from the interpreter) and without cancellation near u = 0; the
-        approximate division is within 2 fp32 ulp, far below the bf16/fp16 rounding that follows."""
+        approximate division is within 2 fp32 ulp, far below the bf16/fp16 rounding that follows. SiLU as
+        x / (1 + exp(−x)), the same way."""
         if ACTIVATION == 1:
             f = x.to(tl.float32)
             x = (0.5 * f * (1.0 + tl.erf(f * 0.7071067811865476))).to(x.dtype)
@@ -53,6 +66,9 @@ if triton is not None:
             f = x.to(tl.float32)
             u = 0.7978845608028654 * (f + 0.044715 * f * f * f)  # sqrt(2/π)·(x + 0.044715·x³)
             x = tl.fdiv(f, 1.0 + tl.exp(-2.0 * u), ieee_rounding=False).to(x.dtype)  # IEEE division: many instr.
+        elif ACTIVATION == 3:
+            f = x.to(tl.float32)
+            x = tl.fdiv(f, 1.0 + tl.exp(-f), ieee_rounding=False).to(x.dtype)
         return x
 
     @triton.jit

@@ -268,6 +268,16 @@ if triton is not None:
         tl.store(scale_ptr + rows, tl.where(total - total == 0.0, scale, 1.0), mask=rows < M)  # non-finite rows: 1
 
 
+    @triton.jit
+    def _written_out_kernel(operands, strides, scalars, out_ptr, M, K, LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr,
+                            BLOCK_G: tl.constexpr):  # fmt: skip
+        """X as the compressor loads it, stored densely: the tiles `_compress_kernel` would prune."""
+        rows = tl.program_id(0) * 16 + tl.arange(0, 16)
+        start = tl.program_id(1) * 4 * BLOCK_G
+        x = LOAD(operands, strides, scalars, rows, start, M, LOAD_ARGS, 4 * BLOCK_G)
+        cols = start + tl.arange(0, 4 * BLOCK_G)[None, :]
+        tl.store(out_ptr + rows[:, None] * K + cols, x, mask=(rows[:, None] < M) & (cols < K))
+
 else:  # no Triton (it ships for Linux only): the references still work, nothing is launched
     load_tile = load_rows = None
 
@@ -329,6 +339,25 @@ def prune_compress_24(
     _row_scale_kernel[(triton.cdiv(rows, block_m),)](energies, scale, rows, n_chunks, NORM_EPS, BLOCK_M=block_m,
                                                      CHUNKS=triton.next_power_of_2(n_chunks))  # fmt: skip
     return operand, scale
+
+
+def written_out(operands: Sequence[torch.Tensor], loader: Loader) -> torch.Tensor:
+    """X (tokens × K) exactly as the compressor's loader makes it, written out: the reference a folded compressor is
+    bit-exact with (its arithmetic, e.g. the interpreter's bf16 rounding, is the loader's own); the loader's
+    agreement with the fold's torch reference is a separate, one-rounding-step check."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    check_operands(operands)
+    rows, k = operands[0].shape[0], loader.width
+    out = torch.empty(rows, k, dtype=operands[0].dtype, device=operands[0].device)
+    if rows:
+        block_g = groups_per_chunk(loader.segments or (k,))
+        strides = tuple(stride for tensor in operands for stride in tensor.stride())
+        _written_out_kernel[(triton.cdiv(rows, 16), k // 4 // block_g)](
+            tuple(operands), strides, loader.scalars, out, rows, k, LOAD=loader.fn, LOAD_ARGS=loader.args,
+            BLOCK_G=block_g,
+        )  # fmt: skip
+    return out
 
 
 def groups_per_chunk(segments: Sequence[int]) -> int:
