@@ -1,12 +1,14 @@
 """One transformer forward, end to end: Inductor dense vs lynx sparse, with and without CUDA graphs.
 
-    python benchmarks/bench_e2e.py [flux|wan|qwen_image|dit|all] [graphs|no-graphs]   # sm_90 GPU + diffusers
+    python benchmarks/bench_e2e.py [flux|wan|qwen_image|z_image|dit|all] [graphs|no-graphs]   # sm_90 GPU + diffusers
 
 - flux: full-size FluxTransformer2DModel config (19 double + 38 single blocks, hidden 3072), random weights, bf16,
   1024² (4096 image + 512 text tokens), batch 1;
 - wan: Wan2.1-14B's WanTransformer3DModel config (hidden 5120, FFN 13824) with 8 of its 40 blocks, 480×832, 33
   frames: 9 × 30 × 52 = 14040 video tokens (not a multiple of 16) + 512 text tokens, batch 1;
 - qwen_image: QwenImageTransformer2DModel's config with 20 of its 60 blocks, 1024² (4096 image + 256 text tokens);
+- z_image: ZImageTransformer2DModel's config (hidden 3840, SwiGLU FFN 10240) with 10 of its 30 blocks, 1024² (4096
+  image + 256 caption tokens);
 - dit: DiT-XL/2 at 256² (28 blocks, hidden 1152), batch 8 (2048 tokens), bf16: the shape where lynx must not lose.
 Writes bench_e2e_<case>.json to $OUT; each lynx compile prints its share of linear FLOPs on the sparse path and
 how many layers stayed dense for each reason.
@@ -106,6 +108,26 @@ def qwen_image_case(num_layers: int = 20):
                   timestep=torch.full((1,), 0.5, device="cuda"), img_shapes=[(1, 64, 64)],
                   return_dict=False)  # fmt: skip
     return model, inputs
+
+
+def z_image_case(num_layers: int = 10, latent_size: int = 1024 // 8, caption_tokens: int = 256, device: str = "cuda",
+                 **config):
+    """Z-Image's inputs are lists (one latent and one caption per sample): 16 × 1 × 128 × 128 latents at 1024²."""
+    from diffusers import ZImageTransformer2DModel
+
+    if device == "cuda":
+        model = built_on_gpu(ZImageTransformer2DModel, n_layers=num_layers, **config)
+    else:  # a tiny config, to check this case on a CPU
+        model = ZImageTransformer2DModel(n_layers=num_layers, **config).eval()
+    dtype = next(model.parameters()).dtype
+    g = torch.Generator(device=device).manual_seed(1)
+    latents = [torch.randn(model.config.in_channels, 1, latent_size, latent_size, device=device, dtype=dtype,
+                           generator=g)]  # fmt: skip
+    captions = [torch.randn(caption_tokens, model.config.cap_feat_dim, device=device, dtype=dtype, generator=g)]
+    timestep = torch.full((1,), 0.5, device=device)
+    with torch.no_grad():  # Z-Image builds its RoPE tables on the first call, outside what Dynamo can trace
+        model(latents, timestep, captions)
+    return model, dict(x=latents, t=timestep, cap_feats=captions, return_dict=False)
 
 
 def dit_case():
@@ -212,7 +234,8 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     modes = {"graphs": (True,), "no-graphs": (False,)}.get(sys.argv[2] if len(sys.argv) > 2 else "", (False, True))
-    cases = {"flux": flux_case, "wan": wan_case, "qwen_image": qwen_image_case, "dit": dit_case}
+    cases = {"flux": flux_case, "wan": wan_case, "qwen_image": qwen_image_case, "z_image": z_image_case,
+             "dit": dit_case}
     rows = []
     for name, build in cases.items():
         if which in (name, "all"):

@@ -18,7 +18,8 @@ Per shape (tokens M, K → N, bf16, with bias), all timed in one run as CUDA-gra
 - gemm_only_k128: the sparse GEMM with K + 128: what folding the rank-64 correction into the sparse GEMM (its r
   columns spread 2:4 into 2r extra K) would cost there, the ceiling of that unbuilt design.
 For shapes whose input a GELU produces in the model (MLP down-projections; FLUX's single-block output reads
-cat([attention, GELU(MLP)])), also the layer with its producer, as a compiled model runs it:
+cat([attention, GELU(MLP)]); Z-Image's SwiGLU silu(a)·b), also the layer with its producer, as a compiled model
+runs it:
 - dense_producer: the Inductor-compiled producer (writes x) + `F.linear` without bias;
 - lynx_unfolded: the same producer, then `lynx_in_model` on the x it wrote;
 - lynx_folded: `lynx_in_model` on the producer's inputs: the compressor applies the GELU as it loads them, and x
@@ -47,23 +48,24 @@ from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24  # noqa: E402
 from plots import plot_linear  # noqa: E402
 
-# (name, M, K, N, the input's producer as (width, activation) pieces or None): DESIGN.md §3. FLUX.1 at 1024² is
-# 4096 image + 512 text tokens.
-GELU_TANH = "gelu_tanh"
+# (name, M, K, N, the input's producer as (its fold, the widths of the fold's inputs) or None): DESIGN.md §3. FLUX.1
+# at 1024² is 4096 image + 512 text tokens; Z-Image's SwiGLU feed-forward is w2(silu(w1(x)) · w3(x)), 3840 → 10240.
+GELU_TANH = FoldSpec("activation", ("gelu_tanh",))
 SHAPES = [
     ("flux attn out", 4608, 3072, 3072, None),
     ("flux qkv", 4608, 3072, 9216, None),
     ("flux mlp up", 4608, 3072, 12288, None),
-    ("flux mlp down", 4608, 12288, 3072, ((12288, GELU_TANH),)),
+    ("flux mlp down", 4608, 12288, 3072, (GELU_TANH, (12288,))),
     ("flux single in", 4608, 3072, 21504, None),
-    ("flux single out", 4608, 15360, 3072, ((3072, "none"), (12288, GELU_TANH))),
+    ("flux single out", 4608, 15360, 3072, (FoldSpec("concat", ("none", "gelu_tanh")), (3072, 12288))),
     ("qwen-image mlp up", 4352, 3072, 12288, None),
-    ("qwen-image mlp down", 4352, 12288, 3072, ((12288, GELU_TANH),)),
+    ("qwen-image mlp down", 4352, 12288, 3072, (GELU_TANH, (12288,))),
+    ("z-image mlp down", 4096, 10240, 3840, (FoldSpec("gated", ("silu",)), (10240, 10240))),
     ("dit-xl b8 qkv", 2048, 1152, 3456, None),
     ("dit-xl b8 mlp up", 2048, 1152, 4608, None),
-    ("dit-xl b8 mlp down", 2048, 4608, 1152, ((4608, GELU_TANH),)),
+    ("dit-xl b8 mlp down", 2048, 4608, 1152, (GELU_TANH, (4608,))),
     ("wan 32k ffn up", 32768, 5120, 13824, None),
-    ("wan 32k ffn down", 32768, 13824, 5120, ((13824, GELU_TANH),)),
+    ("wan 32k ffn down", 32768, 13824, 5120, (GELU_TANH, (13824,))),
 ]
 
 
@@ -86,17 +88,11 @@ def linear(inputs, fold: FoldSpec, weight, bias, alg: int):
     return CUSPARSELT.forward(inputs, weight, bias, None, plan)
 
 
-def fold_of(pieces) -> FoldSpec:
-    """The fold of x made of (width, activation) pieces: GELU(t), or cat([act(p) ...])."""
-    names = tuple(name for _, name in pieces)
-    return FoldSpec("concat", names) if len(pieces) > 1 else FoldSpec("activation", names)
-
-
-def bench_producer(m: int, n: int, pieces, alg: int) -> dict:
-    """The layer with the GELU (and concatenation) that produces its input, folded into the compressor or not."""
-    inputs = [torch.randn(m, width, device="cuda", dtype=torch.bfloat16) for width, _ in pieces]
-    fold = fold_of(pieces)
-    k = sum(width for width, _ in pieces)
+def bench_producer(m: int, k: int, n: int, producer, alg: int) -> dict:
+    """The layer with the GELU (concatenation, gated activation) that produces its input, folded into the
+    compressor or not."""
+    fold, widths = producer
+    inputs = [torch.randn(m, width, device="cuda", dtype=torch.bfloat16) for width in widths]
     weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
     produce = torch.compile(lambda *inputs: assemble(list(inputs), fold))
     compress = torch.ops.lynx.prune_compress_24
@@ -119,7 +115,7 @@ def bench_producer(m: int, n: int, pieces, alg: int) -> dict:
     }  # fmt: skip
 
 
-def bench_shape(name: str, m: int, k: int, n: int, pieces, prune_compiled) -> dict:
+def bench_shape(name: str, m: int, k: int, n: int, producer, prune_compiled) -> dict:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
@@ -177,7 +173,7 @@ def bench_shape(name: str, m: int, k: int, n: int, pieces, prune_compiled) -> di
         "lynx_rel_err": relative_error(lynx(), reference),
         "lynx_lora64_rel_err": relative_error(lynx_lora64_whole(), lora_reference),
         "dense_tflops": 2 * m * k * n / times["dense"] / 1e9,
-        **(bench_producer(m, n, pieces, best_alg) if pieces else {}),
+        **(bench_producer(m, k, n, producer, best_alg) if producer else {}),
     }  # fmt: skip
 
 
@@ -185,8 +181,8 @@ def main() -> None:
     torch.manual_seed(0)
     prune_compiled = torch.compile(nm_prune_ref)
     rows = []
-    for index, (name, m, k, n, pieces) in enumerate(SHAPES):
-        row = bench_shape(name, m, k, n, pieces, prune_compiled)
+    for index, (name, m, k, n, producer) in enumerate(SHAPES):
+        row = bench_shape(name, m, k, n, producer, prune_compiled)
         rows.append(row)
         print(f"[{index + 1}/{len(SHAPES)}] " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                              for k, v in row.items()}), flush=True)  # fmt: skip
