@@ -1,6 +1,7 @@
 """One sparsified linear, whole, against cuBLAS: does 2:4 activation sparsity pay on this GPU, per shape?
 
-    python benchmarks/bench_linear.py      # on a CUDA GPU (sm_90); prints a table, writes bench_linear.json to $OUT
+    python benchmarks/bench_linear.py [name ...]   # on an sm_90 GPU; shapes whose name contains a word (default all);
+                                                   # prints a table, writes bench_linear.json to $OUT
 
 Per shape (tokens M, K → N, bf16, with bias), all timed in one run as CUDA-graph replays (median of do_bench):
 - dense: `F.linear(x, W, b)` (cuBLAS);
@@ -181,10 +182,11 @@ def main() -> None:
     torch.manual_seed(0)
     prune_compiled = torch.compile(nm_prune_ref)
     rows = []
-    for index, (name, m, k, n, producer) in enumerate(SHAPES):
+    shapes = [shape for shape in SHAPES if not sys.argv[1:] or any(word in shape[0] for word in sys.argv[1:])]
+    for index, (name, m, k, n, producer) in enumerate(shapes):
         row = bench_shape(name, m, k, n, producer, prune_compiled)
         rows.append(row)
-        print(f"[{index + 1}/{len(SHAPES)}] " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
+        print(f"[{index + 1}/{len(shapes)}] " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                              for k, v in row.items()}), flush=True)  # fmt: skip
     out_dir = os.environ.get("OUT", "/tmp")
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
