@@ -6,9 +6,13 @@ execution="dense"; dtype; K % m; too few features; too few tokens. Then the exec
 run the layer, measures the others against dense for the layer's shape (with its folded producer and correction,
 `paths.measurements`), and takes the fastest if it beats dense by `min_speedup`. Before that, siblings reading one x
 are measured as a group (`group_siblings`): one prune for all their GEMMs; a group that pays is decided as one, the
-others fall back to their own decisions. A symbolic token count cannot be decided here without a guard (a recompile
-at the threshold), so such a layer is marked sparse and `lynx::sparse_linear` runs it dense at run time below
-`min_tokens`.
+others fall back to their own decisions.
+
+A symbolic token count (Dynamo made M dynamic, e.g. after a second resolution) is decided with a guard on
+M ≥ min_tokens: Dynamo then recompiles if a call falls on the other side, and this graph's ops can be lowered with
+their epilogues fused. The alternative, an opaque op that checks M at run time, kept every sparse layer's epilogue
+out of Inductor's fusion: 0.85× dense end to end on Z-Image, whose repeated block sees three token counts
+(benchmarks/RESULTS.md). A path that runs only some token counts (`row_multiple` > 1) still checks at run time.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
         return f"features K={site.in_features}, N={site.out_features} < min_features={config.min_features}"
     if not isinstance(site.tokens, torch.SymInt) and site.tokens < config.min_tokens:
         return f"tokens M={site.tokens} < min_tokens={config.min_tokens}"
+    if isinstance(site.tokens, torch.SymInt) and not bool(site.tokens >= config.min_tokens):  # guards M < min_tokens
+        return f"tokens M={site.tokens} < min_tokens={config.min_tokens} (guarded: a larger M recompiles)"
     return None
 
 
@@ -168,9 +174,9 @@ def _sparse_reason(site: LinearSite, ctx: PassContext) -> str:
     if config.policy is not None:
         reason += f"; policy: {config.policy.decision_for(site.name).reason}"
     if isinstance(site.tokens, torch.SymInt):
-        reason += f"; M symbolic: dense at run time below {config.min_tokens} tokens"
+        reason += f"; M symbolic, guarded ≥ {config.min_tokens} (a smaller M recompiles)"
         if site.plan.row_multiple > 1:
-            reason += f" or when M % {site.plan.row_multiple}"
+            reason += f"; dense at run time when M % {site.plan.row_multiple}"
     return reason
 
 
