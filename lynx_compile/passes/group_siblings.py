@@ -54,8 +54,8 @@ def _operands_are_inputs(site: LinearSite) -> bool:
 
 
 def rewrite_group(gm: torch.fx.GraphModule, group: SiblingGroup, x: torch.fx.Node) -> list[torch.fx.Node]:
-    """Put one `lynx::sparse_linear_group` before the group's first member and hand each member's users its output;
-    returns the nodes now standing for the members' outputs."""
+    """Put one `lynx::sparse_linear_group` before the group's first member; returns the nodes standing for the
+    members' outputs (its items), for the caller to hand to each member's users."""
     graph = gm.graph
     first = group.sites[0].node
     order = {node: index for index, node in enumerate(graph.nodes)}
