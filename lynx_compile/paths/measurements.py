@@ -7,6 +7,11 @@ library versions and the workload (`measurement_key`), and looked up, in order: 
 compile uses (`Policy.with_measurements`, e.g. to give every rank the same decisions); on disk, in
 ``$LYNX_CACHE_DIR`` (default: ``lynx/`` in Inductor's cache directory, which ``TORCHINDUCTOR_CACHE_DIR`` moves), so
 a second process does not time again. ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` turns the disk cache off.
+
+Under torch.distributed (several ranks, e.g. diffusers' context parallelism under torchrun), rank 0 decides: it
+resolves each measurement as above and broadcasts it, and every rank takes rank 0's, so all ranks compile the same
+decisions into their graphs. That needs every rank to compile the same graphs in the same order (one model, SPMD),
+as collectives always do; ``LYNX_SHARE_MEASUREMENTS=0`` makes each rank measure on its own instead.
 """
 
 from __future__ import annotations
@@ -55,11 +60,18 @@ def measurement_key(path: SparsePath, workload: Workload) -> str:
 
 
 def measure(path: SparsePath, workload: Workload, stored: Mapping[str, Mapping[str, Any]] | None = None) -> Measurement:
-    """The path's measurement for the workload: from this process's cache, from `stored` (a policy's), or timed."""
+    """The path's measurement for the workload: from this process's cache, from `stored` (a policy's), from the
+    disk cache, or timed; under torch.distributed, rank 0's."""
     if workload.tokens % path.row_multiple:  # a symbolic M, timed at a token count the path runs
         multiple = path.row_multiple
         workload = workload.with_tokens(max(multiple, workload.tokens // multiple * multiple))
     key = measurement_key(path, workload)
+    if _sharing_ranks():
+        return _from_rank_zero(key, lambda: _resolve(key, path, workload, stored))
+    return _resolve(key, path, workload, stored)
+
+
+def _resolve(key: str, path: SparsePath, workload: Workload, stored: Mapping[str, Mapping[str, Any]] | None):
     if key in _MEASURED:
         return _MEASURED[key]
     if stored is not None and key in stored:
@@ -71,6 +83,29 @@ def measure(path: SparsePath, workload: Workload, stored: Mapping[str, Mapping[s
     else:
         _MEASURED[key] = _time(path, workload)
         _write_disk_cache(key, _MEASURED[key])
+    return _MEASURED[key]
+
+
+def _sharing_ranks() -> bool:
+    import torch.distributed as dist
+
+    if os.environ.get("LYNX_SHARE_MEASUREMENTS", "1") == "0" or not dist.is_available() or not dist.is_initialized():
+        return False
+    return dist.get_world_size() > 1
+
+
+def _from_rank_zero(key: str, resolve) -> Measurement:  # noqa: ANN001
+    """Rank 0's measurement of `key`, on every rank (each rank calls this for the same keys in the same order)."""
+    import torch.distributed as dist
+
+    payload = [(key, resolve().to_dict()) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(payload, src=0)
+    rank_zero_key, record = payload[0]
+    if rank_zero_key != key:
+        raise RuntimeError(f"lynx: rank {dist.get_rank()} compiles another layer than rank 0 ({key!r} here, "
+                           f"{rank_zero_key!r} there): compile the same model on every rank, or give every rank "
+                           "one policy with its measurements and set LYNX_SHARE_MEASUREMENTS=0")  # fmt: skip
+    _MEASURED[key] = Measurement.from_dict(record)
     return _MEASURED[key]
 
 
