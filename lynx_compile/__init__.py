@@ -15,10 +15,11 @@ from .explain import explain
 from .lora import LoraAdapter
 from .paths import measured
 from .policy import LayerPolicy, Policy, PolicyError
+from .regions import RegionError
 from .report import LayerRecord, Report, collect_reports
 
 register()
 
-__all__ = ["LayerPolicy", "LayerRecord", "LoraAdapter", "LynxConfig", "OptionError", "Policy", "PolicyError", "Report",
-           "__version__", "calibrate", "collect_reports", "explain", "fit_lora", "lynx_backend", "measured",
-           "parse_options"]  # fmt: skip
+__all__ = ["LayerPolicy", "LayerRecord", "LoraAdapter", "LynxConfig", "OptionError", "Policy", "PolicyError",
+           "RegionError", "Report", "__version__", "calibrate", "collect_reports", "explain", "fit_lora",
+           "lynx_backend", "measured", "parse_options"]  # fmt: skip

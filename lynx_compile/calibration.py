@@ -26,6 +26,7 @@ from .config import LynxConfig, parse_options
 from .lora import DEFAULT_MEMORY_BUDGET, DEFAULT_RANK, LoraAdapter, LoraSolution, ResidualStatistics, solve_lora
 from .method import Method, sparse_linear_ref, token_rows
 from .policy import LayerPolicy, Policy
+from .regions import register_model
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def calibrate(
     config = parse_options(options)
     method, bare = config.method, dataclasses.replace(config.method, norm_compensation=False)
     calls = _as_calls(samples, "calibrate")
+    register_model(model)  # its policy names its layers: lynx may place a block's graph in it (`regions`)
     linears = _linears(model)
     kept_dense = {name: why for name in linears if (why := config.name_rule(name)) is not None}
 
