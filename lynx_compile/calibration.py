@@ -128,6 +128,10 @@ def calibrate(
     layers their `include`/`exclude` keep dense are recorded dense with that reason and never take any of the
     error budget. Arguments are checked before the model runs; a sample whose dense output is not finite is an error
     (its relative errors would be NaN, and every layer would silently stay dense).
+
+    Calibrate the whole model, however it will be compiled: the policy names every layer by its full name, which
+    whole-model and regional compilation (`lynx_compile.compile_repeated_blocks`) both decide by. The model is
+    remembered (weakly), so that a graph of one of its blocks compiled later in this process can be placed in it.
     """
 
     def report(line: str) -> None:
