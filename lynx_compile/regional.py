@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import re
 import types
@@ -53,6 +54,7 @@ class RegionalCompile:
 
     blocks: tuple[str, ...]
     compile_kwargs: dict[str, Any]
+    compiled: tuple[str, ...]  # the modules it compiled, by qualified name
 
 
 OUTSIDE = "linears outside the blocks"  # the region label of each linear compiled on its own
@@ -85,19 +87,23 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
     if not instances:
         raise ValueError(f"compile_repeated_blocks: no module of class {', '.join(names)} in {type(model).__name__}")
     register_model(model)
+    earlier = _compiled.get(model)
+    for path in earlier.compiled if earlier is not None else ():  # options that compile fewer linears: not those
+        model.get_submodule(path)._compiled_call_impl = None
     patterns: dict[tuple, list[tuple[str, torch.nn.Module]]] = {}
     for path, module in instances:
         patterns.setdefault(_pattern(module, path, config), []).append((path, module))
     outside = _linears_outside(model, instances, config)
     regions = [(type(members[0][1]).__name__, members) for members in patterns.values()]
     regions += [(OUTSIDE, [(path, module)]) for path, module in outside]
-    for index, (label, members) in enumerate(regions):
+    for label, members in regions:
         region = RegionSpec(label, tuple(path for path, _ in members))
-        run = torch.compile(_region_function(f"lynx_{type(members[0][1]).__name__}_{index}"), backend="lynx",
+        run = torch.compile(_region_function(*members[0]), backend="lynx",
                             options=dataclasses.replace(config, region=region), **compile_kwargs)  # fmt: skip
         for _, module in members:
             module._compiled_call_impl = functools.partial(run, module)
-    _compiled[model] = RegionalCompile(names, dict(compile_kwargs))
+    _compiled[model] = RegionalCompile(names, dict(compile_kwargs), tuple(path for _, members in regions
+                                                                          for path, _ in members))  # fmt: skip
     _log_regions(model, regions, config)
     return model
 
@@ -128,9 +134,13 @@ def _region_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
     return module._call_impl(*args, **kwargs)
 
 
-def _region_function(name: str) -> types.FunctionType:
-    """`_region_call` with a code object of its own, named `name`: Dynamo keeps one cache per code object."""
-    name = re.sub(r"\W", "_", name)
+def _region_function(path: str, module: torch.nn.Module) -> types.FunctionType:
+    """`_region_call` with a code object of its own: Dynamo keeps one cache per code object. Its name says which
+    module it compiles first, and the shapes of its parameters: Dynamo keeps what it learnt about dynamic shapes by
+    file, line and name (`torch._dynamo.pgo.CodeId`), so a region must not share a name with one of other shapes
+    (and may keep its name from run to run)."""
+    shapes = hashlib.sha1(repr(_structure(module)).encode()).hexdigest()[:8]
+    name = re.sub(r"\W", "_", f"lynx_{type(module).__name__}_{path}_{shapes}")
     code = _region_call.__code__.replace(co_name=name)
     if hasattr(code, "co_qualname"):  # Python >= 3.11
         code = code.replace(co_qualname=name)
@@ -153,9 +163,12 @@ def _inside(path: str, outer: str) -> bool:
 
 def _pattern(module: torch.nn.Module, path: str, config: LynxConfig) -> tuple:
     """What makes instances share a graph: their class, parameter shapes, and each layer's decision variant."""
-    structure = tuple((name, tuple(p.shape), str(p.dtype), str(p.device)) for name, p in module.named_parameters())
     layers = sorted({_layer_name(name) for name, _ in module.named_parameters()})
-    return type(module), structure, tuple(config.name_variant(qualified(path, layer)) for layer in layers)
+    return type(module), _structure(module), tuple(config.name_variant(qualified(path, layer)) for layer in layers)
+
+
+def _structure(module: torch.nn.Module) -> tuple:
+    return tuple((name, tuple(p.shape), str(p.dtype), str(p.device)) for name, p in module.named_parameters())
 
 
 def _layer_name(parameter: str) -> str:

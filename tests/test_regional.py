@@ -31,9 +31,9 @@ class Stack(nn.Module):
 
     _repeated_blocks = ["RepeatedBlock"]
 
-    def __init__(self, count=4):
+    def __init__(self, count=4, width=16):
         super().__init__()
-        self.inp = nn.Linear(16, 32)
+        self.inp = nn.Linear(width, 32)
         self.blocks = nn.ModuleList(RepeatedBlock() for _ in range(count))
         self.out = nn.Linear(32, 16)
 
@@ -44,13 +44,13 @@ class Stack(nn.Module):
         return self.out(x)
 
 
-def stack(count=4):
+def stack(count=4, width=16):
     torch.manual_seed(0)
-    return Stack(count).eval()
+    return Stack(count, width).eval()
 
 
-def batch(seed=0):
-    return torch.randn(2, 24, 16, generator=torch.Generator().manual_seed(seed))
+def batch(seed=0, tokens=24, width=16):
+    return torch.randn(2, tokens, width, generator=torch.Generator().manual_seed(seed))
 
 
 def linear_names(model):
@@ -129,6 +129,27 @@ def test_globs_with_full_names_select_alike_in_both_modes_and_explain_shows_ever
     assert "RepeatedBlock ×4 in 2 decision pattern(s), 2 graph(s)" in explained.summary()
     assert compiled_regionally(regional) is not None  # and explain gave the model its own compilation back
     assert torch.equal(run(regional, batch())[0][0], expected[0])
+
+
+def test_compiling_again_with_other_options_keeps_nothing_of_the_first_compilation():
+    model = lynx_compile.compile_repeated_blocks(stack(), options=EAGER)
+    assert set(rows(run(model, batch())[1])) == set(linear_names(model))  # `inp` and `out` compiled on their own
+    torch.compiler.reset()
+    lynx_compile.compile_repeated_blocks(model, options={**EAGER, "exclude": ["inp"]})
+    outs, report = run(model, batch())
+    assert "inp" not in rows(report) and rows(report)["out"][0] == "sparse"  # `inp` runs eagerly again, dense
+    expected, _ = whole(stack(), {**EAGER, "exclude": ["inp"]}, batch())
+    assert torch.equal(outs[0], expected[0])
+
+
+def test_a_region_learns_no_dynamic_shapes_from_another_models_region():
+    """Dynamo keeps what it learnt about dynamic shapes by function name: the `inp` of a model of other shapes, run
+    on other token counts, must not make this one's token count symbolic (blocks of equal shapes share what Dynamo
+    learnt, as one block class's forward does under diffusers' regional compilation)."""
+    run(lynx_compile.compile_repeated_blocks(stack(), options=EAGER), batch())
+    _, report = run(lynx_compile.compile_repeated_blocks(stack(width=24), options=EAGER), batch(tokens=40, width=24))
+    (inp,) = [layer for layer in report.layers if layer.name == "inp"]
+    assert inp.tokens == 80 and not inp.opaque
 
 
 def test_lora_corrections_are_per_instance_and_many_patterns_need_no_recompile():
