@@ -10,9 +10,10 @@ A module compiled in place (``model.compile()``) runs its compiled call and woul
 so explain traces its own `_call_impl` (hooks included) instead. A model compiled block by block with
 `lynx_compile.compile_repeated_blocks` is explained block by block the same way, with explain's options: one row per
 layer per block instance, under its full name, and the graphs each block class took (`Report.regions`). Any other
-model, diffusers' regionally compiled ones included, is traced whole: the decisions are the same, by full name. Lynx options go in ``options=``, unless the
-model's forward has a parameter of that name: then ``options=`` is the model's, and lynx's go in
-``lynx_options=`` (always accepted).
+model, diffusers' regionally compiled ones included, is traced whole: the decisions are the same, by full name.
+
+Lynx options go in ``options=``, unless the model's forward has a parameter of that name: then ``options=`` is the
+model's, and lynx's go in ``lynx_options=`` (always accepted).
 """
 
 from __future__ import annotations

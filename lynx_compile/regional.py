@@ -9,9 +9,10 @@ why lynx cannot decide per instance there: one graph, one set of decisions. A ca
 Here the instances of a class are grouped by their *decision pattern* — what the options say about each of their
 layers before shapes are known (`LynxConfig.name_variant`) — and each pattern is compiled through a function with a
 code object of its own: instances with one pattern share that function, hence one graph; distinct patterns have
-distinct Dynamo caches. So there is no guard on a per-instance attribute, no recompile (and no recompile limit to
-fall back to eager at), and inside a graph no run-time choice at all: CUDA-graph safe, no host sync. Each pattern's
-backend is told the instances it serves (`LynxConfig.region`); `place_linears` names their layers in full.
+distinct Dynamo caches. So there is no guard on a per-instance attribute, a new pattern is the first compile of its
+own code rather than a recompile (Dynamo's recompile limit never counts patterns), and inside a graph there is no
+run-time choice at all: CUDA-graph safe, no host sync. Each pattern's backend is told the instances it serves
+(`LynxConfig.region`); `place_linears` names their layers in full.
 
 Alternatives weighed. (1) One graph computing both variants of a differing layer, selected per instance by an input
 tensor: one compile, but every such layer runs a dense *and* a sparse GEMM (on the sparse path they take different
@@ -115,8 +116,8 @@ def compiled_regionally(model: torch.nn.Module) -> RegionalCompile | None:
 
 @contextlib.contextmanager
 def compiled_privately(model: torch.nn.Module, config: LynxConfig) -> Iterator[None]:
-    """`model` compiled again the way `compile_repeated_blocks` compiled it, with `config`, for the block; then as
-    it was (its compiled functions restored; their Dynamo caches are the caller's to reset)."""
+    """`model` compiled again the way `compile_repeated_blocks` compiled it, with `config`, inside the `with`; then
+    as it was (its compiled functions restored; their Dynamo caches are the caller's to reset)."""
     record = _compiled[model]
     saved = [(module, module.__dict__.get("_compiled_call_impl")) for module in model.modules()]
     try:
