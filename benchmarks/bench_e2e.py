@@ -1,6 +1,6 @@
 """One transformer forward, end to end: Inductor dense vs lynx sparse, with and without CUDA graphs.
 
-    python benchmarks/bench_e2e.py [flux|wan|qwen_image|z_image|dit|all] [graphs|no-graphs]   # sm_90 GPU + diffusers
+    python benchmarks/bench_e2e.py [flux|wan|qwen_image|z_image|dit|all] [graphs|no-graphs] [dense,lynx,lynx_mixed]
 
 - flux: full-size FluxTransformer2DModel config (19 double + 38 single blocks, hidden 3072), random weights, bf16,
   1024² (4096 image + 512 text tokens), batch 1;
@@ -15,7 +15,9 @@ how many layers stayed dense for each reason.
 Weights are random (built on the meta device, materialised on the GPU with N(0, 0.02)): speed does not depend on
 them. FLUX compiles block by block (diffusers' `compile_repeated_blocks`), dense with `backend="inductor"`,
 lynx with `backend="lynx", options={"execution": "sparse"}`; "graphs" adds `triton.cudagraphs`. (DiT has no
-`_repeated_blocks` in diffusers: it compiles whole.) Each forward is
+`_repeated_blocks` in diffusers: it compiles whole.) `lynx_mixed` compiles with `lynx_compile.compile_repeated_blocks`
+and a policy that treats instances of each block class unalike (every layer sparse, but the odd-numbered instances
+keep their largest linear dense: two decision patterns per class), as a calibrated policy does. Each forward is
 timed with CUDA events, median of 10 after 3 warm-ups, twice round interleaved with the other variants (the lower
 median counts); ratios are dense / lynx in the same graph mode. `lynx_dense` (lynx with execution="dense") can be
 added to a case's variants to see what the backend costs by itself.
@@ -145,12 +147,32 @@ def dit_case():
     return model, inputs
 
 
-def compile_model(model: torch.nn.Module, **compile_kwargs) -> torch.nn.Module:
-    """Block by block where diffusers names the repeated blocks (FLUX), else the whole model (DiT)."""
+def compile_model(model: torch.nn.Module, regional: str = "diffusers", **compile_kwargs) -> torch.nn.Module:
+    """Block by block where diffusers names the repeated blocks (FLUX): through diffusers, or through lynx (one graph
+    per decision pattern, the linears outside the blocks too); else the whole model (DiT)."""
     if getattr(model, "_repeated_blocks", None):
+        if regional == "lynx":
+            compile_kwargs.pop("backend")
+            return lynx_compile.compile_repeated_blocks(model, **compile_kwargs)
         model.compile_repeated_blocks(**compile_kwargs)
         return model
     return torch.compile(model, **compile_kwargs)
+
+
+def mixed_policy(model: torch.nn.Module) -> lynx_compile.Policy:
+    """Every linear sparse, except the largest linear of each odd-numbered instance of a repeated block: a policy
+    that treats instances of one class unalike, as calibrated ones do (the speed rule still has the last word)."""
+    modules = dict(model.named_modules())
+    linears = [name for name, module in modules.items() if isinstance(module, torch.nn.Linear)]
+    dense, blocks = set(), getattr(model, "_repeated_blocks", None) or ()
+    for path, module in model.named_modules():
+        index = path.rpartition(".")[2]
+        if type(module).__name__ in blocks and index.isdigit() and int(index) % 2:
+            dense.add(max((name for name in linears if name.startswith(path + ".")),
+                          key=lambda name: (modules[name].weight.numel(), linears.index(name))))  # fmt: skip
+    layers = {name: lynx_compile.LayerPolicy("dense" if name in dense else "sparse", "bench_e2e: mixed")
+              for name in linears}  # fmt: skip
+    return lynx_compile.Policy(layers, type(model).__name__)
 
 
 def forward(model: torch.nn.Module, inputs: dict):
@@ -178,6 +200,8 @@ VARIANTS = {
     "lynx": dict(backend="lynx", options={"execution": "sparse"}),
     # lynx with every layer dense: the backend's own cost, apart from the sparse layers' effect
     "lynx_dense": dict(backend="lynx", options={"execution": "dense"}),
+    # lynx's regional compilation with a policy that differs between instances of a block class
+    "lynx_mixed": dict(backend="lynx", options={"execution": "sparse", "policy": mixed_policy}, regional="lynx"),
 }
 
 
@@ -195,22 +219,23 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
     """Compile every variant first, then time them interleaved, twice round: no variant gets a quieter machine."""
     rows = []
     for graphs in graph_modes:
-        compiled = {}
+        compiled, sparse_share, reasons = {}, {}, {}
         torch.compiler.reset()
         for variant in variants:
             model, inputs = build()
             kwargs = dict(VARIANTS[variant])
             options = {**kwargs.pop("options", {}), **({"triton.cudagraphs": True} if graphs else {})}
+            if callable(options.get("policy")):
+                options["policy"] = options["policy"](model)
             model = compile_model(model, **kwargs, options=options or None)
             started = time.perf_counter()
             with torch.no_grad(), lynx_compile.collect_reports() as report:
                 forward(model, inputs)
             print(f"{name} graphs={graphs} {variant}: compiled in {time.perf_counter() - started:.0f} s; "
                   f"{report.summary() if report.layers else 'no lynx report'}", flush=True)  # fmt: skip
-            if variant == "lynx":
-                sparse_share = report.sparse_flop_share
-                reasons = dense_reasons(report)
-                for reason, count in reasons.items():
+            if variant.startswith("lynx"):
+                sparse_share[variant], reasons[variant] = report.sparse_flop_share, dense_reasons(report)
+                for reason, count in reasons[variant].items():
                     print(f"    dense ×{count}: {reason}", flush=True)
             compiled[variant] = (model, inputs)
         times = {variant: [] for variant in variants}
@@ -220,9 +245,12 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
                     times[variant].append(time_forward_ms(lambda: forward(model, inputs)))
         best = {variant: min(ms) for variant, ms in times.items()}
         print(f"{name} graphs={graphs}: " + ", ".join(f"{v} {ms}" for v, ms in times.items()), flush=True)
+        lynx = [v for v in variants if v.startswith("lynx")]
         rows.append({"model": name, "cuda_graphs": graphs, **{f"{v}_ms": t for v, t in best.items()},
-                     "speedup": best["dense"] / best["lynx"], "sparse_flop_share": sparse_share,
+                     **{f"speedup_{v}": best["dense"] / best[v] for v in lynx}, "sparse_flop_share": sparse_share,
                      "dense_reasons": reasons})  # fmt: skip
+        if "lynx" in best:
+            rows[-1]["speedup"] = best["dense"] / best["lynx"]
         compiled.clear()
         model = inputs = None  # the last round's models must go before the next round builds two more
         torch.compiler.reset()  # Dynamo's caches hold the compiled modules too
@@ -234,21 +262,26 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     modes = {"graphs": (True,), "no-graphs": (False,)}.get(sys.argv[2] if len(sys.argv) > 2 else "", (False, True))
+    variants = tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else ("dense", "lynx")
     cases = {"flux": flux_case, "wan": wan_case, "qwen_image": qwen_image_case, "z_image": z_image_case,
              "dit": dit_case}
     rows = []
     for name, build in cases.items():
         if which in (name, "all"):
-            rows += run_case(name, build, ("dense", "lynx"), modes)
+            rows += run_case(name, build, variants, modes)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     out_dir = os.environ.get("OUT", "/tmp")
     with open(os.path.join(out_dir, f"bench_e2e_{which}.json"), "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=1)
-    plot_e2e(rows, f"{meta['device']}, torch {meta['torch']}, bf16", os.path.join(out_dir, f"bench_e2e_{which}.png"))
-    print(f"\n{meta}\n{'model':10} {'graphs':>6} {'dense ms':>9} {'lynx ms':>9} {'×':>6} {'sparse FLOPs':>12}")
+    if all("speedup" in row for row in rows):
+        plot_e2e(rows, f"{meta['device']}, torch {meta['torch']}, bf16",
+                 os.path.join(out_dir, f"bench_e2e_{which}.png"))  # fmt: skip
+    print(f"\n{meta}\n{'model':10} {'graphs':>6} {'variant':>10} {'ms':>9} {'× dense':>8} {'sparse FLOPs':>12}")
     for r in rows:
-        print(f"{r['model']:10} {str(r['cuda_graphs']):>6} {r['dense_ms']:9.2f} {r['lynx_ms']:9.2f} "
-              f"{r['speedup']:6.3f} {100 * r['sparse_flop_share']:11.1f}%")
+        for v in variants:
+            speedup = f"{r[f'speedup_{v}']:8.3f}" if v != "dense" else f"{'':8}"
+            share = f"{100 * r['sparse_flop_share'][v]:11.1f}%" if v in r["sparse_flop_share"] else ""
+            print(f"{r['model']:10} {str(r['cuda_graphs']):>6} {v:>10} {r[f'{v}_ms']:9.2f} {speedup} {share}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     import lynx_compile
     compiled = torch.compile(transformer, backend="lynx")
+    lynx_compile.compile_repeated_blocks(transformer, options={"policy": policy})   # block by block (diffusers)
     print(lynx_compile.explain(transformer, **inputs))
 """
 
@@ -15,10 +16,12 @@ from .explain import explain
 from .lora import LoraAdapter
 from .paths import measured
 from .policy import LayerPolicy, Policy, PolicyError
+from .regional import compile_repeated_blocks
+from .regions import RegionError
 from .report import LayerRecord, Report, collect_reports
 
 register()
 
-__all__ = ["LayerPolicy", "LayerRecord", "LoraAdapter", "LynxConfig", "OptionError", "Policy", "PolicyError", "Report",
-           "__version__", "calibrate", "collect_reports", "explain", "fit_lora", "lynx_backend", "measured",
-           "parse_options"]  # fmt: skip
+__all__ = ["LayerPolicy", "LayerRecord", "LoraAdapter", "LynxConfig", "OptionError", "Policy", "PolicyError",
+           "RegionError", "Report", "__version__", "calibrate", "collect_reports", "compile_repeated_blocks", "explain",
+           "fit_lora", "lynx_backend", "measured", "parse_options"]  # fmt: skip

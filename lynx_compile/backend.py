@@ -6,7 +6,9 @@
 
 The backend stays thin: parse options into `LynxConfig`, run the passes, publish the decisions, hand the graph to
 `compile_fx` with `LowerSparseLinears` installed for this compile only. A failing lynx pass never breaks the user's
-model: the graph compiles unchanged, with a warning, unless ``strict=True``.
+model: the graph compiles unchanged, with a warning, unless ``strict=True``. Options the graph cannot honour
+(`regions.RegionError`: one graph for block instances they treat differently) are an error either way: compiling
+unchanged would silently run something else than asked.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.fx
 
 from .config import LynxConfig, parse_options
 from .passes import PassContext, run_passes
+from .regions import RegionError
 from .report import publish
 
 logger = logging.getLogger(__name__)
@@ -47,11 +50,11 @@ def apply_lynx_passes(gm: torch.fx.GraphModule, config: LynxConfig) -> tuple[tor
     try:
         gm = run_passes(gm, ctx)
     except Exception as error:
-        if config.strict:
+        if config.strict or isinstance(error, RegionError):
             raise
         logger.warning("lynx: passes failed (%s: %s); compiling this graph without lynx", type(error).__name__, error)
         gm, ctx = original, PassContext(config)
-    publish(ctx.sites, before, str(gm.graph))
+    publish(ctx.sites, before, str(gm.graph), ctx.placement)
     sparse = sum(site.decision == "sparse" for site in ctx.sites)
     logger.info("lynx: %d/%d linears sparsified in this graph", sparse, len(ctx.sites))
     return gm, ctx

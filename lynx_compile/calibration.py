@@ -26,6 +26,7 @@ from .config import LynxConfig, parse_options
 from .lora import DEFAULT_MEMORY_BUDGET, DEFAULT_RANK, LoraAdapter, LoraSolution, ResidualStatistics, solve_lora
 from .method import Method, sparse_linear_ref, token_rows
 from .policy import LayerPolicy, Policy
+from .regions import register_model
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,10 @@ def calibrate(
     layers their `include`/`exclude` keep dense are recorded dense with that reason and never take any of the
     error budget. Arguments are checked before the model runs; a sample whose dense output is not finite is an error
     (its relative errors would be NaN, and every layer would silently stay dense).
+
+    Calibrate the whole model, however it will be compiled: the policy names every layer by its full name, which
+    whole-model and regional compilation (`lynx_compile.compile_repeated_blocks`) both decide by. The model is
+    remembered (weakly), so that a graph of one of its blocks compiled later in this process can be placed in it.
     """
 
     def report(line: str) -> None:
@@ -141,6 +146,7 @@ def calibrate(
     config = parse_options(options)
     method, bare = config.method, dataclasses.replace(config.method, norm_compensation=False)
     calls = _as_calls(samples, "calibrate")
+    register_model(model)  # its policy names its layers: lynx may place a block's graph in it (`regions`)
     linears = _linears(model)
     kept_dense = {name: why for name in linears if (why := config.name_rule(name)) is not None}
 

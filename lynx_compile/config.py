@@ -21,6 +21,7 @@ from .checks import OptionError, check_bool, check_choice, check_int, check_numb
 from .lora import tensor_digest
 from .method import Method
 from .policy import Policy, as_policy
+from .regions import RegionSpec
 
 EXECUTIONS = ("auto", "simulate", "dense", "sparse")
 COMPILERS = ("inductor", "eager")
@@ -53,6 +54,8 @@ class LynxConfig:
         policy: a `Policy` (or the path of one saved as JSON) from `lynx_compile.calibrate`: layers it marks dense
             stay dense, layers it does not name stay dense, layers it marks sparse follow the rules above.
         inductor: Inductor config entries forwarded to ``compile_fx`` (filled from unknown-to-lynx option keys).
+        region: set by `lynx_compile.compile_repeated_blocks`, not by hand: the block instances the graph compiled
+            with these options serves (`regions.RegionSpec`), whose layers it names and decides.
     """
 
     execution: str = "auto"
@@ -69,6 +72,7 @@ class LynxConfig:
     compiler: str = "inductor"
     policy: Any = None
     inductor: dict[str, Any] = field(default_factory=dict)
+    region: Any = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -94,6 +98,11 @@ class LynxConfig:
                                   f"got {self.policy!r}")  # fmt: skip
             object.__setattr__(self, "policy", as_policy(self.policy))
             self._check_policy_method()
+        if isinstance(self.region, dict):  # from `to_dict`
+            object.__setattr__(self, "region", _region_from_dict(self.region))
+        if self.region is not None and not isinstance(self.region, RegionSpec):
+            raise OptionError(f"lynx option 'region' is set by lynx_compile.compile_repeated_blocks, "
+                              f"got {self.region!r}")
 
     def _check_policy_method(self) -> None:
         """Refuse a policy calibrated for another method: its errors, its choice of layers and its corrections were
@@ -120,6 +129,28 @@ class LynxConfig:
             return "not matched by include"
         return None
 
+    def name_decision(self, name: str) -> tuple[str | None, int]:
+        """What include/exclude and the policy say about the linear called `name`, before its shape is known: why it
+        stays dense (None: it may go sparse) and the rank of the policy's correction for it (0: none)."""
+        rule = self.name_rule(name)
+        if rule is not None:
+            return rule, 0
+        if self.policy is None:
+            return None, 0
+        entry = self.policy.decision_for(name)
+        if entry is None:
+            return "not in the policy", 0
+        if entry.decision == "dense":
+            return f"policy: {entry.reason}", 0
+        return None, entry.lora_rank
+
+    def name_variant(self, name: str) -> tuple[bool, str]:
+        """What of `name_decision` changes the code compiled for the layer: whether it may go sparse, and its own
+        correction (adapters differ per layer, and a graph holds the one it was compiled with). Instances of a
+        block whose layers have equal variants can share one graph."""
+        reason, rank = self.name_decision(name)
+        return reason is None, f"rank-{rank} correction of {name}" if rank else ""
+
     @property
     def method(self) -> Method:
         """The method's settings, as the op's plan, calibrate and the LoRA fit take them."""
@@ -129,6 +160,8 @@ class LynxConfig:
         """Every field as plain data; a policy as `Policy.to_dict(adapters=True)` (its adapters as tensors)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data.update(include=list(self.include), exclude=list(self.exclude), inductor=dict(self.inductor))
+        if self.region is not None:
+            data["region"] = {"label": self.region.label, "instances": list(self.region.instances)}
         if self.policy is not None:
             data["policy"] = self.policy.to_dict(adapters=True)
         return data
@@ -158,13 +191,20 @@ class LynxConfig:
         return {**_inductor_mode_options(self.mode), **self.inductor}
 
 
+def _region_from_dict(data: dict[str, Any]) -> RegionSpec:
+    try:
+        return RegionSpec(data["label"], tuple(data["instances"]))
+    except (KeyError, TypeError) as error:
+        raise OptionError(f"lynx option 'region': {data!r} is no region ({error})") from None
+
+
 def _content_hash(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return tensor_digest(value)
     raise TypeError(f"{type(value).__name__} in a LynxConfig is not hashable for the cache key")
 
 
-_LYNX_FIELDS = tuple(f.name for f in dataclasses.fields(LynxConfig) if f.name not in ("inductor", "version"))
+_LYNX_FIELDS = tuple(f.name for f in dataclasses.fields(LynxConfig) if f.name not in ("inductor", "version", "region"))
 
 
 def _inductor_mode_options(mode: str | None) -> dict[str, Any]:

@@ -7,9 +7,13 @@ report nothing; models compiled before recompile on their next call. The report 
 linear with its sizes, decision, reason and share of linear FLOPs, plus each FX graph before and after the rewrite.
 
 A module compiled in place (``model.compile()``) runs its compiled call and would give Dynamo nothing to capture,
-so explain traces its own `_call_impl` (hooks included) instead. Lynx options go in ``options=``, unless the
-model's forward has a parameter of that name: then ``options=`` is the model's, and lynx's go in
-``lynx_options=`` (always accepted).
+so explain traces its own `_call_impl` (hooks included) instead. A model compiled block by block with
+`lynx_compile.compile_repeated_blocks` is explained block by block the same way, with explain's options: one row per
+layer per block instance, under its full name, and the graphs each block class took (`Report.regions`). Any other
+model, diffusers' regionally compiled ones included, is traced whole: the decisions are the same, by full name.
+
+Lynx options go in ``options=``, unless the model's forward has a parameter of that name: then ``options=`` is the
+model's, and lynx's go in ``lynx_options=`` (always accepted).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 
 from .config import LynxConfig, parse_options
+from .regional import compiled_privately, compiled_regionally
 from .report import Report, collect_reports
 
 
@@ -40,8 +45,12 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
     compiled_in_place = getattr(model, "_compiled_call_impl", None) is not None
     torch.compiler.reset()
     with collect_reports() as report, torch.no_grad():
-        target = model._call_impl if compiled_in_place else model
-        torch.compile(target, backend="lynx", options=config)(*args, **kwargs)
+        if compiled_regionally(model) is not None:
+            with compiled_privately(model, config):
+                model(*args, **kwargs)
+        else:
+            target = model._call_impl if compiled_in_place else model
+            torch.compile(target, backend="lynx", options=config)(*args, **kwargs)
     if not report.graphs:
         raise RuntimeError("lynx.explain: Dynamo captured no graph from this call: the forward ran without Dynamo "
                            "tracing any tensor operation (compiled or disabled elsewhere, or not traceable)")

@@ -1,11 +1,15 @@
-"""What lynx decided, per linear, for every graph it compiled: the data behind `explain` and the backend's log."""
+"""What lynx decided, per linear, for every graph it compiled: the data behind `explain` and the backend's log.
+
+A graph that serves several block instances (regional compilation, `lynx_compile.regions`) gives one row per layer
+per instance, under the layer's full name in each; the summary says how many graphs each block class took.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 from .passes.utils import LinearSite
 
@@ -28,13 +32,14 @@ class LayerRecord:
     siblings: tuple[str, ...] = ()  # the group it runs in (x pruned once for all of them), itself included
 
     @classmethod
-    def from_site(cls, site: LinearSite, graph: int) -> LayerRecord:
+    def from_site(cls, site: LinearSite, graph: int, instance: int = 0) -> LayerRecord:
+        """The row of `site` as it runs in the `instance`-th module instance its graph serves."""
+        siblings = () if site.group is None else tuple(member.names[instance] for member in site.group.sites)
         return cls(
-            name=site.name, tokens=site.tokens if isinstance(site.tokens, int) else str(site.tokens),
+            name=site.names[instance], tokens=site.tokens if isinstance(site.tokens, int) else str(site.tokens),
             in_features=site.in_features, out_features=site.out_features, dtype=str(site.dtype).removeprefix("torch."),
-            decision=site.decision, reason=site.reason, form=site.form, flops=site.flops, graph=graph,
-            path=site.plan.path if site.plan is not None else "", opaque=site.opaque,
-            siblings=tuple(site.group.names) if site.group is not None else (),
+            decision=site.decision, reason=site.reasons[instance], form=site.form, flops=site.flops, graph=graph,
+            path=site.plan.path if site.plan is not None else "", opaque=site.opaque, siblings=siblings,
         )  # fmt: skip
 
 
@@ -42,6 +47,8 @@ class LayerRecord:
 class GraphRecord:
     before: str  # Dynamo's FX graph as lynx received it
     after: str  # the same after the lynx passes
+    region: str = ""  # the block class (or region) a graph of a block serves; "" for a graph of the whole model
+    instances: tuple[str, ...] = ()  # the module instances it serves, by qualified name
 
 
 @dataclass
@@ -49,10 +56,17 @@ class Report:
     layers: list[LayerRecord] = field(default_factory=list)
     graphs: list[GraphRecord] = field(default_factory=list)
 
-    def add_graph(self, sites: list[LinearSite], before: str, after: str) -> None:
+    def add_graph(self, sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:
+        """Rows for a compiled graph: instance by instance (in model order), each instance's layers in graph order.
+        A region's instance already shown by an earlier graph (Dynamo compiled the region again, e.g. for other
+        input strides) keeps its first rows, so that its FLOPs count once."""
         index = len(self.graphs)
-        self.graphs.append(GraphRecord(before, after))
-        self.layers.extend(LayerRecord.from_site(site, index) for site in sites)
+        region, instances = ("", ()) if placement is None else (placement.label, placement.instances)
+        self.graphs.append(GraphRecord(before, after, region, instances))
+        shown = {layer.name for layer in self.layers if self.graphs[layer.graph].region == region} if region else set()
+        for instance in range(max((len(site.names) for site in sites), default=0)):
+            self.layers.extend(LayerRecord.from_site(site, index, instance) for site in sites
+                               if instance < len(site.names) and site.names[instance] not in shown)  # fmt: skip
         total = sum(layer.flops for layer in self.layers) or 1
         self.layers = [_with_share(layer, layer.flops / total) for layer in self.layers]
 
@@ -70,11 +84,33 @@ class Report:
             f"{len(self.sparse_layers)}/{len(self.layers)} linears sparsified, "
             f"{100 * self.sparse_flop_share:.1f}% of linear FLOPs, in {len(self.graphs)} graph(s)"
             + (f"; {opaque} run as opaque ops (symbolic M: checked at run time, epilogue unfused)" if opaque else "")
+            + self._regions_summary()
         )
+
+    def regions(self) -> dict[str, dict[str, int]]:
+        """Per block class (or region) compiled on its own: its instances, decision patterns (distinct sets of
+        instances one graph serves) and graphs."""
+        found: dict[str, dict[str, Any]] = {}
+        for graph in self.graphs:
+            if graph.region:
+                entry = found.setdefault(graph.region, {"instances": set(), "patterns": set(), "graphs": 0})
+                entry["instances"].update(graph.instances)
+                entry["patterns"].add(graph.instances)
+                entry["graphs"] += 1
+        return {region: {"instances": len(entry["instances"]), "patterns": len(entry["patterns"]),
+                         "graphs": entry["graphs"]} for region, entry in found.items()}  # fmt: skip
+
+    def _regions_summary(self) -> str:
+        regions = self.regions()
+        if not regions:
+            return ""
+        return "; regional: " + ", ".join(
+            f"{region} ×{entry['instances']} in {entry['patterns']} decision pattern(s), {entry['graphs']} graph(s)"
+            for region, entry in regions.items())  # fmt: skip
 
     def to_json(self, indent: int | None = 2) -> str:
         data = {"summary": self.summary(), "layers": [asdict(layer) for layer in self.layers],
-                "graphs": [asdict(graph) for graph in self.graphs]}  # fmt: skip
+                "graphs": [asdict(graph) for graph in self.graphs], "regions": self.regions()}  # fmt: skip
         return json.dumps(data, indent=indent)
 
     def __str__(self) -> str:
@@ -118,9 +154,9 @@ def collect_reports() -> Iterator[Report]:
         _active_reports.remove(report)
 
 
-def publish(sites: list[LinearSite], before: str, after: str) -> None:
+def publish(sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:
     for report in _active_reports:
-        report.add_graph(sites, before, after)
+        report.add_graph(sites, before, after, placement)
 
 
 __all__ = ["GraphRecord", "LayerRecord", "Report", "collect_reports"]

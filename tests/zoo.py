@@ -168,6 +168,14 @@ def _wan_inputs(seed: int) -> dict:
 
 
 _HEADS = dict(num_attention_heads=HEADS, attention_head_dim=HEAD_DIM)
+_FLUX = dict(**_HEADS, patch_size=1, in_channels=LATENT_CHANNELS * 4, num_layers=1, num_single_layers=1,
+             joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM, guidance_embeds=True,
+             axes_dims_rope=ROPE_AXES)
+
+
+def build_flux(num_single_layers: int) -> torch.nn.Module:
+    """The zoo's FLUX with more single blocks: several instances of one block class (regional compilation)."""
+    return _builder(FluxTransformer2DModel, **{**_FLUX, "num_single_layers": num_single_layers})()
 _PATCHED_2D = dict(**_HEADS, in_channels=LATENT_CHANNELS, num_layers=2, sample_size=LATENT_SIZE, patch_size=2)
 
 ZOO: dict[str, ZooModel] = {
@@ -176,11 +184,7 @@ ZOO: dict[str, ZooModel] = {
         ZooModel(
             name="flux",
             # 2 double + 2 single blocks compile in ~30 s on 2 CPU cores; 1 + 1 in ~19 s.
-            build=_builder(
-                FluxTransformer2DModel, **_HEADS, patch_size=1, in_channels=LATENT_CHANNELS * 4,
-                num_layers=1, num_single_layers=1, joint_attention_dim=TEXT_DIM,
-                pooled_projection_dim=TEXT_DIM, guidance_embeds=True, axes_dims_rope=ROPE_AXES,
-            ),
+            build=_builder(FluxTransformer2DModel, **_FLUX),
             make_inputs=_flux_inputs,
             block_prefixes=("transformer_blocks.", "single_transformer_blocks."),
         ),

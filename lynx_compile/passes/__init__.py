@@ -1,7 +1,7 @@
 """The lynx graph passes, in the order they run on Dynamo's FX graph.
 
-Each pass has the signature ``(gm, ctx) -> gm``: `find_linears` and `decide_linears` only read the graph and fill
-`ctx.sites`; `rewrite_linears` changes it. After them the backend hands the graph to Inductor with
+Each pass has the signature ``(gm, ctx) -> gm``: `find_linears`, `place_linears` and `decide_linears` only read the
+graph and fill `ctx.sites`; `rewrite_linears` changes it. After them the backend hands the graph to Inductor with
 `LowerSparseLinears` installed as a post-grad pass. Set ``LYNX_DEBUG_PASS=<name>`` (or logging at DEBUG for
 ``lynx_compile``) to log the graph before and after a named pass.
 """
@@ -16,6 +16,7 @@ import torch.fx
 
 from .decide_linears import decide_linears
 from .find_linears import find_linears
+from .place_linears import place_linears
 from .rewrite_linears import rewrite_linears
 from .utils import LinearSite, PassContext
 
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 GraphPass = Callable[[torch.fx.GraphModule, PassContext], torch.fx.GraphModule]
 
-PASSES: list[GraphPass] = [find_linears, decide_linears, rewrite_linears]
+PASSES: list[GraphPass] = [find_linears, place_linears, decide_linears, rewrite_linears]
 
 
 def dump_passes() -> str:

@@ -1,7 +1,9 @@
 """Decide per linear: sparse or dense, always with a reason a user can act on.
 
 Rules, first match wins: name not recoverable (`names.py`); name excluded/not included; the policy;
-execution="dense"; dtype; K % m; too few features; too few tokens. Then the execution picks the sparse paths
+execution="dense"; dtype; K % m; too few features; too few tokens. A graph that serves several block instances
+(`place_linears`) decides each layer once, for all of them: their names must agree on the first rules (else a
+`RegionError`); each instance then gets its own reason. Then the execution picks the sparse paths
 (`lynx_compile.paths`): "simulate" takes the simulate path as it is; "sparse" asks every sparse path why it cannot
 run the layer, measures the others against dense for the layer's shape (with its folded producer and correction,
 `paths.measurements`), and takes the fastest if it beats dense by `min_speedup`. Before that, siblings reading one x
@@ -27,6 +29,7 @@ from ..kernels.nm_prune import SUPPORTED_DTYPES
 from ..paths import SparsePath, Workload, get_path, measure, paths_for, resolve_execution
 from ..paths.base import Measurement
 from ..plan import SparseLinearPlan
+from ..regions import RegionError, warn_about_uncompiled_layers
 from .group_siblings import SiblingGroup, sibling_groups
 from .utils import LinearSite, PassContext, concrete_int, fake_value
 
@@ -37,21 +40,22 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
     config = ctx.config
     if site.name_problem is not None:
         return f"qualified name not recoverable: {site.name_problem}"
-    by_name = config.name_rule(site.name)
+    by_name, lora_rank = config.name_decision(site.name)
     if by_name is not None:
         return by_name
-    if config.policy is not None:
-        entry = config.policy.decision_for(site.name)
-        if entry is None:
-            return "not in the policy"
-        if entry.decision == "dense":
-            return f"policy: {entry.reason}"
+    if lora_rank:
         site.lora = config.policy.adapter_for(site.name)
-        adapter_shape = None if site.lora is None else (site.lora.b.shape[1], site.lora.a.shape[0])
-        if adapter_shape not in (None, (site.in_features, site.out_features)):
+        adapter_shape = (site.lora.b.shape[1], site.lora.a.shape[0])
+        if adapter_shape != (site.in_features, site.out_features):
             site.lora = None
             return (f"policy: its LoRA adapter maps {adapter_shape[0]}→{adapter_shape[1]}, the layer "
                     f"{site.in_features}→{site.out_features}")
+    return _layer_reason(site, ctx)
+
+
+def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
+    """Why the layer's execution, dtypes or sizes keep it dense: the same for every instance a graph serves."""
+    config = ctx.config
     if config.execution == "dense":
         return "execution='dense'"
     if site.dtype not in SUPPORTED_DTYPES:
@@ -159,7 +163,8 @@ def _common_prefix(names: list[str]) -> str:
     return "".join(part + "." for part in parts[0][:shared])
 
 
-def _sparse_reason(site: LinearSite, ctx: PassContext) -> str:
+def _sparse_reason(site: LinearSite, ctx: PassContext, name: str) -> str:
+    """The reason of a sparse layer, as its instance called `name` (which the policy may give its own reason)."""
     config = ctx.config
     path = get_path(site.plan.path)
     if not path.measured:
@@ -172,7 +177,7 @@ def _sparse_reason(site: LinearSite, ctx: PassContext) -> str:
     if site.fold is not None:
         reason += f"; input {describe(site.fold.spec)} folded into the op"
     if config.policy is not None:
-        reason += f"; policy: {config.policy.decision_for(site.name).reason}"
+        reason += f"; policy: {config.policy.decision_for(name).reason}"
     if isinstance(site.tokens, torch.SymInt):
         reason += f"; M symbolic, guarded ≥ {config.min_tokens} (a smaller M recompiles)"
         if site.plan.row_multiple > 1:
@@ -184,6 +189,7 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
     """Fill in `decision` and `reason` (and, for a sparse layer, its plan) on every site found."""
     rules = {}  # site → why the rules keep it dense (None: it may go sparse)
     for site in ctx.sites:
+        _check_instances_agree(site, ctx)
         rules[id(site)] = _dense_reason(site, ctx)
         if site.lora is not None:
             site.fold = None  # the correction reads the dense x: it is written anyway
@@ -202,19 +208,54 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
         site.decision = "dense" if dense_reason else "sparse"
         if dense_reason:
             site.lora, site.plan = None, None
-        site.reason = dense_reason or _sparse_reason(site, ctx)
+            # Instances agree on whether their names keep the layer dense; each says so in its own words.
+            reasons = tuple(ctx.config.name_decision(name)[0] or dense_reason for name in site.names)
+        else:
+            reasons = tuple(_sparse_reason(site, ctx, name) for name in site.names)
+        site.reason = reasons[site.names.index(site.name)]
+        site.instance_reasons = reasons if site.instances else ()
         logger.debug("lynx: %s -> %s (%s)", site.name, site.decision, site.reason)
     _warn_about_policy_mismatch(ctx)
     return gm
+
+
+def _check_instances_agree(site: LinearSite, ctx: PassContext) -> None:
+    """A graph that serves several module instances runs each of its layers one way for all of them: where the
+    options would have instances run differently, one graph cannot honour them (`regions.RegionError`)."""
+    if site.name_problem is not None or len(site.names) < 2:
+        return
+    variants: dict[tuple, list[str]] = {}
+    for name in site.names:
+        variants.setdefault(ctx.config.name_variant(name), []).append(name)
+    if len(variants) == 1:
+        return
+    placement = ctx.placement
+
+    def described(names: list[str]) -> str:
+        reason, rank = ctx.config.name_decision(names[0])
+        what = f"dense ({reason})" if reason else "may go sparse" + (f" with a rank-{rank} correction" if rank else "")
+        return f"{what}: {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    how = ("One graph runs every instance of a block class under diffusers' compile_repeated_blocks (or after a "
+           "graph break inside a block); compile with lynx_compile.compile_repeated_blocks(model, options=...), which "
+           "compiles one graph per decision pattern" if not placement.exact else
+           "lynx_compile.compile_repeated_blocks should have compiled them apart: a lynx bug")  # fmt: skip
+    relative = site.name[len(placement.path):].lstrip(".")
+    raise RegionError(f"lynx: one graph serves {len(site.names)} instances of {placement.label}, and the options "
+                      f"treat its layer {relative!r} differently in them — " + "; ".join(map(described,
+                      variants.values())) + f". {how}")  # fmt: skip
 
 
 def _warn_about_policy_mismatch(ctx: PassContext) -> None:
     policy = ctx.config.policy
     if policy is None or not ctx.sites:
         return
-    found = {site.name for site in ctx.sites if site.name_problem is None}
+    found = {name for site in ctx.sites if site.name_problem is None for name in site.names}
     unknown = sorted(found - set(policy.layers))
-    stale = sorted(set(policy.layers) - found)
+    # A graph of a block holds part of the model: what it lacks is elsewhere, not stale.
+    stale = sorted(set(policy.layers) - found) if ctx.placement is None else []
+    if ctx.placement is not None and not ctx.placement.exact:
+        warn_about_uncompiled_layers(ctx.placement, policy)
     if unknown:
         logger.warning("lynx: the policy does not name %d linear(s) of this graph, which stay dense: %s",
                        len(unknown), ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))  # fmt: skip

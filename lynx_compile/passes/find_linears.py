@@ -3,7 +3,8 @@
 diffusers goes through `nn.Linear` (`torch._C._nn.linear` in the graph), but hand-written blocks also spell a
 linear as `x @ w.t()`, `torch.matmul(x, w.T)` or `torch.addmm(b, x, w.t())`; a fused QKV is just a wider linear.
 All of them become one `LinearSite` carrying the parameter itself (not its transpose), the owning module's
-qualified name and the sizes the decision needs. Matmuls between two activations (attention) are not linears.
+qualified name relative to the module it was reached through (`place_linears` then places it in the model) and the
+sizes the decision needs. Matmuls between two activations (attention) are not linears.
 """
 
 from __future__ import annotations
@@ -72,7 +73,6 @@ def _operands(node: torch.fx.Node) -> tuple[str, object, object, object] | None:
 def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
     """Record a `LinearSite` for each linear with a module-parameter weight (the graph is left unchanged)."""
     autocast = autocast_dtypes(gm.graph)
-    roots: dict[int, str] = {}  # site → the module its name is relative to
     for node in gm.graph.nodes:
         operands = _operands(node)
         if operands is None:
@@ -99,22 +99,8 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
                 node=node, x=x, weight=weight, bias=bias, form=form, name=found.linear_name, tokens=tokens,
                 in_features=in_features, out_features=out_features, dtype=dtype, device=x_value.device,
                 autocast=autocast[node].get(x_value.device.type), fold=fold, name_problem=found.problem,
+                weight_name=found,
             )
         )  # fmt: skip
-        roots[id(ctx.sites[-1])] = found.root
-    _flag_ambiguous_names(ctx.sites, roots)
     logger.debug("lynx: found %d linears", len(ctx.sites))
     return gm
-
-
-def _flag_ambiguous_names(sites: list[LinearSite], roots: dict[int, str]) -> None:
-    """Names are relative to the module each weight was reached through; where modules reached from different roots
-    give one name, it would not say which layer it means, so neither has a name."""
-    by_name: dict[str, set[str]] = {}
-    for site in sites:
-        if site.name_problem is None:
-            by_name.setdefault(site.name, set()).add(roots[id(site)])
-    for site in sites:
-        if site.name_problem is None and len(by_name[site.name]) > 1:
-            site.name_problem = (f"{site.name!r} names a linear under each of {', '.join(sorted(by_name[site.name]))}"
-                                 " (modules reached from different roots)")

@@ -8,13 +8,15 @@ to the outermost module in it — whatever the forward's first argument is calle
 
 A name that cannot be recovered is never guessed: the chain goes through something this reader does not know, or
 two modules reached from different roots give the same name. The site then gets a label and a `problem`, and the
-decide pass keeps it dense with that reason. One limit stays: a graph Dynamo compiles for a submodule's own frame
-(after a graph break inside it) is rooted at that submodule, and its names are relative to it.
+decide pass keeps it dense with that reason. A graph Dynamo compiles for a submodule's own frame (regional
+compilation, or a graph break inside the submodule) is rooted at that submodule: its names are relative to it until
+`place_linears` finds the submodule in a model lynx knows (`lynx_compile.regions`), so each name also keeps the
+parameter itself and the source of its root.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,6 +33,8 @@ class ParameterName:
     root: str  # the source of the module it is relative to ("L['self']"), or "" for an FX-traced graph's root
     problem: str | None = None
     spelled: str = ""  # how Dynamo reached it: the label of a layer whose name is not recoverable
+    parameter: Any = field(default=None, compare=False, repr=False)  # the nn.Parameter itself
+    root_source: Any = field(default=None, compare=False, repr=False)  # Dynamo's source of the root module
 
     @property
     def linear_name(self) -> str:
@@ -45,15 +49,19 @@ class ParameterName:
 def parameter_name(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ParameterName | None:
     """The name of the parameter `node` holds; None when it is not a module parameter at all."""
     if node.op == "get_attr":  # an FX-traced graph keeps parameters as attributes of its root module
-        return ParameterName(str(node.target), "") if isinstance(_resolve(gm, str(node.target)),
-                                                                  torch.nn.Parameter) else None  # fmt: skip
+        parameter = _resolve(gm, str(node.target))
+        if not isinstance(parameter, torch.nn.Parameter):
+            return None
+        return ParameterName(str(node.target), "", parameter=parameter)
     if node.op != "placeholder":
         return None
     graph_arg = node.meta.get("grapharg")
     source = getattr(graph_arg, "source", None)
-    if source is None or not isinstance(getattr(graph_arg, "example", None), torch.nn.Parameter):
+    parameter = getattr(graph_arg, "example", None)
+    if source is None or not isinstance(parameter, torch.nn.Parameter):
         return None
-    return _from_source(source)
+    found = _from_source(source)
+    return None if found is None else replace(found, parameter=parameter)
 
 
 def _name_of(source: Any) -> str:
@@ -70,7 +78,7 @@ def _from_source(source: Any) -> ParameterName | None:
     boundary = next((i for i, step in enumerate(chain) if type(step).__name__.endswith("NNModuleSource")), None)
     if boundary is None:
         return ParameterName(None, _name_of(source), "the weight is not reached through a module", _name_of(source))
-    root = _name_of(chain[boundary])
+    root, root_source = _name_of(chain[boundary]), chain[boundary]
     steps = []
     for step in chain[boundary + 1:]:
         if type(step).__name__.endswith("NNModuleSource"):
@@ -82,7 +90,8 @@ def _from_source(source: Any) -> ParameterName | None:
         else:
             return ParameterName(None, root, f"unknown step {type(step).__name__} in {_name_of(source)}",
                                  _name_of(source))  # fmt: skip
-    return _interpret(steps, root, _name_of(source))
+    found = _interpret(steps, root, _name_of(source))
+    return None if found is None else replace(found, root_source=root_source)
 
 
 def _interpret(steps: list[tuple[str, Any]], root: str, spelled: str) -> ParameterName | None:

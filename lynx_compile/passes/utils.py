@@ -37,6 +37,20 @@ class LinearSite:
     fold: FoldMatch | None = None  # x's producer the sparse op absorbs (`lynx_compile.folds`); None keeps x as it is
     group: Any = None  # the SiblingGroup (`group_siblings`) it runs in, when decided sparse with its siblings
     name_problem: str | None = None  # why `name` is only a label (Dynamo's spelling): the layer then stays dense
+    weight_name: Any = field(default=None, repr=False)  # `names.ParameterName`: the weight, named relative to its root
+    # Under regional compilation: the layer's full name in every module instance the graph serves, in model order
+    # (`name` is the one in the instance traced), and the reason for each; empty: `name` alone.
+    instances: tuple[str, ...] = ()
+    instance_reasons: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The full names of the layer this site runs: one per instance the graph serves."""
+        return self.instances or (self.name,)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return self.instance_reasons or (self.reason,) * len(self.names)
 
     @property
     def opaque(self) -> bool:
@@ -60,6 +74,7 @@ class PassContext:
     config: LynxConfig
     sites: list[LinearSite] = field(default_factory=list)
     rewrites: int = 0
+    placement: Any = None  # `regions.Placement` of a graph rooted at a block: the instances it serves
 
 
 def concrete_int(value: Any) -> int:

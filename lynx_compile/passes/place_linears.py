@@ -1,0 +1,98 @@
+"""Place each linear in the model: its full qualified name, and its name in every module instance the graph serves.
+
+A graph Dynamo compiles for a block's own frame (diffusers' regional compilation, lynx's `compile_repeated_blocks`,
+a graph break inside a block) names its linears relative to the block (`names.py`): ``proj_out``. Here the sites
+reached through one root module are placed in a model lynx knows (`lynx_compile.regions`): their names become full
+(``single_transformer_blocks.0.proj_out``), and each site lists its name in every instance the graph serves, which
+the decide pass decides and the report shows one by one. A whole-model graph is placed at the model itself and
+keeps its names.
+
+A root that cannot be placed keeps names relative to it — unless the options name layers of a model and the root is
+evidently a block of one (`regions.RegionError`): matching then would be a guess. Last, names that still collide
+(modules reached from different roots that could not be placed) say no layer, and those layers stay dense.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.fx
+
+from ..regions import RegionError, frame_object, frame_variable, place, repeated_block_classes
+from .utils import LinearSite, PassContext
+
+logger = logging.getLogger(__name__)
+
+
+def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
+    """Give every site its full name and its names in each instance the graph serves (the graph is unchanged)."""
+    by_root: dict[str, list[LinearSite]] = {}
+    for site in ctx.sites:
+        if site.name_problem is None and site.weight_name is not None:
+            by_root.setdefault(site.weight_name.root, []).append(site)
+    roots: dict[int, str] = {}  # site → what its name is relative to
+    for root, sites in by_root.items():
+        source = sites[0].weight_name.root_source
+        # The frame's own module (an argument: L['self']) may be any instance of its class when Dynamo reuses the
+        # graph; a module reached through a global or a closure is guarded as that one object.
+        frame_root = (frame_variable(source) or ("",))[0] == "f_locals"
+        placement = place([(site.weight_name.parameter, site.weight_name.qualified) for site in sites],
+                          ctx.config.region, class_wide=frame_root)  # fmt: skip
+        if placement is None:
+            _check_unplaced(root, sites, ctx)
+            roots.update((id(site), root) for site in sites)
+            continue
+        for site in sites:
+            relative = site.name
+            site.name = placement.name(relative)
+            if placement.regional:
+                site.instances = placement.names(relative)
+            roots[id(site)] = f"the model {placement.model}"
+        if placement.regional and frame_root and ctx.placement is None:
+            ctx.placement = placement
+    _flag_ambiguous_names(ctx.sites, roots)
+    if ctx.placement is not None:
+        logger.debug("lynx: graph of %s placed at %s, serving %d instance(s)", ctx.placement.label,
+                     ctx.placement.path, len(ctx.placement.instances))  # fmt: skip
+    return gm
+
+
+def _check_unplaced(root: str, sites: list[LinearSite], ctx: PassContext) -> None:
+    """Refuse to match names relative to a root that is evidently not the model the options name layers of."""
+    config = ctx.config
+    example = ", ".join(repr(site.name) for site in sites[:3])
+    if config.region is not None:
+        raise RegionError(f"lynx: a graph compiled for {config.region.label} reaches {example} through {root}, "
+                          "which lynx cannot find in the model lynx_compile.compile_repeated_blocks was given")
+    if config.policy is None and not (config.include or config.exclude):
+        return  # nothing is matched by name: relative names only label the report
+    module = frame_object(sites[0].weight_name.root_source)
+    if not isinstance(module, torch.nn.Module):
+        return
+    kind = type(module).__name__
+    advice = ("compile with lynx_compile.compile_repeated_blocks(model, options=...), which knows where each block "
+              "is, or compile the whole model")
+    calibrated_on = config.policy.model_class if config.policy is not None else ""
+    if calibrated_on and calibrated_on not in {cls.__name__ for cls in type(module).__mro__}:
+        raise RegionError(f"lynx: this graph is rooted at a {kind}, the policy was calibrated on a {calibrated_on}: "
+                          f"the graph's layer names ({example}) are relative to the {kind}, the policy's to the "
+                          f"{calibrated_on}, so they cannot be matched. If the {kind} is a block compiled on its "
+                          f"own (diffusers' compile_repeated_blocks), {advice}")  # fmt: skip
+    if (config.include or config.exclude) and kind in repeated_block_classes():
+        raise RegionError(f"lynx: this graph is a {kind} compiled on its own (regional compilation): its layer "
+                          f"names ({example}) are relative to the block, so include/exclude globs over the model's "
+                          f"names cannot be matched; {advice}")  # fmt: skip
+
+
+def _flag_ambiguous_names(sites: list[LinearSite], roots: dict[int, str]) -> None:
+    """Where modules reached from different roots give one name, it would not say which layer it means, so neither
+    has a name."""
+    by_name: dict[str, set[str]] = {}
+    for site in sites:
+        if site.name_problem is None:
+            by_name.setdefault(site.name, set()).add(roots.get(id(site), ""))
+    for site in sites:
+        if site.name_problem is None and len(by_name[site.name]) > 1:
+            site.name_problem = (f"{site.name!r} names a linear under each of {', '.join(sorted(by_name[site.name]))}"
+                                 " (modules reached from different roots)")

@@ -1,0 +1,201 @@
+"""Where a graph's linears live in the model: full names when a graph is rooted at a block.
+
+diffusers compiles a transformer block by block (`compile_repeated_blocks`): Dynamo traces a block class's forward
+once, with the block as the graph's root, and every instance of the class runs that graph (parameters are graph
+inputs). The names Dynamo's sources give (`passes/names.py`) are then relative to the block (``proj_out``), where a
+policy and include/exclude speak of the model (``single_transformer_blocks.3.proj_out``), and the model's own
+top-level ``proj_out`` answers to the same short name. A graph break inside a block roots a graph at it the same way.
+
+The backend only sees the graph. So lynx keeps a registry of the models it is given (`calibrate`,
+`lynx_compile.compile_repeated_blocks`): weak references, most recent first. A graph's root module is placed in one
+of them by the identity of its parameters — a graph's parameters are those of the instance traced first, and their
+qualified names in the model give its path (``single_transformer_blocks.0``). The graph then serves:
+- the instances its `RegionSpec` lists, when `lynx_compile.compile_repeated_blocks` compiled it (one graph per
+  decision pattern; Dynamo reuses a graph only under the backend that compiled it, so the list is exact, also for a
+  graph of a submodule's frame after a graph break);
+- otherwise every instance of the module's class in the model, since Dynamo may reuse the graph for any of them.
+  Options that treat those instances differently cannot be honoured by one graph: the decide pass raises a
+  `RegionError` instead of compiling a change the user did not ask for.
+
+A graph lynx cannot place keeps names relative to its own root. Where that root is evidently not the model the
+options speak of — not the class the policy was calibrated on, or a block class a diffusers model compiles
+regionally while include/exclude name layers — matching would be a guess (the bug this module exists for), so that
+is a `RegionError` too, saying how to compile instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class RegionError(ValueError):
+    """Options a graph that serves several module instances cannot honour, or names lynx cannot place. Raised
+    whatever ``strict`` says: compiling on would silently change what the options ask for."""
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """The module instances one compiled graph serves, as `lynx_compile.compile_repeated_blocks` compiled it: their
+    qualified names in the model (``("single_transformer_blocks.0", "single_transformer_blocks.2")``) and a label
+    saying which decision pattern of which class it is. Plain data, so that it can be part of the cache key."""
+
+    label: str
+    instances: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.label, str) or not isinstance(self.instances, tuple) or not self.instances or not all(
+                isinstance(name, str) for name in self.instances):  # fmt: skip
+            raise TypeError(f"RegionSpec(label: str, instances: non-empty tuple of str), got {self!r}")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A graph root placed in a model: its path there and every instance the graph serves."""
+
+    path: str  # the traced module's qualified name in the model ("": the model itself)
+    instances: tuple[str, ...]  # qualified names of the module instances the graph serves, in model order
+    label: str  # "" for the model itself; else the region ("FluxSingleTransformerBlock", "... pattern 2 of 3")
+    exact: bool  # the instances are the ones lynx compiled the graph for (else: every instance of the class)
+    model: int = 0  # id() of the model it is placed in
+    model_ref: Any = field(default=None, compare=False, repr=False)  # a weak reference to it
+
+    @property
+    def regional(self) -> bool:
+        return self.path != ""
+
+    def names(self, relative: str) -> tuple[str, ...]:
+        """A layer's full name in each instance (`relative` to the traced module), in model order."""
+        return tuple(qualified(instance, relative) for instance in self.instances)
+
+    def name(self, relative: str) -> str:
+        """The layer's full name in the traced instance."""
+        return qualified(self.path, relative)
+
+
+def qualified(prefix: str, relative: str) -> str:
+    """``prefix.relative``, where either may be the empty name of the module itself."""
+    return ".".join(part for part in (prefix, relative) if part)
+
+
+_models: list[weakref.ref] = []
+
+
+def register_model(model: torch.nn.Module) -> None:
+    """Remember `model` (weakly) as one whose submodules' graphs lynx may place; the latest registered is tried
+    first."""
+    global _models
+    _models = [ref for ref in _models if ref() is not None and ref() is not model]
+    _models.insert(0, weakref.ref(model))
+
+
+def registered_models() -> list[torch.nn.Module]:
+    return [model for model in (ref() for ref in _models) if model is not None]
+
+
+def place(parameters: Iterable[tuple[torch.nn.Parameter, str]], region: RegionSpec | None,
+          class_wide: bool = True) -> Placement | None:  # fmt: skip
+    """Place the module that reaches each parameter by its qualified name relative to that module, or None.
+
+    Tried in every registered model: the module's path is what each parameter's name in the model has before its
+    relative name, the same for all of them (a parameter shared between modules has several names). A module
+    inside a `region` serves its instances; otherwise, with `class_wide`, every instance of its class (a frame's own
+    module, which Dynamo may reuse the graph for), else itself alone."""
+    parameters = list(parameters)
+    for model in registered_models():
+        index: dict[int, list[str]] = {}
+        for name, parameter in model.named_parameters(remove_duplicate=False):
+            index.setdefault(id(parameter), []).append(name)
+        paths: set[str] | None = None
+        for parameter, relative in parameters:
+            found = {name[: len(name) - len(relative)].rstrip(".") for name in index.get(id(parameter), ())
+                     if name == relative or name.endswith("." + relative)}  # fmt: skip
+            paths = found if paths is None else paths & found
+            if not paths:
+                break
+        if paths:
+            path = min(paths, key=lambda path: (path.count("."), path))
+            return _placement(model, path, region, class_wide)
+    return None
+
+
+def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, class_wide: bool) -> Placement:
+    instances = () if region is None else region.instances
+    owner = next((instance for instance in instances if path == instance or path.startswith(instance + ".")), None)
+    if owner is not None:
+        below = path[len(owner):].lstrip(".")
+        instances = tuple(qualified(instance, below) for instance in region.instances)
+        return Placement(path, instances, region.label, True, id(model), weakref.ref(model))
+    if path == "" or not class_wide:
+        return Placement(path, (path,), "", True, id(model), weakref.ref(model))
+    kind = type(model.get_submodule(path))
+    instances = tuple(name for name, module in model.named_modules() if type(module) is kind)
+    return Placement(path, instances, kind.__name__, False, id(model), weakref.ref(model))
+
+
+_warned: set[tuple[int, int]] = set()
+
+
+def warn_about_uncompiled_layers(placement: Placement, policy: Any) -> None:
+    """Once per model and policy: the layers a policy marks sparse outside every module compiled on its own, which
+    diffusers' regional compilation runs eagerly, i.e. dense."""
+    model = placement.model_ref() if placement.model_ref is not None else None
+    if model is None or (placement.model, id(policy)) in _warned:
+        return
+    _warned.add((placement.model, id(policy)))
+    compiled = [path for path, module in model.named_modules() if module.__dict__.get("_compiled_call_impl")]
+    outside = sorted(name for name, layer in policy.layers.items() if layer.decision == "sparse"
+                     and not any(name == path or name.startswith(path + ".") for path in compiled))  # fmt: skip
+    if outside:
+        logger.warning("lynx: the policy marks %d layer(s) sparse outside the blocks compiled on their own, which run "
+                       "eagerly, dense: %s; lynx_compile.compile_repeated_blocks compiles them too", len(outside),
+                       ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else ""))  # fmt: skip
+
+
+def frame_variable(root_source: Any) -> tuple[str, str] | None:
+    """("f_locals" or "f_globals", name) of the variable a Dynamo source of a module starts from (``L['self']``)."""
+    while getattr(root_source, "base", None) is not None:  # NNModuleSource(LocalSource('self')) and the like
+        root_source = root_source.base
+    for attribute, scope in (("local_name", "f_locals"), ("global_name", "f_globals")):
+        name = getattr(root_source, attribute, None)
+        if isinstance(name, str):
+            return scope, name
+    return None
+
+
+def frame_object(root_source: Any) -> Any:
+    """The object Dynamo's source of a graph root names in the frame being compiled (the module of ``L['self']``),
+    or None where it cannot be read: outside a Dynamo compile, or a root that is no local or global."""
+    variable = frame_variable(root_source)
+    if variable is None:
+        return None
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        frame = InstructionTranslator.current_tx().output.root_tx
+    except Exception:  # not inside Dynamo (an FX-traced graph), or a torch without this internal
+        return None
+    scope, name = variable
+    return getattr(frame, scope, {}).get(name)
+
+
+def repeated_block_classes() -> set[str]:
+    """The class names diffusers models list in ``_repeated_blocks``: the blocks its regional compilation compiles
+    on their own (read from the classes loaded, so no import of diffusers)."""
+    names, pending, seen = set(), [torch.nn.Module], set()
+    while pending:
+        cls = pending.pop()
+        blocks = cls.__dict__.get("_repeated_blocks")
+        if isinstance(blocks, (list, tuple)):
+            names.update(block for block in blocks if isinstance(block, str))
+        for subclass in cls.__subclasses__():
+            if subclass not in seen:
+                seen.add(subclass)
+                pending.append(subclass)
+    return names

@@ -1,0 +1,230 @@
+"""Regional compilation (one graph per block class, or per decision pattern) decides and runs every instance as
+whole-model compilation does, by full name; where it cannot, it says so. A toy model with repeated blocks (fast to
+trace), compiled with ``compiler="eager"``: the lynx passes are the same as with Inductor, and without Inductor's
+code generation the outputs of the two compilations must be equal bit for bit (tests/test_regional_flux.py does the
+same on a diffusers FLUX)."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lynx_compile
+from lynx_compile import LayerPolicy, Policy, RegionError, regions
+from lynx_compile.regional import OUTSIDE, compiled_regionally
+
+EAGER = {"execution": "simulate", "compiler": "eager"}
+
+
+class RepeatedBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(32, 64)
+        self.out = nn.Linear(64, 32)
+
+    def forward(self, x):
+        return x + self.out(F.gelu(self.inner(x)))
+
+
+class Stack(nn.Module):
+    """`out` is also the name of a linear in every block: a short name that must never match the other one."""
+
+    _repeated_blocks = ["RepeatedBlock"]
+
+    def __init__(self, count=4, width=16):
+        super().__init__()
+        self.inp = nn.Linear(width, 32)
+        self.blocks = nn.ModuleList(RepeatedBlock() for _ in range(count))
+        self.out = nn.Linear(32, 16)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.out(x)
+
+
+def stack(count=4, width=16):
+    torch.manual_seed(0)
+    return Stack(count, width).eval()
+
+
+def batch(seed=0, tokens=24, width=16):
+    return torch.randn(2, tokens, width, generator=torch.Generator().manual_seed(seed))
+
+
+def linear_names(model):
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+
+
+def mixed_policy(model):
+    """Every linear sparse, except block 1's `out` and the model's own `out`: blocks 0, 2, 3 share a pattern."""
+    dense = {"blocks.1.out", "out"}
+    return Policy({name: LayerPolicy("dense" if name in dense else "sparse", f"by hand: {name}")
+                   for name in linear_names(model)}, type(model).__name__)  # fmt: skip
+
+
+def run(model, *inputs):
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        outs = [model(x) for x in inputs]
+    return outs, report
+
+
+def whole(model, options, *inputs):
+    torch.compiler.reset()
+    compiled = torch.compile(model, backend="lynx", options=options)
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        outs = [compiled(x) for x in inputs]
+    return outs, report
+
+
+def raises_region_error(match):
+    """Dynamo hands a backend's error on as BackendCompilerFailed, the lynx error inside."""
+    return pytest.raises(Exception, match=match, check=lambda error: isinstance(
+        getattr(error, "inner_exception", error), RegionError))  # fmt: skip
+
+
+def rows(report):
+    return {layer.name: (layer.decision, layer.reason) for layer in report.layers}
+
+
+def compiled_rows(whole_report, kept_eager):
+    """The whole-model rows regional compilation shows: all but the linears outside the blocks that the options keep
+    dense by name, which it leaves eager (dense)."""
+    assert all(rows(whole_report)[name][0] == "dense" for name in kept_eager)
+    return {name: row for name, row in rows(whole_report).items() if name not in kept_eager}
+
+
+def test_each_instance_runs_as_decided_exactly_as_whole_model_compilation_without_recompiling():
+    model = stack()
+    options = {**EAGER, "policy": mixed_policy(model)}
+    expected, whole_report = whole(model, options, batch(0), batch(1))
+    torch.compiler.reset()
+    regional = lynx_compile.compile_repeated_blocks(stack(), options=options)
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        outs, report = run(regional, batch(0), batch(1))  # two steps: the second compiles nothing
+    assert all(torch.equal(out, ref) for out, ref in zip(outs, expected))
+    assert rows(report) == compiled_rows(whole_report, ["out"])
+    assert rows(report)["blocks.1.out"] == ("dense", "policy: by hand: blocks.1.out")
+    assert rows(report)["blocks.2.out"][0] == "sparse" and rows(whole_report)["out"][0] == "dense"
+    # blocks 0, 2, 3 share one graph, block 1 has its own; `inp` (sparse) is compiled on its own, `out` stays eager
+    assert report.regions() == {"RepeatedBlock": {"instances": 4, "patterns": 2, "graphs": 2},
+                                OUTSIDE: {"instances": 1, "patterns": 1, "graphs": 1}}  # fmt: skip
+    assert [graph.instances for graph in report.graphs if graph.region == "RepeatedBlock"] == [
+        ("blocks.0", "blocks.2", "blocks.3"), ("blocks.1",)]  # fmt: skip
+
+
+def test_globs_with_full_names_select_alike_in_both_modes_and_explain_shows_every_instance():
+    options = {**EAGER, "exclude": ["blocks.2.*", "out"], "include": ["blocks.*", "out", "inp"]}
+    expected, whole_report = whole(stack(), options, batch())
+    torch.compiler.reset()
+    regional = lynx_compile.compile_repeated_blocks(stack(), options=options)
+    outs, report = run(regional, batch())
+    assert torch.equal(outs[0], expected[0]) and rows(report) == compiled_rows(whole_report, ["out"])
+    assert rows(report)["blocks.2.out"] == ("dense", "excluded by 'blocks.2.*'")
+    assert rows(report)["blocks.3.out"][0] == "sparse"
+    explained = lynx_compile.explain(regional, batch(), options={**options, "exclude": ["blocks.0.inner"]})
+    assert [layer.name for layer in explained.layers] == linear_names(regional)  # explain's options: `out` included
+    assert rows(explained)["blocks.0.inner"] == ("dense", "excluded by 'blocks.0.inner'")
+    assert "RepeatedBlock ×4 in 2 decision pattern(s), 2 graph(s)" in explained.summary()
+    assert compiled_regionally(regional) is not None  # and explain gave the model its own compilation back
+    assert torch.equal(run(regional, batch())[0][0], expected[0])
+
+
+def test_compiling_again_with_other_options_keeps_nothing_of_the_first_compilation():
+    model = lynx_compile.compile_repeated_blocks(stack(), options=EAGER)
+    assert set(rows(run(model, batch())[1])) == set(linear_names(model))  # `inp` and `out` compiled on their own
+    torch.compiler.reset()
+    lynx_compile.compile_repeated_blocks(model, options={**EAGER, "exclude": ["inp"]})
+    outs, report = run(model, batch())
+    assert "inp" not in rows(report) and rows(report)["out"][0] == "sparse"  # `inp` runs eagerly again, dense
+    expected, _ = whole(stack(), {**EAGER, "exclude": ["inp"]}, batch())
+    assert torch.equal(outs[0], expected[0])
+
+
+def test_a_region_learns_no_dynamic_shapes_from_another_models_region():
+    """Dynamo keeps what it learnt about dynamic shapes by function name: the `inp` of a model of other shapes, run
+    on other token counts, must not make this one's token count symbolic (blocks of equal shapes share what Dynamo
+    learnt, as one block class's forward does under diffusers' regional compilation)."""
+    run(lynx_compile.compile_repeated_blocks(stack(), options=EAGER), batch())
+    _, report = run(lynx_compile.compile_repeated_blocks(stack(width=24), options=EAGER), batch(tokens=40, width=24))
+    (inp,) = [layer for layer in report.layers if layer.name == "inp"]
+    assert inp.tokens == 80 and not inp.opaque
+
+
+def test_lora_corrections_are_per_instance_and_many_patterns_need_no_recompile():
+    """A correction is the layer's own: each corrected instance gets a graph of its own (ten here, more than
+    Dynamo's default recompile limit of 8 — distinct code per pattern, so no limit applies)."""
+    model, samples = stack(10), [batch(seed) for seed in range(2)]
+    policy = lynx_compile.calibrate(model, samples, target=10.0, lora_rank=4, ridge=1e-3)
+    assert sum(layer.lora_rank > 0 for layer in policy.layers.values()) >= 10
+    options = {**EAGER, "policy": policy}
+    expected, whole_report = whole(model, options, batch(5))
+    torch.compiler.reset()
+    regional = lynx_compile.compile_repeated_blocks(stack(10), options=options)
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        outs, report = run(regional, batch(5))
+    assert torch.equal(outs[0], expected[0]) and rows(report) == rows(whole_report)
+    assert report.regions()["RepeatedBlock"] == {"instances": 10, "patterns": 10, "graphs": 10}
+
+
+def test_a_graph_of_a_block_is_named_in_full_wherever_lynx_knows_the_model():
+    model = stack()
+    regions.register_model(model)
+    options = {**EAGER, "exclude": ["blocks.1.inner", "out"]}  # `out`: the model's own, not the blocks'
+    for block in model.blocks:
+        block.compile(backend="lynx", options=options)  # as diffusers' compile_repeated_blocks does
+    with raises_region_error(r"one graph serves 4 instances of RepeatedBlock.*'inner'.*"
+                                          r"excluded by 'blocks.1.inner'.*lynx_compile.compile_repeated_blocks"):
+        run(model, batch())
+    torch.compiler.reset()
+    for block in model.blocks:
+        block.compile(backend="lynx", options={**options, "exclude": ["out"]})
+    _, report = run(model, batch())
+    assert sorted(rows(report)) == sorted(linear_names(model)[1:-1])  # every block instance, by its full name
+    assert {decision for decision, _ in rows(report).values()} == {"sparse"}  # `out` matched none of theirs
+
+
+def test_a_graph_of_a_block_lynx_cannot_place_never_matches_names_of_the_model():
+    policy = mixed_policy(stack())
+    for options, message in (({"policy": policy}, "rooted at a RepeatedBlock, the policy was calibrated on a Stack"),
+                             ({"exclude": ["out"]}, "RepeatedBlock compiled on its own")):  # fmt: skip
+        torch.compiler.reset()
+        model = stack()  # never given to lynx: nothing says where its blocks are
+        for block in model.blocks:
+            block.compile(backend="lynx", options={**EAGER, **options})
+        with raises_region_error(message):
+            run(model, batch())
+    torch.compiler.reset()
+    model = stack()
+    for block in model.blocks:
+        block.compile(backend="lynx", options=EAGER)  # nothing matched by name: relative names only label rows
+    _, report = run(model, batch())
+    assert sorted(rows(report)) == ["inner", "out"]
+
+
+def test_placement_reads_the_path_from_parameter_identity():
+    model = stack(3)
+    regions.register_model(model)
+    block = model.blocks[2]
+    placed = regions.place([(block.out.weight, "out.weight"), (block.inner.bias, "inner.bias")], None)
+    assert placed.path == "blocks.2" and placed.names("out") == ("blocks.0.out", "blocks.1.out", "blocks.2.out")
+    region = regions.RegionSpec("RepeatedBlock", ("blocks.0", "blocks.2"))
+    placed = regions.place([(block.inner.weight, "weight")], region)  # a graph of `inner`'s own frame
+    assert placed.path == "blocks.2.inner" and placed.instances == ("blocks.0.inner", "blocks.2.inner")
+    # The model's own `out`, reached through a global (guarded as that object), and as a frame's own module (which
+    # Dynamo may run for any Linear).
+    assert regions.place([(model.out.weight, "weight")], None, class_wide=False).instances == ("out",)
+    assert regions.place([(model.out.weight, "weight")], None).instances == tuple(linear_names(model))
+    assert regions.place([(nn.Linear(2, 2).weight, "weight")], None) is None
+
+
+def test_with_inductor_the_regional_model_matches_the_whole_one_to_rounding():
+    """Inductor fuses a block graph and a whole-model graph differently: equal up to float rounding."""
+    model = stack(3)
+    options = {"execution": "simulate", "policy": mixed_policy(model)}
+    expected, _ = whole(model, options, batch())
+    torch.compiler.reset()
+    outs, report = run(lynx_compile.compile_repeated_blocks(stack(3), options=options), batch())
+    torch.testing.assert_close(outs[0], expected[0], rtol=1e-5, atol=1e-5)
+    assert report.regions()["RepeatedBlock"] == {"instances": 3, "patterns": 2, "graphs": 2}
