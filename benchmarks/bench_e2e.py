@@ -24,6 +24,7 @@ import sys
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -119,7 +120,8 @@ def run_case(name: str, build, variants: tuple[str, ...]) -> list[dict]:
     for graphs in (False, True):
         compiled = {}
         torch.compiler.reset()
-        for variant in variants:
+        for variant in (bar := tqdm(variants, desc=f"bench_e2e {name} graphs={graphs}: compile", unit="variant")):
+            bar.set_postfix_str(variant)
             model, inputs = build()
             kwargs = dict(VARIANTS[variant])
             options = {**kwargs.pop("options", {}), **({"triton.cudagraphs": True} if graphs else {})}
@@ -127,14 +129,14 @@ def run_case(name: str, build, variants: tuple[str, ...]) -> list[dict]:
             started = time.perf_counter()
             with torch.no_grad(), lynx_compile.collect_reports() as report:
                 forward(model, inputs)
-            print(f"{name} graphs={graphs} {variant}: compiled in {time.perf_counter() - started:.0f} s; "
-                  f"{report.summary() if report.layers else 'no lynx report'}", flush=True)  # fmt: skip
+            tqdm.write(f"{name} graphs={graphs} {variant}: compiled in {time.perf_counter() - started:.0f} s; "
+                       f"{report.summary() if report.layers else 'no lynx report'}")  # fmt: skip
             if variant == "lynx":
                 for reason in sorted({(layer.decision, layer.reason) for layer in report.layers})[:10]:
-                    print("   ", reason, flush=True)
+                    tqdm.write(f"    {reason}")
             compiled[variant] = (model, inputs)
         times = {variant: [] for variant in variants}
-        for _ in range(2):
+        for _ in tqdm(range(2), desc=f"bench_e2e {name} graphs={graphs}: time", unit="round"):
             for variant, (model, inputs) in compiled.items():
                 with torch.no_grad():
                     times[variant].append(time_forward_ms(lambda: forward(model, inputs)))
