@@ -67,13 +67,14 @@ def save_grid(runs: dict[str, dict], path: Path, columns: int = 20, zoom: int = 
     grid.save(path)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=50, help="digits to sample (10 a class at 100, as benchmarks/RESULTS.md)")
+    parser.add_argument("--samples", type=int, default=50,
+                        help="digits to sample, as many of each class (benchmarks/RESULTS.md: 100)")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--out", type=Path, default=Path("quickstart.png"))
     parser.add_argument("--inductor", action="store_true", help="compile the lynx variants with Inductor (slow here)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     started = time.perf_counter()
     eager = {} if args.inductor else {"compiler": "eager"}
 
