@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-logger = logging.getLogger("lynx_compile")
+logger = logging.getLogger(__name__)
 
 
 class Progress:
