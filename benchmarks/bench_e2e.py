@@ -34,6 +34,7 @@ import sys
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -221,7 +222,8 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
     for graphs in graph_modes:
         compiled, sparse_share, reasons = {}, {}, {}
         torch.compiler.reset()
-        for variant in variants:
+        for variant in (bar := tqdm(variants, desc=f"bench_e2e {name} graphs={graphs}: compile", unit="variant")):
+            bar.set_postfix_str(variant)
             model, inputs = build()
             kwargs = dict(VARIANTS[variant])
             options = {**kwargs.pop("options", {}), **({"triton.cudagraphs": True} if graphs else {})}
@@ -231,15 +233,15 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
             started = time.perf_counter()
             with torch.no_grad(), lynx_compile.collect_reports() as report:
                 forward(model, inputs)
-            print(f"{name} graphs={graphs} {variant}: compiled in {time.perf_counter() - started:.0f} s; "
-                  f"{report.summary() if report.layers else 'no lynx report'}", flush=True)  # fmt: skip
+            tqdm.write(f"{name} graphs={graphs} {variant}: compiled in {time.perf_counter() - started:.0f} s; "
+                       f"{report.summary() if report.layers else 'no lynx report'}")  # fmt: skip
             if variant.startswith("lynx"):
                 sparse_share[variant], reasons[variant] = report.sparse_flop_share, dense_reasons(report)
                 for reason, count in reasons[variant].items():
-                    print(f"    dense ×{count}: {reason}", flush=True)
+                    tqdm.write(f"    dense ×{count}: {reason}")
             compiled[variant] = (model, inputs)
         times = {variant: [] for variant in variants}
-        for _ in range(2):
+        for _ in tqdm(range(2), desc=f"bench_e2e {name} graphs={graphs}: time", unit="round"):
             for variant, (model, inputs) in compiled.items():
                 with torch.no_grad():
                     times[variant].append(time_forward_ms(lambda: forward(model, inputs)))

@@ -38,6 +38,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -183,11 +184,11 @@ def main() -> None:
     prune_compiled = torch.compile(nm_prune_ref)
     rows = []
     shapes = [shape for shape in SHAPES if not sys.argv[1:] or any(word in shape[0] for word in sys.argv[1:])]
-    for index, (name, m, k, n, producer) in enumerate(shapes):
+    for name, m, k, n, producer in (bar := tqdm(shapes, desc="bench_linear", unit="shape")):
+        bar.set_postfix_str(name)
         row = bench_shape(name, m, k, n, producer, prune_compiled)
         rows.append(row)
-        print(f"[{index + 1}/{len(shapes)}] " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                                             for k, v in row.items()}), flush=True)  # fmt: skip
+        tqdm.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
     out_dir = os.environ.get("OUT", "/tmp")
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     with open(os.path.join(out_dir, "bench_linear.json"), "w") as f:

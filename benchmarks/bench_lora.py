@@ -20,6 +20,7 @@ import sys
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +48,7 @@ def layer_table(model, fit_samples, eval_samples, names, min_tokens) -> list[dic
     sync()
     statistics_s = (time.perf_counter() - started) / max(len(fit), 1)
     rows = []
-    for name in names:
+    for name in tqdm(names, desc="bench_lora: solve", unit="layer"):
         if name not in fit:
             continue
         weight = linears[name].weight
@@ -104,7 +105,7 @@ def fit_adam(x, weight, rank, steps, lr, batch=4096):
     a = torch.zeros(w.shape[0], rank, device=x.device, requires_grad=True)
     b = (torch.randn(rank, w.shape[1], device=x.device, generator=generator) / w.shape[1] ** 0.5).requires_grad_()
     optimiser = torch.optim.Adam([a, b], lr=lr)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="bench_lora: Adam", unit="step", leave=False):
         index = torch.randint(0, x.shape[0], (batch,), device=x.device, generator=generator)
         xb = x[index]
         target = pruning_residual(xb, Method()).float() @ w.t()

@@ -18,6 +18,7 @@ import os
 import sys
 
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
@@ -37,7 +38,7 @@ def main() -> None:
     torch.manual_seed(0)
     compiled_ref = torch.compile(nm_prune_ref)
     rows = []
-    for name, m_tokens, k in SHAPES:
+    for name, m_tokens, k in tqdm(SHAPES, desc="bench_prune", unit="shape"):
         x = torch.randn(m_tokens, k, device="cuda", dtype=torch.bfloat16)
         assert torch.equal(nm_prune_triton(x)[0], nm_prune_ref(x)[0]), name
         times = {
@@ -50,7 +51,7 @@ def main() -> None:
                "lynx_TBps": moved / times["lynx"] / 1e9,
                "copy_TBps": 4 * m_tokens * k / times["copy"] / 1e9}  # fmt: skip
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        tqdm.write(json.dumps(row))
     out_dir = os.environ.get("OUT", "/tmp")
     with open(os.path.join(out_dir, "bench_prune.json"), "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)

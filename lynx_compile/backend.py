@@ -23,7 +23,7 @@ import torch.fx
 from .config import LynxConfig, parse_options
 from .passes import PassContext, run_passes
 from .regions import RegionError
-from .report import publish
+from .report import Report, publish
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,12 @@ def apply_lynx_passes(gm: torch.fx.GraphModule, config: LynxConfig) -> tuple[tor
             raise
         logger.warning("lynx: passes failed (%s: %s); compiling this graph without lynx", type(error).__name__, error)
         gm, ctx = original, PassContext(config)
-    publish(ctx.sites, before, str(gm.graph), ctx.placement)
-    sparse = sum(site.decision == "sparse" for site in ctx.sites)
-    logger.info("lynx: %d/%d linears sparsified in this graph", sparse, len(ctx.sites))
+    after = str(gm.graph)
+    publish(ctx.sites, before, after, ctx.placement)
+    if logger.isEnabledFor(logging.INFO):  # TORCH_LOGS="lynx": the decisions, as explain would print them
+        decisions = Report()
+        decisions.add_graph(ctx.sites, before, after, ctx.placement)
+        logger.info("lynx: decisions for this graph:\n%s", decisions)
     return gm, ctx
 
 

@@ -26,6 +26,7 @@ from .config import LynxConfig, parse_options
 from .lora import DEFAULT_MEMORY_BUDGET, DEFAULT_RANK, LoraAdapter, LoraSolution, ResidualStatistics, solve_lora
 from .method import Method, sparse_linear_ref, token_rows
 from .policy import LayerPolicy, Policy
+from .progress import Progress
 from .regions import register_model
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def run_sparsified(
     layers: dict[str, torch.nn.Linear],
     method: Method,
     adapters: dict[str, LoraAdapter] | None = None,
+    progress: Progress | None = None,
 ) -> list[torch.Tensor]:
     """The model's outputs with `layers` sparsified as lynx runs them (and corrected where `adapters` has one)."""
     adapters = adapters or {}
@@ -102,7 +104,16 @@ def run_sparsified(
         return lambda module, args, out: _sparse_output(module, args[0], method, adapters.get(name))
 
     with _hooked(layers, make_hook):
-        return [_first_tensor(model(*args, **kwargs)) for args, kwargs in calls]
+        return _run_calls(model, calls, progress)
+
+
+def _run_calls(model: torch.nn.Module, calls: list[Call], progress: Progress | None) -> list[torch.Tensor]:
+    outputs = []
+    for args, kwargs in calls:
+        outputs.append(_first_tensor(model(*args, **kwargs)))
+        if progress is not None:
+            progress.advance()
+    return outputs
 
 
 def calibrate(
@@ -114,14 +125,16 @@ def calibrate(
     lora_rank: int = 0,
     ridge: float | None = None,
     progress: Callable[[str], None] | None = None,
+    progress_bar: bool = True,
 ) -> Policy:
     """Measure each linear's sensitivity on `samples` and choose the layers to sparsify within `target`.
 
     `samples` are forward-call inputs (dicts of keyword arguments, tuples, or tensors) covering the timesteps and
     CFG branches the model will see. Deterministic: no randomness beyond the samples themselves. With `lora_rank`,
     every measured layer is fitted a correction of that rank first (`fit_lora`, with `ridge`: None cross-validates it)
-    and the choice is made with the corrections on. `progress`, e.g. `print`, receives a line per stage and per
-    model evaluation (also logged at INFO).
+    and the choice is made with the corrections on. A progress bar counts the model's forward calls
+    (`progress_bar=False` hides it); `progress`, e.g. `print`, receives a line per stage and per model evaluation
+    (also logged at INFO).
 
     `options` are the lynx options the policy will be compiled with: their method settings (n, m, norm
     compensation, min_tokens) are measured and recorded in the policy (compiling with other ones is refused), and
@@ -133,20 +146,24 @@ def calibrate(
     whole-model and regional compilation (`lynx_compile.compile_repeated_blocks`) both decide by. The model is
     remembered (weakly), so that a graph of one of its blocks compiled later in this process can be placed in it.
     """
-
-    def report(line: str) -> None:
-        logger.info("lynx.calibrate: %s", line)
-        if progress is not None:
-            progress(f"calibrate: {line}")
-
     check_number("target", target, minimum=0)
     check_int("lora_rank", lora_rank, 0)
     if ridge is not None:
         check_number("ridge", ridge, minimum=0)
     config = parse_options(options)
-    method, bare = config.method, dataclasses.replace(config.method, norm_compensation=False)
     calls = _as_calls(samples, "calibrate")
     register_model(model)  # its policy names its layers: lynx may place a block's graph in it (`regions`)
+    bar = Progress("calibrate", progress, progress_bar)
+    try:
+        return _calibrate(model, calls, config, target, lora_rank, ridge, bar)
+    finally:
+        bar.close()
+
+
+def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, target: float, lora_rank: int,
+               ridge: float | None, progress: Progress) -> Policy:  # fmt: skip
+    report = progress.stage
+    method, bare = config.method, dataclasses.replace(config.method, norm_compensation=False)
     linears = _linears(model)
     kept_dense = {name: why for name in linears if (why := config.name_rule(name)) is not None}
 
@@ -172,8 +189,9 @@ def calibrate(
         return hook
 
     report(f"measuring {len(linears)} linears on {len(calls)} sample(s)")
+    progress.expect(len(calls))
     with _hooked(linears, measure):
-        references = [_first_tensor(model(*args, **kwargs)) for args, kwargs in calls]
+        references = _run_calls(model, calls, progress)
     for index, reference in enumerate(references):
         if not bool(torch.isfinite(reference).all()):
             raise ValueError(f"calibrate: sample {index}: the dense model's output holds NaN or Inf; calibration "
@@ -190,7 +208,7 @@ def calibrate(
     if lora_rank:
         report(f"fitting rank-{lora_rank} corrections of {len(errors)} layers")
         solutions = fit_lora_on_calls(model, calls, config, rank=lora_rank, layers=sorted(errors), ridge=ridge,
-                                      memory_budget=DEFAULT_MEMORY_BUDGET, progress=report)  # fmt: skip
+                                      memory_budget=DEFAULT_MEMORY_BUDGET, progress=progress)  # fmt: skip
     adapters = {name: solution.adapter_at(lora_rank) for name, solution in solutions.items()}
 
     def ordering_error(name: str) -> float:
@@ -204,11 +222,12 @@ def calibrate(
     def model_error(prefix: int) -> float:
         if prefix not in prefix_errors:
             chosen = {name: linears[name] for name in candidates[:prefix]}
-            outs = run_sparsified(model, calls, chosen, method, adapters)
+            outs = run_sparsified(model, calls, chosen, method, adapters, progress)
             prefix_errors[prefix] = max(_relative_error(out, ref) for out, ref in zip(outs, references))
         return prefix_errors[prefix]
 
     low, high = 0, len(candidates)  # the longest prefix within target, by bisection
+    progress.expect(math.ceil(math.log2(len(candidates) + 1)) * len(calls))  # at most that many evaluations
     while low < high:
         mid = (low + high + 1) // 2
         if model_error(mid) <= target:
@@ -249,7 +268,11 @@ def calibrate(
 
 
 def collect_statistics(
-    model: torch.nn.Module, calls: list[Call], layers: dict[str, torch.nn.Linear], method: Method
+    model: torch.nn.Module,
+    calls: list[Call],
+    layers: dict[str, torch.nn.Linear],
+    method: Method,
+    progress: Progress | None = None,
 ) -> dict[str, ResidualStatistics]:
     """Run the dense model over `calls` once, accumulating the statistics of every layer in `layers` it calls."""
     stats: dict[str, ResidualStatistics] = {}
@@ -265,8 +288,7 @@ def collect_statistics(
         return hook
 
     with _hooked(layers, capture):
-        for args, kwargs in calls:
-            model(*args, **kwargs)
+        _run_calls(model, calls, progress)
     return stats
 
 
@@ -280,6 +302,7 @@ def fit_lora(
     ridge: float | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: Callable[[str], None] | None = None,
+    progress_bar: bool = True,
 ) -> dict[str, LoraSolution]:
     """Fit the rank-`rank` correction of each named linear (default: every nn.Linear) on `samples`.
 
@@ -287,14 +310,20 @@ def fit_lora(
     (n, m, norm_compensation, min_tokens); `ridge` a fixed λ (see `lora.solve_lora`), None to cross-validate it.
     Layers are processed in groups whose statistics fit `memory_budget` bytes (32·K² each), one pass over the samples
     per group. Layers the samples never call with enough tokens get no solution. Apply the result with
-    `Policy.with_lora`.
+    `Policy.with_lora`. Progress: a bar over the model calls (`progress_bar=False` hides it) and, to `progress`
+    (e.g. `print`), a line per group.
     """
     check_int("rank", rank, 1)
     if ridge is not None:
         check_number("ridge", ridge, minimum=0)
     check_int("memory_budget", memory_budget, 1)
-    return fit_lora_on_calls(model, _as_calls(samples, "fit_lora"), parse_options(options), rank=rank, layers=layers,
-                             ridge=ridge, memory_budget=memory_budget, progress=progress)  # fmt: skip
+    calls = _as_calls(samples, "fit_lora")
+    bar = Progress("fit_lora", progress, progress_bar)
+    try:
+        return fit_lora_on_calls(model, calls, parse_options(options), rank=rank, layers=layers, ridge=ridge,
+                                 memory_budget=memory_budget, progress=bar)  # fmt: skip
+    finally:
+        bar.close()
 
 
 def fit_lora_on_calls(
@@ -306,7 +335,7 @@ def fit_lora_on_calls(
     layers: Iterable[str] | None,
     ridge: float | None,
     memory_budget: int,
-    progress: Callable[[str], None] | None,
+    progress: Progress,
 ) -> dict[str, LoraSolution]:
     """`fit_lora` on (args, kwargs) pairs and a parsed `LynxConfig`."""
     linears = _linears(model)
@@ -325,13 +354,11 @@ def fit_lora_on_calls(
         group_bytes += size
 
     solutions: dict[str, LoraSolution] = {}
+    progress.expect(len(groups) * len(calls))
     for index, group in enumerate(groups):
-        stats = collect_statistics(model, calls, {name: linears[name] for name in group}, config.method)
+        stats = collect_statistics(model, calls, {name: linears[name] for name in group}, config.method, progress)
         for name, layer_stats in stats.items():
             solutions[name] = solve_lora(linears[name].weight, layer_stats, rank, ridge)
-        line = f"fit_lora: group {index + 1}/{len(groups)}: {len(stats)} layer(s) fitted at rank {rank}"
-        logger.info("lynx.%s", line)
-        if progress is not None:
-            progress(line)
+        progress.stage(f"group {index + 1}/{len(groups)}: {len(stats)} layer(s) fitted at rank {rank}")
         del stats
     return solutions

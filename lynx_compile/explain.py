@@ -1,9 +1,10 @@
 """`explain(model, *args, options=None, **kwargs) -> Report`: what lynx would do to a model, and why.
 
 It captures the model with Dynamo, runs the lynx passes exactly as the backend does, and runs the rewritten graph
-eagerly (Inductor's code generation is skipped: it changes speed, not decisions). It starts from empty torch.compile
-caches (`torch.compiler.reset()`): Dynamo would otherwise reuse a graph compiled earlier with equal options and
-report nothing; models compiled before recompile on their next call. The report lists every matched
+eagerly (Inductor's code generation is skipped: it changes speed, not decisions). It leaves the caller's compiled
+models alone: it traces through a function of its own with a backend object of its own, so Dynamo never serves it a
+graph compiled before (and it always reports), and afterwards it drops the compiled code its trace left behind, so
+nothing the caller compiled recompiles or counts it against a recompile limit. The report lists every matched
 linear with its sizes, decision, reason and share of linear FLOPs, plus each FX graph before and after the rewrite.
 
 A module compiled in place (``model.compile()``) runs its compiled call and would give Dynamo nothing to capture,
@@ -18,12 +19,15 @@ model's, and lynx's go in ``lynx_options=`` (always accepted).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import inspect
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
+from .backend import lynx_backend
 from .config import LynxConfig, parse_options
 from .regional import compiled_privately, compiled_regionally
 from .report import Report, collect_reports
@@ -43,14 +47,14 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
         options = lynx_options
     config = dataclasses.replace(parse_options(options), compiler="eager")
     compiled_in_place = getattr(model, "_compiled_call_impl", None) is not None
-    torch.compiler.reset()
-    with collect_reports() as report, torch.no_grad():
+    backend = functools.partial(lynx_backend, options=config)  # equal to no other backend: never a cache hit
+    with _private_compile_state(), collect_reports() as report, torch.no_grad():
         if compiled_regionally(model) is not None:
             with compiled_privately(model, config):
                 model(*args, **kwargs)
         else:
             target = model._call_impl if compiled_in_place else model
-            torch.compile(target, backend="lynx", options=config)(*args, **kwargs)
+            torch.compile(_trace, backend=backend)(target, *args, **kwargs)
     if not report.graphs:
         raise RuntimeError("lynx.explain: Dynamo captured no graph from this call: the forward ran without Dynamo "
                            "tracing any tensor operation (compiled or disabled elsewhere, or not traceable)")
@@ -62,3 +66,30 @@ def _forward_parameters(model: torch.nn.Module) -> set[str]:
         return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):  # no signature to read (a C function)
         return set()
+
+
+def _trace(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """What explain compiles: its compiled code lives on this function's code object, not on the model's. The
+    argument is named `self` so that Dynamo's sources read L['self']... as for a compiled module (layer names)."""
+    return self(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _private_compile_state() -> Iterator[None]:
+    """Undo what compiling `_trace` adds to Dynamo's process-wide state: the cache entries on `_trace` and on every
+    code object Dynamo first met inside the block (a model's inner frames, after a graph break), and the backends it
+    registered. Code Dynamo had met before may hold the caller's entries and keeps them; explain's entries there are
+    guarded by its own backend object, so they never run for the caller's compiled models."""
+    from torch._dynamo.convert_frame import input_codes
+    from torch._dynamo.eval_frame import cached_backends, reset_code
+
+    codes_before, backends_before = set(input_codes.seen_ids), set(cached_backends)
+    try:
+        yield
+    finally:
+        for ref in list(input_codes.seen):
+            code = ref()
+            if code is not None and (code is _trace.__code__ or id(code) not in codes_before):
+                reset_code(code)
+        for key in set(cached_backends) - backends_before:
+            del cached_backends[key]

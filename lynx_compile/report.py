@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
 from .passes.utils import LinearSite
@@ -30,6 +31,7 @@ class LayerRecord:
     path: str = ""  # the sparse path that runs a sparse layer (`lynx_compile.paths`); "" for a dense one
     opaque: bool = False  # a sparse layer whose op stays opaque to Inductor (decides at run time; epilogue unfused)
     siblings: tuple[str, ...] = ()  # the group it runs in (x pruned once for all of them), itself included
+    call: int = 1  # which call of this module it is, in the order of the report (a module may run several times)
 
     @classmethod
     def from_site(cls, site: LinearSite, graph: int, instance: int = 0) -> LayerRecord:
@@ -64,9 +66,13 @@ class Report:
         region, instances = ("", ()) if placement is None else (placement.label, placement.instances)
         self.graphs.append(GraphRecord(before, after, region, instances))
         shown = {layer.name for layer in self.layers if self.graphs[layer.graph].region == region} if region else set()
+        calls = Counter(layer.name for layer in self.layers)
         for instance in range(max((len(site.names) for site in sites), default=0)):
-            self.layers.extend(LayerRecord.from_site(site, index, instance) for site in sites
-                               if instance < len(site.names) and site.names[instance] not in shown)  # fmt: skip
+            for site in sites:
+                if instance < len(site.names) and site.names[instance] not in shown:
+                    row = LayerRecord.from_site(site, index, instance)
+                    calls[row.name] += 1
+                    self.layers.append(replace(row, call=calls[row.name]))
         total = sum(layer.flops for layer in self.layers) or 1
         self.layers = [_with_share(layer, layer.flops / total) for layer in self.layers]
 
@@ -78,10 +84,19 @@ class Report:
     def sparse_flop_share(self) -> float:
         return sum(layer.flop_share for layer in self.sparse_layers)
 
+    @property
+    def modules(self) -> list[str]:
+        """The linear modules of the report, each once, in order of first call."""
+        return list(dict.fromkeys(layer.name for layer in self.layers))
+
     def summary(self) -> str:
+        """Modules and calls: a module called twice (CFG halves, a shared projection) has two rows, and counts
+        as sparsified where any of its calls is."""
         opaque = sum(layer.opaque for layer in self.sparse_layers)
+        sparse_modules = {layer.name for layer in self.sparse_layers}
+        calls = f" ({len(self.sparse_layers)}/{len(self.layers)} calls)" if len(self.layers) > len(self.modules) else ""
         return (
-            f"{len(self.sparse_layers)}/{len(self.layers)} linears sparsified, "
+            f"{len(sparse_modules)}/{len(self.modules)} linear modules sparsified{calls}, "
             f"{100 * self.sparse_flop_share:.1f}% of linear FLOPs, in {len(self.graphs)} graph(s)"
             + (f"; {opaque} run as opaque ops (symbolic M: checked at run time, epilogue unfused)" if opaque else "")
             + self._regions_summary()
@@ -115,8 +130,10 @@ class Report:
 
     def __str__(self) -> str:
         header = ("layer", "M", "K", "N", "dtype", "decision", "FLOPs %", "reason")
+        repeated = {name for name, count in Counter(layer.name for layer in self.layers).items() if count > 1}
         rows = [
-            (layer.name, str(layer.tokens), str(layer.in_features), str(layer.out_features), layer.dtype,
+            (layer.name + (f" (call {layer.call})" if layer.name in repeated else ""), str(layer.tokens),
+             str(layer.in_features), str(layer.out_features), layer.dtype,
              layer.decision, f"{100 * layer.flop_share:.1f}", layer.reason)
             for layer in self.layers
         ]  # fmt: skip

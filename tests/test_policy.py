@@ -92,8 +92,16 @@ def test_calibrate_needs_samples(dit):
         calibrate(dit[0], [])
 
 
-def test_progress_is_reported(dit):
+def test_progress_is_reported(dit, capfd):
     model, samples = dit
-    lines = []
-    calibrate(model, samples, target=0.3, progress=lines.append)
+    lines, forward_calls = [], []
+    handle = model.register_forward_pre_hook(lambda module, args: forward_calls.append(1))
+    try:
+        calibrate(model, samples, target=0.3, progress=lines.append)
+    finally:
+        handle.remove()
     assert lines[0].startswith("calibrate: measuring") and any("fit the target" in line for line in lines[1:])
+    bar = capfd.readouterr().err.split("\r")[-1]  # tqdm redraws its line; the last one is the closed bar
+    assert bar.startswith("lynx calibrate: 100%") and f" {len(forward_calls)}/{len(forward_calls)} " in bar
+    calibrate(model, samples, target=0.3, progress_bar=False)
+    assert "lynx calibrate" not in capfd.readouterr().err

@@ -57,19 +57,29 @@ def _check_input(x: torch.Tensor, n: int, m: int) -> None:
 
 
 def nm_keep_mask_ref(x: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Boolean (M, K) mask of the kept entries, straight from the rank rule in the module docstring."""
+    """Boolean (M, K) mask of the kept entries by the rank rule in the module docstring.
+
+    Each pair of members (i < j) of a group is compared once: i beats j when |x_i| >= |x_j| (the tie goes to the lower
+    index), else j beats i. That is m(m-1)/2 comparisons of (M, K/m) tensors instead of an (M, K/m, m, m) one, which
+    makes the simulate path and calibration several times faster on CPU (the tests keep the literal rule to check it).
+    """
     rows, k = x.shape
-    mag = x.float().abs().reshape(rows, k // m, m).nan_to_num(nan=float("inf"), posinf=float("inf"))
-    other, this = mag.unsqueeze(-2), mag.unsqueeze(-1)  # [..., j, i]: compare element j against every i
-    index = torch.arange(m, device=x.device)
-    lower_index = index.view(1, m) < index.view(m, 1)  # [j, i]: i < j
-    rank = ((other > this) | ((other == this) & lower_index)).sum(-1)
-    return (rank < n).reshape(rows, k)
+    mag = x.float().abs().nan_to_num(nan=float("inf"), posinf=float("inf")).reshape(rows, k // m, m)
+    members = mag.unbind(-1)
+    beaten_by = [torch.zeros(rows, k // m, dtype=torch.uint8, device=x.device) for _ in range(m)]
+    for i in range(m):
+        for j in range(i + 1, m):
+            i_wins = members[i] >= members[j]
+            beaten_by[j] += i_wins
+            beaten_by[i] += ~i_wins
+    return (torch.stack(beaten_by, -1) < n).reshape(rows, k)
 
 
 def norm_scale_ref(x: torch.Tensor, keep: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     square = x.float().square()
-    return norm_scale_from_energy(square.sum(-1), torch.where(keep, square, 0.0).sum(-1), eps)
+    # square·keep, not where(keep, square, 0): twice as fast on CPU, and equal wherever the row's ‖x‖² is finite
+    # (the only rows whose scale is not 1).
+    return norm_scale_from_energy(square.sum(-1), (square * keep).sum(-1), eps)
 
 
 def norm_scale_from_energy(total: torch.Tensor, kept: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:

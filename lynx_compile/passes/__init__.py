@@ -2,25 +2,23 @@
 
 Each pass has the signature ``(gm, ctx) -> gm``: `find_linears`, `place_linears` and `decide_linears` only read the
 graph and fill `ctx.sites`; `rewrite_linears` changes it. After them the backend hands the graph to Inductor with
-`LowerSparseLinears` installed as a post-grad pass. Set ``LYNX_DEBUG_PASS=<name>`` (or logging at DEBUG for
-``lynx_compile``) to log the graph before and after a named pass.
+`LowerSparseLinears` installed as a post-grad pass. ``TORCH_LOGS="+lynx"`` (or ``"lynx_graphs"``) logs the graph
+before the passes and after each one that changed it (`lynx_compile.logs`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Callable
 
 import torch.fx
 
+from ..logs import graphs_log, log_graph
 from .decide_linears import decide_linears
 from .find_linears import find_linears
 from .place_linears import place_linears
 from .rewrite_linears import rewrite_linears
 from .utils import LinearSite, PassContext
-
-logger = logging.getLogger(__name__)
 
 GraphPass = Callable[[torch.fx.GraphModule, PassContext], torch.fx.GraphModule]
 
@@ -33,13 +31,14 @@ def dump_passes() -> str:
 
 
 def run_passes(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
-    debug_pass = os.environ.get("LYNX_DEBUG_PASS")
+    logging_graphs = graphs_log.isEnabledFor(logging.DEBUG)
+    if logging_graphs:
+        log_graph("Dynamo's graph, before the lynx passes", gm.graph)
     for graph_pass in PASSES:
-        if graph_pass.__name__ == debug_pass:
-            logger.warning("lynx: graph before %s:\n%s", debug_pass, gm.graph)
+        before = str(gm.graph) if logging_graphs else ""
         gm = graph_pass(gm, ctx)
-        if graph_pass.__name__ == debug_pass:
-            logger.warning("lynx: graph after %s:\n%s", debug_pass, gm.graph)
+        if logging_graphs and str(gm.graph) != before:  # find and decide only read the graph
+            log_graph(f"graph after {graph_pass.__name__}", gm.graph)
     return gm
 
 

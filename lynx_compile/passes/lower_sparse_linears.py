@@ -33,6 +33,7 @@ from torch._inductor.pattern_matcher import (
 
 from ..config import LynxConfig
 from ..folds import FOLDS
+from ..logs import log_graph
 from ..method import token_rows
 from ..ops import SPARSE_LINEAR_ARGS, SPARSE_LINEAR_GROUP_ARGS, member_bias_list
 from ..paths import PATHS, get_path
@@ -108,8 +109,11 @@ class LowerSparseLinears(CustomGraphPass):
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         _register_patterns()
+        log_graph("Inductor's post-grad graph, before lower_sparse_linears", graph)
         self.lowered = _PATTERNS.apply(graph)
         logger.debug("lynx: lowered %d lynx::sparse_linear nodes for Inductor", self.lowered)
+        if self.lowered:
+            log_graph("graph after lower_sparse_linears", graph)
 
     def uuid(self) -> bytes:
         return get_hash_for_files(source_files()) + self.config.cache_key().encode()

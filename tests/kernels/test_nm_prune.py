@@ -51,6 +51,27 @@ def test_kernel_matches_reference_bit_for_bit(case):
     torch.testing.assert_close(scale, scale_ref, rtol=1e-5, atol=0)
 
 
+def rank_rule_mask(x, n, m):
+    """The rank rule as the module docstring states it, over all (j, i) pairs at once: slow, and obviously right."""
+    mag = groups_of(x.float().abs(), m).nan_to_num(nan=float("inf"), posinf=float("inf"))
+    other, this = mag.unsqueeze(-2), mag.unsqueeze(-1)  # [..., j, i]
+    index = torch.arange(m, device=x.device)
+    lower_index = index.view(1, m) < index.view(m, 1)  # [j, i]: i < j
+    rank = ((other > this) | ((other == this) & lower_index)).sum(-1)
+    return (rank < n).reshape(x.shape)
+
+
+@given(activations(), st.sampled_from([None, float("nan"), float("inf"), float("-inf")]), st.data())
+def test_reference_mask_is_the_rank_rule(case, special, data):
+    x, n, m = case
+    if special is not None:  # non-finite values, some of them tied with each other
+        x = x.clone()
+        flat = x.view(-1) if x.is_contiguous() else x.t().view(-1)
+        for index in data.draw(st.lists(st.integers(0, x.numel() - 1), max_size=6)):
+            flat[index] = special
+    assert torch.equal(nm_keep_mask_ref(x, n, m), rank_rule_mask(x, n, m))
+
+
 @given(activations())
 def test_keeps_n_largest_per_group(case):
     x, n, m = case

@@ -1,0 +1,92 @@
+"""explain(): it reports every time, it leaves the caller's compiled models alone, and it tells calls from modules."""
+
+import torch
+
+import lynx_compile
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+
+class Mlp(torch.nn.Module):
+    def __init__(self, width: int = 64, graph_break: bool = False) -> None:
+        super().__init__()
+        self.up, self.down, self.graph_break = torch.nn.Linear(width, width), torch.nn.Linear(width, width), graph_break
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.gelu(self.up(x))
+        if self.graph_break:
+            torch._dynamo.graph_break()
+        return self.down(h)
+
+
+class SharedProjection(torch.nn.Module):
+    """One linear applied to two inputs (as a shared projection or a CFG half would be), then another."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.proj, self.out = torch.nn.Linear(width, width), torch.nn.Linear(width, width)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.out(self.proj(a) * self.proj(b))
+
+
+def counting_backend(graphs: list):
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    return backend
+
+
+def test_explain_does_not_make_a_compiled_model_recompile():
+    model, x = Mlp().eval(), torch.randn(32, 64)
+    graphs: list = []
+    compiled = torch.compile(model, backend=counting_backend(graphs))
+    with torch.no_grad():
+        expected = compiled(x)
+    assert len(graphs) == 1
+
+    first = lynx_compile.explain(model, x)
+    second = lynx_compile.explain(model, x)  # never served the first one's graph: it reports again
+
+    assert [layer.name for layer in first.layers] == ["up", "down"]
+    assert [(layer.name, layer.decision, layer.reason) for layer in second.layers] == [
+        (layer.name, layer.decision, layer.reason) for layer in first.layers
+    ]
+    with torch.no_grad(), torch.compiler.set_stance("fail_on_recompile"):
+        torch.testing.assert_close(compiled(x), expected)
+    assert len(graphs) == 1  # the caller's compiled code was neither dropped nor recompiled
+
+
+def test_explain_of_a_graph_breaking_model_leaves_no_compiled_code_behind():
+    model, x = Mlp(graph_break=True).eval(), torch.randn(32, 64)
+    report = lynx_compile.explain(model, x)
+    assert len(report.graphs) == 2 and [layer.name for layer in report.layers] == ["up", "down"]
+    for code in (Mlp.forward.__code__, torch.nn.Module._call_impl.__code__):
+        assert _debug_get_cache_entry_list(code) == []
+
+    graphs: list = []
+    compiled = torch.compile(model, backend=counting_backend(graphs))
+    with torch.no_grad():
+        compiled(x)
+    compiled_graphs = len(graphs)
+    lynx_compile.explain(model, x)
+    with torch.no_grad(), torch.compiler.set_stance("fail_on_recompile"):
+        compiled(x)
+    assert len(graphs) == compiled_graphs
+
+
+def test_repeated_calls_of_a_module_are_marked_and_counted():
+    model = SharedProjection().eval()
+    report = lynx_compile.explain(model, torch.randn(32, 64), torch.randn(32, 64), options={"exclude": ["out"]})
+    assert [(layer.name, layer.call) for layer in report.layers] == [("proj", 1), ("proj", 2), ("out", 1)]
+    table = str(report).splitlines()
+    assert table[2].startswith("proj (call 1)") and table[3].startswith("proj (call 2)")
+    assert table[4].startswith("out ") and "call" not in table[4]
+    assert report.modules == ["proj", "out"]
+    assert report.summary().startswith("1/2 linear modules sparsified (2/3 calls), ")
+    assert '"call": 2' in report.to_json()
+
+
+def test_summary_without_repeated_calls_counts_modules_only():
+    report = lynx_compile.explain(Mlp().eval(), torch.randn(32, 64), options={"exclude": ["down"]})
+    assert report.summary().startswith("1/2 linear modules sparsified, ")
