@@ -264,6 +264,15 @@ def test_full_size_flux_single_block_sparse_matches_simulate():
         for param in block.parameters():
             param.normal_(0, 0.02)
     block = block.to(torch.bfloat16).eval()
+
+    class Holder(nn.Module):  # a diffusers block compiled alone would be taken for one compiled regionally
+        def __init__(self):
+            super().__init__()
+            self.block = block
+
+        def forward(self, **inputs):
+            return self.block(**inputs)
+
     bf16 = dict(device="cuda", dtype=torch.bfloat16)
     inputs = dict(hidden_states=torch.randn(1, 4096, 3072, **bf16), encoder_hidden_states=torch.randn(1, 512, 3072,
                   **bf16), temb=torch.randn(1, 3072, **bf16))  # fmt: skip
@@ -272,12 +281,12 @@ def test_full_size_flux_single_block_sparse_matches_simulate():
         torch._dynamo.reset()
         options = {"execution": execution, "min_speedup": 1e-3, "include": sparse_names}
         with torch.no_grad(), lynx_compile.collect_reports() as report:
-            outputs[execution] = torch.compile(block, backend="lynx", fullgraph=True, options=options)(**inputs)[
+            outputs[execution] = torch.compile(Holder(), backend="lynx", fullgraph=True, options=options)(**inputs)[
                 0].float()  # fmt: skip
         if execution == "sparse":
             sparse_names = [layer.name for layer in report.sparse_layers]
             assert len(sparse_names) >= 4  # to_q, to_k, to_v, proj_mlp, proj_out: K ∈ {3072, 15360}
-            (proj_out,) = [layer for layer in report.sparse_layers if layer.name == "proj_out"]
+            (proj_out,) = [layer for layer in report.sparse_layers if layer.name == "block.proj_out"]
             assert "input cat(none, gelu_tanh) pruned on load" in proj_out.reason, proj_out.reason
 
     def rel(a, b):
@@ -364,7 +373,12 @@ def test_regional_compilation_with_an_unalike_policy_runs_on_sparse_cores_as_the
     """A tiny FLUX (1 double + 3 single blocks), bf16, execution="sparse" with CUDA graphs, compiled block by block
     with a policy that treats the single blocks unalike (block 0's `proj_out` dense, the model's own `proj_out`
     dense): the same decisions as whole-model compilation, one graph per decision pattern, no graph after the first
-    step, and outputs that agree with whole-model compilation as closely as sparse agrees with simulate."""
+    step, and outputs that agree with the same regional compilation simulating exactly the layers that went on
+    sparse cores, as closely as sparse agrees with simulate for the whole model
+    (test_tiny_diffusers_model_sparse_matches_simulate). Whole-model and regional graphs fuse, and so round in bf16,
+    differently: at this toy size that flips as many masks as pruning changes outputs (measured: 0.37 relative
+    between the two simulated), so their outputs are compared exactly on the CPU instead
+    (tests/test_regional_flux.py)."""
     import sys
 
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -406,14 +420,20 @@ def test_regional_compilation_with_an_unalike_policy_runs_on_sparse_cores_as_the
     assert [decided[f"single_transformer_blocks.{i}.proj_out"] for i in range(3)] == ["dense", "sparse", "sparse"]
     assert all("sparse tensor cores" in layer.reason for layer in report.sparse_layers), report
     assert report.regions()["FluxSingleTransformerBlock"]["patterns"] == 2
+    on_sparse_cores = {layer.name for layer in report.sparse_layers}  # the rest has no cuSPARSELt path (K = 16)
+    simulate_policy = lynx_compile.Policy({name: lynx_compile.LayerPolicy(
+        "sparse" if name in on_sparse_cores else "dense", "as it ran") for name in policy.layers}, policy.model_class)
+    torch._dynamo.reset()
+    simulated_model = lynx_compile.compile_repeated_blocks(model(), options={**options, "execution": "simulate",
+                                                                              "policy": simulate_policy})
+    simulated, _ = run(simulated_model, steps)
     eager = model()
-    for out, reference, step in zip(first + later, whole_outs, steps):
+    for out, reference, step in zip(first + later, simulated, steps):
         with torch.no_grad():
             dense_out = output_tensor(eager(**step)).float()
 
         def rel(a, b):
             return ((a - b).norm() / b.norm()).item()
 
-        # Block graphs and the whole graph round differently in bf16, which flips near-ties in later masks (see
-        # test_tiny_diffusers_model_sparse_matches_simulate): bounded by what pruning itself changes.
+        # s·x̃ rounded before the GEMM or after it flips near-ties in later masks: bounded by what pruning changes.
         assert rel(out, reference) < 0.5 * rel(reference, dense_out)
