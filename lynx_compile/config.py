@@ -40,8 +40,8 @@ class LynxConfig:
             (default): ``"sparse"`` on GPUs with the sparse path (sm_90), ``"simulate"`` elsewhere.
         n, m: keep ``n`` of every ``m`` consecutive input channels (2:4 by default; simulate also takes 1:4, 4:8 ...).
         norm_compensation: rescale each pruned token row to its dense L2 norm (applied after the GEMM).
-        min_tokens: linears with fewer input rows (tokens × batch) stay dense; with a symbolic token count the check
-            runs at run time.
+        min_tokens: linears with fewer input rows (tokens × batch) stay dense; a symbolic token count is decided
+            under a guard at this threshold (a call on the other side recompiles).
         min_features: linears with in- or out-features below this stay dense.
         min_speedup: sparse execution: a layer goes sparse only where the sparse path measured at least this much
             faster than dense for its shape (with CUDA graphs if the compile uses them, else host time included).

@@ -72,11 +72,16 @@ class LoraAdapter:
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
-    """SHA-256 of a tensor's dtype, shape and values (16 hex digits)."""
+    """SHA-256 of a tensor's dtype, shape and values (16 hex digits). Kept on the tensor until it is modified (its
+    version counter moves): every compiled graph's cache key hashes the policy's adapters."""
+    cached = getattr(tensor, "_lynx_digest", None)
+    if cached is not None and cached[0] == tensor._version:
+        return cached[1]
     data = tensor.detach().to("cpu").contiguous()
     digest = hashlib.sha256(f"{data.dtype} {tuple(data.shape)}".encode())
     digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()[:16]
+    tensor._lynx_digest = (tensor._version, digest.hexdigest()[:16])
+    return tensor._lynx_digest[1]
 
 
 class Moments:

@@ -80,9 +80,10 @@ def sparse_linear(
 ) -> torch.Tensor:
     decoded = SparseLinearPlan.decode(plan)
     lora = _lora_pair(lora_a, lora_b)
-    # The run-time check matters only for a symbolic token count; static counts are decided at compile time. A layer
-    # that falls back runs dense, so it also drops its correction: the correction is of the pruning error. Where
-    # a path cannot run the count (off its `row_multiple`), dense is the honest fallback (simulation is slower).
+    # The run-time check matters only where compile time could not settle it (the lowering then leaves the op
+    # opaque): a call outside the graph's guards, a path that runs only some token counts (`row_multiple`). A layer
+    # that falls back runs dense, so it also drops its correction: the correction is of the pruning error; dense is
+    # the honest fallback (simulation is slower).
     if not decoded.sparse_at(token_rows(inputs[0])):
         return F.linear(assemble(inputs, decoded.fold), weight, bias)
     return get_path(decoded.path).forward(inputs, weight, bias, lora, decoded)

@@ -78,12 +78,18 @@ class Policy:
         return self.adapters[name].truncated(layer.lora_rank)
 
     def check_adapters(self) -> None:
-        """Raise PolicyError for a malformed adapter, or where a layer asks for more correction than it holds."""
+        """Raise PolicyError for a malformed adapter, or where a layer asks for more correction than it holds. An
+        adapter whose tensors are the ones checked before, unmodified (same objects, same version counters), is not
+        scanned again: every LynxConfig holding the policy checks it, and compiling builds many configs."""
         for name, adapter in self.adapters.items():
+            seen = (id(adapter.a), adapter.a._version, id(adapter.b), adapter.b._version)
+            if getattr(adapter, "_checked_as", None) == seen:
+                continue
             try:
                 check_adapter(adapter.a, adapter.b)
             except PolicyError as error:
                 raise error.at(layer=name) from None
+            object.__setattr__(adapter, "_checked_as", seen)  # on the adapter: it lives and dies with its tensors
         for name, layer in self.layers.items():
             if layer.lora_rank == 0:
                 continue

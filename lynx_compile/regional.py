@@ -76,9 +76,8 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
     ``_repeated_blocks``), and `compile_kwargs` the rest of torch.compile's arguments (``fullgraph``, ``dynamic``).
     Returns `model`.
     """
-    for reserved in ("backend", "options"):
-        if reserved in compile_kwargs:
-            raise TypeError(f"compile_repeated_blocks: {reserved!r} is lynx's; pass lynx options as options=")
+    if "backend" in compile_kwargs:  # `options` is a parameter of its own
+        raise TypeError("compile_repeated_blocks: the backend is lynx; pass lynx options as options=")
     config = parse_options(options, mode)
     names = tuple(blocks) if blocks is not None else tuple(getattr(model, "_repeated_blocks", None) or ())
     if not names or not all(isinstance(name, str) for name in names):

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.fx
 
-from ..kernels.prune_compress_24 import prune_compress_24, written_out
+from ..kernels.prune_compress_24 import Loader, prune_compress_24, written_out
 from .activation import Activation
 from .base import IDENTITY, FoldMatch, FoldSpec, ProducerFold
 from .concat import Concat
@@ -63,18 +63,20 @@ def compress(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The compressor on x = assemble(inputs, spec), made on load: (x̃'s operand, its rows padded with zeros to
     `row_multiple`; the rows' norm scale)."""
-    fold = get_fold(spec.kind)
-    fold.check(inputs, spec.params)
-    rows = [tensor.reshape(-1, tensor.shape[-1]) for tensor in inputs]
-    return prune_compress_24(rows, fold.loader(rows, spec.params), row_multiple)
+    return prune_compress_24(*_loading(inputs, spec), row_multiple)
 
 
 def load(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> torch.Tensor:
     """x as the compressor makes it from `inputs` on load, written out (rows × K): for tests of a fold's loader."""
+    return written_out(*_loading(inputs, spec))
+
+
+def _loading(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[list[torch.Tensor], Loader]:
+    """The inputs as 2-D token rows, and the fold's loader of x over them."""
     fold = get_fold(spec.kind)
     fold.check(inputs, spec.params)
     rows = [tensor.reshape(-1, tensor.shape[-1]) for tensor in inputs]
-    return written_out(rows, fold.loader(rows, spec.params))
+    return rows, fold.loader(rows, spec.params)
 
 
 register_fold(Identity())

@@ -67,10 +67,9 @@ def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
         return f"K={site.in_features} not a multiple of m={config.m}"
     if min(site.in_features, site.out_features) < config.min_features:
         return f"features K={site.in_features}, N={site.out_features} < min_features={config.min_features}"
-    if not isinstance(site.tokens, torch.SymInt) and site.tokens < config.min_tokens:
-        return f"tokens M={site.tokens} < min_tokens={config.min_tokens}"
-    if isinstance(site.tokens, torch.SymInt) and not bool(site.tokens >= config.min_tokens):  # guards M < min_tokens
-        return f"tokens M={site.tokens} < min_tokens={config.min_tokens} (guarded: a larger M recompiles)"
+    if not bool(site.tokens >= config.min_tokens):  # a symbolic M: a guard, on whichever side this call lies
+        guarded = " (guarded: a larger M recompiles)" if isinstance(site.tokens, torch.SymInt) else ""
+        return f"tokens M={site.tokens} < min_tokens={config.min_tokens}{guarded}"
     return None
 
 
@@ -88,8 +87,7 @@ def _workload(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = 
     if site.fold is not None:
         fold, widths = site.fold.spec, tuple(int(fake_value(node).shape[-1]) for node in site.fold.inputs)
     return Workload(concrete_int(site.tokens), site.in_features, sum(out_splits) or site.out_features, site.dtype,
-                    device, ctx.config.cuda_graphs, fold, widths, site.lora_rank,
-                    isinstance(site.tokens, torch.SymInt), out_splits)  # fmt: skip
+                    device, ctx.config.cuda_graphs, fold, widths, site.lora_rank, out_splits)  # fmt: skip
 
 
 def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, SparsePath | None, str]:
@@ -121,34 +119,37 @@ def _conditions(measured: Measurement, site: LinearSite, ctx: PassContext) -> st
     return where
 
 
-def _choose_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
-    """For execution="sparse": set the plan and the reason and return None, or return why the layer stays dense."""
-    best, path, unavailable = _fastest(_workload(site, ctx), ctx)
+def _measured_plan(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = ()):
+    """The speed rule for one layer, or for a sibling group led by `site`: (its plan, a reason naming the path and
+    the measurement) where the fastest path beats dense by min_speedup, else (None, why not)."""
+    best, path, unavailable = _fastest(_workload(site, ctx, out_splits), ctx)
     if best is None:
-        return unavailable
+        return None, unavailable
     where = _conditions(best, site, ctx)
     if best.speedup < ctx.config.min_speedup:
-        return f"sparse path measured {best.speedup:.2f}× dense ({where}) < min_speedup={ctx.config.min_speedup}"
+        return None, f"sparse path measured {best.speedup:.2f}× dense ({where}) < min_speedup={ctx.config.min_speedup}"
     params = dict(best.params)
-    site.plan = _plan(site, ctx, path, params)
-    site.reason = f"{path.describe(params)}, measured {best.speedup:.2f}× dense ({where})"
+    return _plan(site, ctx, path, params), f"{path.describe(params)}, measured {best.speedup:.2f}× dense ({where})"
+
+
+def _choose_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
+    """For execution="sparse": set the plan and the reason and return None, or return why the layer stays dense."""
+    plan, reason = _measured_plan(site, ctx)
+    if plan is None:
+        return reason
+    site.plan, site.reason = plan, reason
     return None
 
 
 def _decide_group(group: SiblingGroup, ctx: PassContext) -> bool:
     """Measure siblings as one unit; where it pays, decide all of them sparse with one plan and say so."""
-    first = group.sites[0]
-    best, path, unavailable = _fastest(_workload(first, ctx, group.out_splits), ctx)
-    if best is None or best.speedup < ctx.config.min_speedup:
-        logger.debug("lynx: sibling group %s stays apart (%s)", group.names,
-                     unavailable if best is None else f"measured {best.speedup:.2f}×")  # fmt: skip
+    plan, reason = _measured_plan(group.sites[0], ctx, group.out_splits)
+    if plan is None:
+        logger.debug("lynx: sibling group %s stays apart (%s)", group.names, reason)
         return False
-    params = dict(best.params)
-    plan = _plan(first, ctx, path, params)
     prefix = _common_prefix(group.names)
     members = ", ".join(name[len(prefix):] for name in group.names)
-    reason = (f"sibling group of {len(group.sites)} ({members}): x pruned once for {len(group.sites)} GEMMs; "
-              f"{path.describe(params)}, measured {best.speedup:.2f}× dense ({_conditions(best, first, ctx)})")
+    reason = f"sibling group of {len(group.sites)} ({members}): x pruned once for {len(group.sites)} GEMMs; {reason}"
     for site in group.sites:
         site.group, site.plan, site.reason = group, plan, reason
     return True
@@ -229,7 +230,7 @@ def _check_instances_agree(site: LinearSite, ctx: PassContext) -> None:
         variants.setdefault(ctx.config.name_variant(name), []).append(name)
     if len(variants) == 1:
         return
-    placement = ctx.placement
+    placement = site.placement  # the graph's, or another root's where one graph reaches several (ctx.placement)
 
     def described(names: list[str]) -> str:
         reason, rank = ctx.config.name_decision(names[0])

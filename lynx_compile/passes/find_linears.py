@@ -10,13 +10,13 @@ sizes the decision needs. Matmuls between two activations (attention) are not li
 from __future__ import annotations
 
 import logging
-import math
 import operator
 
 import torch
 import torch.fx
 
 from ..folds import match_producer
+from ..method import token_rows
 from .autocast import autocast_dtypes
 from .names import parameter_name
 from .utils import LinearSite, PassContext, fake_value
@@ -88,7 +88,7 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
         if bias is not None and not isinstance(bias, torch.fx.Node):
             continue  # a constant bias is legal torch but never produced by a module; leave it alone
         out_features, in_features = (int(s) for s in weight_value.shape)
-        tokens = math.prod(x_value.shape[:-1]) if x_value.ndim > 1 else 1
+        tokens = token_rows(x_value)
         # The dtype the linear computes in, as Dynamo recorded its output: under autocast the operands' cast one.
         dtype = getattr(fake_value(node), "dtype", x_value.dtype)
         fold = match_producer(x)

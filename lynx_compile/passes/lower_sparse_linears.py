@@ -38,6 +38,7 @@ from ..method import token_rows
 from ..ops import SPARSE_LINEAR_ARGS, SPARSE_LINEAR_GROUP_ARGS, member_bias_list
 from ..paths import PATHS, get_path
 from ..plan import SparseLinearPlan
+from .utils import fake_value
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ _CORE_FILES = ("passes/lower_sparse_linears.py", "ops.py", "plan.py", "method.py
 
 def _settled(match: Match) -> bool:
     """Lower only where the op's run-time fallback (too few tokens, off the path's multiple) provably never fires."""
-    rows = token_rows(match.kwargs["inputs"][0].meta["val"])
+    rows = token_rows(fake_value(match.kwargs["inputs"][0]))
     return SparseLinearPlan.decode(match.kwargs["plan"]).settled(rows)
 
 
@@ -116,4 +117,10 @@ class LowerSparseLinears(CustomGraphPass):
             log_graph("graph after lower_sparse_linears", graph)
 
     def uuid(self) -> bytes:
-        return get_hash_for_files(source_files()) + self.config.cache_key().encode()
+        return _hash_of(source_files()) + self.config.cache_key().encode()
+
+
+@functools.lru_cache(maxsize=None)
+def _hash_of(files: tuple[str, ...]) -> bytes:
+    """The files' content hash, once per process and set of files (Inductor asks for every graph it compiles)."""
+    return get_hash_for_files(files)

@@ -47,7 +47,7 @@ def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphM
             relative = site.name
             site.name = placement.name(relative)
             if placement.regional:
-                site.instances = placement.names(relative)
+                site.instances, site.placement = placement.names(relative), placement
             roots[id(site)] = f"the model {placement.model}"
         if placement.regional and frame_root and ctx.placement is None:
             ctx.placement = placement

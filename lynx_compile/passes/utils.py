@@ -41,6 +41,7 @@ class LinearSite:
     # Under regional compilation: the layer's full name in every module instance the graph serves, in model order
     # (`name` is the one in the instance traced), and the reason for each; empty: `name` alone.
     instances: tuple[str, ...] = ()
+    placement: Any = None  # the `regions.Placement` that gave `instances` (a graph rooted at a block)
     instance_reasons: tuple[str, ...] = ()
 
     @property
@@ -54,8 +55,8 @@ class LinearSite:
 
     @property
     def opaque(self) -> bool:
-        """A sparse layer whose op cannot be lowered into its parts: its symbolic token count may fall below
-        min_tokens (or off the path's multiple), so the op decides at run time and runs eagerly."""
+        """A sparse layer whose op cannot be lowered into its parts: nothing proves its symbolic token count is one
+        the plan runs sparse (off the path's `row_multiple`), so the op decides at run time and runs eagerly."""
         return self.plan is not None and not self.plan.settled(self.tokens)
 
     @property

@@ -1,9 +1,9 @@
 """Sparse paths, as a registry: the ways a sparsified linear can run.
 
 The decide pass asks every registered path of the chosen execution why it cannot run a layer (`unavailable_reason`),
-measures the rest against dense (`measure.measure`), and takes the fastest that beats dense by `min_speedup`; the op
-dispatches on the plan's path name (`get_path`), and the Inductor lowering asks the same path for its parts. Adding
-a path is one module beside these (a `SparsePath` subclass: see `base.py`) plus one `register_path` line below.
+measures the rest against dense (`measurements.measure`), and takes the fastest that beats dense by `min_speedup`;
+the op dispatches on the plan's path name (`get_path`), and the Inductor lowering asks the same path for its parts.
+Adding a path is one module beside these (a `SparsePath` subclass: see `base.py`) plus one `register_path` line.
 """
 
 from __future__ import annotations

@@ -41,7 +41,6 @@ class Workload:
     fold: FoldSpec = IDENTITY
     input_widths: tuple[int, ...] = ()  # the fold's inputs' widths; () for x itself
     lora_rank: int = 0
-    symbolic_tokens: bool = False
     out_splits: tuple[int, ...] = ()  # a sibling group: each member's N (summing to out_features); () for one layer
 
     @property

@@ -126,15 +126,22 @@ def disk_cache_path() -> Path | None:
 
 
 def _read_disk_cache() -> dict[str, dict[str, Any]]:
+    """The cache file's measurements, parsed again only when the file changed (a compile looks up every layer)."""
     path = disk_cache_path()
     if path is None or not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
-        return {key: value for key, value in data.items() if isinstance(value, dict)}
+        stamp = (str(path), path.stat().st_mtime_ns, path.stat().st_size)
+        if _DISK_READ[0] != stamp:
+            data = json.loads(path.read_text())
+            _DISK_READ[:] = [stamp, {key: value for key, value in data.items() if isinstance(value, dict)}]
+        return _DISK_READ[1]
     except (OSError, ValueError, AttributeError) as error:  # a damaged cache is re-measured, never fatal
         logger.warning("lynx: ignoring the measurement cache %s (%s)", path, error)
         return {}
+
+
+_DISK_READ: list[Any] = [None, {}]  # (the file's path, mtime and size when read, its measurements)
 
 
 def _write_disk_cache(key: str, measurement: Measurement) -> None:
