@@ -32,11 +32,15 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def is_finite_number(value: Any) -> bool:
+    """A finite real, bools excepted (an int of any size is finite; `math.isfinite` would overflow on a huge one)."""
+    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
+
+
 def check_number(name: str, value: Any, *, minimum: float = -math.inf, above: bool = False) -> float:
     """A finite real number ≥ `minimum` (> it with `above`)."""
     expected = f"a finite number {'>' if above else '>='} {minimum}"
-    finite = isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))  # huge ints: no float
-    if isinstance(value, bool) or not finite:
+    if not is_finite_number(value):
         raise _fail(name, expected, value)
     if value < minimum or (above and value == minimum):
         raise _fail(name, expected, value)

@@ -10,10 +10,11 @@ floating-point matrices of matching shapes: a NaN adapter turns every output row
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping
 
 import torch
+
+from .checks import is_finite_number
 
 FORMAT = "lynx-policy"
 SCHEMA_VERSION = 1
@@ -41,14 +42,9 @@ class PolicyError(ValueError):
 # ---- single values ---------------------------------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
-    """A finite real (an int of any size is finite; `math.isfinite` would overflow on a huge one)."""
-    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
-
-
 def _optional_error(field: str) -> Callable[[Any], None]:
     def check(value: Any) -> None:
-        if value is not None and not (_is_number(value) and value >= 0):
+        if value is not None and not (is_finite_number(value) and value >= 0):
             raise PolicyError(f"must be null or a finite number >= 0, got {value!r}", field=field)
 
     return check
@@ -68,7 +64,7 @@ def _string(field: str) -> Callable[[Any], None]:
 
 
 def _flop_share(value: Any) -> None:
-    if value is not None and not (_is_number(value) and 0 <= value <= 1):
+    if value is not None and not (is_finite_number(value) and 0 <= value <= 1):
         raise PolicyError(f"must be null or a number in [0, 1], got {value!r}", field="flop_share")
 
 
@@ -97,7 +93,7 @@ def _measurement(key: str, value: Any) -> None:
     if not isinstance(value, Mapping):
         raise PolicyError(f"must be an object, got {value!r}", field=field)
     rules = {"path": lambda v: isinstance(v, str), "params": lambda v: isinstance(v, Mapping),
-             "dense_ms": lambda v: _is_number(v) and v > 0, "sparse_ms": lambda v: _is_number(v) and v > 0,
+             "dense_ms": lambda v: is_finite_number(v) and v > 0, "sparse_ms": lambda v: is_finite_number(v) and v > 0,
              "tokens": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0}  # fmt: skip
     for name, rule in rules.items():
         if name not in value or not rule(value[name]):
