@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .files import write_atomically
 from .policy_schema import PolicyError, is_policy_document
 
 ADAPTER_FORMAT = "lynx-policy-adapters"
@@ -53,9 +52,9 @@ def write_policy_files(path: Path, document: dict[str, Any], tensors: dict[str, 
         target = adapters_path(path)
         _refuse_foreign_adapters(target)
         blob = save(tensors, metadata={"format": ADAPTER_FORMAT, "policy": path.name})
-        _write_atomically(target, blob)
+        write_atomically(target, blob)
         document["adapter_file"] = {"name": target.name, "sha256": hashlib.sha256(blob).hexdigest()}
-    _write_atomically(path, (json.dumps(document, indent=1, sort_keys=True) + "\n").encode())
+    write_atomically(path, (json.dumps(document, indent=1, sort_keys=True) + "\n").encode())
 
 
 def read_policy_files(path: Path) -> tuple[Any, dict[str, dict[str, torch.Tensor]] | None]:
@@ -150,17 +149,3 @@ def _refuse_foreign_adapters(path: Path) -> None:
     if not ours:
         raise PolicyError("adapter file exists and was not written by lynx: not overwriting it (save the policy "
                           "under another name)", source=str(path))  # fmt: skip
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -2,6 +2,7 @@
 — the decision, the op, the lowering, the reasons, the cache identity, stored measurements — follows."""
 
 import operator
+import os
 
 import pytest
 import torch
@@ -221,3 +222,14 @@ def test_a_registered_fold_is_matched_folded_and_differentiated(negate_fold):
     (grad,) = torch.autograd.grad(out, x, grad_out)
     (expected_grad,) = torch.autograd.grad(expected, x, grad_out)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_the_measurement_cache_is_written_with_the_modes_open_gives(toy_path):
+    from lynx_compile.paths import measurements
+
+    old = os.umask(0o022)
+    try:
+        lynx_compile.explain(model(), torch.randn(2, 12, 16), options={"execution": "sparse"})
+    finally:
+        os.umask(old)
+    assert measurements.disk_cache_path().stat().st_mode & 0o777 == 0o644

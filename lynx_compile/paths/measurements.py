@@ -20,13 +20,13 @@ import functools
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 
+from ..files import write_atomically
 from ..folds import assemble
 from ..timing import timer_for
 from .base import Measurement, SparsePath, Workload
@@ -152,9 +152,7 @@ def _write_disk_cache(key: str, measurement: Measurement) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {**_read_disk_cache(), key: measurement.to_dict()}
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(f.name, path)
+        write_atomically(path, json.dumps(data, indent=1, sort_keys=True).encode())
     except OSError as error:  # a read-only cache directory costs a re-measurement next time, nothing else
         logger.warning("lynx: could not write the measurement cache %s (%s)", path, error)
 
