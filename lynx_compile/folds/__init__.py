@@ -14,27 +14,22 @@ import torch
 import torch.fx
 
 from ..kernels.prune_compress_24 import Loader, prune_compress_24, written_out
+from ..registry import Registry
 from .activation import Activation
 from .base import IDENTITY, FoldMatch, FoldSpec, ProducerFold
 from .concat import Concat
 from .gated import Gated
 from .identity import Identity
 
-FOLDS: dict[str, ProducerFold] = {}
+FOLDS: Registry[ProducerFold] = Registry("producer fold")
 
 
 def register_fold(fold: ProducerFold) -> ProducerFold:
-    if fold.kind in FOLDS:
-        raise ValueError(f"a producer fold named {fold.kind!r} is registered already")
-    FOLDS[fold.kind] = fold
-    return fold
+    return FOLDS.register(fold.kind, fold)
 
 
 def get_fold(kind: str) -> ProducerFold:
-    try:
-        return FOLDS[kind]
-    except KeyError:
-        raise ValueError(f"unknown producer fold {kind!r}; registered: {sorted(FOLDS)}") from None
+    return FOLDS[kind]
 
 
 def match_producer(x: torch.fx.Node) -> FoldMatch | None:

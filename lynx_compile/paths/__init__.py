@@ -10,26 +10,21 @@ from __future__ import annotations
 
 import torch
 
+from ..registry import Registry
 from .base import Measurement, SparsePath, Workload
 from .cusparselt import Cusparselt
 from .measurements import clear_measurements, measure, measured
 from .simulate import Simulate
 
-PATHS: dict[str, SparsePath] = {}
+PATHS: Registry[SparsePath] = Registry("sparse path")
 
 
 def register_path(path: SparsePath) -> SparsePath:
-    if path.name in PATHS:
-        raise ValueError(f"a sparse path named {path.name!r} is registered already")
-    PATHS[path.name] = path
-    return path
+    return PATHS.register(path.name, path)
 
 
 def get_path(name: str) -> SparsePath:
-    try:
-        return PATHS[name]
-    except KeyError:
-        raise ValueError(f"unknown sparse path {name!r}; registered: {sorted(PATHS)}") from None
+    return PATHS[name]
 
 
 def paths_for(execution: str) -> list[SparsePath]:
