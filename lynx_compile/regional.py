@@ -44,7 +44,7 @@ from typing import Any, Iterator
 import torch
 
 from .config import LynxConfig, parse_options
-from .regions import RegionSpec, qualified, register_model
+from .regions import RegionSpec, inside, linear_name, qualified, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -152,29 +152,19 @@ def _outermost(model: torch.nn.Module, classes: tuple[str, ...]) -> list[tuple[s
     one's graph)."""
     found: list[tuple[str, torch.nn.Module]] = []
     for path, module in model.named_modules():
-        if type(module).__name__ in classes and not any(_inside(path, outer) for outer, _ in found):
+        if type(module).__name__ in classes and not any(inside(path, outer) for outer, _ in found):
             found.append((path, module))
     return found
 
 
-def _inside(path: str, outer: str) -> bool:
-    return path == outer or outer == "" or path.startswith(outer + ".")
-
-
 def _pattern(module: torch.nn.Module, path: str, config: LynxConfig) -> tuple:
     """What makes instances share a graph: their class, parameter shapes, and each layer's decision variant."""
-    layers = sorted({_layer_name(name) for name, _ in module.named_parameters()})
+    layers = sorted({linear_name(name) for name, _ in module.named_parameters()})
     return type(module), _structure(module), tuple(config.name_variant(qualified(path, layer)) for layer in layers)
 
 
 def _structure(module: torch.nn.Module) -> tuple:
     return tuple((name, tuple(p.shape), str(p.dtype), str(p.device)) for name, p in module.named_parameters())
-
-
-def _layer_name(parameter: str) -> str:
-    """The name a linear over this parameter has (`names.ParameterName.linear_name`): its module for a weight."""
-    module, _, leaf = parameter.rpartition(".")
-    return module if leaf == "weight" else parameter
 
 
 def _linears_outside(model: torch.nn.Module, instances: list[tuple[str, torch.nn.Module]],
@@ -184,7 +174,7 @@ def _linears_outside(model: torch.nn.Module, instances: list[tuple[str, torch.nn
     if config.execution == "dense":
         return []
     return [(path, module) for path, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and not any(_inside(path, outer) for outer, _ in instances)
+            if isinstance(module, torch.nn.Linear) and not any(inside(path, outer) for outer, _ in instances)
             and config.name_decision(path)[0] is None and module.in_features % config.m == 0
             and min(module.in_features, module.out_features) >= config.min_features]  # fmt: skip
 
@@ -198,7 +188,7 @@ def _log_regions(model: torch.nn.Module, regions: list[tuple[str, list[tuple[str
         logger.info("lynx: %s: %d instance(s) in %d decision pattern(s), one graph each", label, sum(sizes),
                     len(sizes))  # fmt: skip
     if config.policy is not None:
-        layers = {_layer_name(name) for name, _ in model.named_parameters()}
+        layers = {linear_name(name) for name, _ in model.named_parameters()}
         stale = sorted(set(config.policy.layers) - layers)
         if stale:
             logger.warning("lynx: the policy names %d layer(s) this model does not have (a stale policy, or another "

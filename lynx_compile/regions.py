@@ -125,9 +125,21 @@ def place(parameters: Iterable[tuple[torch.nn.Parameter, str]], region: RegionSp
     return None
 
 
+def inside(path: str, outer: str) -> bool:
+    """Is module path `path` `outer` or within it ("" is the whole model)?"""
+    return path == outer or outer == "" or path.startswith(outer + ".")
+
+
+def linear_name(parameter: str) -> str:
+    """The name of the linear over a parameter's qualified name: its module for ``<module>.weight`` (``""`` for a
+    bare `nn.Linear`), the parameter's own name otherwise."""
+    module, _, leaf = parameter.rpartition(".")
+    return module if leaf == "weight" else parameter
+
+
 def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, class_wide: bool) -> Placement:
     instances = () if region is None else region.instances
-    owner = next((instance for instance in instances if path == instance or path.startswith(instance + ".")), None)
+    owner = next((instance for instance in instances if inside(path, instance)), None)
     if owner is not None:
         below = path[len(owner):].lstrip(".")
         instances = tuple(qualified(instance, below) for instance in region.instances)
@@ -151,7 +163,7 @@ def warn_about_uncompiled_layers(placement: Placement, policy: Any) -> None:
     _warned.add((placement.model, id(policy)))
     compiled = [path for path, module in model.named_modules() if module.__dict__.get("_compiled_call_impl")]
     outside = sorted(name for name, layer in policy.layers.items() if layer.decision == "sparse"
-                     and not any(name == path or name.startswith(path + ".") for path in compiled))  # fmt: skip
+                     and not any(inside(name, path) for path in compiled))  # fmt: skip
     if outside:
         logger.warning("lynx: the policy marks %d layer(s) sparse outside the blocks compiled on their own, which run "
                        "eagerly, dense: %s; lynx_compile.compile_repeated_blocks compiles them too", len(outside),

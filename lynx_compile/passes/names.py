@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.fx
 
+from ..regions import linear_name
+
 _CONTAINERS = {"_modules": "module", "_parameters": "parameter", "_buffers": "buffer"}
 
 
@@ -40,10 +42,7 @@ class ParameterName:
     def linear_name(self) -> str:
         """The linear's name: the owning module for ``<module>.weight`` (``""`` for a bare `nn.Linear`), else the
         parameter's own qualified name; Dynamo's spelling where the name is not recoverable."""
-        if self.qualified is None:
-            return self.spelled
-        module, _, parameter = self.qualified.rpartition(".")
-        return module if parameter == "weight" else self.qualified
+        return self.spelled if self.qualified is None else linear_name(self.qualified)
 
 
 def parameter_name(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ParameterName | None:
