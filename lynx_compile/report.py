@@ -74,7 +74,7 @@ class Report:
                     calls[row.name] += 1
                     self.layers.append(replace(row, call=calls[row.name]))
         total = sum(layer.flops for layer in self.layers) or 1
-        self.layers = [_with_share(layer, layer.flops / total) for layer in self.layers]
+        self.layers = [replace(layer, flop_share=layer.flops / total) for layer in self.layers]
 
     @property
     def sparse_layers(self) -> list[LayerRecord]:
@@ -130,7 +130,7 @@ class Report:
 
     def __str__(self) -> str:
         header = ("layer", "M", "K", "N", "dtype", "decision", "FLOPs %", "reason")
-        repeated = {name for name, count in Counter(layer.name for layer in self.layers).items() if count > 1}
+        repeated = {layer.name for layer in self.layers if layer.call > 1}  # each call's row has its number
         rows = [
             (layer.name + (f" (call {layer.call})" if layer.name in repeated else ""), str(layer.tokens),
              str(layer.in_features), str(layer.out_features), layer.dtype,
@@ -146,10 +146,6 @@ class Report:
 
         rule = "-" * (sum(widths) + 2 * len(widths) + len(header[-1]))
         return "\n".join([line(header), rule, *map(line, rows), rule, self.summary()])
-
-
-def _with_share(layer: LayerRecord, share: float) -> LayerRecord:
-    return LayerRecord(**{**asdict(layer), "flop_share": share})
 
 
 _active_reports: list[Report] = []
