@@ -13,6 +13,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def failing_tune(self, workload, timer):  # noqa: ANN001
+    raise ValueError("toy: no timer today")
+
+
 def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -31,9 +35,18 @@ def main(out_dir: str) -> None:
     os.environ["LYNX_SHARE_MEASUREMENTS"] = "0"
     clear_measurements()
     alone = lynx_compile.explain(model, x, options={"execution": "sparse"})
+    os.environ["LYNX_SHARE_MEASUREMENTS"] = "1"
+    clear_measurements()
+    torch._dynamo.reset()  # else rank 1's new shape would make Dynamo trace it with a symbolic M
+    # a sequence that does not split evenly: rank 1 holds a few tokens more, and still takes rank 0's measurement
+    uneven = lynx_compile.explain(model, torch.randn(2, 24 + 3 * rank, 64), options={"execution": "sparse"})
+    clear_measurements()
+    ToyPath.tune = failing_tune  # rank 0 cannot measure: no rank may wait in the broadcast; all compile it dense
+    failed = lynx_compile.explain(model, torch.randn(2, 40, 64), options={"execution": "sparse"})  # never measured
     result = {
         "shared": [layer.decision for layer in shared.layers], "tuned_when_shared": tuned_when_shared,
         "alone": [layer.decision for layer in alone.layers],
+        "uneven": [[layer.decision, layer.tokens] for layer in uneven.layers], "failed": [[layer.decision, layer.reason] for layer in failed.layers],
     }  # fmt: skip
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)

@@ -100,7 +100,15 @@ def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, 
         if why is not None:
             unavailable.append((path.name, why))
             continue
-        measured = measure(path, workload, config.policy.measurements if config.policy is not None else None)
+        try:
+            measured = measure(path, workload, config.policy.measurements if config.policy is not None else None)
+        except Exception as error:  # a path that cannot time this layer does not run it (every rank alike)
+            if config.strict:
+                raise
+            logger.warning("lynx: measuring %s for %s failed (%s: %s); the layer stays off this path", path.name,
+                           workload.describe(), type(error).__name__, error)  # fmt: skip
+            unavailable.append((path.name, f"measuring failed ({type(error).__name__}: {error})"))
+            continue
         if best is None or measured.speedup > best.speedup:
             best, best_path = measured, path
     if len(unavailable) == 1:

@@ -67,7 +67,8 @@ def measure(path: SparsePath, workload: Workload, stored: Mapping[str, Mapping[s
         workload = workload.with_tokens(max(multiple, workload.tokens // multiple * multiple))
     key = measurement_key(path, workload)
     if _sharing_ranks():
-        return _from_rank_zero(key, lambda: _resolve(key, path, workload, stored))
+        return _from_rank_zero(key, measurement_key(path, workload.with_tokens(0)),
+                               lambda: _resolve(key, path, workload, stored))  # fmt: skip
     return _resolve(key, path, workload, stored)
 
 
@@ -94,17 +95,31 @@ def _sharing_ranks() -> bool:
     return dist.get_world_size() > 1
 
 
-def _from_rank_zero(key: str, resolve) -> Measurement:  # noqa: ANN001
-    """Rank 0's measurement of `key`, on every rank (each rank calls this for the same keys in the same order)."""
+def _from_rank_zero(key: str, layer: str, resolve) -> Measurement:  # noqa: ANN001
+    """Rank 0's measurement of `key`, on every rank (each rank calls this for the same layers in the same order).
+
+    `layer` is the key without the token count: ranks may hold a few tokens more or fewer than rank 0 (a sequence
+    that does not divide evenly) and still take rank 0's measurement, so that every rank decides alike. If rank 0
+    cannot resolve it, every rank raises, rather than leave the others waiting in the broadcast."""
     import torch.distributed as dist
 
-    payload = [(key, resolve().to_dict()) if dist.get_rank() == 0 else None]
+    payload: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            payload = [(layer, resolve().to_dict(), None)]
+        except Exception as error:  # noqa: BLE001 - re-raised below, after the other ranks have heard of it
+            payload = [(layer, None, f"{type(error).__name__}: {error}")]
+            failure = error
     dist.broadcast_object_list(payload, src=0)
-    rank_zero_key, record = payload[0]
-    if rank_zero_key != key:
+    rank_zero_layer, record, error = payload[0]
+    if error is not None:
+        if dist.get_rank() == 0:
+            raise failure
+        raise RuntimeError(f"lynx: rank 0 could not measure {key!r}: {error}")
+    if rank_zero_layer != layer:
         raise RuntimeError(f"lynx: rank {dist.get_rank()} compiles another layer than rank 0 ({key!r} here, "
-                           f"{rank_zero_key!r} there): compile the same model on every rank, or give every rank "
-                           "one policy with its measurements and set LYNX_SHARE_MEASUREMENTS=0")  # fmt: skip
+                           f"{rank_zero_layer!r} there): compile the same model on every rank, or give every "
+                           "rank one policy with its measurements and set LYNX_SHARE_MEASUREMENTS=0")  # fmt: skip
     _MEASURED[key] = Measurement.from_dict(record)
     return _MEASURED[key]
 
