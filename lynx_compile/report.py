@@ -1,7 +1,9 @@
 """What lynx decided, per linear, for every graph it compiled: the data behind `explain` and the backend's log.
 
 A graph that serves several block instances (regional compilation, `lynx_compile.regions`) gives one row per layer
-per instance, under the layer's full name in each; the summary says how many graphs each block class took.
+per instance, under the layer's full name in each; the summary says how many graphs each block class took. Under
+torch.distributed the token counts are this rank's (context parallelism gives each rank its share of the tokens),
+and the summary says which rank of how many.
 """
 
 from __future__ import annotations
@@ -53,10 +55,19 @@ class GraphRecord:
     instances: tuple[str, ...] = ()  # the module instances it serves, by qualified name
 
 
+def _rank_of_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @dataclass
 class Report:
     layers: list[LayerRecord] = field(default_factory=list)
     graphs: list[GraphRecord] = field(default_factory=list)
+    rank_of_world: tuple[int, int] = field(default_factory=_rank_of_world)  # (rank, world size) when it was made
 
     def add_graph(self, sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:
         """Rows for a compiled graph: instance by instance (in model order), each instance's layers in graph order.
@@ -99,7 +110,7 @@ class Report:
             f"{len(sparse_modules)}/{len(self.modules)} linear modules sparsified{calls}, "
             f"{100 * self.sparse_flop_share:.1f}% of linear FLOPs, in {len(self.graphs)} graph(s)"
             + (f"; {opaque} run as opaque ops (symbolic M: checked at run time, epilogue unfused)" if opaque else "")
-            + self._regions_summary()
+            + self._regions_summary() + self._ranks_summary()
         )
 
     def regions(self) -> dict[str, dict[str, int]]:
@@ -123,9 +134,14 @@ class Report:
             f"{region} ×{entry['instances']} in {entry['patterns']} decision pattern(s), {entry['graphs']} graph(s)"
             for region, entry in regions.items())  # fmt: skip
 
+    def _ranks_summary(self) -> str:
+        rank, world = self.rank_of_world
+        return f"; token counts M are rank {rank}'s of {world} ranks" if world > 1 else ""
+
     def to_json(self, indent: int | None = 2) -> str:
         data = {"summary": self.summary(), "layers": [asdict(layer) for layer in self.layers],
-                "graphs": [asdict(graph) for graph in self.graphs], "regions": self.regions()}  # fmt: skip
+                "graphs": [asdict(graph) for graph in self.graphs], "regions": self.regions(),
+                "rank": self.rank_of_world[0], "world_size": self.rank_of_world[1]}  # fmt: skip
         return json.dumps(data, indent=indent)
 
     def __str__(self) -> str:
