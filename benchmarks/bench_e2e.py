@@ -54,20 +54,21 @@ def materialise(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(torch.bfloat16).eval()
 
 
-def flux_case():
+def flux_case(resolution: int = 1024, **config):
+    """FLUX.1 (19 double + 38 single blocks unless `config` says otherwise) at `resolution`² with 512 text tokens."""
     from diffusers import FluxTransformer2DModel
 
     with torch.device("meta"):
-        model = FluxTransformer2DModel(guidance_embeds=True)
+        model = FluxTransformer2DModel(guidance_embeds=True, **config)
     model = materialise(model)
     g = torch.Generator(device="cuda").manual_seed(1)
-    image, text = 4096, 512
-    ids = torch.zeros(64, 64, 3, device="cuda")
-    ids[..., 1] = torch.arange(64, device="cuda")[:, None]
-    ids[..., 2] = torch.arange(64, device="cuda")[None, :]
+    grid, text = resolution // 16, 512  # the VAE's 8× and the 2×2 packing
+    ids = torch.zeros(grid, grid, 3, device="cuda")
+    ids[..., 1] = torch.arange(grid, device="cuda")[:, None]
+    ids[..., 2] = torch.arange(grid, device="cuda")[None, :]
     bf16 = dict(device="cuda", dtype=torch.bfloat16, generator=g)
     inputs = dict(
-        hidden_states=torch.randn(1, image, 64, **bf16), encoder_hidden_states=torch.randn(1, text, 4096, **bf16),
+        hidden_states=torch.randn(1, grid * grid, 64, **bf16), encoder_hidden_states=torch.randn(1, text, 4096, **bf16),
         pooled_projections=torch.randn(1, 768, **bf16), timestep=torch.full((1,), 0.5, device="cuda"),
         img_ids=ids.reshape(-1, 3), txt_ids=torch.zeros(text, 3, device="cuda"),
         guidance=torch.full((1,), 3.5, device="cuda"), return_dict=False,
@@ -86,14 +87,15 @@ def built_on_gpu(cls, **config) -> torch.nn.Module:
         torch.set_default_dtype(default_dtype)
 
 
-def wan_case():
+def wan_case(frames: int = 33, num_layers: int = 8):
+    """Wan2.1-14B's config with `num_layers` of its 40 blocks, 480×832 video of `frames` frames, 512 text tokens."""
     from diffusers import WanTransformer3DModel
 
-    model = built_on_gpu(WanTransformer3DModel, num_layers=8)  # Wan2.1-14B's defaults otherwise
+    model = built_on_gpu(WanTransformer3DModel, num_layers=num_layers)  # Wan2.1-14B's defaults otherwise
     g = torch.Generator(device="cuda").manual_seed(1)
     bf16 = dict(device="cuda", dtype=torch.bfloat16, generator=g)
-    frames, height, width = (33 - 1) // 4 + 1, 480 // 8, 832 // 8  # the VAE's 4× time, 8× space compression
-    inputs = dict(hidden_states=torch.randn(1, 16, frames, height, width, **bf16),
+    latent_frames, height, width = (frames - 1) // 4 + 1, 480 // 8, 832 // 8  # the VAE's 4× time, 8× space
+    inputs = dict(hidden_states=torch.randn(1, 16, latent_frames, height, width, **bf16),
                   timestep=torch.full((1,), 500, device="cuda"),
                   encoder_hidden_states=torch.randn(1, 512, 4096, **bf16), return_dict=False)  # fmt: skip
     return model, inputs
