@@ -12,9 +12,9 @@
   biases of the members listed in ``biased`` (a list of optional tensors would have no autograd support). No LoRA
   (a member with a correction is not grouped).
 - ``lynx::nm_prune(x, n, m) -> (pruned, scale)``: the Triton kernel on CUDA, the reference elsewhere.
-- ``lynx::prune_compress_24(inputs, fold, row_multiple) -> (operand, scale)``: cuSPARSELt's compressed operand of
+- ``lynx::prune_compress_24(inputs, fold, pad_rows_to) -> (operand, scale)``: cuSPARSELt's compressed operand of
   x̃ (sm_90), x̃ pruned from x = the fold of ``inputs`` as the compressor loads them, its rows padded with zeros to
-  a multiple of ``row_multiple``; and the rows' norm scale s.
+  a multiple of ``pad_rows_to``; and the rows' norm scale s.
 
 Under autocast, ``lynx::sparse_linear`` (and the group op) does what ``F.linear`` does (ATen lists it as a
 lower-precision op): its floating-point tensors on the autocast device, fp64 excepted, are cast to the autocast
@@ -56,16 +56,16 @@ def _(x: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.library.custom_op("lynx::prune_compress_24", mutates_args=())
 def prune_compress_24_op(
-    inputs: list[torch.Tensor], fold: str, row_multiple: int
+    inputs: list[torch.Tensor], fold: str, pad_rows_to: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return compress(inputs, FoldSpec.decode(fold), row_multiple)
+    return compress(inputs, FoldSpec.decode(fold), pad_rows_to)
 
 
 @prune_compress_24_op.register_fake
-def _(inputs: list[torch.Tensor], fold: str, row_multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _(inputs: list[torch.Tensor], fold: str, pad_rows_to: int) -> tuple[torch.Tensor, torch.Tensor]:
     spec = FoldSpec.decode(fold)
     rows, k = token_rows(inputs[0]), get_fold(spec.kind).width(inputs, spec.params)
-    operand = inputs[0].new_empty(compressed_shape(padded_rows(rows, row_multiple), k))
+    operand = inputs[0].new_empty(compressed_shape(padded_rows(rows, pad_rows_to), k))
     return operand, inputs[0].new_empty((rows,), dtype=torch.float32)
 
 

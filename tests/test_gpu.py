@@ -130,7 +130,7 @@ def test_padded_compressor_is_bit_exact_with_cusparselt_of_the_padded_matrix(row
     from lynx_compile.kernels.prune_compress_24 import as_flat, compressed_numel, padded_rows, prune_compress_24
 
     x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-    ours, scale = prune_compress_24(x, row_multiple=16)
+    ours, scale = prune_compress_24(x, pad_rows_to=16)
     stored = padded_rows(rows, 16)
     pruned, _ = nm_prune_ref(x)
     padded = torch.cat([pruned, pruned.new_zeros(stored - rows, k)])

@@ -54,11 +54,11 @@ def assemble(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> torch.Tensor:
 
 
 def compress(
-    inputs: Sequence[torch.Tensor], spec: FoldSpec, row_multiple: int = 1
+    inputs: Sequence[torch.Tensor], spec: FoldSpec, pad_rows_to: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The compressor on x = assemble(inputs, spec), made on load: (x̃'s operand, its rows padded with zeros to
-    `row_multiple`; the rows' norm scale)."""
-    return prune_compress_24(*_loading(inputs, spec), row_multiple)
+    """The compressor on x = assemble(inputs, spec), made on load: (x̃'s operand, its rows padded with zeros to a
+    multiple of `pad_rows_to`; the rows' norm scale)."""
+    return prune_compress_24(*_loading(inputs, spec), pad_rows_to)
 
 
 def load(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> torch.Tensor:

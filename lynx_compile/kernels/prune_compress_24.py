@@ -298,14 +298,14 @@ class Loader:
 
 
 def prune_compress_24(
-    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None, row_multiple: int = 1
+    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None, pad_rows_to: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused 2:4 prune + compress: (x̃'s operand shaped as `torch._cslt_compress` returns it, the per-row norm scale
     s, which the GEMM's epilogue applies).
 
     `x` is the activation (tokens, K), or, with a `loader`, the 2-D operands (tokens, ·) it makes X from as it loads
     them (a folded producer: `lynx_compile.folds`), so X is pruned without ever being written. The operand holds
-    `padded_rows(M, row_multiple)` rows, the ones past M zero (cuSPARSELt's GEMM wants M % 16 == 0; its output's
+    `padded_rows(M, pad_rows_to)` rows, the ones past M zero (cuSPARSELt's GEMM wants M % 16 == 0; its output's
     first M rows are the layer's, a view). Compare with the references on `as_flat(operand, stored_rows, k)`: the
     slack past `compressed_numel` is left unwritten.
     """
@@ -320,7 +320,7 @@ def prune_compress_24(
         loader = Loader(load_rows, head.shape[1])
     rows, k = head.shape[0], loader.width
     check_compressible(head.new_empty(0, k))
-    stored = padded_rows(rows, row_multiple)
+    stored = padded_rows(rows, pad_rows_to)
     block_g = groups_per_chunk(loader.segments or (k,))
     operand = torch.empty(compressed_shape(stored, k), dtype=head.dtype, device=head.device)
     scale = torch.empty(rows, dtype=torch.float32, device=head.device)

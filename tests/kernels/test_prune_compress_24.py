@@ -59,7 +59,7 @@ def test_rows_padded_to_a_multiple_are_the_zero_padded_matrix_compressed(x, mult
     """The operand of M rows padded to `multiple` is the encoding of x̃ with zero rows appended; s covers M rows."""
     rows, k = x.shape
     stored = padded_rows(rows, multiple)
-    operand, scale = prune_compress_24(x, row_multiple=multiple)
+    operand, scale = prune_compress_24(x, pad_rows_to=multiple)
     pruned, ref_scale = nm_prune_ref(x, 2, 4)
     expected = compress_24_ref(torch.cat([pruned, pruned.new_zeros(stored - rows, k)]))
     assert stored % multiple == 0 and operand.shape == compressed_shape(stored, k) and scale.shape == (rows,)
