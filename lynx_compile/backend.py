@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.fx
 
-from .config import LynxConfig, parse_options
+from .config import LOWERING_SLOT, LynxConfig, parse_options
 from .passes import PassContext, run_passes
 from .regions import RegionError
 from .report import Report, publish
@@ -28,7 +28,6 @@ from .report import Report, publish
 logger = logging.getLogger(__name__)
 
 BACKEND_NAME = "lynx"
-_LOWERING_SLOT = "post_grad_custom_post_pass"
 
 
 def lynx_backend(
@@ -73,11 +72,9 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
     from .passes.lower_sparse_linears import LowerSparseLinears
 
     patches = config.inductor_patches()
-    if _LOWERING_SLOT in patches:
-        raise ValueError(f"lynx: Inductor option {_LOWERING_SLOT!r} is used by lynx itself and cannot be forwarded")
     lowering = LowerSparseLinears(config) if ctx.rewrites else None
     if lowering is not None:
-        patches[_LOWERING_SLOT] = lowering
+        patches[LOWERING_SLOT] = lowering
     compiled = compile_fx(gm, example_inputs, config_patches=patches)
     if lowering is not None and lowering.lowered is not None:  # None: Inductor served the graph from its cache
         opaque = sum(site.opaque for site in ctx.sites)

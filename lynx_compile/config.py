@@ -228,6 +228,10 @@ def _is_inductor_option(key: object) -> bool:
     return isinstance(key, str) and key in _inductor_defaults()
 
 
+# The Inductor config entry lynx's lowering pass goes in (backend.compile_graph): not the user's to forward.
+LOWERING_SLOT = "post_grad_custom_post_pass"
+
+
 def _check_inductor_options(entries: Any) -> None:
     """Each key must name an Inductor config entry; where its current value is a bool, int, float or str, the value
     must be one too (Inductor itself would take anything and fail, or misbehave, deep in code generation)."""
@@ -237,6 +241,9 @@ def _check_inductor_options(entries: Any) -> None:
     for key, value in entries.items():
         if not isinstance(key, str) or key not in defaults:
             raise OptionError(f"lynx option 'inductor': {key!r} is not an Inductor config name")
+        if key == LOWERING_SLOT:
+            raise OptionError(f"lynx option {key!r} (Inductor) is the slot lynx lowers its ops in; it cannot be "
+                              "forwarded")  # fmt: skip
         current = defaults[key]
         if isinstance(current, bool):
             check_bool(key, value)

@@ -44,6 +44,7 @@ from typing import Any, Iterator
 import torch
 
 from .config import LynxConfig, parse_options
+from .messages import some_names
 from .regions import RegionSpec, inside, linear_name, qualified, register_model
 
 logger = logging.getLogger(__name__)
@@ -192,5 +193,4 @@ def _log_regions(model: torch.nn.Module, regions: list[tuple[str, list[tuple[str
         stale = sorted(set(config.policy.layers) - layers)
         if stale:
             logger.warning("lynx: the policy names %d layer(s) this model does not have (a stale policy, or another "
-                           "model): %s", len(stale),
-                           ", ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""))  # fmt: skip
+                           "model): %s", len(stale), some_names(stale))

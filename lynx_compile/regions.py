@@ -32,6 +32,8 @@ from typing import Any, Iterable
 
 import torch
 
+from .messages import some_names
+
 logger = logging.getLogger(__name__)
 
 
@@ -167,7 +169,7 @@ def warn_about_uncompiled_layers(placement: Placement, policy: Any) -> None:
     if outside:
         logger.warning("lynx: the policy marks %d layer(s) sparse outside the blocks compiled on their own, which run "
                        "eagerly, dense: %s; lynx_compile.compile_repeated_blocks compiles them too", len(outside),
-                       ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else ""))  # fmt: skip
+                       some_names(outside))  # fmt: skip
 
 
 def frame_variable(root_source: Any) -> tuple[str, str] | None:

@@ -119,3 +119,11 @@ def test_from_dict_rejects_unknown_fields_and_versions():
         LynxConfig.from_dict({"sparsity": 0.5})
     with pytest.raises(OptionError, match="version 2 is not supported"):
         LynxConfig.from_dict({**LynxConfig().to_dict(), "version": 2})
+
+
+def test_the_inductor_slot_lynx_lowers_in_is_refused_when_the_options_are_read():
+    """At option time, not deep inside the compile: lynx's lowering pass would silently replace the user's."""
+    with pytest.raises(OptionError, match="post_grad_custom_post_pass"):
+        parse_options({"post_grad_custom_post_pass": None})
+    with pytest.raises(OptionError, match="post_grad_custom_post_pass"):
+        LynxConfig(inductor={"post_grad_custom_post_pass": None})

@@ -26,6 +26,7 @@ import torch.fx
 
 from ..folds import IDENTITY, describe
 from ..kernels.nm_prune import SUPPORTED_DTYPES
+from ..messages import some_names
 from ..paths import SparsePath, Workload, get_path, measure, paths_for, resolve_execution
 from ..paths.base import Measurement
 from ..plan import SparseLinearPlan
@@ -267,8 +268,7 @@ def _warn_about_policy_mismatch(ctx: PassContext) -> None:
         warn_about_uncompiled_layers(ctx.placement, policy)
     if unknown:
         logger.warning("lynx: the policy does not name %d linear(s) of this graph, which stay dense: %s",
-                       len(unknown), ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))  # fmt: skip
+                       len(unknown), some_names(unknown))
     if stale:
         logger.warning("lynx: the policy names %d layer(s) not in this graph (a stale policy, another model, or a "
-                       "model compiled in several graphs): %s", len(stale),
-                       ", ".join(stale[:5]) + (" ..." if len(stale) > 5 else ""))  # fmt: skip
+                       "model compiled in several graphs): %s", len(stale), some_names(stale))
