@@ -53,6 +53,9 @@ class Policy:
     options: dict[str, Any] = field(default_factory=dict)  # the lynx options it was calibrated with
     target: float | None = None
     model_error: float | None = None  # end-to-end relative error with the sparse layers, on the calibration samples
+    # Set by `calibrate(..., sampler=)`, whose target and model_error are then about the sampled result:
+    # {"psnr_db": float | None (None: identical to dense), "sampler_runs": int}. None: one-step calibration.
+    sampled: dict[str, Any] | None = None
     # The speed rule's measurements, keyed as `lynx_compile.paths.measurements` looks them up (`with_measurements`).
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Fitted corrections by layer name (fp32, CPU), saved beside the JSON; not part of the JSON or of equality.
@@ -150,6 +153,10 @@ class Policy:
         data.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "adapters"})
         data["layers"] = {name: dataclasses.asdict(layer) for name, layer in self.layers.items()}
         data["options"], data["measurements"] = dict(self.options), dict(self.measurements)
+        if self.sampled is None:
+            del data["sampled"]  # one-step policies read as before, by older lynx too
+        else:
+            data["sampled"] = dict(self.sampled)
         if adapters:
             data["adapters"] = {name: {"a": adapter.a, "b": adapter.b} for name, adapter in self.adapters.items()}
         return data
