@@ -114,6 +114,12 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
     method, bare = config.method, dataclasses.replace(config.method, norm_compensation=False)
     linears = linears_of(model)
     kept_dense = {name: why for name in linears if (why := config.name_rule(name)) is not None}
+    for name, module in linears.items():
+        if name not in kept_dense and min(module.in_features, module.out_features) < config.min_features:
+            # Compiling keeps such a layer dense whatever the policy says (passes/decide_linears.py, the same
+            # words): measured as sparse, it would spend budget on an error the compiled model never makes.
+            kept_dense[name] = (f"features K={module.in_features}, N={module.out_features} < "
+                                f"min_features={config.min_features}")  # fmt: skip
 
     # Per layer: its output error on the inputs the dense model gives it (with norm compensation and without), its
     # output energy, its FLOPs.
