@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import sys
 import time
 from pathlib import Path
@@ -131,7 +131,8 @@ def main(argv=None) -> dict:
         within = sum(r["sampled_error"] <= r["target"] for r in mine)
         summary[objective] = {"pearson_predicted_vs_sampled": correlation, "lora_samples_worse": worse,
                               "held_out_within_target": f"{within}/{len(mine)}"}  # fmt: skip
-        print(f"\n{objective}: Pearson(predicted, sampled) = {correlation if correlation is None else f'{correlation:.3f}'}"
+        shown = "n/a (fewer than 3 policies)" if correlation is None else f"{correlation:.3f}"
+        print(f"\n{objective}: Pearson(predicted, sampled) = {shown}"
               f"; held-out sampled error within target: {within}/{len(mine)}; LoRA samples worse than no LoRA at the"
               f" same target: {len(worse)} of {sum(1 for r in mine if r['lora_rank'])}")  # fmt: skip
         for line in worse:
@@ -146,7 +147,7 @@ def main(argv=None) -> dict:
     print(f"\ncompiled vs eager evaluation of {checked!r}: relative difference {via_compile:.2e}")
 
     ablation = run_ablation(model, one_step_inputs, eval_sampler, dense, labels, rows) if args.ablation else []
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"CPU ({platform.processor() or platform.machine()})",
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"CPU, {os.cpu_count()} cores",
               "torch": torch.__version__, "command": "python " + " ".join(sys.argv), "args": vars(args) | {
                   "json": str(args.json)}, "rows": rows, "summary": summary, "ablation": ablation,
               "compiled_vs_eager": {"variant": checked, "relative_difference": via_compile},

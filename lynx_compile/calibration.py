@@ -7,7 +7,8 @@ quality for the most compute first) and takes the longest prefix of that order w
 the model output stays within `target`, found by bisection over prefix length (error grows with the prefix in
 practice; bisection costs log2(layers) model evaluations instead of one per layer). With ``lora_rank > 0`` every
 measured layer also gets its closed-form low-rank correction (`lynx_compile.lora`), the order and the prefix are
-taken with the corrections applied, and the chosen layers keep their adapters.
+taken with the corrections applied, and the chosen layers keep their adapters. With a `sampler`, the prefix is
+judged by the error of the sampled result instead (`lynx_compile.trajectory`), the order staying the one-step one.
 """
 
 from __future__ import annotations

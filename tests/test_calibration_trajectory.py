@@ -104,8 +104,8 @@ def test_the_admitted_layers_are_the_longest_prefix_whose_sampled_error_fits(two
         assert sparse_names(policy) == admitted, target
         assert policy.model_error == pytest.approx(sampled[len(admitted)], rel=1e-5, abs=1e-12)
         if admitted:
-            expected_psnr = 10 * math.log10((dense_sample.max() - dense_sample.min()).item() ** 2 /
-                                            (run_sparse(model, admitted, sampler) - dense_sample).square().mean().item())
+            mse = (run_sparse(model, admitted, sampler) - dense_sample).square().mean().item()
+            expected_psnr = 10 * math.log10((dense_sample.max() - dense_sample.min()).item() ** 2 / mse)
             assert policy.sampled["psnr_db"] == pytest.approx(expected_psnr, rel=1e-4)
         else:
             assert policy.sampled["psnr_db"] is None  # identical to dense
