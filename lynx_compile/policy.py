@@ -53,13 +53,14 @@ class Policy:
     options: dict[str, Any] = field(default_factory=dict)  # the lynx options it was calibrated with
     target: float | None = None
     model_error: float | None = None  # end-to-end relative error with the sparse layers, on the calibration samples
-    # Set by `calibrate(..., sampler=)`, whose target and model_error are then about the sampled result:
-    # {"psnr_db": float | None (None: identical to dense), "sampler_runs": int}. None: one-step calibration.
-    sampled: dict[str, Any] | None = None
     # The speed rule's measurements, keyed as `lynx_compile.paths.measurements` looks them up (`with_measurements`).
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Fitted corrections by layer name (fp32, CPU), saved beside the JSON; not part of the JSON or of equality.
     adapters: dict[str, LoraAdapter] = field(default_factory=dict, repr=False, compare=False)
+    # Set by `calibrate(..., sampler=)`, whose target and model_error are then about the sampled result:
+    # {"psnr_db": float | None (None: identical to dense), "sampler_runs": int}; None: one-step calibration.
+    # The last field, so that the positional construction written before it existed keeps its meaning.
+    sampled: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, dict):
