@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lynx_compile.calibration import _as_call, collect_statistics  # noqa: E402
+from lynx_compile.calibration import collect_statistics  # noqa: E402
+from lynx_compile.eager import as_call  # noqa: E402
 from lynx_compile.lora import adapter_error, solve_lora  # noqa: E402
 from lynx_compile.method import Method, pruning_residual  # noqa: E402
 
@@ -39,7 +40,7 @@ def sync() -> None:
 def layer_table(model, fit_samples, eval_samples, names, min_tokens) -> list[dict]:
     """The error table rows for the named linears (statistics held for all of them at once)."""
     linears = {name: module for name, module in model.named_modules() if name in names}
-    fit_calls, eval_calls = [_as_call(s) for s in fit_samples], [_as_call(s) for s in eval_samples]
+    fit_calls, eval_calls = [as_call(s) for s in fit_samples], [as_call(s) for s in eval_samples]
     naive = collect_statistics(model, eval_calls, linears, Method(2, 4, False, min_tokens))
     held_out = collect_statistics(model, eval_calls, linears, Method(2, 4, True, min_tokens))
     sync()
@@ -92,7 +93,7 @@ def capture_inputs(model, samples, name):
     handle = module.register_forward_pre_hook(lambda mod, args: rows.append(args[0].reshape(-1, mod.in_features)))
     with torch.no_grad():
         for sample in samples:
-            args, kwargs = _as_call(sample)
+            args, kwargs = as_call(sample)
             model(*args, **kwargs)
     handle.remove()
     return torch.cat(rows), module.weight

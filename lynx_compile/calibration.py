@@ -7,27 +7,29 @@ quality for the most compute first) and takes the longest prefix of that order w
 the model output stays within `target`, found by bisection over prefix length (error grows with the prefix in
 practice; bisection costs log2(layers) model evaluations instead of one per layer). With ``lora_rank > 0`` every
 measured layer also gets its closed-form low-rank correction (`lynx_compile.lora`), the order and the prefix are
-taken with the corrections applied, and the chosen layers keep their adapters.
+taken with the corrections applied, and the chosen layers keep their adapters. With a `sampler`, the prefix is
+judged by the error of the sampled result instead (`lynx_compile.trajectory`), the order staying the one-step one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 
 from ._version import __version__
 from .checks import check_int, check_number
 from .config import LynxConfig, parse_options
-from .lora import DEFAULT_MEMORY_BUDGET, DEFAULT_RANK, LoraAdapter, LoraSolution, ResidualStatistics, solve_lora
-from .method import Method, sparse_linear_ref, token_rows
+from .eager import Call, as_calls, hooked, linears_of, relative_error, run_calls, run_sparsified, sparse_output
+from .lora import DEFAULT_MEMORY_BUDGET, DEFAULT_RANK, LoraSolution, ResidualStatistics, solve_lora
+from .method import Method
 from .policy import LayerPolicy, Policy
 from .progress import Progress
 from .regions import register_model
+from .trajectory import Sampler, Trajectory, check_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -36,90 +38,11 @@ logger = logging.getLogger(__name__)
 # 0.05 sparsifies nothing there (benchmarks/RESULTS.md).
 DEFAULT_TARGET = 0.2
 
-Call = tuple[tuple, dict]
-
-
-def _as_call(sample: Any) -> Call:
-    """A sample is a dict of keyword arguments, a tuple of positional ones, or a single tensor."""
-    if isinstance(sample, dict):
-        return (), sample
-    if isinstance(sample, tuple):
-        return sample, {}
-    return (sample,), {}
-
-
-def _as_calls(samples: Iterable[Any], caller: str) -> list[Call]:
-    calls = [_as_call(sample) for sample in samples]
-    if not calls:
-        raise ValueError(f"{caller} needs at least one sample")
-    return calls
-
-
-def _first_tensor(out: Any) -> torch.Tensor:
-    while not isinstance(out, torch.Tensor):
-        out = out[0] if isinstance(out, (tuple, list)) else out.sample
-    return out
-
-
-def _linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    return {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
-
-
-def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
-
-
-def _sparse_output(module: torch.nn.Linear, x: torch.Tensor, method: Method, adapter: LoraAdapter | None):
-    """The layer's output as lynx runs it on x; None where it runs dense (too few tokens, K % m)."""
-    if not method.prunes(token_rows(x), module.in_features):
-        return None
-    lora = None if adapter is None else (adapter.a.to(x), adapter.b.to(x))
-    return sparse_linear_ref(x, module.weight, module.bias, method, lora)
-
-
-@contextlib.contextmanager
-def _hooked(modules: dict[str, torch.nn.Module], make_hook: Callable[[str], Callable]) -> Iterator[None]:
-    """Forward hooks on the named modules for the duration of the block, under no_grad."""
-    handles = [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def run_sparsified(
-    model: torch.nn.Module,
-    calls: list[Call],
-    layers: dict[str, torch.nn.Linear],
-    method: Method,
-    adapters: dict[str, LoraAdapter] | None = None,
-    progress: Progress | None = None,
-) -> list[torch.Tensor]:
-    """The model's outputs with `layers` sparsified as lynx runs them (and corrected where `adapters` has one)."""
-    adapters = adapters or {}
-
-    def make_hook(name: str) -> Callable:
-        return lambda module, args, out: _sparse_output(module, args[0], method, adapters.get(name))
-
-    with _hooked(layers, make_hook):
-        return _run_calls(model, calls, progress)
-
-
-def _run_calls(model: torch.nn.Module, calls: list[Call], progress: Progress | None) -> list[torch.Tensor]:
-    outputs = []
-    for args, kwargs in calls:
-        outputs.append(_first_tensor(model(*args, **kwargs)))
-        if progress is not None:
-            progress.advance()
-    return outputs
-
-
 def calibrate(
     model: torch.nn.Module,
-    samples: Iterable[Any],
+    samples: Iterable[Any] | None = None,
     *,
+    sampler: Sampler | None = None,
     options: dict[str, Any] | None = None,
     target: float = DEFAULT_TARGET,
     lora_rank: int = 0,
@@ -136,6 +59,22 @@ def calibrate(
     (`progress_bar=False` hides it); `progress`, e.g. `print`, receives a line per stage and per model evaluation
     (also logged at INFO).
 
+    What `target` bounds:
+    - without `sampler` (one-step, the fast default): the relative L2 error of the model's output on `samples`, the
+      largest over them. Costs one pass over the samples to measure, then at most ceil(log2(L + 1)) more (L: the
+      layers measured) for the bisection over the prefix.
+    - with ``sampler=sample``, ``sample(model) -> tensor`` what the user samples with (a closure running the
+      scheduler loop from fixed noise, steps and guidance; `pipeline_sampler` makes one of a diffusers pipeline):
+      the relative L2 error of its result against its result with the dense model (`lynx_compile.trajectory`).
+      The layers are ordered as in one-step mode, from their one-step errors on `samples` (default: the model calls
+      the sampler makes with the dense model, captured), and the longest prefix of that order whose *sampled* error
+      stays within `target` is found by bisection, with the LoRA corrections applied when `lora_rank` is set, so
+      the chosen policy samples within `target` on this sampler. Costs 2 dense sampler runs (the reference and a
+      check that the sampler is deterministic) and at most ceil(log2(L + 1)) sparsified ones, besides the pass over
+      `samples` (and the LoRA fit's passes). The sampler must run the module it is given eagerly, with fixed noise;
+      `target` must be > 0. The policy records the sampled error as `model_error` and, in `sampled`, its PSNR
+      against the dense result (the peak being that result's range) and the sampler runs made.
+
     `options` are the lynx options the policy will be compiled with: their method settings (n, m, norm
     compensation, min_tokens) are measured and recorded in the policy (compiling with other ones is refused), and
     layers their `include`/`exclude` keep dense are recorded dense with that reason and never take any of the
@@ -146,26 +85,42 @@ def calibrate(
     whole-model and regional compilation (`lynx_compile.compile_repeated_blocks`) both decide by. The model is
     remembered (weakly), so that a graph of one of its blocks compiled later in this process can be placed in it.
     """
-    check_number("target", target, minimum=0)
+    if sampler is not None:
+        check_sampler(sampler)
+    # A sampled result is never exactly reproducible on every device, so a zero bound on it would be noise.
+    check_number("target", target, minimum=0, above=sampler is not None)
     check_int("lora_rank", lora_rank, 0)
     if ridge is not None:
         check_number("ridge", ridge, minimum=0)
     config = parse_options(options)
-    calls = _as_calls(samples, "calibrate")
+    if samples is None and sampler is None:
+        raise ValueError("calibrate needs samples, or a sampler whose model calls serve as samples")
+    calls = None if samples is None else as_calls(samples, "calibrate")
     register_model(model)  # its policy names its layers: lynx may place a block's graph in it (`regions`)
     bar = Progress("calibrate", progress, progress_bar)
     try:
-        return _calibrate(model, calls, config, target, lora_rank, ridge, bar)
+        trajectory = None
+        if sampler is not None:
+            bar.stage("running the sampler with the dense model (twice: the reference, and a determinism check)")
+            trajectory = Trajectory(model, sampler, target, bar, capture=calls is None)
+            calls = calls if calls is not None else trajectory.captured
+        return _calibrate(model, calls, config, target, lora_rank, ridge, bar, trajectory)
     finally:
         bar.close()
 
 
 def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, target: float, lora_rank: int,
-               ridge: float | None, progress: Progress) -> Policy:  # fmt: skip
+               ridge: float | None, progress: Progress, trajectory: Trajectory | None) -> Policy:  # fmt: skip
     report = progress.stage
     method, bare = config.method, dataclasses.replace(config.method, norm_compensation=False)
-    linears = _linears(model)
+    linears = linears_of(model)
     kept_dense = {name: why for name in linears if (why := config.name_rule(name)) is not None}
+    for name, module in linears.items():
+        if name not in kept_dense and min(module.in_features, module.out_features) < config.min_features:
+            # Compiling keeps such a layer dense whatever the policy says (passes/decide_linears.py, the same
+            # words): measured as sparse, it would spend budget on an error the compiled model never makes.
+            kept_dense[name] = (f"features K={module.in_features}, N={module.out_features} < "
+                                f"min_features={config.min_features}")  # fmt: skip
 
     # Per layer: its output error on the inputs the dense model gives it (with norm compensation and without), its
     # output energy, its FLOPs.
@@ -178,7 +133,7 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
             flops[name] = flops.get(name, 0) + 2 * x.numel() * module.out_features
             if name in kept_dense:
                 return
-            with_norm, without = (_sparse_output(module, x, m, None) for m in (method, bare))
+            with_norm, without = (sparse_output(module, x, m, None) for m in (method, bare))
             if with_norm is None:
                 return
             acc = totals.setdefault(name, [0.0, 0.0, 0.0])
@@ -190,8 +145,8 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
 
     report(f"measuring {len(linears)} linears on {len(calls)} sample(s)")
     progress.expect(len(calls))
-    with _hooked(linears, measure):
-        references = _run_calls(model, calls, progress)
+    with hooked(linears, measure):
+        references = run_calls(model, calls, progress)
     for index, reference in enumerate(references):
         if not bool(torch.isfinite(reference).all()):
             raise ValueError(f"calibrate: sample {index}: the dense model's output holds NaN or Inf; calibration "
@@ -218,24 +173,32 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
     candidates = sorted(errors, key=lambda name: (ordering_error(name) / (flops[name] / total_flops), name))
 
     prefix_errors = {0: 0.0}
+    prefix_psnr = {0: math.inf}
 
     def model_error(prefix: int) -> float:
         if prefix not in prefix_errors:
             chosen = {name: linears[name] for name in candidates[:prefix]}
-            outs = run_sparsified(model, calls, chosen, method, adapters, progress)
-            prefix_errors[prefix] = max(_relative_error(out, ref) for out, ref in zip(outs, references))
+            if trajectory is None:
+                outs = run_sparsified(model, calls, chosen, method, adapters, progress)
+                prefix_errors[prefix] = max(relative_error(out, ref) for out, ref in zip(outs, references))
+            else:
+                prefix_errors[prefix], prefix_psnr[prefix] = trajectory.error(chosen, method, adapters)
         return prefix_errors[prefix]
 
     low, high = 0, len(candidates)  # the longest prefix within target, by bisection
-    progress.expect(math.ceil(math.log2(len(candidates) + 1)) * len(calls))  # at most that many evaluations
+    evaluation_calls = len(calls) if trajectory is None else trajectory.calls_per_run
+    progress.expect(math.ceil(math.log2(len(candidates) + 1)) * evaluation_calls)  # at most that many evaluations
+    sampled_word = "" if trajectory is None else " sampled"
     while low < high:
         mid = (low + high + 1) // 2
         if model_error(mid) <= target:
             low = mid
         else:
             high = mid - 1
-        report(f"{low} to {high} of {len(candidates)} layers fit the target (tried {mid}: {model_error(mid):.4f})")
+        report(f"{low} to {high} of {len(candidates)} layers fit the target (tried {mid}:{sampled_word} "
+               f"{model_error(mid):.4f})")  # fmt: skip
     chosen = set(candidates[:low])
+    bounded = "" if trajectory is None else " on the sampled result"
 
     layers = {}
     for name in linears:
@@ -257,10 +220,15 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
             measured += f", {solutions[name].error_at(lora_rank):.4f} with rank-{solutions[name].rank} LoRA"
         elif name in solutions:
             measured += " (LoRA: no ridge helped held-out tokens, uncorrected)"
-        reason = (f"within target {target}: {measured}" if name in chosen
-                  else f"outside the prefix that meets target {target}: {measured}")  # fmt: skip
+        reason = (f"within target {target}{bounded}: {measured}" if name in chosen
+                  else f"outside the prefix that meets target {target}{bounded}: {measured}")  # fmt: skip
         layers[name] = LayerPolicy("sparse" if name in chosen else "dense", reason, error, error_bare, share)
-    policy = Policy(layers, type(model).__name__, __version__, method.to_dict(), target, model_error(low))
+    sampled = None
+    if trajectory is not None:
+        psnr = prefix_psnr[low]
+        sampled = {"psnr_db": psnr if math.isfinite(psnr) else None, "sampler_runs": trajectory.runs}
+    policy = Policy(layers, type(model).__name__, __version__, method.to_dict(), target, model_error(low),
+                    sampled=sampled)  # fmt: skip
     return policy.with_lora({name: solutions[name] for name in chosen if name in solutions}, lora_rank)
 
 
@@ -287,8 +255,8 @@ def collect_statistics(
 
         return hook
 
-    with _hooked(layers, capture):
-        _run_calls(model, calls, progress)
+    with hooked(layers, capture):
+        run_calls(model, calls, progress)
     return stats
 
 
@@ -317,7 +285,7 @@ def fit_lora(
     if ridge is not None:
         check_number("ridge", ridge, minimum=0)
     check_int("memory_budget", memory_budget, 1)
-    calls = _as_calls(samples, "fit_lora")
+    calls = as_calls(samples, "fit_lora")
     bar = Progress("fit_lora", progress, progress_bar)
     try:
         return fit_lora_on_calls(model, calls, parse_options(options), rank=rank, layers=layers, ridge=ridge,
@@ -338,7 +306,7 @@ def fit_lora_on_calls(
     progress: Progress,
 ) -> dict[str, LoraSolution]:
     """`fit_lora` on (args, kwargs) pairs and a parsed `LynxConfig`."""
-    linears = _linears(model)
+    linears = linears_of(model)
     names = list(linears) if layers is None else list(layers)
     missing = [name for name in names if name not in linears]
     if missing:

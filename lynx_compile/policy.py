@@ -57,6 +57,10 @@ class Policy:
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Fitted corrections by layer name (fp32, CPU), saved beside the JSON; not part of the JSON or of equality.
     adapters: dict[str, LoraAdapter] = field(default_factory=dict, repr=False, compare=False)
+    # Set by `calibrate(..., sampler=)`, whose target and model_error are then about the sampled result:
+    # {"psnr_db": float | None (None: identical to dense), "sampler_runs": int}; None: one-step calibration.
+    # The last field, so that the positional construction written before it existed keeps its meaning.
+    sampled: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, dict):
@@ -150,6 +154,10 @@ class Policy:
         data.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "adapters"})
         data["layers"] = {name: dataclasses.asdict(layer) for name, layer in self.layers.items()}
         data["options"], data["measurements"] = dict(self.options), dict(self.measurements)
+        if self.sampled is None:
+            del data["sampled"]  # one-step policies read as before, by older lynx too
+        else:
+            data["sampled"] = dict(self.sampled)
         if adapters:
             data["adapters"] = {name: {"a": adapter.a, "b": adapter.b} for name, adapter in self.adapters.items()}
         return data

@@ -113,16 +113,30 @@ def check_record(values: Mapping[str, Any], check_method: Callable[[Mapping[str,
             check_method(values["options"])
         except (TypeError, ValueError) as error:
             raise PolicyError(f"not the method settings lynx records: {error}", field="options") from None
+    _sampled(values.get("sampled"))
     if not isinstance(values["measurements"], Mapping):
         raise PolicyError(f"must be an object, got {values['measurements']!r}", field="measurements")
     for key, value in values["measurements"].items():
         _measurement(key, value)
 
 
+def _sampled(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mapping) or set(value) != {"psnr_db", "sampler_runs"}:
+        raise PolicyError(f"must be null or {{'psnr_db': number or null, 'sampler_runs': int}}, got {value!r}",
+                          field="sampled")  # fmt: skip
+    psnr, runs = value["psnr_db"], value["sampler_runs"]
+    if psnr is not None and not is_finite_number(psnr):
+        raise PolicyError(f"'psnr_db' must be null or a finite number, got {psnr!r}", field="sampled")
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 0:
+        raise PolicyError(f"'sampler_runs' must be an int >= 0, got {runs!r}", field="sampled")
+
+
 # ---- the document ----------------------------------------------------------------------------------------------
 
 DOCUMENT_FIELDS = ("format", "schema_version", "layers", "model_class", "lynx_version", "options", "target",
-                   "model_error", "measurements", "adapter_file")  # fmt: skip
+                   "model_error", "sampled", "measurements", "adapter_file")  # fmt: skip
 
 
 def check_document(data: Any) -> dict[str, Any]:

@@ -95,3 +95,18 @@ def test_a_policy_is_applied_only_with_the_method_it_was_calibrated_with(mlp):
     assert {layer.name for layer in report.sparse_layers} == {"up", "mid", "down"}
     assert all("1:8 on K," in layer.reason for layer in report.sparse_layers)
     lynx_compile.explain(model, samples[0], options={"policy": policy, **options, "min_tokens": 4})  # not compared
+
+
+def test_a_layer_the_compiler_keeps_dense_for_its_size_takes_no_budget():
+    """A linear with fewer than min_features outputs runs dense when compiled whatever the policy says, so
+    calibrate records it dense with the compiler's reason instead of measuring it as sparse."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    samples = [torch.randn(24, 32)]
+    policy = calibrate(model, samples, target=10.0, progress_bar=False)
+    assert (policy.layers["2"].decision, policy.layers["2"].reason) == ("dense", "features K=64, N=8 < min_features=16")
+    assert policy.layers["2"].error is None and policy.layers["0"].decision == "sparse"
+    report = lynx_compile.explain(model, samples[0], options={"policy": policy})
+    assert {layer.name: layer.decision for layer in report.layers} == {"0": "sparse", "2": "dense"}
+    loose = calibrate(model, samples, target=10.0, options={"min_features": 8}, progress_bar=False)
+    assert loose.layers["2"].decision == "sparse" and loose.model_error > policy.model_error
