@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sample_metrics import against_reference
 
 CHECKPOINT = Path(__file__).parent / "checkpoints" / "tiny_dit_digits.safetensors"
 CONFIG = dict(num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=4,
@@ -92,12 +93,7 @@ def sample_quality(samples: torch.Tensor, labels: torch.Tensor, reference: torch
     peak-to-peak 2) and relative L2 error."""
     flat = samples.detach().float().cpu().reshape(len(samples), -1).numpy()
     quality = {"class_accuracy": float(np.mean(_classifier().predict(flat) == labels.cpu().numpy()))}
-    if reference is not None:
-        diff = samples.float() - reference.float()
-        mse = diff.square().mean().item()
-        quality["psnr_db"] = float("inf") if mse == 0 else 10 * np.log10(4.0 / mse)
-        quality["relative_error"] = (diff.norm() / reference.float().norm()).item()
-    return quality
+    return quality if reference is None else {**quality, **against_reference(samples, reference)}
 
 
 def save_config(path: Path) -> None:
