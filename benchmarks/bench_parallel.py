@@ -13,9 +13,9 @@ On two GPUs the model runs under `enable_parallelism(config=ContextParallelConfi
 splits the sequence, each rank runs its share through every linear, and attention exchanges heads (all-to-all).
 lynx decides on rank 0 and every rank takes its decisions (`lynx_compile.paths.measurements`). Each variant is
 timed on every rank with CUDA events (median of 10 after 3 warm-ups, twice round interleaved, the lower median
-counts), the ranks starting together; rank 0's times are written to
-$OUT/bench_parallel_<case>_<n>gpu.json. Fewer blocks than the real models keep compiles and timing short: the
-ratio is a property of the blocks, which all have the same shapes.
+counts), the ranks starting together; rank 0's times are written to $OUT/bench_parallel_<case>_<n>gpu.json. Fewer
+blocks than the real models keep compiles and timing short: the ratio is a property of the blocks, which all have
+the same shapes.
 """
 
 from __future__ import annotations
