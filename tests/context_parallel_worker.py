@@ -1,7 +1,7 @@
 """One rank of tests/test_context_parallel.py, under torchrun: lynx on a diffusers FLUX with diffusers' own context
-parallelism (`enable_parallelism(ContextParallelConfig(ulysses_degree=world))`).
+parallelism (`enable_parallelism(ContextParallelConfig(ulysses_degree=world))`, or `ring_degree=world` with `ring`).
 
-    torchrun --nproc-per-node 2 tests/context_parallel_worker.py OUT_DIR {cpu|cuda} [graphs]
+    torchrun --nproc-per-node 2 tests/context_parallel_worker.py OUT_DIR {cpu|cuda} [graphs] [ring]
 
 Each rank computes, from the same weights and inputs: the model alone (no parallelism) eager and compiled with lynx,
 on the inputs and on slightly perturbed ones (how much more lynx's output moves than dense's); then, parallelism
@@ -9,8 +9,11 @@ enabled, eager, compiled whole with lynx (Dynamo's graph breaks counted against 
 backend), explained, and compiled block by block (`compile_repeated_blocks`, against the model alone compiled the
 same way). It writes OUT_DIR/rank<r>.json with the outputs' relative differences and every layer's decision and
 token count.
-On the CPU (gloo, fp32) the layers run simulated; on GPUs (NCCL, bf16) on sparse tensor cores, with every layer the
-speed rule allows forced sparse (min_speedup near 0) so that the comparison covers them.
+
+On the CPU (gloo, fp32) the layers run simulated; on GPUs (NCCL, bf16) on sparse tensor cores, with every layer
+the speed rule allows forced sparse (min_speedup near 0) so that the comparison covers them. Ring attention needs
+the attention's log-sum-exp, which diffusers' native (SDPA) backend does not return: with `ring` the parallel model
+attends through diffusers' "_native_flash" backend, so GPUs only.
 """
 
 import copy
@@ -75,7 +78,7 @@ def graph_breaks() -> int:
     return sum(torch._dynamo.utils.counters["graph_break"].values())
 
 
-def main(out_dir: str, device: str, graphs: bool) -> None:
+def main(out_dir: str, device: str, graphs: bool, ring: bool) -> None:
     import lynx_compile
     from diffusers import ContextParallelConfig
 
@@ -109,7 +112,10 @@ def main(out_dir: str, device: str, graphs: bool) -> None:
         result["lynx_amplification"] = moved["lynx"] / moved["dense"]
         alone.compile_repeated_blocks(backend="lynx", options=options)  # the blocks only: the rest runs eagerly
         lynx_alone_regional = call(alone)
-        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+        if ring:
+            model.set_attention_backend("_native_flash")
+        degree = {"ring_degree" if ring else "ulysses_degree": world}
+        model.enable_parallelism(config=ContextParallelConfig(**degree))
         dense_parallel = call(model)
         torch._dynamo.utils.counters.clear()
         call(torch.compile(model, backend="eager"))
@@ -141,4 +147,4 @@ def main(out_dir: str, device: str, graphs: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], "graphs" in sys.argv[3:])
+    main(sys.argv[1], sys.argv[2], "graphs" in sys.argv[3:], "ring" in sys.argv[3:])

@@ -1,7 +1,7 @@
 """lynx under diffusers' context parallelism (`enable_parallelism(ContextParallelConfig(ulysses_degree=2))`, two
 processes under torchrun): the same output as one process, the same decisions on every rank, no graph breaks of
 its own, and explain shows each rank's token counts. On the CPU with gloo and simulated layers; on two GPUs with
-NCCL and sparse tensor cores, with CUDA graphs and without (`pytest -m gpu`)."""
+NCCL and sparse tensor cores, with CUDA graphs and without, and with ring attention (`pytest -m gpu`)."""
 
 import json
 import os
@@ -46,6 +46,6 @@ def test_context_parallel_on_two_cpu_processes_equals_one(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "no-graphs"])
-def test_context_parallel_on_two_gpus_equals_one(tmp_path, graphs):
-    check(run_two_ranks(tmp_path, "cuda", *(["graphs"] if graphs else [])), tolerance=1e-2)
+@pytest.mark.parametrize("flags", [["graphs"], [], ["ring"]], ids=["ulysses-graphs", "ulysses-no-graphs", "ring"])
+def test_context_parallel_on_two_gpus_equals_one(tmp_path, flags):
+    check(run_two_ranks(tmp_path, "cuda", *flags), tolerance=1e-2)
