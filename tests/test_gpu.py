@@ -437,3 +437,63 @@ def test_regional_compilation_with_an_unalike_policy_runs_on_sparse_cores_as_the
 
         # s·x̃ rounded before the GEMM or after it flips near-ties in later masks: bounded by what pruning changes.
         assert rel(out, reference) < 0.5 * rel(reference, dense_out)
+
+
+# ---- cuSPARSELt with cached plans (nvmath-python): written 2026-11-26, not yet run on a GPU ------------------------
+
+def _planned():
+    from lynx_compile.paths import cusparselt_planned
+
+    if not cusparselt_planned.available():
+        pytest.skip("nvmath-python is not installed (lynx-compile[cuda])")
+    return cusparselt_planned
+
+
+@needs_sm90
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows, k, n", [(16, 64, 16), (4608, 3072, 3072), (1000, 3072, 12288), (14040, 5120, 5120)])
+def test_planned_gemm_equals_torchs_and_builds_its_plan_once(rows, k, n, dtype):
+    from lynx_compile.folds import IDENTITY
+
+    planned = _planned()
+    g = torch.Generator(device="cuda").manual_seed(rows + k)
+    x = torch.randn(rows, k, device="cuda", dtype=dtype, generator=g)
+    weight = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) * k**-0.5
+    operand, _ = torch.ops.lynx.prune_compress_24([x], IDENTITY.encode(), 16)
+    algorithm = int(torch._cslt_sparse_mm_search(operand, weight.t()))
+    expected = torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm)
+    built = planned.PLANS.built
+    for _ in range(3):
+        assert torch.equal(torch.ops.lynx.cslt_planned_mm(operand, weight, algorithm), expected)
+    assert planned.PLANS.built == built + 1  # one plan for the shape, however many calls
+    graph, static = torch.cuda.CUDAGraph(), {}
+    with torch.cuda.graph(graph):
+        static["out"] = torch.ops.lynx.cslt_planned_mm(operand, weight, algorithm)
+    x.copy_(torch.randn(x.shape, device="cuda", dtype=dtype, generator=g))  # new data, the same addresses
+    operand.copy_(torch.ops.lynx.prune_compress_24([x], IDENTITY.encode(), 16)[0])
+    graph.replay()
+    assert torch.equal(static["out"], torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm))
+
+
+@needs_sm90
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "no-graphs"])
+def test_planned_path_runs_a_model_as_the_cusparselt_path_does(graphs):
+    _planned()
+    model = mlp(torch.bfloat16)
+    x = torch.randn(2, 600, 256, device="cuda", dtype=torch.bfloat16)
+    outputs = {}
+    with torch.no_grad():
+        for path in ("cusparselt", "cusparselt_planned"):
+            torch._dynamo.reset()
+            others = [name for name in ("cusparselt", "cusparselt_planned") if name != path]
+            from lynx_compile.paths import PATHS
+
+            saved = {name: PATHS.pop(name) for name in others}  # only this path may run the layers
+            try:
+                options = {"execution": "sparse", "min_speedup": 1e-3, **({"triton.cudagraphs": True} if graphs else {})}
+                with lynx_compile.collect_reports() as report:
+                    outputs[path] = torch.compile(model, backend="lynx", options=options)(x).clone()
+                assert all(layer.path == path for layer in report.layers), report
+            finally:
+                PATHS.update(saved)
+    assert torch.equal(outputs["cusparselt"], outputs["cusparselt_planned"])

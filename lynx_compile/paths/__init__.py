@@ -13,6 +13,8 @@ import torch
 from ..registry import Registry
 from .base import Measurement, SparsePath, Workload
 from .cusparselt import Cusparselt
+from .cusparselt_planned import CusparseltPlanned
+from .cusparselt_planned import available as planned_cusparselt_available
 from .measurements import clear_measurements, measure, measured
 from .simulate import Simulate
 
@@ -41,6 +43,8 @@ def resolve_execution(execution: str, device: torch.device) -> str:
 
 register_path(Simulate())
 register_path(Cusparselt())
+if planned_cusparselt_available():  # nvmath-python installed (lynx-compile[cuda])
+    register_path(CusparseltPlanned())
 
 __all__ = ["PATHS", "Measurement", "SparsePath", "Workload", "clear_measurements", "get_path", "measure", "measured",
            "paths_for", "register_path", "resolve_execution"]  # fmt: skip

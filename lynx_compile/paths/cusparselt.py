@@ -18,7 +18,7 @@ unless the call is replayed from a CUDA graph. So it is measured (`paths/measure
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -38,15 +38,23 @@ def search_algorithm(operand: torch.Tensor, weight_t: torch.Tensor) -> int:
         return int(torch._cslt_sparse_mm_search(operand, weight_t))
 
 
+def torch_sparse_mm(operand: torch.Tensor, weight: torch.Tensor, algorithm: int) -> torch.Tensor:
+    """x̃·Wᵀ through torch's op, which builds cuSPARSELt's plan anew on every call."""
+    return torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm)
+
+
+SparseMm = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
 def cusparselt_gemms(
-    inputs: Sequence[torch.Tensor], fold: FoldSpec, weights: Sequence[torch.Tensor], algorithms: Sequence[int]
+    inputs: Sequence[torch.Tensor], fold: FoldSpec, weights: Sequence[torch.Tensor], algorithms: Sequence[int],
+    sparse_mm: SparseMm = torch_sparse_mm,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """([x̃·Wᵢᵀ as rows × Nᵢ for each weight], the rows' norm scale s): layers reading one x before their epilogues,
     x pruned and compressed once."""
     operand, scale = torch.ops.lynx.prune_compress_24.default(list(inputs), fold.encode(), CSLT_MULTIPLE)
     rows = scale.shape[0]  # the padding rows' products are zeros, and no one's
-    return [torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm)[:rows]
-            for weight, algorithm in zip(weights, algorithms)], scale  # fmt: skip
+    return [sparse_mm(operand, weight, algorithm)[:rows] for weight, algorithm in zip(weights, algorithms)], scale
 
 
 def cusparselt_gemm(
@@ -60,6 +68,10 @@ def cusparselt_gemm(
 class Cusparselt(SparsePath):
     name = "cusparselt"
     groups = True
+
+    def sparse_mm(self, operand: torch.Tensor, weight: torch.Tensor, algorithm: int) -> torch.Tensor:
+        """The GEMM on the compressed operand (a subclass may run it another way: `cusparselt_planned`)."""
+        return torch_sparse_mm(operand, weight, algorithm)
 
     def runs_on(self, device: torch.device) -> bool:
         return device.type == "cuda" and layout_supported(device)
@@ -84,7 +96,7 @@ class Cusparselt(SparsePath):
         algorithms = [search_algorithm(operand, member.t()) for member in weights]
 
         def sparse() -> object:
-            outs, scale = cusparselt_gemms(inputs, workload.fold, weights, algorithms)
+            outs, scale = cusparselt_gemms(inputs, workload.fold, weights, algorithms, self.sparse_mm)
             if lora is not None:  # the correction's two small GEMMs on the dense x (its add unfused: pessimistic)
                 outs = [epilogue(outs[0], None, lora, assemble(inputs, workload.fold))]
             return outs, scale
@@ -96,7 +108,7 @@ class Cusparselt(SparsePath):
                 plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
         """The scale and the rest of the epilogue are plain torch: Inductor fuses them into one pointwise pass, or
         into the consumer's."""
-        (out,), scale = cusparselt_gemms(inputs, plan.fold, [weight], [plan.param("algorithm", 0)])
+        (out,), scale = cusparselt_gemms(inputs, plan.fold, [weight], [plan.param("algorithm", 0)], self.sparse_mm)
         rows = None
         if lora is not None:  # the dense x, only where the correction reads it
             rows = assemble(inputs, plan.fold).reshape(-1, weight.shape[1])
@@ -105,7 +117,7 @@ class Cusparselt(SparsePath):
     def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
                       biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
         algorithms = [member["algorithm"] for member in plan.param("members")]
-        outs, scale = cusparselt_gemms(inputs, plan.fold, weights, algorithms)
+        outs, scale = cusparselt_gemms(inputs, plan.fold, weights, algorithms, self.sparse_mm)
         return [self._epilogue(out, scale, bias, None, None, inputs, plan) for out, bias in zip(outs, biases)]
 
     @staticmethod
