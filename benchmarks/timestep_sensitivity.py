@@ -97,7 +97,8 @@ def one_step_errors(model, method: Method, layers: list[str], sampler) -> list[d
             dense = model(**kwargs)[0]
         with sparsified({name: modules[name] for name in layers}, method):
             sparse = model(**kwargs)[0]
-        rows.append({"step": index, "timestep": int(kwargs["timestep"][0]), "output_error": relative_error(sparse, dense)})
+        rows.append({"step": index, "timestep": int(kwargs["timestep"][0]),
+                     "output_error": relative_error(sparse, dense)})  # fmt: skip
     return rows
 
 
@@ -140,9 +141,11 @@ def main(argv=None) -> dict:
         with scheduled(model, method, schedule):
             samples = sampler(model)
         quality = sample_quality(samples, labels, reference=dense)
-        row = {"section": section, "variant": variant, "sparse_share": sparse_flop_share(flop_shares, schedule, steps),
+        row = {"section": section, "variant": variant,
+               "sparse_share": sparse_flop_share(flop_shares, schedule, steps),
                "relative_error": quality["relative_error"], "psnr_db": quality["psnr_db"],
-               "class_accuracy": quality["class_accuracy"], "seconds": time.perf_counter() - run_started, **extra}  # fmt: skip
+               "class_accuracy": quality["class_accuracy"], "seconds": time.perf_counter() - run_started,
+               **extra}  # fmt: skip
         print(f"{section:10} {variant:62} {100 * row['sparse_share']:6.1f}% {row['relative_error']:7.4f} "
               f"{row['psnr_db']:6.1f} {row['class_accuracy']:5.2f}", flush=True)  # fmt: skip
         return row
