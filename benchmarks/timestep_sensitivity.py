@@ -3,7 +3,9 @@ pruning than others, and does a timestep schedule buy more quality per sparse FL
 (issue 16 item 4: measured before building anything)
 
     PYTHONPATH=. python benchmarks/timestep_sensitivity.py [--samples 100] [--steps 25] [--window 5]
-        [--targets 0.1 0.2 0.4] [--starts 0 5 10 15 20] [--json benchmarks/results/.../timestep_sensitivity.json]
+        [--targets 0.1 0.2 0.4] [--trajectory-targets 0.1 0.2] [--starts 0 5 10 15 20] [--middles 10:20 5:20]
+        [--policy-spans 0:25 5:25 10:25 15:25 10:20] [--threads 1]
+        [--json benchmarks/results/.../timestep_sensitivity.json]
 
 Sampling: `--samples` digits (balanced classes) from fixed noise (seed 1), `--steps` DDIM steps; step 0 is the
 noisiest. Every variant is compared with the dense samples from the same noise (relative L2 error, PSNR, class
@@ -14,8 +16,11 @@ and the simulate path compute). Sparse share = the share of the whole sampling r
 
 Sections: the one-step output error at each step along the dense trajectory (all layers sparse, inputs dense);
 all layers sparse in one window of steps only; "dense for the first k steps" (and its mirror, "sparse for the
-first k steps"); each layer kind (one per name, the 4 blocks together) sparse in the early or late half only; the
-calibrated policies (one-step `calibrate` at `--targets`) combined with "dense for the first k steps".
+first k steps"); all layers sparse in a middle span only (`--middles a:b`: steps a to b − 1, dense before and
+after); each layer kind (one per name, the 4 blocks together) sparse in the early or late half only; the calibrated
+policies combined with schedules (`--policy-spans`; default: dense for the first k steps, k < steps − window, and
+steps 10–19): one-step `calibrate` at `--targets` on the 40 noised digits, and trajectory `calibrate(sampler=...)`
+at `--trajectory-targets` with a sampler of 20 other digits (noise seed 3), the same steps, every step sparse.
 """
 
 from __future__ import annotations
@@ -43,6 +48,14 @@ Schedule = dict[str, frozenset[int]]  # layer name -> the denoising steps at whi
 
 def steps_in(start: int, stop: int) -> frozenset[int]:
     return frozenset(range(start, stop))
+
+
+def span(text: str) -> tuple[int, int]:
+    """'a:b' -> (a, b): steps a to b - 1."""
+    start, stop = (int(part) for part in text.split(":"))
+    if not 0 <= start < stop:
+        raise argparse.ArgumentTypeError(f"a span is 'start:stop' with 0 <= start < stop, not {text!r}")
+    return start, stop
 
 
 @contextlib.contextmanager
@@ -109,6 +122,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--targets", type=float, nargs="*", default=[0.1, 0.2, 0.4])
     parser.add_argument("--starts", type=int, nargs="+", default=[0, 5, 10, 15, 20])
+    parser.add_argument("--middles", type=span, nargs="*", default=[(10, 20), (5, 20)])
+    parser.add_argument("--trajectory-targets", type=float, nargs="*", default=[0.1, 0.2])
+    parser.add_argument("--policy-spans", type=span, nargs="*")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -169,6 +185,9 @@ def main(argv=None) -> dict:
     for k in args.starts:
         if 0 < k < steps:
             rows.append(evaluate("sparse-first", f"sparse for the first {k} steps", all_layers(steps_in(0, k)), k=k))
+    for start, stop in args.middles:
+        rows.append(evaluate("middle", f"sparse at steps {start}-{stop - 1} only", all_layers(steps_in(start, stop)),
+                             start=start, stop=stop))  # fmt: skip
 
     half = (steps + 1) // 2
     halves = {"early": steps_in(0, half), "late": steps_in(half, steps)}
@@ -180,14 +199,26 @@ def main(argv=None) -> dict:
             rows.append(evaluate("kind", f"{kind} ({half_name})", {name: active for name in names}, kind=kind,
                                  half=half_name))  # fmt: skip
 
-    for target in args.targets:
-        policy = lynx_compile.calibrate(model, calibration_calls, target=target, progress_bar=False)
+    calibration_sampler_labels = torch.arange(20) % 10
+    calibration_sampler_noise = torch.randn(20, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+
+    def calibration_sampler(m):
+        return sample(m, calibration_sampler_labels, calibration_sampler_noise, steps=steps)
+
+    policies = [("one-step", target, lynx_compile.calibrate(model, calibration_calls, target=target,
+                                                            progress_bar=False)) for target in args.targets]
+    policies += [("trajectory", target, lynx_compile.calibrate(model, sampler=calibration_sampler, target=target,
+                                                               progress_bar=False))
+                 for target in args.trajectory_targets]  # fmt: skip
+    policy_spans = args.policy_spans or [(k, steps) for k in args.starts if k < steps - args.window] + [(10, 20)]
+    for objective, target, policy in policies:
         chosen = [name for name, layer in policy.layers.items() if layer.decision == "sparse"]
-        for k in args.starts:
-            rows.append(evaluate("policy", f"target {target}, dense for the first {k} steps",
-                                 {name: steps_in(k, steps) for name in chosen}, target=target, k=k,
+        for start, stop in policy_spans:
+            rows.append(evaluate("policy", f"{objective} {target}, sparse at steps {start}-{stop - 1}",
+                                 {name: steps_in(start, stop) for name in chosen}, objective=objective,
+                                 target=target, start=start, stop=stop,
                                  policy_share=sum(flop_shares[name] for name in chosen),
-                                 one_step_error=policy.model_error))  # fmt: skip
+                                 calibrated_error=policy.model_error))  # fmt: skip
 
     result = {"date": time.strftime("%Y-%m-%d"), "machine": f"CPU, {os.cpu_count()} cores",
               "torch": torch.__version__, "command": "python " + " ".join(sys.argv),

@@ -1,5 +1,6 @@
 """benchmarks/timestep_sensitivity.py's step schedule: a layer runs sparse exactly at its steps, whoever calls it."""
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from timestep_sensitivity import layer_kind, scheduled, sparse_flop_share, steps_in  # noqa: E402
+from timestep_sensitivity import layer_kind, scheduled, span, sparse_flop_share, steps_in  # noqa: E402
 
 from lynx_compile.eager import sparse_output  # noqa: E402
 from lynx_compile.method import Method  # noqa: E402
@@ -78,3 +79,9 @@ def test_sparse_flop_share_counts_steps_within_the_run():
 def test_layer_kind_stars_the_block_index():
     assert layer_kind("transformer_blocks.3.attn1.to_q") == "transformer_blocks.*.attn1.to_q"
     assert layer_kind("proj_out_1") == "proj_out_1"
+
+
+def test_span_parses_start_stop():
+    assert span("10:20") == (10, 20)
+    with pytest.raises(argparse.ArgumentTypeError):
+        span("20:10")
