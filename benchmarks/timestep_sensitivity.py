@@ -3,23 +3,25 @@ pruning than others, and does a timestep schedule buy more quality per sparse FL
 (issue 16 item 4: measured before building anything)
 
     PYTHONPATH=. python benchmarks/timestep_sensitivity.py [--samples 100] [--steps 25] [--window 5]
-        [--targets 0.1 0.2 0.4] [--trajectory-targets 0.1 0.2] [--starts 0 5 10 15 20] [--middles 10:20 5:20]
+        [--targets 0.1 0.2 0.4] [--trajectory-targets 0.2] [--starts 0 5 10 15 20] [--middles 10:20 5:20]
         [--policy-spans 0:25 5:25 10:25 15:25 10:20] [--threads 1]
         [--json benchmarks/results/.../timestep_sensitivity.json]
 
 Sampling: `--samples` digits (balanced classes) from fixed noise (seed 1), `--steps` DDIM steps; step 0 is the
 noisiest. Every variant is compared with the dense samples from the same noise (relative L2 error, PSNR, class
 accuracy). The layers are those lynx sparsifies with default options (a `calibrate` at an unbounded target on
-40 noised digits from other noise, seed 2, records the rest dense: here `proj_out_2`, N = 4 < min_features); a
-*schedule* says, per layer, at which steps it runs sparse (hooks running `eager.sparse_output`, what `calibrate`
-and the simulate path compute). Sparse share = the share of the whole sampling run's linear FLOPs that run sparse.
+40 noised digits from other noise, seed 2, records the rest dense: here `proj_out_2`, N = 4 < min_features), less
+the per-sample layers (M = batch: a pipeline's batch of 1-2 keeps them dense by min_tokens), which only the rows
+marked "per-sample layers too" and the per-kind section sparsify (the calibrated policies exclude them). A
+*schedule* says, per layer, at which steps it runs sparse (hooks running `eager.sparse_output`, what `calibrate` and
+the simulate path compute). Sparse share = the share of the whole sampling run's linear FLOPs that run sparse.
 
 Sections: the one-step output error at each step along the dense trajectory (all layers sparse, inputs dense);
-all layers sparse in one window of steps only; "dense for the first k steps" (and its mirror, "sparse for the
-first k steps"); all layers sparse in a middle span only (`--middles a:b`: steps a to b − 1, dense before and
-after); each layer kind (one per name, the 4 blocks together) sparse in the early or late half only; the calibrated
-policies combined with schedules (`--policy-spans`; default: dense for the first k steps, k < steps − window, and
-steps 10–19): one-step `calibrate` at `--targets` on the 40 noised digits, and trajectory `calibrate(sampler=...)`
+all layers sparse in one window of steps only (also with the per-sample layers); "dense for the first k steps" (and
+its mirror, "sparse for the first k steps", k ≤ steps / 2); all layers sparse in a middle span only (`--middles
+a:b`: steps a to b − 1, dense before and after); each layer kind (one per name, the 4 blocks together) sparse in
+the early or late half only; the calibrated policies combined with schedules (`--policy-spans`; default: dense for
+the first k steps, k < steps − window, and steps 10–19): one-step `calibrate` at `--targets` on the 40 noised digits, and trajectory `calibrate(sampler=...)`
 at `--trajectory-targets` with a sampler of 20 other digits (noise seed 3), the same steps, every step sparse.
 """
 
@@ -40,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 import lynx_compile  # noqa: E402
 from lynx_compile.eager import hooked, linears_of, relative_error, sparse_output, sparsified  # noqa: E402
-from lynx_compile.method import Method  # noqa: E402
+from lynx_compile.method import Method, token_rows  # noqa: E402
 from tiny_dit import calibration_inputs, load_model, sample, sample_quality  # noqa: E402
 
 Schedule = dict[str, frozenset[int]]  # layer name -> the denoising steps at which it runs sparse
@@ -94,6 +96,22 @@ def layer_kind(name: str) -> str:
     return re.sub(r"^transformer_blocks\.\d+\.", "transformer_blocks.*.", name)
 
 
+def per_sample_layers(model, call: dict) -> set[str]:
+    """The linears whose token count is the batch (timestep embedder, adaLN, DiT's output modulation): at a
+    pipeline's batch of 1 or 2 (CFG) lynx keeps them dense by min_tokens=16; at this benchmark's batch it would not."""
+    rows: dict[str, int] = {}
+
+    def make_hook(name: str):
+        def record(module, args, out) -> None:  # returns None: the output stays the module's own
+            rows.setdefault(name, token_rows(args[0]))
+
+        return record
+
+    with hooked(linears_of(model), make_hook):
+        model(**call)
+    return {name for name, count in rows.items() if count == call["hidden_states"].shape[0]}
+
+
 def one_step_errors(model, method: Method, layers: list[str], sampler) -> list[dict]:
     """At each step of the dense trajectory: the model output's relative error with every layer sparse, on that
     step's dense input (the error a step makes, before any compounding)."""
@@ -123,7 +141,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--targets", type=float, nargs="*", default=[0.1, 0.2, 0.4])
     parser.add_argument("--starts", type=int, nargs="+", default=[0, 5, 10, 15, 20])
     parser.add_argument("--middles", type=span, nargs="*", default=[(10, 20), (5, 20)])
-    parser.add_argument("--trajectory-targets", type=float, nargs="*", default=[0.1, 0.2])
+    parser.add_argument("--trajectory-targets", type=float, nargs="*", default=[0.2])
     parser.add_argument("--policy-spans", type=span, nargs="*")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
@@ -151,6 +169,11 @@ def main(argv=None) -> dict:
     everything_policy = lynx_compile.calibrate(model, calibration_calls, target=1e9, progress_bar=False)
     flop_shares = {name: layer.flop_share for name, layer in everything_policy.layers.items()}
     prunable = [name for name, layer in everything_policy.layers.items() if layer.decision == "sparse"]
+    # What a pipeline would prune: its batch keeps the per-sample layers dense, which these batches of 40 and 100 do
+    # not (a first run with them sparse measured the timestep embedder's early steps, not the model's).
+    per_sample = per_sample_layers(model, calibration_calls[0])
+    token_layers = [name for name in prunable if name not in per_sample]
+    pipeline_options = {"exclude": sorted(per_sample)}
 
     def evaluate(section: str, variant: str, schedule: Schedule, **extra) -> dict:
         run_started = time.perf_counter()
@@ -166,11 +189,12 @@ def main(argv=None) -> dict:
               f"{row['psnr_db']:6.1f} {row['class_accuracy']:5.2f}", flush=True)  # fmt: skip
         return row
 
-    def all_layers(active: frozenset[int]) -> Schedule:
-        return {name: active for name in prunable}
+    def all_layers(active: frozenset[int], layers: list[str] = token_layers) -> Schedule:
+        return {name: active for name in layers}
 
-    print("\none-step output error per step (every layer sparse, dense inputs)")
-    per_step = one_step_errors(model, method, prunable, sampler)
+    print(f"\nper-sample layers, dense below unless said: {sorted(per_sample)}")
+    print("one-step output error per step (every token layer sparse, dense inputs)")
+    per_step = one_step_errors(model, method, token_layers, sampler)
     for row in per_step:
         print(f"  step {row['step']:2} (t={row['timestep']:3}): {row['output_error']:.4f}")
 
@@ -180,10 +204,16 @@ def main(argv=None) -> dict:
         stop = min(start + args.window, steps)
         rows.append(evaluate("window", f"steps {start}-{stop - 1} sparse", all_layers(steps_in(start, stop)),
                              start=start, stop=stop))  # fmt: skip
+    for start in range(0, steps, args.window):
+        stop = min(start + args.window, steps)
+        rows.append(evaluate("window+ps", f"steps {start}-{stop - 1} sparse, per-sample layers too",
+                             all_layers(steps_in(start, stop), prunable), start=start, stop=stop))  # fmt: skip
+    rows.append(evaluate("window+ps", "every step sparse, per-sample layers too", all_layers(steps_in(0, steps),
+                                                                                              prunable)))  # fmt: skip
     for k in args.starts:
         rows.append(evaluate("dense-first", f"dense for the first {k} steps", all_layers(steps_in(k, steps)), k=k))
     for k in args.starts:
-        if 0 < k < steps:
+        if 0 < k <= steps // 2:  # beyond, the early steps' collapse is already complete
             rows.append(evaluate("sparse-first", f"sparse for the first {k} steps", all_layers(steps_in(0, k)), k=k))
     for start, stop in args.middles:
         rows.append(evaluate("middle", f"sparse at steps {start}-{stop - 1} only", all_layers(steps_in(start, stop)),
@@ -206,9 +236,10 @@ def main(argv=None) -> dict:
         return sample(m, calibration_sampler_labels, calibration_sampler_noise, steps=steps)
 
     policies = [("one-step", target, lynx_compile.calibrate(model, calibration_calls, target=target,
-                                                            progress_bar=False)) for target in args.targets]
+                                                            options=pipeline_options, progress_bar=False))
+                for target in args.targets]  # fmt: skip
     policies += [("trajectory", target, lynx_compile.calibrate(model, sampler=calibration_sampler, target=target,
-                                                               progress_bar=False))
+                                                               options=pipeline_options, progress_bar=False))
                  for target in args.trajectory_targets]  # fmt: skip
     policy_spans = args.policy_spans or [(k, steps) for k in args.starts if k < steps - args.window] + [(10, 20)]
     for objective, target, policy in policies:
@@ -224,7 +255,8 @@ def main(argv=None) -> dict:
               "torch": torch.__version__, "command": "python " + " ".join(sys.argv),
               "args": vars(args) | {"json": str(args.json)}, "dense_class_accuracy": dense_accuracy,
               "halves": {name: [min(active), max(active)] for name, active in halves.items()},
-              "prunable_share": sum(flop_shares[name] for name in prunable), "one_step_errors": per_step,
+              "prunable_share": sum(flop_shares[name] for name in prunable), "per_sample_layers": sorted(per_sample),
+              "token_layer_share": sum(flop_shares[name] for name in token_layers), "one_step_errors": per_step,
               "rows": rows, "seconds": time.perf_counter() - started}  # fmt: skip
     print(f"{result['seconds']:.0f} s in all")
     if args.json:
