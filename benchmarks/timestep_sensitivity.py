@@ -21,8 +21,9 @@ all layers sparse in one window of steps only (also with the per-sample layers);
 its mirror, "sparse for the first k steps", k ≤ steps / 2); all layers sparse in a middle span only (`--middles
 a:b`: steps a to b − 1, dense before and after); each layer kind (one per name, the 4 blocks together) sparse in
 the early or late half only; the calibrated policies combined with schedules (`--policy-spans`; default: dense for
-the first k steps, k < steps − window, and steps 10–19): one-step `calibrate` at `--targets` on the 40 noised digits, and trajectory `calibrate(sampler=...)`
-at `--trajectory-targets` with a sampler of 20 other digits (noise seed 3), the same steps, every step sparse.
+the first k steps, k < steps − window, and steps 10–19): one-step `calibrate` at `--targets` on the 40 noised
+digits, and trajectory `calibrate(sampler=...)` at `--trajectory-targets` with a sampler of 20 other digits (noise
+seed 3), the same steps, every step sparse.
 """
 
 from __future__ import annotations
