@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ddim import TRAIN_TIMESTEPS, noised_calls, sample  # noqa: F401 (sample, TRAIN_TIMESTEPS: this model's)
 from sample_metrics import against_reference
 from shapes import CLASSES, SIZE, make_shapes
 
@@ -25,7 +26,6 @@ CHECKPOINT = CHECKPOINTS / "shapes_dit.safetensors"
 CLASSIFIER = CHECKPOINTS / "shapes_classifier.safetensors"
 CONFIG = dict(num_attention_heads=6, attention_head_dim=64, in_channels=3, out_channels=3, num_layers=8,
               sample_size=SIZE, patch_size=2, num_embeds_ada_norm=len(CLASSES))  # fmt: skip
-TRAIN_TIMESTEPS = 1000
 
 
 def build_model() -> torch.nn.Module:
@@ -43,33 +43,10 @@ def load_model(path: str | Path = CHECKPOINT, dtype: torch.dtype = torch.float32
     return model.to(dtype).eval()
 
 
-def scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2", clip_sample=True)
-
-
-@torch.no_grad()
-def sample(model, labels: torch.Tensor, noise: torch.Tensor, steps: int = 25) -> torch.Tensor:
-    """DDIM sampling from `noise` (N, 3, 32, 32) for class `labels`; `model` may be a compiled one."""
-    sched = scheduler()
-    sched.set_timesteps(steps)
-    x = noise
-    for t in sched.timesteps:
-        timestep = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
-        eps = model(hidden_states=x.to(noise.dtype), timestep=timestep, class_labels=labels, return_dict=False)[0]
-        x = sched.step(eps.float(), t, x.float()).prev_sample
-    return x.clamp(-1, 1)
-
-
 def calibration_inputs(labels: torch.Tensor, noise: torch.Tensor, timesteps=(999, 700, 400, 100)) -> list[dict]:
     """Forward-call inputs at several timesteps, fresh shapes noised: for `calibrate`."""
     clean, _ = make_shapes(noise.shape[0], seed=10_000)
-    sched = scheduler()
-    clean = clean.to(noise.device, noise.dtype)
-    return [dict(hidden_states=sched.add_noise(clean, noise, torch.tensor([t])),
-                 timestep=torch.full((noise.shape[0],), t, dtype=torch.long, device=noise.device),
-                 class_labels=labels, return_dict=False) for t in timesteps]  # fmt: skip
+    return noised_calls(clean.to(noise.device, noise.dtype), labels, noise, timesteps)
 
 
 class ShapeClassifier(nn.Module):

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ddim import TRAIN_TIMESTEPS, noised_calls, sample  # noqa: F401 (sample, TRAIN_TIMESTEPS: this model's)
 from sample_metrics import against_reference
 
 CHECKPOINT = Path(__file__).parent / "checkpoints" / "tiny_dit_digits.safetensors"
 CONFIG = dict(num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=4,
               sample_size=16, patch_size=2, num_embeds_ada_norm=10)  # fmt: skip
-TRAIN_TIMESTEPS = 1000
 
 
 def load_digits_16() -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,33 +51,10 @@ def load_model(path: str | Path = CHECKPOINT) -> torch.nn.Module:
     return model.eval()
 
 
-def scheduler():
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2", clip_sample=True)
-
-
-@torch.no_grad()
-def sample(model, labels: torch.Tensor, noise: torch.Tensor, steps: int = 25) -> torch.Tensor:
-    """DDIM sampling from `noise` (N, 1, 16, 16) for class `labels`; `model` may be a compiled one."""
-    sched = scheduler()
-    sched.set_timesteps(steps)
-    x = noise
-    for t in sched.timesteps:
-        timestep = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
-        eps = model(hidden_states=x, timestep=timestep, class_labels=labels, return_dict=False)[0]
-        x = sched.step(eps, t, x).prev_sample
-    return x.clamp(-1, 1)
-
-
 def calibration_inputs(labels: torch.Tensor, noise: torch.Tensor, timesteps=(999, 700, 400, 100)) -> list[dict]:
     """Forward-call inputs at several timesteps: noised real-looking latents for `calibrate`."""
     images, _ = load_digits_16()
-    sched = scheduler()
-    clean = images[: noise.shape[0]].to(noise.device)
-    return [dict(hidden_states=sched.add_noise(clean, noise, torch.tensor([t])),
-                 timestep=torch.full((noise.shape[0],), t, dtype=torch.long, device=noise.device),
-                 class_labels=labels, return_dict=False) for t in timesteps]  # fmt: skip
+    return noised_calls(images[: noise.shape[0]].to(noise.device), labels, noise, timesteps)
 
 
 @functools.cache
