@@ -46,6 +46,7 @@ class Plan:
     live as long as the process (plans are few: one per layer shape and algorithm)."""
 
     def __init__(self, handle: int, rows: int, k: int, n: int, dtype: torch.dtype, algorithm: int) -> None:
+        self.handle = handle  # the device's, which every call passes again
         value_type = _DATA_TYPES[dtype]
         self.sparse = cusparseLt.structured_descriptor_init(handle, rows, k, k, _ALIGNMENT, value_type, _ORDER_ROW,
                                                             cusparseLt.Sparsity.SPARSITY_50_PERCENT)  # fmt: skip
@@ -111,7 +112,7 @@ def cslt_planned_mm(operand: torch.Tensor, weight: torch.Tensor, algorithm: int)
     out = torch.empty(rows, n, device=operand.device, dtype=weight.dtype)
     workspace = torch.empty(plan.workspace_bytes, device=operand.device, dtype=torch.uint8)
     streams = np.array([torch.cuda.current_stream(operand.device).cuda_stream], dtype=np.uint64)
-    cusparseLt.matmul(PLANS.handle(device), plan.plan, _ALPHA_BETA.ctypes.data, operand.data_ptr(),
+    cusparseLt.matmul(plan.handle, plan.plan, _ALPHA_BETA.ctypes.data, operand.data_ptr(),
                       weight.data_ptr(), _ALPHA_BETA.ctypes.data + 4, out.data_ptr(), out.data_ptr(),
                       workspace.data_ptr() if plan.workspace_bytes else 0, streams.ctypes.data, 1)  # fmt: skip
     return out
