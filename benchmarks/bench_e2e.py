@@ -218,11 +218,20 @@ def dense_reasons(report) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
+def sparse_paths(report) -> dict[str, int]:
+    """How many sparse layers each path runs (the speed rule's pick where several paths could)."""
+    counts: dict[str, int] = {}
+    for layer in report.layers:
+        if layer.decision == "sparse":
+            counts[layer.path] = counts.get(layer.path, 0) + 1
+    return counts
+
+
 def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, True)) -> list[dict]:
     """Compile every variant first, then time them interleaved, twice round: no variant gets a quieter machine."""
     rows = []
     for graphs in graph_modes:
-        compiled, sparse_share, reasons = {}, {}, {}
+        compiled, sparse_share, reasons, paths = {}, {}, {}, {}
         torch.compiler.reset()
         for variant in (bar := tqdm(variants, desc=f"bench_e2e {name} graphs={graphs}: compile", unit="variant")):
             bar.set_postfix_str(variant)
@@ -239,6 +248,8 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
                        f"{report.summary() if report.layers else 'no lynx report'}")  # fmt: skip
             if variant.startswith("lynx"):
                 sparse_share[variant], reasons[variant] = report.sparse_flop_share, dense_reasons(report)
+                paths[variant] = sparse_paths(report)
+                tqdm.write(f"    sparse paths: {paths[variant]}")
                 for reason, count in reasons[variant].items():
                     tqdm.write(f"    dense ×{count}: {reason}")
             compiled[variant] = (model, inputs)
@@ -252,7 +263,7 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
         lynx = [v for v in variants if v.startswith("lynx")]
         rows.append({"model": name, "cuda_graphs": graphs, **{f"{v}_ms": t for v, t in best.items()},
                      **{f"speedup_{v}": best["dense"] / best[v] for v in lynx}, "sparse_flop_share": sparse_share,
-                     "dense_reasons": reasons})  # fmt: skip
+                     "dense_reasons": reasons, "sparse_paths": paths})  # fmt: skip
         if "lynx" in best:
             rows[-1]["speedup"] = best["dense"] / best["lynx"]
         compiled.clear()

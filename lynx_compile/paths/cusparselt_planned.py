@@ -12,17 +12,20 @@ cuSPARSELt's search picks are the cuSPARSELt path's own.
 
 Registered only where nvmath-python imports; the speed rule then times it beside the cuSPARSELt path and keeps the
 faster per layer. Status: written against torch's op and nvmath's bindings, and tested on the CPU for its bookkeeping
-only; its GPU tests (tests/test_gpu.py) have not run yet.
+only; its GPU tests are in tests/test_gpu.py (`-k planned`).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from ..method import Method
+from .base import Workload
 from .cusparselt import Cusparselt
 
 try:
@@ -39,6 +42,19 @@ _ALIGNMENT = 16  # bytes, as torch's op declares
 
 def available() -> bool:
     return cusparseLt is not None
+
+
+@functools.cache
+def library_error() -> str | None:
+    """Why nvmath cannot load cuSPARSELt here (it loads the library on first use), or None: asked before a layer is
+    routed to this path, so a missing library is a reason in `explain`, not an error inside a compiled model."""
+    if cusparseLt is None:
+        return "nvmath-python is not installed (pip install lynx-compile[cuda])"
+    try:
+        cusparseLt.get_version(PLANS.handle(torch.cuda.current_device()))  # the handle is kept for later calls
+    except Exception as error:  # the library is missing or older than the bindings: any failure means "cannot"
+        return f"nvmath-python cannot load cuSPARSELt ({type(error).__name__}: {error})"
+    return None
 
 
 class Plan:
@@ -129,7 +145,12 @@ class CusparseltPlanned(Cusparselt):
     name = "cusparselt_planned"
 
     def runs_on(self, device: torch.device) -> bool:
-        return available() and super().runs_on(device)
+        return available() and super().runs_on(device) and library_error() is None
+
+    def unavailable_reason(self, workload: Workload, method: Method) -> str | None:
+        if super().runs_on(workload.device) and library_error() is not None:
+            return library_error()
+        return super().unavailable_reason(workload, method)
 
     def sparse_mm(self, operand: torch.Tensor, weight: torch.Tensor, algorithm: int) -> torch.Tensor:
         return torch.ops.lynx.cslt_planned_mm(operand, weight, algorithm)

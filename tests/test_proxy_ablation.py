@@ -1,0 +1,45 @@
+"""benchmarks/proxy_ablation.py: the ablation's rows on the trained tiny DiT (CPU, a few samples), and the
+per-layer sensitivity summary."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+from proxy_ablation import main, sensitivity  # noqa: E402
+
+from lynx_compile.policy import LayerPolicy, Policy  # noqa: E402
+
+
+def test_sensitivity_summarises_the_layers_measured_alone():
+    errors = {"transformer_blocks.0.attn1.to_q": 0.3, "transformer_blocks.1.attn1.to_q": 0.1,
+              "transformer_blocks.0.ff.net.2": 0.2}  # fmt: skip
+    layers = {name: LayerPolicy("sparse", "", error=error, error_without_norm=2 * error, flop_share=0.1)
+              for name, error in errors.items()}  # fmt: skip
+    layers["time_embed.linear_1"] = LayerPolicy("dense", "tokens 4 < min_tokens=16")  # never measured: left out
+    summary = sensitivity(Policy(layers=layers))
+    assert summary["layers"] == 3 and (summary["min"], summary["max"]) == (0.1, 0.3)
+    assert summary["median"] == 0.2 and summary["median_without_norm"] == 0.4
+    assert summary["by_kind"] == {"transformer_blocks.*.attn1.to_q": statistics.median([0.3, 0.1]),
+                                  "transformer_blocks.*.ff.net.2": 0.2}  # fmt: skip
+
+
+def test_the_ablation_runs_on_the_tiny_dit(tmp_path):
+    out = tmp_path / "ablation.json"
+    result = main(["--model", "tiny", "--samples", "10", "--steps", "5", "--calibration-samples", "10",
+                   "--device", "cpu", "--targets", "0.05", "0.4", "--lora-ranks", "8", "--trajectory-samples", "0",
+                   "--json", str(out)])  # fmt: skip
+    assert json.loads(out.read_text())["rows"] == result["rows"]
+    rows = {row["variant"]: row for row in result["rows"]}
+    assert list(rows) == ["naive 2:4 (no norm compensation)", "+ norm compensation", "+ LoRA 8", "calibrated 0.05",
+                          "calibrated 0.05 + LoRA 8", "calibrated 0.4", "calibrated 0.4 + LoRA 8"]  # fmt: skip
+    everything = result["token_layer_share"]
+    assert 0.5 < everything < 1 and not result["per_sample_layers"] == []
+    for name in ("naive 2:4 (no norm compensation)", "+ norm compensation", "+ LoRA 8"):
+        assert rows[name]["sparse_flop_share"] == everything  # every token layer, the per-sample ones dense
+    assert rows["calibrated 0.05"]["sparse_flop_share"] <= rows["calibrated 0.4"]["sparse_flop_share"] <= everything
+    for row in rows.values():
+        assert 0 <= row["class_accuracy"] <= 1
+        assert (row["relative_error"] > 0) == (row["sparse_flop_share"] > 0)  # a sparse layer changes the samples
+    assert result["sensitivity"]["min"] <= result["sensitivity"]["median"] <= result["sensitivity"]["max"]
