@@ -55,6 +55,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps of each sample")
     parser.add_argument("--calibration-samples", type=int, default=40)
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale of the sampler")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--targets", type=float, nargs="*", default=[0.05, 0.1, DEFAULT_TARGET, 0.4])
     parser.add_argument("--lora-ranks", type=int, nargs="*", default=[8, 32, 64])
@@ -65,6 +66,9 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     module_name, image_shape = MODELS[args.model]
     example = importlib.import_module(module_name)
+
+    def sample(m, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return example.sample(m, labels, noise, steps=args.steps, guidance=args.guidance, null_label=example.NULL_LABEL)
     model = (example.load_model(args.checkpoint) if args.checkpoint else example.load_model()).to(args.device)
     classes = 10
 
@@ -78,7 +82,7 @@ def main(argv=None) -> dict:
     per_sample = per_sample_layers(model, calibration_calls[0])
     options = {"exclude": sorted(per_sample)}
     with torch.no_grad():
-        dense = example.sample(model, labels, noise, steps=args.steps)
+        dense = sample(model, labels, noise)
     dense_accuracy = example.sample_quality(dense, labels)["class_accuracy"]
     print(f"{args.model}: dense class accuracy {dense_accuracy:.3f}; per-sample layers kept dense: "
           f"{len(per_sample)}", flush=True)  # fmt: skip
@@ -93,7 +97,7 @@ def main(argv=None) -> dict:
     def evaluate(variant: str, policy, method: Method, use_adapters: bool = True, **extra) -> None:
         chosen = {name: modules[name] for name, layer in policy.layers.items() if layer.decision == "sparse"}
         with sparsified(chosen, method, policy.adapters if use_adapters else None):
-            samples = example.sample(model, labels, noise, steps=args.steps)
+            samples = sample(model, labels, noise)
         quality = example.sample_quality(samples, labels, reference=dense)
         share = sum(policy.layers[name].flop_share or 0.0 for name in chosen)
         rows.append({"variant": variant, "sparse_flop_share": share, **quality, **extra})
@@ -114,8 +118,7 @@ def main(argv=None) -> dict:
     if args.trajectory_samples:
         sampler_labels = (torch.arange(args.trajectory_samples) % classes).to(args.device)
         sampler_noise = noise_of(args.trajectory_samples, 3)
-        policy = calibrate(DEFAULT_TARGET,
-                           sampler=lambda m: example.sample(m, sampler_labels, sampler_noise, steps=args.steps))
+        policy = calibrate(DEFAULT_TARGET, sampler=lambda m: sample(m, sampler_labels, sampler_noise))
         evaluate(f"trajectory-calibrated {DEFAULT_TARGET}", policy, Method(), target=DEFAULT_TARGET,
                  calibrated_error=policy.model_error)  # fmt: skip
 

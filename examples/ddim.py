@@ -15,16 +15,27 @@ def scheduler():
 
 
 @torch.no_grad()
-def sample(model, labels: torch.Tensor, noise: torch.Tensor, steps: int = 25) -> torch.Tensor:
+def sample(model, labels: torch.Tensor, noise: torch.Tensor, steps: int = 25, guidance: float = 1.0,
+           null_label: int | None = None) -> torch.Tensor:  # fmt: skip
     """DDIM sampling from `noise` for class `labels`; `model` may be a compiled one. The model sees latents in the
-    noise's dtype; the scheduler steps in fp32 (a bf16 model's latents would otherwise round at every step)."""
+    noise's dtype; the scheduler steps in fp32 (a bf16 model's latents would otherwise round at every step).
+    `guidance` > 1: classifier-free guidance as DiTPipeline does it, one call on the batch doubled (`labels`, then
+    `null_label`: the class the model was trained to read as "none", its number of classes), ε = ε∅ + g·(ε_c − ε∅)."""
+    if guidance != 1.0 and null_label is None:
+        raise ValueError("classifier-free guidance needs the model's null_label")
     sched = scheduler()
     sched.set_timesteps(steps)
     x = noise
+    if guidance != 1.0:
+        labels = torch.cat([labels, torch.full_like(labels, null_label)])
     for t in sched.timesteps:
-        timestep = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
-        eps = model(hidden_states=x.to(noise.dtype), timestep=timestep, class_labels=labels, return_dict=False)[0]
-        x = sched.step(eps.float(), t, x.float()).prev_sample
+        latents = x.to(noise.dtype) if guidance == 1.0 else torch.cat([x, x]).to(noise.dtype)
+        timestep = torch.full((latents.shape[0],), int(t), dtype=torch.long, device=x.device)
+        eps = model(hidden_states=latents, timestep=timestep, class_labels=labels, return_dict=False)[0].float()
+        if guidance != 1.0:
+            conditional, unconditional = eps.chunk(2)
+            eps = unconditional + guidance * (conditional - unconditional)
+        x = sched.step(eps, t, x.float()).prev_sample
     return x.clamp(-1, 1)
 
 

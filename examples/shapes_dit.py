@@ -26,6 +26,8 @@ CHECKPOINT = CHECKPOINTS / "shapes_dit.safetensors"
 CLASSIFIER = CHECKPOINTS / "shapes_classifier.safetensors"
 CONFIG = dict(num_attention_heads=6, attention_head_dim=64, in_channels=3, out_channels=3, num_layers=8,
               sample_size=SIZE, patch_size=2, num_embeds_ada_norm=len(CLASSES))  # fmt: skip
+# The label DiT's class embedding reads as "no class" (its training drops 10% of labels to it): for guidance.
+NULL_LABEL = CONFIG["num_embeds_ada_norm"]
 
 
 def build_model() -> torch.nn.Module:

@@ -25,6 +25,8 @@ from sample_metrics import against_reference
 CHECKPOINT = Path(__file__).parent / "checkpoints" / "tiny_dit_digits.safetensors"
 CONFIG = dict(num_attention_heads=4, attention_head_dim=32, in_channels=1, out_channels=1, num_layers=4,
               sample_size=16, patch_size=2, num_embeds_ada_norm=10)  # fmt: skip
+# The label DiT's class embedding reads as "no class" (its training drops 10% of labels to it): for guidance.
+NULL_LABEL = CONFIG["num_embeds_ada_norm"]
 
 
 def load_digits_16() -> tuple[torch.Tensor, torch.Tensor]:
