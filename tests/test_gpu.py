@@ -9,6 +9,7 @@ from sparse_op import sparse_linear
 
 import lynx_compile
 from lynx_compile.kernels.nm_prune import nm_prune_ref, nm_prune_triton
+from lynx_compile.packing import adjacent_rows
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -299,8 +300,9 @@ def test_full_size_flux_single_block_sparse_matches_simulate():
 @needs_sm90
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "no-graphs"])
 def test_sibling_group_on_sparse_cores_matches_its_members_simulated_and_keeps_one_copy_of_the_weights(graphs):
-    """q, k, v (and an MLP-in) of one input: one compress, four GEMMs; each output equals that member simulated
-    alone, across replays; compiling adds no copy of the weights."""
+    """q, k, v (and an MLP-in) of one input: one compress, one GEMM over the four weights packed in one buffer;
+    each output equals that member simulated alone, across replays and after a weight changed in place; compiling
+    adds no copy of the weights."""
 
     class Block(nn.Module):
         def __init__(self):
@@ -328,6 +330,14 @@ def test_sibling_group_on_sparse_cores_matches_its_members_simulated_and_keeps_o
                 rel = (out.float() - expected.float()).norm() / expected.float().norm()
                 assert rel < 1e-2, rel
     assert all(layer.siblings == ("to_q", "to_k", "to_v", "proj_mlp") for layer in report.layers), report
+    layers = (block.to_q, block.to_k, block.to_v, block.proj_mlp)
+    assert adjacent_rows([layer.weight for layer in layers]) is not None  # packed: one (7168, 1024) matrix
+    with torch.no_grad():
+        block.to_k.weight.mul_(-0.5)  # in place, after compiling (and capturing): the next call runs it
+        outs = [out.clone() for out in compiled(x)]
+        for out, layer in zip(outs, layers):
+            expected = sparse_linear(x, layer.weight, layer.bias)
+            assert (out.float() - expected.float()).norm() / expected.float().norm() < 1e-2
     del outs, out, expected
     torch.cuda.synchronize()
     if not graphs:  # CUDA graphs keep their pool of activations; the weights are what must not be copied

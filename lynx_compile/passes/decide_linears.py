@@ -158,7 +158,8 @@ def _decide_group(group: SiblingGroup, ctx: PassContext) -> bool:
         return False
     prefix = _common_prefix(group.names)
     members = ", ".join(name[len(prefix):] for name in group.names)
-    reason = f"sibling group of {len(group.sites)} ({members}): x pruned once for {len(group.sites)} GEMMs; {reason}"
+    gemms = "one GEMM over their weights" if get_path(plan.path).packs_groups else f"{len(group.sites)} GEMMs"
+    reason = f"sibling group of {len(group.sites)} ({members}): x pruned once for {gemms}; {reason}"
     for site in group.sites:
         site.group, site.plan, site.reason = group, plan, reason
     return True

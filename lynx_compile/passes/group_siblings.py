@@ -11,6 +11,10 @@ decisions.
 A linear joins a group when it reads exactly the node its siblings read, has no producer folded (x has several
 users, so none could be) and no LoRA correction, and its weight and bias are graph inputs or attributes (so the
 group's op can stand before the first member).
+
+A path that runs the group as one GEMM (`packs_groups`) gets the members' weights packed as row blocks of one buffer
+when the graph is rewritten (`pack_group`), in every module instance the graph serves (regional compilation), so
+that one GEMM reads them without a copy.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 import torch.fx
 
 from ..ops import sparse_linear_group_args
+from ..packing import pack_rows
 from .utils import LinearSite, fake_value
 
 
@@ -73,3 +78,34 @@ def rewrite_group(gm: torch.fx.GraphModule, group: SiblingGroup, x: torch.fx.Nod
         output.meta.update(site.node.meta)
     group.node.meta["example_value"] = [fake_value(site.node) for site in group.sites]
     return outputs
+
+
+def pack_group(group: SiblingGroup) -> str | None:
+    """Pack the members' weights of every instance the group's graph serves (`packing.pack_rows`); None when all
+    are packed, else why not (the op then concatenates the unpacked ones on each call)."""
+    weights = [_instance_weights(site) for site in group.sites]
+    if any(found is None for found in weights) or len({len(found) for found in weights}) != 1:
+        return "the weights' parameters are not known in every instance"
+    for params in zip(*weights):
+        why = pack_rows(params)
+        if why is not None:
+            return why
+    return None
+
+
+def _instance_weights(site: LinearSite) -> list[torch.Tensor] | None:
+    """The site's weight parameter in each module instance its graph serves, in `site.instances` order; the traced
+    one alone for a graph that serves one."""
+    name = site.weight_name
+    if name is None or name.parameter is None:
+        return None
+    if not site.instances:
+        return [name.parameter]
+    model = site.placement.model_ref() if site.placement is not None and site.placement.model_ref else None
+    leaf = (name.qualified or "").rpartition(".")[2]
+    if model is None or leaf != "weight":
+        return None
+    try:
+        return [model.get_parameter(f"{instance}.weight" if instance else "weight") for instance in site.instances]
+    except AttributeError:
+        return None

@@ -7,8 +7,10 @@ count M runs: cuSPARSELt wants M % 16 == 0 too, so the compressor pads the opera
 multiple of 16 and the layer's output is the first M rows of the GEMM's, a view (no copy of Y).
 
 Sibling linears that read one x (q, k and v; FLUX's single-block q, k, v and MLP-in) run as a group: one prune and
-compress of x for all of them, then each member's own GEMM against its own weight (so the weights stay where the
-model keeps them: no concatenated copy, nothing to go stale), each with the algorithm searched for it.
+compress of x for all of them, then one GEMM over the members' weights as one (ΣN, K) matrix, with the algorithm
+searched for that shape; each member's output is its columns of the result, a view. The weights are not copied for
+it: compiling re-points the members' parameters as row blocks of one buffer (`lynx_compile.packing`), and a call
+whose weights no longer form that matrix concatenates them (`lynx::cslt_rows_mm`).
 
 Whether it pays depends on the shape and on CUDA graphs: cuSPARSELt's GEMM alone is 1.0–1.6× faster than cuBLAS
 (benchmarks/RESULTS.md), and torch 2.11 rebuilds its plan on every `_cslt_sparse_mm` call (0.5–0.9 ms of host time)
@@ -17,6 +19,7 @@ unless the call is replayed from a CUDA graph. So it is measured (`paths/measure
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -25,8 +28,11 @@ import torch
 from ..folds import FoldSpec, assemble
 from ..kernels.prune_compress_24 import COMPRESSED_DTYPES, K_MULTIPLE, layout_supported
 from ..method import Lora, Method, apply_row_scale, epilogue
+from ..packing import adjacent_rows
 from ..plan import SparseLinearPlan
 from .base import SparsePath, Timer, Workload
+
+logger = logging.getLogger(__name__)
 
 CSLT_MULTIPLE = 16  # cuSPARSELt wants M, N (and K) multiples of 16 for 16-bit operands; M is padded to it
 
@@ -44,6 +50,31 @@ def torch_sparse_mm(operand: torch.Tensor, weight: torch.Tensor, algorithm: int)
 
 
 SparseMm = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+_UNPACKED_WARNED: set[tuple[int, ...]] = set()
+
+
+@torch.library.custom_op("lynx::cslt_rows_mm", mutates_args=())
+def cslt_rows_mm(operand: torch.Tensor, weights: list[torch.Tensor], algorithm: int, path: str) -> torch.Tensor:
+    """x̃·[W₁; W₂; …]ᵀ (operand rows × ΣNᵢ) in one GEMM of `path`: over the weights' own buffer where they are its
+    consecutive rows (`packing.adjacent_rows`: checked on every call, as only real tensors can say), else over a
+    concatenated copy made for this call."""
+    from . import get_path
+
+    packed = adjacent_rows(weights)
+    if packed is None:
+        shapes = tuple(weight.shape[0] for weight in weights)
+        if shapes not in _UNPACKED_WARNED:
+            _UNPACKED_WARNED.add(shapes)
+            logger.warning("lynx: a sibling group's weights (N=%s) are not packed in one buffer (a weight replaced "
+                           "after compiling, or cast by autocast): concatenating them on every call",
+                           "+".join(map(str, shapes)))  # fmt: skip
+        packed = torch.cat(weights)
+    return get_path(path).sparse_mm(operand, packed, algorithm)
+
+
+@cslt_rows_mm.register_fake
+def _(operand: torch.Tensor, weights: list[torch.Tensor], algorithm: int, path: str) -> torch.Tensor:
+    return weights[0].new_empty(operand.shape[0], sum(weight.shape[0] for weight in weights))
 
 
 def cusparselt_gemms(
@@ -68,6 +99,7 @@ def cusparselt_gemm(
 class Cusparselt(SparsePath):
     name = "cusparselt"
     groups = True
+    packs_groups = True
 
     def sparse_mm(self, operand: torch.Tensor, weight: torch.Tensor, algorithm: int) -> torch.Tensor:
         """The GEMM on the compressed operand (a subclass may run it another way: `cusparselt_planned`)."""
@@ -90,19 +122,19 @@ class Cusparselt(SparsePath):
         return None
 
     def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
+        """A group is timed as it runs: one compress, one GEMM over the members' weights as one matrix (the example
+        weight is that matrix), with the algorithm searched for it."""
         inputs, weight, lora = workload.example()
-        weights = weight.split(workload.members)
         operand, _ = torch.ops.lynx.prune_compress_24(inputs, workload.fold.encode(), CSLT_MULTIPLE)
-        algorithms = [search_algorithm(operand, member.t()) for member in weights]
+        algorithm = search_algorithm(operand, weight.t())
 
         def sparse() -> object:
-            outs, scale = cusparselt_gemms(inputs, workload.fold, weights, algorithms, self.sparse_mm)
+            (out,), scale = cusparselt_gemms(inputs, workload.fold, [weight], [algorithm], self.sparse_mm)
             if lora is not None:  # the correction's two small GEMMs on the dense x (its add unfused: pessimistic)
-                outs = [epilogue(outs[0], None, lora, assemble(inputs, workload.fold))]
-            return outs, scale
+                out = epilogue(out, None, lora, assemble(inputs, workload.fold))
+            return out, scale
 
-        settings = [{"algorithm": algorithm} for algorithm in algorithms]
-        return (settings[0] if not workload.out_splits else {"members": settings}), timer(sparse)
+        return {"algorithm": algorithm, **({"packed": True} if workload.out_splits else {})}, timer(sparse)
 
     def forward(self, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
                 plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
@@ -116,8 +148,14 @@ class Cusparselt(SparsePath):
 
     def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
                       biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
-        algorithms = [member["algorithm"] for member in plan.param("members")]
-        outs, scale = cusparselt_gemms(inputs, plan.fold, weights, algorithms, self.sparse_mm)
+        members = plan.param("members", None)
+        if members is not None:  # measured before groups ran as one GEMM (e.g. a policy's stored measurements)
+            algorithms = [member["algorithm"] for member in members]
+            outs, scale = cusparselt_gemms(inputs, plan.fold, weights, algorithms, self.sparse_mm)
+        else:
+            operand, scale = torch.ops.lynx.prune_compress_24.default(list(inputs), plan.fold.encode(), CSLT_MULTIPLE)
+            out = torch.ops.lynx.cslt_rows_mm(operand, list(weights), plan.param("algorithm", 0), self.name)
+            outs = out[: scale.shape[0]].split([weight.shape[0] for weight in weights], dim=1)
         return [self._epilogue(out, scale, bias, None, None, inputs, plan) for out, bias in zip(outs, biases)]
 
     @staticmethod
@@ -129,4 +167,5 @@ class Cusparselt(SparsePath):
 
     def describe(self, params: dict[str, Any]) -> str:
         algorithms = ", ".join(str(member["algorithm"]) for member in params.get("members", [params]))
-        return f"2:4 sparse tensor cores (cuSPARSELt, alg {algorithms})"
+        packed = ", one GEMM over the group's packed weights" if params.get("packed") else ""
+        return f"2:4 sparse tensor cores (cuSPARSELt, alg {algorithms}{packed})"
