@@ -129,7 +129,8 @@ def main(argv=None) -> dict:
               "dense_class_accuracy": dense_accuracy, "per_sample_layers": sorted(per_sample),
               "token_layer_share": sum(layer.flop_share or 0.0 for layer in everything.layers.values()
                                        if layer.decision == "sparse"),
-              "sensitivity": sensitivity(everything), "rows": rows, "seconds": time.perf_counter() - started}  # fmt: skip
+              "sensitivity": sensitivity(everything), "rows": rows,
+              "seconds": time.perf_counter() - started}  # fmt: skip
     print(json.dumps(result["sensitivity"], indent=1))
     print(f"{result['seconds']:.0f} s in all")
     if args.json:

@@ -22,6 +22,7 @@ import torch.fx
 
 from .config import LOWERING_SLOT, LynxConfig, parse_options
 from .passes import PassContext, run_passes
+from .passes.group_siblings import pack_groups
 from .regions import RegionError
 from .report import Report, publish
 
@@ -66,6 +67,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
     """Rewrite with lynx, then compile with Inductor (or, with ``compiler="eager"``, run the rewritten graph)."""
     gm, ctx = apply_lynx_passes(gm, config)
     if config.compiler == "eager":
+        pack_groups(ctx.groups_to_pack)
         return gm.forward
     from torch._inductor.compile_fx import compile_fx
 
@@ -76,6 +78,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
     if lowering is not None:
         patches[LOWERING_SLOT] = lowering
     compiled = compile_fx(gm, example_inputs, config_patches=patches)
+    pack_groups(ctx.groups_to_pack)  # after compiling: Inductor traced the parameters as Dynamo saw them
     if lowering is not None and lowering.lowered is not None:  # None: Inductor served the graph from its cache
         opaque = sum(site.opaque for site in ctx.sites)
         logger.info("lynx: lowered %d of %d lynx::sparse_linear ops for Inductor (%d left opaque: symbolic M)",

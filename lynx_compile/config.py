@@ -50,6 +50,9 @@ class LynxConfig:
         exclude: glob patterns of linears that stay dense; wins over ``include``.
         mode: torch.compile's mode, for when ``options`` are given too (``"reduce-overhead"``, ``"max-autotune"``).
         strict: raise when a lynx pass fails instead of warning and compiling the graph unchanged.
+        pack_siblings: sparse execution: run each sibling group (q, k, v, ...) as one GEMM over its members'
+            weights, packed into one buffer once the graph is compiled (the parameters re-pointed as its row blocks:
+            no second copy). Off by default until it has run on a GPU (tested on the CPU only).
         compiler: ``"inductor"`` compiles the rewritten graph; ``"eager"`` runs it as it is (debugging, `explain`).
         policy: a `Policy` (or the path of one saved as JSON) from `lynx_compile.calibrate`: layers it marks dense
             stay dense, layers it does not name stay dense, layers it marks sparse follow the rules above.
@@ -69,6 +72,7 @@ class LynxConfig:
     exclude: tuple[str, ...] = ()
     mode: str | None = None
     strict: bool = False
+    pack_siblings: bool = False
     compiler: str = "inductor"
     policy: Any = None
     inductor: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +90,7 @@ class LynxConfig:
         for name in ("include", "exclude"):
             object.__setattr__(self, name, _globs(name, getattr(self, name)))
         check_bool("strict", self.strict)
+        check_bool("pack_siblings", self.pack_siblings)
         if self.mode is not None and not isinstance(self.mode, str):
             raise OptionError(f"lynx option 'mode' must be a string or None, got {self.mode!r}")
         _inductor_mode_options(self.mode)  # raises on an unknown mode

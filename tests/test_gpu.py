@@ -298,11 +298,12 @@ def test_full_size_flux_single_block_sparse_matches_simulate():
 
 
 @needs_sm90
+@pytest.mark.parametrize("packed", [False, True], ids=["member-gemms", "packed"])  # packed: not yet run on a GPU
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "no-graphs"])
-def test_sibling_group_on_sparse_cores_matches_its_members_simulated_and_keeps_one_copy_of_the_weights(graphs):
-    """q, k, v (and an MLP-in) of one input: one compress, one GEMM over the four weights packed in one buffer;
-    each output equals that member simulated alone, across replays and after a weight changed in place; compiling
-    adds no copy of the weights."""
+def test_sibling_group_on_sparse_cores_matches_its_members_simulated_and_keeps_one_copy_of_the_weights(graphs, packed):
+    """q, k, v (and an MLP-in) of one input: one compress, then four GEMMs, or (pack_siblings) one GEMM over the
+    four weights packed in one buffer; each output equals that member simulated alone, across replays and after a
+    weight changed in place; compiling adds no copy of the weights."""
 
     class Block(nn.Module):
         def __init__(self):
@@ -320,7 +321,8 @@ def test_sibling_group_on_sparse_cores_matches_its_members_simulated_and_keeps_o
         block(x)  # cuBLAS keeps a workspace per stream (~32 MB, measured): let the eager model allocate it
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
-    compiled = torch.compile(block, backend="lynx", options={**FORCE_SPARSE, "triton.cudagraphs": graphs})
+    options = {**FORCE_SPARSE, "triton.cudagraphs": graphs, "pack_siblings": packed}
+    compiled = torch.compile(block, backend="lynx", options=options)
     with torch.no_grad(), lynx_compile.collect_reports() as report:
         for _ in range(3):
             x = torch.randn_like(x)
@@ -331,7 +333,7 @@ def test_sibling_group_on_sparse_cores_matches_its_members_simulated_and_keeps_o
                 assert rel < 1e-2, rel
     assert all(layer.siblings == ("to_q", "to_k", "to_v", "proj_mlp") for layer in report.layers), report
     layers = (block.to_q, block.to_k, block.to_v, block.proj_mlp)
-    assert adjacent_rows([layer.weight for layer in layers]) is not None  # packed: one (7168, 1024) matrix
+    assert (adjacent_rows([layer.weight for layer in layers]) is not None) == packed  # one (7168, 1024) matrix
     with torch.no_grad():
         block.to_k.weight.mul_(-0.5)  # in place, after compiling (and capturing): the next call runs it
         outs = [out.clone() for out in compiled(x)]

@@ -101,7 +101,7 @@ def test_only_consecutive_rows_in_order_form_the_matrix():
     assert adjacent_rows([buffer.t()[:4]]) is None  # not contiguous
 
 
-# ---- the group op's GEMM over packed weights, on the CPU through a path whose GEMM is a dense one ----------------------
+# ---- the group op's GEMM over packed weights, on the CPU through a path whose GEMM is a dense one -------------------
 
 
 class DenseMm(SparsePath):
@@ -155,10 +155,13 @@ class PackingToy(SparsePath):
         return device.type == "cpu"
 
     def tune(self, workload, timer):
-        return ({"packed": True} if workload.out_splits else {}), 1e-9  # far faster than dense
+        return ({"packed": True} if workload.packed else {}), 1e-9  # far faster than dense
 
     def forward(self, inputs, weight, bias, lora, plan):
         return PATHS["simulate"].forward(inputs, weight, bias, lora, plan)
+
+    def lower_group(self, inputs, weights, biases, plan):  # Inductor traces it on fake tensors: no storage to check
+        return super().forward_group(inputs, weights, biases, plan)
 
     def forward_group(self, inputs, weights, biases, plan):
         matrix = adjacent_rows(weights)
@@ -202,7 +205,7 @@ def weight_bytes(module):
     return sum(storages.values())
 
 
-EAGER = {"execution": "sparse", "compiler": "eager"}
+EAGER = {"execution": "sparse", "compiler": "eager", "pack_siblings": True}
 
 
 def test_compiling_packs_a_group_without_a_second_copy_and_runs_what_the_weights_hold(packing_toy):
@@ -214,7 +217,7 @@ def test_compiling_packs_a_group_without_a_second_copy_and_runs_what_the_weights
         with torch.no_grad():
             out = compiled(x)
     assert {layer.name for layer in report.layers if layer.siblings} == {"to_q", "to_k", "to_v"}
-    assert all("one GEMM over their weights" in layer.reason for layer in report.layers if layer.siblings)
+    assert all("one GEMM over their packed weights" in layer.reason for layer in report.layers if layer.siblings)
     assert adjacent_rows([module.to_q.weight, module.to_k.weight, module.to_v.weight]) is not None
     assert weight_bytes(module) <= before * 1.02  # the old storages went: one copy of the weights
     assert PackingToy.found_packed == [True]
@@ -270,3 +273,31 @@ def test_regional_compilation_packs_every_instance_the_block_graph_serves(packin
         assert adjacent_rows([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]) is not None
     assert PackingToy.found_packed == [True] * 3
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_with_inductor_the_weights_are_packed_after_compiling_and_nothing_recompiles(packing_toy):
+    """Packing re-points the parameters once Inductor has compiled the graph: its fake tensors of them were made
+    from the weights as Dynamo saw them, and a later call must not retrace."""
+    torch.manual_seed(0)
+    module, x = Attention().eval(), torch.randn(2, 12, 32)
+    compiled = torch.compile(module, backend="lynx", options={"execution": "sparse", "pack_siblings": True})
+    with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False):
+        out = compiled(x)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        again = compiled(x)
+    assert adjacent_rows([module.to_q.weight, module.to_k.weight, module.to_v.weight]) is not None
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    torch.testing.assert_close(out, reference(module, x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, out)
+
+
+def test_without_the_option_a_group_keeps_its_members_weights_apart(packing_toy):
+    torch.manual_seed(0)
+    module, x = Attention().eval(), torch.randn(2, 12, 32)
+    pointers = [module.to_q.weight.data_ptr(), module.to_k.weight.data_ptr(), module.to_v.weight.data_ptr()]
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        out = torch.compile(module, backend="lynx", options={**EAGER, "pack_siblings": False})(x)
+    assert all("x pruned once for 3 GEMMs" in layer.reason for layer in report.layers if layer.siblings)
+    assert [module.to_q.weight.data_ptr(), module.to_k.weight.data_ptr(), module.to_v.weight.data_ptr()] == pointers
+    assert PackingToy.found_packed == [False]
+    torch.testing.assert_close(out, reference(module, x), rtol=1e-5, atol=1e-5)

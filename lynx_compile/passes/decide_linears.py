@@ -88,7 +88,8 @@ def _workload(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = 
     if site.fold is not None:
         fold, widths = site.fold.spec, tuple(int(fake_value(node).shape[-1]) for node in site.fold.inputs)
     return Workload(concrete_int(site.tokens), site.in_features, sum(out_splits) or site.out_features, site.dtype,
-                    device, ctx.config.cuda_graphs, fold, widths, site.lora_rank, out_splits)  # fmt: skip
+                    device, ctx.config.cuda_graphs, fold, widths, site.lora_rank, out_splits,
+                    bool(out_splits) and ctx.config.pack_siblings)  # fmt: skip
 
 
 def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, SparsePath | None, str]:
@@ -158,7 +159,7 @@ def _decide_group(group: SiblingGroup, ctx: PassContext) -> bool:
         return False
     prefix = _common_prefix(group.names)
     members = ", ".join(name[len(prefix):] for name in group.names)
-    gemms = "one GEMM over their weights" if get_path(plan.path).packs_groups else f"{len(group.sites)} GEMMs"
+    gemms = "one GEMM over their packed weights" if plan.param("packed") else f"{len(group.sites)} GEMMs"
     reason = f"sibling group of {len(group.sites)} ({members}): x pruned once for {gemms}; {reason}"
     for site in group.sites:
         site.group, site.plan, site.reason = group, plan, reason

@@ -19,6 +19,7 @@ that one GEMM reads them without a copy.
 
 from __future__ import annotations
 
+import logging
 import operator
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ import torch.fx
 from ..ops import sparse_linear_group_args
 from ..packing import pack_rows
 from .utils import LinearSite, fake_value
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,6 +81,18 @@ def rewrite_group(gm: torch.fx.GraphModule, group: SiblingGroup, x: torch.fx.Nod
         output.meta.update(site.node.meta)
     group.node.meta["example_value"] = [fake_value(site.node) for site in group.sites]
     return outputs
+
+
+def pack_groups(groups: list[SiblingGroup]) -> None:
+    """Pack each group's weights; a group that cannot be packed still runs (its op concatenates on every call), and
+    its members' reasons say so."""
+    for group in groups:
+        why = pack_group(group)
+        if why is not None:
+            logger.warning("lynx: sibling group %s: weights not packed (%s): concatenated on every call",
+                           group.names, why)  # fmt: skip
+            for site in group.sites:
+                site.reason += f"; weights not packed ({why}): concatenated on every call"
 
 
 def pack_group(group: SiblingGroup) -> str | None:

@@ -23,8 +23,7 @@ import torch.fx
 from torch._dynamo.source import ConstantSource
 
 from ..ops import sparse_linear_args
-from ..paths import get_path
-from .group_siblings import pack_group, rewrite_group
+from .group_siblings import rewrite_group
 from .utils import LinearSite, PassContext
 
 logger = logging.getLogger(__name__)
@@ -45,11 +44,8 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
                 _erase_linear(graph, member, old)
                 replaced[old] = output
                 member.node, member.x = output, x
-            if get_path(site.plan.path).packs_groups and (why := pack_group(site.group)) is not None:
-                logger.warning("lynx: sibling group %s: weights not packed (%s): concatenated on every call",
-                               site.group.names, why)  # fmt: skip
-                for member in site.group.sites:
-                    member.reason += f"; weights not packed ({why}): concatenated on every call"
+            if site.plan.param("packed"):
+                ctx.groups_to_pack.append(site.group)
             ctx.rewrites += 1
             continue
         old = site.node

@@ -76,6 +76,9 @@ class PassContext:
     sites: list[LinearSite] = field(default_factory=list)
     rewrites: int = 0
     placement: Any = None  # `regions.Placement` of a graph rooted at a block: the instances it serves
+    # Sibling groups whose weights to pack in one buffer once the graph is compiled (`group_siblings.pack_group`):
+    # not before, as the compiler's fake tensors of the parameters would no longer match them.
+    groups_to_pack: list = field(default_factory=list)
 
 
 def concrete_int(value: Any) -> int:

@@ -42,6 +42,7 @@ class Workload:
     input_widths: tuple[int, ...] = ()  # the fold's inputs' widths; () for x itself
     lora_rank: int = 0
     out_splits: tuple[int, ...] = ()  # a sibling group: each member's N (summing to out_features); () for one layer
+    packed: bool = False  # a group asked to run as one GEMM over its packed weights (option pack_siblings)
 
     @property
     def members(self) -> tuple[int, ...]:
@@ -58,7 +59,7 @@ class Workload:
         dtype = str(self.dtype).removeprefix("torch.")
         outputs = "+".join(map(str, self.members))
         return (f"{self.tokens}x{self.in_features}->{outputs} {dtype} {graphs} "
-                f"fold={self.fold.encode()}[{widths}] lora={self.lora_rank}")  # fmt: skip
+                f"fold={self.fold.encode()}[{widths}] lora={self.lora_rank}" + (" packed" if self.packed else ""))
 
     def example(self) -> tuple[list[torch.Tensor], torch.Tensor, Lora]:
         """Random inputs of the fold, weight and correction for this workload: fixed seed, never zeros."""

@@ -7,10 +7,11 @@ count M runs: cuSPARSELt wants M % 16 == 0 too, so the compressor pads the opera
 multiple of 16 and the layer's output is the first M rows of the GEMM's, a view (no copy of Y).
 
 Sibling linears that read one x (q, k and v; FLUX's single-block q, k, v and MLP-in) run as a group: one prune and
-compress of x for all of them, then one GEMM over the members' weights as one (ΣN, K) matrix, with the algorithm
-searched for that shape; each member's output is its columns of the result, a view. The weights are not copied for
-it: compiling re-points the members' parameters as row blocks of one buffer (`lynx_compile.packing`), and a call
-whose weights no longer form that matrix concatenates them (`lynx::cslt_rows_mm`).
+compress of x for all of them, then each member's own GEMM against its own weight, each with the algorithm searched
+for it. With the option ``pack_siblings`` (not yet run on a GPU) the group runs one GEMM over the members' weights
+as one (ΣN, K) matrix instead, each member's output its columns of the result; the weights are not copied for it:
+compiling re-points the members' parameters as row blocks of one buffer (`lynx_compile.packing`), and a call whose
+weights no longer form that matrix concatenates them (`lynx::cslt_rows_mm`).
 
 Whether it pays depends on the shape and on CUDA graphs: cuSPARSELt's GEMM alone is 1.0–1.6× faster than cuBLAS
 (benchmarks/RESULTS.md), and torch 2.11 rebuilds its plan on every `_cslt_sparse_mm` call (0.5–0.9 ms of host time)
@@ -122,19 +123,23 @@ class Cusparselt(SparsePath):
         return None
 
     def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
-        """A group is timed as it runs: one compress, one GEMM over the members' weights as one matrix (the example
-        weight is that matrix), with the algorithm searched for it."""
+        """A group is timed as it runs: one compress, then one GEMM per member, or (`workload.packed`) one GEMM over
+        the members' weights as one matrix (the example weight is that matrix); each GEMM with the algorithm
+        cuSPARSELt's search picks for its shape."""
         inputs, weight, lora = workload.example()
+        weights = [weight] if workload.packed or not workload.out_splits else weight.split(workload.members)
         operand, _ = torch.ops.lynx.prune_compress_24(inputs, workload.fold.encode(), CSLT_MULTIPLE)
-        algorithm = search_algorithm(operand, weight.t())
+        algorithms = [search_algorithm(operand, member.t()) for member in weights]
 
         def sparse() -> object:
-            (out,), scale = cusparselt_gemms(inputs, workload.fold, [weight], [algorithm], self.sparse_mm)
+            outs, scale = cusparselt_gemms(inputs, workload.fold, weights, algorithms, self.sparse_mm)
             if lora is not None:  # the correction's two small GEMMs on the dense x (its add unfused: pessimistic)
-                out = epilogue(out, None, lora, assemble(inputs, workload.fold))
-            return out, scale
+                outs = [epilogue(outs[0], None, lora, assemble(inputs, workload.fold))]
+            return outs, scale
 
-        return {"algorithm": algorithm, **({"packed": True} if workload.out_splits else {})}, timer(sparse)
+        if workload.out_splits and not workload.packed:
+            return {"members": [{"algorithm": algorithm} for algorithm in algorithms]}, timer(sparse)
+        return {"algorithm": algorithms[0], **({"packed": True} if workload.packed else {})}, timer(sparse)
 
     def forward(self, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
                 plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
@@ -148,9 +153,8 @@ class Cusparselt(SparsePath):
 
     def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
                       biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
-        members = plan.param("members", None)
-        if members is not None:  # measured before groups ran as one GEMM (e.g. a policy's stored measurements)
-            algorithms = [member["algorithm"] for member in members]
+        if not plan.param("packed"):
+            algorithms = [member["algorithm"] for member in plan.param("members")]
             outs, scale = cusparselt_gemms(inputs, plan.fold, weights, algorithms, self.sparse_mm)
         else:
             operand, scale = torch.ops.lynx.prune_compress_24.default(list(inputs), plan.fold.encode(), CSLT_MULTIPLE)
