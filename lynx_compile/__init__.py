@@ -18,11 +18,12 @@ from .paths import measured
 from .policy import LayerPolicy, Policy, PolicyError
 from .regional import compile_repeated_blocks
 from .regions import RegionError
+from .steps import StepSchedule
 from .trajectory import pipeline_sampler
 from .report import LayerRecord, Report, collect_reports
 
 register()
 
 __all__ = ["LayerPolicy", "LayerRecord", "LoraAdapter", "LynxConfig", "OptionError", "Policy", "PolicyError",
-           "RegionError", "Report", "__version__", "calibrate", "collect_reports", "compile_repeated_blocks", "explain",
+           "RegionError", "Report", "StepSchedule", "__version__", "calibrate", "collect_reports", "compile_repeated_blocks", "explain",
            "fit_lora", "lynx_backend", "measured", "parse_options", "pipeline_sampler"]  # fmt: skip

@@ -46,6 +46,7 @@ import torch
 from .config import LynxConfig, parse_options
 from .messages import some_names
 from .regions import RegionSpec, inside, linear_name, qualified, register_model
+from .steps import StepSchedule, by_step
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ _compiled: weakref.WeakKeyDictionary[torch.nn.Module, RegionalCompile] = weakref
 
 def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] | LynxConfig | None = None,
                             mode: str | None = None, blocks: list[str] | tuple[str, ...] | None = None,
-                            **compile_kwargs: Any) -> torch.nn.Module:  # fmt: skip
+                            steps: StepSchedule | None = None, **compile_kwargs: Any) -> torch.nn.Module:  # fmt: skip
     """Compile `model` in place, block by block, with the lynx backend; every layer of every instance is decided
     by its full name (``single_transformer_blocks.3.proj_out``), as whole-model compilation decides it.
 
@@ -74,12 +75,15 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
 
     `options` are lynx's (as ``torch.compile(..., backend="lynx", options=...)`` takes them), `mode` torch.compile's
     (both may be given here), `blocks` the class names to compile on their own (default: the model's diffusers
-    ``_repeated_blocks``), and `compile_kwargs` the rest of torch.compile's arguments (``fullgraph``, ``dynamic``).
-    Returns `model`.
+    ``_repeated_blocks``), `steps` a `StepSchedule` (sparse at its steps, dense at the others: each region is then
+    compiled in both variants), and `compile_kwargs` the rest of torch.compile's arguments (``fullgraph``,
+    ``dynamic``). Returns `model`.
     """
     if "backend" in compile_kwargs:  # `options` is a parameter of its own
         raise TypeError("compile_repeated_blocks: the backend is lynx; pass lynx options as options=")
     config = parse_options(options, mode)
+    if steps is not None and not isinstance(steps, StepSchedule):
+        raise TypeError(f"compile_repeated_blocks: steps must be a lynx_compile.StepSchedule, got {steps!r}")
     names = tuple(blocks) if blocks is not None else tuple(getattr(model, "_repeated_blocks", None) or ())
     if not names or not all(isinstance(name, str) for name in names):
         raise ValueError(f"compile_repeated_blocks: {type(model).__name__} names no repeated blocks "
@@ -101,8 +105,13 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
         region = RegionSpec(label, tuple(path for path, _ in members))
         run = torch.compile(_region_function(*members[0]), backend="lynx",
                             options=dataclasses.replace(config, region=region), **compile_kwargs)  # fmt: skip
+        if steps is not None:  # the dense variant through code of its own: switching steps never recompiles
+            dense = torch.compile(_region_function(*members[0], variant="dense"), backend="lynx",
+                                  options=dataclasses.replace(config, region=region, execution="dense"),
+                                  **compile_kwargs)  # fmt: skip
         for _, module in members:
-            module._compiled_call_impl = functools.partial(run, module)
+            module._compiled_call_impl = (functools.partial(run, module) if steps is None else
+                                          functools.partial(by_step, steps, run, dense, module))  # fmt: skip
     _compiled[model] = RegionalCompile(names, dict(compile_kwargs), tuple(path for _, members in regions
                                                                           for path, _ in members))  # fmt: skip
     _log_regions(model, regions, config)
@@ -135,13 +144,13 @@ def _region_call(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
     return module._call_impl(*args, **kwargs)
 
 
-def _region_function(path: str, module: torch.nn.Module) -> types.FunctionType:
+def _region_function(path: str, module: torch.nn.Module, variant: str = "") -> types.FunctionType:
     """`_region_call` with a code object of its own: Dynamo keeps one cache per code object. Its name says which
     module it compiles first, and the shapes of its parameters: Dynamo keeps what it learnt about dynamic shapes by
     file, line and name (`torch._dynamo.pgo.CodeId`), so a region must not share a name with one of other shapes
     (and may keep its name from run to run)."""
     shapes = hashlib.sha1(repr(_structure(module)).encode()).hexdigest()[:8]
-    name = re.sub(r"\W", "_", f"lynx_{type(module).__name__}_{path}_{shapes}")
+    name = re.sub(r"\W", "_", f"lynx_{type(module).__name__}_{path}_{shapes}" + (f"_{variant}" if variant else ""))
     code = _region_call.__code__.replace(co_name=name)
     if hasattr(code, "co_qualname"):  # Python >= 3.11
         code = code.replace(co_qualname=name)

@@ -1,0 +1,105 @@
+"""A step schedule (`lynx_compile.StepSchedule`): blocks run sparse at the schedule's steps and dense at the others,
+each variant compiled once, switched per step without a recompile; as a diffusers step callback it follows the
+pipeline's steps and starts again at step 0."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lynx_compile
+from lynx_compile.method import Method, sparse_linear_ref
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(32, 64)
+        self.out = nn.Linear(64, 32)
+
+    def forward(self, x):
+        return x + self.out(F.gelu(self.inner(x)))
+
+
+class Stack(nn.Module):
+    _repeated_blocks = ["Block"]
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block() for _ in range(3))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def sparse_reference(model, x):
+    for block in model.blocks:
+        h = F.gelu(sparse_linear_ref(x, block.inner.weight, block.inner.bias, Method()))
+        x = x + sparse_linear_ref(h, block.out.weight, block.out.bias, Method())
+    return x
+
+
+OPTIONS = {"execution": "simulate", "compiler": "eager"}
+
+
+@pytest.mark.parametrize("compiler", ["eager", "inductor"])
+def test_blocks_run_sparse_at_the_schedules_steps_only_and_never_recompile(compiler):
+    torch.manual_seed(0)
+    torch.compiler.reset()
+    model, x = Stack().eval(), torch.randn(2, 24, 32)
+    schedule = lynx_compile.StepSchedule(sparse_steps=[1, 3])
+    lynx_compile.compile_repeated_blocks(model, options={**OPTIONS, "compiler": compiler}, steps=schedule)
+    with torch.no_grad():
+        dense, sparse = model.forward(x), sparse_reference(model, x)  # `forward`: the uncompiled path
+        assert not torch.allclose(dense, sparse, atol=1e-3)  # the two variants differ: the test can tell them apart
+        outs = []
+        for step in range(5):
+            schedule.at(step)
+            outs.append(model(x))
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        for step in range(5):  # a second pass through both variants: nothing more to compile
+            schedule.at(step)
+            torch.testing.assert_close(model(x), outs[step])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    for step, out in enumerate(outs):
+        torch.testing.assert_close(out, sparse if step in (1, 3) else dense, rtol=1e-4, atol=1e-4)
+
+
+class Pipe:
+    """What a diffusers pipeline shows its step callback: itself (with its step count), the step, the timestep."""
+
+    num_timesteps = 4
+
+
+def test_as_a_step_callback_it_follows_the_pipeline_and_starts_again_after_the_last_step():
+    schedule = lynx_compile.StepSchedule(sparse_steps=range(2, 4))
+    seen = []
+    for _ in range(2):  # two pipeline calls
+        for step in range(Pipe.num_timesteps):
+            seen.append(schedule.sparse)
+            state = {"latents": torch.ones(1)}
+            assert schedule(Pipe(), step, torch.tensor(999 - step), state) is state  # the pipeline's state, untouched
+    assert seen == [False, False, True, True] * 2
+
+
+def test_a_pipeline_that_does_not_say_its_step_count_needs_it_given():
+    with pytest.raises(ValueError, match="steps=num_inference_steps"):
+        lynx_compile.StepSchedule([0])(object(), 0, None, {})
+    schedule = lynx_compile.StepSchedule([0], steps=2)
+    schedule(object(), 0, None, {})
+    assert schedule.step == 1 and not schedule.sparse
+    schedule(object(), 1, None, {})
+    assert schedule.step == 0 and schedule.sparse
+
+
+@pytest.mark.parametrize("sparse_steps, steps", [([-1], None), (["3"], None), ([True], None), ([1], 0), ([1], 2.5)])
+def test_bad_schedules_are_refused(sparse_steps, steps):
+    with pytest.raises(ValueError, match="StepSchedule"):
+        lynx_compile.StepSchedule(sparse_steps, steps=steps)
+
+
+def test_steps_must_be_a_schedule():
+    with pytest.raises(TypeError, match="StepSchedule"):
+        lynx_compile.compile_repeated_blocks(Stack(), options=OPTIONS, steps=[1, 2])
