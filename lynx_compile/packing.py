@@ -51,6 +51,8 @@ def pack_rows(params: Sequence[torch.Tensor]) -> str | None:
         return "inference tensors cannot be re-pointed"
     if adjacent_rows(params) is not None:
         return None
+    if any(param.untyped_storage().nbytes() != param.numel() * param.element_size() for param in params):
+        return "a weight shares its storage with other tensors"  # FSDP's flat parameter, a tied weight: not ours
     with torch.no_grad():
         buffer = torch.cat([param.detach() for param in params])
         for param, rows in zip(params, buffer.split([param.shape[0] for param in params])):

@@ -72,7 +72,7 @@ class Subclassed(torch.Tensor):
 
 @pytest.mark.parametrize("case, reason", [
     ("subclass", "tensor subclass"), ("k", "differ in K"), ("dtype", "differ in K, dtype"),
-    ("inference", "inference tensors"),
+    ("inference", "inference tensors"), ("shared", "shares its storage"),
 ])  # fmt: skip
 def test_weights_that_cannot_be_packed_are_left_as_they_were(case, reason):
     params = parameters([4, 4])
@@ -82,6 +82,9 @@ def test_weights_that_cannot_be_packed_are_left_as_they_were(case, reason):
         params[1] = nn.Parameter(torch.randn(4, 6))
     elif case == "dtype":
         params[1] = nn.Parameter(torch.randn(4, 8, dtype=torch.float64))
+    elif case == "shared":  # views into a buffer of someone else's (FSDP's flat parameter), not in our order
+        flat = torch.randn(40, 8)
+        params = [nn.Parameter(flat[8:12]), nn.Parameter(flat[0:4])]
     else:
         with torch.inference_mode():
             params = [torch.randn(4, 8), torch.randn(4, 8)]
@@ -259,19 +262,23 @@ class Blocks(nn.Module):
         return x
 
 
-def test_regional_compilation_packs_every_instance_the_block_graph_serves(packing_toy):
+@pytest.mark.parametrize("compiler", ["eager", "inductor"])
+def test_regional_compilation_packs_every_instance_the_block_graph_serves(packing_toy, compiler):
     torch.manual_seed(0)
+    torch.compiler.reset()
     model, x = Blocks().eval(), torch.randn(2, 12, 32)
     expected = x
     for block in model.blocks:
         expected = expected + reference(block.attn, expected)[..., :32]
-    lynx_compile.compile_repeated_blocks(model, options=EAGER)
-    with torch.no_grad():
+    lynx_compile.compile_repeated_blocks(model, options={**EAGER, "compiler": compiler})
+    with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False):
         out = model(x)
+        torch.testing.assert_close(model(x), out)  # a second call: the packed weights, the same result
     for block in model.blocks:
         attn = block.attn
         assert adjacent_rows([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]) is not None
-    assert PackingToy.found_packed == [True] * 3
+    if compiler == "eager":  # Inductor runs the toy's lowering, which never checks
+        assert PackingToy.found_packed == [True] * 6
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
