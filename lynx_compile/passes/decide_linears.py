@@ -23,6 +23,7 @@ import logging
 
 import torch
 import torch.fx
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ..folds import IDENTITY, describe
 from ..kernels.nm_prune import SUPPORTED_DTYPES
@@ -59,6 +60,10 @@ def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
     config = ctx.config
     if config.execution == "dense":
         return "execution='dense'"
+    subclass = next((value for value in (fake_value(site.weight), fake_value(site.x))
+                     if is_traceable_wrapper_subclass(value)), None)  # fmt: skip
+    if subclass is not None:  # e.g. torchao's Float8Tensor: its own kernels; lynx's op would not reach them
+        return f"{type(subclass).__name__} operand (a tensor subclass: no sparse path for it)"
     if site.dtype not in SUPPORTED_DTYPES:
         return f"dtype {site.dtype} unsupported"
     input_dtype, weight_dtype = fake_value(site.x).dtype, fake_value(site.weight).dtype
