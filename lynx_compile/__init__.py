@@ -25,5 +25,6 @@ from .report import LayerRecord, Report, collect_reports
 register()
 
 __all__ = ["LayerPolicy", "LayerRecord", "LoraAdapter", "LynxConfig", "OptionError", "Policy", "PolicyError",
-           "RegionError", "Report", "StepSchedule", "__version__", "calibrate", "collect_reports", "compile_repeated_blocks", "explain",
-           "fit_lora", "lynx_backend", "measured", "parse_options", "pipeline_sampler"]  # fmt: skip
+           "RegionError", "Report", "StepSchedule", "__version__", "calibrate", "collect_reports",
+           "compile_repeated_blocks", "explain", "fit_lora", "lynx_backend", "measured", "parse_options",
+           "pipeline_sampler"]  # fmt: skip

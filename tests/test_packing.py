@@ -147,11 +147,11 @@ def test_the_rows_op_runs_one_gemm_on_the_packed_buffer_and_concatenates_unpacke
 
 
 class PackingToy(SparsePath):
-    """Runs on the CPU with the simulate numerics, groups as one GEMM over the members' weights (`packs_groups`),
-    and records whether each call found them packed."""
+    """Runs on the CPU with the simulate numerics, groups as one GEMM over the members' weights where asked
+    (`workload.packed`), and records whether each call found them packed."""
 
     name = "packing_toy"
-    groups = packs_groups = True
+    groups = True
     found_packed: list = []
 
     def runs_on(self, device):

@@ -12,9 +12,9 @@ A linear joins a group when it reads exactly the node its siblings read, has no 
 users, so none could be) and no LoRA correction, and its weight and bias are graph inputs or attributes (so the
 group's op can stand before the first member).
 
-A path that runs the group as one GEMM (`packs_groups`) gets the members' weights packed as row blocks of one buffer
-when the graph is rewritten (`pack_group`), in every module instance the graph serves (regional compilation), so
-that one GEMM reads them without a copy.
+Where a group's plan runs it as one GEMM (the option ``pack_siblings``, on a path whose measurement says
+``packed``), the members' weights are packed as row blocks of one buffer once the graph is compiled (`pack_groups`),
+in every module instance the graph serves (regional compilation), so that one GEMM reads them without a copy.
 """
 
 from __future__ import annotations
@@ -84,15 +84,13 @@ def rewrite_group(gm: torch.fx.GraphModule, group: SiblingGroup, x: torch.fx.Nod
 
 
 def pack_groups(groups: list[SiblingGroup]) -> None:
-    """Pack each group's weights; a group that cannot be packed still runs (its op concatenates on every call), and
-    its members' reasons say so."""
+    """Pack each group's weights; a group that cannot be packed still runs (its op concatenates them on every
+    call), and a warning says why."""
     for group in groups:
         why = pack_group(group)
         if why is not None:
             logger.warning("lynx: sibling group %s: weights not packed (%s): concatenated on every call",
                            group.names, why)  # fmt: skip
-            for site in group.sites:
-                site.reason += f"; weights not packed ({why}): concatenated on every call"
 
 
 def pack_group(group: SiblingGroup) -> str | None:

