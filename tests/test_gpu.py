@@ -4,6 +4,7 @@ the interpreter, must agree with the reference, and the backend must run the ker
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from sparse_op import sparse_linear
 
@@ -509,3 +510,61 @@ def test_planned_path_runs_a_model_as_the_cusparselt_path_does(graphs):
             finally:
                 PATHS.update(saved)
     assert torch.equal(outputs["cusparselt"], outputs["cusparselt_planned"])
+
+
+# ---- a step schedule under CUDA graphs: written 2026-11-26, not yet run on a GPU ---------------------------------
+
+
+@needs_sm90
+def test_a_step_schedule_switches_between_its_captured_variants():
+    """Blocks sparse at steps 1 and 3 only, CUDA graphs on: each step's output is that variant's, replay after
+    replay, with no recompile once both variants have run."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = nn.Linear(1024, 4096), nn.Linear(4096, 1024)
+
+        def forward(self, x):
+            return x + self.down(F.gelu(self.up(x)))
+
+    class Stack(nn.Module):
+        _repeated_blocks = ["Block"]
+
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Block() for _ in range(2))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    torch.compiler.reset()
+    model = Stack().cuda().to(torch.bfloat16).eval()
+    x = torch.randn(2, 512, 1024, device="cuda", dtype=torch.bfloat16)
+    schedule = lynx_compile.StepSchedule(sparse_steps=[1, 3])
+    lynx_compile.compile_repeated_blocks(model, options={**FORCE_SPARSE, "triton.cudagraphs": True}, steps=schedule)
+    with torch.no_grad():
+        dense = model.forward(x).float()
+        outs = {}
+        for round_ in range(3):
+            for step in range(4):
+                schedule.at(step)
+                out = model(x).float()
+                if round_ == 0:
+                    outs[step] = out
+                else:
+                    torch.testing.assert_close(out, outs[step])  # the same variant, replayed
+            if round_ == 0:
+                graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    for step, out in outs.items():
+        if step in (1, 3):
+            assert rel(out, dense) > 1e-2  # pruned
+        else:
+            assert rel(out, dense) < 1e-2  # Inductor dense: bf16 rounding only
