@@ -16,6 +16,7 @@ import lynx_compile
 from lynx_compile.method import Method, sparse_linear_ref
 from lynx_compile.packing import adjacent_rows, pack_rows
 from lynx_compile.paths import PATHS, SparsePath, clear_measurements, register_path
+from lynx_compile.paths.cusparselt import SPARSE_MMS, Cusparselt
 
 
 def parameters(rows, k=8, seed=0):
@@ -107,14 +108,11 @@ def test_only_consecutive_rows_in_order_form_the_matrix():
 # ---- the group op's GEMM over packed weights, on the CPU through a path whose GEMM is a dense one -------------------
 
 
-class DenseMm(SparsePath):
+class DenseMm(Cusparselt):
     """A stand-in for a sparse-tensor-core path: `sparse_mm` is x̃·Wᵀ in plain torch and records the W it got."""
 
     name = "dense_mm_for_tests"
     seen: list = []
-
-    def forward(self, inputs, weight, bias, lora, plan):
-        raise NotImplementedError
 
     def sparse_mm(self, operand, weight, algorithm):
         self.seen.append(weight)
@@ -126,7 +124,7 @@ def dense_mm():
     path = register_path(DenseMm())
     DenseMm.seen.clear()
     yield path
-    del PATHS[DenseMm.name]
+    del PATHS[DenseMm.name], SPARSE_MMS[DenseMm.name]
 
 
 def test_the_rows_op_runs_one_gemm_on_the_packed_buffer_and_concatenates_unpacked_weights(dense_mm, caplog):

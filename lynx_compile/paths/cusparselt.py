@@ -51,6 +51,7 @@ def torch_sparse_mm(operand: torch.Tensor, weight: torch.Tensor, algorithm: int)
 
 
 SparseMm = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+SPARSE_MMS: dict[str, SparseMm] = {}  # each path of this family's GEMM by its name (for `lynx::cslt_rows_mm`)
 _UNPACKED_WARNED: set[tuple[int, ...]] = set()
 
 
@@ -59,8 +60,6 @@ def cslt_rows_mm(operand: torch.Tensor, weights: list[torch.Tensor], algorithm: 
     """x̃·[W₁; W₂; …]ᵀ (operand rows × ΣNᵢ) in one GEMM of `path`: over the weights' own buffer where they are its
     consecutive rows (`packing.adjacent_rows`: checked on every call, as only real tensors can say), else over a
     concatenated copy made for this call."""
-    from . import get_path
-
     packed = adjacent_rows(weights)
     if packed is None:
         shapes = tuple(weight.shape[0] for weight in weights)
@@ -70,7 +69,7 @@ def cslt_rows_mm(operand: torch.Tensor, weights: list[torch.Tensor], algorithm: 
                            "after compiling, or cast by autocast): concatenating them on every call",
                            "+".join(map(str, shapes)))  # fmt: skip
         packed = torch.cat(weights)
-    return get_path(path).sparse_mm(operand, packed, algorithm)
+    return SPARSE_MMS[path](operand, packed, algorithm)
 
 
 @cslt_rows_mm.register_fake
@@ -100,6 +99,9 @@ def cusparselt_gemm(
 class Cusparselt(SparsePath):
     name = "cusparselt"
     groups = True
+
+    def __init__(self) -> None:
+        SPARSE_MMS[self.name] = self.sparse_mm
 
     def sparse_mm(self, operand: torch.Tensor, weight: torch.Tensor, algorithm: int) -> torch.Tensor:
         """The GEMM on the compressed operand (a subclass may run it another way: `cusparselt_planned`)."""
