@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--classifier", type=Path, default=CLASSIFIER)
     parser.add_argument("--compile", action="store_true", help="train through torch.compile (same steps, faster)")
     parser.add_argument("--minutes", type=float, help="fit the step count to this time budget, measured over the "
-                        "steps 51-150 (at most --steps; the count used is printed: pass it as --steps to rebuild)")
+                        "steps 51-150 (at most --steps; the count used is printed)")
     args = parser.parse_args()
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
