@@ -103,3 +103,28 @@ def test_bad_schedules_are_refused(sparse_steps, steps):
 def test_steps_must_be_a_schedule():
     with pytest.raises(TypeError, match="StepSchedule"):
         lynx_compile.compile_repeated_blocks(Stack(), options=OPTIONS, steps=[1, 2])
+
+
+@pytest.mark.slow
+def test_a_diffusers_pipeline_drives_the_schedule_through_its_step_callback():
+    """A tiny random FluxPipeline, the schedule as `callback_on_step_end`: each step's transformer call runs the
+    variant of that step, in two pipeline calls running."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+    from generate import PIPELINES, load_pipeline, prompt_arguments
+
+    torch.compiler.reset()
+    spec = PIPELINES["flux"]
+    pipe = load_pipeline(spec, None, torch.float32, "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    schedule = lynx_compile.StepSchedule(sparse_steps=[1, 2])
+    lynx_compile.compile_repeated_blocks(pipe.transformer, options={**OPTIONS, "min_tokens": 1}, steps=schedule)
+    variants = []
+    pipe.transformer.register_forward_pre_hook(lambda module, args: variants.append(schedule.sparse))
+    arguments = dict(prompt_arguments(pipe, spec, "", 0), num_inference_steps=4, height=64, width=64,
+                     output_type="latent", callback_on_step_end=schedule)  # fmt: skip
+    for _ in range(2):
+        pipe(**arguments, generator=torch.Generator().manual_seed(0))
+    assert variants == [False, True, True, False] * 2
