@@ -4,41 +4,23 @@ pipeline's steps and starts again at step 0."""
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from test_regional import batch, stack
 
 import lynx_compile
 from lynx_compile.method import Method, sparse_linear_ref
 
 
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.inner = nn.Linear(32, 64)
-        self.out = nn.Linear(64, 32)
-
-    def forward(self, x):
-        return x + self.out(F.gelu(self.inner(x)))
-
-
-class Stack(nn.Module):
-    _repeated_blocks = ["Block"]
-
-    def __init__(self):
-        super().__init__()
-        self.blocks = nn.ModuleList(Block() for _ in range(3))
-
-    def forward(self, x):
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-
 def sparse_reference(model, x):
+    """test_regional's stack with every linear sparsified (the ones outside the blocks compile on their own too)."""
+
+    def sparse(layer, x):
+        return sparse_linear_ref(x, layer.weight, layer.bias, Method())
+
+    x = sparse(model.inp, x)
     for block in model.blocks:
-        h = F.gelu(sparse_linear_ref(x, block.inner.weight, block.inner.bias, Method()))
-        x = x + sparse_linear_ref(h, block.out.weight, block.out.bias, Method())
-    return x
+        x = x + sparse(block.out, F.gelu(sparse(block.inner, x)))
+    return sparse(model.out, x)
 
 
 OPTIONS = {"execution": "simulate", "compiler": "eager"}
@@ -48,7 +30,7 @@ OPTIONS = {"execution": "simulate", "compiler": "eager"}
 def test_blocks_run_sparse_at_the_schedules_steps_only_and_never_recompile(compiler):
     torch.manual_seed(0)
     torch.compiler.reset()
-    model, x = Stack().eval(), torch.randn(2, 24, 32)
+    model, x = stack(3), batch()
     schedule = lynx_compile.StepSchedule(sparse_steps=[1, 3])
     lynx_compile.compile_repeated_blocks(model, options={**OPTIONS, "compiler": compiler}, steps=schedule)
     with torch.no_grad():
@@ -102,7 +84,7 @@ def test_bad_schedules_are_refused(sparse_steps, steps):
 
 def test_steps_must_be_a_schedule():
     with pytest.raises(TypeError, match="StepSchedule"):
-        lynx_compile.compile_repeated_blocks(Stack(), options=OPTIONS, steps=[1, 2])
+        lynx_compile.compile_repeated_blocks(stack(), options=OPTIONS, steps=[1, 2])
 
 
 @pytest.mark.slow

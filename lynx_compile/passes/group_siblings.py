@@ -28,6 +28,7 @@ import torch.fx
 
 from ..ops import sparse_linear_group_args
 from ..packing import pack_rows
+from ..regions import qualified
 from .utils import LinearSite, fake_value
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,6 @@ def _instance_weights(site: LinearSite) -> list[torch.Tensor] | None:
     if model is None or leaf != "weight":
         return None
     try:
-        return [model.get_parameter(f"{instance}.weight" if instance else "weight") for instance in site.instances]
+        return [model.get_parameter(qualified(instance, "weight")) for instance in site.instances]
     except AttributeError:
         return None
