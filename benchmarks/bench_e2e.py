@@ -201,6 +201,12 @@ def time_forward_ms(fn, warmup: int = 3, runs: int = 10) -> float:
 VARIANTS = {
     "dense": dict(backend="inductor"),
     "lynx": dict(backend="lynx", options={"execution": "sparse"}),
+    # lynx restricted to one family of sparse paths (the speed rule picks among the allowed ones per layer)
+    "lynx_cusparselt": dict(backend="lynx", options={"execution": "sparse",
+                                                     "sparse_paths": ["cusparselt", "cusparselt_planned"]}),
+    "lynx_cutlass": dict(backend="lynx", options={"execution": "sparse", "sparse_paths": "cutlass"}),
+    # sibling groups as one GEMM over their packed weights (cuSPARSELt paths)
+    "lynx_packed": dict(backend="lynx", options={"execution": "sparse", "pack_siblings": True}),
     # lynx with every layer dense: the backend's own cost, apart from the sparse layers' effect
     "lynx_dense": dict(backend="lynx", options={"execution": "dense"}),
     # lynx's regional compilation with a policy that differs between instances of a block class

@@ -27,6 +27,11 @@ runs it:
   is never written (`lynx_compile.folds`);
 - producer, prune_folded: the producer alone, the folding compressor alone. `fold_prune_share` is what pruning
   adds to the folded layer beyond the producer pass it replaces: (prune_folded − producer) / lynx_folded.
+With lynx's CUTLASS kernel available (`lynx_compile.kernels.cutlass_gemm`: nvcc, the nvidia-cutlass headers):
+- cutlass_gemm_only: its GEMM on a ready operand, the best configuration and raster order for the shape;
+- lynx_cutlass: the CUTLASS path's whole layer: prune + compress (its layout), GEMM with s and b in its epilogue;
+  nothing is left for a consumer to fuse, so it compares with `lynx` and `lynx_in_model` alike;
+- lynx_cutlass_folded (shapes with a producer): the same with the producer folded into the compressor.
 Ratios are dense / variant (> 1: faster than dense).
 """
 
@@ -43,7 +48,11 @@ from tqdm.auto import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lynx_compile.folds import IDENTITY, FoldSpec, assemble  # noqa: E402
+from lynx_compile.kernels import cutlass_gemm  # noqa: E402
+from lynx_compile.kernels.prune_compress_24 import prune_compress_24_cutlass  # noqa: E402
+from lynx_compile.paths.base import Workload  # noqa: E402
 from lynx_compile.paths.cusparselt import Cusparselt, cusparselt_gemm, search_algorithm  # noqa: E402
+from lynx_compile.paths.cutlass import Cutlass  # noqa: E402
 from lynx_compile.plan import SparseLinearPlan  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
@@ -117,6 +126,36 @@ def bench_producer(m: int, k: int, n: int, producer, alg: int) -> dict:
     }  # fmt: skip
 
 
+CUTLASS = Cutlass()
+
+
+def bench_cutlass(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, producer) -> dict:
+    """The CUTLASS path's GEMM and whole layer (with its producer folded, where the model has one)."""
+    why = cutlass_gemm.unavailable_reason(x.device)
+    if why is not None:
+        return {"cutlass_unavailable": why}
+    (m, k), n = x.shape, weight.shape[0]
+    params, _ = CUTLASS.tune(Workload(m, k, n, x.dtype, x.device, True), cuda_graph_ms)
+    plan = SparseLinearPlan(CUTLASS.name, params=tuple(sorted(params.items())))
+    values, metadata, _ = prune_compress_24_cutlass(x)
+    gemm = torch.ops.lynx.cutlass_sparse_mm
+    raster = cutlass_gemm.RASTERS[params["raster"]]
+    times = {
+        "cutlass_gemm_only": cuda_graph_ms(lambda: gemm(values, metadata, weight, None, None, params["config"], raster)),
+        "lynx_cutlass": cuda_graph_ms(lambda: CUTLASS.forward([x], weight, bias, None, plan)),
+    }
+    pruned, scale = nm_prune_ref(x)
+    reference = (pruned.float() @ weight.float().t()) * scale[:, None] + bias.float()
+    row = {"cutlass_config": f"{params['config']} {params['raster']}",
+           "lynx_cutlass_rel_err": relative_error(CUTLASS.forward([x], weight, bias, None, plan), reference)}
+    if producer:
+        fold, widths = producer
+        inputs = [torch.randn(m, width, device="cuda", dtype=torch.bfloat16) for width in widths]
+        folded = SparseLinearPlan(CUTLASS.name, fold=fold, params=plan.params)
+        times["lynx_cutlass_folded"] = cuda_graph_ms(lambda: CUTLASS.forward(inputs, weight, None, None, folded))
+    return {**row, **{f"{p}_ms": t for p, t in times.items()}}
+
+
 def bench_shape(name: str, m: int, k: int, n: int, producer, prune_compiled) -> dict:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
@@ -165,6 +204,13 @@ def bench_shape(name: str, m: int, k: int, n: int, producer, prune_compiled) -> 
         "gemm_only_k128": cuda_graph_ms(lambda: torch._cslt_sparse_mm(wide_operand, wide_weight_t, alg_id=wide_alg)),
     }
     lora_reference = reference + (x.float() @ lora_b.float().t()) @ lora_a.float().t()
+    cutlass = bench_cutlass(x, weight, bias, producer)
+    producer_row = bench_producer(m, k, n, producer, best_alg) if producer else {}
+    for variant in ("cutlass_gemm_only", "lynx_cutlass"):
+        if f"{variant}_ms" in cutlass:
+            cutlass[f"x_{variant}"] = times["dense"] / cutlass[f"{variant}_ms"]
+    if "lynx_cutlass_folded_ms" in cutlass:
+        cutlass["x_lynx_cutlass_folded"] = producer_row["dense_producer_ms"] / cutlass["lynx_cutlass_folded_ms"]
     return {
         "shape": name, "M": m, "K": k, "N": n, "best_alg": best_alg,
         **{f"{p}_ms": t for p, t in times.items()},
@@ -175,7 +221,7 @@ def bench_shape(name: str, m: int, k: int, n: int, producer, prune_compiled) -> 
         "lynx_rel_err": relative_error(lynx(), reference),
         "lynx_lora64_rel_err": relative_error(lynx_lora64_whole(), lora_reference),
         "dense_tflops": 2 * m * k * n / times["dense"] / 1e9,
-        **(bench_producer(m, k, n, producer, best_alg) if producer else {}),
+        **producer_row, **cutlass,
     }  # fmt: skip
 
 
@@ -214,6 +260,16 @@ def main() -> None:
     in_model = [r.get("x_lynx_folded", r["x_lynx_in_model"]) for r in flux]
     print(f"geomean over FLUX shapes as compiled (folded where the model has a producer): "
           f"{torch.tensor(in_model).log().mean().exp().item():.3f}")
+    if any("lynx_cutlass_ms" in r for r in rows):
+        print(f"\nCUTLASS\n{'shape':22} {'config':28} {'GEMM ×':>7} {'cuSPARSELt GEMM ×':>17} {'layer ×':>8} "
+              f"{'folded ×':>9} {'rel err':>8}")  # fmt: skip
+        for r in (r for r in rows if "lynx_cutlass_ms" in r):
+            folded = f"{r['x_lynx_cutlass_folded']:9.2f}" if "x_lynx_cutlass_folded" in r else f"{'':9}"
+            print(f"{r['shape']:22} {r['cutlass_config']:28} {r['x_cutlass_gemm_only']:7.2f} {r['x_gemm_only']:17.2f} "
+                  f"{r['x_lynx_cutlass']:8.2f} {folded} {r['lynx_cutlass_rel_err']:8.4f}")  # fmt: skip
+        whole = [r.get("x_lynx_cutlass_folded", r["x_lynx_cutlass"]) for r in flux if "x_lynx_cutlass" in r]
+        print(f"geomean over FLUX shapes, CUTLASS layer as compiled (folded where the model has a producer): "
+              f"{torch.tensor(whole).log().mean().exp().item():.3f}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ class LynxConfig:
         pack_siblings: sparse execution: run each sibling group (q, k, v, ...) as one GEMM over its members'
             weights, packed into one buffer once the graph is compiled (the parameters re-pointed as its row blocks:
             no second copy). Off by default until it has run on a GPU (tested on the CPU only).
+        sparse_paths: sparse execution: the sparse paths the speed rule may choose from, by name (``"cusparselt"``,
+            ``"cusparselt_planned"``, ``"cutlass"``: `lynx_compile.paths.PATHS`); empty means every registered one.
         compiler: ``"inductor"`` compiles the rewritten graph; ``"eager"`` runs it as it is (debugging, `explain`).
         policy: a `Policy` (or the path of one saved as JSON) from `lynx_compile.calibrate`: layers it marks dense
             stay dense, layers it does not name stay dense, layers it marks sparse follow the rules above.
@@ -73,6 +75,7 @@ class LynxConfig:
     mode: str | None = None
     strict: bool = False
     pack_siblings: bool = False
+    sparse_paths: tuple[str, ...] = ()
     compiler: str = "inductor"
     policy: Any = None
     inductor: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +94,7 @@ class LynxConfig:
             object.__setattr__(self, name, _globs(name, getattr(self, name)))
         check_bool("strict", self.strict)
         check_bool("pack_siblings", self.pack_siblings)
+        object.__setattr__(self, "sparse_paths", _path_names(self.sparse_paths))
         if self.mode is not None and not isinstance(self.mode, str):
             raise OptionError(f"lynx option 'mode' must be a string or None, got {self.mode!r}")
         _inductor_mode_options(self.mode)  # raises on an unknown mode
@@ -164,7 +168,8 @@ class LynxConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every field as plain data; a policy as `Policy.to_dict(adapters=True)` (its adapters as tensors)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        data.update(include=list(self.include), exclude=list(self.exclude), inductor=dict(self.inductor))
+        data.update(include=list(self.include), exclude=list(self.exclude), sparse_paths=list(self.sparse_paths),
+                    inductor=dict(self.inductor))  # fmt: skip
         if self.region is not None:
             data["region"] = {"label": self.region.label, "instances": list(self.region.instances)}
         if self.policy is not None:
@@ -267,6 +272,20 @@ def _globs(name: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(pattern, str) for pattern in value):
         raise OptionError(f"lynx option {name!r} must be a glob string or a list of glob strings, got {value!r}")
     return tuple(value)
+
+
+def _path_names(value: Any) -> tuple[str, ...]:
+    """One sparse path's name or a list of them, each a registered sparse path."""
+    from .paths import PATHS  # here: the paths import the method, which imports this module's neighbours
+
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+        raise OptionError(f"lynx option 'sparse_paths' must be a path's name or a list of them, got {value!r}")
+    sparse = sorted(name for name, path in PATHS.items() if path.execution == "sparse")
+    unknown = [name for name in names if name not in sparse]
+    if unknown:
+        raise OptionError(f"lynx option 'sparse_paths': unknown path(s) {unknown}; registered here: {sparse}")
+    return tuple(names)
 
 
 def parse_options(options: dict[str, Any] | LynxConfig | None = None, mode: str | None = None) -> LynxConfig:

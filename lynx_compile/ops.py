@@ -15,6 +15,8 @@
 - ``lynx::prune_compress_24(inputs, fold, pad_rows_to) -> (operand, scale)``: cuSPARSELt's compressed operand of
   x̃ (sm_90), x̃ pruned from x = the fold of ``inputs`` as the compressor loads them, its rows padded with zeros to
   a multiple of ``pad_rows_to``; and the rows' norm scale s.
+- ``lynx::prune_compress_24_cutlass(inputs, fold) -> (values, metadata, scale)``: the same prune, in the operand
+  layout of lynx's CUTLASS sparse GEMM (`kernels/cutlass_layout.py`).
 
 Under autocast, ``lynx::sparse_linear`` (and the group op) does what ``F.linear`` does (ATen lists it as a
 lower-precision op): its floating-point tensors on the autocast device, fp64 excepted, are cast to the autocast
@@ -30,9 +32,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .folds import FoldSpec, assemble, compress, get_fold
+from .folds import FoldSpec, assemble, compress, compress_cutlass, get_fold
 from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
-from .kernels.prune_compress_24 import compressed_shape, padded_rows
+from .kernels.prune_compress_24 import compressed_shape, metadata_bytes, padded_rows
 from .method import Lora, token_rows
 from .paths import get_path
 from .plan import SparseLinearPlan
@@ -67,6 +69,19 @@ def _(inputs: list[torch.Tensor], fold: str, pad_rows_to: int) -> tuple[torch.Te
     rows, k = token_rows(inputs[0]), get_fold(spec.kind).width(inputs, spec.params)
     operand = inputs[0].new_empty(compressed_shape(padded_rows(rows, pad_rows_to), k))
     return operand, inputs[0].new_empty((rows,), dtype=torch.float32)
+
+
+@torch.library.custom_op("lynx::prune_compress_24_cutlass", mutates_args=())
+def prune_compress_24_cutlass_op(inputs: list[torch.Tensor], fold: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return compress_cutlass(inputs, FoldSpec.decode(fold))
+
+
+@prune_compress_24_cutlass_op.register_fake
+def _(inputs: list[torch.Tensor], fold: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    spec = FoldSpec.decode(fold)
+    rows, k = token_rows(inputs[0]), get_fold(spec.kind).width(inputs, spec.params)
+    metadata = inputs[0].new_empty((metadata_bytes(rows, k),), dtype=torch.uint8)
+    return inputs[0].new_empty((rows, k // 2)), metadata, inputs[0].new_empty((rows,), dtype=torch.float32)
 
 
 @torch.library.custom_op("lynx::sparse_linear", mutates_args=())
@@ -236,3 +251,4 @@ _register_autocast(torch.ops.lynx.sparse_linear.default, cast=True)
 _register_autocast(torch.ops.lynx.sparse_linear_group.default, cast=True)
 _register_autocast(torch.ops.lynx.nm_prune.default, cast=False)
 _register_autocast(torch.ops.lynx.prune_compress_24.default, cast=False)
+_register_autocast(torch.ops.lynx.prune_compress_24_cutlass.default, cast=False)

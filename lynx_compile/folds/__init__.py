@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.fx
 
-from ..kernels.prune_compress_24 import Loader, prune_compress_24, written_out
+from ..kernels.prune_compress_24 import Loader, prune_compress_24, prune_compress_24_cutlass, written_out
 from ..registry import Registry
 from .activation import Activation
 from .base import IDENTITY, FoldMatch, FoldSpec, ProducerFold
@@ -61,6 +61,12 @@ def compress(
     return prune_compress_24(*_loading(inputs, spec), pad_rows_to)
 
 
+def compress_cutlass(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The compressor on x = assemble(inputs, spec), made on load, in the CUTLASS GEMM's layout: (values,
+    metadata, the rows' norm scale)."""
+    return prune_compress_24_cutlass(*_loading(inputs, spec))
+
+
 def load(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> torch.Tensor:
     """x as the compressor makes it from `inputs` on load, written out (rows × K): for tests of a fold's loader."""
     return written_out(*_loading(inputs, spec))
@@ -79,5 +85,5 @@ register_fold(Concat())
 register_fold(Activation())
 register_fold(Gated())
 
-__all__ = ["FOLDS", "IDENTITY", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "describe", "get_fold", "load",
+__all__ = ["FOLDS", "IDENTITY", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "compress_cutlass", "describe", "get_fold", "load",
            "match_producer", "register_fold"]  # fmt: skip

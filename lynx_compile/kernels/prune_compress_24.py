@@ -43,6 +43,7 @@ COMPRESSED_DTYPES = (torch.float16, torch.bfloat16)
 K_TILE = 32  # K elements per metadata tile
 K_MULTIPLE = 64  # K % 64 == 32 is padded by cuSPARSELt in a way not implemented here
 M_TILE = 64  # rows per metadata tile; M is padded to it
+CUSPARSELT_LAYOUT, CUTLASS_LAYOUT = 0, 1  # the compressed layouts the kernel writes (`LAYOUT`)
 EMPTY_GROUP = 0xE  # nibble of a group with no nonzeros: stored indices (2, 3)
 GROUPS_PER_PROGRAM = 64  # 256 K-elements: with 16 rows, 8 KB of bf16 a program
 
@@ -194,7 +195,7 @@ if triton is not None:
     @triton.jit
     def _encode_half(
         operands, strides, scalars, values_ptr, rows, chunk, M, M_STORED, K,
-        LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr,
+        LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr, LAYOUT: tl.constexpr,
     ):  # fmt: skip
         """Prune and encode 8 rows of the chunk; store their values; return their metadata nibbles and their partial
         energies (‖x‖², ‖x̃‖² over the chunk)."""
@@ -207,20 +208,35 @@ if triton is not None:
                       axis=1)  # fmt: skip
         zero = tl.zeros_like(x0)
         v0, v1, v2, v3 = tl.where(k0, x0, zero), tl.where(k1, x1, zero), tl.where(k2, x2, zero), tl.where(k3, x3, zero)
-        # Stored slots: the nonzeros (as cuSPARSELt sees them: -0.0 is zero; compared in fp32, as the interpreter
-        # compares bf16 by its bits); with fewer than two, the free slots are taken from index 3 down (see the
-        # module docstring).
+        # Stored slots: the nonzeros (as both libraries see them: -0.0 is zero; compared in fp32, as the interpreter
+        # compares bf16 by its bits). With fewer than two, the free slots differ by layout (module docstrings).
         n0, n1, n2, n3 = k0 & (f0 != 0.0), k1 & (f1 != 0.0), k2 & (f2 != 0.0), k3 & (f3 != 0.0)
         count = n0.to(tl.int32) + n1.to(tl.int32) + n2.to(tl.int32) + n3.to(tl.int32)
-        lo = tl.where(n0, 0, tl.where(n1, 1, 2))
-        hi = tl.where(n3 | (count < 2), 3, tl.where(n2, 2, 1))
-        lo_value = tl.where(lo == 0, v0, tl.where(lo == 1, v1, v2))
-        hi_value = tl.where(hi == 3, v3, tl.where(hi == 2, v2, v1))
+        if LAYOUT == 0:  # cuSPARSELt's (CUSPARSELT_LAYOUT); free slots: the highest unused indices, holding what x̃ has there
+            lo = tl.where(n0, 0, tl.where(n1, 1, 2))
+            hi = tl.where(n3 | (count < 2), 3, tl.where(n2, 2, 1))
+            lo_value = tl.where(lo == 0, v0, tl.where(lo == 1, v1, v2))
+            hi_value = tl.where(hi == 3, v3, tl.where(hi == 2, v2, v1))
+        else:  # CUTLASS: one nonzero at p → (p, 3), or (0, 3) when p = 3; none → (0, 0); free slots hold +0
+            lo = tl.where(n0, 0, tl.where(n1, 1, tl.where(n2, 2, 0)))
+            hi = tl.where(count == 0, 0, tl.where(n3 | (count < 2), 3, tl.where(n2, 2, 1)))
+            lo_value = tl.where(n0, v0, tl.where(n1, v1, tl.where(n2, v2, zero)))
+            hi_value = tl.where((hi == 3) & n3, v3, tl.where((hi == 2) & n2, v2, tl.where((hi == 1) & n1, v1, zero)))
         pairs = tl.reshape(tl.join(lo_value, hi_value), (lo_value.shape[0], 2 * BLOCK_G))
         cols = chunk * 2 * BLOCK_G + tl.arange(0, 2 * BLOCK_G)
         mask = (rows[:, None] < M_STORED) & (cols[None, :] < K // 2)  # rows M .. M_STORED: zeros
         tl.store(values_ptr + rows[:, None] * (K // 2) + cols[None, :], pairs, mask=mask)
         return lo | (hi << 2), total, kept
+
+    @triton.jit
+    def _store_cutlass_metadata(meta_ptr, nibbles, rows, chunk, M_META, K, BLOCK_G: tl.constexpr):
+        """CUTLASS's metadata (`cutlass_layout.py`): a byte holds groups 2j (low nibble) and 2j + 1 of one row."""
+        even, odd = tl.split(tl.reshape(nibbles, (nibbles.shape[0], BLOCK_G // 2, 2)))
+        r = rows[:, None]
+        g = chunk * BLOCK_G + 2 * tl.arange(0, BLOCK_G // 2)[None, :]
+        address = (g & 3) + ((r >> 3) & 1) * 4 + ((g >> 3) & 1) * 8 + (r & 7) * 16 + ((g >> 2) & 1) * 128 \
+            + ((r >> 4) & 3) * 256 + (r >> 6) * 1024 + (g >> 4) * (M_META * 16)
+        tl.store(meta_ptr + address // 2, (even | (odd << 4)).to(tl.uint8), mask=g < K // 4)
 
     @triton.jit
     def _compress_kernel(
@@ -229,26 +245,31 @@ if triton is not None:
         operands, strides, scalars, values_ptr, meta_ptr, energy_ptr,
         # sizes: M rows of X, stored as M_STORED ≥ M rows (the GEMM's row multiple; the padding is zeros)
         M, M_STORED, K,
-        # meta-parameters: the loader that makes X's tiles from the operands, and its constants
-        LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr,
+        # meta-parameters: the loader that makes X's tiles from the operands, and its constants; the layout
+        LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr, LAYOUT: tl.constexpr,
     ):  # fmt: skip
-        # Rows r and r + 8 share each metadata byte (low and high nibble): a program takes 16 rows as two halves of
-        # 8 and writes whole bytes. The grid covers M rounded up to 64: padding rows load as zeros and come out as
+        # In cuSPARSELt's layout rows r and r + 8 share each metadata byte (low and high nibble): a program takes 16
+        # rows as two halves of 8 and writes whole bytes (CUTLASS's pairs groups of one row instead). The grid covers M rounded up to 64: padding rows load as zeros and come out as
         # empty groups, as cuSPARSELt writes them.
         chunk = tl.program_id(1)
         n_chunks = tl.num_programs(1)
         rows_lo = tl.program_id(0) * 16 + tl.arange(0, 8)
         rows_hi = rows_lo + 8
         nibble_lo, total_lo, kept_lo = _encode_half(operands, strides, scalars, values_ptr, rows_lo, chunk, M,
-                                                    M_STORED, K, LOAD, LOAD_ARGS, BLOCK_G)  # fmt: skip
+                                                    M_STORED, K, LOAD, LOAD_ARGS, BLOCK_G, LAYOUT)  # fmt: skip
         nibble_hi, total_hi, kept_hi = _encode_half(operands, strides, scalars, values_ptr, rows_hi, chunk, M,
-                                                    M_STORED, K, LOAD, LOAD_ARGS, BLOCK_G)  # fmt: skip
+                                                    M_STORED, K, LOAD, LOAD_ARGS, BLOCK_G, LAYOUT)  # fmt: skip
 
-        r = rows_lo[:, None]
-        g = chunk * BLOCK_G + tl.arange(0, BLOCK_G)[None, :]
-        address = ((r // 64) * (K // 32) + g // 8) * 512 + (r & 7) * 16 + ((r >> 4) & 3) * 128 + (g & 3) * 4 \
-            + ((g >> 2) & 1) * 2
-        tl.store(meta_ptr + address // 2, (nibble_lo | (nibble_hi << 4)).to(tl.uint8), mask=g < K // 4)
+        if LAYOUT == 0:  # CUSPARSELT_LAYOUT
+            r = rows_lo[:, None]
+            g = chunk * BLOCK_G + tl.arange(0, BLOCK_G)[None, :]
+            address = ((r // 64) * (K // 32) + g // 8) * 512 + (r & 7) * 16 + ((r >> 4) & 3) * 128 + (g & 3) * 4 \
+                + ((g >> 2) & 1) * 2
+            tl.store(meta_ptr + address // 2, (nibble_lo | (nibble_hi << 4)).to(tl.uint8), mask=g < K // 4)
+        else:
+            m_meta = tl.cdiv(M_STORED, 64) * 64
+            _store_cutlass_metadata(meta_ptr, nibble_lo, rows_lo, chunk, m_meta, K, BLOCK_G)
+            _store_cutlass_metadata(meta_ptr, nibble_hi, rows_hi, chunk, m_meta, K, BLOCK_G)
         # energies: (rows, 2, n_chunks), ‖x‖² then ‖x̃‖²
         tl.store(energy_ptr + rows_lo * 2 * n_chunks + chunk, total_lo, mask=rows_lo < M)
         tl.store(energy_ptr + (rows_lo * 2 + 1) * n_chunks + chunk, kept_lo, mask=rows_lo < M)
@@ -309,36 +330,64 @@ def prune_compress_24(
     first M rows are the layer's, a view). Compare with the references on `as_flat(operand, stored_rows, k)`: the
     slack past `compressed_numel` is left unwritten.
     """
+    operands, loader = _operands_and_loader(x, loader)
+    rows, k = operands[0].shape[0], loader.width
+    stored = padded_rows(rows, pad_rows_to)
+    operand = torch.empty(compressed_shape(stored, k), dtype=operands[0].dtype, device=operands[0].device)
+    buffer = as_flat(operand, stored, k)
+    scale = _compress(operands, loader, buffer[: stored * k // 2], buffer[stored * k // 2 :].view(torch.uint8),
+                      stored, CUSPARSELT_LAYOUT)  # fmt: skip
+    return operand, scale
+
+
+def prune_compress_24_cutlass(
+    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same prune, in the layout of lynx's CUTLASS sparse GEMM (`cutlass_layout.py`): (values M × K/2, metadata
+    bytes for M rounded up to 64 rows, the per-row norm scale s). No row padding: the GEMM takes any M."""
+    operands, loader = _operands_and_loader(x, loader)
+    rows, k = operands[0].shape[0], loader.width
+    if groups_per_chunk(loader.segments or (k,)) < 2:
+        raise ValueError(f"CUTLASS's metadata pairs groups along K: segments {loader.segments} are too narrow")
+    values = torch.empty(rows, k // 2, dtype=operands[0].dtype, device=operands[0].device)
+    metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=operands[0].device)
+    return values, metadata, _compress(operands, loader, values, metadata, rows, CUTLASS_LAYOUT)
+
+
+def _operands_and_loader(x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None) -> tuple[list, Loader]:
     if triton is None:
-        raise RuntimeError("triton is not installed; use prune_compress_24_ref")
+        raise RuntimeError("triton is not installed; use the references")
     operands = [x] if isinstance(x, torch.Tensor) else list(x)
     check_operands(operands)
-    head = operands[0]
     if loader is None:
         if len(operands) != 1:
             raise ValueError(f"{len(operands)} operands need a loader that says how X is made of them")
-        loader = Loader(load_rows, head.shape[1])
+        loader = Loader(load_rows, operands[0].shape[1])
+    check_compressible(operands[0].new_empty(0, loader.width))
+    return operands, loader
+
+
+def _compress(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor,
+              stored: int, layout: int) -> torch.Tensor:  # fmt: skip
+    """Launch the compressor over X's `stored` rows into `values` and `metadata` (uint8) in `layout`; the rows'
+    norm scale s."""
+    head = operands[0]
     rows, k = head.shape[0], loader.width
-    check_compressible(head.new_empty(0, k))
-    stored = padded_rows(rows, pad_rows_to)
-    block_g = groups_per_chunk(loader.segments or (k,))
-    operand = torch.empty(compressed_shape(stored, k), dtype=head.dtype, device=head.device)
     scale = torch.empty(rows, dtype=torch.float32, device=head.device)
     if rows == 0:
-        return operand, scale
-    buffer = as_flat(operand, stored, k)
+        return scale
+    block_g = groups_per_chunk(loader.segments or (k,))
     n_chunks = k // 4 // block_g
     energies = torch.empty(rows, 2, n_chunks, dtype=torch.float32, device=head.device)
     strides = tuple(stride for tensor in operands for stride in tensor.stride())
     _compress_kernel[(triton.cdiv(stored, M_TILE) * (M_TILE // 16), n_chunks)](
-        tuple(operands), strides, loader.scalars, buffer[: stored * k // 2],
-        buffer[stored * k // 2 :].view(torch.uint8), energies, rows, stored, k,
-        LOAD=loader.fn, LOAD_ARGS=loader.args, BLOCK_G=block_g,
+        tuple(operands), strides, loader.scalars, values, metadata, energies, rows, stored, k,
+        LOAD=loader.fn, LOAD_ARGS=loader.args, BLOCK_G=block_g, LAYOUT=layout,
     )  # fmt: skip
     block_m = 64
     _row_scale_kernel[(triton.cdiv(rows, block_m),)](energies, scale, rows, n_chunks, NORM_EPS, BLOCK_M=block_m,
                                                      CHUNKS=triton.next_power_of_2(n_chunks))  # fmt: skip
-    return operand, scale
+    return scale
 
 
 def written_out(operands: Sequence[torch.Tensor], loader: Loader) -> torch.Tensor:
@@ -392,5 +441,5 @@ def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
 __all__ = [
     "Loader", "as_flat", "compress_24_ref", "compressed_numel", "compressed_shape",
     "decompress_24_ref", "layout_supported", "metadata_nibble_address", "padded_rows",
-    "prune_compress_24", "prune_compress_24_ref", "stored_indices_ref",
+    "prune_compress_24", "prune_compress_24_cutlass", "prune_compress_24_ref", "stored_indices_ref",
 ]  # fmt: skip

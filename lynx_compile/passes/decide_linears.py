@@ -102,6 +102,8 @@ def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, 
     config = ctx.config
     unavailable, best, best_path = [], None, None
     for path in paths_for("sparse"):
+        if config.sparse_paths and path.name not in config.sparse_paths:
+            continue
         why = "runs no sibling groups" if workload.out_splits and not path.groups else None
         why = why or path.unavailable_reason(workload, config.method)
         if why is not None:
@@ -118,9 +120,9 @@ def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, 
             continue
         if best is None or measured.speedup > best.speedup:
             best, best_path = measured, path
-    if len(unavailable) == 1:
+    if len({why for _, why in unavailable}) == 1:  # one reason (one path, or all alike): no names needed
         return best, best_path, unavailable[0][1]
-    return best, best_path, "; ".join(f"{name}: {why}" for name, why in unavailable) or "no sparse path is registered"
+    return best, best_path, "; ".join(f"{name}: {why}" for name, why in unavailable) or "no sparse path is registered (or allowed by sparse_paths)"
 
 
 def _conditions(measured: Measurement, site: LinearSite, ctx: PassContext) -> str:

@@ -13,6 +13,7 @@ import torch
 from ..registry import Registry
 from .base import Measurement, SparsePath, Workload
 from .cusparselt import Cusparselt
+from .cutlass import Cutlass
 from .cusparselt_planned import CusparseltPlanned
 from .cusparselt_planned import available as planned_cusparselt_available
 from .measurements import clear_measurements, measure, measured
@@ -45,6 +46,7 @@ register_path(Simulate())
 register_path(Cusparselt())
 if planned_cusparselt_available():  # nvmath-python installed (lynx-compile[cuda])
     register_path(CusparseltPlanned())
+register_path(Cutlass())  # says why not where nvcc, CUTLASS's headers (lynx-compile[cutlass]) or sm_90 are missing
 
 __all__ = ["PATHS", "Measurement", "SparsePath", "Workload", "clear_measurements", "get_path", "measure", "measured",
            "paths_for", "register_path", "resolve_execution"]  # fmt: skip

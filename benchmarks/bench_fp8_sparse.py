@@ -1,0 +1,117 @@
+"""FP8 × 2:4 GEMM alone: lynx's CUTLASS FP8 sparse kernel against dense FP8 and dense bf16 (issue 12 item 6).
+
+    python benchmarks/bench_fp8_sparse.py [name ...]   # sm_90 GPU, nvcc and CUTLASS's headers; prints a table and
+                                                       # writes bench_fp8_sparse.json to $OUT
+
+Per shape (tokens M, K → N), one run, CUDA-graph replays (median of do_bench), random (never zero) data:
+- bf16: `F.linear(x, W)` (cuBLAS);
+- fp8: `torch._scaled_mm` rowwise (x per token, W per output feature, e4m3, bf16 out), fast accumulation, as
+  torchao's float8 dynamic-activation / float8-weight inference runs it; `fp8_exact`: without fast accumulation;
+- fp8_24: lynx's CUTLASS e4m3 2:4 GEMM (fast accumulation, tile 128×256×128, the faster of its configurations and
+  raster orders) with the activation scale (and the norm scale) per row and the weight's per column in its epilogue.
+The operands are prepared outside the timing (quantization, pruning, compression): this is the GEMM the issue's
+goal names (≥ 1.3× over FP8 dense, geomean over FLUX shapes). The output is checked against `lynx_compile.fp8`'s
+reference of the same numerics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lynx_compile.fp8 import fp8_linear_ref, quantize_rows  # noqa: E402
+from lynx_compile.kernels import cutlass_gemm  # noqa: E402
+from lynx_compile.kernels.cutlass_layout import compress_24_ref  # noqa: E402
+from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
+from lynx_compile.method import Method  # noqa: E402
+from lynx_compile.timing import cuda_graph_ms  # noqa: E402
+
+SHAPES = [  # (name, M, K, N): bench_linear.py's FLUX 1024² shapes, Wan2.1-14B at 14040 tokens
+    ("flux attn out", 4608, 3072, 3072),
+    ("flux qkv", 4608, 3072, 9216),
+    ("flux mlp up", 4608, 3072, 12288),
+    ("flux mlp down", 4608, 12288, 3072),
+    ("flux single in", 4608, 3072, 21504),
+    ("flux single out", 4608, 15360, 3072),
+    ("wan ffn up", 14040, 5120, 13824),
+    ("wan ffn down", 14040, 13824, 5120),
+]
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def bench_shape(name: str, m: int, k: int, n: int) -> dict:
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+    x_q, x_scale = quantize_rows(x)
+    w_q, w_scale = quantize_rows(weight)
+    w_scale_row = w_scale.reshape(1, n)
+
+    def fp8(fast: bool = True):
+        return torch._scaled_mm(x_q, w_q.t(), scale_a=x_scale, scale_b=w_scale_row, out_dtype=torch.bfloat16,
+                                use_fast_accum=fast)  # fmt: skip
+
+    kept, norm_scale = nm_prune_ref(x.float())
+    kept_q, kept_scale = quantize_rows(kept)
+    values, metadata = compress_24_ref(kept_q)  # the layout's pure-torch encoder, on the GPU
+    row_scale = (kept_scale.reshape(m) * norm_scale).contiguous()
+    column_scale = w_scale.reshape(n).contiguous()
+    timed = {}
+    for config in cutlass_gemm.FP8_CONFIGS:
+        for raster_name, raster in (("heuristic", 0), ("along_m", 1)):
+            def sparse(config=config, raster=raster):
+                return cutlass_gemm.sparse_mm(values, metadata, w_q, row_scale, None, config, raster,
+                                              weight_scale=column_scale)  # fmt: skip
+            timed[f"{config.name} {raster_name}"] = (cuda_graph_ms(sparse), sparse)
+    best = min(timed, key=lambda key: timed[key][0])
+    times = {
+        "bf16": cuda_graph_ms(lambda: F.linear(x, weight)),
+        "fp8": cuda_graph_ms(fp8),
+        "fp8_exact": cuda_graph_ms(lambda: fp8(False)),
+        "fp8_24": timed[best][0],
+    }
+    reference = fp8_linear_ref(x, weight, method=Method())
+    return {
+        "shape": name, "M": m, "K": k, "N": n, "config": best, **{f"{p}_ms": t for p, t in times.items()},
+        "fp8_24_over_fp8": times["fp8"] / times["fp8_24"], "fp8_24_over_fp8_exact": times["fp8_exact"] / times["fp8_24"],
+        "fp8_over_bf16": times["bf16"] / times["fp8"], "fp8_24_over_bf16": times["bf16"] / times["fp8_24"],
+        "fp8_24_rel_err_vs_reference": relative_error(timed[best][1](), reference),
+        "fp8_rel_err_vs_bf16": relative_error(fp8(), F.linear(x, weight)),
+        "all_configs_ms": {key: value[0] for key, value in timed.items()},
+    }  # fmt: skip
+
+
+def main() -> None:
+    why = cutlass_gemm.unavailable_reason()
+    if why is not None:
+        sys.exit(f"lynx's CUTLASS kernels cannot run here: {why}")
+    torch.manual_seed(0)
+    shapes = [shape for shape in SHAPES if not sys.argv[1:] or any(word in shape[0] for word in sys.argv[1:])]
+    rows = []
+    for shape in shapes:
+        rows.append(bench_shape(*shape))
+        print(json.dumps({key: round(value, 4) if isinstance(value, float) else value for key, value in rows[-1].items()
+                          if key != "all_configs_ms"}), flush=True)  # fmt: skip
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    with open(os.path.join(os.environ.get("OUT", "/tmp"), "bench_fp8_sparse.json"), "w") as f:
+        json.dump({**meta, "rows": rows}, f, indent=1)
+    print(f"\n{meta}\n{'shape':18} {'bf16 ms':>8} {'fp8/bf16':>9} {'fp8 2:4/fp8':>11} {'/fp8 exact':>10} "
+          f"{'2:4/bf16':>9} {'rel err':>8}  config")  # fmt: skip
+    for r in rows:
+        print(f"{r['shape']:18} {r['bf16_ms']:8.4f} {r['fp8_over_bf16']:9.2f} {r['fp8_24_over_fp8']:11.2f} "
+              f"{r['fp8_24_over_fp8_exact']:10.2f} {r['fp8_24_over_bf16']:9.2f} "
+              f"{r['fp8_24_rel_err_vs_reference']:8.4f}  {r['config']}")  # fmt: skip
+    flux = [r["fp8_24_over_fp8"] for r in rows if r["shape"].startswith("flux")]
+    if flux:
+        print(f"geomean over FLUX shapes, FP8 2:4 over FP8 dense: {torch.tensor(flux).log().mean().exp().item():.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The CUTLASS path: `lynx::prune_compress_24_cutlass` (prune x as it is loaded, applying the folded producer; write
+the operand in CUTLASS's layout and the rows' norm scale) → lynx's own sm_90a sparse GEMM
+(`kernels/cutlass_gemm.py`), whose epilogue applies the norm scale and the bias, so Y is written once; a LoRA
+correction is added after it.
+
+Unlike cuSPARSELt it takes any token count M (no padding: TMA clips the tile) and N % 8 == 0, and it has no per-call
+plan: a call is one launch through a C entry point. It runs where the kernels can be built and run
+(`cutlass_gemm.unavailable_reason`: nvcc, the `nvidia-cutlass` headers, an sm_90 GPU); the first layer measured
+builds the configurations (minutes, once per machine, cached on disk). Per layer the speed rule times each
+configuration (`cutlass_gemm.CONFIGS`) and raster order and keeps the fastest, beside the other paths.
+Sibling groups run one compress for all members, then each member's GEMM with its own configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..folds import assemble
+from ..kernels import cutlass_gemm
+from ..kernels.cutlass_gemm import CONFIGS, RASTERS, GemmConfig
+from ..kernels.prune_compress_24 import COMPRESSED_DTYPES, K_MULTIPLE
+from ..method import Lora, Method, epilogue
+from ..plan import SparseLinearPlan
+from .base import SparsePath, Timer, Workload
+
+logger = logging.getLogger(__name__)
+
+N_MULTIPLE = 8  # 16-byte rows of Y and of the bias for TMA
+
+
+@torch.library.custom_op("lynx::cutlass_sparse_mm", mutates_args=())
+def cutlass_sparse_mm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor,
+                      scale: Optional[torch.Tensor], bias: Optional[torch.Tensor], config: str,
+                      raster: int) -> torch.Tensor:  # fmt: skip
+    """s ⊙ (X̃·Wᵀ) + b for X̃ as `lynx::prune_compress_24_cutlass` writes it (rows × N)."""
+    return cutlass_gemm.sparse_mm(values, metadata, weight.contiguous(), scale, bias, GemmConfig.parse(config), raster)
+
+
+@cutlass_sparse_mm.register_fake
+def _(values, metadata, weight, scale, bias, config, raster):
+    return weight.new_empty(values.shape[0], weight.shape[0], dtype=cutlass_gemm.output_dtype(weight.dtype))
+
+
+def _fusable_bias(bias: torch.Tensor | None, weight: torch.Tensor) -> bool:
+    """Whether the kernel's epilogue can add the bias (W's dtype, contiguous); else it is added after."""
+    return bias is not None and bias.dtype == weight.dtype and bias.dim() == 1 and bias.is_contiguous()
+
+
+class Cutlass(SparsePath):
+    name = "cutlass"
+    groups = True
+
+    def runs_on(self, device: torch.device) -> bool:
+        return device.type == "cuda" and cutlass_gemm.unavailable_reason(device) is None
+
+    def unavailable_reason(self, workload: Workload, method: Method) -> str | None:
+        if workload.device.type != "cuda":
+            return f"no sparse-tensor-core kernel for {workload.device.type} (compressed layout known for sm_90 only)"
+        why = cutlass_gemm.unavailable_reason(workload.device)
+        if why is not None:
+            return why
+        if (method.n, method.m) != (2, 4):
+            return f"{method.n}:{method.m} has no tensor-core path (2:4 only)"
+        if workload.dtype not in COMPRESSED_DTYPES:
+            return f"dtype {str(workload.dtype).removeprefix('torch.')}: sparse tensor cores take bf16/fp16"
+        if workload.in_features % K_MULTIPLE:
+            return f"K={workload.in_features} not a multiple of {K_MULTIPLE}"
+        if any(n % N_MULTIPLE for n in workload.members):
+            return f"N={'+'.join(map(str, workload.members))} not a multiple of {N_MULTIPLE}"
+        return None
+
+    def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
+        """Each configuration and raster order, per member of a group; the fastest of each, timed together as the
+        group runs (one compress, then each member's GEMM). A packed group is timed member by member: this path
+        has no one-GEMM mode yet."""
+        inputs, weight, lora = workload.example()
+        weights = weight.split(workload.members) if workload.out_splits else [weight]
+        with ThreadPoolExecutor(len(CONFIGS)) as pool:  # first use: build the configurations side by side
+            built = list(pool.map(lambda config: _try_build(config, workload.dtype), CONFIGS))
+        configs = [config for config, ok in zip(CONFIGS, built) if ok]
+        if not configs:
+            raise RuntimeError("no CUTLASS configuration could be built (see the log)")
+        values, metadata, scale = torch.ops.lynx.prune_compress_24_cutlass(inputs, workload.fold.encode())
+        settings = [_fastest_setting(values, metadata, member, scale, configs, timer) for member in weights]
+
+        def sparse() -> object:
+            values, metadata, scale = torch.ops.lynx.prune_compress_24_cutlass(inputs, workload.fold.encode())
+            outs = [_gemm(values, metadata, member, scale, None, setting) for member, setting in zip(weights, settings)]
+            if lora is not None:  # the correction's two small GEMMs on the dense x (its add unfused: pessimistic)
+                outs = [epilogue(outs[0], None, lora, assemble(inputs, workload.fold))]
+            return outs
+
+        ms = timer(sparse)
+        return ({"members": settings} if workload.out_splits else settings[0]), ms
+
+    def forward(self, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
+                plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
+        values, metadata, scale = torch.ops.lynx.prune_compress_24_cutlass.default(list(inputs), plan.fold.encode())
+        scale = scale if plan.method.norm_compensation else None
+        fused = _fusable_bias(bias, weight)
+        out = _gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.params))
+        rows = assemble(inputs, plan.fold).reshape(-1, weight.shape[1]) if lora is not None else None
+        out = epilogue(out, None if fused else bias, lora, rows)
+        return out.reshape(*inputs[0].shape[:-1], weight.shape[0])
+
+    def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                      biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
+        values, metadata, scale = torch.ops.lynx.prune_compress_24_cutlass.default(list(inputs), plan.fold.encode())
+        scale = scale if plan.method.norm_compensation else None
+        outs = []
+        for index, (weight, bias) in enumerate(zip(weights, biases)):
+            fused = _fusable_bias(bias, weight)
+            out = _gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.member(index).params))
+            out = out if fused or bias is None else out + bias
+            outs.append(out.reshape(*inputs[0].shape[:-1], weight.shape[0]))
+        return outs
+
+    def describe(self, params: dict[str, Any]) -> str:
+        settings = ", ".join(f"{member['config']} {member['raster']}" for member in params.get("members", [params]))
+        return f"2:4 sparse tensor cores (CUTLASS, {settings}, scale and bias in the epilogue)"
+
+    def source_files(self) -> tuple[str, ...]:
+        # the kernel's source keys its own build (`cutlass_gemm.library_path`), not the graphs that call it
+        return (*super().source_files(), cutlass_gemm.__file__)
+
+
+def _gemm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+          bias: torch.Tensor | None, setting: dict[str, Any]) -> torch.Tensor:  # fmt: skip
+    return torch.ops.lynx.cutlass_sparse_mm(values, metadata, weight, scale, bias, setting["config"],
+                                            RASTERS[setting["raster"]])  # fmt: skip
+
+
+def _try_build(config: GemmConfig, dtype: torch.dtype) -> bool:
+    try:
+        cutlass_gemm.library(config, dtype)
+        return True
+    except Exception as error:  # noqa: BLE001 - a configuration that does not build is left out, with its reason
+        logger.warning("lynx: CUTLASS configuration %s unavailable (%s)", config.name, error)
+        return False
+
+
+def _fastest_setting(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+                     configs: Sequence[GemmConfig], timer: Timer) -> dict[str, Any]:  # fmt: skip
+    """The configuration and raster order that run this GEMM fastest."""
+    timed = {}
+    for config in configs:
+        for raster in ("heuristic", "along_m"):
+            setting = {"config": config.name, "raster": raster}
+            try:
+                timed[timer(lambda setting=setting: _gemm(values, metadata, weight, scale, None, setting))] = setting
+            except RuntimeError as error:  # e.g. a cluster the problem cannot take
+                logger.info("lynx: CUTLASS %s %s skipped: %s", config.name, raster, error)
+    if not timed:
+        raise RuntimeError("no CUTLASS configuration runs this GEMM")
+    return timed[min(timed)]

@@ -1,0 +1,138 @@
+"""The CUTLASS operand layout: the Triton compressor (interpreter on CPU) against the pure-torch encoder, the encoder's
+rules, and — where nvcc and CUTLASS's headers are installed — the address formula against the layout the built
+kernel library reads (a compile of one configuration: also the check that the kernel source builds)."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lynx_compile.kernels import cutlass_gemm
+from lynx_compile.kernels.cutlass_gemm import CONFIGS, FP8_CONFIGS, GemmConfig
+from lynx_compile.kernels.cutlass_layout import (
+    compress_24_ref,
+    decompress_24_ref,
+    metadata_nibble_address,
+    prune_compress_24_ref,
+    sparse_mm_ref,
+    stored_indices_ref,
+)
+from lynx_compile.kernels.nm_prune import nm_prune_ref
+from lynx_compile.kernels.prune_compress_24 import Loader, load_tile, metadata_bytes, prune_compress_24_cutlass
+
+from test_prune_compress_24 import activations, bits
+
+
+@given(activations())
+def test_compressor_matches_the_reference_bit_for_bit(x):
+    values, metadata, scale = prune_compress_24_cutlass(x)
+    ref_values, ref_metadata, ref_scale = prune_compress_24_ref(x)
+    assert values.shape == (x.shape[0], x.shape[1] // 2) and metadata.shape == (metadata_bytes(*x.shape),)
+    assert torch.equal(bits(values), bits(ref_values))
+    assert torch.equal(metadata, ref_metadata)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-6, atol=0)
+
+
+@given(activations())
+def test_decompressing_gives_back_the_pruned_matrix(x):
+    pruned, _ = nm_prune_ref(x)
+    without_negative_zeros = torch.where(pruned == 0, torch.zeros_like(pruned), pruned)  # stored as +0
+    assert torch.equal(bits(decompress_24_ref(*compress_24_ref(pruned))), bits(without_negative_zeros))
+
+
+def test_stored_indices_follow_cutlass_rules():
+    groups = torch.tensor([[1.0, 2, 0, 0], [0, 0, 3, 4], [0, 5, 0, 6], [7, 0, 0, 0], [0, 0, 8, 0], [0, 0, 0, 9],
+                           [0, 0, 0, 0], [-0.0, 0, 0, 0]])  # fmt: skip
+    lo, hi = stored_indices_ref(groups != 0)
+    assert lo.tolist() == [0, 2, 1, 0, 2, 0, 0, 0]
+    assert hi.tolist() == [1, 3, 3, 3, 3, 3, 0, 0]
+    values, _ = compress_24_ref(groups.to(torch.bfloat16).repeat(1, 16))  # row i: group i, 16 times (K = 64)
+    slots = values.reshape(8, 16, 2)[:, 0]
+    assert slots.tolist() == [[1, 2], [3, 4], [5, 6], [7, 0], [8, 0], [0, 9], [0, 0], [0, 0]]
+    assert bits(slots[7]).tolist() == [0, 0]  # a free slot holds +0, never the -0.0 that was there
+
+
+@pytest.mark.parametrize("rows", [1, 64, 65, 130])
+def test_metadata_addresses_are_a_permutation(rows):
+    k = 192
+    padded = -(-rows // 64) * 64
+    address = metadata_nibble_address(torch.arange(padded)[:, None], torch.arange(k // 4)[None, :], padded)
+    assert sorted(address.flatten().tolist()) == list(range(padded * k // 4))
+
+
+def test_a_folded_loader_compresses_what_it_loads():
+    """A loader (here: two pieces read side by side, as the concat fold's) reaches the CUTLASS layout as it reaches
+    cuSPARSELt's: the operand equals the compressor on the assembled x."""
+    from lynx_compile.folds import FoldSpec, compress_cutlass
+
+    head, tail = torch.randn(70, 128, dtype=torch.bfloat16), torch.randn(70, 192, dtype=torch.bfloat16)
+    folded = compress_cutlass([head, tail], FoldSpec("concat", ("none", "none")))
+    plain = prune_compress_24_cutlass(torch.cat([head, tail], dim=1))
+    for a, b in zip(folded, plain):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+def test_too_narrow_segments_are_refused():
+    narrow = Loader(load_tile, 64, segments=(4, 60))
+    with pytest.raises(ValueError, match="too narrow"):
+        prune_compress_24_cutlass([torch.randn(8, 64, dtype=torch.bfloat16)], narrow)
+
+
+def test_fp8_encoder_round_trips_e4m3_with_cutlass_rules():
+    from lynx_compile.fp8 import quantize_rows
+
+    x = torch.randn(70, 256)
+    x[:, :4] = 0
+    x[:, 4:8] = torch.tensor([0.0, 0.0, 0.0, 2.0])
+    pruned, _ = nm_prune_ref(x)
+    quantized, _ = quantize_rows(pruned)
+    values, metadata = compress_24_ref(quantized)
+    assert values.dtype == torch.float8_e4m3fn and values.shape == (70, 128) and metadata.numel() == 128 * 256 // 8
+    bits = quantized.view(torch.uint8)
+    expected = torch.where(bits == 0x80, 0, bits)  # -0.0 comes back as +0
+    assert torch.equal(decompress_24_ref(values, metadata).view(torch.uint8), expected)
+    slots = values.view(torch.uint8).reshape(70, 64, 2)
+    assert (slots[:, 0] == 0).all()  # an empty group: (+0, +0)
+    assert (slots[:, 1, 0] == 0).all() and torch.equal(slots[:, 1, 1], bits[:, 7])  # one nonzero at 3: (0, x₃)
+
+
+def test_reference_gemm_is_the_dense_product_of_the_pruned_operand():
+    x = torch.randn(37, 128, dtype=torch.bfloat16)
+    weight, bias = torch.randn(24, 128, dtype=torch.bfloat16), torch.randn(24, dtype=torch.bfloat16)
+    values, metadata, scale = prune_compress_24_ref(x)
+    pruned, _ = nm_prune_ref(x)
+    expected = ((pruned.float() @ weight.float().t()) * scale[:, None] + bias.float()).to(torch.bfloat16)
+    assert torch.equal(sparse_mm_ref(values, metadata, weight, scale, bias), expected)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda config: config.name)
+def test_configuration_names_round_trip(config):
+    assert GemmConfig.parse(config.name) == config
+    with pytest.raises(ValueError):
+        GemmConfig.parse("128x256")
+
+
+def test_without_a_gpu_the_kernels_say_why():
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    assert cutlass_gemm.unavailable_reason() == "no CUDA GPU"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cutlass_gemm.toolchain_error() is not None, reason="needs nvcc and CUTLASS's headers")
+@pytest.mark.parametrize("config, dtype", [(CONFIGS[0], torch.bfloat16), (FP8_CONFIGS[0], torch.float8_e4m3fn)],
+                         ids=["bf16", "fp8"])
+def test_address_formula_is_the_layout_the_built_kernel_reads(config, dtype):
+    """Builds the configuration (a few CPU-minutes the first time; cached) and asks its own layout."""
+    lib = cutlass_gemm.library(config, dtype)
+    element_bits = 8 * torch.empty(0, dtype=dtype).element_size()
+    info = lib.info()
+    assert info[1:4] == [config.tile_m, config.tile_n, config.tile_k] and info[7:] == [64, config.tile_k, 8]
+    for rows, k in [(1, 128), (100, 384), (4608, 3072)]:
+        padded = -(-rows // 64) * 64
+        generator = torch.Generator().manual_seed(rows)
+        sample_rows = torch.randint(0, rows, (500,), generator=generator)
+        sample_groups = torch.randint(0, k // 4, (500,), generator=generator)
+        expected = metadata_nibble_address(sample_rows, sample_groups, padded, element_bits)
+        offsets = [lib.metadata_offset(rows, k, int(r), int(4 * g)) for r, g in zip(sample_rows, sample_groups)]
+        assert [offset // 4 for offset in offsets] == expected.tolist()  # 8 logical elements per byte: a nibble is 4

@@ -1,0 +1,190 @@
+"""GPU checks of lynx's CUTLASS sparse GEMM (`pytest -m gpu`; skipped without an sm_90 GPU, nvcc or CUTLASS's headers):
+the Triton compressor against CUTLASS's own, the kernel against the reference, graph replays, and the path in a
+compiled model."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import lynx_compile
+from lynx_compile.kernels import cutlass_gemm
+from lynx_compile.kernels.cutlass_gemm import CONFIGS, RASTERS, GemmConfig
+from lynx_compile.kernels.cutlass_layout import sparse_mm_ref
+from lynx_compile.kernels.nm_prune import nm_prune_ref
+from lynx_compile.kernels.prune_compress_24 import prune_compress_24_cutlass
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available() or cutlass_gemm.unavailable_reason() is not None,
+                       reason="needs an sm_90 GPU, nvcc and CUTLASS's headers"),  # fmt: skip
+]
+
+
+def awkward_activation(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Random x with the groups the stored-index rules treat specially: all zero, one nonzero (at 3 and below 3),
+    -0.0 among the kept, exact ties."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(rows, k, device="cuda", dtype=dtype, generator=g)
+    x[:, :4] = 0
+    x[:, 4:8] = torch.tensor([0.0, 0.0, 0.0, 2.0])
+    x[:, 8:12] = torch.tensor([0.0, 3.0, 0.0, 0.0])
+    x[:, 12:16] = torch.tensor([-0.0, 1.0, -0.0, 0.0])
+    x[:, 16:32] = x[:, 16:32].round()
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows, k", [(1, 64), (37, 192), (333, 3072), (1000, 12288), (14040, 512)])
+def test_compressor_is_bit_exact_with_cutlass_compressor(rows, k, dtype):
+    x = awkward_activation(rows, k, dtype, rows + k)
+    values, metadata, scale = prune_compress_24_cutlass(x)
+    pruned, ref_scale = nm_prune_ref(x)
+    lib = cutlass_gemm.library(CONFIGS[0], dtype)
+    ref_values = torch.full_like(values, float("nan"))
+    ref_metadata = torch.full_like(metadata, 0xAB)
+    status = lib.lib.lynx_sparse_gemm_compress_reference(pruned.data_ptr(), ref_values.data_ptr(),
+                                                         ref_metadata.data_ptr(), rows, k,
+                                                         torch.cuda.current_stream().cuda_stream)  # fmt: skip
+    torch.cuda.synchronize()
+    assert status == 0
+    assert torch.equal(values.view(torch.int16), ref_values.view(torch.int16))
+    assert torch.equal(metadata, ref_metadata)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("config, dtype", [(config, torch.bfloat16) for config in CONFIGS]
+                         + [(CONFIGS[0], torch.float16)], ids=lambda value: getattr(value, "name", str(value)))
+@pytest.mark.parametrize("rows, k, n", [(1, 64, 16), (37, 192, 264), (333, 3072, 3072), (4608, 3072, 9216),
+                                        (14040, 5120, 5120)])  # fmt: skip
+def test_gemm_equals_the_reference_with_and_without_its_epilogue(rows, k, n, dtype, config):
+    x = awkward_activation(rows, k, dtype, rows * n)
+    weight = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+    bias = torch.randn(n, device="cuda", dtype=dtype)
+    values, metadata, scale = prune_compress_24_cutlass(x)
+    for with_scale, with_bias in [(False, False), (True, False), (False, True), (True, True)]:
+        s, b = (scale if with_scale else None), (bias if with_bias else None)
+        for raster in RASTERS.values():
+            out = cutlass_gemm.sparse_mm(values, metadata, weight, s, b, config, raster)
+            ref = sparse_mm_ref(values, metadata, weight, s, b)
+            # fp32 accumulation in another order, one rounding to 16 bits each: a last-bit difference at most
+            torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_gemm_replays_from_a_cuda_graph_with_changing_inputs():
+    rows, k, n = 1000, 3072, 3072
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+    weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    config = CONFIGS[0]
+
+    def layer():
+        values, metadata, scale = prune_compress_24_cutlass(x)
+        return cutlass_gemm.sparse_mm(values, metadata, weight, scale, bias, config)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        layer()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer()
+    for seed in range(3):
+        x.copy_(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16, generator=torch.Generator("cuda").manual_seed(seed)))
+        graph.replay()
+        assert torch.equal(out, layer())
+
+
+@pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "no-graphs"])
+def test_cutlass_path_runs_a_model_like_simulate(graphs):
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(512, 512), nn.Linear(512, 512), nn.Linear(512, 512)
+            self.up, self.down = nn.Linear(512, 2048), nn.Linear(2048, 512)
+
+        def forward(self, x):
+            x = x + self.q(x) * self.k(x) + self.v(x)
+            return x + self.down(nn.functional.gelu(self.up(x), approximate="tanh"))
+
+    model = Block().cuda().to(torch.bfloat16).eval()
+    options = {"min_speedup": 1e-6, "sparse_paths": "cutlass", **({"mode": "reduce-overhead"} if graphs else {})}
+    x = torch.randn(3, 333, 512, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        report = lynx_compile.explain(model, x, options={**options, "execution": "sparse"})
+        assert report.sparse_layers and all("CUTLASS" in layer.reason for layer in report.sparse_layers)
+        torch._dynamo.reset()
+        sparse = torch.compile(model, backend="lynx", options={**options, "execution": "sparse"})
+        simulate = torch.compile(model, backend="lynx", options={**options, "execution": "simulate"})
+        for _ in range(3):
+            x = torch.randn_like(x)
+            out, expected = sparse(x).clone(), simulate(x)
+            rel = ((out.float() - expected.float()).norm() / expected.float().norm()).item()
+            assert rel < 2e-2  # bf16 roundings in other places flip a few near-tied masks
+
+
+def test_host_cost_of_a_call_without_cuda_graphs():
+    """Not a speed goal, a regression guard: a call is one C call and a launch, far from a plan's 0.5 ms."""
+    import time
+
+    rows, k, n = 64, 512, 512
+    values, metadata, scale = prune_compress_24_cutlass(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16))
+    weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    config = GemmConfig()
+    cutlass_gemm.sparse_mm(values, metadata, weight, scale, None, config)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(200):
+        cutlass_gemm.sparse_mm(values, metadata, weight, scale, None, config)
+    host_us = (time.perf_counter() - start) / 200 * 1e6
+    torch.cuda.synchronize()
+    print(f"host µs per call: {host_us:.1f}")
+    assert host_us < 200
+
+
+def fp8_operands(rows: int, k: int, n: int, seed: int):
+    """A pruned activation and a weight quantized rowwise to e4m3 (`lynx_compile.fp8`), with their scales."""
+    from lynx_compile.fp8 import quantize_rows
+
+    x = awkward_activation(rows, k, torch.bfloat16, seed)
+    kept, norm_scale = nm_prune_ref(x.float())
+    kept_q, kept_scale = quantize_rows(kept)
+    weight_q, weight_scale = quantize_rows(torch.randn(n, k, device="cuda") / k**0.5)
+    return kept_q, (kept_scale.reshape(-1) * norm_scale).contiguous(), weight_q, weight_scale.reshape(-1).contiguous()
+
+
+@pytest.mark.parametrize("rows, k", [(1, 128), (37, 256), (1000, 3072), (4608, 12288)])
+def test_fp8_encoder_is_bit_exact_with_cutlass_compressor(rows, k):
+    from lynx_compile.kernels.cutlass_layout import compress_24_ref
+
+    kept_q, _, _, _ = fp8_operands(rows, k, 16, rows + k)
+    values, metadata = compress_24_ref(kept_q)
+    lib = cutlass_gemm.library(cutlass_gemm.FP8_CONFIGS[0], torch.float8_e4m3fn)
+    assert lib.info()[0] == 2 and lib.info()[7:] == [64, 128, 8]
+    ref_values = torch.full_like(values.view(torch.uint8), 0xAB)
+    ref_metadata = torch.full_like(metadata, 0xAB)
+    status = lib.lib.lynx_sparse_gemm_compress_reference(kept_q.data_ptr(), ref_values.data_ptr(),
+                                                         ref_metadata.data_ptr(), rows, k,
+                                                         torch.cuda.current_stream().cuda_stream)  # fmt: skip
+    torch.cuda.synchronize()
+    assert status == 0
+    assert torch.equal(values.view(torch.uint8), ref_values)
+    assert torch.equal(metadata, ref_metadata)
+
+
+@pytest.mark.parametrize("config", cutlass_gemm.FP8_CONFIGS, ids=lambda config: config.name)
+@pytest.mark.parametrize("rows, k, n", [(1, 128, 16), (37, 256, 264), (4608, 3072, 3072), (14040, 5120, 5120)])
+def test_fp8_gemm_equals_the_reference_with_its_scales(rows, k, n, config):
+    from lynx_compile.kernels.cutlass_layout import compress_24_ref
+
+    kept_q, row_scale, weight_q, weight_scale = fp8_operands(rows, k, n, rows * n)
+    values, metadata = compress_24_ref(kept_q)
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    for raster in (0, 1):
+        out = cutlass_gemm.sparse_mm(values, metadata, weight_q, row_scale, bias, config, raster,
+                                     weight_scale=weight_scale)  # fmt: skip
+        assert out.dtype == torch.bfloat16
+        ref = sparse_mm_ref(values, metadata, weight_q, row_scale, bias, weight_scale)
+        torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
