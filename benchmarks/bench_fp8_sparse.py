@@ -80,7 +80,8 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
     reference = fp8_linear_ref(x, weight, method=Method())
     return {
         "shape": name, "M": m, "K": k, "N": n, "config": best, **{f"{p}_ms": t for p, t in times.items()},
-        "fp8_24_over_fp8": times["fp8"] / times["fp8_24"], "fp8_24_over_fp8_exact": times["fp8_exact"] / times["fp8_24"],
+        "fp8_24_over_fp8": times["fp8"] / times["fp8_24"],
+        "fp8_24_over_fp8_exact": times["fp8_exact"] / times["fp8_24"],
         "fp8_over_bf16": times["bf16"] / times["fp8"], "fp8_24_over_bf16": times["bf16"] / times["fp8_24"],
         "fp8_24_rel_err_vs_reference": relative_error(timed[best][1](), reference),
         "fp8_rel_err_vs_bf16": relative_error(fp8(), F.linear(x, weight)),

@@ -139,14 +139,15 @@ def bench_cutlass(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pro
     plan = SparseLinearPlan(CUTLASS.name, params=tuple(sorted(params.items())))
     values, metadata, _ = prune_compress_24_cutlass(x)
     gemm = torch.ops.lynx.cutlass_sparse_mm
-    raster = cutlass_gemm.RASTERS[params["raster"]]
+    raster, swizzle = cutlass_gemm.RASTERS[params["raster"]], params["swizzle"]
     times = {
-        "cutlass_gemm_only": cuda_graph_ms(lambda: gemm(values, metadata, weight, None, None, params["config"], raster)),
+        "cutlass_gemm_only": cuda_graph_ms(lambda: gemm(values, metadata, weight, None, None, params["config"], raster,
+                                                        swizzle)),
         "lynx_cutlass": cuda_graph_ms(lambda: CUTLASS.forward([x], weight, bias, None, plan)),
     }
     pruned, scale = nm_prune_ref(x)
     reference = (pruned.float() @ weight.float().t()) * scale[:, None] + bias.float()
-    row = {"cutlass_config": f"{params['config']} {params['raster']}",
+    row = {"cutlass_config": f"{params['config']} {params['raster']} s{swizzle}",
            "lynx_cutlass_rel_err": relative_error(CUTLASS.forward([x], weight, bias, None, plan), reference)}
     if producer:
         fold, widths = producer

@@ -72,7 +72,9 @@ def _(inputs: list[torch.Tensor], fold: str, pad_rows_to: int) -> tuple[torch.Te
 
 
 @torch.library.custom_op("lynx::prune_compress_24_cutlass", mutates_args=())
-def prune_compress_24_cutlass_op(inputs: list[torch.Tensor], fold: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prune_compress_24_cutlass_op(
+    inputs: list[torch.Tensor], fold: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return compress_cutlass(inputs, FoldSpec.decode(fold))
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-import torch
-
 
 class StepSchedule:
     """The denoising steps (0-based, in the order the sampler runs them) at which the compiled blocks run sparse."""
@@ -42,14 +40,8 @@ class StepSchedule:
         return self.step in self.sparse_steps
 
     def at(self, step: int) -> None:
-        """Make `step` the current one (a sampling loop of one's own calls this before the step's model calls).
-
-        It also starts a new step for Inductor's CUDA-graph trees: their step detection, which waits for the first
-        graph of a forward to run again, does not see one when a step switches every block to its other variant,
-        and would take the new variant's graphs as continuing the last step (whose outputs they may then overwrite
-        while they are read; measured on an H200). The previous step's outputs are consumed by then."""
+        """Make `step` the current one (a sampling loop of one's own calls this before the step's model calls)."""
         self.step = step
-        torch.compiler.cudagraph_mark_step_begin()
 
     def __call__(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
         """diffusers' ``callback_on_step_end``: step `step_index` has run, so the next one is current; after the

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from lynx_compile.folds import IDENTITY
 from lynx_compile.kernels.nm_prune import nm_prune_ref
-from lynx_compile.kernels.prune_compress_24 import as_flat, decompress_24_ref
+from lynx_compile.kernels.cusparselt_layout import decompress_24_ref
+from lynx_compile.kernels.prune_compress_24 import as_flat
 from lynx_compile.paths import PATHS
 from lynx_compile.paths.cusparselt import cusparselt_gemms
 from lynx_compile.paths.cusparselt_planned import CusparseltPlanned, Plans, available

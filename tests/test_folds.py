@@ -11,7 +11,8 @@ from sparse_op import sparse_linear, sparse_linear_call
 import lynx_compile
 from lynx_compile.folds import FoldSpec, assemble, compress, load
 from lynx_compile.kernels.activations import activate, activation_ref
-from lynx_compile.kernels.prune_compress_24 import as_flat, prune_compress_24_ref
+from lynx_compile.kernels.cusparselt_layout import prune_compress_24_ref
+from lynx_compile.kernels.prune_compress_24 import as_flat
 from lynx_compile.method import Method, sparse_linear_ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -90,7 +90,8 @@ def test_gemm_replays_from_a_cuda_graph_with_changing_inputs():
     with torch.cuda.graph(graph):
         out = layer()
     for seed in range(3):
-        x.copy_(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16, generator=torch.Generator("cuda").manual_seed(seed)))
+        generator = torch.Generator("cuda").manual_seed(seed)
+        x.copy_(torch.randn(rows, k, device="cuda", dtype=torch.bfloat16, generator=generator))
         graph.replay()
         assert torch.equal(out, layer())
 

@@ -14,7 +14,8 @@ from sparse_op import sparse_linear
 import lynx_compile
 from lynx_compile.folds import FOLDS, FoldMatch, FoldSpec, ProducerFold, compress, register_fold
 from lynx_compile.folds.base import through_identities
-from lynx_compile.kernels.prune_compress_24 import Loader, as_flat, prune_compress_24_ref
+from lynx_compile.kernels.cusparselt_layout import prune_compress_24_ref
+from lynx_compile.kernels.prune_compress_24 import Loader, as_flat
 from lynx_compile.method import Method, sparse_linear_ref
 from lynx_compile.passes.lower_sparse_linears import source_files
 from lynx_compile.paths import PATHS, SparsePath, clear_measurements, register_path

@@ -85,5 +85,5 @@ register_fold(Concat())
 register_fold(Activation())
 register_fold(Gated())
 
-__all__ = ["FOLDS", "IDENTITY", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "compress_cutlass", "describe", "get_fold", "load",
-           "match_producer", "register_fold"]  # fmt: skip
+__all__ = ["FOLDS", "IDENTITY", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "compress_cutlass",
+           "describe", "get_fold", "load", "match_producer", "register_fold"]  # fmt: skip

@@ -2,8 +2,8 @@
 
 Each configuration (`GemmConfig`: tile, cluster, schedule) and element type is one shared library, compiled by nvcc
 for sm_90a against the C++ headers of the `nvidia-cutlass` wheel (the optional extra ``lynx-compile[cutlass]``) into
-``~/.cache/lynx_compile/cutlass/<key>/`` (`cache_dir`) (the key hashes the source, the flags and the versions of nvcc and CUTLASS), under a
-file lock so that concurrent processes (ranks) build it once. The libraries have plain C entry points and link no
+``~/.cache/lynx_compile/cutlass/<key>/`` (`cache_dir`; the key hashes the source, the flags and the versions of nvcc
+and CUTLASS), under a file lock so that concurrent processes (ranks) build it once. The libraries have plain C entry points and link no
 torch: one build serves every torch version, and a call is one ctypes call on the current stream (CUDA-graph capture
 records it like any launch). `unavailable_reason()` says why the kernels cannot run here (no nvcc, no headers, no
 sm_90 GPU, a failed build); callers then keep the layer on another path.
@@ -67,14 +67,17 @@ class GemmConfig:
         return [f"-D{key}={value}" for key, value in values.items()]
 
 
-# What the speed rule tries per shape. 128×256×64 is cuSPARSELt's fastest tile on FLUX shapes, with a cluster of 4
-# along M (W multicast to more CTAs); the narrower tiles are for small N or few tokens.
+# What the speed rule tries per shape (with every raster order and swizzle in `SWIZZLES`). 128×256×64 is cuSPARSELt's
+# fastest tile on FLUX shapes; a cluster of 4 along M (W multicast to more CTAs) wins on N = 3072, 2 elsewhere;
+# 128×128 is for small N or few tokens. 256×128 and a 64×256 ping-pong tile were never fastest on FLUX or Wan shapes
+# (benchmarks/tune_cutlass.py, RESULTS.md 2026-11-26), so they are not tried.
 CONFIGS = (
     GemmConfig(128, 256, 64, 2, 1),
     GemmConfig(128, 256, 64, 4, 1),
     GemmConfig(128, 128, 64, 2, 1),
-    GemmConfig(256, 128, 64, 2, 1),
 )
+SWIZZLES = (1, 2, 4)
+
 # FP8 e4m3 (output bf16), CUTLASS's fast accumulation: tile K 128, the 8-bit metadata atom's width.
 FP8_CONFIGS = (
     GemmConfig(128, 256, 128, 2, 1),
@@ -184,8 +187,12 @@ def build(config: GemmConfig, dtype: torch.dtype) -> Path:
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         logger.warning("lynx: building the CUTLASS sparse GEMM %s (%s) with nvcc, once: a few CPU-minutes",
                        config.name, dtype)  # fmt: skip
-        result = subprocess.run(_compile_command(config, dtype, partial), capture_output=True, text=True,
-                                timeout=BUILD_TIMEOUT_S, check=False)  # fmt: skip
+        try:
+            result = subprocess.run(_compile_command(config, dtype, partial), capture_output=True, text=True,
+                                    timeout=BUILD_TIMEOUT_S, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(f"building the CUTLASS sparse GEMM {config.name} took over {BUILD_TIMEOUT_S} s") from None
         if result.returncode != 0:
             partial.unlink(missing_ok=True)
             log = path.with_suffix(".log")

@@ -1,26 +1,14 @@
-"""Fused 2:4 prune + compress: X (tokens × K) → cuSPARSELt's compressed operand of x̃ (sm_90), plus what the norm
-scale s needs.
+"""Fused 2:4 prune + compress: X (tokens × K) → the compressed operand of x̃ for a sparse GEMM, plus what the norm
+scale s needs, in one pass over X.
 
-The sparse GEMM (`torch._cslt_sparse_mm`) wants its 2:4 operand as one buffer in cuSPARSELt's own layout, which torch
-only produces from an already-pruned dense matrix (`torch._cslt_compress`, yet another pass). This kernel writes
-that buffer straight from X in one pass, and the rows' norm scale s, which the epilogue applies to the GEMM's output.
-The layout, found by experiment on an H100 (`benchmarks/probe_cslt_layout.py`;
-notes in `CSLT_LAYOUT_SM90.md` beside this file), for bf16/fp16 X of shape (M, K), K % 64 == 0:
-
-- values: M × K/2 elements, row-major; each group of 4 contributes its two stored entries in index order.
-- metadata, right after: one nibble per group, ``lo | hi << 2`` for the two stored indices lo < hi. A group
-  (row r, group g) lives at nibble address
-
-      (r // 64 · K/32 + g // 8) · 512 + (r & 7)·16 + ((r >> 3) & 1) + ((r >> 4) & 3)·128 + (g & 3)·4 + ((g >> 2) & 1)·2
-
-  (even address: low nibble of byte address // 2). Rows are padded to a multiple of 64 with empty groups. For
-  K % 64 == 32 cuSPARSELt pads K as well, differently: not implemented, such layers stay dense.
-- the tensor torch returns is (M, ceil(total / M)) elements of X's dtype; the slack at the end is never read.
-- which indices are stored is decided by the pruned values' nonzeros, not by the mask: a group with two nonzeros
-  stores them; with fewer, the missing slots are the highest unused indices (one nonzero at p → (p, 3), or (2, 3)
-  when p = 3; none → (2, 3)). So a kept exact zero is stored like a pruned one, as cuSPARSELt does.
-
-Only that sm_90 layout is implemented: `layout_supported()` says whether this GPU has it; elsewhere callers stay dense.
+The sparse GEMMs want their 2:4 operand in their own layouts, which their libraries only produce from an
+already-pruned dense matrix (`torch._cslt_compress`, CUTLASS's compressor: yet another pass). This kernel writes the
+operand straight from X (or from the inputs of a folded producer, which it applies as it loads them), and the rows'
+norm scale s, which the GEMM's epilogue applies. Two layouts, each documented beside its pure-torch reference:
+cuSPARSELt's sm_90 layout (`cusparselt_layout.py`: values and metadata in one buffer, shaped as `torch._cslt_compress`
+returns it, rows padded to a multiple the caller asks for) and the layout of lynx's CUTLASS GEMM (`cutlass_layout.py`:
+values and metadata as two tensors, any M). Only sm_90 layouts are implemented: `layout_supported()` says whether
+this GPU has them; elsewhere callers stay dense.
 """
 
 from __future__ import annotations
@@ -31,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .nm_prune import NORM_EPS, nm_prune_ref
+from .nm_prune import NORM_EPS
 
 try:
     import triton
@@ -44,7 +32,6 @@ K_TILE = 32  # K elements per metadata tile
 K_MULTIPLE = 64  # K % 64 == 32 is padded by cuSPARSELt in a way not implemented here
 M_TILE = 64  # rows per metadata tile; M is padded to it
 CUSPARSELT_LAYOUT, CUTLASS_LAYOUT = 0, 1  # the compressed layouts the kernel writes (`LAYOUT`)
-EMPTY_GROUP = 0xE  # nibble of a group with no nonzeros: stored indices (2, 3)
 GROUPS_PER_PROGRAM = 64  # 256 K-elements: with 16 rows, 8 KB of bf16 a program
 
 
@@ -81,62 +68,6 @@ def padded_rows(rows: int, multiple: int) -> int:
 def compressed_shape(rows: int, k: int) -> tuple[int, int]:
     """The shape `torch._cslt_compress` gives its result, which `torch._cslt_sparse_mm` expects back."""
     return rows, -(-compressed_numel(rows, k) // torch.sym_max(rows, 1))  # sym_max: no guard on a symbolic M
-
-
-def metadata_nibble_address(rows: torch.Tensor, groups: torch.Tensor, k: int) -> torch.Tensor:
-    """Nibble address of group `groups` of row `rows` (broadcasting int tensors), per the module docstring."""
-    tile = (rows // M_TILE) * (k // K_TILE) + groups // 8
-    in_tile = ((rows & 7) * 16 + ((rows >> 3) & 1) + ((rows >> 4) & 3) * 128 + (groups & 3) * 4
-               + ((groups >> 2) & 1) * 2)  # fmt: skip
-    return tile * 512 + in_tile
-
-
-# ---- PyTorch reference -------------------------------------------------------------------------------------------
-
-
-def stored_indices_ref(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lo, hi) stored indices of each group of 4 (last dim) of a pruned tensor: nonzeros first, then high indices."""
-    index = torch.arange(4, device=groups.device)
-    preference = (groups != 0).int() * 4 + index  # a nonzero beats any zero; among equals the higher index wins
-    chosen = preference.topk(2, dim=-1).indices
-    return chosen.min(-1).values, chosen.max(-1).values
-
-
-def compress_24_ref(pruned: torch.Tensor) -> torch.Tensor:
-    """Encode an already 2:4-pruned (M, K) matrix exactly as `torch._cslt_compress` does on sm_90 (flat buffer)."""
-    check_compressible(pruned)
-    rows, k = pruned.shape
-    groups = pruned.reshape(rows, k // 4, 4)
-    lo, hi = stored_indices_ref(groups)
-    values = torch.stack([groups.gather(-1, lo[..., None]), groups.gather(-1, hi[..., None])], dim=-1)
-
-    nibbles = torch.full((2 * metadata_bytes(rows, k),), EMPTY_GROUP, dtype=torch.int32, device=pruned.device)
-    row_index = torch.arange(rows, device=pruned.device)[:, None]
-    group_index = torch.arange(k // 4, device=pruned.device)[None, :]
-    nibbles[metadata_nibble_address(row_index, group_index, k).flatten()] = (lo | hi << 2).flatten().int()
-    metadata = (nibbles[0::2] | nibbles[1::2] << 4).to(torch.uint8)
-    return torch.cat([values.reshape(-1).view(torch.uint8), metadata]).view(pruned.dtype)
-
-
-def decompress_24_ref(buffer: torch.Tensor, rows: int, k: int) -> torch.Tensor:
-    """Inverse of `compress_24_ref`: the dense (M, K) matrix a compressed buffer stands for."""
-    raw = buffer.view(torch.uint8)
-    values_bytes = rows * k  # M·K/2 elements of 2 bytes
-    values = raw[:values_bytes].view(buffer.dtype).reshape(rows, k // 4, 2)
-    metadata = raw[values_bytes:].int()
-    address = metadata_nibble_address(torch.arange(rows)[:, None], torch.arange(k // 4)[None, :], k).to(raw.device)
-    nibble = (metadata[address >> 1] >> ((address & 1) * 4)) & 0xF
-    dense = torch.zeros(rows, k // 4, 4, dtype=buffer.dtype, device=raw.device)
-    dense.scatter_(-1, (nibble & 3)[..., None].long(), values[..., :1])
-    dense.scatter_(-1, (nibble >> 2)[..., None].long(), values[..., 1:])
-    return dense.reshape(rows, k)
-
-
-def prune_compress_24_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """2:4 prune (lynx's rank rule) and compress, with the row's norm scale s: what the fused kernel computes."""
-    check_compressible(x)
-    pruned, scale = nm_prune_ref(x, 2, 4)
-    return compress_24_ref(pruned), scale
 
 
 # ---- Triton kernel ------------------------------------------------------------------------------------------------
@@ -212,7 +143,7 @@ if triton is not None:
         # compares bf16 by its bits). With fewer than two, the free slots differ by layout (module docstrings).
         n0, n1, n2, n3 = k0 & (f0 != 0.0), k1 & (f1 != 0.0), k2 & (f2 != 0.0), k3 & (f3 != 0.0)
         count = n0.to(tl.int32) + n1.to(tl.int32) + n2.to(tl.int32) + n3.to(tl.int32)
-        if LAYOUT == 0:  # cuSPARSELt's (CUSPARSELT_LAYOUT); free slots: the highest unused indices, holding what x̃ has there
+        if LAYOUT == 0:  # CUSPARSELT_LAYOUT: free slots are the highest unused indices, holding what x̃ has there
             lo = tl.where(n0, 0, tl.where(n1, 1, 2))
             hi = tl.where(n3 | (count < 2), 3, tl.where(n2, 2, 1))
             lo_value = tl.where(lo == 0, v0, tl.where(lo == 1, v1, v2))
@@ -249,8 +180,8 @@ if triton is not None:
         LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr, LAYOUT: tl.constexpr,
     ):  # fmt: skip
         # In cuSPARSELt's layout rows r and r + 8 share each metadata byte (low and high nibble): a program takes 16
-        # rows as two halves of 8 and writes whole bytes (CUTLASS's pairs groups of one row instead). The grid covers M rounded up to 64: padding rows load as zeros and come out as
-        # empty groups, as cuSPARSELt writes them.
+        # rows as two halves of 8 and writes whole bytes (CUTLASS's pairs groups of one row instead). The grid covers
+        # M rounded up to 64: padding rows load as zeros and come out as empty groups, as both libraries write them.
         chunk = tl.program_id(1)
         n_chunks = tl.num_programs(1)
         rows_lo = tl.program_id(0) * 16 + tl.arange(0, 8)
@@ -439,7 +370,6 @@ def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
 
 
 __all__ = [
-    "Loader", "as_flat", "compress_24_ref", "compressed_numel", "compressed_shape",
-    "decompress_24_ref", "layout_supported", "metadata_nibble_address", "padded_rows",
-    "prune_compress_24", "prune_compress_24_cutlass", "prune_compress_24_ref", "stored_indices_ref",
+    "Loader", "as_flat", "compressed_numel", "compressed_shape", "layout_supported", "padded_rows", "prune_compress_24",
+    "prune_compress_24_cutlass",
 ]  # fmt: skip

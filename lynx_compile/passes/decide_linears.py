@@ -98,9 +98,11 @@ def _workload(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = 
 
 
 def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, SparsePath | None, str]:
-    """(the best measurement, its path, why no path could run) over the sparse paths that can run the workload."""
+    """(the best measurement, its path, why no path could run) over the sparse paths that can run the workload: of
+    those that beat dense by min_speedup, the fastest with its norm scale applied (`Measurement.standalone_ms`);
+    where none does, the one closest to it."""
     config = ctx.config
-    unavailable, best, best_path = [], None, None
+    unavailable, timed = [], []
     for path in paths_for("sparse"):
         if config.sparse_paths and path.name not in config.sparse_paths:
             continue
@@ -118,11 +120,14 @@ def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, 
                            workload.describe(), type(error).__name__, error)  # fmt: skip
             unavailable.append((path.name, f"measuring failed ({type(error).__name__}: {error})"))
             continue
-        if best is None or measured.speedup > best.speedup:
-            best, best_path = measured, path
+        timed.append((measured, path))
+    passing = [entry for entry in timed if entry[0].speedup >= config.min_speedup]
+    best, best_path = (min(passing, key=lambda entry: entry[0].standalone_ms) if passing else
+                       max(timed, key=lambda entry: entry[0].speedup, default=(None, None)))  # fmt: skip
     if len({why for _, why in unavailable}) == 1:  # one reason (one path, or all alike): no names needed
         return best, best_path, unavailable[0][1]
-    return best, best_path, "; ".join(f"{name}: {why}" for name, why in unavailable) or "no sparse path is registered (or allowed by sparse_paths)"
+    return best, best_path, ("; ".join(f"{name}: {why}" for name, why in unavailable)
+                             or "no sparse path is registered (or allowed by sparse_paths)")  # fmt: skip
 
 
 def _conditions(measured: Measurement, site: LinearSite, ctx: PassContext) -> str:

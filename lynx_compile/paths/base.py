@@ -79,26 +79,35 @@ class Workload:
 
 @dataclass(frozen=True)
 class Measurement:
-    """A path's time against dense for one workload, with the settings it was measured with (its plan's params)."""
+    """A path's time against dense for one workload, with the settings it was measured with (its plan's params):
+    `sparse_ms` as the layer runs in a compiled model, and `epilogue_ms`, the pass over Y that applies the norm scale
+    outside the path's kernels (0 where its kernel applies it), which Inductor may or may not fuse into the
+    consumer."""
 
     path: str
     params: tuple[tuple[str, Any], ...]
     dense_ms: float
     sparse_ms: float
     tokens: int  # M as timed (a path may time a symbolic M at a multiple it needs)
+    epilogue_ms: float = 0.0
 
     @property
     def speedup(self) -> float:
         return self.dense_ms / self.sparse_ms
 
+    @property
+    def standalone_ms(self) -> float:
+        """The layer with its norm scale applied, fused or not: how paths compare with each other."""
+        return self.sparse_ms + self.epilogue_ms
+
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "params": dict(self.params), "dense_ms": self.dense_ms,
-                "sparse_ms": self.sparse_ms, "tokens": self.tokens}  # fmt: skip
+                "sparse_ms": self.sparse_ms, "tokens": self.tokens, "epilogue_ms": self.epilogue_ms}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         return cls(str(data["path"]), tuple(sorted(dict(data["params"]).items())), float(data["dense_ms"]),
-                   float(data["sparse_ms"]), int(data["tokens"]))  # fmt: skip
+                   float(data["sparse_ms"]), int(data["tokens"]), float(data.get("epilogue_ms", 0.0)))  # fmt: skip
 
 
 class SparsePath(ABC):
@@ -134,6 +143,11 @@ class SparsePath(ABC):
               plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
         """What Inductor's lowering traces in place of the op; the op's own body unless a path needs otherwise."""
         return self.forward(inputs, weight, bias, lora, plan)
+
+    def unfused_epilogue_ms(self, workload: Workload, timer: Timer) -> float:
+        """ms of the pass over Y (each member's, for a group) that applies the norm scale outside the path's kernels,
+        which `tune` leaves out; 0 for a path whose kernel applies it."""
+        return 0.0
 
     def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
                       biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip

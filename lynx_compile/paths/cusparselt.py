@@ -142,6 +142,14 @@ class Cusparselt(SparsePath):
             return {"members": [{"algorithm": algorithm} for algorithm in algorithms]}, timer(sparse)
         return {"algorithm": algorithms[0], **({"packed": True} if workload.packed else {})}, timer(sparse)
 
+    def unfused_epilogue_ms(self, workload: Workload, timer: Timer) -> float:
+        """`apply_row_scale` over each member's output, alone: what it costs where Inductor cannot fuse it."""
+        generator = torch.Generator(device=workload.device).manual_seed(1)
+        outs = [torch.randn(workload.tokens, n, device=workload.device, dtype=workload.dtype, generator=generator)
+                for n in workload.members]  # fmt: skip
+        scale = torch.rand(workload.tokens, device=workload.device, generator=generator) + 0.5
+        return timer(lambda: [apply_row_scale(out, scale) for out in outs])
+
     def forward(self, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
                 plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
         """The scale and the rest of the epilogue are plain torch: Inductor fuses them into one pointwise pass, or

@@ -7,7 +7,7 @@ Unlike cuSPARSELt it takes any token count M (no padding: TMA clips the tile) an
 plan: a call is one launch through a C entry point. It runs where the kernels can be built and run
 (`cutlass_gemm.unavailable_reason`: nvcc, the `nvidia-cutlass` headers, an sm_90 GPU); the first layer measured
 builds the configurations (minutes, once per machine, cached on disk). Per layer the speed rule times each
-configuration (`cutlass_gemm.CONFIGS`) and raster order and keeps the fastest, beside the other paths.
+configuration (`cutlass_gemm.CONFIGS`), raster order and swizzle and keeps the fastest, beside the other paths.
 Sibling groups run one compress for all members, then each member's GEMM with its own configuration.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from ..folds import assemble
 from ..kernels import cutlass_gemm
-from ..kernels.cutlass_gemm import CONFIGS, RASTERS, GemmConfig
+from ..kernels.cutlass_gemm import CONFIGS, RASTERS, SWIZZLES, GemmConfig
 from ..kernels.prune_compress_24 import COMPRESSED_DTYPES, K_MULTIPLE
 from ..method import Lora, Method, epilogue
 from ..plan import SparseLinearPlan
@@ -34,14 +34,15 @@ N_MULTIPLE = 8  # 16-byte rows of Y and of the bias for TMA
 
 @torch.library.custom_op("lynx::cutlass_sparse_mm", mutates_args=())
 def cutlass_sparse_mm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor,
-                      scale: Optional[torch.Tensor], bias: Optional[torch.Tensor], config: str,
-                      raster: int) -> torch.Tensor:  # fmt: skip
+                      scale: Optional[torch.Tensor], bias: Optional[torch.Tensor], config: str, raster: int,
+                      swizzle: int) -> torch.Tensor:  # fmt: skip
     """s ⊙ (X̃·Wᵀ) + b for X̃ as `lynx::prune_compress_24_cutlass` writes it (rows × N)."""
-    return cutlass_gemm.sparse_mm(values, metadata, weight.contiguous(), scale, bias, GemmConfig.parse(config), raster)
+    return cutlass_gemm.sparse_mm(values, metadata, weight.contiguous(), scale, bias, GemmConfig.parse(config), raster,
+                                  swizzle)  # fmt: skip
 
 
 @cutlass_sparse_mm.register_fake
-def _(values, metadata, weight, scale, bias, config, raster):
+def _(values, metadata, weight, scale, bias, config, raster, swizzle):
     return weight.new_empty(values.shape[0], weight.shape[0], dtype=cutlass_gemm.output_dtype(weight.dtype))
 
 
@@ -74,9 +75,9 @@ class Cutlass(SparsePath):
         return None
 
     def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
-        """Each configuration and raster order, per member of a group; the fastest of each, timed together as the
-        group runs (one compress, then each member's GEMM). A packed group is timed member by member: this path
-        has no one-GEMM mode yet."""
+        """Each configuration, raster order and swizzle, per member of a group; the fastest of each, timed together
+        as the group runs (one compress, then each member's GEMM). A packed group is timed member by member: this
+        path has no one-GEMM mode yet."""
         inputs, weight, lora = workload.example()
         weights = weight.split(workload.members) if workload.out_splits else [weight]
         with ThreadPoolExecutor(len(CONFIGS)) as pool:  # first use: build the configurations side by side
@@ -120,7 +121,8 @@ class Cutlass(SparsePath):
         return outs
 
     def describe(self, params: dict[str, Any]) -> str:
-        settings = ", ".join(f"{member['config']} {member['raster']}" for member in params.get("members", [params]))
+        settings = ", ".join(f"{member['config']} {member['raster']} swizzle {member.get('swizzle', 1)}"
+                             for member in params.get("members", [params]))  # fmt: skip
         return f"2:4 sparse tensor cores (CUTLASS, {settings}, scale and bias in the epilogue)"
 
     def source_files(self) -> tuple[str, ...]:
@@ -131,7 +133,7 @@ class Cutlass(SparsePath):
 def _gemm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
           bias: torch.Tensor | None, setting: dict[str, Any]) -> torch.Tensor:  # fmt: skip
     return torch.ops.lynx.cutlass_sparse_mm(values, metadata, weight, scale, bias, setting["config"],
-                                            RASTERS[setting["raster"]])  # fmt: skip
+                                            RASTERS[setting["raster"]], setting.get("swizzle", 1))  # fmt: skip
 
 
 def _try_build(config: GemmConfig, dtype: torch.dtype) -> bool:
@@ -145,15 +147,17 @@ def _try_build(config: GemmConfig, dtype: torch.dtype) -> bool:
 
 def _fastest_setting(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                      configs: Sequence[GemmConfig], timer: Timer) -> dict[str, Any]:  # fmt: skip
-    """The configuration and raster order that run this GEMM fastest."""
-    timed = {}
+    """The configuration, raster order and swizzle that run this GEMM fastest."""
+    timed = []
     for config in configs:
-        for raster in ("heuristic", "along_m"):
-            setting = {"config": config.name, "raster": raster}
-            try:
-                timed[timer(lambda setting=setting: _gemm(values, metadata, weight, scale, None, setting))] = setting
-            except RuntimeError as error:  # e.g. a cluster the problem cannot take
-                logger.info("lynx: CUTLASS %s %s skipped: %s", config.name, raster, error)
+        for raster in RASTERS:
+            for swizzle in SWIZZLES:
+                setting = {"config": config.name, "raster": raster, "swizzle": swizzle}
+                try:
+                    timed.append((timer(lambda setting=setting: _gemm(values, metadata, weight, scale, None, setting)),
+                                  setting))  # fmt: skip
+                except RuntimeError as error:  # e.g. a cluster the problem cannot take
+                    logger.info("lynx: CUTLASS %s skipped: %s", setting, error)
     if not timed:
         raise RuntimeError("no CUTLASS configuration runs this GEMM")
-    return timed[min(timed)]
+    return min(timed, key=lambda entry: entry[0])[1]

@@ -2,7 +2,12 @@
 
 Both sides time the layer with its folded producer and without its epilogue (Inductor fuses bias and norm scale
 into the consumer either way), on the same random data, in the same process: CUDA-graph replays when the compile
-uses CUDA graphs, host time included otherwise. A measurement is keyed by the path, the GPU, its driver, the
+uses CUDA graphs, host time included otherwise. A path that applies the norm scale in a pass of its own also times
+that pass alone (`Measurement.epilogue_ms`): among the paths that beat dense, the speed rule takes the one fastest
+with it, since Inductor does not always fuse it (FLUX.1 and Wan ran faster end to end with every layer on the
+CUTLASS path, whose kernel applies the scale, than with the paths picked by their times without it;
+benchmarks/RESULTS.md 2026-11-26); the threshold against dense stays on the time without it, which is what a user
+without that path gets. A measurement is keyed by the path, the GPU, its driver, the
 library versions and the workload (`measurement_key`), and looked up, in order: in this process; in the policy the
 compile uses (`Policy.with_measurements`, e.g. to give every rank the same decisions); on disk, in
 ``$LYNX_CACHE_DIR`` (default: ``lynx/`` in Inductor's cache directory, which ``TORCHINDUCTOR_CACHE_DIR`` moves), so
@@ -34,7 +39,7 @@ from .base import Measurement, SparsePath, Workload
 logger = logging.getLogger(__name__)
 
 _MEASURED: dict[str, Measurement] = {}
-_CACHE_FILE = "measurements-v1.json"
+_CACHE_FILE = "measurements-v2.json"  # v2: epilogue_ms (v1 records lack it and would favour cuSPARSELt)
 
 
 def device_fingerprint(device: torch.device) -> str:
@@ -182,7 +187,8 @@ def _time(path: SparsePath, workload: Workload) -> Measurement:
     with torch.no_grad(), torch._subclasses.fake_tensor.unset_fake_temporarily():
         dense = _dense_ms(workload)
         params, sparse = path.tune(workload, timer)
-    result = Measurement(path.name, tuple(sorted(params.items())), dense, sparse, workload.tokens)
+        epilogue = path.unfused_epilogue_ms(workload, timer)
+    result = Measurement(path.name, tuple(sorted(params.items())), dense, sparse, workload.tokens, epilogue)
     logger.info("lynx: %s (%s): dense %.4f ms, sparse %.4f ms, %.2f×", workload.describe(), path.describe(params),
                 dense, sparse, result.speedup)  # fmt: skip
     return result

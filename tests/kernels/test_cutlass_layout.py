@@ -5,7 +5,6 @@ kernel library reads (a compile of one configuration: also the check that the ke
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 from lynx_compile.kernels import cutlass_gemm
 from lynx_compile.kernels.cutlass_gemm import CONFIGS, FP8_CONFIGS, GemmConfig

@@ -8,18 +8,14 @@ from hypothesis import strategies as st
 from lynx_compile.folds import FoldSpec, compress
 from lynx_compile.kernels.activations import ACTIVATIONS, activate, activation_ref
 from lynx_compile.kernels.nm_prune import nm_prune_ref
-from lynx_compile.kernels.prune_compress_24 import (
-    as_flat,
-    padded_rows,
+from lynx_compile.kernels.cusparselt_layout import (
     compress_24_ref,
-    compressed_numel,
-    compressed_shape,
     decompress_24_ref,
     metadata_nibble_address,
-    prune_compress_24,
     prune_compress_24_ref,
     stored_indices_ref,
 )
+from lynx_compile.kernels.prune_compress_24 import as_flat, compressed_numel, compressed_shape, padded_rows, prune_compress_24
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
