@@ -52,7 +52,8 @@ class LynxConfig:
         strict: raise when a lynx pass fails instead of warning and compiling the graph unchanged.
         pack_siblings: sparse execution: run each sibling group (q, k, v, ...) as one GEMM over its members'
             weights, packed into one buffer once the graph is compiled (the parameters re-pointed as its row blocks:
-            no second copy). Off by default until it has run on a GPU (tested on the CPU only).
+            no second copy). Off by default: it runs on the GPU, but FLUX measured no faster with it (RESULTS.md,
+            2026-11-26).
         sparse_paths: sparse execution: the sparse paths the speed rule may choose from, by name (``"cusparselt"``,
             ``"cusparselt_planned"``, ``"cutlass"``: `lynx_compile.paths.PATHS`); empty means every registered one.
         compiler: ``"inductor"`` compiles the rewritten graph; ``"eager"`` runs it as it is (debugging, `explain`).

@@ -61,7 +61,9 @@ def compress(
     return prune_compress_24(*_loading(inputs, spec), pad_rows_to)
 
 
-def compress_cutlass(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def compress_cutlass(
+    inputs: Sequence[torch.Tensor], spec: FoldSpec
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The compressor on x = assemble(inputs, spec), made on load, in the CUTLASS GEMM's layout: (values,
     metadata, the rows' norm scale)."""
     return prune_compress_24_cutlass(*_loading(inputs, spec))

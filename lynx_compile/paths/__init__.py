@@ -13,9 +13,9 @@ import torch
 from ..registry import Registry
 from .base import Measurement, SparsePath, Workload
 from .cusparselt import Cusparselt
-from .cutlass import Cutlass
 from .cusparselt_planned import CusparseltPlanned
 from .cusparselt_planned import available as planned_cusparselt_available
+from .cutlass import Cutlass
 from .measurements import clear_measurements, measure, measured
 from .simulate import Simulate
 
