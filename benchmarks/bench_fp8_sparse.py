@@ -26,8 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lynx_compile.fp8 import fp8_linear_ref, quantize_rows  # noqa: E402
 from lynx_compile.kernels import cutlass_gemm  # noqa: E402
-from lynx_compile.kernels.cutlass_layout import compress_24_ref  # noqa: E402
-from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
+from lynx_compile.kernels.cutlass_layout import prune_quantize_compress_fp8_ref  # noqa: E402
 from lynx_compile.method import Method  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 
@@ -58,10 +57,7 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
         return torch._scaled_mm(x_q, w_q.t(), scale_a=x_scale, scale_b=w_scale_row, out_dtype=torch.bfloat16,
                                 use_fast_accum=fast)  # fmt: skip
 
-    kept, norm_scale = nm_prune_ref(x.float())
-    kept_q, kept_scale = quantize_rows(kept)
-    values, metadata = compress_24_ref(kept_q)  # the layout's pure-torch encoder, on the GPU
-    row_scale = (kept_scale.reshape(m) * norm_scale).contiguous()
+    values, metadata, row_scale = prune_quantize_compress_fp8_ref(x)  # the layout's pure-torch encoder, on the GPU
     column_scale = w_scale.reshape(n).contiguous()
     timed = {}
     for config in cutlass_gemm.FP8_CONFIGS:

@@ -95,6 +95,26 @@ def test_fp8_encoder_round_trips_e4m3_with_cutlass_rules():
     assert (slots[:, 1, 0] == 0).all() and torch.equal(slots[:, 1, 1], bits[:, 7])  # one nonzero at 3: (0, x₃)
 
 
+@pytest.mark.parametrize("rows, k, n", [(1, 128, 16), (70, 256, 48), (33, 384, 8)])
+def test_the_fp8_operand_and_its_scales_give_the_documented_fp8_numerics(rows, k, n):
+    """prune → e4m3 per pruned row → compress, then the GEMM's reference with the weight's e4m3 rows and scales: the
+    FP8 kernel's contract equals `fp8.fp8_linear_ref` (prune, quantize, GEMM, scales, norm, bias)."""
+    from lynx_compile.fp8 import fp8_linear_ref, quantize_rows
+    from lynx_compile.kernels.cutlass_layout import prune_quantize_compress_fp8_ref
+    from lynx_compile.method import Method
+
+    generator = torch.Generator().manual_seed(rows * k)
+    x = torch.randn(rows, k, generator=generator, dtype=torch.float32).to(torch.bfloat16)
+    weight = (torch.randn(n, k, generator=generator) / k**0.5).to(torch.bfloat16)
+    bias = torch.randn(n, generator=generator).to(torch.bfloat16)
+    values, metadata, row_scale = prune_quantize_compress_fp8_ref(x)
+    weight_q, weight_scale = quantize_rows(weight)
+    out = sparse_mm_ref(values, metadata, weight_q, row_scale, bias, weight_scale.reshape(-1))
+    expected = fp8_linear_ref(x, weight, bias, method=Method())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), rtol=1e-2, atol=1e-2)  # one bf16 rounding each
+
+
 def test_reference_gemm_is_the_dense_product_of_the_pruned_operand():
     x = torch.randn(37, 128, dtype=torch.bfloat16)
     weight, bias = torch.randn(24, 128, dtype=torch.bfloat16), torch.randn(24, dtype=torch.bfloat16)
