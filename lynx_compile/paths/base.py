@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 
 from ..folds import IDENTITY, FoldSpec
+from ..kernels.prune_compress_24 import COMPRESSED_DTYPES, K_MULTIPLE
 from ..method import Lora, Method
 from ..plan import SparseLinearPlan
 
@@ -108,6 +109,20 @@ class Measurement:
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         return cls(str(data["path"]), tuple(sorted(dict(data["params"]).items())), float(data["dense_ms"]),
                    float(data["sparse_ms"]), int(data["tokens"]), float(data.get("epilogue_ms", 0.0)))  # fmt: skip
+
+
+def tensor_core_reason(workload: Workload, method: Method, n_multiple: int) -> str | None:
+    """Why 2:4 sparse tensor cores cannot take the layer's method, dtype or sizes (K a multiple of the compressor's
+    64, each member's N of `n_multiple`), or None: the rule every hardware path shares."""
+    if (method.n, method.m) != (2, 4):
+        return f"{method.n}:{method.m} has no tensor-core path (2:4 only)"
+    if workload.dtype not in COMPRESSED_DTYPES:
+        return f"dtype {str(workload.dtype).removeprefix('torch.')}: sparse tensor cores take bf16/fp16"
+    if workload.in_features % K_MULTIPLE:
+        return f"K={workload.in_features} not a multiple of {K_MULTIPLE}"
+    if any(n % n_multiple for n in workload.members):
+        return f"N={'+'.join(map(str, workload.members))} not a multiple of {n_multiple}"
+    return None
 
 
 class SparsePath(ABC):

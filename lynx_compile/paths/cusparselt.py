@@ -27,11 +27,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..folds import FoldSpec, assemble
-from ..kernels.prune_compress_24 import COMPRESSED_DTYPES, K_MULTIPLE, layout_supported
+from ..kernels.prune_compress_24 import layout_supported
 from ..method import Lora, Method, apply_row_scale, epilogue
 from ..packing import adjacent_rows
 from ..plan import SparseLinearPlan
-from .base import SparsePath, Timer, Workload
+from .base import SparsePath, Timer, Workload, tensor_core_reason
 
 logger = logging.getLogger(__name__)
 
@@ -113,15 +113,7 @@ class Cusparselt(SparsePath):
     def unavailable_reason(self, workload: Workload, method: Method) -> str | None:
         if not self.runs_on(workload.device):
             return f"no sparse-tensor-core kernel for {workload.device.type} (compressed layout known for sm_90 only)"
-        if (method.n, method.m) != (2, 4):
-            return f"{method.n}:{method.m} has no tensor-core path (2:4 only)"
-        if workload.dtype not in COMPRESSED_DTYPES:
-            return f"dtype {str(workload.dtype).removeprefix('torch.')}: sparse tensor cores take bf16/fp16"
-        if workload.in_features % K_MULTIPLE:
-            return f"K={workload.in_features} not a multiple of {K_MULTIPLE}"
-        if any(n % CSLT_MULTIPLE for n in workload.members):
-            return f"N={'+'.join(map(str, workload.members))} not a multiple of {CSLT_MULTIPLE}"
-        return None
+        return tensor_core_reason(workload, method, CSLT_MULTIPLE)
 
     def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
         """A group is timed as it runs: one compress, then one GEMM per member, or (`workload.packed`) one GEMM over

@@ -22,10 +22,9 @@ import torch
 from ..folds import assemble
 from ..kernels import cutlass_gemm
 from ..kernels.cutlass_gemm import CONFIGS, RASTERS, SWIZZLES, GemmConfig
-from ..kernels.prune_compress_24 import COMPRESSED_DTYPES, K_MULTIPLE
 from ..method import Lora, Method, epilogue
 from ..plan import SparseLinearPlan
-from .base import SparsePath, Timer, Workload
+from .base import SparsePath, Timer, Workload, tensor_core_reason
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +61,7 @@ class Cutlass(SparsePath):
         if workload.device.type != "cuda":
             return f"no sparse-tensor-core kernel for {workload.device.type} (compressed layout known for sm_90 only)"
         why = cutlass_gemm.unavailable_reason(workload.device)
-        if why is not None:
-            return why
-        if (method.n, method.m) != (2, 4):
-            return f"{method.n}:{method.m} has no tensor-core path (2:4 only)"
-        if workload.dtype not in COMPRESSED_DTYPES:
-            return f"dtype {str(workload.dtype).removeprefix('torch.')}: sparse tensor cores take bf16/fp16"
-        if workload.in_features % K_MULTIPLE:
-            return f"K={workload.in_features} not a multiple of {K_MULTIPLE}"
-        if any(n % N_MULTIPLE for n in workload.members):
-            return f"N={'+'.join(map(str, workload.members))} not a multiple of {N_MULTIPLE}"
-        return None
+        return why or tensor_core_reason(workload, method, N_MULTIPLE)
 
     def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
         """Each configuration, raster order and swizzle, per member of a group; the fastest of each, timed together
