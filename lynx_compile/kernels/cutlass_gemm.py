@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from .prune_compress_24 import metadata_bytes
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "sparse_gemm_sm90.cu"
@@ -52,13 +54,14 @@ class GemmConfig:
         schedule = "pingpong" if self.pingpong else "coop"
         return f"{self.tile_m}x{self.tile_n}x{self.tile_k}_c{self.cluster_m}x{self.cluster_n}_{schedule}"
 
-    @classmethod
-    def parse(cls, name: str) -> GemmConfig:
+    @staticmethod
+    @functools.cache  # the op parses its setting on every call: a regex each time is host time on the hot path
+    def parse(name: str) -> GemmConfig:
         match = re.fullmatch(r"(\d+)x(\d+)x(\d+)_c(\d+)x(\d+)_(coop|pingpong)", name)
         if match is None:
             raise ValueError(f"not a CUTLASS configuration name: {name!r}")
         *sizes, schedule = match.groups()
-        return cls(*map(int, sizes), pingpong=schedule == "pingpong")
+        return GemmConfig(*map(int, sizes), pingpong=schedule == "pingpong")
 
     def defines(self, dtype: torch.dtype) -> list[str]:
         values = {"LYNX_ELEMENT": _ELEMENTS[dtype], "LYNX_TILE_M": self.tile_m, "LYNX_TILE_N": self.tile_n,
@@ -224,6 +227,20 @@ class Library:
         values = (ctypes.c_int * 10)()
         self.lib.lynx_sparse_gemm_info(values)
         return list(values)
+
+    def compress_reference(self, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CUTLASS's own compressor (the GPU tests' reference) on an already 2:4 (M, K) matrix of this library's
+        element type: (values, metadata), both filled with 0xAB bytes first, so that anything it leaves unwritten
+        shows."""
+        rows, k = dense.shape
+        values = torch.empty(rows, k // 2, dtype=dense.dtype, device=dense.device)
+        values.view(torch.uint8).fill_(0xAB)
+        metadata = torch.full((metadata_bytes(rows, k),), 0xAB, dtype=torch.uint8, device=dense.device)
+        status = self.lib.lynx_sparse_gemm_compress_reference(dense.data_ptr(), values.data_ptr(), metadata.data_ptr(),
+                                                              rows, k, torch.cuda.current_stream().cuda_stream)  # fmt: skip
+        if status:
+            raise RuntimeError(f"CUTLASS's compressor on {rows}x{k}: {_STATUS.get(status, status)}")
+        return values, metadata
 
     def metadata_offset(self, m: int, k: int, row: int, col: int) -> int:
         return self.lib.lynx_sparse_gemm_metadata_offset(m, k, row, col)
