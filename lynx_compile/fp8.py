@@ -26,10 +26,14 @@ E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x as e4m3, the fp32 scale of each row: amax / 448); an all-zero row gets scale 1 and stays zero; a row with
-    a NaN or an Inf keeps it to itself (its scale is non-finite)."""
+    a NaN or an Inf keeps it to itself. The rows are multiplied by 448 / amax (one division per row, as the kernels
+    do: a division per element costs them more than the memory traffic)."""
     amax = x.detach().float().abs().amax(dim=-1, keepdim=True)
-    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
-    quantized = (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    positive = amax > 0  # False for a NaN amax: scale 1, and the NaN stays in its row
+    scale = torch.where(positive, amax / E4M3_MAX, torch.ones_like(amax))
+    # a tensor by a tensor: an IEEE division (a Python number by a tensor is a reciprocal times the number in torch)
+    inverse = torch.where(positive, torch.full_like(amax, E4M3_MAX) / amax, torch.ones_like(amax))
+    quantized = (x.float() * inverse).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     return quantized, scale
 
 
@@ -37,13 +41,19 @@ def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                    method: Method | None = None) -> torch.Tensor:  # fmt: skip
     """y = x·Wᵀ + b with x quantized per token and W per output feature to e4m3; with `method`, x is first pruned
     n:m along K (and the norm compensation applied after the GEMM, where the method has it)."""
+    weight_q, weight_scale = quantize_rows(weight)
+    return float8_linear_ref(x, weight_q, weight_scale.reshape(-1), bias, method)
+
+
+def float8_linear_ref(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor,
+                      bias: torch.Tensor | None = None, method: Method | None = None) -> torch.Tensor:  # fmt: skip
+    """The same for a weight already quantized: e4m3 (N, K) with its scale per output feature (N,)."""
     rows = x.reshape(-1, x.shape[-1]).float()
     kept, norm_scale = (rows, None) if method is None else nm_prune_ref(rows, method.n, method.m)
     x_q, x_scale = quantize_rows(kept)
-    w_q, w_scale = quantize_rows(weight)
-    out = (x_q.float() * x_scale) @ (w_q.float() * w_scale).t()
+    out = (x_q.float() * x_scale) @ (weight_q.float() * weight_scale.float()[:, None]).t()
     if method is not None and method.norm_compensation:
         out = out * norm_scale[:, None]
     if bias is not None:
         out = out + bias.float()
-    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+    return out.to(x.dtype).reshape(*x.shape[:-1], weight_q.shape[0])

@@ -14,6 +14,7 @@ import torch
 import torch.fx
 
 from ..kernels.prune_compress_24 import Loader, prune_compress_24, prune_compress_24_cutlass, written_out
+from ..kernels.prune_quantize_fp8 import prune_quantize_compress_fp8, quantize_rows_fp8
 from ..registry import Registry
 from .activation import Activation
 from .base import IDENTITY, FoldMatch, FoldSpec, ProducerFold
@@ -69,6 +70,19 @@ def compress_cutlass(
     return prune_compress_24_cutlass(*_loading(inputs, spec))
 
 
+def compress_fp8(
+    inputs: Sequence[torch.Tensor], spec: FoldSpec, norm_compensation: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The FP8 compressor on x = assemble(inputs, spec), made on load: (e4m3 values, metadata, the row scale: the
+    pruned rows' quantization scale, times their norm scale with `norm_compensation`)."""
+    return prune_quantize_compress_fp8(*_loading(inputs, spec), norm_compensation)
+
+
+def quantize_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """x = assemble(inputs, spec), made on load, quantized to e4m3 per row: (rows, their scales)."""
+    return quantize_rows_fp8(*_loading(inputs, spec))
+
+
 def load(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> torch.Tensor:
     """x as the compressor makes it from `inputs` on load, written out (rows × K): for tests of a fold's loader."""
     return written_out(*_loading(inputs, spec))
@@ -88,4 +102,4 @@ register_fold(Activation())
 register_fold(Gated())
 
 __all__ = ["FOLDS", "IDENTITY", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "compress_cutlass",
-           "describe", "get_fold", "load", "match_producer", "register_fold"]  # fmt: skip
+           "compress_fp8", "describe", "get_fold", "load", "match_producer", "quantize_fp8", "register_fold"]  # fmt: skip

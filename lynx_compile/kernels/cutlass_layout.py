@@ -115,19 +115,6 @@ def prune_compress_24_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return values, metadata, scale
 
 
-def prune_quantize_compress_fp8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The FP8 kernel's operand for x, in `lynx_compile.fp8`'s order: prune 2:4, quantize each pruned row to e4m3 with
-    its own scale, compress to CUTLASS's 8-bit layout; with the row scale the epilogue applies (the quantization
-    scale times the norm scale). What an FP8 compressor must write; `sparse_mm_ref` on it with the weight's e4m3
-    rows and scales is `fp8.fp8_linear_ref`."""
-    from ..fp8 import quantize_rows  # here: fp8 builds on the kernels, not the other way round
-
-    kept, norm_scale = nm_prune_ref(x.float(), 2, 4)
-    quantized, quantization_scale = quantize_rows(kept)
-    values, metadata = compress_24_ref(quantized)
-    return values, metadata, (quantization_scale.reshape(-1) * norm_scale).contiguous()
-
-
 def sparse_mm_ref(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
                   bias: torch.Tensor | None, weight_scale: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """What the CUTLASS kernel computes: s ⊙ (X̃·Wᵀ) ⊙ w + b in fp32 from the compressed operand, rounded once to

@@ -124,6 +124,19 @@ if triton is not None:
         return k0, k1, k2, k3
 
     @triton.jit
+    def cutlass_slots(n0, n1, n2, n3, v0, v1, v2, v3):
+        """(lo, hi, lo's value, hi's value) of a group in CUTLASS's layout, from which members are stored nonzeros
+        (n) and the members' values (v): one nonzero at p → (p, 3), or (0, 3) when p = 3; none → (0, 0); a free
+        slot holds +0."""
+        count = n0.to(tl.int32) + n1.to(tl.int32) + n2.to(tl.int32) + n3.to(tl.int32)
+        zero = tl.zeros_like(v0)
+        lo = tl.where(n0, 0, tl.where(n1, 1, tl.where(n2, 2, 0)))
+        hi = tl.where(count == 0, 0, tl.where(n3 | (count < 2), 3, tl.where(n2, 2, 1)))
+        lo_value = tl.where(n0, v0, tl.where(n1, v1, tl.where(n2, v2, zero)))
+        hi_value = tl.where((hi == 3) & n3, v3, tl.where((hi == 2) & n2, v2, tl.where((hi == 1) & n1, v1, zero)))
+        return lo, hi, lo_value, hi_value
+
+    @triton.jit
     def _encode_half(
         operands, strides, scalars, values_ptr, rows, chunk, M, M_STORED, K,
         LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr, LAYOUT: tl.constexpr,
@@ -148,11 +161,8 @@ if triton is not None:
             hi = tl.where(n3 | (count < 2), 3, tl.where(n2, 2, 1))
             lo_value = tl.where(lo == 0, v0, tl.where(lo == 1, v1, v2))
             hi_value = tl.where(hi == 3, v3, tl.where(hi == 2, v2, v1))
-        else:  # CUTLASS: one nonzero at p → (p, 3), or (0, 3) when p = 3; none → (0, 0); free slots hold +0
-            lo = tl.where(n0, 0, tl.where(n1, 1, tl.where(n2, 2, 0)))
-            hi = tl.where(count == 0, 0, tl.where(n3 | (count < 2), 3, tl.where(n2, 2, 1)))
-            lo_value = tl.where(n0, v0, tl.where(n1, v1, tl.where(n2, v2, zero)))
-            hi_value = tl.where((hi == 3) & n3, v3, tl.where((hi == 2) & n2, v2, tl.where((hi == 1) & n1, v1, zero)))
+        else:
+            lo, hi, lo_value, hi_value = cutlass_slots(n0, n1, n2, n3, v0, v1, v2, v3)
         pairs = tl.reshape(tl.join(lo_value, hi_value), (lo_value.shape[0], 2 * BLOCK_G))
         cols = chunk * 2 * BLOCK_G + tl.arange(0, 2 * BLOCK_G)
         mask = (rows[:, None] < M_STORED) & (cols[None, :] < K // 2)  # rows M .. M_STORED: zeros
@@ -208,16 +218,23 @@ if triton is not None:
         tl.store(energy_ptr + (rows_hi * 2 + 1) * n_chunks + chunk, kept_hi, mask=rows_hi < M)
 
     @triton.jit
-    def _row_scale_kernel(energy_ptr, scale_ptr, M, n_chunks, eps, BLOCK_M: tl.constexpr, CHUNKS: tl.constexpr):
-        """s per row from its partial energies (CHUNKS: n_chunks rounded up to a power of two)."""
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    def norm_scale_of(energy_ptr, rows, M, n_chunks, row_stride, eps, CHUNKS: tl.constexpr):
+        """s = sqrt(‖x‖² / (‖x̃‖² + eps)) of `rows` from their partial energies: ‖x‖² of each chunk at
+        energy_ptr + row · row_stride + chunk, ‖x̃‖² n_chunks further on (CHUNKS: n_chunks rounded up to a power of
+        two); 1 for a non-finite row."""
         chunks = tl.arange(0, CHUNKS)
         mask = (rows[:, None] < M) & (chunks[None, :] < n_chunks)
-        offsets = rows[:, None] * 2 * n_chunks + chunks[None, :]
+        offsets = rows[:, None] * row_stride + chunks[None, :]
         total = tl.sum(tl.load(energy_ptr + offsets, mask=mask, other=0.0), axis=1)
         kept = tl.sum(tl.load(energy_ptr + offsets + n_chunks, mask=mask, other=0.0), axis=1)
-        scale = tl.sqrt(total / (kept + eps))
-        tl.store(scale_ptr + rows, tl.where(total - total == 0.0, scale, 1.0), mask=rows < M)  # non-finite rows: 1
+        return tl.where(total - total == 0.0, tl.sqrt(total / (kept + eps)), 1.0)
+
+    @triton.jit
+    def _row_scale_kernel(energy_ptr, scale_ptr, M, n_chunks, eps, BLOCK_M: tl.constexpr, CHUNKS: tl.constexpr):
+        """s per row from its partial energies."""
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        scale = norm_scale_of(energy_ptr, rows, M, n_chunks, 2 * n_chunks, eps, CHUNKS)
+        tl.store(scale_ptr + rows, scale, mask=rows < M)
 
 
     @triton.jit
@@ -231,7 +248,7 @@ if triton is not None:
         tl.store(out_ptr + rows[:, None] * K + cols, x, mask=(rows[:, None] < M) & (cols < K))
 
 else:  # no Triton (it ships for Linux only): the references still work, nothing is launched
-    load_tile = load_rows = None
+    load_tile = load_rows = cutlass_slots = norm_scale_of = None
 
 
 @dataclass(frozen=True)

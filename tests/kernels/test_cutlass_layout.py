@@ -100,7 +100,7 @@ def test_the_fp8_operand_and_its_scales_give_the_documented_fp8_numerics(rows, k
     """prune → e4m3 per pruned row → compress, then the GEMM's reference with the weight's e4m3 rows and scales: the
     FP8 kernel's contract equals `fp8.fp8_linear_ref` (prune, quantize, GEMM, scales, norm, bias)."""
     from lynx_compile.fp8 import fp8_linear_ref, quantize_rows
-    from lynx_compile.kernels.cutlass_layout import prune_quantize_compress_fp8_ref
+    from lynx_compile.kernels.prune_quantize_fp8 import prune_quantize_compress_fp8_ref
     from lynx_compile.method import Method
 
     generator = torch.Generator().manual_seed(rows * k)

@@ -1,0 +1,253 @@
+"""Fused 2:4 prune + rowwise FP8 quantization + compress: X (tokens × K, bf16/fp16) → the e4m3 operand of lynx's FP8
+sparse GEMM (`csrc/sparse_gemm_sm90.cu` built with LYNX_ELEMENT=2), with the row scale its epilogue applies.
+
+The order of operations is `lynx_compile.fp8`'s: prune x to 2:4 (lynx's rank rule), quantize each pruned row with its
+own scale amax(|x̃ᵢ|) / 448, compress in CUTLASS's 8-bit layout (`cutlass_layout.py`); the row scale the kernel
+returns is that quantization scale times the norm scale ‖xᵢ‖ / ‖x̃ᵢ‖ where the method compensates. Without pruning
+(`quantize_rows_fp8`) the same kernel writes dense e4m3 rows and their scales: the activation side of rowwise FP8
+dense, which the speed rule times FP8 sparse against and which runs a float8 layer that falls back to dense.
+
+The scale needs the whole pruned row before any value can be quantized, so X is read twice, each time by a 2-D grid
+of small programs (16 rows × one chunk of K, as the bf16 compressor's, so that enough loads are in flight): pass 1
+writes each chunk's partial ‖x‖² and amax — of x, not x̃: a group's largest magnitude is always kept, so they are
+equal, and pass 1 does no ranking —, a tiny kernel turns them into the rows' factors, pass 2 prunes, quantizes,
+stores and writes the partial ‖x̃‖², and a last tiny kernel applies the norm scale to the row scale. (One program
+walking a whole row twice ran at a tenth of memory speed on the H200.) A folded producer (`Loader`) is applied on
+both reads, so x is still never written.
+
+A row is quantized by multiplying it by 448 / amax (one IEEE division per row; a division per element cost more
+than the memory traffic), then rounded to e4m3 by the GPU's saturating round-to-nearest-even cast, the same bits as
+torch's `.to(torch.float8_e4m3fn)`. Under Triton's interpreter (CPU tests) the rounding is done by hand in integer
+and fp32 arithmetic (`e4m3_code`), as the interpreter's own fp8 cast rounds some values just below a power of two
+down by half (127.35 → 64 instead of 128) and turns NaN into 384; GPU tests check the hardware cast's bits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from .cutlass_layout import META_ROWS, TILE_K
+from .nm_prune import NORM_EPS, nm_prune_ref
+from .prune_compress_24 import Loader, _operands_and_loader, groups_per_chunk, metadata_bytes
+
+try:
+    import triton
+    import triton.language as tl
+
+    from .prune_compress_24 import _keep_2_of_4, _load_members, cutlass_slots, norm_scale_of
+except ImportError:
+    triton = None
+
+E4M3_MAX = 448.0
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_K_MULTIPLE = TILE_K[8]  # the FP8 kernel's tile K fixes its metadata atom: K % 128
+
+if triton is not None:
+    _E4M3_MAX = tl.constexpr(E4M3_MAX)  # kernels read globals only as constexprs
+
+    @triton.jit
+    def e4m3_code(y):
+        """The e4m3 encoding (int32, 0..255) of y (fp32, |y| ≤ 448 or NaN) rounded to nearest, ties to even. Sign
+        and magnitude are handled as integers: a float negation of a rounded zero may lose -0.0's sign once
+        compiled, and the interpreter's own fp8 cast misrounds (see the module docstring)."""
+        bits = y.to(tl.int32, bitcast=True)
+        sign = (bits >> 24) & 0x80
+        magnitude = (bits & 0x7FFFFFFF).to(tl.float32, bitcast=True)
+        exponent = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)  # e4m3's subnormals share the exponent of 2^-6
+        ulp = ((exponent - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 3 mantissa bits
+        magic = 12582912.0  # 1.5 · 2^23: adding and subtracting it rounds magnitude / ulp (< 2^4) to an integer, RNE
+        rounded = ((magnitude / ulp + magic) - magic) * ulp
+        rounded_bits = rounded.to(tl.int32, bitcast=True)
+        rounded_exponent = ((rounded_bits >> 23) & 0xFF) - 127
+        normal = ((rounded_exponent + 7) << 3) | ((rounded_bits >> 20) & 7)
+        subnormal = (rounded * 512.0).to(tl.int32)  # multiples of 2^-9 below 2^-6
+        code = tl.where(rounded_exponent >= -6, normal, subnormal)
+        return sign | tl.where(y != y, 0x7F, code)
+
+    @triton.jit
+    def _quantize(f, inverse, HARDWARE_CAST: tl.constexpr):
+        """e4m3 codes (int32) of f · inverse, clamped to ±448 (NaN stays NaN): the GPU's saturating round-to-nearest
+        cast (one instruction per two values), or under the interpreter the same rounding by hand."""
+        y = f * inverse[:, None]
+        y = tl.where(y != y, y, tl.minimum(tl.maximum(y, -_E4M3_MAX), _E4M3_MAX))
+        if HARDWARE_CAST:
+            return y.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
+        return e4m3_code(y)
+
+    @triton.jit
+    def _pruned(f0, f1, f2, f3):
+        """The four members (fp32) with the two that lynx's 2:4 rank rule drops zeroed."""
+        k0, k1, k2, k3 = _keep_2_of_4(f0, f1, f2, f3)
+        return tl.where(k0, f0, 0.0), tl.where(k1, f1, 0.0), tl.where(k2, f2, 0.0), tl.where(k3, f3, 0.0)
+
+    @triton.jit
+    def _statistics_kernel(
+        operands, strides, scalars, stats_ptr, M,
+        LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr,
+    ):  # fmt: skip
+        """Pass 1, one chunk of 16 rows: each row's partial ‖x‖², amax |x| and NaN count into stats (rows, 4, chunks)
+        ([1] is pass 2's ‖x̃‖²). No pruning here: a group's largest magnitude is always kept, so amax |x̃| = amax |x|
+        (NaN ranks above everything and is kept too)."""
+        rows = tl.program_id(0) * 16 + tl.arange(0, 16)
+        chunk, n_chunks = tl.program_id(1), tl.num_programs(1)
+        x0, x1, x2, x3 = _load_members(operands, strides, scalars, rows, chunk, M, LOAD, LOAD_ARGS, BLOCK_G)
+        f0, f1, f2, f3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
+        magnitude = tl.maximum(tl.maximum(tl.abs(f0), tl.abs(f1)), tl.maximum(tl.abs(f2), tl.abs(f3)))
+        nan = ((f0 != f0) | (f1 != f1) | (f2 != f2) | (f3 != f3)).to(tl.float32)  # max drops NaNs: counted apart
+        base = stats_ptr + rows * 4 * n_chunks + chunk
+        mask = rows < M
+        tl.store(base, tl.sum(f0 * f0 + f1 * f1 + f2 * f2 + f3 * f3, axis=1), mask=mask)
+        tl.store(base + 2 * n_chunks, tl.max(magnitude, axis=1), mask=mask)
+        tl.store(base + 3 * n_chunks, tl.sum(nan, axis=1), mask=mask)
+
+    @triton.jit
+    def _inverse_kernel(stats_ptr, inverse_ptr, scale_ptr, M, n_chunks, BLOCK_M: tl.constexpr,
+                        CHUNKS: tl.constexpr):  # fmt: skip
+        """Per row: the factor 448 / amax that quantizes it and the dequantization scale amax / 448 (both 1 for a
+        zero or NaN amax, as the reference's torch.where)."""
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        chunks = tl.arange(0, CHUNKS)
+        mask = (rows[:, None] < M) & (chunks[None, :] < n_chunks)
+        offsets = rows[:, None] * 4 * n_chunks + chunks[None, :]
+        amax = tl.max(tl.load(stats_ptr + offsets + 2 * n_chunks, mask=mask, other=0.0), axis=1)
+        nan = tl.sum(tl.load(stats_ptr + offsets + 3 * n_chunks, mask=mask, other=0.0), axis=1)
+        positive = (amax > 0.0) & (nan == 0.0)
+        inverse = tl.where(positive, tl.math.div_rn(_E4M3_MAX + tl.zeros_like(amax), amax), 1.0)  # as torch's
+        tl.store(inverse_ptr + rows, inverse, mask=rows < M)
+        tl.store(scale_ptr + rows, tl.where(positive, amax / _E4M3_MAX, 1.0), mask=rows < M)
+
+    @triton.jit
+    def _norm_kernel(stats_ptr, scale_ptr, M, n_chunks, eps, BLOCK_M: tl.constexpr, CHUNKS: tl.constexpr):
+        """After pass 2: the row scale times the norm scale sqrt(‖x‖² / (‖x̃‖² + eps)) (1 for a non-finite row)."""
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        norm = norm_scale_of(stats_ptr, rows, M, n_chunks, 4 * n_chunks, eps, CHUNKS)
+        tl.store(scale_ptr + rows, tl.load(scale_ptr + rows, mask=rows < M, other=1.0) * norm, mask=rows < M)
+
+    @triton.jit
+    def _quantize_kernel(
+        operands, strides, scalars, inverse_ptr, values_ptr, meta_ptr, stats_ptr, M, K,
+        LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr, PRUNE: tl.constexpr,
+        HARDWARE_CAST: tl.constexpr,
+    ):  # fmt: skip
+        """Pass 2, one chunk of 16 rows (of M rounded up to 64 with PRUNE: the metadata of the padding rows is
+        written as empty groups): (prune,) quantize with the row's factor, store. With PRUNE, values (M, K/2) e4m3,
+        metadata in CUTLASS's 8-bit layout and the rows' partial ‖x̃‖²; without, values (M, K) e4m3."""
+        rows = tl.program_id(0) * 16 + tl.arange(0, 16)
+        chunk, n_chunks = tl.program_id(1), tl.num_programs(1)
+        inverse = tl.load(inverse_ptr + rows, mask=rows < M, other=1.0)
+        x0, x1, x2, x3 = _load_members(operands, strides, scalars, rows, chunk, M, LOAD, LOAD_ARGS, BLOCK_G)
+        p0, p1, p2, p3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
+        if PRUNE:
+            p0, p1, p2, p3 = _pruned(p0, p1, p2, p3)
+            tl.store(stats_ptr + rows * 4 * n_chunks + n_chunks + chunk,
+                     tl.sum(p0 * p0 + p1 * p1 + p2 * p2 + p3 * p3, axis=1), mask=rows < M)  # fmt: skip
+        c0, c1 = _quantize(p0, inverse, HARDWARE_CAST), _quantize(p1, inverse, HARDWARE_CAST)
+        c2, c3 = _quantize(p2, inverse, HARDWARE_CAST), _quantize(p3, inverse, HARDWARE_CAST)
+        if PRUNE:  # stored: the kept values nonzero after rounding (-0.0 is zero), as CUTLASS's compressor sees
+            n0, n1, n2, n3 = (c0 & 0x7F) != 0, (c1 & 0x7F) != 0, (c2 & 0x7F) != 0, (c3 & 0x7F) != 0
+            lo, hi, lo_value, hi_value = cutlass_slots(n0, n1, n2, n3, c0, c1, c2, c3)
+            pairs = tl.reshape(tl.join(lo_value, hi_value), (16, 2 * BLOCK_G))
+            cols = chunk * 2 * BLOCK_G + tl.arange(0, 2 * BLOCK_G)
+            tl.store(values_ptr + rows[:, None] * (K // 2) + cols[None, :], pairs.to(tl.uint8), mask=rows[:, None] < M)
+            # a byte holds groups 2j (low nibble) and 2j + 1 of one row; the atom is 64 rows × 32 groups
+            nibbles = lo | (hi << 2)
+            even, odd = tl.split(tl.reshape(nibbles, (16, BLOCK_G // 2, 2)))
+            r = rows[:, None]
+            g = chunk * BLOCK_G + 2 * tl.arange(0, BLOCK_G // 2)[None, :]
+            address = (g & 31) + (r & 63) * 32 + (r >> 6) * 2048 + (g >> 5) * (tl.cdiv(M, 64) * 64 * 32)
+            tl.store(meta_ptr + address // 2, (even | (odd << 4)).to(tl.uint8))
+        else:
+            # members (0, 2) and (1, 3) joined back as `_load_members` split them: member 2a + b at [a, b]
+            tile = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), (16, 4 * BLOCK_G))
+            cols = chunk * 4 * BLOCK_G + tl.arange(0, 4 * BLOCK_G)
+            tl.store(values_ptr + rows[:, None] * K + cols[None, :], tile.to(tl.uint8), mask=rows[:, None] < M)
+
+
+def check_fp8_width(k: int) -> None:
+    if k % FP8_K_MULTIPLE:
+        raise ValueError(f"K={k} is not a multiple of {FP8_K_MULTIPLE} (the FP8 kernel's tile K)")
+
+
+def prune_quantize_compress_fp8(
+    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None, norm_compensation: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values M × K/2 e4m3, metadata bytes for M rounded up to 64 rows, the row scale (M,) fp32 the GEMM's epilogue
+    applies) for x = `x` or, with a `loader`, x made from the operands as they are loaded (a folded producer)."""
+    operands, loader = _operands_and_loader(x, loader)
+    rows, k = operands[0].shape[0], loader.width
+    check_fp8_width(k)
+    values = torch.empty(rows, k // 2, dtype=FP8_DTYPE, device=operands[0].device)
+    metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=operands[0].device)
+    scale = _launch(operands, loader, values, metadata, prune=True, norm=norm_compensation)
+    return values, metadata, scale
+
+
+def quantize_rows_fp8(
+    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x as e4m3 (M, K), each row's scale amax / 448 (M,) fp32): rowwise dynamic FP8 quantization, dense."""
+    operands, loader = _operands_and_loader(x, loader)
+    rows, k = operands[0].shape[0], loader.width
+    values = torch.empty(rows, k, dtype=FP8_DTYPE, device=operands[0].device)
+    scale = _launch(operands, loader, values, values, prune=False, norm=False)
+    return values, scale
+
+
+def _launch(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor, prune: bool,
+            norm: bool) -> torch.Tensor:  # fmt: skip
+    """The kernels over X (row statistics, quantization factors, quantize and store, norm scale); the row scale the
+    GEMM applies."""
+    head = operands[0]
+    rows, k = head.shape[0], loader.width
+    scale = torch.empty(rows, dtype=torch.float32, device=head.device)
+    if rows == 0:
+        return scale
+    block_g = groups_per_chunk(loader.segments or (k,))
+    if prune and block_g < 2:
+        raise ValueError(f"CUTLASS's metadata pairs groups along K: segments {loader.segments} are too narrow")
+    n_chunks = k // 4 // block_g
+    strides = tuple(stride for tensor in operands for stride in tensor.stride())
+    common = dict(LOAD=loader.fn, LOAD_ARGS=loader.args, BLOCK_G=block_g)
+    stats = torch.empty(rows, 4, n_chunks, dtype=torch.float32, device=head.device)
+    _statistics_kernel[(triton.cdiv(rows, 16), n_chunks)](tuple(operands), strides, loader.scalars, stats, rows,
+                                                          **common)  # fmt: skip
+    inverse = torch.empty_like(scale)
+    reduce = dict(BLOCK_M=64, CHUNKS=triton.next_power_of_2(n_chunks))
+    _inverse_kernel[(triton.cdiv(rows, 64),)](stats, inverse, scale, rows, n_chunks, **reduce)
+    covered = -(-rows // META_ROWS) * META_ROWS if prune else rows
+    _quantize_kernel[(triton.cdiv(covered, 16), n_chunks)](tuple(operands), strides, loader.scalars, inverse,
+                                                           values.view(torch.uint8), metadata, stats, rows, k,
+                                                           PRUNE=prune, HARDWARE_CAST=not _interpreted(),
+                                                           **common)  # fmt: skip
+    if norm:
+        _norm_kernel[(triton.cdiv(rows, 64),)](stats, scale, rows, n_chunks, NORM_EPS, **reduce)
+    return scale
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# ---- references ---------------------------------------------------------------------------------------------------
+
+
+def prune_quantize_compress_fp8_ref(
+    x: torch.Tensor, norm_compensation: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The operand `prune_quantize_compress_fp8` writes, in pure torch: prune 2:4, quantize each pruned row to e4m3
+    with its own scale (`lynx_compile.fp8.quantize_rows`), compress to CUTLASS's 8-bit layout; and the row scale."""
+    from ..fp8 import quantize_rows  # here: fp8 builds on the kernels, not the other way round
+    from .cutlass_layout import compress_24_ref
+
+    check_fp8_width(x.shape[-1])
+    kept, norm_scale = nm_prune_ref(x.float(), 2, 4)
+    quantized, quantization_scale = quantize_rows(kept)
+    values, metadata = compress_24_ref(quantized)
+    scale = quantization_scale.reshape(-1) * (norm_scale if norm_compensation else 1.0)
+    return values, metadata, scale.contiguous()
+
+
+__all__ = ["prune_quantize_compress_fp8", "prune_quantize_compress_fp8_ref", "quantize_rows_fp8"]
