@@ -11,6 +11,10 @@
   (q, k, v), decided and run as a unit: x pruned and compressed once, one output per weight. ``biases`` are the
   biases of the members listed in ``biased`` (a list of optional tensors would have no autograd support). No LoRA
   (a member with a correction is not grouped).
+- ``lynx::float8_sparse_linear(inputs, weight, weight_scale, bias, plan)``: the same for a torchao float8 layer
+  (`lynx_compile.float8`), whose weight arrives as torchao stores it: e4m3 data (N, K) and its scale, (N, 1) or
+  (1, 1). Its paths are the float8 ones; below the plan's token count it runs rowwise FP8 dense. Not lowered: its
+  kernels apply every scale and the bias, so there is no epilogue left for Inductor to fuse.
 - ``lynx::nm_prune(x, n, m) -> (pruned, scale)``: the Triton kernel on CUDA, the reference elsewhere.
 - ``lynx::prune_compress_24(inputs, fold, pad_rows_to) -> (operand, scale)``: cuSPARSELt's compressed operand of
   x̃ (sm_90), x̃ pruned from x = the fold of ``inputs`` as the compressor loads them, its rows padded with zeros to
@@ -32,6 +36,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .float8 import Float8Weight, dense_float8_linear, weight_scale_per_row
 from .folds import FoldSpec, assemble, compress, compress_cutlass, get_fold
 from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
 from .kernels.prune_compress_24 import compressed_shape, metadata_bytes, padded_rows
@@ -111,6 +116,23 @@ def _(inputs, weight, bias, lora_a, lora_b, plan):
     return inputs[0].new_empty((*inputs[0].shape[:-1], weight.shape[0]))
 
 
+@torch.library.custom_op("lynx::float8_sparse_linear", mutates_args=())
+def float8_sparse_linear(
+    inputs: list[torch.Tensor], weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+    plan: str,
+) -> torch.Tensor:
+    decoded = SparseLinearPlan.decode(plan)
+    float8_weight = Float8Weight(weight.contiguous(), weight_scale_per_row(weight_scale, weight.shape[0]))
+    if not decoded.sparse_at(token_rows(inputs[0])):  # as for sparse_linear: dense below min_tokens
+        return dense_float8_linear(inputs, decoded.fold, float8_weight, bias)
+    return get_path(decoded.path).forward(inputs, float8_weight, bias, None, decoded)
+
+
+@float8_sparse_linear.register_fake
+def _(inputs, weight, weight_scale, bias, plan):
+    return inputs[0].new_empty((*inputs[0].shape[:-1], weight.shape[0]))
+
+
 @torch.library.custom_op("lynx::sparse_linear_group", mutates_args=())
 def sparse_linear_group(
     inputs: list[torch.Tensor], weights: list[torch.Tensor], biases: list[torch.Tensor], biased: list[int], plan: str
@@ -126,6 +148,12 @@ def sparse_linear_group(
 @sparse_linear_group.register_fake
 def _(inputs, weights, biases, biased, plan):
     return [inputs[0].new_empty((*inputs[0].shape[:-1], weight.shape[0])) for weight in weights]
+
+
+def float8_sparse_linear_args(inputs: list, weight: object, weight_scale: object, bias: object,
+                              plan: SparseLinearPlan) -> tuple:  # fmt: skip
+    """`lynx::float8_sparse_linear`'s positional arguments: torchao's e4m3 data and scale of the weight, as stored."""
+    return (list(inputs), weight, weight_scale, bias, plan.encode())
 
 
 def member_bias_list(members: int, biases: list, biased: list[int]) -> list:
@@ -201,6 +229,24 @@ def _straight_through(tensors, weights, grad_outs, has_bias, plan: SparseLinearP
 sparse_linear.register_autograd(_backward, setup_context=_setup_backward)
 
 
+def _setup_float8_backward(ctx, inputs, output):
+    tensors, weight, weight_scale, bias, plan = inputs
+    ctx.save_for_backward(weight, weight_scale, *tensors)
+    ctx.has_bias, ctx.plan = bias is not None, SparseLinearPlan.decode(plan)
+
+
+def _float8_backward(ctx, grad_out):
+    """Straight through the pruning and the quantization, against the dequantized weight: x and the bias get their
+    gradients, torchao's e4m3 weight (not trainable) none."""
+    weight, weight_scale, *tensors = ctx.saved_tensors
+    dequantized = (weight.float() * weight_scale_per_row(weight_scale, weight.shape[0])[:, None]).to(grad_out.dtype)
+    grad_inputs, _, (grad_bias,) = _straight_through(tensors, [dequantized], [grad_out], [ctx.has_bias], ctx.plan)
+    return grad_inputs, None, None, grad_bias, None
+
+
+float8_sparse_linear.register_autograd(_float8_backward, setup_context=_setup_float8_backward)
+
+
 def _setup_group_backward(ctx, inputs, output):
     tensors, weights, biases, biased, plan = inputs
     ctx.save_for_backward(*weights, *tensors)
@@ -251,6 +297,7 @@ def _register_autocast(op: torch._ops.OpOverload, cast: bool) -> None:
 _AUTOCAST_LIBRARY = torch.library.Library("lynx", "FRAGMENT")
 _register_autocast(torch.ops.lynx.sparse_linear.default, cast=True)
 _register_autocast(torch.ops.lynx.sparse_linear_group.default, cast=True)
+_register_autocast(torch.ops.lynx.float8_sparse_linear.default, cast=False)  # float8 layers under autocast stay dense
 _register_autocast(torch.ops.lynx.nm_prune.default, cast=False)
 _register_autocast(torch.ops.lynx.prune_compress_24.default, cast=False)
 _register_autocast(torch.ops.lynx.prune_compress_24_cutlass.default, cast=False)

@@ -25,6 +25,7 @@ import torch
 import torch.fx
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
+from ..float8 import float8_weight_reason
 from ..folds import IDENTITY, describe
 from ..kernels.nm_prune import SUPPORTED_DTYPES
 from ..messages import some_names
@@ -52,6 +53,9 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
             site.lora = None
             return (f"policy: its LoRA adapter maps {adapter_shape[0]}→{adapter_shape[1]}, the layer "
                     f"{site.in_features}→{site.out_features}")
+        if site.float8:
+            site.lora = None
+            return "policy: a LoRA correction, which float8 layers do not run yet"
     return _layer_reason(site, ctx)
 
 
@@ -60,9 +64,15 @@ def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
     config = ctx.config
     if config.execution == "dense":
         return "execution='dense'"
-    subclass = next((value for value in (fake_value(site.weight), fake_value(site.x))
-                     if is_traceable_wrapper_subclass(value)), None)  # fmt: skip
-    if subclass is not None:  # e.g. torchao's Float8Tensor: its own kernels; lynx's op would not reach them
+    if site.float8:  # torchao's float8 weight: lynx's float8 op takes its inner tensors
+        why = float8_weight_reason(fake_value(site.weight))
+        if why is not None:
+            return why
+        if site.autocast is not None:
+            return "float8 weight under autocast: left to torchao"
+    operands = (fake_value(site.x),) if site.float8 else (fake_value(site.weight), fake_value(site.x))
+    subclass = next((value for value in operands if is_traceable_wrapper_subclass(value)), None)
+    if subclass is not None:  # its own kernels; lynx's op would not reach them
         return f"{type(subclass).__name__} operand (a tensor subclass: no sparse path for it)"
     if site.dtype not in SUPPORTED_DTYPES:
         return f"dtype {site.dtype} unsupported"
@@ -94,7 +104,7 @@ def _workload(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = 
         fold, widths = site.fold.spec, tuple(int(fake_value(node).shape[-1]) for node in site.fold.inputs)
     return Workload(concrete_int(site.tokens), site.in_features, sum(out_splits) or site.out_features, site.dtype,
                     device, ctx.config.cuda_graphs, fold, widths, site.lora_rank, out_splits,
-                    bool(out_splits) and ctx.config.pack_siblings)  # fmt: skip
+                    bool(out_splits) and ctx.config.pack_siblings, site.float8)  # fmt: skip
 
 
 def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, SparsePath | None, str]:
@@ -103,7 +113,7 @@ def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, 
     where none does, the one closest to it."""
     config = ctx.config
     unavailable, timed = [], []
-    for path in paths_for("sparse"):
+    for path in paths_for("sparse", workload.float8):
         if config.sparse_paths and path.name not in config.sparse_paths:
             continue
         why = "runs no sibling groups" if workload.out_splits and not path.groups else None
@@ -218,17 +228,17 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
         if site.lora is not None:
             site.fold = None  # the correction reads the dense x: it is written anyway
     measured = [site for site in ctx.sites if rules[id(site)] is None
-                and resolve_execution(ctx.config.execution, site.device) == "sparse"]  # fmt: skip
-    for group in sibling_groups(measured):
+                and resolve_execution(ctx.config.execution, site.device, site.float8) == "sparse"]  # fmt: skip
+    for group in sibling_groups([site for site in measured if not site.float8]):  # no float8 path runs groups yet
         _decide_group(group, ctx)
     for site in ctx.sites:
         dense_reason = rules[id(site)]
         if dense_reason is None and site.group is None:
-            execution = resolve_execution(ctx.config.execution, site.device)
+            execution = resolve_execution(ctx.config.execution, site.device, site.float8)
             if execution == "sparse":
                 dense_reason = _choose_sparse_path(site, ctx)
             else:  # "simulate": the path of that execution, as it is
-                site.plan = _plan(site, ctx, paths_for(execution)[0])
+                site.plan = _plan(site, ctx, paths_for(execution, site.float8)[0])
         site.decision = "dense" if dense_reason else "sparse"
         if dense_reason:
             site.lora, site.plan = None, None

@@ -15,6 +15,7 @@ import operator
 import torch
 import torch.fx
 
+from ..float8 import is_float8_weight
 from ..folds import match_producer
 from ..method import token_rows
 from .autocast import autocast_dtypes
@@ -99,7 +100,7 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
                 node=node, x=x, weight=weight, bias=bias, form=form, name=found.linear_name, tokens=tokens,
                 in_features=in_features, out_features=out_features, dtype=dtype, device=x_value.device,
                 autocast=autocast[node].get(x_value.device.type), fold=fold, name_problem=found.problem,
-                weight_name=found,
+                weight_name=found, float8=is_float8_weight(weight_value),
             )
         )  # fmt: skip
     logger.debug("lynx: found %d linears", len(ctx.sites))

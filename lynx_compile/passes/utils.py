@@ -30,6 +30,7 @@ class LinearSite:
     dtype: torch.dtype  # what it computes in: the operands' dtype, or under autocast the autocast dtype
     device: torch.device
     autocast: torch.dtype | None = None  # the autocast dtype in force for the device (the op then casts as F.linear)
+    float8: bool = False  # the weight is a torchao float8 tensor (`lynx_compile.float8`): float8 paths only
     decision: str = "undecided"  # "sparse" | "dense"
     reason: str = ""
     plan: SparseLinearPlan | None = None  # how a sparse decision runs: path, its settings, method, fold

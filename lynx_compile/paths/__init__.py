@@ -16,8 +16,10 @@ from .cusparselt import Cusparselt
 from .cusparselt_planned import CusparseltPlanned
 from .cusparselt_planned import available as planned_cusparselt_available
 from .cutlass import Cutlass
+from .cutlass_float8 import CutlassFloat8
 from .measurements import clear_measurements, measure, measured
 from .simulate import Simulate
+from .simulate_float8 import SimulateFloat8
 
 PATHS: Registry[SparsePath] = Registry("sparse path")
 
@@ -30,16 +32,18 @@ def get_path(name: str) -> SparsePath:
     return PATHS[name]
 
 
-def paths_for(execution: str) -> list[SparsePath]:
-    """The registered paths an `execution` option routes layers to."""
-    return [path for path in PATHS.values() if path.execution == execution]
+def paths_for(execution: str, float8: bool = False) -> list[SparsePath]:
+    """The registered paths an `execution` option routes layers to: those of plain weights, or with `float8` those
+    of torchao float8 weights."""
+    return [path for path in PATHS.values() if path.execution == execution and path.float8 == float8]
 
 
-def resolve_execution(execution: str, device: torch.device) -> str:
-    """The `execution` option with "auto" resolved: "sparse" where some sparse path runs on the device."""
+def resolve_execution(execution: str, device: torch.device, float8: bool = False) -> str:
+    """The `execution` option with "auto" resolved: "sparse" where some sparse path (of the weight's kind) runs on
+    the device."""
     if execution != "auto":
         return execution
-    return "sparse" if any(path.runs_on(device) for path in paths_for("sparse")) else "simulate"
+    return "sparse" if any(path.runs_on(device) for path in paths_for("sparse", float8)) else "simulate"
 
 
 register_path(Simulate())
@@ -47,6 +51,8 @@ register_path(Cusparselt())
 if planned_cusparselt_available():  # nvmath-python installed (lynx-compile[cuda])
     register_path(CusparseltPlanned())
 register_path(Cutlass())  # says why not where nvcc, CUTLASS's headers (lynx-compile[cutlass]) or sm_90 are missing
+register_path(SimulateFloat8())
+register_path(CutlassFloat8())
 
 __all__ = ["PATHS", "Measurement", "SparsePath", "Workload", "clear_measurements", "get_path", "measure", "measured",
            "paths_for", "register_path", "resolve_execution"]  # fmt: skip

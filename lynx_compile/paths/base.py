@@ -44,6 +44,7 @@ class Workload:
     lora_rank: int = 0
     out_splits: tuple[int, ...] = ()  # a sibling group: each member's N (summing to out_features); () for one layer
     packed: bool = False  # a group asked to run as one GEMM over its packed weights (option pack_siblings)
+    float8: bool = False  # a torchao float8 layer (`lynx_compile.float8`): timed against rowwise FP8 dense
 
     @property
     def members(self) -> tuple[int, ...]:
@@ -60,7 +61,8 @@ class Workload:
         dtype = str(self.dtype).removeprefix("torch.")
         outputs = "+".join(map(str, self.members))
         return (f"{self.tokens}x{self.in_features}->{outputs} {dtype} {graphs} "
-                f"fold={self.fold.encode()}[{widths}] lora={self.lora_rank}" + (" packed" if self.packed else ""))
+                f"fold={self.fold.encode()}[{widths}] lora={self.lora_rank}" + (" packed" if self.packed else "")
+                + (" float8" if self.float8 else ""))
 
     def example(self) -> tuple[list[torch.Tensor], torch.Tensor, Lora]:
         """Random inputs of the fold, weight and correction for this workload: fixed seed, never zeros."""
@@ -133,6 +135,9 @@ class SparsePath(ABC):
     row_multiple: ClassVar[int] = 1  # token counts it runs; others fall back to dense at run time
     measured: ClassVar[bool] = True  # chosen by the speed rule (timed against dense), or taken as it is
     groups: ClassVar[bool] = False  # runs sibling groups: `tune` takes a workload with out_splits, `forward_group`
+    # runs torchao float8 layers (`lynx::float8_sparse_linear`, `forward`'s weight a `float8.Float8Weight`), and
+    # those only; False: layers with plain weights (`lynx::sparse_linear`)
+    float8: ClassVar[bool] = False
 
     def runs_on(self, device: torch.device) -> bool:
         """Whether the path can run anything on this device (decides `execution="auto"`)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -69,13 +69,11 @@ class Cutlass(SparsePath):
         path has no one-GEMM mode yet."""
         inputs, weight, lora = workload.example()
         weights = weight.split(workload.members) if workload.out_splits else [weight]
-        with ThreadPoolExecutor(len(CONFIGS)) as pool:  # first use: build the configurations side by side
-            built = list(pool.map(lambda config: _try_build(config, workload.dtype), CONFIGS))
-        configs = [config for config, ok in zip(CONFIGS, built) if ok]
-        if not configs:
-            raise RuntimeError("no CUTLASS configuration could be built (see the log)")
+        configs = built_configs(CONFIGS, workload.dtype)
         values, metadata, scale = torch.ops.lynx.prune_compress_24_cutlass(inputs, workload.fold.encode())
-        settings = [_fastest_setting(values, metadata, member, scale, configs, timer) for member in weights]
+        settings = [fastest_setting(lambda setting, member=member: _gemm(values, metadata, member, scale, None,
+                                                                         setting), configs, timer)
+                    for member in weights]  # fmt: skip
 
         def sparse() -> object:
             values, metadata, scale = torch.ops.lynx.prune_compress_24_cutlass(inputs, workload.fold.encode())
@@ -125,6 +123,15 @@ def _gemm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor, sc
                                             RASTERS[setting["raster"]], setting.get("swizzle", 1))  # fmt: skip
 
 
+def built_configs(configs: Sequence[GemmConfig], dtype: torch.dtype) -> list[GemmConfig]:
+    """The configurations that build (on first use, side by side: minutes, once per machine); an error if none."""
+    with ThreadPoolExecutor(len(configs)) as pool:
+        built = list(pool.map(lambda config: _try_build(config, dtype), configs))
+    if not any(built):
+        raise RuntimeError(f"no CUTLASS configuration for {dtype} could be built (see the log)")
+    return [config for config, ok in zip(configs, built) if ok]
+
+
 def _try_build(config: GemmConfig, dtype: torch.dtype) -> bool:
     try:
         cutlass_gemm.library(config, dtype)
@@ -134,17 +141,16 @@ def _try_build(config: GemmConfig, dtype: torch.dtype) -> bool:
         return False
 
 
-def _fastest_setting(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                     configs: Sequence[GemmConfig], timer: Timer) -> dict[str, Any]:  # fmt: skip
-    """The configuration, raster order and swizzle that run this GEMM fastest."""
+def fastest_setting(gemm: Callable[[dict[str, Any]], object], configs: Sequence[GemmConfig],
+                    timer: Timer) -> dict[str, Any]:  # fmt: skip
+    """The configuration, raster order and swizzle that run `gemm` (a GEMM given its setting) fastest."""
     timed = []
     for config in configs:
         for raster in RASTERS:
             for swizzle in SWIZZLES:
                 setting = {"config": config.name, "raster": raster, "swizzle": swizzle}
                 try:
-                    timed.append((timer(lambda setting=setting: _gemm(values, metadata, weight, scale, None, setting)),
-                                  setting))  # fmt: skip
+                    timed.append((timer(lambda setting=setting: gemm(setting)), setting))
                 except RuntimeError as error:  # e.g. a cluster the problem cannot take
                     logger.info("lynx: CUTLASS %s skipped: %s", setting, error)
     if not timed:

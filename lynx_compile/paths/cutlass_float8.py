@@ -1,0 +1,86 @@
+"""The CUTLASS FP8 path, for torchao float8 layers: `folds.compress_fp8` (prune x as it is loaded, quantize each
+pruned row to e4m3 with its own scale, write CUTLASS's 8-bit operand layout and the row scale) → lynx's sm_90a FP8
+sparse GEMM (`kernels/cutlass_gemm.py`, e4m3 in, fp32 accumulate, bf16 out) against torchao's e4m3 weight as it is
+stored, whose epilogue applies the row scale (quantization × norm), the weight's per-feature scale and the bias.
+
+The speed rule times it against rowwise FP8 dense (`float8.dense_float8_linear`: the activation's quantization and
+`torch._scaled_mm` with fast accumulation, what torchao's float8 linear runs), each FP8 configuration, raster order
+and swizzle, and keeps the fastest. One layer at a time: sibling groups are not run on it yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..float8 import Float8Weight, quantize_weight
+from ..folds import compress_fp8
+from ..kernels import cutlass_gemm
+from ..kernels.cutlass_gemm import FP8_CONFIGS, RASTERS, GemmConfig
+from ..kernels.prune_quantize_fp8 import FP8_K_MULTIPLE
+from ..method import Lora, Method
+from ..plan import SparseLinearPlan
+from .base import SparsePath, Timer, Workload
+from .cutlass import N_MULTIPLE, built_configs, fastest_setting
+
+FP8 = torch.float8_e4m3fn
+
+
+class CutlassFloat8(SparsePath):
+    name = "cutlass_float8"
+    float8 = True
+
+    def runs_on(self, device: torch.device) -> bool:
+        return device.type == "cuda" and cutlass_gemm.unavailable_reason(device) is None
+
+    def unavailable_reason(self, workload: Workload, method: Method) -> str | None:
+        if workload.device.type != "cuda":
+            return f"no FP8 sparse-tensor-core kernel for {workload.device.type}"
+        why = cutlass_gemm.unavailable_reason(workload.device)
+        if why is not None:
+            return why
+        if (method.n, method.m) != (2, 4):
+            return f"{method.n}:{method.m} has no tensor-core path (2:4 only)"
+        if workload.dtype != torch.bfloat16:
+            return f"activation dtype {str(workload.dtype).removeprefix('torch.')}: the FP8 kernel writes bf16"
+        if workload.in_features % FP8_K_MULTIPLE:
+            return f"K={workload.in_features} not a multiple of {FP8_K_MULTIPLE} (the FP8 kernel's tile K)"
+        if workload.out_features % N_MULTIPLE:
+            return f"N={workload.out_features} not a multiple of {N_MULTIPLE}"
+        return None
+
+    def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
+        inputs, weight, _ = workload.example()
+        float8_weight = quantize_weight(weight)
+        configs = built_configs(FP8_CONFIGS, FP8)
+        values, metadata, scale = compress_fp8(inputs, workload.fold)
+        setting = fastest_setting(lambda setting: _gemm(values, metadata, float8_weight, scale, None, setting),
+                                  configs, timer)  # fmt: skip
+
+        def sparse() -> object:
+            values, metadata, scale = compress_fp8(inputs, workload.fold)
+            return _gemm(values, metadata, float8_weight, scale, None, setting)
+
+        return setting, timer(sparse)
+
+    def forward(self, inputs: Sequence[torch.Tensor], weight: Float8Weight, bias: torch.Tensor | None, lora: Lora,
+                plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
+        values, metadata, scale = compress_fp8(inputs, plan.fold, plan.method.norm_compensation)
+        fused = bias is not None and bias.dtype == torch.bfloat16 and bias.is_contiguous()
+        out = _gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.params))
+        out = out if fused or bias is None else out + bias
+        return out.reshape(*inputs[0].shape[:-1], weight.qdata.shape[0])
+
+    def describe(self, params: dict[str, Any]) -> str:
+        return (f"2:4 sparse FP8 tensor cores (CUTLASS, {params['config']} {params['raster']} swizzle "
+                f"{params['swizzle']}, both scales and bias in the epilogue)")  # fmt: skip
+
+    def source_files(self) -> tuple[str, ...]:
+        return (*super().source_files(), cutlass_gemm.__file__)
+
+
+def _gemm(values: torch.Tensor, metadata: torch.Tensor, weight: Float8Weight, scale: torch.Tensor,
+          bias: torch.Tensor | None, setting: dict[str, Any]) -> torch.Tensor:  # fmt: skip
+    return cutlass_gemm.sparse_mm(values, metadata, weight.qdata, scale, bias, GemmConfig.parse(setting["config"]),
+                                  RASTERS[setting["raster"]], setting["swizzle"], weight_scale=weight.scale)  # fmt: skip

@@ -1,0 +1,124 @@
+"""torchao float8 layers compiled with lynx: found, decided with reasons, run with lynx's FP8 numerics (the simulate
+path here, on the CPU), the quantized weight read in place."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lynx_compile
+from lynx_compile.float8 import dense_float8_linear, float8_weight_reason, quantize_weight
+from lynx_compile.folds import IDENTITY
+from lynx_compile.fp8 import float8_linear_ref
+from lynx_compile.method import Method
+
+torchao = pytest.importorskip("torchao")
+float8_tensor = pytest.importorskip("torchao.quantization.quantize_.workflows.float8.float8_tensor")
+from torchao.float8.inference import Float8MMConfig  # noqa: E402
+from torchao.quantization import PerRow, PerTensor  # noqa: E402
+
+
+def float8(linear: torch.nn.Linear, granularity=None, dynamic_activation: bool = True) -> torch.nn.Linear:
+    """The linear's weight as torchao's `quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity))`
+    leaves it (that entry point refuses CPUs; this is the tensor it builds)."""
+    granularity = granularity or PerRow()
+    activation = float8_tensor.QuantizeTensorToFloat8Kwargs(granularity=granularity) if dynamic_activation else None
+    weight = float8_tensor.Float8Tensor.from_hp(linear.weight.detach(), granularity=granularity,
+                                                mm_config=Float8MMConfig(use_fast_accum=True),
+                                                act_quant_kwargs=activation)  # fmt: skip
+    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+    return linear
+
+
+class Block(torch.nn.Module):
+    def __init__(self, dim: int = 128, hidden: int = 256) -> None:
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(dim, hidden), torch.nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+def quantized_block(**kwargs) -> Block:
+    torch.manual_seed(0)
+    block = Block().to(torch.bfloat16)
+    float8(block.up, **kwargs), float8(block.down, **kwargs)
+    return block
+
+
+def inner(linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    return linear.weight.qdata, linear.weight.scale.reshape(-1).float().expand(linear.out_features)
+
+
+@pytest.mark.parametrize("granularity", [PerRow(), PerTensor()], ids=["rowwise", "tensorwise"])
+def test_simulated_float8_block_runs_lynxs_fp8_numerics(granularity):
+    block = quantized_block(granularity=granularity)
+    x = torch.randn(2, 40, 128, dtype=torch.bfloat16)
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        out = torch.compile(block, backend="lynx", options={"execution": "simulate"})(x)
+    method = Method()
+    hidden = float8_linear_ref(x, *inner(block.up), block.up.bias, method)
+    expected = float8_linear_ref(F.gelu(hidden), *inner(block.down), block.down.bias, method)
+    torch.testing.assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2)  # bf16 roundings apart
+    assert [layer.decision for layer in report.layers] == ["sparse", "sparse"]
+    assert all("simulated on rowwise FP8" in layer.reason for layer in report.layers)
+
+
+def test_the_float8_weight_is_read_in_place_not_copied():
+    block = quantized_block()
+    with torch.no_grad():
+        compiled = torch.compile(block, backend="lynx", options={"execution": "simulate"})
+        compiled(torch.randn(64, 128, dtype=torch.bfloat16))
+    buffers = dict(compiled.named_buffers())
+    assert not any(name.startswith("lynx") for name in buffers)  # nothing of lynx's own stored beside the model
+    assert type(block.up.weight).__name__ == "Float8Tensor"
+
+
+def test_weight_only_float8_stays_dense_with_its_reason():
+    block = quantized_block(dynamic_activation=False)
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        torch.compile(block, backend="lynx", options={"execution": "simulate"})(torch.randn(64, 128,
+                                                                                         dtype=torch.bfloat16))
+    assert [layer.decision for layer in report.layers] == ["dense", "dense"]
+    assert all("weight-only" in layer.reason for layer in report.layers)
+
+
+def test_float8_layers_compile_with_gradients_enabled():
+    """Parameters as `from_pretrained` leaves them (the bias requires grad) and grad mode on: AOT traces the
+    backward, which passes straight through the pruning and the quantization."""
+    block = quantized_block()
+    x = torch.randn(64, 128, dtype=torch.bfloat16, requires_grad=True)
+    out = torch.compile(block, backend="lynx", options={"execution": "simulate"})(x)
+    out.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and block.down.bias.grad is not None
+
+
+def test_below_min_tokens_a_float8_layer_runs_rowwise_fp8_dense():
+    block = quantized_block()
+    x = torch.randn(4, 128, dtype=torch.bfloat16)  # 4 tokens: below min_tokens
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        out = torch.compile(block, backend="lynx", options={"execution": "simulate"})(x)
+    assert all("min_tokens" in layer.reason for layer in report.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(out.float(), block(x).float(), rtol=2e-2, atol=2e-2)  # torchao's own result
+
+
+def test_dense_float8_linear_is_close_to_the_high_precision_product():
+    torch.manual_seed(0)
+    x, weight = torch.randn(33, 256, dtype=torch.bfloat16), torch.randn(48, 256, dtype=torch.bfloat16) / 16
+    bias = torch.randn(48, dtype=torch.bfloat16)
+    float8_weight = quantize_weight(weight)
+    out = dense_float8_linear([x], IDENTITY, float8_weight, bias)
+    exact = F.linear(x.float(), weight.float(), bias.float())
+    rel = (out.float() - exact).norm() / exact.norm()
+    assert rel < 0.05  # FP8 is close to the high-precision product
+
+
+def test_reasons_for_float8_weights_lynx_cannot_take():
+    weight = torch.randn(64, 128, dtype=torch.bfloat16)
+    e5m2 = float8_tensor.Float8Tensor.from_hp(weight, float8_dtype=torch.float8_e5m2, granularity=PerRow(),
+                                              act_quant_kwargs=float8_tensor.QuantizeTensorToFloat8Kwargs(
+                                                  float8_dtype=torch.float8_e5m2, granularity=PerRow()))  # fmt: skip
+    assert "e4m3" in float8_weight_reason(e5m2)
+    rowwise = float8_tensor.Float8Tensor.from_hp(weight, granularity=PerRow(),
+                                                 act_quant_kwargs=float8_tensor.QuantizeTensorToFloat8Kwargs())
+    assert float8_weight_reason(rowwise) is None

@@ -1,0 +1,128 @@
+"""GPU checks of lynx's FP8 path (`pytest -m gpu`; skipped without an sm_90 GPU, nvcc or CUTLASS's headers): the FP8
+compressor bit-exact with its reference and with CUTLASS's own compressor, the FP8 sparse layer against the simulate
+numerics, rowwise FP8 dense, and torchao float8 models compiled end to end."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lynx_compile
+from lynx_compile.float8 import dense_float8_linear, quantize_weight
+from lynx_compile.folds import IDENTITY, FoldSpec
+from lynx_compile.fp8 import float8_linear_ref, quantize_rows
+from lynx_compile.kernels import cutlass_gemm
+from lynx_compile.kernels.cutlass_gemm import FP8_CONFIGS
+from lynx_compile.kernels.nm_prune import nm_prune_ref
+from lynx_compile.kernels.prune_quantize_fp8 import (
+    prune_quantize_compress_fp8,
+    prune_quantize_compress_fp8_ref,
+    quantize_rows_fp8,
+)
+from lynx_compile.method import Method
+from lynx_compile.paths import get_path
+from lynx_compile.plan import SparseLinearPlan
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available() or cutlass_gemm.unavailable_reason() is not None,
+                       reason="needs an sm_90 GPU, nvcc and CUTLASS's headers"),  # fmt: skip
+]
+
+
+def activation(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    magnitude = 10.0 ** torch.randint(-5, 3, (rows, 1), device="cuda", generator=g).to(dtype)
+    x = torch.randn(rows, k, device="cuda", dtype=dtype, generator=g) * magnitude
+    x[:, :4] = 0
+    x[:, 4:8] = torch.tensor([0.0, 0.0, 0.0, 2.0])
+    x[:, 16:32] = x[:, 16:32].round()
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows, k", [(1, 128), (37, 384), (333, 3072), (1000, 12288), (14040, 512)])
+def test_fp8_compressor_is_bit_exact_with_its_reference_and_cutlasss_compressor(rows, k, dtype):
+    x = activation(rows, k, dtype, rows + k)
+    values, metadata, scale = prune_quantize_compress_fp8(x)
+    ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x)
+    assert torch.equal(values.view(torch.uint8), ref_values.view(torch.uint8))
+    assert torch.equal(metadata, ref_metadata)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+    pruned_quantized = quantize_rows(nm_prune_ref(x.float())[0])[0]
+    cutlass_values, cutlass_metadata = cutlass_gemm.library(FP8_CONFIGS[0], torch.float8_e4m3fn).compress_reference(
+        pruned_quantized)  # fmt: skip
+    assert torch.equal(values.view(torch.uint8), cutlass_values.view(torch.uint8))
+    assert torch.equal(metadata, cutlass_metadata)
+    quantized, row_scale = quantize_rows_fp8(x)
+    ref_quantized, ref_row_scale = quantize_rows(x)
+    assert torch.equal(quantized.view(torch.uint8), ref_quantized.view(torch.uint8))
+    assert torch.equal(row_scale, ref_row_scale.reshape(-1))
+
+
+@pytest.mark.parametrize("rows, k, n", [(1, 128, 16), (77, 256, 40), (4608, 3072, 3072), (513, 12288, 64)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fp8_sparse_layer_equals_the_simulated_numerics(rows, k, n, with_bias):
+    g = torch.Generator(device="cuda").manual_seed(rows)
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16, generator=g)
+    weight = quantize_weight(torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) / k**0.5)
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16, generator=g) if with_bias else None
+    path = get_path("cutlass_float8")
+    for config in FP8_CONFIGS:
+        plan = SparseLinearPlan("cutlass_float8", Method(), params=(("config", config.name), ("raster", "along_m"),
+                                                                    ("swizzle", 2)))  # fmt: skip
+        out = path.forward([x], weight, bias, None, plan)
+        expected = float8_linear_ref(x, weight.qdata, weight.scale, bias, Method())
+        torch.testing.assert_close(out.float(), expected.float(), rtol=1e-2, atol=1e-2 * expected.abs().max().item())
+
+
+def test_rowwise_fp8_dense_is_the_reference_numerics():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(300, 1024, device="cuda", dtype=torch.bfloat16, generator=g)
+    weight = quantize_weight(torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16, generator=g) / 32)
+    bias = torch.randn(512, device="cuda", dtype=torch.bfloat16, generator=g)
+    out = dense_float8_linear([x], IDENTITY, weight, bias)
+    expected = float8_linear_ref(x, weight.qdata, weight.scale, bias)
+    torch.testing.assert_close(out.float(), expected.float(), rtol=1e-2, atol=1e-2 * expected.abs().max().item())
+    folded = dense_float8_linear([x], FoldSpec("activation", ("gelu_tanh",)), weight, None)
+    expected = float8_linear_ref(F.gelu(x, approximate="tanh"), weight.qdata, weight.scale)
+    torch.testing.assert_close(folded.float(), expected.float(), rtol=2e-2, atol=2e-2 * expected.abs().max().item())
+
+
+def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((out.float() - reference.float()).norm() / reference.float().norm()).item()
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int = 1024, hidden: int = 4096) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return x + self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_torchao_float8_model_compiles_on_the_fp8_sparse_path(graphs):
+    torchao = pytest.importorskip("torchao")
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    torch.manual_seed(0)
+    model = FeedForward().cuda().to(torch.bfloat16).eval()
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    x = torch.randn(2, 1000, 1024, device="cuda", dtype=torch.bfloat16)
+    options = {"execution": "sparse", "min_speedup": 1e-6, **({"triton.cudagraphs": True} if graphs else {})}
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        compiled = torch.compile(model, backend="lynx", options=options)
+        out = compiled(x)
+    with torch.no_grad():
+        simulated = torch.compile(model, backend="lynx", options={"execution": "simulate"})
+        assert relative_error(out, simulated(x)) < 1e-2
+        x2 = torch.randn_like(x)  # with CUDA graphs: a replay on new data
+        # The hidden layer's bf16 rounding differs in the last bit here and there (fused epilogue vs reference),
+        # which can flip a near-tie of the next layer's pruning: elementwise, a few outputs move by more than
+        # rounding; as a whole they agree.
+        assert relative_error(compiled(x2), simulated(x2)) < 1e-2
+    sparse = [layer for layer in report.layers if layer.decision == "sparse" and layer.path == "cutlass_float8"]
+    assert len(sparse) == 2, [layer.reason for layer in report.layers]
+    assert torchao is not None
