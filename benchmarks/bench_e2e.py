@@ -20,7 +20,9 @@ and a policy that treats instances of each block class unalike (every layer spar
 keep their largest linear dense: two decision patterns per class), as a calibrated policy does. Each forward is
 timed with CUDA events, median of 10 after 3 warm-ups, twice round interleaved with the other variants (the lower
 median counts); ratios are dense / lynx in the same graph mode. `lynx_dense` (lynx with execution="dense") can be
-added to a case's variants to see what the backend costs by itself.
+added to a case's variants to see what the backend costs by itself. `fp8` and `fp8_lynx` quantize the model with
+torchao's float8 recipe first (`Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())`) and compile it with
+Inductor / lynx; fp8_lynx's ratio is over fp8 where both run.
 """
 
 from __future__ import annotations
@@ -211,7 +213,18 @@ VARIANTS = {
     "lynx_dense": dict(backend="lynx", options={"execution": "dense"}),
     # lynx's regional compilation with a policy that differs between instances of a block class
     "lynx_mixed": dict(backend="lynx", options={"execution": "sparse", "policy": mixed_policy}, regional="lynx"),
+    # torchao's float8 (dynamic activation, weight per row), compiled by Inductor / by lynx (measured against fp8)
+    "fp8": dict(backend="inductor", quantize="float8"),
+    "fp8_lynx": dict(backend="lynx", options={"execution": "sparse"}, quantize="float8", baseline="fp8"),
 }
+
+
+def quantize_float8(model: torch.nn.Module) -> torch.nn.Module:
+    """torchao's float8 recipe as diffusers documents it: every linear, e4m3, rowwise scales."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return model
 
 
 def dense_reasons(report) -> dict[str, int]:
@@ -233,6 +246,12 @@ def sparse_paths(report) -> dict[str, int]:
     return counts
 
 
+def baseline(variant: str, timed: dict) -> str:
+    """What a variant's speedup is over: its own baseline where that was timed too (fp8_lynx over fp8), else dense."""
+    wanted = VARIANTS[variant].get("baseline", "dense")
+    return wanted if wanted in timed else "dense"
+
+
 def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, True)) -> list[dict]:
     """Compile every variant first, then time them interleaved, twice round: no variant gets a quieter machine."""
     rows = []
@@ -243,6 +262,9 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
             bar.set_postfix_str(variant)
             model, inputs = build()
             kwargs = dict(VARIANTS[variant])
+            kwargs.pop("baseline", None)
+            if kwargs.pop("quantize", None) == "float8":
+                model = quantize_float8(model)
             options = {**kwargs.pop("options", {}), **({"triton.cudagraphs": True} if graphs else {})}
             if callable(options.get("policy")):
                 options["policy"] = options["policy"](model)
@@ -252,7 +274,7 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
                 forward(model, inputs)
             tqdm.write(f"{name} graphs={graphs} {variant}: compiled in {time.perf_counter() - started:.0f} s; "
                        f"{report.summary() if report.layers else 'no lynx report'}")  # fmt: skip
-            if variant.startswith("lynx"):
+            if "lynx" in variant:
                 sparse_share[variant], reasons[variant] = report.sparse_flop_share, dense_reasons(report)
                 paths[variant] = sparse_paths(report)
                 tqdm.write(f"    sparse paths: {paths[variant]}")
@@ -266,10 +288,10 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
                     times[variant].append(time_forward_ms(lambda: forward(model, inputs)))
         best = {variant: min(ms) for variant, ms in times.items()}
         print(f"{name} graphs={graphs}: " + ", ".join(f"{v} {ms}" for v, ms in times.items()), flush=True)
-        lynx = [v for v in variants if v.startswith("lynx")]
         rows.append({"model": name, "cuda_graphs": graphs, **{f"{v}_ms": t for v, t in best.items()},
-                     **{f"speedup_{v}": best["dense"] / best[v] for v in lynx}, "sparse_flop_share": sparse_share,
-                     "dense_reasons": reasons, "sparse_paths": paths})  # fmt: skip
+                     **{f"speedup_{v}": best[baseline(v, best)] / best[v] for v in variants if v != "dense"},
+                     "baselines": {v: baseline(v, best) for v in variants if v != "dense"},
+                     "sparse_flop_share": sparse_share, "dense_reasons": reasons, "sparse_paths": paths})  # fmt: skip
         if "lynx" in best:
             rows[-1]["speedup"] = best["dense"] / best["lynx"]
         compiled.clear()
@@ -284,6 +306,7 @@ def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     modes = {"graphs": (True,), "no-graphs": (False,)}.get(sys.argv[2] if len(sys.argv) > 2 else "", (False, True))
     variants = tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else ("dense", "lynx")
+    variants = variants if "dense" in variants else ("dense", *variants)  # every ratio falls back to dense
     cases = {"flux": flux_case, "wan": wan_case, "qwen_image": qwen_image_case, "z_image": z_image_case,
              "dit": dit_case}
     rows = []
@@ -297,10 +320,11 @@ def main() -> None:
     if all("speedup" in row for row in rows):
         plot_e2e(rows, f"{meta['device']}, torch {meta['torch']}, bf16",
                  os.path.join(out_dir, f"bench_e2e_{which}.png"))  # fmt: skip
-    print(f"\n{meta}\n{'model':10} {'graphs':>6} {'variant':>10} {'ms':>9} {'× dense':>8} {'sparse FLOPs':>12}")
+    print(f"\n{meta}\n{'model':10} {'graphs':>6} {'variant':>10} {'ms':>9} {'speedup':>8} {'over':>6} "
+          f"{'sparse FLOPs':>12}")  # fmt: skip
     for r in rows:
         for v in variants:
-            speedup = f"{r[f'speedup_{v}']:8.3f}" if v != "dense" else f"{'':8}"
+            speedup = f"{r[f'speedup_{v}']:8.3f} {r['baselines'][v]:>6}" if v != "dense" else f"{'':15}"
             share = f"{100 * r['sparse_flop_share'][v]:11.1f}%" if v in r["sparse_flop_share"] else ""
             print(f"{r['model']:10} {str(r['cuda_graphs']):>6} {v:>10} {r[f'{v}_ms']:9.2f} {speedup} {share}")
 

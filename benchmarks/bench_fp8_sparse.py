@@ -9,9 +9,13 @@ Per shape (tokens M, K → N), one run, CUDA-graph replays (median of do_bench),
   torchao's float8 dynamic-activation / float8-weight inference runs it; `fp8_exact`: without fast accumulation;
 - fp8_24: lynx's CUTLASS e4m3 2:4 GEMM (fast accumulation, tile 128×256×128, the faster of its configurations and
   raster orders) with the activation scale (and the norm scale) per row and the weight's per column in its epilogue.
-The operands are prepared outside the timing (quantization, pruning, compression): this is the GEMM the issue's
-goal names (≥ 1.3× over FP8 dense, geomean over FLUX shapes). The output is checked against `lynx_compile.fp8`'s
-reference of the same numerics.
+The operands are prepared outside the timing (quantization, pruning, compression): this is the GEMM issue 12's
+goal names (≥ 1.3× over FP8 dense, geomean over FLUX shapes). Then the whole layer, as a compiled float8 model runs
+it (issue 13's per-layer goal): `fp8_layer`, lynx's Triton rowwise quantizer + `torch._scaled_mm` (what
+`float8.dense_float8_linear` runs; a stand-in for torchao's quantization as Inductor compiles it), against
+`fp8_24_layer`, the Triton FP8 compressor (prune, quantize, compress in one kernel) + the sparse GEMM. The outputs are
+checked against `lynx_compile.fp8`'s reference of the same numerics, and the compressor's operand against the
+reference encoder's (`operand_bit_exact`).
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lynx_compile.float8 import Float8Weight, dense_float8_linear  # noqa: E402
+from lynx_compile.folds import IDENTITY, compress_fp8, quantize_fp8  # noqa: E402
 from lynx_compile.fp8 import fp8_linear_ref, quantize_rows  # noqa: E402
 from lynx_compile.kernels import cutlass_gemm  # noqa: E402
-from lynx_compile.kernels.cutlass_layout import prune_quantize_compress_fp8_ref  # noqa: E402
+from lynx_compile.kernels.prune_quantize_fp8 import prune_quantize_compress_fp8_ref  # noqa: E402
 from lynx_compile.method import Method  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 
@@ -67,16 +73,35 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
                                               weight_scale=column_scale)  # fmt: skip
             timed[f"{config.name} {raster_name}"] = (cuda_graph_ms(sparse), sparse)
     best = min(timed, key=lambda key: timed[key][0])
+    best_config, best_raster = cutlass_gemm.GemmConfig.parse(best.split()[0]), {"heuristic": 0, "along_m": 1}[
+        best.split()[1]]  # fmt: skip
+    float8_weight = Float8Weight(w_q, column_scale)
+
+    def fp8_24_layer():  # the Triton compressor (prune, quantize, compress) + the GEMM with every scale
+        values, metadata, row_scale = compress_fp8([x], IDENTITY)
+        return cutlass_gemm.sparse_mm(values, metadata, w_q, row_scale, None, best_config, best_raster,
+                                      weight_scale=column_scale)  # fmt: skip
+
     times = {
         "bf16": cuda_graph_ms(lambda: F.linear(x, weight)),
         "fp8": cuda_graph_ms(fp8),
         "fp8_exact": cuda_graph_ms(lambda: fp8(False)),
         "fp8_24": timed[best][0],
+        "fp8_layer": cuda_graph_ms(lambda: dense_float8_linear([x], IDENTITY, float8_weight, None)),
+        "fp8_24_layer": cuda_graph_ms(fp8_24_layer),
+        "quantize": cuda_graph_ms(lambda: quantize_fp8([x], IDENTITY)),
+        "compress_fp8": cuda_graph_ms(lambda: compress_fp8([x], IDENTITY)),
     }
+    compressed = compress_fp8([x], IDENTITY)
+    operand_bit_exact = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+                            for a, b in zip(compressed[:2], (values, metadata)))  # fmt: skip
     reference = fp8_linear_ref(x, weight, method=Method())
     return {
         "shape": name, "M": m, "K": k, "N": n, "config": best, **{f"{p}_ms": t for p, t in times.items()},
         "fp8_24_over_fp8": times["fp8"] / times["fp8_24"],
+        "fp8_24_layer_over_fp8_layer": times["fp8_layer"] / times["fp8_24_layer"],
+        "fp8_24_layer_over_bf16": times["bf16"] / times["fp8_24_layer"], "operand_bit_exact": operand_bit_exact,
+        "fp8_24_layer_rel_err_vs_reference": relative_error(fp8_24_layer(), reference),
         "fp8_24_over_fp8_exact": times["fp8_exact"] / times["fp8_24"],
         "fp8_over_bf16": times["bf16"] / times["fp8"], "fp8_24_over_bf16": times["bf16"] / times["fp8_24"],
         "fp8_24_rel_err_vs_reference": relative_error(timed[best][1](), reference),
@@ -100,14 +125,17 @@ def main() -> None:
     with open(os.path.join(os.environ.get("OUT", "/tmp"), "bench_fp8_sparse.json"), "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=1)
     print(f"\n{meta}\n{'shape':18} {'bf16 ms':>8} {'fp8/bf16':>9} {'fp8 2:4/fp8':>11} {'/fp8 exact':>10} "
-          f"{'2:4/bf16':>9} {'rel err':>8}  config")  # fmt: skip
+          f"{'2:4/bf16':>9} {'layer/fp8':>9} {'layer/bf16':>10} {'rel err':>8}  config")  # fmt: skip
     for r in rows:
         print(f"{r['shape']:18} {r['bf16_ms']:8.4f} {r['fp8_over_bf16']:9.2f} {r['fp8_24_over_fp8']:11.2f} "
               f"{r['fp8_24_over_fp8_exact']:10.2f} {r['fp8_24_over_bf16']:9.2f} "
-              f"{r['fp8_24_rel_err_vs_reference']:8.4f}  {r['config']}")  # fmt: skip
-    flux = [r["fp8_24_over_fp8"] for r in rows if r["shape"].startswith("flux")]
-    if flux:
-        print(f"geomean over FLUX shapes, FP8 2:4 over FP8 dense: {torch.tensor(flux).log().mean().exp().item():.3f}")
+              f"{r['fp8_24_layer_over_fp8_layer']:9.2f} {r['fp8_24_layer_over_bf16']:10.2f} "
+              f"{r['fp8_24_layer_rel_err_vs_reference']:8.4f}  {r['config']}")  # fmt: skip
+    for column, what in (("fp8_24_over_fp8", "GEMM alone"), ("fp8_24_layer_over_fp8_layer", "whole layer")):
+        flux = [r[column] for r in rows if r["shape"].startswith("flux")]
+        if flux:
+            print(f"geomean over FLUX shapes, FP8 2:4 over FP8 dense, {what}: "
+                  f"{torch.tensor(flux).log().mean().exp().item():.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
