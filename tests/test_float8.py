@@ -122,3 +122,16 @@ def test_reasons_for_float8_weights_lynx_cannot_take():
     rowwise = float8_tensor.Float8Tensor.from_hp(weight, granularity=PerRow(),
                                                  act_quant_kwargs=float8_tensor.QuantizeTensorToFloat8Kwargs())
     assert float8_weight_reason(rowwise) is None
+
+
+def test_on_a_cpu_sparse_execution_keeps_float8_layers_dense_with_the_fp8_paths_reasons():
+    """execution="sparse" off an sm_90 GPU: float8 layers ask the float8 paths (and say why none runs), plain layers
+    beside them ask the bf16 paths."""
+    block = quantized_block()
+    block.down = torch.nn.Linear(256, 128).to(torch.bfloat16)  # a plain linear beside a float8 one
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        torch.compile(block, backend="lynx", options={"execution": "sparse"})(torch.randn(64, 128,
+                                                                                       dtype=torch.bfloat16))
+    reasons = {layer.name: layer.reason for layer in report.layers}
+    assert "no FP8 sparse-tensor-core kernel for cpu" in reasons["up"]
+    assert "FP8" not in reasons["down"] and "cpu" in reasons["down"]
