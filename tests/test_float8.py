@@ -135,3 +135,41 @@ def test_on_a_cpu_sparse_execution_keeps_float8_layers_dense_with_the_fp8_paths_
     reasons = {layer.name: layer.reason for layer in report.layers}
     assert "no FP8 sparse-tensor-core kernel for cpu" in reasons["up"]
     assert "FP8" not in reasons["down"] and "cpu" in reasons["down"]
+
+
+@pytest.mark.parametrize("name", ["flux", "wan"])
+def test_a_tiny_diffusers_model_quantized_with_torchao_float8(name):
+    """Every block linear of a diffusers DiT as torchao's float8 leaves it is found, and simulated with lynx's FP8
+    numerics (or kept dense for its token count); FP8 on top of 2:4 adds FP8's own error to 2:4's, as independent
+    errors add (in quadrature), not more."""
+    from zoo import ZOO, output_tensor
+
+    entry = ZOO[name]
+    model, inputs = entry.build().to(torch.bfloat16), entry.make_inputs(0)
+    inputs = {key: value.to(torch.bfloat16) if torch.is_tensor(value) and value.is_floating_point() else value
+              for key, value in inputs.items()}  # fmt: skip
+    simulate = {"execution": "simulate"}
+    with torch.no_grad():
+        dense = output_tensor(model(**inputs))
+        sparse = output_tensor(torch.compile(model, backend="lynx", options=simulate)(**inputs))
+    torch._dynamo.reset()
+    block_linears = [module for path, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+                     and path.startswith(entry.block_prefixes)]  # fmt: skip
+    for linear in block_linears:
+        float8(linear)
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        fp8_dense = output_tensor(model(**inputs))  # torchao's own
+        fp8_sparse = output_tensor(torch.compile(model, backend="lynx", options=simulate)(**inputs))
+    names = {module: path for path, module in model.named_modules()}
+    decided = {layer.name: layer for layer in report.layers}
+    for linear in block_linears:  # per-token layers on the FP8 path; per-sample ones (adaLN: M = batch) dense
+        layer = decided[names[linear]]
+        expected = "rowwise FP8" if layer.decision == "sparse" else "min_tokens"
+        assert expected in layer.reason, (layer.name, layer.reason)
+    assert sum(layer.decision == "sparse" for layer in decided.values()) > len(block_linears) // 2
+
+    def error(out: torch.Tensor) -> float:
+        return ((out.float() - dense.float()).norm() / dense.float().norm()).item()
+
+    assert torch.isfinite(fp8_sparse).all() and 0 < error(fp8_dense) < 0.1
+    assert error(fp8_sparse) < 1.1 * (error(sparse) ** 2 + error(fp8_dense) ** 2) ** 0.5
