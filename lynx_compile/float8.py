@@ -69,10 +69,10 @@ def dense_float8_linear(inputs: Sequence[torch.Tensor], fold: FoldSpec, weight: 
                         bias: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
     """Rowwise dynamic FP8, dense, for x = the fold of `inputs` (made on load, as Inductor would fuse a producer
     into torchao's quantization): what a float8 layer runs where lynx keeps it dense at run time, and what the speed
-    rule times the float8 sparse paths against. y (leading shape of inputs[0], N) in x's dtype; on the CPU the
-    pure-torch numerics."""
-    rows = inputs[0].shape[:-1]
-    if inputs[0].is_cuda:
+    rule times the float8 sparse paths against. y (leading shape of inputs[0], N) in x's dtype; on the CPU, and for
+    sizes `torch._scaled_mm` refuses (K or N not a multiple of 16, no rows), the pure-torch numerics."""
+    rows, (n, k) = inputs[0].shape[:-1], weight.qdata.shape
+    if inputs[0].is_cuda and k % 16 == 0 and n % 16 == 0 and inputs[0].numel():  # what `torch._scaled_mm` takes
         x_q, x_scale = quantize_fp8(inputs, fold)
         out = torch._scaled_mm(x_q, weight.qdata.t(), scale_a=x_scale[:, None], scale_b=weight.scale[None, :],
                                bias=bias, out_dtype=inputs[0].dtype, use_fast_accum=True)  # fmt: skip
