@@ -1,14 +1,16 @@
 """Decide per linear: sparse or dense, always with a reason a user can act on.
 
 Rules, first match wins: name not recoverable (`names.py`); name excluded/not included; the policy;
-execution="dense"; dtype; K % m; too few features; too few tokens. A graph that serves several block instances
+execution="dense"; a tensor-subclass operand (a torchao float8 weight of a kind lynx's FP8 kernels do not take;
+others); dtype; K % m; too few features; too few tokens. A graph that serves several block instances
 (`place_linears`) decides each layer once, for all of them: their names must agree on the first rules (else a
 `RegionError`); each instance then gets its own reason. Then the execution picks the sparse paths
 (`lynx_compile.paths`): "simulate" takes the simulate path as it is; "sparse" asks every sparse path why it cannot
 run the layer, measures the others against dense for the layer's shape (with its folded producer and correction,
 `paths.measurements`), and takes the fastest if it beats dense by `min_speedup`. Before that, siblings reading one x
 are measured as a group (`group_siblings`): one prune for all their GEMMs; a group that pays is decided as one, the
-others fall back to their own decisions.
+others fall back to their own decisions. A torchao float8 layer (`lynx_compile.float8`) is offered only the float8
+paths (`SparsePath.float8`), measured against rowwise FP8 dense, and is not grouped.
 
 A symbolic token count (Dynamo made M dynamic, e.g. after a second resolution) is decided with a guard on
 M ≥ min_tokens: Dynamo then recompiles if a call falls on the other side, and this graph's ops can be lowered with
