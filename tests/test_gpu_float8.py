@@ -1,6 +1,6 @@
 """GPU checks of lynx's FP8 path (`pytest -m gpu`; skipped without an sm_90 GPU, nvcc or CUTLASS's headers): the FP8
 compressor bit-exact with its reference and with CUTLASS's own compressor, the FP8 sparse layer against the simulate
-numerics, rowwise FP8 dense, and torchao float8 models compiled end to end."""
+numerics, rowwise FP8 dense, and torchao float8 models compiled end to end without a second copy of their weights."""
 
 import pytest
 import torch
