@@ -71,10 +71,9 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
             def sparse(config=config, raster=raster):
                 return cutlass_gemm.sparse_mm(values, metadata, w_q, row_scale, None, config, raster,
                                               weight_scale=column_scale)  # fmt: skip
-            timed[f"{config.name} {raster_name}"] = (cuda_graph_ms(sparse), sparse)
+            timed[f"{config.name} {raster_name}"] = (cuda_graph_ms(sparse), sparse, config, raster)
     best = min(timed, key=lambda key: timed[key][0])
-    best_config, best_raster = cutlass_gemm.GemmConfig.parse(best.split()[0]), {"heuristic": 0, "along_m": 1}[
-        best.split()[1]]  # fmt: skip
+    _, _, best_config, best_raster = timed[best]
     float8_weight = Float8Weight(w_q, column_scale)
 
     def fp8_24_layer():  # the Triton compressor (prune, quantize, compress) + the GEMM with every scale

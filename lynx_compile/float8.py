@@ -19,6 +19,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from .folds import FoldSpec, assemble, quantize_fp8
+from .fp8 import float8_linear_ref, quantize_rows
 
 FLOAT8_DTYPE = torch.float8_e4m3fn
 
@@ -59,8 +60,6 @@ def weight_scale_per_row(scale: torch.Tensor, rows: int) -> torch.Tensor:
 
 def quantize_weight(weight: torch.Tensor) -> Float8Weight:
     """A high-precision weight (N, K) as torchao's rowwise float8 holds it (for timing and tests)."""
-    from .fp8 import quantize_rows
-
     qdata, scale = quantize_rows(weight)
     return Float8Weight(qdata.contiguous(), scale.reshape(-1))
 
@@ -77,6 +76,4 @@ def dense_float8_linear(inputs: Sequence[torch.Tensor], fold: FoldSpec, weight: 
         out = torch._scaled_mm(x_q, weight.qdata.t(), scale_a=x_scale[:, None], scale_b=weight.scale[None, :],
                                bias=bias, out_dtype=inputs[0].dtype, use_fast_accum=True)  # fmt: skip
         return out.reshape(*rows, -1)
-    from .fp8 import float8_linear_ref
-
     return float8_linear_ref(assemble(inputs, fold), weight.qdata, weight.scale, bias)

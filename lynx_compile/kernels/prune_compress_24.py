@@ -295,8 +295,7 @@ def prune_compress_24_cutlass(
     bytes for M rounded up to 64 rows, the per-row norm scale s). No row padding: the GEMM takes any M."""
     operands, loader = _operands_and_loader(x, loader)
     rows, k = operands[0].shape[0], loader.width
-    if groups_per_chunk(loader.segments or (k,)) < 2:
-        raise ValueError(f"CUTLASS's metadata pairs groups along K: segments {loader.segments} are too narrow")
+    chunking(loader, paired=True)  # narrow segments fail before anything is allocated
     values = torch.empty(rows, k // 2, dtype=operands[0].dtype, device=operands[0].device)
     metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=operands[0].device)
     return values, metadata, _compress(operands, loader, values, metadata, rows, CUTLASS_LAYOUT)
@@ -324,8 +323,7 @@ def _compress(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor
     scale = torch.empty(rows, dtype=torch.float32, device=head.device)
     if rows == 0:
         return scale
-    block_g = groups_per_chunk(loader.segments or (k,))
-    n_chunks = k // 4 // block_g
+    block_g, n_chunks = chunking(loader)
     energies = torch.empty(rows, 2, n_chunks, dtype=torch.float32, device=head.device)
     strides = tuple(stride for tensor in operands for stride in tensor.stride())
     _compress_kernel[(triton.cdiv(stored, M_TILE) * (M_TILE // 16), n_chunks)](
@@ -348,13 +346,22 @@ def written_out(operands: Sequence[torch.Tensor], loader: Loader) -> torch.Tenso
     rows, k = operands[0].shape[0], loader.width
     out = torch.empty(rows, k, dtype=operands[0].dtype, device=operands[0].device)
     if rows:
-        block_g = groups_per_chunk(loader.segments or (k,))
+        block_g, n_chunks = chunking(loader)
         strides = tuple(stride for tensor in operands for stride in tensor.stride())
-        _written_out_kernel[(triton.cdiv(rows, 16), k // 4 // block_g)](
+        _written_out_kernel[(triton.cdiv(rows, 16), n_chunks)](
             tuple(operands), strides, loader.scalars, out, rows, k, LOAD=loader.fn, LOAD_ARGS=loader.args,
             BLOCK_G=block_g,
         )  # fmt: skip
     return out
+
+
+def chunking(loader: Loader, paired: bool = False) -> tuple[int, int]:
+    """(groups of 4 a program takes along K, programs along K) for X as `loader` makes it. `paired`: for CUTLASS's
+    metadata, whose bytes hold two groups of a row, so a chunk must take at least two."""
+    block_g = groups_per_chunk(loader.segments or (loader.width,))
+    if paired and block_g < 2:
+        raise ValueError(f"CUTLASS's metadata pairs groups along K: segments {loader.segments} are too narrow")
+    return block_g, loader.width // 4 // block_g
 
 
 def groups_per_chunk(segments: Sequence[int]) -> int:

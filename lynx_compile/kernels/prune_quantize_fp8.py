@@ -31,7 +31,7 @@ import torch
 
 from .cutlass_layout import META_ROWS, TILE_K
 from .nm_prune import NORM_EPS, nm_prune_ref
-from .prune_compress_24 import Loader, _operands_and_loader, groups_per_chunk, metadata_bytes
+from .prune_compress_24 import Loader, _operands_and_loader, chunking, metadata_bytes
 
 try:
     import triton
@@ -205,10 +205,7 @@ def _launch(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor, 
     scale = torch.empty(rows, dtype=torch.float32, device=head.device)
     if rows == 0:
         return scale
-    block_g = groups_per_chunk(loader.segments or (k,))
-    if prune and block_g < 2:
-        raise ValueError(f"CUTLASS's metadata pairs groups along K: segments {loader.segments} are too narrow")
-    n_chunks = k // 4 // block_g
+    block_g, n_chunks = chunking(loader, paired=prune)
     strides = tuple(stride for tensor in operands for stride in tensor.stride())
     common = dict(LOAD=loader.fn, LOAD_ARGS=loader.args, BLOCK_G=block_g)
     stats = torch.empty(rows, 4, n_chunks, dtype=torch.float32, device=head.device)

@@ -21,7 +21,7 @@ from ..kernels.cutlass_gemm import FP8_CONFIGS, RASTERS, GemmConfig
 from ..kernels.prune_quantize_fp8 import FP8_K_MULTIPLE
 from ..method import Lora, Method
 from ..plan import SparseLinearPlan
-from .base import SparsePath, Timer, Workload
+from .base import SparsePath, Timer, Workload, tensor_core_reason
 from .cutlass import N_MULTIPLE, built_configs, fastest_setting
 
 FP8 = torch.float8_e4m3fn
@@ -37,17 +37,13 @@ class CutlassFloat8(SparsePath):
     def unavailable_reason(self, workload: Workload, method: Method) -> str | None:
         if workload.device.type != "cuda":
             return f"no FP8 sparse-tensor-core kernel for {workload.device.type}"
-        why = cutlass_gemm.unavailable_reason(workload.device)
+        why = cutlass_gemm.unavailable_reason(workload.device) or tensor_core_reason(workload, method, N_MULTIPLE)
         if why is not None:
             return why
-        if (method.n, method.m) != (2, 4):
-            return f"{method.n}:{method.m} has no tensor-core path (2:4 only)"
         if workload.dtype != torch.bfloat16:
             return f"activation dtype {str(workload.dtype).removeprefix('torch.')}: the FP8 kernel writes bf16"
         if workload.in_features % FP8_K_MULTIPLE:
             return f"K={workload.in_features} not a multiple of {FP8_K_MULTIPLE} (the FP8 kernel's tile K)"
-        if workload.out_features % N_MULTIPLE:
-            return f"N={workload.out_features} not a multiple of {N_MULTIPLE}"
         return None
 
     def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
