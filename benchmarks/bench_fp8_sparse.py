@@ -15,7 +15,9 @@ it (issue 13's per-layer goal): `fp8_layer`, lynx's Triton rowwise quantizer + `
 `float8.dense_float8_linear` runs; a stand-in for torchao's quantization as Inductor compiles it), against
 `fp8_24_layer`, the Triton FP8 compressor (prune, quantize, compress in one kernel) + the sparse GEMM. The outputs are
 checked against `lynx_compile.fp8`'s reference of the same numerics, and the compressor's operand against the
-reference encoder's (`operand_bit_exact`).
+reference encoder's (`operand_bit_exact`: both the one-pass kernel the layer takes and the general two-pass
+one). `quantize_two_pass` and `compress_fp8_two_pass` time the general kernels, `compress_fp8_pairsP` the one-pass
+kernel with P pairs of groups a program.
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ from lynx_compile.float8 import Float8Weight, dense_float8_linear  # noqa: E402
 from lynx_compile.folds import IDENTITY, compress_fp8, quantize_fp8  # noqa: E402
 from lynx_compile.fp8 import fp8_linear_ref, quantize_rows  # noqa: E402
 from lynx_compile.kernels import cutlass_gemm  # noqa: E402
-from lynx_compile.kernels.prune_quantize_fp8 import prune_quantize_compress_fp8_ref  # noqa: E402
+from lynx_compile.kernels import quantize_fp8_single_pass as single_pass  # noqa: E402
+from lynx_compile.kernels.prune_quantize_fp8 import (  # noqa: E402
+    prune_quantize_compress_fp8,
+    prune_quantize_compress_fp8_ref,
+    quantize_rows_fp8,
+)
 from lynx_compile.method import Method  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 
@@ -90,11 +97,21 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
         "fp8_24_layer": cuda_graph_ms(fp8_24_layer),
         "quantize": cuda_graph_ms(lambda: quantize_fp8([x], IDENTITY)),
         "compress_fp8": cuda_graph_ms(lambda: compress_fp8([x], IDENTITY)),
+        "quantize_two_pass": cuda_graph_ms(lambda: quantize_rows_fp8(x, single_pass=False)),
+        "compress_fp8_two_pass": cuda_graph_ms(lambda: prune_quantize_compress_fp8(x, single_pass=False)),
     }
+    if single_pass.applies(x):  # the one-pass kernel's block size: pairs of groups a program takes
+        out_values, out_metadata = torch.empty_like(values), torch.empty_like(metadata)
+        for pairs in (256, 512, 1024, 2048):
+            times[f"compress_fp8_pairs{pairs}"] = cuda_graph_ms(
+                lambda pairs=pairs: single_pass.launch(x, out_values, out_metadata, True, True, True, pairs))
     compressed = compress_fp8([x], IDENTITY)
     operand_bit_exact = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8))
                             for a, b in zip(compressed[:2], (values, metadata)))  # fmt: skip
     reference = fp8_linear_ref(x, weight, method=Method())
+    two_pass = prune_quantize_compress_fp8(x, single_pass=False)
+    operand_bit_exact = operand_bit_exact and all(torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+                                                  for a, b in zip(two_pass[:2], (values, metadata)))  # fmt: skip
     return {
         "shape": name, "M": m, "K": k, "N": n, "config": best, **{f"{p}_ms": t for p, t in times.items()},
         "fp8_24_over_fp8": times["fp8"] / times["fp8_24"],

@@ -40,11 +40,13 @@ def activation(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor
     return x
 
 
+@pytest.mark.parametrize("single_pass", [None, False])  # the one-pass kernel where it reads X (K ≤ 16384), or not
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows, k", [(1, 128), (37, 384), (333, 3072), (1000, 12288), (14040, 512)])
-def test_fp8_compressor_is_bit_exact_with_its_reference_and_cutlasss_compressor(rows, k, dtype):
+@pytest.mark.parametrize("rows, k", [(1, 128), (37, 384), (333, 3072), (1000, 12288), (14040, 512), (130, 15360),
+                                     (65, 16384), (3, 16512)])  # fmt: skip
+def test_fp8_compressor_is_bit_exact_with_its_reference_and_cutlasss_compressor(rows, k, dtype, single_pass):
     x = activation(rows, k, dtype, rows + k)
-    values, metadata, scale = prune_quantize_compress_fp8(x)
+    values, metadata, scale = prune_quantize_compress_fp8(x, single_pass=single_pass)
     ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x)
     assert torch.equal(values.view(torch.uint8), ref_values.view(torch.uint8))
     assert torch.equal(metadata, ref_metadata)
@@ -54,7 +56,7 @@ def test_fp8_compressor_is_bit_exact_with_its_reference_and_cutlasss_compressor(
         pruned_quantized)  # fmt: skip
     assert torch.equal(values.view(torch.uint8), cutlass_values.view(torch.uint8))
     assert torch.equal(metadata, cutlass_metadata)
-    quantized, row_scale = quantize_rows_fp8(x)
+    quantized, row_scale = quantize_rows_fp8(x, single_pass=single_pass)
     ref_quantized, ref_row_scale = quantize_rows(x)
     assert torch.equal(quantized.view(torch.uint8), ref_quantized.view(torch.uint8))
     assert torch.equal(row_scale, ref_row_scale.reshape(-1))

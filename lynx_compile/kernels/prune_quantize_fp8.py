@@ -7,75 +7,46 @@ returns is that quantization scale times the norm scale ‖xᵢ‖ / ‖x̃ᵢ�
 (`quantize_rows_fp8`) the same kernel writes dense e4m3 rows and their scales: the activation side of rowwise FP8
 dense, which the speed rule times FP8 sparse against and which runs a float8 layer that falls back to dense.
 
-The scale needs the whole pruned row before any value can be quantized, so X is read twice, each time by a 2-D grid
-of small programs (16 rows × one chunk of K, as the bf16 compressor's, so that enough loads are in flight): pass 1
+Where X is read as it is (no folded producer, rows contiguous along K), `quantize_fp8_single_pass.py` does all of
+it in one launch and one read of X from DRAM. Elsewhere (a folded producer, a transposed X), the kernels below: the
+scale needs the whole pruned row before any value can be quantized, so X is read twice, each time by a 2-D grid of
+small programs (16 rows × one chunk of K, as the bf16 compressor's, so that enough loads are in flight): pass 1
 writes each chunk's partial ‖x‖² and amax — of x, not x̃: a group's largest magnitude is always kept, so they are
 equal, and pass 1 does no ranking —, a tiny kernel turns them into the rows' factors, pass 2 prunes, quantizes,
-stores and writes the partial ‖x̃‖², and a last tiny kernel applies the norm scale to the row scale. (One program
-walking a whole row twice ran at a tenth of memory speed on the H200.) A folded producer (`Loader`) is applied on
+stores and writes the partial ‖x̃‖², and a last tiny kernel applies the norm scale to the row scale. (Programs of
+16 rows walking K twice, too few to fill the GPU, ran at a tenth of memory speed on the H200; the one-pass kernel's
+walk a single row.) A folded producer (`Loader`) is applied on
 both reads, so x is still never written.
 
 A row is quantized by multiplying it by 448 / amax (one IEEE division per row; a division per element cost more
-than the memory traffic), then rounded to e4m3 by the GPU's saturating round-to-nearest-even cast, the same bits as
-torch's `.to(torch.float8_e4m3fn)`. Under Triton's interpreter (CPU tests) the rounding is done by hand in integer
-and fp32 arithmetic (`e4m3_code`), as the interpreter's own fp8 cast rounds some values just below a power of two
-down by half (127.35 → 64 instead of 128) and turns NaN into 384; GPU tests check the hardware cast's bits.
+than the memory traffic), then rounded to e4m3 (`e4m3.py`: the GPU's cast, or by hand under the interpreter), the
+same bits as torch's `.to(torch.float8_e4m3fn)`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
 
+from . import quantize_fp8_single_pass as single_pass_kernel
 from .cutlass_layout import META_ROWS, TILE_K
+from .e4m3 import FP8_DTYPE, hardware_cast
 from .nm_prune import NORM_EPS, nm_prune_ref
-from .prune_compress_24 import Loader, _operands_and_loader, chunking, metadata_bytes
+from .prune_compress_24 import Loader, _operands_and_loader, chunking, load_rows, metadata_bytes
 
 try:
     import triton
     import triton.language as tl
 
+    from .e4m3 import _E4M3_MAX, quantize_e4m3
     from .prune_compress_24 import _keep_2_of_4, _load_members, cutlass_slots, norm_scale_of
 except ImportError:
     triton = None
 
-E4M3_MAX = 448.0
-FP8_DTYPE = torch.float8_e4m3fn
 FP8_K_MULTIPLE = TILE_K[8]  # the FP8 kernel's tile K fixes its metadata atom: K % 128
 
 if triton is not None:
-    _E4M3_MAX = tl.constexpr(E4M3_MAX)  # kernels read globals only as constexprs
-
-    @triton.jit
-    def e4m3_code(y):
-        """The e4m3 encoding (int32, 0..255) of y (fp32, |y| ≤ 448 or NaN) rounded to nearest, ties to even. Sign
-        and magnitude are handled as integers: a float negation of a rounded zero may lose -0.0's sign once
-        compiled, and the interpreter's own fp8 cast misrounds (see the module docstring)."""
-        bits = y.to(tl.int32, bitcast=True)
-        sign = (bits >> 24) & 0x80
-        magnitude = (bits & 0x7FFFFFFF).to(tl.float32, bitcast=True)
-        exponent = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)  # e4m3's subnormals share the exponent of 2^-6
-        ulp = ((exponent - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 3 mantissa bits
-        magic = 12582912.0  # 1.5 · 2^23: adding and subtracting it rounds magnitude / ulp (< 2^4) to an integer, RNE
-        rounded = ((magnitude / ulp + magic) - magic) * ulp
-        rounded_bits = rounded.to(tl.int32, bitcast=True)
-        rounded_exponent = ((rounded_bits >> 23) & 0xFF) - 127
-        normal = ((rounded_exponent + 7) << 3) | ((rounded_bits >> 20) & 7)
-        subnormal = (rounded * 512.0).to(tl.int32)  # multiples of 2^-9 below 2^-6
-        code = tl.where(rounded_exponent >= -6, normal, subnormal)
-        return sign | tl.where(y != y, 0x7F, code)
-
-    @triton.jit
-    def _quantize(f, inverse, HARDWARE_CAST: tl.constexpr):
-        """e4m3 codes (int32) of f · inverse, clamped to ±448 (NaN stays NaN): the GPU's saturating round-to-nearest
-        cast (one instruction per two values), or under the interpreter the same rounding by hand."""
-        y = f * inverse[:, None]
-        y = tl.where(y != y, y, tl.minimum(tl.maximum(y, -_E4M3_MAX), _E4M3_MAX))
-        if HARDWARE_CAST:
-            return y.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
-        return e4m3_code(y)
 
     @triton.jit
     def _pruned(f0, f1, f2, f3):
@@ -144,8 +115,8 @@ if triton is not None:
             p0, p1, p2, p3 = _pruned(p0, p1, p2, p3)
             tl.store(stats_ptr + rows * 4 * n_chunks + n_chunks + chunk,
                      tl.sum(p0 * p0 + p1 * p1 + p2 * p2 + p3 * p3, axis=1), mask=rows < M)  # fmt: skip
-        c0, c1 = _quantize(p0, inverse, HARDWARE_CAST), _quantize(p1, inverse, HARDWARE_CAST)
-        c2, c3 = _quantize(p2, inverse, HARDWARE_CAST), _quantize(p3, inverse, HARDWARE_CAST)
+        c0, c1 = quantize_e4m3(p0, inverse, HARDWARE_CAST), quantize_e4m3(p1, inverse, HARDWARE_CAST)
+        c2, c3 = quantize_e4m3(p2, inverse, HARDWARE_CAST), quantize_e4m3(p3, inverse, HARDWARE_CAST)
         if PRUNE:  # stored: the kept values nonzero after rounding (-0.0 is zero), as CUTLASS's compressor sees
             n0, n1, n2, n3 = (c0 & 0x7F) != 0, (c1 & 0x7F) != 0, (c2 & 0x7F) != 0, (c3 & 0x7F) != 0
             lo, hi, lo_value, hi_value = cutlass_slots(n0, n1, n2, n3, c0, c1, c2, c3)
@@ -172,35 +143,43 @@ def check_fp8_width(k: int) -> None:
 
 
 def prune_quantize_compress_fp8(
-    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None, norm_compensation: bool = True
+    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None, norm_compensation: bool = True,
+    single_pass: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(values M × K/2 e4m3, metadata bytes for M rounded up to 64 rows, the row scale (M,) fp32 the GEMM's epilogue
-    applies) for x = `x` or, with a `loader`, x made from the operands as they are loaded (a folded producer)."""
+    applies) for x = `x` or, with a `loader`, x made from the operands as they are loaded (a folded producer).
+    `single_pass`: None takes the one-pass kernel wherever it can read X (`quantize_fp8_single_pass.applies`);
+    False the general kernels (tests and benchmarks compare the two)."""
     operands, loader = _operands_and_loader(x, loader)
     rows, k = operands[0].shape[0], loader.width
     check_fp8_width(k)
     values = torch.empty(rows, k // 2, dtype=FP8_DTYPE, device=operands[0].device)
     metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=operands[0].device)
-    scale = _launch(operands, loader, values, metadata, prune=True, norm=norm_compensation)
+    scale = _launch(operands, loader, values, metadata, True, norm_compensation, single_pass)
     return values, metadata, scale
 
 
 def quantize_rows_fp8(
-    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None
+    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None, single_pass: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x as e4m3 (M, K), each row's scale amax / 448 (M,) fp32): rowwise dynamic FP8 quantization, dense."""
+    """(x as e4m3 (M, K), each row's scale amax / 448 (M,) fp32): rowwise dynamic FP8 quantization, dense
+    (`single_pass` as for `prune_quantize_compress_fp8`)."""
     operands, loader = _operands_and_loader(x, loader)
     rows, k = operands[0].shape[0], loader.width
     values = torch.empty(rows, k, dtype=FP8_DTYPE, device=operands[0].device)
-    scale = _launch(operands, loader, values, values, prune=False, norm=False)
+    scale = _launch(operands, loader, values, values, False, False, single_pass)
     return values, scale
 
 
 def _launch(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor, prune: bool,
-            norm: bool) -> torch.Tensor:  # fmt: skip
-    """The kernels over X (row statistics, quantization factors, quantize and store, norm scale); the row scale the
-    GEMM applies."""
+            norm: bool, single_pass: bool | None) -> torch.Tensor:  # fmt: skip
+    """The kernels over X (row statistics, quantization factors, quantize and store, norm scale), or the one-pass
+    kernel where X is read as it is; the row scale the GEMM applies."""
     head = operands[0]
+    if single_pass is not False and loader.fn is load_rows and single_pass_kernel.applies(head):
+        return single_pass_kernel.launch(head, values, metadata, prune, norm, hardware_cast())
+    if single_pass:
+        raise ValueError("the one-pass FP8 kernel cannot read this X (a folded producer, its layout or its width)")
     rows, k = head.shape[0], loader.width
     scale = torch.empty(rows, dtype=torch.float32, device=head.device)
     if rows == 0:
@@ -217,15 +196,11 @@ def _launch(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor, 
     covered = -(-rows // META_ROWS) * META_ROWS if prune else rows
     _quantize_kernel[(triton.cdiv(covered, 16), n_chunks)](tuple(operands), strides, loader.scalars, inverse,
                                                            values.view(torch.uint8), metadata, stats, rows, k,
-                                                           PRUNE=prune, HARDWARE_CAST=not _interpreted(),
+                                                           PRUNE=prune, HARDWARE_CAST=hardware_cast(),
                                                            **common)  # fmt: skip
     if norm:
         _norm_kernel[(triton.cdiv(rows, 64),)](stats, scale, rows, n_chunks, NORM_EPS, **reduce)
     return scale
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # ---- references ---------------------------------------------------------------------------------------------------

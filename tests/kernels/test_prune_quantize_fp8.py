@@ -10,7 +10,10 @@ from lynx_compile.fp8 import quantize_rows
 from lynx_compile.folds import FoldSpec, compress_fp8, quantize_fp8
 from lynx_compile.kernels.activations import activate
 from lynx_compile.kernels.cutlass_layout import decompress_24_ref
+from lynx_compile.kernels import quantize_fp8_single_pass as single_pass
+from lynx_compile.kernels.e4m3 import hardware_cast
 from lynx_compile.kernels.nm_prune import nm_prune_ref
+from lynx_compile.kernels.prune_compress_24 import metadata_bytes
 from lynx_compile.kernels.prune_quantize_fp8 import (
     prune_quantize_compress_fp8,
     prune_quantize_compress_fp8_ref,
@@ -38,14 +41,25 @@ def activations(draw, max_rows=100, max_k_tiles=3):
     return x
 
 
+def activation_rows(rows, k, dtype):
+    """Rows of random magnitudes with ties, zeros and a NaN/inf row."""
+    generator = torch.Generator().manual_seed(rows * k)
+    x = torch.randn(rows, k, generator=generator) * 10.0 ** torch.randint(-4, 3, (rows, 1), generator=generator)
+    x[0, :64] = torch.randint(-2, 3, (64,), generator=generator).float()
+    x[1, 7], x[1, 100] = float("nan"), float("inf")
+    return x.to(dtype=dtype, device=DEVICE)
+
+
 def bits(t):
     return t.view(torch.uint8)
 
 
+# single_pass=None takes the one-pass kernel wherever it reads X (here: the row-major draws), False the general one
 @settings(max_examples=30)
-@given(activations(), st.booleans())
-def test_kernel_matches_reference_bit_for_bit(x, norm_compensation):
-    values, metadata, scale = prune_quantize_compress_fp8(x, norm_compensation=norm_compensation)
+@given(activations(), st.booleans(), st.sampled_from([None, False]))
+def test_kernel_matches_reference_bit_for_bit(x, norm_compensation, single_pass):
+    values, metadata, scale = prune_quantize_compress_fp8(x, norm_compensation=norm_compensation,
+                                                          single_pass=single_pass)  # fmt: skip
     ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x, norm_compensation)
     assert values.dtype == torch.float8_e4m3fn and values.shape == (x.shape[0], x.shape[1] // 2)
     assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
@@ -54,9 +68,9 @@ def test_kernel_matches_reference_bit_for_bit(x, norm_compensation):
 
 
 @settings(max_examples=30)
-@given(activations())
-def test_dense_quantization_matches_reference_bit_for_bit(x):
-    quantized, scale = quantize_rows_fp8(x)
+@given(activations(), st.sampled_from([None, False]))
+def test_dense_quantization_matches_reference_bit_for_bit(x, single_pass):
+    quantized, scale = quantize_rows_fp8(x, single_pass=single_pass)
     ref_quantized, ref_scale = quantize_rows(x)
     assert torch.equal(bits(quantized), bits(ref_quantized)) and torch.equal(scale, ref_scale.reshape(-1))
 
@@ -86,10 +100,11 @@ def test_rounding_matches_torchs_cast_where_the_interpreters_does_not(value):
     assert bits(quantized)[0, 0] == bits(x[:, :1].float().to(torch.float8_e4m3fn))[0, 0]
 
 
-def test_a_non_finite_row_keeps_its_non_finite_values_to_itself():
+@pytest.mark.parametrize("single_pass", [None, False])
+def test_a_non_finite_row_keeps_its_non_finite_values_to_itself(single_pass):
     x = torch.randn(8, 128, dtype=torch.bfloat16, device=DEVICE)
     x[2, 5], x[5, 9] = float("nan"), float("inf")
-    values, metadata, scale = prune_quantize_compress_fp8(x)
+    values, metadata, scale = prune_quantize_compress_fp8(x, single_pass=single_pass)
     ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x)
     finite = [0, 1, 3, 4, 6, 7]
     assert torch.equal(bits(values)[finite], bits(ref_values)[finite]) and torch.equal(metadata, ref_metadata)
@@ -100,15 +115,65 @@ def test_a_non_finite_row_keeps_its_non_finite_values_to_itself():
 @settings(max_examples=10)
 @given(activations(max_rows=40, max_k_tiles=2), st.sampled_from(["gelu", "gelu_tanh"]))
 def test_a_folded_activation_equals_quantizing_its_written_out_output(x, name):
-    """The activation fold applied on load (both passes) == the kernel on act(x) written out by the same code."""
+    """The activation fold applied on load (both passes) == the kernels on act(x) written out by the same code (the
+    general kernels: a folded producer never takes the one-pass kernel, whose sums run in another order)."""
     fold = FoldSpec("activation", (name,))
     values, metadata, scale = compress_fp8([x], fold)
-    ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8(activate(x, name))
+    ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8(activate(x, name), single_pass=False)
     assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
     assert torch.equal(scale, ref_scale)
     quantized, row_scale = quantize_fp8([x], fold)
-    ref_quantized, ref_row_scale = quantize_rows_fp8(activate(x, name))
+    ref_quantized, ref_row_scale = quantize_rows_fp8(activate(x, name), single_pass=False)
     assert torch.equal(bits(quantized), bits(ref_quantized)) and torch.equal(row_scale, ref_row_scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_both_kernels_rank_non_finite_values_alike(dtype):
+    """NaN ranks as +inf and ties go to the earlier member, in groups of several infinities and NaNs: the one-pass
+    kernel (integer magnitudes) and the general one (floats) keep the same members, in every row."""
+    nan, inf = float("nan"), float("inf")
+    groups = [[inf, inf, nan, 1], [nan, inf, inf, 2], [inf, -inf, 3, nan], [1, nan, -inf, inf], [0, -0.0, 0, 5]]
+    x = torch.tensor([value for group in groups for value in group] * 8, dtype=dtype).reshape(5, 32).repeat(1, 4)
+    x = torch.cat([x, torch.randn(3, 128, dtype=dtype)]).to(DEVICE)
+    one_pass, general = prune_quantize_compress_fp8(x), prune_quantize_compress_fp8(x, single_pass=False)
+    assert torch.equal(bits(one_pass[0]), bits(general[0])) and torch.equal(one_pass[1], general[1])
+    torch.testing.assert_close(one_pass[2], general[2], rtol=1e-5, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("prune", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype):
+    """Rows longer than a program holds are read in chunks (twice: statistics, then values), the last one partly
+    past K: the same bits. (Few cases: a program per row, slow under the interpreter.)"""
+    x = activation_rows(5, 384, dtype)  # 48 pairs of groups a row: 2 chunks of 32
+    x = x.contiguous()
+    rows, k = x.shape
+    values = torch.empty(rows, k // 2 if prune else k, dtype=torch.float8_e4m3fn, device=DEVICE)
+    metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=DEVICE)
+    scale = single_pass.launch(x, values, metadata, prune, True, hardware_cast(), blocks=(1, 32, 2))
+    if prune:
+        ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x)
+        assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
+        torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+    else:
+        ref_values, ref_scale = quantize_rows(x)
+        assert torch.equal(bits(values), bits(ref_values)) and torch.equal(scale, ref_scale.reshape(-1))
+
+
+@given(st.integers(1, 4096), st.sampled_from([64, 256, 512, 1024]))
+def test_the_one_pass_blocks_cover_a_row_with_little_padding(row_pairs, pairs_per_program):
+    block_rows, pairs, chunks = single_pass._blocks(row_pairs, pairs_per_program)
+    assert pairs & (pairs - 1) == 0 and block_rows * pairs <= max(pairs_per_program, 16) and chunks * pairs >= row_pairs
+    if chunks == 1:  # whole rows: as many as fill the program, at most a metadata tile's 64
+        assert pairs < 2 * row_pairs and block_rows == min(64, pairs_per_program // pairs)
+    else:  # one row in chunks: the padding is at most a tenth, or the chunks are the smallest
+        assert block_rows == 1 and (chunks * pairs - row_pairs <= row_pairs // 10 or pairs == 16)
+
+
+def test_the_one_pass_kernel_says_what_it_cannot_read():
+    x = torch.randn(128, 64, dtype=torch.bfloat16, device=DEVICE).t()  # column-major
+    with pytest.raises(ValueError, match="one-pass"):
+        prune_quantize_compress_fp8(x, single_pass=True)
 
 
 @pytest.mark.parametrize("shape, dtype, message", [

@@ -1,0 +1,57 @@
+"""Rounding to e4m3 inside Triton kernels, the same bits as torch's `.to(torch.float8_e4m3fn)` after clamping to
+±448: the GPU's saturating cast where kernels are compiled, rounding by hand in integer and fp32 arithmetic
+(`e4m3_code`) under Triton's interpreter (CPU tests), whose own fp8 cast rounds some values just below a power of two
+down by half (127.35 → 64 instead of 128) and turns NaN into 384."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+E4M3_MAX = 448.0
+FP8_DTYPE = torch.float8_e4m3fn
+
+if triton is not None:
+    _E4M3_MAX = tl.constexpr(E4M3_MAX)  # kernels read globals only as constexprs
+
+    @triton.jit
+    def e4m3_code(y):
+        """The e4m3 encoding (int32, 0..255) of y (fp32, |y| ≤ 448 or NaN) rounded to nearest, ties to even. Sign
+        and magnitude are handled as integers: a float negation of a rounded zero may lose -0.0's sign once
+        compiled, and the interpreter's own fp8 cast misrounds (127.35 → 64, NaN → 384)."""
+        bits = y.to(tl.int32, bitcast=True)
+        sign = (bits >> 24) & 0x80
+        magnitude = (bits & 0x7FFFFFFF).to(tl.float32, bitcast=True)
+        exponent = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)  # e4m3's subnormals share the exponent of 2^-6
+        ulp = ((exponent - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 3 mantissa bits
+        magic = 12582912.0  # 1.5 · 2^23: adding and subtracting it rounds magnitude / ulp (< 2^4) to an integer, RNE
+        rounded = ((magnitude / ulp + magic) - magic) * ulp
+        rounded_bits = rounded.to(tl.int32, bitcast=True)
+        rounded_exponent = ((rounded_bits >> 23) & 0xFF) - 127
+        normal = ((rounded_exponent + 7) << 3) | ((rounded_bits >> 20) & 7)
+        subnormal = (rounded * 512.0).to(tl.int32)  # multiples of 2^-9 below 2^-6
+        code = tl.where(rounded_exponent >= -6, normal, subnormal)
+        return sign | tl.where(y != y, 0x7F, code)
+
+    @triton.jit
+    def quantize_e4m3(f, inverse, HARDWARE_CAST: tl.constexpr):
+        """e4m3 codes (int32) of f · inverse, clamped to ±448 (NaN stays NaN): the GPU's round-to-nearest cast
+        (one instruction per two values), or under the interpreter the same rounding by hand. Within a row scaled by
+        448 / amax the clamp only matters where that factor overflows to inf (amax below 448 / fp32's max). (Not
+        `tl.clamp(..., propagate_nan=ALL)`: compiled by Triton 3.6 it corrupted some values, in some block shapes.)"""
+        y = f * inverse[:, None]
+        y = tl.where(y != y, y, tl.minimum(tl.maximum(y, -_E4M3_MAX), _E4M3_MAX))
+        if HARDWARE_CAST:
+            return y.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
+        return e4m3_code(y)
+
+def hardware_cast() -> bool:
+    """Whether kernels round with the GPU's cast (compiled) rather than by hand (interpreted)."""
+    return os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
