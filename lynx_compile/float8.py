@@ -70,10 +70,23 @@ def dense_float8_linear(inputs: Sequence[torch.Tensor], fold: FoldSpec, weight: 
     into torchao's quantization): what a float8 layer runs where lynx keeps it dense at run time, and what the speed
     rule times the float8 sparse paths against. y (leading shape of inputs[0], N) in x's dtype; on the CPU, and for
     sizes `torch._scaled_mm` refuses (K or N not a multiple of 16, no rows), the pure-torch numerics."""
-    rows, (n, k) = inputs[0].shape[:-1], weight.qdata.shape
-    if inputs[0].is_cuda and k % 16 == 0 and n % 16 == 0 and inputs[0].numel():  # what `torch._scaled_mm` takes
-        x_q, x_scale = quantize_fp8(inputs, fold)
-        out = torch._scaled_mm(x_q, weight.qdata.t(), scale_a=x_scale[:, None], scale_b=weight.scale[None, :],
-                               bias=bias, out_dtype=inputs[0].dtype, use_fast_accum=True)  # fmt: skip
-        return out.reshape(*rows, -1)
-    return float8_linear_ref(assemble(inputs, fold), weight.qdata, weight.scale, bias)
+    return dense_float8_linears(inputs, fold, [weight], [bias])[0]
+
+
+def dense_float8_linears(inputs: Sequence[torch.Tensor], fold: FoldSpec, weights: Sequence[Float8Weight],
+                         biases: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:  # fmt: skip
+    """`dense_float8_linear` for sibling layers reading one x: x quantized once for all of them, as Inductor runs
+    torchao's float8 siblings (their identical quantizations of x are one after AOT's common-subexpression pass)."""
+    rows, k = inputs[0].shape[:-1], weights[0].qdata.shape[1]
+    x_q = None
+    outs = []
+    for weight, bias in zip(weights, biases):
+        if inputs[0].is_cuda and k % 16 == 0 and weight.qdata.shape[0] % 16 == 0 and inputs[0].numel():
+            if x_q is None:  # what `torch._scaled_mm` takes
+                x_q, x_scale = quantize_fp8(inputs, fold)
+            out = torch._scaled_mm(x_q, weight.qdata.t(), scale_a=x_scale[:, None], scale_b=weight.scale[None, :],
+                                   bias=bias, out_dtype=inputs[0].dtype, use_fast_accum=True)  # fmt: skip
+            outs.append(out.reshape(*rows, -1))
+        else:
+            outs.append(float8_linear_ref(assemble(inputs, fold), weight.qdata, weight.scale, bias))
+    return outs

@@ -15,6 +15,9 @@
   (`lynx_compile.float8`), whose weight arrives as torchao stores it: e4m3 data (N, K) and its scale, (N, 1) or
   (1, 1). Its paths are the float8 ones; below the plan's token count it runs rowwise FP8 dense. Not lowered: its
   kernels apply every scale and the bias, so there is no epilogue left for Inductor to fuse.
+- ``lynx::float8_sparse_linear_group(inputs, weights, weight_scales, biases, biased, plan) -> [y, ...]``: sibling
+  float8 layers as one unit, as the group op above: x pruned, quantized and compressed once for every member's FP8
+  GEMM; below the plan's token count, x quantized once for every member's rowwise FP8 dense GEMM.
 - ``lynx::nm_prune(x, n, m) -> (pruned, scale)``: the Triton kernel on CUDA, the reference elsewhere.
 - ``lynx::prune_compress_24(inputs, fold, pad_rows_to) -> (operand, scale)``: cuSPARSELt's compressed operand of
   x̃ (sm_90), x̃ pruned from x = the fold of ``inputs`` as the compressor loads them, its rows padded with zeros to
@@ -36,7 +39,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .float8 import Float8Weight, dense_float8_linear, weight_scale_per_row
+from .float8 import Float8Weight, dense_float8_linear, dense_float8_linears, weight_scale_per_row
 from .folds import FoldSpec, assemble, compress, compress_cutlass, get_fold
 from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
 from .kernels.prune_compress_24 import compressed_shape, metadata_bytes, padded_rows
@@ -49,6 +52,7 @@ _AUTOCAST_DEVICES = ("cpu", "cuda")
 # The ops' arguments, in schema order: the rewrite builds calls from them, the lowering's patterns match them.
 SPARSE_LINEAR_ARGS = ("inputs", "weight", "bias", "lora_a", "lora_b", "plan")
 SPARSE_LINEAR_GROUP_ARGS = ("inputs", "weights", "biases", "biased", "plan")
+FLOAT8_SPARSE_LINEAR_GROUP_ARGS = ("inputs", "weights", "weight_scales", "biases", "biased", "plan")
 
 
 @torch.library.custom_op("lynx::nm_prune", mutates_args=())
@@ -122,7 +126,7 @@ def float8_sparse_linear(
     plan: str,
 ) -> torch.Tensor:
     decoded = SparseLinearPlan.decode(plan)
-    float8_weight = Float8Weight(weight.contiguous(), weight_scale_per_row(weight_scale, weight.shape[0]))
+    float8_weight = _float8_weight(weight, weight_scale)
     if not decoded.sparse_at(token_rows(inputs[0])):  # as for sparse_linear: dense below min_tokens
         return dense_float8_linear(inputs, decoded.fold, float8_weight, bias)
     return get_path(decoded.path).forward(inputs, float8_weight, bias, None, decoded)
@@ -150,10 +154,41 @@ def _(inputs, weights, biases, biased, plan):
     return [inputs[0].new_empty((*inputs[0].shape[:-1], weight.shape[0])) for weight in weights]
 
 
+@torch.library.custom_op("lynx::float8_sparse_linear_group", mutates_args=())
+def float8_sparse_linear_group(
+    inputs: list[torch.Tensor], weights: list[torch.Tensor], weight_scales: list[torch.Tensor],
+    biases: list[torch.Tensor], biased: list[int], plan: str,
+) -> list[torch.Tensor]:
+    decoded = SparseLinearPlan.decode(plan)
+    members = [_float8_weight(weight, scale) for weight, scale in zip(weights, weight_scales)]
+    member_biases = member_bias_list(len(weights), biases, biased)
+    if not decoded.sparse_at(token_rows(inputs[0])):  # as for one layer: rowwise FP8 dense below min_tokens
+        return dense_float8_linears(inputs, decoded.fold, members, member_biases)
+    return get_path(decoded.path).forward_group(inputs, members, member_biases, decoded)
+
+
+@float8_sparse_linear_group.register_fake
+def _(inputs, weights, weight_scales, biases, biased, plan):
+    return [inputs[0].new_empty((*inputs[0].shape[:-1], weight.shape[0])) for weight in weights]
+
+
+def _float8_weight(weight: torch.Tensor, weight_scale: torch.Tensor) -> Float8Weight:
+    """torchao's e4m3 data and scale as the float8 paths take them."""
+    return Float8Weight(weight.contiguous(), weight_scale_per_row(weight_scale, weight.shape[0]))
+
+
 def float8_sparse_linear_args(inputs: list, weight: object, weight_scale: object, bias: object,
                               plan: SparseLinearPlan) -> tuple:  # fmt: skip
     """`lynx::float8_sparse_linear`'s positional arguments: torchao's e4m3 data and scale of the weight, as stored."""
     return (list(inputs), weight, weight_scale, bias, plan.encode())
+
+
+def float8_sparse_linear_group_args(inputs: list, weights: list, weight_scales: list, biases: list,
+                                    plan: SparseLinearPlan) -> tuple:  # fmt: skip
+    """The float8 group op's positional arguments (`FLOAT8_SPARSE_LINEAR_GROUP_ARGS`)."""
+    biased = [index for index, bias in enumerate(biases) if bias is not None]
+    return (list(inputs), list(weights), list(weight_scales), [biases[index] for index in biased], biased,
+            plan.encode())  # fmt: skip
 
 
 def member_bias_list(members: int, biases: list, biased: list[int]) -> list:
@@ -239,12 +274,38 @@ def _float8_backward(ctx, grad_out):
     """Straight through the pruning and the quantization, against the dequantized weight: x and the bias get their
     gradients, torchao's e4m3 weight (not trainable) none."""
     weight, weight_scale, *tensors = ctx.saved_tensors
-    dequantized = (weight.float() * weight_scale_per_row(weight_scale, weight.shape[0])[:, None]).to(grad_out.dtype)
+    dequantized = _dequantized(weight, weight_scale, grad_out.dtype)
     grad_inputs, _, (grad_bias,) = _straight_through(tensors, [dequantized], [grad_out], [ctx.has_bias], ctx.plan)
     return grad_inputs, None, None, grad_bias, None
 
 
+def _dequantized(weight: torch.Tensor, weight_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (weight.float() * weight_scale_per_row(weight_scale, weight.shape[0])[:, None]).to(dtype)
+
+
 float8_sparse_linear.register_autograd(_float8_backward, setup_context=_setup_float8_backward)
+
+
+def _setup_float8_group_backward(ctx, inputs, output):
+    tensors, weights, weight_scales, biases, biased, plan = inputs
+    ctx.save_for_backward(*weights, *weight_scales, *tensors)
+    ctx.members, ctx.biased, ctx.plan = len(weights), list(biased), SparseLinearPlan.decode(plan)
+
+
+def _float8_group_backward(ctx, grad_outs):
+    """As `_float8_backward`, for each member: x and the biases get gradients, the e4m3 weights none."""
+    members = ctx.members
+    weights, scales = ctx.saved_tensors[:members], ctx.saved_tensors[members : 2 * members]
+    tensors = ctx.saved_tensors[2 * members :]
+    dequantized = [_dequantized(weight, scale, grad.dtype) for weight, scale, grad in zip(weights, scales, grad_outs)]
+    has_bias = [index in ctx.biased for index in range(members)]
+    grad_inputs, _, grad_biases = _straight_through(tensors, dequantized, grad_outs, has_bias, ctx.plan)
+    no_grad_for_biased = None if ctx.biased else []  # as in `_group_backward`
+    return (grad_inputs, [None] * members, [None] * members, [grad_biases[index] for index in ctx.biased],
+            no_grad_for_biased, None)  # fmt: skip
+
+
+float8_sparse_linear_group.register_autograd(_float8_group_backward, setup_context=_setup_float8_group_backward)
 
 
 def _setup_group_backward(ctx, inputs, output):
@@ -298,6 +359,7 @@ _AUTOCAST_LIBRARY = torch.library.Library("lynx", "FRAGMENT")
 _register_autocast(torch.ops.lynx.sparse_linear.default, cast=True)
 _register_autocast(torch.ops.lynx.sparse_linear_group.default, cast=True)
 _register_autocast(torch.ops.lynx.float8_sparse_linear.default, cast=False)  # float8 layers under autocast stay dense
+_register_autocast(torch.ops.lynx.float8_sparse_linear_group.default, cast=False)
 _register_autocast(torch.ops.lynx.nm_prune.default, cast=False)
 _register_autocast(torch.ops.lynx.prune_compress_24.default, cast=False)
 _register_autocast(torch.ops.lynx.prune_compress_24_cutlass.default, cast=False)

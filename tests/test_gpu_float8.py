@@ -130,6 +130,48 @@ def test_torchao_float8_model_compiles_on_the_fp8_sparse_path(graphs):
     assert torchao is not None
 
 
+class Attention(nn.Module):
+    """q, k, v of one normalised x (k wider, v without bias), as diffusers spells them, then an output projection."""
+
+    def __init__(self, dim: int = 1024) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.to_q, self.to_k, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        h = self.norm(x)
+        q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)
+        return x + self.to_out(v * (q * k[..., : q.shape[-1]]).mean(-1, keepdim=True).sigmoid())
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_torchao_float8_siblings_run_as_one_group(graphs):
+    """q, k, v quantized by torchao: one FP8 compress for the three GEMMs (`lynx::float8_sparse_linear_group` on
+    the CUTLASS FP8 path), the result that of the simulate numerics, member by member."""
+    pytest.importorskip("torchao")
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    torch.manual_seed(0)
+    model = Attention().cuda().to(torch.bfloat16).eval()
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    x = torch.randn(2, 1000, 1024, device="cuda", dtype=torch.bfloat16)
+    options = {"execution": "sparse", "min_speedup": 1e-6, **({"triton.cudagraphs": True} if graphs else {})}
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        compiled = torch.compile(model, backend="lynx", options=options)
+        out = compiled(x)
+    layers = {layer.name: layer for layer in report.layers}
+    for name in ("to_q", "to_k", "to_v"):
+        assert layers[name].siblings == ("to_q", "to_k", "to_v") and layers[name].path == "cutlass_float8", \
+            layers[name].reason  # fmt: skip
+    assert report.graphs[0].after.count("lynx.float8_sparse_linear_group.default") == 1
+    with torch.no_grad():
+        simulated = torch.compile(model, backend="lynx", options={"execution": "simulate"})
+        assert relative_error(out, simulated(x)) < 1e-2
+        x2 = torch.randn_like(x)
+        assert relative_error(compiled(x2), simulated(x2)) < 1e-2
+
+
 def test_compiling_a_float8_model_stores_no_second_weight():
     """The issue's memory goal: after compiling (and measuring, and a forward), live GPU memory grows by at most 2%
     of the model's weight bytes — the e4m3 weight is read in place, nothing of it copied."""

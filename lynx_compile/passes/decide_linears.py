@@ -10,7 +10,8 @@ run the layer, measures the others against dense for the layer's shape (with its
 `paths.measurements`), and takes the fastest if it beats dense by `min_speedup`. Before that, siblings reading one x
 are measured as a group (`group_siblings`): one prune for all their GEMMs; a group that pays is decided as one, the
 others fall back to their own decisions. A torchao float8 layer (`lynx_compile.float8`) is offered only the float8
-paths (`SparsePath.float8`), measured against rowwise FP8 dense, and is not grouped.
+paths (`SparsePath.float8`), measured against rowwise FP8 dense (a group's x quantized once for its members), and
+groups with float8 siblings only.
 
 A symbolic token count (Dynamo made M dynamic, e.g. after a second resolution) is decided with a guard on
 M ≥ min_tokens: Dynamo then recompiles if a call falls on the other side, and this graph's ops can be lowered with
@@ -106,7 +107,7 @@ def _workload(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = 
         fold, widths = site.fold.spec, tuple(int(fake_value(node).shape[-1]) for node in site.fold.inputs)
     return Workload(concrete_int(site.tokens), site.in_features, sum(out_splits) or site.out_features, site.dtype,
                     device, ctx.config.cuda_graphs, fold, widths, site.lora_rank, out_splits,
-                    bool(out_splits) and ctx.config.pack_siblings, site.float8)  # fmt: skip
+                    bool(out_splits) and ctx.config.pack_siblings and not site.float8, site.float8)  # fmt: skip
 
 
 def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, SparsePath | None, str]:
@@ -231,7 +232,7 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
             site.fold = None  # the correction reads the dense x: it is written anyway
     measured = [site for site in ctx.sites if rules[id(site)] is None
                 and resolve_execution(ctx.config.execution, site.device, site.float8) == "sparse"]  # fmt: skip
-    for group in sibling_groups([site for site in measured if not site.float8]):  # no float8 path runs groups yet
+    for group in sibling_groups(measured):
         _decide_group(group, ctx)
     for site in ctx.sites:
         dense_reason = rules[id(site)]

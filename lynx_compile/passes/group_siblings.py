@@ -10,7 +10,9 @@ decisions.
 
 A linear joins a group when it reads exactly the node its siblings read, has no producer folded (x has several
 users, so none could be) and no LoRA correction, and its weight and bias are graph inputs or attributes (so the
-group's op can stand before the first member).
+group's op can stand before the first member). torchao float8 layers group with float8 siblings only
+(`lynx::float8_sparse_linear_group`: x pruned, quantized and compressed once; each member's FP8 GEMM on its own
+weight, never packed).
 
 Where a group's plan runs it as one GEMM (the option ``pack_siblings``, on a path whose measurement says
 ``packed``), the members' weights are packed as row blocks of one buffer once the graph is compiled (`pack_groups`),
@@ -26,10 +28,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 
-from ..ops import sparse_linear_group_args
+from ..ops import float8_sparse_linear_group_args, sparse_linear_group_args
 from ..packing import pack_rows
 from ..regions import qualified
-from .utils import LinearSite, fake_value
+from .utils import LinearSite, attribute_node, fake_value
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +51,11 @@ class SiblingGroup:
 
 
 def sibling_groups(sites: list[LinearSite]) -> list[SiblingGroup]:
-    """Groups of two or more sites reading one x, in graph order."""
-    by_input: dict[torch.fx.Node, list[LinearSite]] = {}
+    """Groups of two or more sites reading one x, in graph order; torchao float8 layers group among themselves."""
+    by_input: dict[tuple[torch.fx.Node, bool], list[LinearSite]] = {}
     for site in sites:
         if site.fold is None and site.lora is None and _operands_are_inputs(site):
-            by_input.setdefault(site.x, []).append(site)
+            by_input.setdefault((site.x, site.float8), []).append(site)
     return [SiblingGroup(members) for members in by_input.values() if len(members) > 1]
 
 
@@ -63,8 +65,9 @@ def _operands_are_inputs(site: LinearSite) -> bool:
 
 
 def rewrite_group(gm: torch.fx.GraphModule, group: SiblingGroup, x: torch.fx.Node) -> list[torch.fx.Node]:
-    """Put one `lynx::sparse_linear_group` before the group's first member; returns the nodes standing for the
-    members' outputs (its items), for the caller to hand to each member's users."""
+    """Put one `lynx::sparse_linear_group` (`lynx::float8_sparse_linear_group` on torchao float8 weights' inner
+    tensors) before the group's first member; returns the nodes standing for the members' outputs (its items), for
+    the caller to hand to each member's users."""
     graph = gm.graph
     first = group.sites[0].node
     order = {node: index for index, node in enumerate(graph.nodes)}
@@ -74,9 +77,15 @@ def rewrite_group(gm: torch.fx.GraphModule, group: SiblingGroup, x: torch.fx.Nod
                 first.prepend(operand)
     weights = [site.weight for site in group.sites]
     biases = [site.bias for site in group.sites]
+    plan = group.sites[0].plan
     with graph.inserting_before(first):
-        group.node = graph.call_function(torch.ops.lynx.sparse_linear_group.default,
-                                         sparse_linear_group_args([x], weights, biases, group.sites[0].plan))
+        if group.sites[0].float8:
+            qdata, scales = ([attribute_node(graph, weight, name) for weight in weights] for name in ("qdata", "scale"))
+            group.node = graph.call_function(torch.ops.lynx.float8_sparse_linear_group.default,
+                                             float8_sparse_linear_group_args([x], qdata, scales, biases, plan))
+        else:
+            group.node = graph.call_function(torch.ops.lynx.sparse_linear_group.default,
+                                             sparse_linear_group_args([x], weights, biases, plan))
         outputs = [graph.call_function(operator.getitem, (group.node, index)) for index in range(len(group.sites))]
     for site, output in zip(group.sites, outputs):
         output.meta.update(site.node.meta)

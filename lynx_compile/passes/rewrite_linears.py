@@ -3,8 +3,9 @@
 Every form (linear, x @ w.t(), addmm) becomes the same op on the parameter as stored (N, K), so everything after
 this pass — Inductor's lowering, the sparse paths — sees one pattern. A torchao float8 layer becomes
 `lynx::float8_sparse_linear` on its weight's inner tensors (e4m3 data and scale), read through getattr nodes. Where a
-producer fold (`lynx_compile.folds`) matched x's producer, the op takes the fold's inputs instead. Siblings decided as a group (`group_siblings`) become
-one `lynx::sparse_linear_group` whose outputs replace theirs. A transpose or absorbed producer left without
+producer fold (`lynx_compile.folds`) matched x's producer, the op takes the fold's inputs instead. Siblings decided as
+a group (`group_siblings`) become one `lynx::sparse_linear_group` (`lynx::float8_sparse_linear_group` for float8
+siblings) whose outputs replace theirs. A transpose or absorbed producer left without
 users is removed; nothing else is, because Dynamo graphs may hold side-effecting nodes that a blanket dead-code
 sweep would drop.
 
@@ -25,7 +26,7 @@ from torch._dynamo.source import ConstantSource
 
 from ..ops import float8_sparse_linear_args, sparse_linear_args
 from .group_siblings import rewrite_group
-from .utils import LinearSite, PassContext, fake_value
+from .utils import LinearSite, PassContext, attribute_node
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
         inputs = [x] if site.fold is None else [replaced.get(node, node) for node in site.fold.inputs]
         with graph.inserting_before(old):
             if site.float8:
-                qdata, scale = (_attribute_node(graph, site.weight, name) for name in ("qdata", "scale"))
+                qdata, scale = (attribute_node(graph, site.weight, name) for name in ("qdata", "scale"))
                 new = graph.call_function(torch.ops.lynx.float8_sparse_linear.default,
                                           float8_sparse_linear_args(inputs, qdata, scale, bias, site.plan))
             else:
@@ -83,14 +84,6 @@ def _erase_linear(graph: torch.fx.Graph, site: LinearSite, old: torch.fx.Node) -
     graph.erase_node(old)
     if transposed_weight is not None and not transposed_weight.users:
         graph.erase_node(transposed_weight)
-
-
-def _attribute_node(graph: torch.fx.Graph, tensor: torch.fx.Node, name: str) -> torch.fx.Node:
-    """`getattr(tensor, name)`: an inner tensor of a tensor subclass (torchao's float8 weight), which AOT traces
-    as the plain tensor it is."""
-    node = graph.call_function(getattr, (tensor, name))
-    node.meta["example_value"] = getattr(fake_value(tensor), name)
-    return node
 
 
 def _adapter_nodes(gm: torch.fx.GraphModule, site: LinearSite) -> tuple[torch.fx.Node, torch.fx.Node]:

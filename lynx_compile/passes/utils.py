@@ -87,3 +87,11 @@ def concrete_int(value: Any) -> int:
     if isinstance(value, torch.SymInt):
         return int(value.node.hint) if value.node.has_hint() else 0
     return int(value)
+
+
+def attribute_node(graph: torch.fx.Graph, tensor: torch.fx.Node, name: str) -> torch.fx.Node:
+    """`getattr(tensor, name)` at the graph's insertion point: an inner tensor of a tensor subclass (torchao's
+    float8 weight: ``qdata``, ``scale``), which AOT traces as the plain tensor it is."""
+    node = graph.call_function(getattr, (tensor, name))
+    node.meta["example_value"] = getattr(fake_value(tensor), name)
+    return node

@@ -5,7 +5,9 @@ stored, whose epilogue applies the row scale (quantization × norm), the weight'
 
 The speed rule times it against rowwise FP8 dense (`float8.dense_float8_linear`: the activation's quantization and
 `torch._scaled_mm` with fast accumulation, what torchao's float8 linear runs), each FP8 configuration, raster order
-and swizzle, and keeps the fastest. One layer at a time: sibling groups are not run on it yet.
+and swizzle, and keeps the fastest. Sibling groups (q, k, v; FLUX's single-block q, k, v and MLP-in) run one
+compress for all members, then each member's GEMM on its own weight with its own configuration, timed against x
+quantized once for the members' dense FP8 GEMMs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ FP8 = torch.float8_e4m3fn
 class CutlassFloat8(SparsePath):
     name = "cutlass_float8"
     float8 = True
+    groups = True
 
     def runs_on(self, device: torch.device) -> bool:
         return device.type == "cuda" and cutlass_gemm.unavailable_reason(device) is None
@@ -47,30 +50,41 @@ class CutlassFloat8(SparsePath):
         return None
 
     def tune(self, workload: Workload, timer: Timer) -> tuple[dict[str, Any], float]:
+        """Each configuration, raster order and swizzle, per member of a group; the fastest of each, timed together
+        as the layer (or group) runs: one compress, then each member's GEMM."""
         inputs, weight, _ = workload.example()
-        float8_weight = quantize_weight(weight)
+        weights = [quantize_weight(member) for member in weight.split(workload.members)]
         configs = built_configs(FP8_CONFIGS, FP8)
         values, metadata, scale = compress_fp8(inputs, workload.fold)
-        setting = fastest_setting(lambda setting: _gemm(values, metadata, float8_weight, scale, None, setting),
-                                  configs, timer)  # fmt: skip
+        settings = [fastest_setting(lambda setting, member=member: _gemm(values, metadata, member, scale, None,
+                                                                         setting), configs, timer)
+                    for member in weights]  # fmt: skip
 
         def sparse() -> object:
             values, metadata, scale = compress_fp8(inputs, workload.fold)
-            return _gemm(values, metadata, float8_weight, scale, None, setting)
+            return [_gemm(values, metadata, member, scale, None, setting) for member, setting in zip(weights, settings)]
 
-        return setting, timer(sparse)
+        return ({"members": settings} if workload.out_splits else settings[0]), timer(sparse)
 
     def forward(self, inputs: Sequence[torch.Tensor], weight: Float8Weight, bias: torch.Tensor | None, lora: Lora,
                 plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
+        return self.forward_group(inputs, [weight], [bias], plan)[0]
+
+    def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[Float8Weight],
+                      biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
         values, metadata, scale = compress_fp8(inputs, plan.fold, plan.method.norm_compensation)
-        fused = bias is not None and bias.dtype == torch.bfloat16 and bias.is_contiguous()
-        out = _gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.params))
-        out = out if fused or bias is None else out + bias
-        return out.reshape(*inputs[0].shape[:-1], weight.qdata.shape[0])
+        outs = []
+        for index, (weight, bias) in enumerate(zip(weights, biases)):
+            fused = bias is not None and bias.dtype == torch.bfloat16 and bias.is_contiguous()
+            out = _gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.member(index).params))
+            out = out if fused or bias is None else out + bias
+            outs.append(out.reshape(*inputs[0].shape[:-1], weight.qdata.shape[0]))
+        return outs
 
     def describe(self, params: dict[str, Any]) -> str:
-        return (f"2:4 sparse FP8 tensor cores (CUTLASS, {params['config']} {params['raster']} swizzle "
-                f"{params['swizzle']}, both scales and bias in the epilogue)")  # fmt: skip
+        settings = ", ".join(f"{member['config']} {member['raster']} swizzle {member['swizzle']}"
+                             for member in params.get("members", [params]))  # fmt: skip
+        return f"2:4 sparse FP8 tensor cores (CUTLASS, {settings}, both scales and bias in the epilogue)"
 
     def source_files(self) -> tuple[str, ...]:
         return (*super().source_files(), cutlass_gemm.__file__)

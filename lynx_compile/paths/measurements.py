@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..files import write_atomically
-from ..float8 import dense_float8_linear, quantize_weight
+from ..float8 import dense_float8_linears, quantize_weight
 from ..folds import assemble
 from ..timing import timer_for
 from .base import Measurement, SparsePath, Workload
@@ -198,13 +198,13 @@ def _time(path: SparsePath, workload: Workload) -> Measurement:
 @functools.cache
 def _dense_ms(workload: Workload) -> float:
     """Dense `F.linear` on x as its producer writes it (one per member of a group, as the model runs them), timed
-    once per workload for every path; for a float8 layer, rowwise FP8 dense."""
+    once per workload for every path; for a float8 layer, rowwise FP8 dense (a group's x quantized once)."""
     inputs, weight, lora = workload.example()
     weights = weight.split(workload.members)
     if workload.float8:  # torchao's float8 linear: the activation quantized per token, `torch._scaled_mm`
         float8_weights = [quantize_weight(member) for member in weights]
         return timer_for(workload.cuda_graphs, workload.device)(
-            lambda: [dense_float8_linear(inputs, workload.fold, member, None) for member in float8_weights])
+            lambda: dense_float8_linears(inputs, workload.fold, float8_weights, [None] * len(float8_weights)))
 
     def dense() -> object:
         x = assemble(inputs, workload.fold)
