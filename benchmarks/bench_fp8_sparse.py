@@ -17,7 +17,8 @@ it (issue 13's per-layer goal): `fp8_layer`, lynx's Triton rowwise quantizer + `
 checked against `lynx_compile.fp8`'s reference of the same numerics, and the compressor's operand against the
 reference encoder's (`operand_bit_exact`: both the one-pass kernel the layer takes and the general two-pass
 one). `quantize_two_pass` and `compress_fp8_two_pass` time the general kernels, `compress_fp8_pairsP` the one-pass
-kernel with P pairs of groups a program.
+kernel with P pairs of groups a program; `compress_fp8_gelu` (one-pass) and `compress_fp8_gelu_two_pass` the
+compressor with a GELU folded, as the MLP down-projections run it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lynx_compile.float8 import Float8Weight, dense_float8_linear  # noqa: E402
-from lynx_compile.folds import IDENTITY, compress_fp8, quantize_fp8  # noqa: E402
+from lynx_compile.folds import IDENTITY, FoldSpec, loading, compress_fp8, quantize_fp8  # noqa: E402
 from lynx_compile.fp8 import fp8_linear_ref, quantize_rows  # noqa: E402
 from lynx_compile.kernels import cutlass_gemm  # noqa: E402
 from lynx_compile.kernels import quantize_fp8_single_pass as single_pass  # noqa: E402
@@ -100,11 +101,16 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
         "quantize_two_pass": cuda_graph_ms(lambda: quantize_rows_fp8(x, single_pass=False)),
         "compress_fp8_two_pass": cuda_graph_ms(lambda: prune_quantize_compress_fp8(x, single_pass=False)),
     }
-    if single_pass.applies(x):  # the one-pass kernel's block size: pairs of groups a program takes
-        out_values, out_metadata = torch.empty_like(values), torch.empty_like(metadata)
-        for pairs in (256, 512, 1024, 2048):
-            times[f"compress_fp8_pairs{pairs}"] = cuda_graph_ms(
-                lambda pairs=pairs: single_pass.launch(x, out_values, out_metadata, True, True, True, pairs))
+    operands, loader = loading([x], IDENTITY)
+    out_values, out_metadata = torch.empty_like(values), torch.empty_like(metadata)
+    for pairs in (256, 512, 1024):  # the one-pass kernel's block size: pairs of groups a program holds
+        times[f"compress_fp8_pairs{pairs}"] = cuda_graph_ms(
+            lambda pairs=pairs: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True, pairs))
+    if k > 4096:  # as the MLP down-projections run: GELU applied on load (FLUX's single block: only its MLP's part)
+        gelu = FoldSpec("activation", ("gelu_tanh",))
+        times["compress_fp8_gelu"] = cuda_graph_ms(lambda: compress_fp8([x], gelu))
+        times["compress_fp8_gelu_two_pass"] = cuda_graph_ms(
+            lambda: prune_quantize_compress_fp8(*loading([x], gelu), single_pass=False))
     compressed = compress_fp8([x], IDENTITY)
     operand_bit_exact = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8))
                             for a, b in zip(compressed[:2], (values, metadata)))  # fmt: skip

@@ -59,7 +59,7 @@ def compress(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The compressor on x = assemble(inputs, spec), made on load: (x̃'s operand, its rows padded with zeros to a
     multiple of `pad_rows_to`; the rows' norm scale)."""
-    return prune_compress_24(*_loading(inputs, spec), pad_rows_to)
+    return prune_compress_24(*loading(inputs, spec), pad_rows_to)
 
 
 def compress_cutlass(
@@ -67,7 +67,7 @@ def compress_cutlass(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The compressor on x = assemble(inputs, spec), made on load, in the CUTLASS GEMM's layout: (values,
     metadata, the rows' norm scale)."""
-    return prune_compress_24_cutlass(*_loading(inputs, spec))
+    return prune_compress_24_cutlass(*loading(inputs, spec))
 
 
 def compress_fp8(
@@ -75,20 +75,20 @@ def compress_fp8(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The FP8 compressor on x = assemble(inputs, spec), made on load: (e4m3 values, metadata, the row scale: the
     pruned rows' quantization scale, times their norm scale with `norm_compensation`)."""
-    return prune_quantize_compress_fp8(*_loading(inputs, spec), norm_compensation)
+    return prune_quantize_compress_fp8(*loading(inputs, spec), norm_compensation)
 
 
 def quantize_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """x = assemble(inputs, spec), made on load, quantized to e4m3 per row: (rows, their scales)."""
-    return quantize_rows_fp8(*_loading(inputs, spec))
+    return quantize_rows_fp8(*loading(inputs, spec))
 
 
 def load(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> torch.Tensor:
     """x as the compressor makes it from `inputs` on load, written out (rows × K): for tests of a fold's loader."""
-    return written_out(*_loading(inputs, spec))
+    return written_out(*loading(inputs, spec))
 
 
-def _loading(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[list[torch.Tensor], Loader]:
+def loading(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[list[torch.Tensor], Loader]:
     """The inputs as 2-D token rows, and the fold's loader of x over them."""
     fold = get_fold(spec.kind)
     fold.check(inputs, spec.params)
@@ -102,4 +102,5 @@ register_fold(Activation())
 register_fold(Gated())
 
 __all__ = ["FOLDS", "IDENTITY", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "compress_cutlass",
-           "compress_fp8", "describe", "get_fold", "load", "match_producer", "quantize_fp8", "register_fold"]  # fmt: skip
+           "compress_fp8", "describe", "get_fold", "load", "loading", "match_producer", "quantize_fp8",
+           "register_fold"]  # fmt: skip

@@ -76,7 +76,8 @@ class Activation(ProducerFold):
         return [activation_vjp(grad_x, inputs[0], params[0])]
 
     def loader(self, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> Loader:
-        return Loader(_load_activated, inputs[0].shape[-1], args=(ACTIVATIONS[params[0]],))
+        return Loader(_load_activated, inputs[0].shape[-1], args=(ACTIVATIONS[params[0]],),
+                      pieces=(ACTIVATIONS[params[0]],))
 
     def width(self, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> int:
         return inputs[0].shape[-1]

@@ -85,7 +85,7 @@ class Concat(ProducerFold):
         widths = tuple(piece.shape[-1] for piece in inputs)
         head, tail = params[0], params[-1]
         return Loader(_load_concat, sum(widths), args=(ACTIVATIONS[head], ACTIVATIONS[tail]), scalars=(widths[0],),
-                      segments=widths)  # fmt: skip
+                      segments=widths, pieces=tuple(ACTIVATIONS[name] for name in params))  # fmt: skip
 
     def width(self, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> int:
         return sum(piece.shape[-1] for piece in inputs)

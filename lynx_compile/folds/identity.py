@@ -24,7 +24,7 @@ class Identity(ProducerFold):
         return [grad_x]
 
     def loader(self, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> Loader:
-        return Loader(load_rows, inputs[0].shape[-1])
+        return Loader(load_rows, inputs[0].shape[-1], pieces=(0,))
 
     def width(self, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> int:
         return inputs[0].shape[-1]

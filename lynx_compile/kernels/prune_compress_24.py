@@ -264,6 +264,9 @@ class Loader:
     args: tuple[int, ...] = (0,)
     scalars: tuple[int, ...] = (0,)
     segments: tuple[int, ...] | None = None
+    # X = cat(act(operand) for each operand, act in pieces) (`kernels.activations` codes, 0 = as it is), for
+    # kernels that read the operands themselves (`quantize_fp8_single_pass`); None: only `fn` knows how X is made
+    pieces: tuple[int, ...] | None = None
 
 
 def prune_compress_24(
@@ -309,7 +312,7 @@ def _operands_and_loader(x: torch.Tensor | Sequence[torch.Tensor], loader: Loade
     if loader is None:
         if len(operands) != 1:
             raise ValueError(f"{len(operands)} operands need a loader that says how X is made of them")
-        loader = Loader(load_rows, operands[0].shape[1])
+        loader = Loader(load_rows, operands[0].shape[1], pieces=(0,))
     check_compressible(operands[0].new_empty(0, loader.width))
     return operands, loader
 

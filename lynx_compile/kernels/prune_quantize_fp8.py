@@ -33,7 +33,7 @@ from . import quantize_fp8_single_pass as single_pass_kernel
 from .cutlass_layout import META_ROWS, TILE_K
 from .e4m3 import FP8_DTYPE, hardware_cast
 from .nm_prune import NORM_EPS, nm_prune_ref
-from .prune_compress_24 import Loader, _operands_and_loader, chunking, load_rows, metadata_bytes
+from .prune_compress_24 import Loader, _operands_and_loader, chunking, metadata_bytes
 
 try:
     import triton
@@ -148,7 +148,8 @@ def prune_quantize_compress_fp8(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(values M × K/2 e4m3, metadata bytes for M rounded up to 64 rows, the row scale (M,) fp32 the GEMM's epilogue
     applies) for x = `x` or, with a `loader`, x made from the operands as they are loaded (a folded producer).
-    `single_pass`: None takes the one-pass kernel wherever it can read X (`quantize_fp8_single_pass.applies`);
+    `single_pass`: None takes the one-pass kernel wherever it can read X (`quantize_fp8_single_pass.applies`: X
+    itself, or an activation or a concatenation of two folded);
     False the general kernels (tests and benchmarks compare the two)."""
     operands, loader = _operands_and_loader(x, loader)
     rows, k = operands[0].shape[0], loader.width
@@ -176,8 +177,8 @@ def _launch(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor, 
     """The kernels over X (row statistics, quantization factors, quantize and store, norm scale), or the one-pass
     kernel where X is read as it is; the row scale the GEMM applies."""
     head = operands[0]
-    if single_pass is not False and loader.fn is load_rows and single_pass_kernel.applies(head):
-        return single_pass_kernel.launch(head, values, metadata, prune, norm, hardware_cast())
+    if single_pass is not False and single_pass_kernel.applies(operands, loader):
+        return single_pass_kernel.launch(operands, loader, values, metadata, prune, norm, hardware_cast())
     if single_pass:
         raise ValueError("the one-pass FP8 kernel cannot read this X (a folded producer, its layout or its width)")
     rows, k = head.shape[0], loader.width

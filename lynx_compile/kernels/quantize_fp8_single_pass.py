@@ -18,15 +18,19 @@ with six min/max; CUTLASS's slots come from the group's four codes in one word (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .cutlass_layout import META_ROWS
 from .nm_prune import NORM_EPS
+from .prune_compress_24 import Loader
 
 try:
     import triton
     import triton.language as tl
 
+    from .activations import apply_activation
     from .e4m3 import _E4M3_MAX, quantize_e4m3
 except ImportError:
     triton = None
@@ -67,10 +71,40 @@ if triton is not None:
         return low, high, word & 0x7FFF, (word >> 16) & 0x7FFF
 
     @triton.jit
-    def _members(group, FP16: tl.constexpr):
-        """A group's four members (fp32) and their magnitudes' bits, from its 64-bit word."""
+    def _activated(f, ACTIVATION: tl.constexpr, FP16: tl.constexpr):
+        """act(f) as the folds' loaders make it (`apply_activation`: fp32, rounded to X's dtype), as fp32, and its
+        magnitude bits."""
+        if FP16:
+            x = apply_activation(f.to(tl.float16), ACTIVATION)
+        else:
+            x = apply_activation(f.to(tl.bfloat16), ACTIVATION)
+        return x.to(tl.float32), x.to(tl.int16, bitcast=True).to(tl.int32) & 0x7FFF
+
+    @triton.jit
+    def _piece_activated(f, m, head, HEAD: tl.constexpr, TAIL: tl.constexpr, FP16: tl.constexpr):
+        """f (and its magnitude bits m) through the activation of the piece it lies in (`head`: the first)."""
+        if HEAD == TAIL:
+            if HEAD != 0:
+                f, m = _activated(f, HEAD, FP16)
+        else:
+            f_head, m_head, f_tail, m_tail = f, m, f, m
+            if HEAD != 0:
+                f_head, m_head = _activated(f, HEAD, FP16)
+            if TAIL != 0:
+                f_tail, m_tail = _activated(f, TAIL, FP16)
+            f, m = tl.where(head, f_head, f_tail), tl.where(head, m_head, m_tail)
+        return f, m
+
+    @triton.jit
+    def _members(group, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr):
+        """A group's four members of X (fp32) and their magnitudes' bits, from its 64-bit word, through the
+        activation of its piece."""
         f0, f1, m0, m1 = _halves(group.to(tl.int32), FP16)
         f2, f3, m2, m3 = _halves((group >> 32).to(tl.int32), FP16)
+        f0, m0 = _piece_activated(f0, m0, head, HEAD, TAIL, FP16)
+        f1, m1 = _piece_activated(f1, m1, head, HEAD, TAIL, FP16)
+        f2, m2 = _piece_activated(f2, m2, head, HEAD, TAIL, FP16)
+        f3, m3 = _piece_activated(f3, m3, head, HEAD, TAIL, FP16)
         return f0, f1, f2, f3, m0, m1, m2, m3
 
     @triton.jit
@@ -98,11 +132,11 @@ if triton is not None:
         return lo_value | (hi_value << 8), nibble
 
     @triton.jit
-    def _group_codes(group, inverse, kept_energy, PRUNE: tl.constexpr, FP16: tl.constexpr, INF: tl.constexpr,
-                     HARDWARE_CAST: tl.constexpr):  # fmt: skip
+    def _group_codes(group, head, inverse, kept_energy, PRUNE: tl.constexpr, FP16: tl.constexpr,
+                     PIECES: tl.constexpr, INF: tl.constexpr, HARDWARE_CAST: tl.constexpr):  # fmt: skip
         """A group's e4m3 codes after (pruning and) quantizing: with PRUNE, (its two stored codes in one word, its
         metadata nibble, the kept energy plus its own); without, (its four codes in one word, 0, the energy)."""
-        f0, f1, f2, f3, m0, m1, m2, m3 = _members(group, FP16)
+        f0, f1, f2, f3, m0, m1, m2, m3 = _members(group, head, FP16, PIECES[0], PIECES[1])
         if PRUNE:
             k0, k1, k2, k3 = _kept(m0, m1, m2, m3, INF)
             f0, f1, f2, f3 = tl.where(k0, f0, 0.0), tl.where(k1, f1, 0.0), tl.where(k2, f2, 0.0), tl.where(k3, f3, 0.0)
@@ -116,35 +150,47 @@ if triton is not None:
         return word, nibble, kept_energy
 
     @triton.jit
-    def _load_pairs(words, stride_m, rows, chunk, M, K, PAIRS: tl.constexpr):
+    def _load_pairs(x, rows, chunk, M, K, PAIRS: tl.constexpr, TWO: tl.constexpr):
         """Chunk `chunk` of PAIRS pairs of groups of the rows, as 64-bit words (one a group): (the pairs' even groups,
-        their odd groups, the pairs' indices, which are in X, their word columns)."""
+        their odd groups, the pairs' indices, which are in X, which lie in the head piece). `x` is (head pointer,
+        its row stride, tail pointer, its row stride, split): with TWO pieces, X's columns before `split` come from
+        the head operand, the rest from the tail (a pair never straddles them)."""
+        head_ptr, head_stride, tail_ptr, tail_stride, split = x
         pairs = chunk * PAIRS + tl.arange(0, PAIRS)
         live = (rows[:, None] < M) & (pairs[None, :] < K // 8)
-        columns = pairs[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]  # groups 2j and 2j + 1
-        pair = tl.load(words + rows[:, None, None] * (stride_m // 4) + columns, mask=live[:, :, None], other=0)
+        lanes = tl.arange(0, 2)[None, None, :]  # groups 2j and 2j + 1
+        head = pairs[None, :] * 8 < split
+        words = head_ptr.to(tl.pointer_type(tl.int64))  # four 16-bit floats a word: one group
+        pair = tl.load(words + rows[:, None, None] * (head_stride // 4) + pairs[None, :, None] * 2 + lanes,
+                       mask=(live & head)[:, :, None], other=0)  # fmt: skip
+        if TWO:
+            words = tail_ptr.to(tl.pointer_type(tl.int64))
+            tail = tl.load(words + rows[:, None, None] * (tail_stride // 4) + (pairs[None, :, None] * 8 - split) // 4
+                           + lanes, mask=(live & ~head)[:, :, None], other=0)  # fmt: skip
+            pair = tl.where(head[:, :, None], pair, tail)
         even, odd = tl.split(pair)
-        return even, odd, pairs, live, columns
+        return even, odd, pairs, live, head
 
     @triton.jit
-    def _statistics(even, odd, FP16: tl.constexpr):
+    def _statistics(even, odd, head, FP16: tl.constexpr, PIECES: tl.constexpr):
         """Per row of the pairs: ‖x‖², and the largest magnitude's bits (amax |x| = amax |x̃|: a group's largest is
         kept), which also tell NaN (above +inf's) where a float max would drop it."""
-        e0, e1, e2, e3, a0, a1, a2, a3 = _members(even, FP16)
-        o0, o1, o2, o3, b0, b1, b2, b3 = _members(odd, FP16)
+        e0, e1, e2, e3, a0, a1, a2, a3 = _members(even, head, FP16, PIECES[0], PIECES[1])
+        o0, o1, o2, o3, b0, b1, b2, b3 = _members(odd, head, FP16, PIECES[0], PIECES[1])
         energy = tl.sum(e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3 + o0 * o0 + o1 * o1 + o2 * o2 + o3 * o3, axis=1)
         top = tl.maximum(tl.maximum(tl.maximum(a0, a1), tl.maximum(a2, a3)),
                          tl.maximum(tl.maximum(b0, b1), tl.maximum(b2, b3)))  # fmt: skip
         return energy, tl.max(top, axis=1)
 
     @triton.jit
-    def _quantize_and_store(even, odd, pairs, live, columns, rows, inverse, values_ptr, meta_ptr, M, K,
-                            PRUNE: tl.constexpr, FP16: tl.constexpr, INF: tl.constexpr,
+    def _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K,
+                            PRUNE: tl.constexpr, FP16: tl.constexpr, PIECES: tl.constexpr, INF: tl.constexpr,
                             HARDWARE_CAST: tl.constexpr):  # fmt: skip
         """(Prune,) quantize and store the pairs; the rows' kept energy ‖x̃‖² over them."""
         kept = tl.zeros(even.shape, dtype=tl.float32)
-        even_word, even_nibble, kept = _group_codes(even, inverse, kept, PRUNE, FP16, INF, HARDWARE_CAST)
-        odd_word, odd_nibble, kept = _group_codes(odd, inverse, kept, PRUNE, FP16, INF, HARDWARE_CAST)
+        even_word, even_nibble, kept = _group_codes(even, head, inverse, kept, PRUNE, FP16, PIECES, INF,
+                                                    HARDWARE_CAST)  # fmt: skip
+        odd_word, odd_nibble, kept = _group_codes(odd, head, inverse, kept, PRUNE, FP16, PIECES, INF, HARDWARE_CAST)
         out = values_ptr.to(tl.pointer_type(tl.int32))
         if PRUNE:  # a pair's four stored codes: one word
             tl.store(out + rows[:, None] * (K // 8) + pairs[None, :], even_word | (odd_word << 16), mask=live)
@@ -154,30 +200,33 @@ if triton is not None:
             tl.store(meta_ptr + address // 2, (even_nibble | (odd_nibble << 4)).to(tl.uint8),
                      mask=pairs[None, :] < K // 8)  # fmt: skip
         else:
+            columns = pairs[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]
             tl.store(out + rows[:, None, None] * (K // 4) + columns, tl.join(even_word, odd_word),
                      mask=live[:, :, None])
         return tl.sum(kept, axis=1)
 
     @triton.jit
     def _single_pass_kernel(
-        x_ptr, stride_m, values_ptr, meta_ptr, scale_ptr, M, K, eps,
-        ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, PRUNE: tl.constexpr, NORM: tl.constexpr,
-        FP16: tl.constexpr, HARDWARE_CAST: tl.constexpr,
+        head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K, eps,
+        ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, PIECES: tl.constexpr, PRUNE: tl.constexpr,
+        NORM: tl.constexpr, FP16: tl.constexpr, TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr,
     ):  # fmt: skip
         """ROWS whole rows (of M rounded up to 64 with PRUNE, whose padding rows get empty metadata), in CHUNKS
         chunks of PAIRS pairs of groups: statistics, factor, (prune,) quantize, store; the row scale (quantization ×
-        norm). One chunk is held in registers; several are read twice, the second time from L2."""
+        norm). One chunk is held in registers; several are read twice, the second time from L2. X =
+        cat(act₀(head), act₁(tail)) with PIECES = (act₀, act₁) (`kernels.activations` codes) and TWO; X = act₀(head)
+        without (split = K)."""
         INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        words = x_ptr.to(tl.pointer_type(tl.int64))  # four 16-bit floats a word: one group
+        x = (head_ptr, head_stride, tail_ptr, tail_stride, split)
         if CHUNKS == 1:
-            even, odd, pairs, live, columns = _load_pairs(words, stride_m, rows, 0, M, K, PAIRS)
-            energy, top = _statistics(even, odd, FP16)
+            even, odd, pairs, live, head = _load_pairs(x, rows, 0, M, K, PAIRS, TWO)
+            energy, top = _statistics(even, odd, head, FP16, PIECES)
         else:
             energy, top = tl.zeros((ROWS,), dtype=tl.float32), tl.zeros((ROWS,), dtype=tl.int32)
             for chunk in range(CHUNKS):
-                even, odd, pairs, live, columns = _load_pairs(words, stride_m, rows, chunk, M, K, PAIRS)
-                chunk_energy, chunk_top = _statistics(even, odd, FP16)
+                even, odd, pairs, live, head = _load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+                chunk_energy, chunk_top = _statistics(even, odd, head, FP16, PIECES)
                 energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
         if FP16:
             amax = top.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
@@ -188,24 +237,26 @@ if triton is not None:
         scale = tl.where(positive, amax / _E4M3_MAX, 1.0)
 
         if CHUNKS == 1:
-            kept = _quantize_and_store(even, odd, pairs, live, columns, rows, inverse, values_ptr, meta_ptr, M, K,
-                                       PRUNE, FP16, INF, HARDWARE_CAST)  # fmt: skip
+            kept = _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K,
+                                       PRUNE, FP16, PIECES, INF, HARDWARE_CAST)  # fmt: skip
         else:
             kept = tl.zeros((ROWS,), dtype=tl.float32)
             for chunk in range(CHUNKS):
-                even, odd, pairs, live, columns = _load_pairs(words, stride_m, rows, chunk, M, K, PAIRS)
-                kept += _quantize_and_store(even, odd, pairs, live, columns, rows, inverse, values_ptr, meta_ptr, M,
-                                            K, PRUNE, FP16, INF, HARDWARE_CAST)  # fmt: skip
+                even, odd, pairs, live, head = _load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+                kept += _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M,
+                                            K, PRUNE, FP16, PIECES, INF, HARDWARE_CAST)  # fmt: skip
         if PRUNE and NORM:
             scale *= tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + eps)), 1.0)
         tl.store(scale_ptr + rows, scale, mask=rows < M)
 
 
-def applies(x: torch.Tensor) -> bool:
-    """Whether X can be read here: 16-bit floats, rows of whole 64-bit words (contiguous along K, 8-byte aligned)."""
-    return (triton is not None and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 2
-            and x.shape[1] % 8 == 0 and x.stride(1) == 1 and x.stride(0) % 4 == 0
-            and x.data_ptr() % 8 == 0)  # fmt: skip
+def applies(operands: Sequence[torch.Tensor], loader: Loader) -> bool:
+    """Whether X can be read here: a loader that says X = cat(act(operand), ...) of at most two operands
+    (`Loader.pieces`), each of 16-bit floats in rows of whole 64-bit words (contiguous along K, 8-byte aligned)."""
+    if triton is None or loader.pieces is None or not 1 <= len(loader.pieces) == len(operands) <= 2:
+        return False
+    return all(x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 2 and x.shape[1] % 8 == 0
+               and x.stride(1) == 1 and x.stride(0) % 4 == 0 and x.data_ptr() % 8 == 0 for x in operands)  # fmt: skip
 
 
 def _blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
@@ -222,23 +273,26 @@ def _blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
     return 1, pairs, -(-row_pairs // pairs)
 
 
-def launch(x: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor, prune: bool, norm: bool,
-           hardware_cast: bool, pairs_per_program: int = PAIRS_PER_PROGRAM,
+def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor, prune: bool,
+           norm: bool, hardware_cast: bool, pairs_per_program: int = PAIRS_PER_PROGRAM,
            blocks: tuple[int, int, int] | None = None) -> torch.Tensor:  # fmt: skip
-    """Run the kernel over X (`applies(x)`) into `values` (and, with `prune`, `metadata`); the row scale. A program
-    holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or `blocks` as given (rows a program,
-    pairs a chunk, chunks a row: tests and benchmarks)."""
-    rows, k = x.shape
-    scale = torch.empty(rows, dtype=torch.float32, device=x.device)
+    """Run the kernel over X as `loader` makes it of `operands` (`applies`) into `values` (and, with `prune`,
+    `metadata`); the row scale. A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or
+    `blocks` as given (rows a program, pairs a chunk, chunks a row: tests and benchmarks)."""
+    head, tail = operands[0], operands[-1]
+    rows, k = head.shape[0], loader.width
+    scale = torch.empty(rows, dtype=torch.float32, device=head.device)
     if rows == 0:
         return scale
     block_rows, pairs, chunks = blocks or _blocks(k // 8, pairs_per_program)
     if chunks * pairs < k // 8 or (chunks > 1 and block_rows != 1) or block_rows > META_ROWS:
         raise ValueError(f"blocks {blocks} do not cover rows of {k // 8} pairs of groups")
     covered = -(-rows // META_ROWS) * META_ROWS if prune else rows
+    pieces = (loader.pieces * 2)[:2]  # one piece: its activation for both
     _single_pass_kernel[(triton.cdiv(covered, block_rows),)](
-        x, x.stride(0), values.view(torch.uint8), metadata, scale, rows, k, NORM_EPS, ROWS=block_rows, PAIRS=pairs,
-        CHUNKS=chunks, PRUNE=prune, NORM=norm, FP16=x.dtype == torch.float16, HARDWARE_CAST=hardware_cast,
-        num_warps=min(16, max(4, block_rows * pairs // 128)),
+        head, head.stride(0), tail, tail.stride(0), head.shape[1] if len(operands) == 2 else k,
+        values.view(torch.uint8), metadata, scale, rows, k, NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks,
+        PIECES=pieces, PRUNE=prune, NORM=norm, FP16=head.dtype == torch.float16, TWO=len(operands) == 2,
+        HARDWARE_CAST=hardware_cast, num_warps=min(16, max(4, block_rows * pairs // 128)),
     )  # fmt: skip
     return scale

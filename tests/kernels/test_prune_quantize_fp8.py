@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lynx_compile.fp8 import quantize_rows
-from lynx_compile.folds import FoldSpec, compress_fp8, quantize_fp8
+from lynx_compile.folds import IDENTITY, FoldSpec, loading, compress_fp8, quantize_fp8
 from lynx_compile.kernels.activations import activate
 from lynx_compile.kernels.cutlass_layout import decompress_24_ref
 from lynx_compile.kernels import quantize_fp8_single_pass as single_pass
@@ -115,29 +115,34 @@ def test_a_non_finite_row_keeps_its_non_finite_values_to_itself(single_pass):
 @settings(max_examples=10)
 @given(activations(max_rows=40, max_k_tiles=2), st.sampled_from(["gelu", "gelu_tanh"]))
 def test_a_folded_activation_equals_quantizing_its_written_out_output(x, name):
-    """The activation fold applied on load (both passes) == the kernels on act(x) written out by the same code (the
-    general kernels: a folded producer never takes the one-pass kernel, whose sums run in another order)."""
+    """The activation fold applied on load == the kernels on act(x) written out by the same code (the one-pass
+    kernel for a row-major x, the general one otherwise; the norm scale's sums run in each kernel's order)."""
     fold = FoldSpec("activation", (name,))
     values, metadata, scale = compress_fp8([x], fold)
-    ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8(activate(x, name), single_pass=False)
+    ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8(activate(x, name))
     assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
-    assert torch.equal(scale, ref_scale)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
     quantized, row_scale = quantize_fp8([x], fold)
-    ref_quantized, ref_row_scale = quantize_rows_fp8(activate(x, name), single_pass=False)
+    ref_quantized, ref_row_scale = quantize_rows_fp8(activate(x, name))
     assert torch.equal(bits(quantized), bits(ref_quantized)) and torch.equal(row_scale, ref_row_scale)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_both_kernels_rank_non_finite_values_alike(dtype):
-    """NaN ranks as +inf and ties go to the earlier member, in groups of several infinities and NaNs: the one-pass
-    kernel (integer magnitudes) and the general one (floats) keep the same members, in every row."""
-    nan, inf = float("nan"), float("inf")
-    groups = [[inf, inf, nan, 1], [nan, inf, inf, 2], [inf, -inf, 3, nan], [1, nan, -inf, inf], [0, -0.0, 0, 5]]
-    x = torch.tensor([value for group in groups for value in group] * 8, dtype=dtype).reshape(5, 32).repeat(1, 4)
-    x = torch.cat([x, torch.randn(3, 128, dtype=dtype)]).to(DEVICE)
-    one_pass, general = prune_quantize_compress_fp8(x), prune_quantize_compress_fp8(x, single_pass=False)
-    assert torch.equal(bits(one_pass[0]), bits(general[0])) and torch.equal(one_pass[1], general[1])
-    torch.testing.assert_close(one_pass[2], general[2], rtol=1e-5, atol=0, equal_nan=True)
+@pytest.mark.parametrize("pieces", [("none", "gelu_tanh"), ("silu", "none"), ("gelu", "gelu")])
+@pytest.mark.parametrize("single_pass", [None, False])
+def test_a_folded_concatenation_equals_quantizing_its_written_out_output(pieces, single_pass):
+    """FLUX's single block: x = cat(attention, gelu(mlp)) made on load by either kernel == x written out."""
+    head, tail = activation_rows(9, 128, torch.bfloat16), activation_rows(9, 256, torch.bfloat16)
+    fold = FoldSpec("concat", pieces)
+    operands, loader = loading([head, tail], fold)
+    written = torch.cat([activate(head, pieces[0]) if pieces[0] != "none" else head,
+                         activate(tail, pieces[1]) if pieces[1] != "none" else tail], dim=-1)  # fmt: skip
+    values, metadata, scale = prune_quantize_compress_fp8(operands, loader, single_pass=single_pass)
+    ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8(written, single_pass=single_pass)
+    assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0, equal_nan=True)
+    quantized, row_scale = quantize_rows_fp8(operands, loader, single_pass=single_pass)
+    ref_quantized, ref_row_scale = quantize_rows_fp8(written, single_pass=single_pass)
+    assert torch.equal(bits(quantized), bits(ref_quantized)) and torch.equal(row_scale, ref_row_scale)
 
 
 @pytest.mark.parametrize("prune", [True, False])
@@ -150,7 +155,8 @@ def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype):
     rows, k = x.shape
     values = torch.empty(rows, k // 2 if prune else k, dtype=torch.float8_e4m3fn, device=DEVICE)
     metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=DEVICE)
-    scale = single_pass.launch(x, values, metadata, prune, True, hardware_cast(), blocks=(1, 32, 2))
+    operands, loader = loading([x], IDENTITY)
+    scale = single_pass.launch(operands, loader, values, metadata, prune, True, hardware_cast(), blocks=(1, 32, 2))
     if prune:
         ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x)
         assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
