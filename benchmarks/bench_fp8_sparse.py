@@ -106,7 +106,7 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
     for pairs in (256, 512, 1024):  # the one-pass kernel's block size: pairs of groups a program holds
         times[f"compress_fp8_pairs{pairs}"] = cuda_graph_ms(
             lambda pairs=pairs: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True, pairs))
-    if k > 4096:  # as the MLP down-projections run: GELU applied on load (FLUX's single block: only its MLP's part)
+    if k > 4096:  # GELU applied on load to all of x, as an MLP down-projection takes it
         gelu = FoldSpec("activation", ("gelu_tanh",))
         times["compress_fp8_gelu"] = cuda_graph_ms(lambda: compress_fp8([x], gelu))
         times["compress_fp8_gelu_two_pass"] = cuda_graph_ms(
