@@ -1,6 +1,7 @@
 """torchao float8 siblings (q, k, v of one normalised x) decided and run as one group: x pruned, quantized and
 compressed once, each member's FP8 GEMM on its own e4m3 weight; outputs, reasons, gradients and the dense fallback
-exactly those of the members run alone. On the CPU through a toy float8 path that runs the simulate numerics and
+exactly those of the members run alone. And a float8 layer's folded producer: applied on load, or written out first
+where that measures faster. On the CPU through a toy float8 path that runs the simulate numerics and
 claims to be fast (the CUTLASS FP8 path runs the same on the GPU: tests/test_gpu_float8.py)."""
 
 import pytest
@@ -27,7 +28,7 @@ class ToyFloat8(SimulateFloat8):
     execution = "sparse"
     measured = True
     groups = True
-    speed = {"single": 1e9, "group": 1e9}
+    speed = {"single": 1e9, "group": 1e9, "written": 1e6}  # written out first: slower than on load, unless set
     tuned: list = []
 
     def runs_on(self, device):
@@ -38,14 +39,14 @@ class ToyFloat8(SimulateFloat8):
         ms = timer(lambda: None)
         if workload.out_splits:
             return {"members": [{"variant": 3}] * len(workload.out_splits)}, ms / self.speed["group"]
-        return {"variant": 3}, ms / self.speed["single"]
+        return {"variant": 3}, ms / self.speed["written" if workload.written else "single"]
 
 
 @pytest.fixture
 def toy_float8(tmp_path, monkeypatch):
     monkeypatch.setenv("LYNX_CACHE_DIR", str(tmp_path))
     path = register_path(ToyFloat8())
-    ToyFloat8.speed.update(single=1e9, group=1e9)
+    ToyFloat8.speed.update(single=1e9, group=1e9, written=1e6)
     ToyFloat8.tuned.clear()
     clear_measurements()
     yield path
@@ -139,3 +140,38 @@ def test_the_float8_group_op_equals_its_members_alone(min_tokens):
         torch.testing.assert_close(out.float(), expected.float(), rtol=1e-2, atol=1e-2)
     # (opcheck's schema test multiplies the inputs, which torch does not do for e4m3 on the CPU)
     torch.library.opcheck(torch.ops.lynx.float8_sparse_linear_group.default, args, test_utils="test_faketensor")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim=128, hidden=256):
+        super().__init__()
+        torch.manual_seed(0)
+        self.up, self.down = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.to(torch.bfloat16)
+        float8(self.up), float8(self.down)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.gelu(self.up(x), approximate="tanh"))
+
+
+@pytest.mark.parametrize("written_faster", [True, False])
+def test_a_float8_layers_producer_is_folded_or_written_out_as_measured_faster(toy_float8, written_faster):
+    """The down-projection's GELU is measured both ways; the faster decides whether the op applies it on load or
+    Inductor writes x first. Either way the numerics are lynx's FP8 numerics of gelu(up(x))."""
+    ToyFloat8.speed["written"] = 1e12 if written_faster else 1e6
+    module, x = FeedForward().eval(), torch.randn(2, 40, 128, dtype=torch.bfloat16)
+    report = lynx_compile.explain(module, x, options=SPARSE)
+    down = next(layer for layer in report.layers if layer.name == "down")
+    assert down.decision == "sparse"
+    if written_faster:
+        assert "input gelu_tanh written out first" in down.reason and "folded" not in down.reason, down.reason
+    else:
+        assert "input gelu_tanh pruned on load" in down.reason and "folded into the op" in down.reason, down.reason
+    after = report.graphs[0].after
+    assert ("_nn.gelu" in after) == written_faster and after.count("lynx.float8_sparse_linear.default") == 2
+    with torch.no_grad():
+        out = torch.compile(module, backend="lynx", options=SPARSE)(x)
+        hidden = float8_linear_ref(x, *inner(module.up), module.up.bias, Method())
+        hidden = torch.nn.functional.gelu(hidden, approximate="tanh")
+        expected = float8_linear_ref(hidden, *inner(module.down), module.down.bias, Method())
+    torch.testing.assert_close(out.float(), expected.float(), rtol=3e-2, atol=3e-2)  # bf16 roundings apart

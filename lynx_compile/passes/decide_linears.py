@@ -11,7 +11,8 @@ run the layer, measures the others against dense for the layer's shape (with its
 are measured as a group (`group_siblings`): one prune for all their GEMMs; a group that pays is decided as one, the
 others fall back to their own decisions. A torchao float8 layer (`lynx_compile.float8`) is offered only the float8
 paths (`SparsePath.float8`), measured against rowwise FP8 dense (a group's x quantized once for its members), and
-groups with float8 siblings only.
+groups with float8 siblings only; one with a folded producer is also measured with the producer written out first,
+and keeps the faster way.
 
 A symbolic token count (Dynamo made M dynamic, e.g. after a second resolution) is decided with a guard on
 M ≥ min_tokens: Dynamo then recompiles if a call falls on the other side, and this graph's ops can be lowered with
@@ -23,6 +24,7 @@ out of Inductor's fusion: 0.85× dense end to end on Z-Image, whose repeated blo
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 import torch.fx
@@ -98,7 +100,7 @@ def _plan(site: LinearSite, ctx: PassContext, path: SparsePath, params: dict | N
     return SparseLinearPlan(path.name, ctx.config.method, fold, path.row_multiple, settings)
 
 
-def _workload(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = ()) -> Workload:
+def _workload(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = (), written: bool = False) -> Workload:
     device = site.device
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -107,7 +109,8 @@ def _workload(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = 
         fold, widths = site.fold.spec, tuple(int(fake_value(node).shape[-1]) for node in site.fold.inputs)
     return Workload(concrete_int(site.tokens), site.in_features, sum(out_splits) or site.out_features, site.dtype,
                     device, ctx.config.cuda_graphs, fold, widths, site.lora_rank, out_splits,
-                    bool(out_splits) and ctx.config.pack_siblings and not site.float8, site.float8)  # fmt: skip
+                    bool(out_splits) and ctx.config.pack_siblings and not site.float8, site.float8,
+                    written)  # fmt: skip
 
 
 def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, SparsePath | None, str]:
@@ -143,42 +146,56 @@ def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, 
                              or "no sparse path is registered (or allowed by sparse_paths)")  # fmt: skip
 
 
-def _conditions(measured: Measurement, site: LinearSite, ctx: PassContext) -> str:
+def _conditions(measured: Measurement, site: LinearSite, ctx: PassContext, written: bool = False) -> str:
     """What a measurement was taken under, for reasons."""
     where = f"M={measured.tokens}, " + ("CUDA graphs" if ctx.config.cuda_graphs else
                                        "no CUDA graphs, host time included")  # fmt: skip
     if site.lora_rank:
         where += f", rank-{site.lora_rank} LoRA included"
     if site.fold is not None:
-        where += f", input {describe(site.fold.spec)} pruned on load"
+        where += f", input {describe(site.fold.spec)} " + ("written out first" if written else "pruned on load")
     return where
 
 
-def _measured_plan(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = ()):
+def _measured_plan(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = (), written: bool = False):
     """The speed rule for one layer, or for a sibling group led by `site`: (its plan, a reason naming the path and
-    the measurement) where the fastest path beats dense by min_speedup, else (None, why not)."""
-    best, path, unavailable = _fastest(_workload(site, ctx, out_splits), ctx)
+    the measurement, the measurement) where the fastest path beats dense by min_speedup, else (None, why not, the
+    closest measurement or None). `written`: x's folded producer runs before the op instead (the plan reads x)."""
+    best, path, unavailable = _fastest(_workload(site, ctx, out_splits, written), ctx)
     if best is None:
-        return None, unavailable
-    where = _conditions(best, site, ctx)
+        return None, unavailable, None
+    where = _conditions(best, site, ctx, written)
     if best.speedup < ctx.config.min_speedup:
-        return None, f"sparse path measured {best.speedup:.2f}× dense ({where}) < min_speedup={ctx.config.min_speedup}"
+        why = f"sparse path measured {best.speedup:.2f}× dense ({where}) < min_speedup={ctx.config.min_speedup}"
+        return None, why, best
     params = dict(best.params)
-    return _plan(site, ctx, path, params), f"{path.describe(params)}, measured {best.speedup:.2f}× dense ({where})"
+    plan = _plan(site, ctx, path, params)
+    if written:
+        plan = replace(plan, fold=IDENTITY)
+    return plan, f"{path.describe(params)}, measured {best.speedup:.2f}× dense ({where})", best
 
 
 def _choose_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
-    """For execution="sparse": set the plan and the reason and return None, or return why the layer stays dense."""
-    plan, reason = _measured_plan(site, ctx)
-    if plan is None:
-        return reason
+    """For execution="sparse": set the plan and the reason and return None, or return why the layer stays dense.
+    A float8 layer with a folded producer is measured both ways, the producer applied on load or written out first
+    (an FP8 compressor applying a GELU on load costs more than x's round trip at large K), and takes the faster."""
+    options = [_measured_plan(site, ctx)]
+    if site.float8 and site.fold is not None:
+        options.append(_measured_plan(site, ctx, written=True))
+    passing = [option for option in options if option[0] is not None]
+    if not passing:
+        measured = [option for option in options if option[2] is not None]
+        return max(measured, key=lambda option: option[2].speedup)[1] if measured else options[0][1]
+    plan, reason, _ = min(passing, key=lambda option: option[2].standalone_ms)
+    if plan.fold == IDENTITY:
+        site.fold = None  # the producer stays in the graph, as Inductor compiles it; the op reads x
     site.plan, site.reason = plan, reason
     return None
 
 
 def _decide_group(group: SiblingGroup, ctx: PassContext) -> bool:
     """Measure siblings as one unit; where it pays, decide all of them sparse with one plan and say so."""
-    plan, reason = _measured_plan(group.sites[0], ctx, group.out_splits)
+    plan, reason, _ = _measured_plan(group.sites[0], ctx, group.out_splits)
     if plan is None:
         logger.debug("lynx: sibling group %s stays apart (%s)", group.names, reason)
         return False

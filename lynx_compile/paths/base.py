@@ -45,6 +45,9 @@ class Workload:
     out_splits: tuple[int, ...] = ()  # a sibling group: each member's N (summing to out_features); () for one layer
     packed: bool = False  # a group asked to run as one GEMM over its packed weights (option pack_siblings)
     float8: bool = False  # a torchao float8 layer (`lynx_compile.float8`): timed against rowwise FP8 dense
+    # The fold's producer written out before the op (one kernel, timed with the layer) and x read as it is, instead
+    # of applied on load: the alternative a float8 layer is also measured with (`decide_linears`); dense unchanged
+    written: bool = False
 
     @property
     def members(self) -> tuple[int, ...]:
@@ -62,7 +65,7 @@ class Workload:
         outputs = "+".join(map(str, self.members))
         return (f"{self.tokens}x{self.in_features}->{outputs} {dtype} {graphs} "
                 f"fold={self.fold.encode()}[{widths}] lora={self.lora_rank}" + (" packed" if self.packed else "")
-                + (" float8" if self.float8 else ""))
+                + (" float8" if self.float8 else "") + (" written" if self.written else ""))
 
     def example(self) -> tuple[list[torch.Tensor], torch.Tensor, Lora]:
         """Random inputs of the fold, weight and correction for this workload: fixed seed, never zeros."""

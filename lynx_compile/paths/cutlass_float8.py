@@ -7,7 +7,8 @@ The speed rule times it against rowwise FP8 dense (`float8.dense_float8_linear`:
 `torch._scaled_mm` with fast accumulation, what torchao's float8 linear runs), each FP8 configuration, raster order
 and swizzle, and keeps the fastest. Sibling groups (q, k, v; FLUX's single-block q, k, v and MLP-in) run one
 compress for all members, then each member's GEMM on its own weight with its own configuration, timed against x
-quantized once for the members' dense FP8 GEMMs.
+quantized once for the members' dense FP8 GEMMs. A layer with a folded producer is also timed with the producer
+written out first (`Workload.written`), which the speed rule takes where applying it on load costs more.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from ..float8 import Float8Weight, quantize_weight
-from ..folds import compress_fp8
+from ..folds import IDENTITY, compress_fp8, load
 from ..kernels import cutlass_gemm
 from ..kernels.cutlass_gemm import FP8_CONFIGS, RASTERS, GemmConfig
 from ..kernels.prune_quantize_fp8 import FP8_K_MULTIPLE
@@ -61,7 +62,10 @@ class CutlassFloat8(SparsePath):
                     for member in weights]  # fmt: skip
 
         def sparse() -> object:
-            values, metadata, scale = compress_fp8(inputs, workload.fold)
+            if workload.written:  # x made by its producer's own kernel (as Inductor would), then read as it is
+                values, metadata, scale = compress_fp8([load(inputs, workload.fold)], IDENTITY)
+            else:
+                values, metadata, scale = compress_fp8(inputs, workload.fold)
             return [_gemm(values, metadata, member, scale, None, setting) for member, setting in zip(weights, settings)]
 
         return ({"members": settings} if workload.out_splits else settings[0]), timer(sparse)
