@@ -84,7 +84,8 @@ def quantize_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.
 
 
 def load(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> torch.Tensor:
-    """x as the compressor makes it from `inputs` on load, written out (rows × K): for tests of a fold's loader."""
+    """x as the compressor makes it from `inputs` on load, written out (rows × K): for tests of a fold's loader, and
+    as the producer's own kernel where the speed rule times a producer written out first (`Workload.written`)."""
     return written_out(*loading(inputs, spec))
 
 

@@ -1,12 +1,14 @@
-"""The FP8 compressor in one pass, for X read as it is (no folded producer): prune 2:4, quantize each pruned row to
-e4m3 with its own scale, write CUTLASS's 8-bit operand and the row scale — or, without pruning, rowwise dense e4m3 —
-in one launch, reading X from DRAM once.
+"""The FP8 compressor in one pass: prune 2:4, quantize each pruned row to e4m3 with its own scale, write CUTLASS's
+8-bit operand and the row scale — or, without pruning, rowwise dense e4m3 — in one launch, reading X from DRAM once.
+X is its operand as it is, or made on load by a folded activation or a concatenation of two operands, each through
+its activation (`Loader.pieces`); other loaders take the general kernels.
 
 `prune_quantize_fp8.py` has the general kernels (any loader): three launches and two reads of X, because a program
 there owns a chunk of K while the scale needs the whole row. Here a program owns whole rows: as many as fill
 `PAIRS_PER_PROGRAM` pairs of groups where a row fits (K ≤ 4096), their statistics reductions inside the program;
-a longer row is read in chunks twice, statistics then values, the second time from L2. The same numerics, bit for bit
-(the tests run both kernels against the reference).
+a longer row is read in chunks twice, statistics then values, the second time from L2 (a folded activation is then
+computed twice: at K ≥ 12288 GELU on load costs as much as the rest, benchmarks/RESULTS.md). The same numerics, bit
+for bit (the tests run both kernels against the reference).
 
 It is also leaner per element (36.8 SASS instructions per element against the general pass 2's 48.5, counted on the
 sm_90 cubin): X is loaded as 64-bit words, each a group of four 16-bit floats, two words (a pair of groups, 16
