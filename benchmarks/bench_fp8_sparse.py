@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lynx_compile.float8 import Float8Weight, dense_float8_linear  # noqa: E402
-from lynx_compile.folds import IDENTITY, FoldSpec, loading, compress_fp8, quantize_fp8  # noqa: E402
+from lynx_compile.folds import IDENTITY, FoldSpec, compress_fp8, loading, quantize_fp8  # noqa: E402
 from lynx_compile.fp8 import fp8_linear_ref, quantize_rows  # noqa: E402
 from lynx_compile.kernels import cutlass_gemm  # noqa: E402
 from lynx_compile.kernels import quantize_fp8_single_pass as single_pass  # noqa: E402

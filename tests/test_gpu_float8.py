@@ -40,7 +40,7 @@ def activation(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor
     return x
 
 
-@pytest.mark.parametrize("single_pass", [None, False])  # the one-pass kernel where it reads X (K ≤ 16384), or not
+@pytest.mark.parametrize("single_pass", [None, False])  # the one-pass kernel (chunks past K = 4096), or the general
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows, k", [(1, 128), (37, 384), (333, 3072), (1000, 12288), (14040, 512), (130, 15360),
                                      (65, 16384), (3, 16512)])  # fmt: skip

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lynx_compile.fp8 import quantize_rows
-from lynx_compile.folds import IDENTITY, FoldSpec, loading, compress_fp8, quantize_fp8
+from lynx_compile.folds import IDENTITY, FoldSpec, compress_fp8, loading, quantize_fp8
 from lynx_compile.kernels.activations import activate
 from lynx_compile.kernels.cutlass_layout import decompress_24_ref
 from lynx_compile.kernels import quantize_fp8_single_pass as single_pass
