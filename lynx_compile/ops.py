@@ -52,7 +52,6 @@ _AUTOCAST_DEVICES = ("cpu", "cuda")
 # The ops' arguments, in schema order: the rewrite builds calls from them, the lowering's patterns match them.
 SPARSE_LINEAR_ARGS = ("inputs", "weight", "bias", "lora_a", "lora_b", "plan")
 SPARSE_LINEAR_GROUP_ARGS = ("inputs", "weights", "biases", "biased", "plan")
-FLOAT8_SPARSE_LINEAR_GROUP_ARGS = ("inputs", "weights", "weight_scales", "biases", "biased", "plan")
 
 
 @torch.library.custom_op("lynx::nm_prune", mutates_args=())
@@ -185,10 +184,9 @@ def float8_sparse_linear_args(inputs: list, weight: object, weight_scale: object
 
 def float8_sparse_linear_group_args(inputs: list, weights: list, weight_scales: list, biases: list,
                                     plan: SparseLinearPlan) -> tuple:  # fmt: skip
-    """The float8 group op's positional arguments (`FLOAT8_SPARSE_LINEAR_GROUP_ARGS`)."""
-    biased = [index for index, bias in enumerate(biases) if bias is not None]
-    return (list(inputs), list(weights), list(weight_scales), [biases[index] for index in biased], biased,
-            plan.encode())  # fmt: skip
+    """`lynx::float8_sparse_linear_group`'s positional arguments: as the group op's, with each member's scale."""
+    inputs, weights, biases, biased, plan = sparse_linear_group_args(inputs, weights, biases, plan)
+    return inputs, weights, list(weight_scales), biases, biased, plan
 
 
 def member_bias_list(members: int, biases: list, biased: list[int]) -> list:

@@ -7,15 +7,16 @@ returns is that quantization scale times the norm scale ‖xᵢ‖ / ‖x̃ᵢ�
 (`quantize_rows_fp8`) the same kernel writes dense e4m3 rows and their scales: the activation side of rowwise FP8
 dense, which the speed rule times FP8 sparse against and which runs a float8 layer that falls back to dense.
 
-Where X is read as it is (no folded producer, rows contiguous along K), `quantize_fp8_single_pass.py` does all of
-it in one launch and one read of X from DRAM. Elsewhere (a folded producer, a transposed X), the kernels below: the
+Where X is its operand as it is, or a folded activation or two-piece concatenation of operands whose rows are
+contiguous along K (`Loader.pieces`), `quantize_fp8_single_pass.py` does all of it in one launch and one read of X
+from DRAM. Elsewhere (another folded producer, a transposed X), the kernels below: the
 scale needs the whole pruned row before any value can be quantized, so X is read twice, each time by a 2-D grid of
 small programs (16 rows × one chunk of K, as the bf16 compressor's, so that enough loads are in flight): pass 1
 writes each chunk's partial ‖x‖² and amax — of x, not x̃: a group's largest magnitude is always kept, so they are
 equal, and pass 1 does no ranking —, a tiny kernel turns them into the rows' factors, pass 2 prunes, quantizes,
 stores and writes the partial ‖x̃‖², and a last tiny kernel applies the norm scale to the row scale. (Programs of
-16 rows walking K twice, too few to fill the GPU, ran at a tenth of memory speed on the H200; the one-pass kernel's
-walk a single row.) A folded producer (`Loader`) is applied on
+16 rows walking K twice, too few to fill the GPU, ran at a tenth of memory speed on the H200; where the one-pass
+kernel walks K twice, a program takes a single row.) A folded producer (`Loader`) is applied on
 both reads, so x is still never written.
 
 A row is quantized by multiplying it by 448 / amax (one IEEE division per row; a division per element cost more
@@ -174,13 +175,14 @@ def quantize_rows_fp8(
 
 def _launch(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor, prune: bool,
             norm: bool, single_pass: bool | None) -> torch.Tensor:  # fmt: skip
-    """The kernels over X (row statistics, quantization factors, quantize and store, norm scale), or the one-pass
-    kernel where X is read as it is; the row scale the GEMM applies."""
+    """The one-pass kernel where it can read X (`quantize_fp8_single_pass.applies`), else the general kernels (row
+    statistics, quantization factors, quantize and store, norm scale); the row scale the GEMM applies."""
     head = operands[0]
     if single_pass is not False and single_pass_kernel.applies(operands, loader):
         return single_pass_kernel.launch(operands, loader, values, metadata, prune, norm, hardware_cast())
     if single_pass:
-        raise ValueError("the one-pass FP8 kernel cannot read this X (a folded producer, its layout or its width)")
+        raise ValueError("the one-pass FP8 kernel cannot read this X (its folded producer, its operands' layout or "
+                         "their widths)")
     rows, k = head.shape[0], loader.width
     scale = torch.empty(rows, dtype=torch.float32, device=head.device)
     if rows == 0:

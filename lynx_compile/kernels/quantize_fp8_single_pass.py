@@ -254,7 +254,8 @@ if triton is not None:
 
 def applies(operands: Sequence[torch.Tensor], loader: Loader) -> bool:
     """Whether X can be read here: a loader that says X = cat(act(operand), ...) of at most two operands
-    (`Loader.pieces`), each of 16-bit floats in rows of whole 64-bit words (contiguous along K, 8-byte aligned)."""
+    (`Loader.pieces`), each of 16-bit floats, contiguous along K, 8-byte aligned, rows a multiple of 4 elements apart
+    and widths of whole pairs of groups (8 elements)."""
     if triton is None or loader.pieces is None or not 1 <= len(loader.pieces) == len(operands) <= 2:
         return False
     return all(x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 2 and x.shape[1] % 8 == 0

@@ -5,7 +5,8 @@ A path (`SparsePath`) owns:
 - `tune`: for a path measured against dense, its settings for a shape and its time (`measurements.py` does the
   dense side, the caching and the storing); the settings become the plan's `params`;
 - `forward`: the op's body on this path, from the op's tensors and its `SparseLinearPlan`; `forward_group`, the
-  same for a group of sibling linears that read one x (`lynx::sparse_linear_group`), for a path with `groups`;
+  same for a group of sibling linears that read one x (`lynx::sparse_linear_group`, or
+  `lynx::float8_sparse_linear_group` on a float8 path), for a path with `groups`;
 - `lower`: what Inductor's post-grad pass replaces the op by (by default `forward`, traced, so that Inductor sees
   the parts: the GEMM, the kernels' ops, the epilogue it fuses);
 - `source_files`: the files whose content decides what it emits (Inductor's FX graph cache key).
@@ -138,8 +139,8 @@ class SparsePath(ABC):
     row_multiple: ClassVar[int] = 1  # token counts it runs; others fall back to dense at run time
     measured: ClassVar[bool] = True  # chosen by the speed rule (timed against dense), or taken as it is
     groups: ClassVar[bool] = False  # runs sibling groups: `tune` takes a workload with out_splits, `forward_group`
-    # runs torchao float8 layers (`lynx::float8_sparse_linear`, `forward`'s weight a `float8.Float8Weight`), and
-    # those only; False: layers with plain weights (`lynx::sparse_linear`)
+    # runs torchao float8 layers (`lynx::float8_sparse_linear` and its group op, `forward`'s weight a
+    # `float8.Float8Weight`), and those only; False: layers with plain weights (`lynx::sparse_linear`)
     float8: ClassVar[bool] = False
 
     def runs_on(self, device: torch.device) -> bool:
