@@ -78,7 +78,7 @@ def dense_float8_linears(inputs: Sequence[torch.Tensor], fold: FoldSpec, weights
     """`dense_float8_linear` for sibling layers reading one x: x quantized once for all of them, as Inductor runs
     torchao's float8 siblings (their identical quantizations of x are one after AOT's common-subexpression pass)."""
     rows, k = inputs[0].shape[:-1], weights[0].qdata.shape[1]
-    x_q = None
+    x_q = x = None  # each made once, for the members that need it
     outs = []
     for weight, bias in zip(weights, biases):
         if inputs[0].is_cuda and k % 16 == 0 and weight.qdata.shape[0] % 16 == 0 and inputs[0].numel():
@@ -88,5 +88,6 @@ def dense_float8_linears(inputs: Sequence[torch.Tensor], fold: FoldSpec, weights
                                    bias=bias, out_dtype=inputs[0].dtype, use_fast_accum=True)  # fmt: skip
             outs.append(out.reshape(*rows, -1))
         else:
-            outs.append(float8_linear_ref(assemble(inputs, fold), weight.qdata, weight.scale, bias))
+            x = assemble(inputs, fold) if x is None else x
+            outs.append(float8_linear_ref(x, weight.qdata, weight.scale, bias))
     return outs

@@ -104,13 +104,15 @@ class FeedForward(nn.Module):
         return x + self.down(F.gelu(self.up(x), approximate="tanh"))
 
 
-@pytest.mark.parametrize("graphs", [False, True])
-def test_torchao_float8_model_compiles_on_the_fp8_sparse_path(graphs):
-    torchao = pytest.importorskip("torchao")
+def compiled_on_the_fp8_path(module: type[nn.Module], graphs: bool):
+    """A `module` (built seeded) quantized by torchao's rowwise float8 and compiled with lynx on the FP8 sparse path (every layer
+    that can: min_speedup ~0): the lynx report; its outputs equal the simulate numerics on two inputs (with CUDA
+    graphs, the second is a replay on new data)."""
+    pytest.importorskip("torchao")
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     torch.manual_seed(0)
-    model = FeedForward().cuda().to(torch.bfloat16).eval()
+    model = module().cuda().to(torch.bfloat16).eval()
     quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
     x = torch.randn(2, 1000, 1024, device="cuda", dtype=torch.bfloat16)
     options = {"execution": "sparse", "min_speedup": 1e-6, **({"triton.cudagraphs": True} if graphs else {})}
@@ -120,14 +122,19 @@ def test_torchao_float8_model_compiles_on_the_fp8_sparse_path(graphs):
     with torch.no_grad():
         simulated = torch.compile(model, backend="lynx", options={"execution": "simulate"})
         assert relative_error(out, simulated(x)) < 1e-2
-        x2 = torch.randn_like(x)  # with CUDA graphs: a replay on new data
-        # The hidden layer's bf16 rounding differs in the last bit here and there (fused epilogue vs reference),
+        x2 = torch.randn_like(x)
+        # A hidden layer's bf16 rounding differs in the last bit here and there (fused epilogue vs reference),
         # which can flip a near-tie of the next layer's pruning: elementwise, a few outputs move by more than
         # rounding; as a whole they agree.
         assert relative_error(compiled(x2), simulated(x2)) < 1e-2
+    return report
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_torchao_float8_model_compiles_on_the_fp8_sparse_path(graphs):
+    report = compiled_on_the_fp8_path(FeedForward, graphs)
     sparse = [layer for layer in report.layers if layer.decision == "sparse" and layer.path == "cutlass_float8"]
     assert len(sparse) == 2, [layer.reason for layer in report.layers]
-    assert torchao is not None
 
 
 class Attention(nn.Module):
@@ -149,27 +156,12 @@ class Attention(nn.Module):
 def test_torchao_float8_siblings_run_as_one_group(graphs):
     """q, k, v quantized by torchao: one FP8 compress for the three GEMMs (`lynx::float8_sparse_linear_group` on
     the CUTLASS FP8 path), the result that of the simulate numerics, member by member."""
-    pytest.importorskip("torchao")
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    torch.manual_seed(0)
-    model = Attention().cuda().to(torch.bfloat16).eval()
-    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-    x = torch.randn(2, 1000, 1024, device="cuda", dtype=torch.bfloat16)
-    options = {"execution": "sparse", "min_speedup": 1e-6, **({"triton.cudagraphs": True} if graphs else {})}
-    with torch.no_grad(), lynx_compile.collect_reports() as report:
-        compiled = torch.compile(model, backend="lynx", options=options)
-        out = compiled(x)
+    report = compiled_on_the_fp8_path(Attention, graphs)
     layers = {layer.name: layer for layer in report.layers}
     for name in ("to_q", "to_k", "to_v"):
         assert layers[name].siblings == ("to_q", "to_k", "to_v") and layers[name].path == "cutlass_float8", \
             layers[name].reason  # fmt: skip
     assert report.graphs[0].after.count("lynx.float8_sparse_linear_group.default") == 1
-    with torch.no_grad():
-        simulated = torch.compile(model, backend="lynx", options={"execution": "simulate"})
-        assert relative_error(out, simulated(x)) < 1e-2
-        x2 = torch.randn_like(x)
-        assert relative_error(compiled(x2), simulated(x2)) < 1e-2
 
 
 def test_compiling_a_float8_model_stores_no_second_weight():

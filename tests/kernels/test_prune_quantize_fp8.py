@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from lynx_compile.fp8 import quantize_rows
 from lynx_compile.folds import IDENTITY, FoldSpec, compress_fp8, loading, quantize_fp8
+from lynx_compile.kernels import quantize_fp8_single_pass as single_pass
 from lynx_compile.kernels.activations import activate
 from lynx_compile.kernels.cutlass_layout import decompress_24_ref
-from lynx_compile.kernels import quantize_fp8_single_pass as single_pass
 from lynx_compile.kernels.e4m3 import hardware_cast
 from lynx_compile.kernels.nm_prune import nm_prune_ref
 from lynx_compile.kernels.prune_compress_24 import metadata_bytes
