@@ -17,10 +17,11 @@ from ..kernels.prune_compress_24 import Loader, prune_compress_24, prune_compres
 from ..kernels.prune_quantize_fp8 import prune_quantize_compress_fp8, quantize_rows_fp8
 from ..registry import Registry
 from .activation import Activation
-from .base import IDENTITY, FoldMatch, FoldSpec, ProducerFold
+from .base import IDENTITY, Derived, FoldMatch, FoldSpec, ProducerFold
 from .concat import Concat
 from .gated import Gated
 from .identity import Identity
+from .norm import Norm
 
 FOLDS: Registry[ProducerFold] = Registry("producer fold")
 
@@ -101,7 +102,8 @@ register_fold(Identity())
 register_fold(Concat())
 register_fold(Activation())
 register_fold(Gated())
+register_fold(Norm())
 
-__all__ = ["FOLDS", "IDENTITY", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "compress_cutlass",
+__all__ = ["FOLDS", "IDENTITY", "Derived", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "compress_cutlass",
            "compress_fp8", "describe", "get_fold", "load", "loading", "match_producer", "quantize_fp8",
            "register_fold"]  # fmt: skip

@@ -16,7 +16,7 @@ import inspect
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 import torch.fx
@@ -48,14 +48,36 @@ class FoldSpec:
 IDENTITY = FoldSpec()
 
 
+@dataclass(eq=False)
+class Derived:
+    """A fold input the graph does not hold yet (a norm's row statistics): `build` inserts the nodes computing it at
+    the graph's insertion point, once the layer is rewritten, so that Inductor computes it — fused with whatever
+    produces what it reads. `value` is its fake tensor, for shapes and dtypes before that."""
+
+    value: torch.Tensor
+    build: Callable[[torch.fx.Graph], torch.fx.Node]
+
+
 @dataclass
 class FoldMatch:
     """What a fold's matcher found: the op takes `inputs` instead of x; `absorbed` are the producer nodes the rewrite
-    may then erase (consumers first, each erased only once it has no users left)."""
+    may then erase (consumers first, each erased only once it has no users left). `typed`: how many leading inputs
+    carry x's dtype (None: all), the ones an autocast cast of x would have to reach."""
 
     spec: FoldSpec
-    inputs: list[torch.fx.Node]
+    inputs: list[torch.fx.Node | Derived]
     absorbed: list[torch.fx.Node] = field(default_factory=list)
+    typed: int | None = None
+
+    def values(self) -> list[torch.Tensor]:
+        """The inputs' fake tensors."""
+        return [item.value if isinstance(item, Derived) else fake_value(item) for item in self.inputs]
+
+    def materialize(self, graph: torch.fx.Graph, replaced: dict | None = None) -> list[torch.fx.Node]:
+        """The inputs as nodes, derived ones inserted at the graph's insertion point; `replaced` maps nodes the
+        rewrite has replaced to their replacements."""
+        replaced = replaced or {}
+        return [item.build(graph) if isinstance(item, Derived) else replaced.get(item, item) for item in self.inputs]
 
 
 class ProducerFold(ABC):
@@ -88,6 +110,10 @@ class ProducerFold(ABC):
 
     def describe(self, params: tuple[str, ...]) -> str:
         return FoldSpec(self.kind, params).encode()
+
+    # Whether the speed rule also times the producer written out first (`Workload.written`) and keeps the faster:
+    # a fold whose work on load can cost the compressor more than x's round trip saves.
+    measured_both_ways: ClassVar[bool] = False
 
     def source_files(self) -> tuple[str, ...]:
         """Files whose content decides what this fold emits (for Inductor's FX graph cache key)."""

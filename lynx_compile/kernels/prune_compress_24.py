@@ -267,6 +267,9 @@ class Loader:
     # X = cat(act(operand) for each operand, act in pieces) (`kernels.activations` codes, 0 = as it is), for
     # kernels that read the operands themselves (`quantize_fp8_single_pass`); None: only `fn` knows how X is made
     pieces: tuple[int, ...] | None = None
+    # How many leading operands are token rows of X's dtype (None: all); the others (a norm's row statistics, its
+    # per-sample scale and shift) are read as `fn` says
+    aligned: int | None = None
 
 
 def prune_compress_24(
@@ -308,7 +311,7 @@ def _operands_and_loader(x: torch.Tensor | Sequence[torch.Tensor], loader: Loade
     if triton is None:
         raise RuntimeError("triton is not installed; use the references")
     operands = [x] if isinstance(x, torch.Tensor) else list(x)
-    check_operands(operands)
+    check_operands(operands, loader.aligned if loader is not None else None)
     if loader is None:
         if len(operands) != 1:
             raise ValueError(f"{len(operands)} operands need a loader that says how X is made of them")
@@ -345,7 +348,7 @@ def written_out(operands: Sequence[torch.Tensor], loader: Loader) -> torch.Tenso
     agreement with the fold's torch reference is a separate, one-rounding-step check."""
     if triton is None:
         raise RuntimeError("triton is not installed")
-    check_operands(operands)
+    check_operands(operands, loader.aligned, compressed=False)
     rows, k = operands[0].shape[0], loader.width
     out = torch.empty(rows, k, dtype=operands[0].dtype, device=operands[0].device)
     if rows:
@@ -376,18 +379,21 @@ def groups_per_chunk(segments: Sequence[int]) -> int:
     return block_g
 
 
-def check_operands(operands: Sequence[torch.Tensor]) -> None:
-    """Operands a loader can read: 2-D, one token count, dtype and device; a clear error for anything else."""
+def check_operands(operands: Sequence[torch.Tensor], aligned: int | None = None, compressed: bool = True) -> None:
+    """Operands a loader can read: 2-D, on one device, the first `aligned` (None: all) of one token count and dtype,
+    that dtype one the compressed layout holds where X is to be `compressed`; a clear error for anything else."""
     if not operands:
         raise ValueError("the compressor needs at least one operand")
     for operand in operands:
         if operand.dim() != 2:
             raise ValueError(f"expected 2-D operands (tokens, K), got shape {tuple(operand.shape)}")
     head = operands[0]
-    if any((p.shape[0], p.dtype, p.device) != (head.shape[0], head.dtype, head.device) for p in operands):
+    if any(p.device != head.device for p in operands):
+        raise ValueError("the operands must share a device: " + ", ".join(str(p.device) for p in operands))
+    if any((p.shape[0], p.dtype) != (head.shape[0], head.dtype) for p in operands[:aligned]):
         raise ValueError("the operands must share token count, dtype and device: "
                          + ", ".join(f"{tuple(p.shape)} {p.dtype} {p.device}" for p in operands))  # fmt: skip
-    if head.dtype not in COMPRESSED_DTYPES:
+    if compressed and head.dtype not in COMPRESSED_DTYPES:
         raise ValueError(f"the compressed layout is implemented for {COMPRESSED_DTYPES}, got {head.dtype}")
 
 

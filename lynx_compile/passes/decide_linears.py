@@ -11,8 +11,8 @@ run the layer, measures the others against dense for the layer's shape (with its
 are measured as a group (`group_siblings`): one prune for all their GEMMs; a group that pays is decided as one, the
 others fall back to their own decisions. A torchao float8 layer (`lynx_compile.float8`) is offered only the float8
 paths (`SparsePath.float8`), measured against rowwise FP8 dense (a group's x quantized once for its members), and
-groups with float8 siblings only; one with a folded producer is also measured with the producer written out first,
-and keeps the faster way.
+groups with float8 siblings only. A float8 layer with a folded producer, and any layer with a folded norm, is also
+measured with the producer written out first, and keeps the faster way.
 
 A symbolic token count (Dynamo made M dynamic, e.g. after a second resolution) is decided with a guard on
 M ≥ min_tokens: Dynamo then recompiles if a call falls on the other side, and this graph's ops can be lowered with
@@ -31,7 +31,7 @@ import torch.fx
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ..float8 import float8_weight_reason
-from ..folds import IDENTITY, describe
+from ..folds import IDENTITY, describe, get_fold
 from ..kernels.nm_prune import SUPPORTED_DTYPES
 from ..messages import some_names
 from ..paths import SparsePath, Workload, get_path, measure, paths_for, resolve_execution
@@ -104,13 +104,15 @@ def _workload(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = 
     device = site.device
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    fold, widths = IDENTITY, ()
+    fold, widths, rows = IDENTITY, (), ()
     if site.fold is not None:
-        fold, widths = site.fold.spec, tuple(int(fake_value(node).shape[-1]) for node in site.fold.inputs)
+        values = site.fold.values()
+        fold, widths = site.fold.spec, tuple(int(value.shape[-1]) for value in values)
+        rows = tuple(concrete_int(value.numel()) // max(width, 1) for value, width in zip(values, widths))
     return Workload(concrete_int(site.tokens), site.in_features, sum(out_splits) or site.out_features, site.dtype,
                     device, ctx.config.cuda_graphs, fold, widths, site.lora_rank, out_splits,
                     bool(out_splits) and ctx.config.pack_siblings and not site.float8, site.float8,
-                    written)  # fmt: skip
+                    written, rows)  # fmt: skip
 
 
 def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, SparsePath | None, str]:
@@ -175,18 +177,25 @@ def _measured_plan(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ..
     return plan, f"{path.describe(params)}, measured {best.speedup:.2f}× dense ({where})", best
 
 
-def _choose_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
-    """For execution="sparse": set the plan and the reason and return None, or return why the layer stays dense.
-    A float8 layer with a folded producer is measured both ways, the producer applied on load or written out first
-    (an FP8 compressor applying a GELU on load costs more than x's round trip at large K), and takes the faster."""
-    options = [_measured_plan(site, ctx)]
-    if site.float8 and site.fold is not None:
-        options.append(_measured_plan(site, ctx, written=True))
+def _best_way(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = ()):
+    """`_measured_plan` for a layer or a sibling group led by `site`. With a folded producer that can cost more on
+    load than x's round trip saves — any on a float8 layer (a GELU in the FP8 compressor), a norm on any — it is
+    measured both ways, the producer applied on load or written out first, and the faster passing way is taken."""
+    options = [_measured_plan(site, ctx, out_splits)]
+    if site.fold is not None and (site.float8 or get_fold(site.fold.spec.kind).measured_both_ways):
+        options.append(_measured_plan(site, ctx, out_splits, written=True))
     passing = [option for option in options if option[0] is not None]
-    if not passing:
-        measured = [option for option in options if option[2] is not None]
-        return max(measured, key=lambda option: option[2].speedup)[1] if measured else options[0][1]
-    plan, reason, _ = min(passing, key=lambda option: option[2].standalone_ms)
+    if passing:
+        return min(passing, key=lambda option: option[2].standalone_ms)
+    measured = [option for option in options if option[2] is not None]
+    return max(measured, key=lambda option: option[2].speedup) if measured else options[0]
+
+
+def _choose_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
+    """For execution="sparse": set the plan and the reason and return None, or return why the layer stays dense."""
+    plan, reason, _ = _best_way(site, ctx)
+    if plan is None:
+        return reason
     if plan.fold == IDENTITY:
         site.fold = None  # the producer stays in the graph, as Inductor compiles it; the op reads x
     site.plan, site.reason = plan, reason
@@ -195,7 +204,7 @@ def _choose_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
 
 def _decide_group(group: SiblingGroup, ctx: PassContext) -> bool:
     """Measure siblings as one unit; where it pays, decide all of them sparse with one plan and say so."""
-    plan, reason, _ = _measured_plan(group.sites[0], ctx, group.out_splits)
+    plan, reason, _ = _best_way(group.sites[0], ctx, group.out_splits)
     if plan is None:
         logger.debug("lynx: sibling group %s stays apart (%s)", group.names, reason)
         return False
@@ -205,6 +214,8 @@ def _decide_group(group: SiblingGroup, ctx: PassContext) -> bool:
     reason = f"sibling group of {len(group.sites)} ({members}): x pruned once for {gemms}; {reason}"
     for site in group.sites:
         site.group, site.plan, site.reason = group, plan, reason
+        if plan.fold == IDENTITY:
+            site.fold = None
     return True
 
 
@@ -253,6 +264,8 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
         _decide_group(group, ctx)
     for site in ctx.sites:
         dense_reason = rules[id(site)]
+        if site.group is None and site.fold is not None and len(site.x.users) > 1:
+            site.fold = None  # a producer shared with other readers (a group that did not pay): x is written anyway
         if dense_reason is None and site.group is None:
             execution = resolve_execution(ctx.config.execution, site.device, site.float8)
             if execution == "sparse":

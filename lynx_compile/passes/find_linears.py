@@ -93,7 +93,7 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
         # The dtype the linear computes in, as Dynamo recorded its output: under autocast the operands' cast one.
         dtype = getattr(fake_value(node), "dtype", x_value.dtype)
         fold = match_producer(x)
-        if fold is not None and any(fake_value(piece).dtype != dtype for piece in fold.inputs):
+        if fold is not None and any(value.dtype != dtype for value in fold.values()[: fold.typed]):
             fold = None  # autocast casts x after its producer ran; folded, the op would cast the producer's inputs
         ctx.sites.append(
             LinearSite(

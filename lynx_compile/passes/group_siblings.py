@@ -8,9 +8,10 @@ the model's own, so a weight changed after compiling is what runs. The speed rul
 members' GEMMs; sparse: one compress plus theirs); a group that does not pay falls back to its members' own
 decisions.
 
-A linear joins a group when it reads exactly the node its siblings read, has no producer folded (x has several
-users, so none could be) and no LoRA correction, and its weight and bias are graph inputs or attributes (so the
-group's op can stand before the first member). torchao float8 layers group with float8 siblings only
+A linear joins a group when it reads exactly the node its siblings read, has no LoRA correction, and its weight and
+bias are graph inputs or attributes (so the group's op can stand before the first member). x's producer is folded
+into the group's op (a norm and its modulation, `folds.norm`) only where the group's members are all of x's users;
+otherwise the group reads x as written. torchao float8 layers group with float8 siblings only
 (`lynx::float8_sparse_linear_group`: x pruned, quantized and compressed once; each member's FP8 GEMM on its own
 weight, never packed).
 
@@ -54,9 +55,15 @@ def sibling_groups(sites: list[LinearSite]) -> list[SiblingGroup]:
     """Groups of two or more sites reading one x, in graph order; torchao float8 layers group among themselves."""
     by_input: dict[tuple[torch.fx.Node, bool], list[LinearSite]] = {}
     for site in sites:
-        if site.fold is None and site.lora is None and _operands_are_inputs(site):
+        if site.lora is None and _operands_are_inputs(site):
             by_input.setdefault((site.x, site.float8), []).append(site)
-    return [SiblingGroup(members) for members in by_input.values() if len(members) > 1]
+    groups = [SiblingGroup(members) for members in by_input.values() if len(members) > 1]
+    for group in groups:
+        x = group.sites[0].x
+        if set(x.users) != {site.node for site in group.sites}:  # x is read elsewhere too: it is written anyway
+            for site in group.sites:
+                site.fold = None
+    return groups
 
 
 def _operands_are_inputs(site: LinearSite) -> bool:
@@ -64,9 +71,9 @@ def _operands_are_inputs(site: LinearSite) -> bool:
     return all(node is None or node.op in ("placeholder", "get_attr") for node in (site.weight, site.bias))
 
 
-def rewrite_group(gm: torch.fx.GraphModule, group: SiblingGroup, x: torch.fx.Node) -> list[torch.fx.Node]:
+def rewrite_group(gm: torch.fx.GraphModule, group: SiblingGroup, inputs: list[torch.fx.Node]) -> list[torch.fx.Node]:
     """Put one `lynx::sparse_linear_group` (`lynx::float8_sparse_linear_group` on torchao float8 weights' inner
-    tensors) before the group's first member; returns the nodes standing for the members' outputs (its items), for
+    tensors) reading `inputs` (x, or its folded producer's inputs) before the group's first member; returns the nodes standing for the members' outputs (its items), for
     the caller to hand to each member's users."""
     graph = gm.graph
     first = group.sites[0].node
@@ -82,10 +89,10 @@ def rewrite_group(gm: torch.fx.GraphModule, group: SiblingGroup, x: torch.fx.Nod
         if group.sites[0].float8:
             qdata, scales = ([attribute_node(graph, weight, name) for weight in weights] for name in ("qdata", "scale"))
             group.node = graph.call_function(torch.ops.lynx.float8_sparse_linear_group.default,
-                                             float8_sparse_linear_group_args([x], qdata, scales, biases, plan))
+                                             float8_sparse_linear_group_args(inputs, qdata, scales, biases, plan))
         else:
             group.node = graph.call_function(torch.ops.lynx.sparse_linear_group.default,
-                                             sparse_linear_group_args([x], weights, biases, plan))
+                                             sparse_linear_group_args(inputs, weights, biases, plan))
         outputs = [graph.call_function(operator.getitem, (group.node, index)) for index in range(len(group.sites))]
     for site, output in zip(group.sites, outputs):
         output.meta.update(site.node.meta)

@@ -40,20 +40,23 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
             continue  # dense, or rewritten with its group
         if site.group is not None:
             x = replaced.get(site.x, site.x)
-            for member, output in zip(site.group.sites, rewrite_group(gm, site.group, x)):
+            with graph.inserting_before(site.group.sites[0].node):
+                inputs = [x] if site.fold is None else site.fold.materialize(graph, replaced)
+            for member, output in zip(site.group.sites, rewrite_group(gm, site.group, inputs)):
                 old = member.node
                 old.replace_all_uses_with(output)
                 _erase_linear(graph, member, old)
                 replaced[old] = output
                 member.node, member.x = output, x
+            _erase_absorbed(graph, site)
             if site.plan.param("packed"):
                 ctx.groups_to_pack.append(site.group)
             ctx.rewrites += 1
             continue
         old = site.node
         x, bias = replaced.get(site.x, site.x), replaced.get(site.bias, site.bias)
-        inputs = [x] if site.fold is None else [replaced.get(node, node) for node in site.fold.inputs]
         with graph.inserting_before(old):
+            inputs = [x] if site.fold is None else site.fold.materialize(graph, replaced)
             if site.float8:
                 qdata, scale = (attribute_node(graph, site.weight, name) for name in ("qdata", "scale"))
                 new = graph.call_function(torch.ops.lynx.float8_sparse_linear.default,
@@ -65,9 +68,7 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
         new.meta.update(old.meta)
         old.replace_all_uses_with(new)
         _erase_linear(graph, site, old)
-        for producer in site.fold.absorbed if site.fold is not None else ():  # x's producers, consumers first
-            if not producer.users:
-                graph.erase_node(producer)
+        _erase_absorbed(graph, site)
         replaced[old] = new
         site.node, site.x, site.bias = new, x, bias
         ctx.rewrites += 1
@@ -76,6 +77,13 @@ def rewrite_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Grap
         gm.recompile()
     logger.debug("lynx: rewrote %d linears into lynx::sparse_linear", ctx.rewrites)
     return gm
+
+
+def _erase_absorbed(graph: torch.fx.Graph, site: LinearSite) -> None:
+    """Remove x's folded producers (consumers first) that nothing reads any more."""
+    for producer in site.fold.absorbed if site.fold is not None else ():
+        if not producer.users:
+            graph.erase_node(producer)
 
 
 def _erase_linear(graph: torch.fx.Graph, site: LinearSite, old: torch.fx.Node) -> None:

@@ -49,6 +49,8 @@ class Workload:
     # The fold's producer written out before the op (one kernel, timed with the layer) and x read as it is, instead
     # of applied on load: the alternative a float8 layer is also measured with (`decide_linears`); dense unchanged
     written: bool = False
+    # The fold's inputs' rows where they are not one per token (a norm's per-sample modulation); () for all M
+    input_rows: tuple[int, ...] = ()
 
     @property
     def members(self) -> tuple[int, ...]:
@@ -56,11 +58,16 @@ class Workload:
         return self.out_splits or (self.out_features,)
 
     def with_tokens(self, tokens: int) -> Workload:
-        return replace(self, tokens=tokens)
+        rows = tuple(tokens if rows == self.tokens else rows for rows in self.input_rows)
+        return replace(self, tokens=tokens, input_rows=rows)
+
+    def _rows(self) -> tuple[int, ...]:
+        return self.input_rows or (self.tokens,) * len(self.input_widths or (self.in_features,))
 
     def describe(self) -> str:
         """The workload as a stable string (part of the measurement cache key)."""
-        widths = ",".join(map(str, self.input_widths or (self.in_features,)))
+        widths = ",".join(str(width) if rows == self.tokens else f"{rows}x{width}"
+                          for rows, width in zip(self._rows(), self.input_widths or (self.in_features,)))
         graphs = "graphs" if self.cuda_graphs else "no-graphs"
         dtype = str(self.dtype).removeprefix("torch.")
         outputs = "+".join(map(str, self.members))
@@ -76,7 +83,7 @@ class Workload:
             return torch.randn(*shape, device=self.device, dtype=self.dtype, generator=generator) * scale
 
         # A group's weights are row blocks of one (N, K) tensor: each contiguous, as separate parameters are.
-        inputs = [randn(self.tokens, width) for width in self.input_widths or (self.in_features,)]
+        inputs = [randn(rows, width) for rows, width in zip(self._rows(), self.input_widths or (self.in_features,))]
         k, n = self.in_features, self.out_features
         weight = randn(n, k, scale=k**-0.5)
         lora = (randn(n, self.lora_rank, scale=n**-0.5), randn(self.lora_rank, k, scale=k**-0.5)) \
@@ -142,6 +149,9 @@ class SparsePath(ABC):
     # runs torchao float8 layers (`lynx::float8_sparse_linear` and its group op, `forward`'s weight a
     # `float8.Float8Weight`), and those only; False: layers with plain weights (`lynx::sparse_linear`)
     float8: ClassVar[bool] = False
+    # `tune` times a `Workload.written` itself (its producer's kernel, then the path on x); False: the measurement
+    # times that kernel apart and tunes the path on x as given
+    times_written: ClassVar[bool] = False
 
     def runs_on(self, device: torch.device) -> bool:
         """Whether the path can run anything on this device (decides `execution="auto"`)."""

@@ -34,6 +34,7 @@ class CutlassFloat8(SparsePath):
     name = "cutlass_float8"
     float8 = True
     groups = True
+    times_written = True
 
     def runs_on(self, device: torch.device) -> bool:
         return device.type == "cuda" and cutlass_gemm.unavailable_reason(device) is None

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..files import write_atomically
 from ..float8 import dense_float8_linears, quantize_weight
-from ..folds import assemble
+from ..folds import IDENTITY, load
 from ..timing import timer_for
 from .base import Measurement, SparsePath, Workload
 
@@ -42,8 +42,10 @@ logger = logging.getLogger(__name__)
 
 _MEASURED: dict[str, Measurement] = {}
 # v2: epilogue_ms (v1 records lack it and would favour cuSPARSELt); v3: the one-pass FP8 compressor and quantizer and
-# float8 groups' dense side (v2's float8 records time slower kernels on both sides, keys unchanged)
-_CACHE_FILE = "measurements-v3.json"
+# float8 groups' dense side (v2's float8 records time slower kernels on both sides, keys unchanged); v4: dense makes a
+# folded producer's x in one kernel, as Inductor does (v3 ran its torch reference: several kernels for a gated or
+# norm producer)
+_CACHE_FILE = "measurements-v4.json"
 
 
 def device_fingerprint(device: torch.device) -> str:
@@ -190,7 +192,13 @@ def _time(path: SparsePath, workload: Workload) -> Measurement:
     timer = timer_for(workload.cuda_graphs, workload.device)
     with torch.no_grad(), torch._subclasses.fake_tensor.unset_fake_temporarily():
         dense = _dense_ms(workload)
-        params, sparse = path.tune(workload, timer)
+        if workload.written and not path.times_written:  # the producer's own kernel, then the path on x as given
+            unfolded = replace(workload, fold=IDENTITY, input_widths=(), input_rows=(), written=False)
+            params, sparse = path.tune(unfolded, timer)
+            inputs = workload.example()[0]
+            sparse += timer(lambda: load(inputs, workload.fold))
+        else:
+            params, sparse = path.tune(workload, timer)
         epilogue = path.unfused_epilogue_ms(workload, timer)
     result = Measurement(path.name, tuple(sorted(params.items())), dense, sparse, workload.tokens, epilogue)
     logger.info("lynx: %s (%s): dense %.4f ms, sparse %.4f ms, %.2f×", workload.describe(), path.describe(params),
@@ -211,8 +219,8 @@ def _dense_ms(workload: Workload) -> float:
         return timer_for(workload.cuda_graphs, workload.device)(
             lambda: dense_float8_linears(inputs, workload.fold, float8_weights, [None] * len(float8_weights)))
 
-    def dense() -> object:
-        x = assemble(inputs, workload.fold)
+    def dense() -> object:  # x as one kernel writes it from the producer's inputs, Inductor's way
+        x = inputs[0] if workload.fold == IDENTITY else load(inputs, workload.fold)
         return [F.linear(x, member) for member in weights]
 
     return timer_for(workload.cuda_graphs, workload.device)(dense)

@@ -1,0 +1,410 @@
+"""A normalisation producing x, with the adaLN modulation DiTs put after it: x = norm(t) · a + c.
+
+FLUX, SD3, Qwen-Image, PixArt, DiT, HunyuanVideo and Wan feed q/k/v and the MLP's up-projection with
+`LayerNorm(t) · (1 + scale) + shift` (scale and shift one row per sample); Wan does it in fp32 and casts the result;
+Wan's cross-attention and RMSNorm models normalise with an affine weight and no modulation. Unfolded, Inductor's
+kernel reads t and writes x for the compressor to read back. Folded, the graph computes only t's row statistics
+(mean and rstd: inserted before the op as nodes, so Inductor computes them — fused into the kernel that writes t,
+where there is one) and the compressor makes x from t, the statistics, the norm's weight and bias and the
+modulation as it loads them: x is never written.
+
+Numerics are Inductor's, not eager's: every step in fp32 from t, one rounding to t's dtype at the end (eager bf16
+rounds after the norm and after each step of the modulation; Inductor, which compiles the dense model, fuses them
+into one kernel computing in fp32). The affine step and the modulation are fused multiply-adds (`tl.fma`, emulated
+in float64 by the torch reference), so no kernel is left to contract them its own way and every compressor makes
+the same x. The statistics are this module's (`torch.var_mean` in fp32, `rsqrt(var + eps)`), not `F.layer_norm`'s
+internal ones: the two can differ in the last fp32 bit, as Inductor's own do.
+
+Matched (Dynamo's graph): `F.layer_norm(t, (K,), w, b, eps)` or `F.rms_norm(t, (K,), w, eps)` (t possibly cast
+to fp32 first), then optionally `· a`, then optionally `+ c`, with casts between; a and c broadcast over x's rows
+in blocks of consecutive rows (one per sample, one for all, or one per row).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Sequence
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+
+from ..kernels.prune_compress_24 import Loader
+from .base import Derived, FoldMatch, FoldSpec, ProducerFold, argument, fake_value
+
+try:
+    import triton
+    import triton.language as tl
+
+    from ..kernels.prune_compress_24 import load_tile
+except ImportError:
+    triton = None
+
+_LAYER_NORMS = {F.layer_norm, torch.layer_norm}
+_RMS_NORMS = {f for f in (getattr(F, "rms_norm", None), getattr(torch, "rms_norm", None)) if f is not None}
+_MULS = {operator.mul, torch.mul}
+_ADDS = {operator.add, torch.add}
+_CAST_METHODS = {"to", "type_as", "float", "bfloat16", "half"}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+NORMS = ("layer", "rms")
+AFFINES = ("none", "w", "wb")
+
+# params: (norm, affine, "a" or "none", "c" or "none")
+# inputs: [t, mean (layer only), rstd, w (affine), b (wb), a (scaled), c (shifted)]
+
+
+def _layout(params: tuple[str, ...]) -> dict[str, int]:
+    """Where each input sits in the op's inputs, for these params; absent ones are missing."""
+    norm, affine, scaled, shifted = params
+    names = ["t", *(["mean"] if norm == "layer" else []), "rstd", *(["w"] if affine != "none" else []),
+             *(["b"] if affine == "wb" else []), *(["a"] if scaled != "none" else []),
+             *(["c"] if shifted != "none" else [])]  # fmt: skip
+    return {name: index for index, name in enumerate(names)}
+
+
+def _per_row(value: torch.Tensor, rows: int) -> torch.Tensor:
+    """A broadcast operand (R, K) as one row per token row (rows, K): row r takes row r // (rows / R)."""
+    flat = value.reshape(-1, value.shape[-1])
+    return flat.repeat_interleave(rows // flat.shape[0], dim=0) if flat.shape[0] != rows else flat
+
+
+def _multiply_add(y: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
+    """y · scale + shift in fp32 as one fused multiply-add rounds it (float64 holds the product exactly)."""
+    if scale is None:
+        return y if shift is None else y + shift.float()
+    if shift is None:
+        return y * scale.float()
+    return (y.double() * scale.double() + shift.double()).float()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _per_row_value(ptr, stride, rows, M):
+        return tl.load(ptr + rows * stride, mask=rows < M, other=0.0).to(tl.float32)[:, None]
+
+    @triton.jit
+    def _fused_multiply_add(y, scale, shift, SCALED: tl.constexpr, SHIFTED: tl.constexpr):
+        if SCALED and SHIFTED:
+            y = tl.fma(y, scale, shift)
+        elif SCALED:
+            y = y * scale
+        elif SHIFTED:
+            y = y + shift
+        return y
+
+    @triton.jit
+    def _load_normalized(operands, strides, scalars, rows, start, M, ARGS: tl.constexpr, WIDTH: tl.constexpr):
+        """ARGS: the indices of mean, rstd, w, b, a and c among the operands (0 where absent); scalars: (rows per
+        row of a, a's rows, rows per row of c, c's rows)."""
+        t = load_tile(operands[0], strides[0], strides[1], rows, start, M, WIDTH)
+        y = t.to(tl.float32)
+        if ARGS[0] != 0:
+            y = y - _per_row_value(operands[ARGS[0]], strides[2 * ARGS[0]], rows, M)
+        y = y * _per_row_value(operands[ARGS[1]], strides[2 * ARGS[1]], rows, M)
+        cols = start + tl.arange(0, WIDTH)
+        w = tl.load(operands[ARGS[2]] + cols * strides[2 * ARGS[2] + 1]).to(tl.float32)[None, :] if ARGS[2] != 0 \
+            else y  # fmt: skip
+        b = tl.load(operands[ARGS[3]] + cols * strides[2 * ARGS[3] + 1]).to(tl.float32)[None, :] if ARGS[3] != 0 \
+            else y  # fmt: skip
+        y = _fused_multiply_add(y, w, b, ARGS[2] != 0, ARGS[3] != 0)
+        a = load_tile(operands[ARGS[4]], strides[2 * ARGS[4]], strides[2 * ARGS[4] + 1], rows // scalars[0], start,
+                      scalars[1], WIDTH).to(tl.float32) if ARGS[4] != 0 else y  # fmt: skip
+        c = load_tile(operands[ARGS[5]], strides[2 * ARGS[5]], strides[2 * ARGS[5] + 1], rows // scalars[2], start,
+                      scalars[3], WIDTH).to(tl.float32) if ARGS[5] != 0 else y  # fmt: skip
+        y = _fused_multiply_add(y, a, c, ARGS[4] != 0, ARGS[5] != 0)
+        return tl.where(rows[:, None] < M, y, 0.0).to(t.dtype)  # padding rows stay 0, whatever b is
+
+else:
+    _load_normalized = None
+
+
+class Norm(ProducerFold):
+    """x = (norm(t) [· w + b]) · a + c, each step rounded as eager torch rounds it; see the module's docstring."""
+
+    kind = "norm"
+    measured_both_ways = True  # the loader's arithmetic can cost the compressor more than x's write it saves
+
+    def match(self, x: torch.fx.Node) -> FoldMatch | None:
+        x_value = fake_value(x)
+        if not isinstance(x_value, torch.Tensor) or x_value.dtype not in _DTYPES.values() or x_value.ndim < 2:
+            return None
+        absorbed: list[torch.fx.Node] = []  # consumers first
+        node, shift_rounding = _through_casts(x, absorbed)
+        scale, shift = None, None
+        if _is_call(node, _ADDS, x):
+            found = _split_modulation(node, x_value)
+            if found is None:
+                return None
+            absorbed.append(node)
+            node, shift = found
+            node, scale_rounding = _through_casts(node, absorbed)
+        else:
+            scale_rounding = shift_rounding
+        if _is_call(node, _MULS, x):
+            found = _split_modulation(node, x_value)
+            if found is None:
+                return None
+            absorbed.append(node)
+            node, scale = found
+            node, norm_rounding = _through_casts(node, absorbed)
+        else:
+            norm_rounding = scale_rounding
+        if None in (shift_rounding, scale_rounding, norm_rounding):
+            return None
+        norm = _norm_call(node, x, x_value)
+        if norm is None:
+            return None
+        kind, source, weight, bias, eps = norm
+        absorbed.append(node)
+        t = _through_widening_casts(source, absorbed)
+        if fake_value(t).dtype != x_value.dtype:
+            return None
+        affine = "none" if weight is None else ("w" if bias is None else "wb")
+        params = (kind, affine, "a" if scale is not None else "none", "c" if shift is not None else "none")
+        statistics = _Statistics(t, kind, eps)
+        inputs = [t, *statistics.derived(), *(n for n in (weight, bias, scale, shift) if n is not None)]
+        return FoldMatch(FoldSpec(self.kind, params), inputs, absorbed, typed=1)
+
+    def reference(self, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> torch.Tensor:
+        at = _layout(params)
+        t = inputs[0]
+        rows = t.numel() // t.shape[-1]
+        y = t.reshape(rows, -1).float()
+        if "mean" in at:
+            y = y - inputs[at["mean"]].reshape(rows, 1).float()
+        y = y * inputs[at["rstd"]].reshape(rows, 1).float()
+        w, b = (inputs[at[name]].reshape(-1) if name in at else None for name in ("w", "b"))
+        y = _multiply_add(y, w, b)
+        a, c = (_per_row(inputs[at[name]], rows) if name in at else None for name in ("a", "c"))
+        return _multiply_add(y, a, c).to(t.dtype).reshape(t.shape)
+
+    def vjp(self, grad_x: torch.Tensor, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> list:
+        """Through the steps in fp32 (the roundings pass gradients straight); the statistics' gradients flow on to t
+        through the graph's nodes that computed them."""
+        at = _layout(params)
+        t = inputs[0]
+        rows = t.numel() // t.shape[-1]
+        flat = t.reshape(rows, -1).float()
+        centered = flat - inputs[at["mean"]].reshape(rows, 1).float() if "mean" in at else flat
+        rstd = inputs[at["rstd"]].reshape(rows, 1).float()
+        normed = centered * rstd
+        affined = normed * inputs[at["w"]].reshape(-1).float() if "w" in at else normed
+        if "b" in at:
+            affined = affined + inputs[at["b"]].reshape(-1).float()
+        grad = grad_x.reshape(rows, -1).float()
+        grads: dict[str, torch.Tensor] = {}
+        if "c" in at:
+            grads["c"] = _reduce_to(grad, inputs[at["c"]])
+        if "a" in at:
+            grads["a"] = _reduce_to(grad * affined, inputs[at["a"]])
+            grad = grad * _per_row(inputs[at["a"]], rows).float()
+        if "b" in at:
+            grads["b"] = grad.sum(0)
+        if "w" in at:
+            grads["w"] = (grad * normed).sum(0)
+            grad = grad * inputs[at["w"]].reshape(-1).float()
+        grads["t"] = grad * rstd
+        grads["rstd"] = (grad * centered).sum(-1, keepdim=True)
+        if "mean" in at:
+            grads["mean"] = -(grad * rstd).sum(-1, keepdim=True)
+        return [grads[name].reshape(inputs[index].shape).to(inputs[index].dtype) for name, index in at.items()]
+
+    def loader(self, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> Loader:
+        at = _layout(params)
+        rows = inputs[0].shape[0]
+        scalars = []
+        for name in ("a", "c"):  # rows of x per row of the operand, and its rows (the loader's bound)
+            count = inputs[at[name]].shape[0] if name in at else 1
+            scalars += [rows // count if name in at else 1, count]
+        indices = tuple(at.get(name, 0) for name in ("mean", "rstd", "w", "b", "a", "c"))
+        return Loader(_load_normalized, inputs[0].shape[-1], args=indices, scalars=tuple(scalars), aligned=1)
+
+    def width(self, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> int:
+        return inputs[0].shape[-1]
+
+    def check(self, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> None:
+        if len(params) != 4 or params[0] not in NORMS or params[1] not in AFFINES or params[2] not in ("a", "none") \
+                or params[3] not in ("c", "none"):  # fmt: skip
+            raise ValueError(f"norm takes (layer or rms, none or w or wb, a or none, c or none), got {params}")
+        at = _layout(params)
+        if len(inputs) != len(at):
+            raise ValueError(f"norm{params} takes {len(at)} inputs ({', '.join(at)}), got {len(inputs)}")
+        t = inputs[0]
+        k = t.shape[-1]
+        rows = t.numel() // k if k else 0
+        if t.dtype not in _DTYPES.values():
+            raise ValueError(f"norm: t must be a float tensor of {tuple(_DTYPES)}, got {t.dtype}")
+        for name, index in at.items():
+            value = inputs[index]
+            if not value.is_floating_point() or value.device != t.device:
+                raise ValueError(f"norm: {name} must be a float tensor on {t.device}, got {value.dtype} on "
+                                 f"{value.device}")  # fmt: skip
+            if name in ("mean", "rstd") and (value.shape[-1] != 1 or value.numel() != rows):
+                raise ValueError(f"norm: {name} must hold one value per row of t {tuple(t.shape)}, got "
+                                 f"{tuple(value.shape)}")  # fmt: skip
+            if name in ("w", "b") and (value.shape[-1] != k or value.numel() != k):
+                raise ValueError(f"norm: {name} must hold {k} values along its last dim, got {tuple(value.shape)}")
+            if name in ("a", "c"):
+                count = value.numel() // k if value.shape[-1] == k else 0
+                if count == 0 or rows % count:
+                    raise ValueError(f"norm: {name} {tuple(value.shape)} does not broadcast over t's rows "
+                                     f"{tuple(t.shape)} in blocks of rows")  # fmt: skip
+
+    def describe(self, params: tuple[str, ...]) -> str:
+        norm = {"layer": "layer_norm", "rms": "rms_norm"}[params[0]] + ("" if params[1] == "none" else "(affine)")
+        return norm + ("·a" if params[2] == "a" else "") + ("+c" if params[3] == "c" else "")
+
+
+class _Statistics:
+    """t's row statistics for the loader, built once per graph: mean (layer norm) and rstd, fp32, shaped (…, 1)."""
+
+    def __init__(self, t: torch.fx.Node, kind: str, eps: float):
+        self.t, self.kind, self.eps = t, kind, eps
+        self._nodes: dict[int, list[torch.fx.Node]] = {}
+        value = fake_value(t)
+        with value.fake_mode:
+            self.values = self._compute(value.float())
+
+    def _compute(self, t: torch.Tensor) -> list[torch.Tensor]:
+        if self.kind == "layer":
+            var, mean = torch.var_mean(t, dim=-1, keepdim=True, correction=0)
+            return [mean, torch.rsqrt(var + self.eps)]
+        return [torch.rsqrt((t * t).mean(dim=-1, keepdim=True) + self.eps)]
+
+    def derived(self) -> list[Derived]:
+        return [Derived(value, lambda graph, index=index: self._build(graph)[index])
+                for index, value in enumerate(self.values)]  # fmt: skip
+
+    def _build(self, graph: torch.fx.Graph) -> list[torch.fx.Node]:
+        if id(graph) not in self._nodes:
+            call = graph.call_function
+            t = graph.call_method("to", (self.t, torch.float32))
+            if self.kind == "layer":
+                both = call(torch.var_mean, (t,), {"dim": -1, "keepdim": True, "correction": 0})
+                var, mean = call(operator.getitem, (both, 0)), call(operator.getitem, (both, 1))
+                nodes = [mean, call(torch.rsqrt, (call(operator.add, (var, self.eps)),))]
+            else:
+                square_mean = call(torch.mean, (call(operator.mul, (t, t)),), {"dim": -1, "keepdim": True})
+                nodes = [call(torch.rsqrt, (call(operator.add, (square_mean, self.eps)),))]
+            for node, value in zip(nodes, self.values):
+                node.meta["example_value"] = value
+            self._nodes[id(graph)] = nodes
+        return self._nodes[id(graph)]
+
+
+# ---- matching ------------------------------------------------------------------------------------------------------
+
+
+def _is_call(node: torch.fx.Node, targets: set, x: torch.fx.Node) -> bool:
+    """A call of one of `targets` whose value goes on only to x's consumers: x itself (the linear, or the sibling
+    group whose users `group_siblings` checks), or a node with one user."""
+    return node.op == "call_function" and node.target in targets and (node is x or len(node.users) == 1)
+
+
+def _through_casts(node: torch.fx.Node, absorbed: list[torch.fx.Node]) -> tuple[torch.fx.Node, str | None]:
+    """(the node under a chain of dtype casts, the dtype its value is rounded to on the way out: one narrowing from
+    fp32 at most; None for a chain that rounds twice). `node` itself may have several users; the casts under it one."""
+    rounding = _dtype_name(node)
+    casts = []
+    while node.op == "call_method" and node.target in _CAST_METHODS and node.args \
+            and isinstance(node.args[0], torch.fx.Node) and (not casts or len(node.users) == 1):  # fmt: skip
+        value, source = fake_value(node), fake_value(node.args[0])
+        if not isinstance(value, torch.Tensor) or not isinstance(source, torch.Tensor) \
+                or value.shape != source.shape or value.device != source.device:  # fmt: skip
+            break
+        casts.append(node)
+        node = node.args[0]
+    if not casts:
+        return node, rounding
+    # From the innermost value outwards: widening to fp32 is exact; one narrowing from fp32 rounds once.
+    current = _dtype_name(node)
+    for cast in reversed(casts):
+        target = _dtype_name(cast)
+        if target is None or current is None:
+            return node, None
+        if target != current and current != "float32" and target != "float32":
+            return node, None
+        current = current if target == "float32" else target
+    absorbed.extend(casts)
+    return node, current
+
+
+def _through_widening_casts(node: torch.fx.Node, absorbed: list[torch.fx.Node]) -> torch.fx.Node:
+    """t under casts to fp32 (exact), the norm's input as the loader reads it."""
+    while node.op == "call_method" and node.target in _CAST_METHODS and len(node.users) == 1 and node.args \
+            and isinstance(node.args[0], torch.fx.Node) and _dtype_name(node) == "float32":  # fmt: skip
+        absorbed.append(node)
+        node = node.args[0]
+    return node
+
+
+def _dtype_name(node: torch.fx.Node) -> str | None:
+    value = fake_value(node)
+    dtype = getattr(value, "dtype", None)
+    return next((name for name, known in _DTYPES.items() if known == dtype), None)
+
+
+def _split_modulation(node: torch.fx.Node, x_value: torch.Tensor) -> tuple[torch.fx.Node, torch.fx.Node] | None:
+    """(the operand leading to the norm, the broadcast one) of a binary add or mul; None if neither fits."""
+    if len(node.args) != 2 or node.kwargs or not all(isinstance(arg, torch.fx.Node) for arg in node.args):
+        return None
+    for main, other in (node.args, node.args[::-1]):
+        main_value = fake_value(main)
+        if isinstance(main_value, torch.Tensor) and main_value.shape == x_value.shape \
+                and _modulation_rows(fake_value(other), x_value) is not None:  # fmt: skip
+            return main, other
+    return None
+
+
+def _modulation_rows(value: object, x_value: torch.Tensor) -> int | None:
+    """The rows of a broadcast operand over x's rows, when row r of x takes its row r // (rows / R): its leading dims
+    match x's, the rest are 1, its last is K."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.ndim > x_value.ndim \
+            or value.ndim == 0 or value.shape[-1] != x_value.shape[-1]:  # fmt: skip
+        return None
+    shape = [1] * (x_value.ndim - value.ndim) + list(value.shape)
+    leading = 0
+    while leading < x_value.ndim - 1 and shape[leading] != 1:
+        leading += 1
+    if any(shape[d] != 1 for d in range(leading, x_value.ndim - 1)):
+        return None
+    if any(shape[d] != x_value.shape[d] for d in range(leading)):
+        return None
+    rows = 1
+    for d in range(leading):
+        rows *= shape[d]
+    return rows
+
+
+def _norm_call(node: torch.fx.Node, x: torch.fx.Node, x_value: torch.Tensor):
+    """(kind, input, weight, bias, eps) of a layer or RMS norm over x's last dim, x or with one user; else None."""
+    if node.op != "call_function" or not (node is x or len(node.users) == 1):
+        return None
+    if node.target in _LAYER_NORMS:
+        kind, bias = "layer", argument(node, 3, "bias")
+        weight, eps = argument(node, 2, "weight"), argument(node, 4, "eps", 1e-5)
+    elif node.target in _RMS_NORMS:
+        kind, bias = "rms", None
+        weight, eps = argument(node, 2, "weight"), argument(node, 3, "eps")
+    else:
+        return None
+    source, shape = argument(node, 0, "input"), argument(node, 1, "normalized_shape")
+    k = x_value.shape[-1]
+    if not isinstance(source, torch.fx.Node) or list(shape if isinstance(shape, (list, tuple)) else [shape]) != [k]:
+        return None
+    if eps is None:  # rms_norm's default
+        eps = torch.finfo(fake_value(source).dtype).eps
+    if not isinstance(eps, (int, float)):
+        return None
+    for operand in (weight, bias):
+        if operand is not None and (not isinstance(operand, torch.fx.Node)
+                                    or tuple(getattr(fake_value(operand), "shape", ())) != (k,)):  # fmt: skip
+            return None
+    return kind, source, weight, bias, float(eps)
+
+
+def _reduce_to(grad: torch.Tensor, operand: torch.Tensor) -> torch.Tensor:
+    """A gradient over x's rows (rows, K) summed to a broadcast operand's rows."""
+    count = operand.numel() // operand.shape[-1]
+    return grad.reshape(count, -1, grad.shape[-1]).sum(1)
