@@ -23,7 +23,7 @@ from lynx_compile.folds import FoldSpec  # noqa: E402
 from lynx_compile.method import Method  # noqa: E402
 from lynx_compile.paths import Workload, get_path, measure  # noqa: E402
 
-MODULATED = FoldSpec("norm", ("layer", "none", "a", "c"))  # LayerNorm(t) · (1 + scale) + shift
+MODULATED = FoldSpec("norm", ("layer", "none", "one_plus_a", "c"))  # LayerNorm(t) · (1 + scale) + shift
 # (name, M, K, each member's N, fold)
 SHAPES = [
     ("flux double qkv", 4096, 3072, (3072, 3072, 3072), MODULATED),

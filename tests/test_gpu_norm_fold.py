@@ -16,10 +16,10 @@ needs_sm90 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_
                                 reason="cuSPARSELt's sm_90 layout")  # fmt: skip
 
 CASES = [  # (kind, affine, scaled, shifted, per)
-    ("layer", "none", True, True, "sample"),  # FLUX, SD3, Qwen-Image, Wan
-    ("layer", "wb", False, False, "all"),  # Wan's cross-attention norm
-    ("rms", "w", True, False, "row"),  # RMSNorm times a per-token scale
-    ("rms", "none", False, True, "all"),
+    ("layer", "none", "one_plus_a", True, "sample"),  # FLUX, SD3, Qwen-Image, Wan: norm(t) · (1 + scale) + shift
+    ("layer", "wb", "none", False, "all"),  # Wan's cross-attention norm
+    ("rms", "w", "a", False, "row"),  # RMSNorm times a per-token scale
+    ("rms", "none", "none", True, "all"),
 ]
 
 
@@ -30,8 +30,9 @@ CASES = [  # (kind, affine, scaled, shifted, per)
 def test_norm_on_load_is_bit_exact_with_the_compressors_on_the_written_out_x(batch, tokens, k, case, dtype):
     kind, affine, scaled, shifted, per = case
     g = torch.Generator().manual_seed(batch * tokens + k)
-    inputs = [tensor.cuda() for tensor in norm_inputs(g, batch, tokens, k, dtype, kind, affine, scaled, shifted, per)]
-    spec = FoldSpec("norm", (kind, affine, "a" if scaled else "none", "c" if shifted else "none"))
+    inputs = [tensor.cuda() for tensor in norm_inputs(g, batch, tokens, k, dtype, kind, affine, scaled != "none",
+                                                      shifted, per)]  # fmt: skip
+    spec = FoldSpec("norm", (kind, affine, scaled, "c" if shifted else "none"))
     rows = batch * tokens
     written = load(inputs, spec)
     operand, _ = compress(inputs, spec, pad_rows_to=16)  # cuSPARSELt's compressor takes rows in sixteens
@@ -67,10 +68,18 @@ def test_a_modulated_block_with_its_norms_folded_runs_on_sparse_cores_as_simulat
         with torch.no_grad():
             compiled(x, emb)
     reasons = {layer.name: layer.reason for layer in report.layers}
-    assert "layer_norm·a+c" in reasons["up"] and "layer_norm·a+c" in reasons["to_q"], reasons
+    assert "layer_norm·(1+a)+c" in reasons["up"] and "layer_norm·(1+a)+c" in reasons["to_q"], reasons
     simulate = torch.compile(block, backend="lynx", options={"execution": "simulate", "min_tokens": 1})
+    dense = torch.compile(block, backend="lynx", options={"execution": "dense"})
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
     with torch.no_grad():
         for _ in range(3):
             x = torch.randn_like(x)
             out, expected = compiled(x, emb).clone(), simulate(x, emb)
-            assert ((out.float() - expected.float()).norm() / expected.float().norm()).item() < 2e-2
+            # x made on load and x written by Inductor differ in the last bit of some elements (their statistics
+            # and fused multiply-adds), which flips near-ties in the masks: bounded by what pruning itself changes,
+            # as for the tiny diffusers models (a wrong row, sample or layout would be O(1)).
+            assert rel(out, expected) < 0.5 * rel(expected, dense(x, emb))

@@ -41,7 +41,7 @@ def norm_inputs(g, batch, tokens, k, dtype, kind, affine, scaled, shifted, per):
 
 @settings(max_examples=25, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(st.integers(1, 3), st.integers(1, 40), st.sampled_from([64, 192]), st.sampled_from(["layer", "rms"]),
-       st.sampled_from(["none", "w", "wb"]), st.booleans(), st.booleans(),
+       st.sampled_from(["none", "w", "wb"]), st.sampled_from(["none", "a", "one_plus_a"]), st.booleans(),
        st.sampled_from(["sample", "all", "row"]), st.sampled_from([torch.bfloat16, torch.float16]),
        st.integers(0, 2**31 - 1))  # fmt: skip
 def test_norm_on_load_equals_the_compressor_on_the_written_out_x(batch, tokens, k, kind, affine, scaled, shifted,
@@ -51,8 +51,8 @@ def test_norm_on_load_equals_the_compressor_on_the_written_out_x(batch, tokens, 
     if kind == "rms" and affine == "wb":
         affine = "w"
     g = torch.Generator().manual_seed(seed)
-    inputs = norm_inputs(g, batch, tokens, k, dtype, kind, affine, scaled, shifted, per)
-    spec = FoldSpec("norm", (kind, affine, "a" if scaled else "none", "c" if shifted else "none"))
+    inputs = norm_inputs(g, batch, tokens, k, dtype, kind, affine, scaled != "none", shifted, per)
+    spec = FoldSpec("norm", (kind, affine, scaled, "c" if shifted else "none"))
     rows = batch * tokens
     written = load(inputs, spec)
     operand, scale = compress(inputs, spec)
@@ -113,10 +113,10 @@ def test_modulated_norms_fold_into_a_single_layer_and_into_a_sibling_group(toy_p
     options = {"execution": "sparse", "min_tokens": 1}
     report = lynx_compile.explain(block, x, emb, options=options)
     layers = {layer.name: layer for layer in report.layers}
-    assert "input layer_norm·a+c pruned on load" in layers["up"].reason, layers["up"].reason
+    assert "input layer_norm·(1+a)+c pruned on load" in layers["up"].reason, layers["up"].reason
     for name in ("to_q", "to_k", "to_v"):
         assert layers[name].siblings == ("to_q", "to_k", "to_v"), layers[name]
-        assert "input layer_norm·a+c pruned on load" in layers[name].reason, layers[name].reason
+        assert "input layer_norm·(1+a)+c pruned on load" in layers[name].reason, layers[name].reason
     after = report.graphs[0].after
     assert "layer_norm" not in after and "var_mean" in after  # x never made; its row statistics are
     with torch.no_grad():
@@ -153,7 +153,7 @@ def test_wan_and_z_image_norms_fold_with_their_casts_and_match_eager(dtype):
     options = {"execution": "simulate", "min_tokens": 1}
     report = lynx_compile.explain(module, x, temb, gain, options=options)
     reasons = {layer.name: layer.reason for layer in report.layers}
-    assert "input layer_norm·a+c folded" in reasons["ffn"], reasons
+    assert "input layer_norm·(1+a)+c folded" in reasons["ffn"], reasons
     assert "input layer_norm(affine) folded" in reasons["q"], reasons
     assert "input rms_norm(affine)·a folded" in reasons["out"], reasons
     with torch.no_grad():

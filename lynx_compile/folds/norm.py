@@ -1,4 +1,4 @@
-"""A normalisation producing x, with the adaLN modulation DiTs put after it: x = norm(t) · a + c.
+"""A normalisation producing x, with the adaLN modulation DiTs put after it: x = norm(t) · (1 + a) + c.
 
 FLUX, SD3, Qwen-Image, PixArt, DiT, HunyuanVideo and Wan feed q/k/v and the MLP's up-projection with
 `LayerNorm(t) · (1 + scale) + shift` (scale and shift one row per sample); Wan does it in fp32 and casts the result;
@@ -10,14 +10,15 @@ modulation as it loads them: x is never written.
 
 Numerics are Inductor's, not eager's: every step in fp32 from t, one rounding to t's dtype at the end (eager bf16
 rounds after the norm and after each step of the modulation; Inductor, which compiles the dense model, fuses them
-into one kernel computing in fp32). The affine step and the modulation are fused multiply-adds (`tl.fma`, emulated
-in float64 by the torch reference), so no kernel is left to contract them its own way and every compressor makes
-the same x. The statistics are this module's (`torch.var_mean` in fp32, `rsqrt(var + eps)`), not `F.layer_norm`'s
-internal ones: the two can differ in the last fp32 bit, as Inductor's own do.
+into one kernel computing in fp32), and a `1 + scale` is absorbed and added in fp32 as Inductor's kernel does,
+not rounded first. The affine step and the modulation are fused multiply-adds (`tl.fma`, emulated in float64 by the
+torch reference), so no compressor is left to contract them its own way. Measured on an H200: x made on load is bit
+for bit the x Inductor writes for `layer_norm(t) · (1 + scale[:, None]) + shift[:, None]` (FLUX's form; eager bf16
+differs from both in 37% of elements), so folding changes no mask.
 
 Matched (Dynamo's graph): `F.layer_norm(t, (K,), w, b, eps)` or `F.rms_norm(t, (K,), w, eps)` (t possibly cast
-to fp32 first), then optionally `· a`, then optionally `+ c`, with casts between; a and c broadcast over x's rows
-in blocks of consecutive rows (one per sample, one for all, or one per row).
+to fp32 first), then optionally `· a` or `· (1 + a)`, then optionally `+ c`, with casts between; a and c broadcast
+over x's rows in blocks of consecutive rows (one per sample, one for all, or one per row).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 NORMS = ("layer", "rms")
 AFFINES = ("none", "w", "wb")
 
-# params: (norm, affine, "a" or "none", "c" or "none")
+# params: (norm, affine, "a" or "one_plus_a" (x · (1 + a), the 1 + a computed on load) or "none", "c" or "none")
+SCALES = ("none", "a", "one_plus_a")
 # inputs: [t, mean (layer only), rstd, w (affine), b (wb), a (scaled), c (shifted)]
 
 
@@ -95,8 +97,8 @@ if triton is not None:
 
     @triton.jit
     def _load_normalized(operands, strides, scalars, rows, start, M, ARGS: tl.constexpr, WIDTH: tl.constexpr):
-        """ARGS: the indices of mean, rstd, w, b, a and c among the operands (0 where absent); scalars: (rows per
-        row of a, a's rows, rows per row of c, c's rows)."""
+        """ARGS: the indices of mean, rstd, w, b, a and c among the operands (0 where absent), then whether x is
+        scaled by 1 + a; scalars: (rows per row of a, a's rows, rows per row of c, c's rows)."""
         t = load_tile(operands[0], strides[0], strides[1], rows, start, M, WIDTH)
         y = t.to(tl.float32)
         if ARGS[0] != 0:
@@ -110,6 +112,7 @@ if triton is not None:
         y = _fused_multiply_add(y, w, b, ARGS[2] != 0, ARGS[3] != 0)
         a = load_tile(operands[ARGS[4]], strides[2 * ARGS[4]], strides[2 * ARGS[4] + 1], rows // scalars[0], start,
                       scalars[1], WIDTH).to(tl.float32) if ARGS[4] != 0 else y  # fmt: skip
+        a = a + 1.0 if ARGS[6] else a
         c = load_tile(operands[ARGS[5]], strides[2 * ARGS[5]], strides[2 * ARGS[5] + 1], rows // scalars[2], start,
                       scalars[3], WIDTH).to(tl.float32) if ARGS[5] != 0 else y  # fmt: skip
         y = _fused_multiply_add(y, a, c, ARGS[4] != 0, ARGS[5] != 0)
@@ -120,7 +123,7 @@ else:
 
 
 class Norm(ProducerFold):
-    """x = (norm(t) [· w + b]) · a + c, each step rounded as eager torch rounds it; see the module's docstring."""
+    """x = (norm(t) [· w + b]) · a (or · (1 + a)) + c, in fp32, rounded once; see the module's docstring."""
 
     kind = "norm"
     measured_both_ways = True  # the loader's arithmetic can cost the compressor more than x's write it saves
@@ -130,7 +133,9 @@ class Norm(ProducerFold):
         if not isinstance(x_value, torch.Tensor) or x_value.dtype not in _DTYPES.values() or x_value.ndim < 2:
             return None
         absorbed: list[torch.fx.Node] = []  # consumers first
-        node, shift_rounding = _through_casts(x, absorbed)
+        # Each stage may sit under casts; a chain that rounds twice (a narrowing cast not from fp32) does not fold,
+        # as the loader rounds once.
+        node, shift_rounding = _through_casts(x, absorbed, x)
         scale, shift = None, None
         if _is_call(node, _ADDS, x):
             found = _split_modulation(node, x_value)
@@ -138,16 +143,21 @@ class Norm(ProducerFold):
                 return None
             absorbed.append(node)
             node, shift = found
-            node, scale_rounding = _through_casts(node, absorbed)
+            node, scale_rounding = _through_casts(node, absorbed, x)
         else:
             scale_rounding = shift_rounding
+        one_plus = None
         if _is_call(node, _MULS, x):
             found = _split_modulation(node, x_value)
             if found is None:
                 return None
             absorbed.append(node)
             node, scale = found
-            node, norm_rounding = _through_casts(node, absorbed)
+            one_plus = _one_plus(scale)
+            if one_plus is not None:  # Inductor adds the 1 in fp32 inside its kernel: so does the loader, unrounded
+                absorbed.append(scale)
+                scale = one_plus
+            node, norm_rounding = _through_casts(node, absorbed, x)
         else:
             norm_rounding = scale_rounding
         if None in (shift_rounding, scale_rounding, norm_rounding):
@@ -161,7 +171,8 @@ class Norm(ProducerFold):
         if fake_value(t).dtype != x_value.dtype:
             return None
         affine = "none" if weight is None else ("w" if bias is None else "wb")
-        params = (kind, affine, "a" if scale is not None else "none", "c" if shift is not None else "none")
+        scaled = "none" if scale is None else ("one_plus_a" if one_plus is not None else "a")
+        params = (kind, affine, scaled, "c" if shift is not None else "none")
         statistics = _Statistics(t, kind, eps)
         inputs = [t, *statistics.derived(), *(n for n in (weight, bias, scale, shift) if n is not None)]
         return FoldMatch(FoldSpec(self.kind, params), inputs, absorbed, typed=1)
@@ -177,6 +188,8 @@ class Norm(ProducerFold):
         w, b = (inputs[at[name]].reshape(-1) if name in at else None for name in ("w", "b"))
         y = _multiply_add(y, w, b)
         a, c = (_per_row(inputs[at[name]], rows) if name in at else None for name in ("a", "c"))
+        if a is not None and params[2] == "one_plus_a":
+            a = 1.0 + a.float()
         return _multiply_add(y, a, c).to(t.dtype).reshape(t.shape)
 
     def vjp(self, grad_x: torch.Tensor, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> list:
@@ -198,7 +211,7 @@ class Norm(ProducerFold):
             grads["c"] = _reduce_to(grad, inputs[at["c"]])
         if "a" in at:
             grads["a"] = _reduce_to(grad * affined, inputs[at["a"]])
-            grad = grad * _per_row(inputs[at["a"]], rows).float()
+            grad = grad * (_per_row(inputs[at["a"]], rows).float() + (1.0 if params[2] == "one_plus_a" else 0.0))
         if "b" in at:
             grads["b"] = grad.sum(0)
         if "w" in at:
@@ -218,15 +231,16 @@ class Norm(ProducerFold):
             count = inputs[at[name]].shape[0] if name in at else 1
             scalars += [rows // count if name in at else 1, count]
         indices = tuple(at.get(name, 0) for name in ("mean", "rstd", "w", "b", "a", "c"))
-        return Loader(_load_normalized, inputs[0].shape[-1], args=indices, scalars=tuple(scalars), aligned=1)
+        return Loader(_load_normalized, inputs[0].shape[-1], args=(*indices, int(params[2] == "one_plus_a")),
+                      scalars=tuple(scalars), aligned=1)  # fmt: skip
 
     def width(self, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> int:
         return inputs[0].shape[-1]
 
     def check(self, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> None:
-        if len(params) != 4 or params[0] not in NORMS or params[1] not in AFFINES or params[2] not in ("a", "none") \
+        if len(params) != 4 or params[0] not in NORMS or params[1] not in AFFINES or params[2] not in SCALES \
                 or params[3] not in ("c", "none"):  # fmt: skip
-            raise ValueError(f"norm takes (layer or rms, none or w or wb, a or none, c or none), got {params}")
+            raise ValueError(f"norm takes (layer or rms, none or w or wb, one of {SCALES}, c or none), got {params}")
         at = _layout(params)
         if len(inputs) != len(at):
             raise ValueError(f"norm{params} takes {len(at)} inputs ({', '.join(at)}), got {len(inputs)}")
@@ -253,7 +267,8 @@ class Norm(ProducerFold):
 
     def describe(self, params: tuple[str, ...]) -> str:
         norm = {"layer": "layer_norm", "rms": "rms_norm"}[params[0]] + ("" if params[1] == "none" else "(affine)")
-        return norm + ("·a" if params[2] == "a" else "") + ("+c" if params[3] == "c" else "")
+        scale = {"none": "", "a": "·a", "one_plus_a": "·(1+a)"}[params[2]]
+        return norm + scale + ("+c" if params[3] == "c" else "")
 
 
 class _Statistics:
@@ -302,13 +317,14 @@ def _is_call(node: torch.fx.Node, targets: set, x: torch.fx.Node) -> bool:
     return node.op == "call_function" and node.target in targets and (node is x or len(node.users) == 1)
 
 
-def _through_casts(node: torch.fx.Node, absorbed: list[torch.fx.Node]) -> tuple[torch.fx.Node, str | None]:
+def _through_casts(node: torch.fx.Node, absorbed: list[torch.fx.Node],
+                   x: torch.fx.Node) -> tuple[torch.fx.Node, str | None]:  # fmt: skip
     """(the node under a chain of dtype casts, the dtype its value is rounded to on the way out: one narrowing from
-    fp32 at most; None for a chain that rounds twice). `node` itself may have several users; the casts under it one."""
+    fp32 at most; None for a chain that rounds twice). Each cast has one user, or is x."""
     rounding = _dtype_name(node)
     casts = []
     while node.op == "call_method" and node.target in _CAST_METHODS and node.args \
-            and isinstance(node.args[0], torch.fx.Node) and (not casts or len(node.users) == 1):  # fmt: skip
+            and isinstance(node.args[0], torch.fx.Node) and (node is x or len(node.users) == 1):  # fmt: skip
         value, source = fake_value(node), fake_value(node.args[0])
         if not isinstance(value, torch.Tensor) or not isinstance(source, torch.Tensor) \
                 or value.shape != source.shape or value.device != source.device:  # fmt: skip
@@ -343,6 +359,17 @@ def _dtype_name(node: torch.fx.Node) -> str | None:
     value = fake_value(node)
     dtype = getattr(value, "dtype", None)
     return next((name for name, known in _DTYPES.items() if known == dtype), None)
+
+
+def _one_plus(node: torch.fx.Node) -> torch.fx.Node | None:
+    """s of a one-user `1 + s` (or `s + 1`) of the dtype of s, else None."""
+    if not _is_call(node, _ADDS, None) or len(node.args) != 2 or node.kwargs:
+        return None
+    for one, s in (node.args, node.args[::-1]):
+        if one == 1 and isinstance(s, torch.fx.Node) and _dtype_name(s) is not None and _dtype_name(s) == \
+                _dtype_name(node):  # fmt: skip
+            return s
+    return None
 
 
 def _split_modulation(node: torch.fx.Node, x_value: torch.Tensor) -> tuple[torch.fx.Node, torch.fx.Node] | None:
