@@ -104,6 +104,6 @@ register_fold(Activation())
 register_fold(Gated())
 register_fold(Norm())
 
-__all__ = ["FOLDS", "IDENTITY", "Derived", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress", "compress_cutlass",
-           "compress_fp8", "describe", "get_fold", "load", "loading", "match_producer", "quantize_fp8",
-           "register_fold"]  # fmt: skip
+__all__ = ["FOLDS", "IDENTITY", "Derived", "FoldMatch", "FoldSpec", "ProducerFold", "assemble", "compress",
+           "compress_cutlass", "compress_fp8", "describe", "get_fold", "load", "loading", "match_producer",
+           "quantize_fp8", "register_fold"]  # fmt: skip

@@ -168,8 +168,9 @@ class Norm(ProducerFold):
         kind, source, weight, bias, eps = norm
         absorbed.append(node)
         t = _through_widening_casts(source, absorbed)
-        if fake_value(t).dtype != x_value.dtype:
-            return None
+        t_value = fake_value(t)
+        if getattr(t_value, "dtype", None) != x_value.dtype or getattr(t_value, "fake_mode", None) is None:
+            return None  # t of another dtype, or no fake tensor to derive the statistics' shapes from
         affine = "none" if weight is None else ("w" if bias is None else "wb")
         scaled = "none" if scale is None else ("one_plus_a" if one_plus is not None else "a")
         params = (kind, affine, scaled, "c" if shift is not None else "none")
@@ -193,8 +194,8 @@ class Norm(ProducerFold):
         return _multiply_add(y, a, c).to(t.dtype).reshape(t.shape)
 
     def vjp(self, grad_x: torch.Tensor, inputs: Sequence[torch.Tensor], params: tuple[str, ...]) -> list:
-        """Through the steps in fp32 (the roundings pass gradients straight); the statistics' gradients flow on to t
-        through the graph's nodes that computed them."""
+        """Through the steps in fp32 (the final rounding passes gradients straight); the statistics' gradients flow
+        on to t through the graph's nodes that computed them."""
         at = _layout(params)
         t = inputs[0]
         rows = t.numel() // t.shape[-1]

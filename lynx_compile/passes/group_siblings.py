@@ -73,8 +73,8 @@ def _operands_are_inputs(site: LinearSite) -> bool:
 
 def rewrite_group(gm: torch.fx.GraphModule, group: SiblingGroup, inputs: list[torch.fx.Node]) -> list[torch.fx.Node]:
     """Put one `lynx::sparse_linear_group` (`lynx::float8_sparse_linear_group` on torchao float8 weights' inner
-    tensors) reading `inputs` (x, or its folded producer's inputs) before the group's first member; returns the nodes standing for the members' outputs (its items), for
-    the caller to hand to each member's users."""
+    tensors) reading `inputs` (x, or its folded producer's inputs) before the group's first member; returns the
+    nodes standing for the members' outputs (its items), for the caller to hand to each member's users."""
     graph = gm.graph
     first = group.sites[0].node
     order = {node: index for index, node in enumerate(graph.nodes)}

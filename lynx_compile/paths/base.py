@@ -47,7 +47,8 @@ class Workload:
     packed: bool = False  # a group asked to run as one GEMM over its packed weights (option pack_siblings)
     float8: bool = False  # a torchao float8 layer (`lynx_compile.float8`): timed against rowwise FP8 dense
     # The fold's producer written out before the op (one kernel, timed with the layer) and x read as it is, instead
-    # of applied on load: the alternative a float8 layer is also measured with (`decide_linears`); dense unchanged
+    # of applied on load: the alternative a float8 layer or a folded norm is also measured with (`decide_linears`);
+    # dense unchanged
     written: bool = False
     # The fold's inputs' rows where they are not one per token (a norm's per-sample modulation); () for all M
     input_rows: tuple[int, ...] = ()
