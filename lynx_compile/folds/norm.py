@@ -133,35 +133,24 @@ class Norm(ProducerFold):
         if not isinstance(x_value, torch.Tensor) or x_value.dtype not in _DTYPES.values() or x_value.ndim < 2:
             return None
         absorbed: list[torch.fx.Node] = []  # consumers first
-        # Each stage may sit under casts; a chain that rounds twice (a narrowing cast not from fp32) does not fold,
-        # as the loader rounds once.
-        node, shift_rounding = _through_casts(x, absorbed, x)
-        scale, shift = None, None
-        if _is_call(node, _ADDS, x):
+        # From x inwards: + c, then · a, each optional, each stage possibly under casts.
+        node, operands = _through_casts(x, absorbed, x), {}
+        for name, targets in (("c", _ADDS), ("a", _MULS)):
+            if node is None or not _is_call(node, targets, x):
+                continue
             found = _split_modulation(node, x_value)
             if found is None:
                 return None
             absorbed.append(node)
-            node, shift = found
-            node, scale_rounding = _through_casts(node, absorbed, x)
-        else:
-            scale_rounding = shift_rounding
-        one_plus = None
-        if _is_call(node, _MULS, x):
-            found = _split_modulation(node, x_value)
-            if found is None:
-                return None
-            absorbed.append(node)
-            node, scale = found
-            one_plus = _one_plus(scale)
-            if one_plus is not None:  # Inductor adds the 1 in fp32 inside its kernel: so does the loader, unrounded
-                absorbed.append(scale)
-                scale = one_plus
-            node, norm_rounding = _through_casts(node, absorbed, x)
-        else:
-            norm_rounding = scale_rounding
-        if None in (shift_rounding, scale_rounding, norm_rounding):
+            node, operands[name] = found
+            node = _through_casts(node, absorbed, x)
+        if node is None:
             return None
+        scale, shift = operands.get("a"), operands.get("c")
+        one_plus = _one_plus(scale) if scale is not None else None
+        if one_plus is not None:  # Inductor adds the 1 in fp32 inside its kernel: so does the loader, unrounded
+            absorbed.append(scale)
+            scale = one_plus
         norm = _norm_call(node, x, x_value)
         if norm is None:
             return None
@@ -318,11 +307,10 @@ def _is_call(node: torch.fx.Node, targets: set, x: torch.fx.Node) -> bool:
     return node.op == "call_function" and node.target in targets and (node is x or len(node.users) == 1)
 
 
-def _through_casts(node: torch.fx.Node, absorbed: list[torch.fx.Node],
-                   x: torch.fx.Node) -> tuple[torch.fx.Node, str | None]:  # fmt: skip
-    """(the node under a chain of dtype casts, the dtype its value is rounded to on the way out: one narrowing from
-    fp32 at most; None for a chain that rounds twice). Each cast has one user, or is x."""
-    rounding = _dtype_name(node)
+def _through_casts(node: torch.fx.Node, absorbed: list[torch.fx.Node], x: torch.fx.Node) -> torch.fx.Node | None:
+    """The node under a chain of dtype casts (each with one user, or x itself), the casts absorbed; None where a value
+    on the way is not a float of `_DTYPES` or the chain rounds twice (a narrowing not from fp32), which the loader's
+    one rounding cannot reproduce."""
     casts = []
     while node.op == "call_method" and node.target in _CAST_METHODS and node.args \
             and isinstance(node.args[0], torch.fx.Node) and (node is x or len(node.users) == 1):  # fmt: skip
@@ -332,19 +320,17 @@ def _through_casts(node: torch.fx.Node, absorbed: list[torch.fx.Node],
             break
         casts.append(node)
         node = node.args[0]
-    if not casts:
-        return node, rounding
     # From the innermost value outwards: widening to fp32 is exact; one narrowing from fp32 rounds once.
     current = _dtype_name(node)
     for cast in reversed(casts):
         target = _dtype_name(cast)
-        if target is None or current is None:
-            return node, None
-        if target != current and current != "float32" and target != "float32":
-            return node, None
+        if target is None or current is None or (target != current and "float32" not in (current, target)):
+            return None
         current = current if target == "float32" else target
+    if current is None:
+        return None
     absorbed.extend(casts)
-    return node, current
+    return node
 
 
 def _through_widening_casts(node: torch.fx.Node, absorbed: list[torch.fx.Node]) -> torch.fx.Node:
