@@ -49,6 +49,23 @@ def sensitivity(policy) -> dict:
             "by_kind": {kind: statistics.median(values) for kind, values in sorted(kinds.items())}}  # fmt: skip
 
 
+def prediction(rows: list[dict]) -> dict:
+    """Per objective: how well the error `calibrate` bounded predicts the sampled one (issue 16's goal: Pearson ≥
+    0.9), over the calibrated rows whose policy sparsified anything (an empty policy predicts 0 and samples 0)."""
+    summary = {}
+    for objective in ("one-step", "trajectory"):
+        pairs = [(row["calibrated_error"], row["relative_error"]) for row in rows
+                 if row.get("objective") == objective and row["sparse_flop_share"] > 0]  # fmt: skip
+        if len(pairs) < 3:
+            continue
+        predicted, sampled = torch.tensor(pairs, dtype=torch.float64).T
+        summary[objective] = {"policies": len(pairs), "pearson": torch.corrcoef(torch.stack([predicted, sampled]))[0, 1].item(),
+                              "within_target": sum(row["relative_error"] <= row["target"] for row in rows
+                                                   if row.get("objective") == objective and row["sparse_flop_share"] > 0),
+                              "mean_relative_gap": ((sampled - predicted).abs() / predicted).mean().item()}  # fmt: skip
+    return summary
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=sorted(MODELS), default="shapes")
@@ -60,6 +77,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--targets", type=float, nargs="*", default=[0.05, 0.1, DEFAULT_TARGET, 0.4])
     parser.add_argument("--lora-ranks", type=int, nargs="*", default=[8, 32, 64])
     parser.add_argument("--trajectory-samples", type=int, default=20, help="0: no trajectory calibration")
+    parser.add_argument("--trajectory-targets", type=float, nargs="*", default=[DEFAULT_TARGET])
     parser.add_argument("--checkpoint", type=Path, help="the model's weights (default: its example's checkpoint)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -114,13 +132,14 @@ def main(argv=None) -> dict:
         for rank in dict.fromkeys((0, 32 if 32 in args.lora_ranks else args.lora_ranks[0])):
             policy = calibrate(target, rank)
             evaluate(f"calibrated {target}" + (f" + LoRA {rank}" if rank else ""), policy, Method(), target=target,
-                     lora_rank=rank, calibrated_error=policy.model_error)  # fmt: skip
+                     lora_rank=rank, objective="one-step", calibrated_error=policy.model_error)  # fmt: skip
     if args.trajectory_samples:
         sampler_labels = (torch.arange(args.trajectory_samples) % classes).to(args.device)
         sampler_noise = noise_of(args.trajectory_samples, 3)
-        policy = calibrate(DEFAULT_TARGET, sampler=lambda m: sample(m, sampler_labels, sampler_noise))
-        evaluate(f"trajectory-calibrated {DEFAULT_TARGET}", policy, Method(), target=DEFAULT_TARGET,
-                 calibrated_error=policy.model_error)  # fmt: skip
+        for target in args.trajectory_targets:
+            policy = calibrate(target, sampler=lambda m: sample(m, sampler_labels, sampler_noise))
+            evaluate(f"trajectory-calibrated {target}", policy, Method(), target=target, objective="trajectory",
+                     calibrated_error=policy.model_error)  # fmt: skip
 
     result = {"date": time.strftime("%Y-%m-%d"), "model": args.model, "device": str(args.device),
               "device_name": torch.cuda.get_device_name() if "cuda" in str(args.device) else "CPU",
@@ -129,9 +148,10 @@ def main(argv=None) -> dict:
               "dense_class_accuracy": dense_accuracy, "per_sample_layers": sorted(per_sample),
               "token_layer_share": sum(layer.flop_share or 0.0 for layer in everything.layers.values()
                                        if layer.decision == "sparse"),
-              "sensitivity": sensitivity(everything), "rows": rows,
+              "sensitivity": sensitivity(everything), "rows": rows, "prediction": prediction(rows),
               "seconds": time.perf_counter() - started}  # fmt: skip
     print(json.dumps(result["sensitivity"], indent=1))
+    print("calibrated error vs sampled relative error:", json.dumps(result["prediction"]))
     print(f"{result['seconds']:.0f} s in all")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

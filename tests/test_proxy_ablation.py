@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from proxy_ablation import main, sensitivity  # noqa: E402
+from proxy_ablation import main, prediction, sensitivity  # noqa: E402
 
 from lynx_compile.policy import LayerPolicy, Policy  # noqa: E402
 
@@ -23,6 +23,23 @@ def test_sensitivity_summarises_the_layers_measured_alone():
     assert summary["median"] == 0.2 and summary["median_without_norm"] == 0.4
     assert summary["by_kind"] == {"transformer_blocks.*.attn1.to_q": statistics.median([0.3, 0.1]),
                                   "transformer_blocks.*.ff.net.2": 0.2}  # fmt: skip
+
+
+def test_prediction_correlates_each_objective_over_the_policies_that_sparsify():
+    def row(objective, target, predicted, sampled, share=0.5):
+        return {"objective": objective, "target": target, "calibrated_error": predicted, "relative_error": sampled,
+                "sparse_flop_share": share}  # fmt: skip
+
+    rows = [row("one-step", 0.1, 0.1, 0.05), row("one-step", 0.2, 0.2, 0.10), row("one-step", 0.4, 0.4, 0.20),
+            row("one-step", 0.05, 0.0, 0.0, share=0.0),  # an empty policy: predicts and samples nothing, left out
+            row("trajectory", 0.1, 0.1, 0.3), row("trajectory", 0.2, 0.2, 0.2), row("trajectory", 0.4, 0.3, 0.1),
+            {"variant": "+ norm compensation", "relative_error": 0.5, "sparse_flop_share": 1.0}]  # fmt: skip
+    summary = prediction(rows)
+    one_step, trajectory = summary["one-step"], summary["trajectory"]
+    assert one_step["policies"] == 3 and abs(one_step["pearson"] - 1) < 1e-12  # sampled = predicted / 2
+    assert one_step["within_target"] == 3 and abs(one_step["mean_relative_gap"] - 0.5) < 1e-12
+    assert trajectory["pearson"] < -0.9 and trajectory["within_target"] == 2  # 0.3 > 0.1 is the one outside
+    assert prediction(rows[:2]) == {}  # fewer than three policies: no correlation to speak of
 
 
 def test_the_ablation_runs_on_the_tiny_dit(tmp_path):

@@ -72,5 +72,5 @@ def test_the_training_script_runs_and_saves_a_bf16_checkpoint_that_loads(tmp_pat
     assert {value.dtype for value in stored.values()} == {torch.bfloat16}
     model = load_model(out)
     assert sum(p.numel() for p in model.parameters()) > 10_000_000  # the proportions of a real DiT, not a toy
-    assert "class accuracy of 10 samples" in run.stdout and "classifier: 2 steps" in run.stdout
+    assert "class accuracy of 10 samples, guidance 1.0" in run.stdout and "classifier: 2 steps" in run.stdout
     assert (tmp_path / "classifier.safetensors").exists()
