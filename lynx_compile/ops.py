@@ -43,6 +43,7 @@ from .float8 import Float8Weight, dense_float8_linear, dense_float8_linears, wei
 from .folds import FoldSpec, assemble, compress, compress_cutlass, get_fold
 from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
 from .kernels.prune_compress_24 import compressed_shape, metadata_bytes, padded_rows
+from .kernel_op import kernel_op
 from .method import Lora, token_rows
 from .paths import get_path
 from .plan import SparseLinearPlan
@@ -64,14 +65,14 @@ def _(x: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((x.shape[0],), dtype=torch.float32)
 
 
-@torch.library.custom_op("lynx::prune_compress_24", mutates_args=())
+@kernel_op("lynx::prune_compress_24")
 def prune_compress_24_op(
     inputs: list[torch.Tensor], fold: str, pad_rows_to: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return compress(inputs, FoldSpec.decode(fold), pad_rows_to)
 
 
-@prune_compress_24_op.register_fake
+@torch.library.register_fake("lynx::prune_compress_24")
 def _(inputs: list[torch.Tensor], fold: str, pad_rows_to: int) -> tuple[torch.Tensor, torch.Tensor]:
     spec = FoldSpec.decode(fold)
     rows, k = token_rows(inputs[0]), get_fold(spec.kind).width(inputs, spec.params)
@@ -79,14 +80,14 @@ def _(inputs: list[torch.Tensor], fold: str, pad_rows_to: int) -> tuple[torch.Te
     return operand, inputs[0].new_empty((rows,), dtype=torch.float32)
 
 
-@torch.library.custom_op("lynx::prune_compress_24_cutlass", mutates_args=())
+@kernel_op("lynx::prune_compress_24_cutlass")
 def prune_compress_24_cutlass_op(
     inputs: list[torch.Tensor], fold: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return compress_cutlass(inputs, FoldSpec.decode(fold))
 
 
-@prune_compress_24_cutlass_op.register_fake
+@torch.library.register_fake("lynx::prune_compress_24_cutlass")
 def _(inputs: list[torch.Tensor], fold: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     spec = FoldSpec.decode(fold)
     rows, k = token_rows(inputs[0]), get_fold(spec.kind).width(inputs, spec.params)

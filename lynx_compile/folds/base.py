@@ -12,6 +12,7 @@ A fold is named in graphs and plans by its `FoldSpec` (kind + parameters), e.g. 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from abc import ABC, abstractmethod
@@ -36,13 +37,14 @@ class FoldSpec:
     def encode(self) -> str:
         return f"{self.kind}({','.join(self.params)})"
 
-    @classmethod
-    def decode(cls, text: str) -> FoldSpec:
+    @staticmethod
+    @functools.lru_cache(maxsize=1024)  # the ops decode their spec on every call: host time on the hot path
+    def decode(text: str) -> FoldSpec:
         match = _SPEC.match(text)
         if match is None:
             raise ValueError(f"not a fold spec: {text!r} (expected kind(param,...))")
         kind, params = match.groups()
-        return cls(kind, tuple(params.split(",")) if params else ())
+        return FoldSpec(kind, tuple(params.split(",")) if params else ())
 
 
 IDENTITY = FoldSpec()

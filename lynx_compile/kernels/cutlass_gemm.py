@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..kernel_op import raw_stream
 from .prune_compress_24 import metadata_bytes
 
 logger = logging.getLogger(__name__)
@@ -276,16 +277,15 @@ def sparse_mm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor
     if values.shape[1] * 2 != k or weight.dtype != values.dtype or not weight.is_contiguous():
         raise ValueError(f"operands do not match: values {tuple(values.shape)} {values.dtype}, weight "
                          f"{tuple(weight.shape)} {weight.dtype} (contiguous: {weight.is_contiguous()})")  # fmt: skip
-    out = torch.empty(m, n, device=values.device, dtype=output_dtype(values.dtype))
+    out = values.new_empty((m, n), dtype=output_dtype(values.dtype))
     if m == 0:
         return out
     lib = library(config, values.dtype)
     workspace_bytes = lib.workspace_bytes(m, n, k)
-    workspace = torch.empty(workspace_bytes, device=values.device, dtype=torch.uint8) if workspace_bytes else None
+    workspace = values.new_empty((workspace_bytes,), dtype=torch.uint8) if workspace_bytes else None
     status = lib.lib.lynx_sparse_gemm(
         values.data_ptr(), metadata.data_ptr(), weight.data_ptr(), _pointer(scale), _pointer(weight_scale),
-        _pointer(bias), out.data_ptr(), m, n, k, _pointer(workspace), raster, swizzle,
-        torch.cuda.current_stream(values.device).cuda_stream,
+        _pointer(bias), out.data_ptr(), m, n, k, _pointer(workspace), raster, swizzle, raw_stream(values.device),
     )  # fmt: skip
     if status:
         raise RuntimeError(f"CUTLASS sparse GEMM {config.name} on {m}x{k}->{n}: {_STATUS.get(status, status)}")

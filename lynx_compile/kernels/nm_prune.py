@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from .grid import cdiv, next_power_of_2
 try:
     import triton
     import triton.language as tl
@@ -150,7 +151,7 @@ if triton is not None:
 def _launch_config(rows: int, k: int, m: int) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_G): a 16 x 128-element tile, narrower when K is small (no wasted masked lanes)."""
     groups_per_tile = max(1, 128 // m)
-    block_g = min(groups_per_tile, triton.next_power_of_2(max(1, k // m)))
+    block_g = min(groups_per_tile, next_power_of_2(max(1, k // m)))
     return 16, block_g
 
 
@@ -165,7 +166,7 @@ def nm_prune_triton(x: torch.Tensor, n: int = 2, m: int = 4) -> tuple[torch.Tens
     if rows == 0:
         return out, scale
     block_m, block_g = _launch_config(rows, k, m)
-    grid = (triton.cdiv(rows, block_m),)
+    grid = (cdiv(rows, block_m),)
     _nm_prune_kernel[grid](
         x, out, scale, rows, k, x.stride(0), x.stride(1), NORM_EPS,
         N_KEEP=n, GROUP=m, BLOCK_M=block_m, BLOCK_G=block_g,

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .grid import cdiv, next_power_of_2
 from .nm_prune import NORM_EPS
 
 try:
@@ -45,10 +46,14 @@ def layout_supported(device: torch.device | None = None) -> bool:
 def check_compressible(x: torch.Tensor) -> None:
     if x.dim() != 2:
         raise ValueError(f"expected a 2-D activation (tokens, K), got shape {tuple(x.shape)}")
-    if x.dtype not in COMPRESSED_DTYPES:
-        raise ValueError(f"the compressed layout is implemented for {COMPRESSED_DTYPES}, got {x.dtype}")
-    if x.shape[1] % K_MULTIPLE:
-        raise ValueError(f"K={x.shape[1]} is not a multiple of {K_MULTIPLE}")
+    check_compressible_width(x.dtype, x.shape[1])
+
+
+def check_compressible_width(dtype: torch.dtype, k: int) -> None:
+    if dtype not in COMPRESSED_DTYPES:
+        raise ValueError(f"the compressed layout is implemented for {COMPRESSED_DTYPES}, got {dtype}")
+    if k % K_MULTIPLE:
+        raise ValueError(f"K={k} is not a multiple of {K_MULTIPLE}")
 
 
 def metadata_bytes(rows: int, k: int) -> int:
@@ -316,7 +321,7 @@ def _operands_and_loader(x: torch.Tensor | Sequence[torch.Tensor], loader: Loade
         if len(operands) != 1:
             raise ValueError(f"{len(operands)} operands need a loader that says how X is made of them")
         loader = Loader(load_rows, operands[0].shape[1], pieces=(0,))
-    check_compressible(operands[0].new_empty(0, loader.width))
+    check_compressible_width(operands[0].dtype, loader.width)  # X's width, not the operands': a fold may change it
     return operands, loader
 
 
@@ -332,13 +337,13 @@ def _compress(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor
     block_g, n_chunks = chunking(loader)
     energies = torch.empty(rows, 2, n_chunks, dtype=torch.float32, device=head.device)
     strides = tuple(stride for tensor in operands for stride in tensor.stride())
-    _compress_kernel[(triton.cdiv(stored, M_TILE) * (M_TILE // 16), n_chunks)](
+    _compress_kernel[(cdiv(stored, M_TILE) * (M_TILE // 16), n_chunks)](
         tuple(operands), strides, loader.scalars, values, metadata, energies, rows, stored, k,
         LOAD=loader.fn, LOAD_ARGS=loader.args, BLOCK_G=block_g, LAYOUT=layout,
     )  # fmt: skip
     block_m = 64
-    _row_scale_kernel[(triton.cdiv(rows, block_m),)](energies, scale, rows, n_chunks, NORM_EPS, BLOCK_M=block_m,
-                                                     CHUNKS=triton.next_power_of_2(n_chunks))  # fmt: skip
+    _row_scale_kernel[(cdiv(rows, block_m),)](energies, scale, rows, n_chunks, NORM_EPS, BLOCK_M=block_m,
+                                                     CHUNKS=next_power_of_2(n_chunks))  # fmt: skip
     return scale
 
 
@@ -354,7 +359,7 @@ def written_out(operands: Sequence[torch.Tensor], loader: Loader) -> torch.Tenso
     if rows:
         block_g, n_chunks = chunking(loader)
         strides = tuple(stride for tensor in operands for stride in tensor.stride())
-        _written_out_kernel[(triton.cdiv(rows, 16), n_chunks)](
+        _written_out_kernel[(cdiv(rows, 16), n_chunks)](
             tuple(operands), strides, loader.scalars, out, rows, k, LOAD=loader.fn, LOAD_ARGS=loader.args,
             BLOCK_G=block_g,
         )  # fmt: skip

@@ -33,6 +33,7 @@ import torch
 from . import quantize_fp8_single_pass as single_pass_kernel
 from .cutlass_layout import META_ROWS, TILE_K
 from .e4m3 import FP8_DTYPE, hardware_cast
+from .grid import cdiv, next_power_of_2
 from .nm_prune import NORM_EPS, nm_prune_ref
 from .prune_compress_24 import Loader, _operands_and_loader, chunking, metadata_bytes
 
@@ -191,18 +192,18 @@ def _launch(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor, 
     strides = tuple(stride for tensor in operands for stride in tensor.stride())
     common = dict(LOAD=loader.fn, LOAD_ARGS=loader.args, BLOCK_G=block_g)
     stats = torch.empty(rows, 4, n_chunks, dtype=torch.float32, device=head.device)
-    _statistics_kernel[(triton.cdiv(rows, 16), n_chunks)](tuple(operands), strides, loader.scalars, stats, rows,
+    _statistics_kernel[(cdiv(rows, 16), n_chunks)](tuple(operands), strides, loader.scalars, stats, rows,
                                                           **common)  # fmt: skip
     inverse = torch.empty_like(scale)
-    reduce = dict(BLOCK_M=64, CHUNKS=triton.next_power_of_2(n_chunks))
-    _inverse_kernel[(triton.cdiv(rows, 64),)](stats, inverse, scale, rows, n_chunks, **reduce)
+    reduce = dict(BLOCK_M=64, CHUNKS=next_power_of_2(n_chunks))
+    _inverse_kernel[(cdiv(rows, 64),)](stats, inverse, scale, rows, n_chunks, **reduce)
     covered = -(-rows // META_ROWS) * META_ROWS if prune else rows
-    _quantize_kernel[(triton.cdiv(covered, 16), n_chunks)](tuple(operands), strides, loader.scalars, inverse,
+    _quantize_kernel[(cdiv(covered, 16), n_chunks)](tuple(operands), strides, loader.scalars, inverse,
                                                            values.view(torch.uint8), metadata, stats, rows, k,
                                                            PRUNE=prune, HARDWARE_CAST=hardware_cast(),
                                                            **common)  # fmt: skip
     if norm:
-        _norm_kernel[(triton.cdiv(rows, 64),)](stats, scale, rows, n_chunks, NORM_EPS, **reduce)
+        _norm_kernel[(cdiv(rows, 64),)](stats, scale, rows, n_chunks, NORM_EPS, **reduce)
     return scale
 
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from .cutlass_layout import META_ROWS
+from .grid import cdiv, next_power_of_2
 from .nm_prune import NORM_EPS
 from .prune_compress_24 import Loader
 
@@ -267,7 +268,7 @@ def _blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
     pairs: whole rows where one fits (padded to a power of two), else one row in the largest power-of-two chunks
     ≤ `pairs_per_program` whose padding past the row's end is at most a tenth of it (Wan's K = 5120: 640 pairs, 5
     chunks of 128 rather than 2 of 512)."""
-    padded = triton.next_power_of_2(row_pairs)
+    padded = next_power_of_2(row_pairs)
     if padded <= pairs_per_program:
         return min(META_ROWS, pairs_per_program // padded), padded, 1
     pairs = pairs_per_program
@@ -292,7 +293,7 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
         raise ValueError(f"blocks {blocks} do not cover rows of {k // 8} pairs of groups")
     covered = -(-rows // META_ROWS) * META_ROWS if prune else rows
     pieces = (loader.pieces * 2)[:2]  # one piece: its activation for both
-    _single_pass_kernel[(triton.cdiv(covered, block_rows),)](
+    _single_pass_kernel[(cdiv(covered, block_rows),)](
         head, head.stride(0), tail, tail.stride(0), head.shape[1] if len(operands) == 2 else k,
         values.view(torch.uint8), metadata, scale, rows, k, NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks,
         PIECES=pieces, PRUNE=prune, NORM=norm, FP16=head.dtype == torch.float16, TWO=len(operands) == 2,

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..folds import FoldSpec, assemble
+from ..kernel_op import kernel_op
 from ..kernels.prune_compress_24 import layout_supported
 from ..method import Lora, Method, apply_row_scale, epilogue
 from ..packing import adjacent_rows
@@ -55,7 +56,7 @@ SPARSE_MMS: dict[str, SparseMm] = {}  # each path of this family's GEMM by its n
 _UNPACKED_WARNED: set[tuple[int, ...]] = set()
 
 
-@torch.library.custom_op("lynx::cslt_rows_mm", mutates_args=())
+@kernel_op("lynx::cslt_rows_mm")
 def cslt_rows_mm(operand: torch.Tensor, weights: list[torch.Tensor], algorithm: int, path: str) -> torch.Tensor:
     """x̃·[W₁; W₂; …]ᵀ (operand rows × ΣNᵢ) in one GEMM of `path`: over the weights' own buffer where they are its
     consecutive rows (`packing.adjacent_rows`: checked on every call, as only real tensors can say), else over a
@@ -72,7 +73,7 @@ def cslt_rows_mm(operand: torch.Tensor, weights: list[torch.Tensor], algorithm: 
     return SPARSE_MMS[path](operand, packed, algorithm)
 
 
-@cslt_rows_mm.register_fake
+@torch.library.register_fake("lynx::cslt_rows_mm")
 def _(operand: torch.Tensor, weights: list[torch.Tensor], algorithm: int, path: str) -> torch.Tensor:
     return weights[0].new_empty(operand.shape[0], sum(weight.shape[0] for weight in weights))
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..kernel_op import kernel_op, raw_stream
 from ..method import Method
 from .base import Workload
 from .cusparselt import Cusparselt
@@ -117,7 +118,7 @@ PLANS = Plans()
 _ALPHA_BETA = np.array([1.0, 0.0], dtype=np.float32)  # host scalars the matmul reads at launch: alive for good
 
 
-@torch.library.custom_op("lynx::cslt_planned_mm", mutates_args=())
+@kernel_op("lynx::cslt_planned_mm")
 def cslt_planned_mm(operand: torch.Tensor, weight: torch.Tensor, algorithm: int) -> torch.Tensor:
     """x̃·Wᵀ (rows of the operand × N) for a compressed operand of x̃ and a row-major weight (N, K)."""
     rows, (n, k) = operand.shape[0], weight.shape
@@ -127,14 +128,14 @@ def cslt_planned_mm(operand: torch.Tensor, weight: torch.Tensor, algorithm: int)
     plan = PLANS.get(device, rows, k, n, weight.dtype, algorithm)
     out = torch.empty(rows, n, device=operand.device, dtype=weight.dtype)
     workspace = torch.empty(plan.workspace_bytes, device=operand.device, dtype=torch.uint8)
-    streams = np.array([torch.cuda.current_stream(operand.device).cuda_stream], dtype=np.uint64)
+    streams = np.array([raw_stream(operand.device)], dtype=np.uint64)
     cusparseLt.matmul(plan.handle, plan.plan, _ALPHA_BETA.ctypes.data, operand.data_ptr(),
                       weight.data_ptr(), _ALPHA_BETA.ctypes.data + 4, out.data_ptr(), out.data_ptr(),
                       workspace.data_ptr() if plan.workspace_bytes else 0, streams.ctypes.data, 1)  # fmt: skip
     return out
 
 
-@cslt_planned_mm.register_fake
+@torch.library.register_fake("lynx::cslt_planned_mm")
 def _(operand: torch.Tensor, weight: torch.Tensor, algorithm: int) -> torch.Tensor:
     return weight.new_empty(operand.shape[0], weight.shape[0])
 

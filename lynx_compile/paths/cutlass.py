@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from ..folds import assemble
+from ..kernel_op import kernel_op
 from ..kernels import cutlass_gemm
 from ..kernels.cutlass_gemm import CONFIGS, RASTERS, SWIZZLES, GemmConfig
 from ..method import Lora, Method, epilogue
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 N_MULTIPLE = 8  # 16-byte rows of Y and of the bias for TMA
 
 
-@torch.library.custom_op("lynx::cutlass_sparse_mm", mutates_args=())
+@kernel_op("lynx::cutlass_sparse_mm")
 def cutlass_sparse_mm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor,
                       scale: Optional[torch.Tensor], bias: Optional[torch.Tensor], config: str, raster: int,
                       swizzle: int) -> torch.Tensor:  # fmt: skip
@@ -40,7 +41,7 @@ def cutlass_sparse_mm(values: torch.Tensor, metadata: torch.Tensor, weight: torc
                                   swizzle)  # fmt: skip
 
 
-@cutlass_sparse_mm.register_fake
+@torch.library.register_fake("lynx::cutlass_sparse_mm")
 def _(values, metadata, weight, scale, bias, config, raster, swizzle):
     return weight.new_empty(values.shape[0], weight.shape[0], dtype=cutlass_gemm.output_dtype(weight.dtype))
 
