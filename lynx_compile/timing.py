@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 from typing import Callable
 
@@ -26,16 +27,21 @@ def cuda_graph_ms(fn: Callable[[], object], calls_per_replay: int = 10, rep_ms: 
     return do_bench(graph.replay, warmup=rep_ms / 4, rep=rep_ms, return_mode="median") / calls_per_replay
 
 
-def host_included_ms(fn: Callable[[], object], calls: int = 20, device: torch.device | None = None) -> float:
-    """Mean time of one `fn()` call as a program without CUDA graphs sees it: host work included."""
+def host_included_ms(fn: Callable[[], object], calls: int = 20, device: torch.device | None = None,
+                     rounds: int = 3) -> float:  # fmt: skip
+    """Time of one `fn()` call as a program without CUDA graphs sees it, host work included: the mean over `calls`
+    calls, median of `rounds` rounds (one round decided layers near `min_speedup` differently from run to run)."""
     synchronize = torch.cuda.synchronize if device is None or device.type == "cuda" else (lambda: None)
     fn()
     synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    synchronize()
-    return (time.perf_counter() - start) * 1e3 / calls
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        synchronize()
+        times.append((time.perf_counter() - start) * 1e3 / calls)
+    return statistics.median(times)
 
 
 def timer_for(cuda_graphs: bool, device: torch.device) -> Callable[[Callable[[], object]], float]:

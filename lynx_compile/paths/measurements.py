@@ -44,8 +44,9 @@ _MEASURED: dict[str, Measurement] = {}
 # v2: epilogue_ms (v1 records lack it and would favour cuSPARSELt); v3: the one-pass FP8 compressor and quantizer and
 # float8 groups' dense side (v2's float8 records time slower kernels on both sides, keys unchanged); v4: dense makes a
 # folded producer's x in one kernel, as Inductor does (v3 ran its torch reference: several kernels for a gated or
-# norm producer)
-_CACHE_FILE = "measurements-v4.json"
+# norm producer); v5: the kernel ops' host cost cut (no-graph timings of v4 charge the sparse side 2-3× its host time
+# now) and the no-graph timer a median of rounds
+_CACHE_FILE = "measurements-v5.json"
 
 
 def device_fingerprint(device: torch.device) -> str:
