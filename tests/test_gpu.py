@@ -347,7 +347,11 @@ def test_sibling_group_on_sparse_cores_matches_its_members_simulated_and_keeps_o
     del outs, out, expected
     torch.cuda.synchronize()
     if not graphs:  # CUDA graphs keep their pool of activations; the weights are what must not be copied
-        assert torch.cuda.memory_allocated() - before <= 0.02 * weight_bytes
+        # 1 MiB besides for what a path keeps per shape (a workspace, a plan's buffers: 394 KB seen): a copy of even
+        # the smallest weight (2 MiB) is still over the bound
+        smallest = min(layer.weight.numel() * layer.weight.element_size() for layer in layers)
+        allowance = 0.02 * weight_bytes + (1 << 20)
+        assert allowance < smallest and torch.cuda.memory_allocated() - before <= allowance
 
 
 @needs_sm90
