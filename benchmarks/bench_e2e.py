@@ -243,6 +243,18 @@ def dense_reasons(report) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
+def dense_layer_kinds(report) -> dict[str, dict]:
+    """The dense layers by kind (their names with block indices as `*`): how many calls of each, and the first one's
+    reason with its numbers (the measured ratio), so that a log says which layers stayed dense, not only why."""
+    kinds: dict[str, dict] = {}
+    for layer in report.layers:
+        if layer.decision == "dense":
+            kind = re.sub(r"\.\d+\.", ".*.", layer.name)
+            entry = kinds.setdefault(kind, {"calls": 0, "tokens": layer.tokens, "reason": layer.reason})
+            entry["calls"] += 1
+    return kinds
+
+
 def sparse_paths(report) -> dict[str, int]:
     """How many sparse layers each path runs (the speed rule's pick where several paths could)."""
     counts: dict[str, int] = {}
@@ -262,7 +274,7 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
     """Compile every variant first, then time them interleaved, twice round: no variant gets a quieter machine."""
     rows = []
     for graphs in graph_modes:
-        compiled, sparse_share, reasons, paths = {}, {}, {}, {}
+        compiled, sparse_share, reasons, paths, dense_kinds = {}, {}, {}, {}, {}
         torch.compiler.reset()
         for variant in (bar := tqdm(variants, desc=f"bench_e2e {name} graphs={graphs}: compile", unit="variant")):
             bar.set_postfix_str(variant)
@@ -286,6 +298,9 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
                 tqdm.write(f"    sparse paths: {paths[variant]}")
                 for reason, count in reasons[variant].items():
                     tqdm.write(f"    dense ×{count}: {reason}")
+                dense_kinds[variant] = dense_layer_kinds(report)
+                for kind, entry in dense_kinds[variant].items():
+                    tqdm.write(f"    dense {kind} ({entry['calls']} calls, {entry['tokens']} tokens): {entry['reason']}")
             compiled[variant] = (model, inputs)
         times = {variant: [] for variant in variants}
         returned = {variant: [] for variant in variants}
@@ -302,7 +317,8 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
                      **{f"{v}_returned_ms": min(ms) for v, ms in returned.items()},
                      **{f"speedup_{v}": best[baseline(v, best)] / best[v] for v in variants if v != "dense"},
                      "baselines": {v: baseline(v, best) for v in variants if v != "dense"},
-                     "sparse_flop_share": sparse_share, "dense_reasons": reasons, "sparse_paths": paths})  # fmt: skip
+                     "sparse_flop_share": sparse_share, "dense_reasons": reasons, "dense_layers": dense_kinds,
+                     "sparse_paths": paths})  # fmt: skip
         if "lynx" in best:
             rows[-1]["speedup"] = best["dense"] / best["lynx"]
         compiled.clear()
