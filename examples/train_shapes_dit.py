@@ -1,11 +1,12 @@
 """Train the bigger proxy DiT (`shapes_dit.py`: 8 blocks, hidden 384, 256 tokens) on procedurally generated shapes.
 
     python examples/train_shapes_dit.py [--steps 12000] [--batch 256] [--out examples/checkpoints/shapes_dit.safetensors]
-    torchrun --nproc-per-node 4 examples/train_shapes_dit.py --compile --minutes 8 --lr 1e-3   # data parallel
+    torchrun --nproc-per-node 4 examples/train_shapes_dit.py --compile --minutes 8 --lr 6e-4   # data parallel
 
 Under `torchrun` each process trains on its own GPU with its own shapes and noise (`--batch` is per process, so the
 batch seen by a step is `--batch` × processes), gradients averaged by `DistributedDataParallel`; rank 0 saves the
-checkpoint and draws the final samples.
+checkpoint and draws the final samples. The learning rate is not scaled with the processes: 1e-3 at 4 × 256 diverged
+after 7000 steps on four H200s (benchmarks/RESULTS.md, 2026-11-26 session 10), while 6e-4 at 256 was stable.
 
 Meant for a GPU (bf16 autocast; the shapes are drawn on the GPU, fresh every step: no image is seen twice;
 `--compile` halves the step, 72 → 32 ms on an H200); on a CPU use `--steps 2 --batch 4 --samples 10
