@@ -74,3 +74,19 @@ def test_the_training_script_runs_and_saves_a_bf16_checkpoint_that_loads(tmp_pat
     assert sum(p.numel() for p in model.parameters()) > 10_000_000  # the proportions of a real DiT, not a toy
     assert "class accuracy of 10 samples, guidance 1.0" in run.stdout and "classifier: 2 steps" in run.stdout
     assert (tmp_path / "classifier.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_the_training_script_trains_data_parallel_under_torchrun_and_rank_0_alone_saves(tmp_path):
+    out = tmp_path / "shapes_dit.safetensors"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               os.path.join(EXAMPLES, "train_shapes_dit.py"), "--steps", "3", "--batch", "2", "--samples", "4",
+               "--out", str(out), "--classifier", str(CLASSIFIER)]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("step 3/3") == 1 and run.stdout.count("saved ") == 1  # rank 0 prints and saves
+    assert "class accuracy of 4 samples, guidance 1.0" in run.stdout
+    from safetensors.torch import load_file
+
+    assert {value.dtype for value in load_file(str(out)).values()} == {torch.bfloat16}
