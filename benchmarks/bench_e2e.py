@@ -300,7 +300,8 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
                     tqdm.write(f"    dense ×{count}: {reason}")
                 dense_kinds[variant] = dense_layer_kinds(report)
                 for kind, entry in dense_kinds[variant].items():
-                    tqdm.write(f"    dense {kind} ({entry['calls']} calls, {entry['tokens']} tokens): {entry['reason']}")
+                    tqdm.write(f"    dense {kind} ({entry['calls']} calls, {entry['tokens']} tokens): "
+                               f"{entry['reason']}")  # fmt: skip
             compiled[variant] = (model, inputs)
         times = {variant: [] for variant in variants}
         returned = {variant: [] for variant in variants}
