@@ -244,14 +244,15 @@ def dense_reasons(report) -> dict[str, int]:
 
 
 def dense_layer_kinds(report) -> dict[str, dict]:
-    """The dense layers by kind (their names with block indices as `*`): how many calls of each, and the first one's
-    reason with its numbers (the measured ratio), so that a log says which layers stayed dense, not only why."""
+    """The dense layers by kind (their names with block indices as `*`): how many report rows of each (one per block
+    instance and per call), and the first one's reason with its numbers (the measured ratio), so that a log says which
+    layers stayed dense, not only why."""
     kinds: dict[str, dict] = {}
     for layer in report.layers:
         if layer.decision == "dense":
-            kind = re.sub(r"\.\d+\.", ".*.", layer.name)
-            entry = kinds.setdefault(kind, {"calls": 0, "tokens": layer.tokens, "reason": layer.reason})
-            entry["calls"] += 1
+            kind = re.sub(r"\.\d+(?=\.)", ".*", layer.name)
+            entry = kinds.setdefault(kind, {"rows": 0, "tokens": layer.tokens, "reason": layer.reason})
+            entry["rows"] += 1
     return kinds
 
 
@@ -300,7 +301,7 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
                     tqdm.write(f"    dense ×{count}: {reason}")
                 dense_kinds[variant] = dense_layer_kinds(report)
                 for kind, entry in dense_kinds[variant].items():
-                    tqdm.write(f"    dense {kind} ({entry['calls']} calls, {entry['tokens']} tokens): "
+                    tqdm.write(f"    dense {kind} ({entry['rows']} rows, {entry['tokens']} tokens): "
                                f"{entry['reason']}")  # fmt: skip
             compiled[variant] = (model, inputs)
         times = {variant: [] for variant in variants}

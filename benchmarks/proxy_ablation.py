@@ -54,14 +54,16 @@ def prediction(rows: list[dict]) -> dict:
     0.9), over the calibrated rows whose policy sparsified anything (an empty policy predicts 0 and samples 0)."""
     summary = {}
     for objective in ("one-step", "trajectory"):
-        pairs = [(row["calibrated_error"], row["relative_error"]) for row in rows
-                 if row.get("objective") == objective and row["sparse_flop_share"] > 0]  # fmt: skip
-        if len(pairs) < 3:
+        chosen = [row for row in rows if row.get("objective") == objective and row["sparse_flop_share"] > 0
+                  and row["calibrated_error"] > 0]  # fmt: skip
+        if len(chosen) < 3:
             continue
-        predicted, sampled = torch.tensor(pairs, dtype=torch.float64).T
-        summary[objective] = {"policies": len(pairs), "pearson": torch.corrcoef(torch.stack([predicted, sampled]))[0, 1].item(),
-                              "within_target": sum(row["relative_error"] <= row["target"] for row in rows
-                                                   if row.get("objective") == objective and row["sparse_flop_share"] > 0),
+        predicted = torch.tensor([row["calibrated_error"] for row in chosen], dtype=torch.float64)
+        sampled = torch.tensor([row["relative_error"] for row in chosen], dtype=torch.float64)
+        flat = predicted.min() == predicted.max() or sampled.min() == sampled.max()  # no correlation to speak of
+        pearson = None if flat else torch.corrcoef(torch.stack([predicted, sampled]))[0, 1].item()
+        summary[objective] = {"policies": len(chosen), "pearson": pearson,
+                              "within_target": sum(row["relative_error"] <= row["target"] for row in chosen),
                               "mean_relative_gap": ((sampled - predicted).abs() / predicted).mean().item()}  # fmt: skip
     return summary
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import datetime
 import math
 import os
 import sys
@@ -76,7 +77,8 @@ def start_processes() -> tuple[int, int, str]:
     local = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    # rank 0 may train the quality classifier first (a minute on a GPU) while the others wait in DDP's first broadcast
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=1))
     return dist.get_rank(), processes, f"cuda:{local}" if torch.cuda.is_available() else "cpu"
 
 
@@ -108,7 +110,7 @@ def main() -> None:
                         "steps 51-150 (at most --steps; the count used is printed)")
     args = parser.parse_args()
     rank, processes, device = start_processes()
-    torch.manual_seed(0)  # the same initial weights in every process
+    torch.manual_seed(0)  # the model's initial weights (under torchrun DDP gives every process rank 0's)
     if rank == 0 and not args.classifier.exists():
         train_and_save_classifier(args.classifier, args.classifier_steps, device)
     model = build_model().to(device).train()

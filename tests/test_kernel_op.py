@@ -1,5 +1,6 @@
 """`kernel_op`: lynx's hot-path ops registered by schema with one plain kernel, and what torch needs of them (schema
-from the type hints, fake tensors for tracing, opcheck); the registered kernel ops keep their schemas."""
+from the type hints, fake tensors for tracing, opcheck, an error where gradients would be lost); lynx's own kernel
+ops are registered that way and opcheck passes on the compressor's."""
 
 import pytest
 import torch
@@ -52,11 +53,34 @@ def test_opcheck_passes_on_the_kernel_ops():
 
 
 @pytest.mark.parametrize("name", ["prune_compress_24", "prune_compress_24_cutlass", "cutlass_sparse_mm",
-                                  "cslt_rows_mm"])  # fmt: skip
+                                  "cslt_rows_mm", "cslt_planned_mm"])  # fmt: skip
 def test_lynx_kernel_ops_are_registered_without_a_python_autograd_layer(name):
     op = getattr(torch.ops.lynx, name).default
     assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeExplicitAutograd")
     assert not torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "Autograd")  # custom_op would add one
+
+
+def test_opcheck_passes_on_the_compressor_op():
+    x = torch.randn(16, 64, dtype=torch.bfloat16)
+    torch.library.opcheck(torch.ops.lynx.prune_compress_24_cutlass.default, ([x], "identity()"))
+
+
+def test_a_call_that_would_lose_gradients_raises_and_one_without_them_runs():
+    x, scale = torch.randn(3, 2), torch.randn(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="has no backward"):
+        torch.ops.lynx._test_scale_rows(x, scale, 0.0)
+    with pytest.raises(RuntimeError, match="has no backward"):  # a tensor inside a list counts too
+        torch.ops.lynx.prune_compress_24_cutlass([torch.randn(16, 64, requires_grad=True)], "identity()")
+    with torch.no_grad():
+        out, _ = torch.ops.lynx._test_scale_rows(x, scale, 0.0)
+    torch.testing.assert_close(out, x * scale.detach()[:, None])
+
+
+def test_raw_stream_refuses_a_cpu_device():
+    from lynx_compile.kernel_op import raw_stream
+
+    with pytest.raises(ValueError, match="on cpu"):
+        raw_stream(torch.device("cpu"))
 
 
 def test_other_namespaces_are_refused():

@@ -40,6 +40,8 @@ def test_prediction_correlates_each_objective_over_the_policies_that_sparsify():
     assert one_step["within_target"] == 3 and abs(one_step["mean_relative_gap"] - 0.5) < 1e-12
     assert trajectory["pearson"] < -0.9 and trajectory["within_target"] == 2  # 0.3 > 0.1 is the one outside
     assert prediction(rows[:2]) == {}  # fewer than three policies: no correlation to speak of
+    flat = [row("one-step", 0.2, 0.2, sampled) for sampled in (0.1, 0.2, 0.3)]
+    assert prediction(flat)["one-step"]["pearson"] is None  # one predicted value: no correlation, not NaN
 
 
 def test_the_ablation_runs_on_the_tiny_dit(tmp_path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from .grid import cdiv
 from .nm_prune import nm_prune_ref
 from .prune_compress_24 import check_compressible
 
@@ -81,7 +82,7 @@ def compress_24_ref(pruned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     slots = [torch.where(nonzero.gather(-1, i[..., None]), groups.gather(-1, i[..., None]), 0) for i in (lo, hi)]
     values = torch.cat(slots, dim=-1).reshape(rows, k // 2).view(pruned.dtype)  # a free slot: +0
 
-    padded = -(-rows // META_ROWS) * META_ROWS
+    padded = cdiv(rows, META_ROWS) * META_ROWS
     nibbles = torch.zeros(padded * k // 4, dtype=torch.int32, device=pruned.device)  # empty: (0, 0)
     address = metadata_nibble_address(torch.arange(rows, device=pruned.device)[:, None],
                                       torch.arange(k // 4, device=pruned.device)[None, :], padded,
@@ -94,7 +95,7 @@ def compress_24_ref(pruned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def decompress_24_ref(values: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
     """Inverse of `compress_24_ref`: the dense (M, K) matrix the two tensors stand for."""
     rows, k = values.shape[0], values.shape[1] * 2
-    padded = -(-rows // META_ROWS) * META_ROWS
+    padded = cdiv(rows, META_ROWS) * META_ROWS
     address = metadata_nibble_address(torch.arange(rows, device=values.device)[:, None],
                                       torch.arange(k // 4, device=values.device)[None, :], padded,
                                       8 * values.element_size())  # fmt: skip

@@ -13,5 +13,5 @@ def cdiv(a: int, b: int) -> int:
 
 
 def next_power_of_2(n: int) -> int:
-    """The smallest power of two ≥ n (1 for n ≤ 1), as `triton.next_power_of_2`."""
+    """The smallest power of two ≥ n, as `triton.next_power_of_2` for n ≥ 1 (for n ≤ 0: 1, where Triton's gives 0)."""
     return 1 if n <= 1 else 1 << (n - 1).bit_length()

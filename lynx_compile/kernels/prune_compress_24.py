@@ -57,7 +57,7 @@ def check_compressible_width(dtype: torch.dtype, k: int) -> None:
 
 
 def metadata_bytes(rows: int, k: int) -> int:
-    return -(-rows // M_TILE) * M_TILE * k // 8
+    return cdiv(rows, M_TILE) * M_TILE * k // 8
 
 
 def compressed_numel(rows: int, k: int) -> int:
@@ -72,7 +72,7 @@ def padded_rows(rows: int, multiple: int) -> int:
 
 def compressed_shape(rows: int, k: int) -> tuple[int, int]:
     """The shape `torch._cslt_compress` gives its result, which `torch._cslt_sparse_mm` expects back."""
-    return rows, -(-compressed_numel(rows, k) // torch.sym_max(rows, 1))  # sym_max: no guard on a symbolic M
+    return rows, cdiv(compressed_numel(rows, k), torch.sym_max(rows, 1))  # sym_max: no guard on a symbolic M
 
 
 # ---- Triton kernel ------------------------------------------------------------------------------------------------

@@ -197,7 +197,7 @@ def _launch(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor, 
     inverse = torch.empty_like(scale)
     reduce = dict(BLOCK_M=64, CHUNKS=next_power_of_2(n_chunks))
     _inverse_kernel[(cdiv(rows, 64),)](stats, inverse, scale, rows, n_chunks, **reduce)
-    covered = -(-rows // META_ROWS) * META_ROWS if prune else rows
+    covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     _quantize_kernel[(cdiv(covered, 16), n_chunks)](tuple(operands), strides, loader.scalars, inverse,
                                                            values.view(torch.uint8), metadata, stats, rows, k,
                                                            PRUNE=prune, HARDWARE_CAST=hardware_cast(),

@@ -272,9 +272,9 @@ def _blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
     if padded <= pairs_per_program:
         return min(META_ROWS, pairs_per_program // padded), padded, 1
     pairs = pairs_per_program
-    while pairs > 16 and -(-row_pairs // pairs) * pairs - row_pairs > row_pairs // 10:
+    while pairs > 16 and cdiv(row_pairs, pairs) * pairs - row_pairs > row_pairs // 10:
         pairs //= 2
-    return 1, pairs, -(-row_pairs // pairs)
+    return 1, pairs, cdiv(row_pairs, pairs)
 
 
 def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor, prune: bool,
@@ -291,7 +291,7 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
     block_rows, pairs, chunks = blocks or _blocks(k // 8, pairs_per_program)
     if chunks * pairs < k // 8 or (chunks > 1 and block_rows != 1) or block_rows > META_ROWS:
         raise ValueError(f"blocks {blocks} do not cover rows of {k // 8} pairs of groups")
-    covered = -(-rows // META_ROWS) * META_ROWS if prune else rows
+    covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     pieces = (loader.pieces * 2)[:2]  # one piece: its activation for both
     _single_pass_kernel[(cdiv(covered, block_rows),)](
         head, head.stride(0), tail, tail.stride(0), head.shape[1] if len(operands) == 2 else k,

@@ -18,6 +18,8 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
@@ -133,14 +135,16 @@ int sm_count(int device) {
 }
 
 // The adapter's initialize() raises the kernel's dynamic shared memory to what it needs (cudaFuncSetAttribute): an
-// attribute of the context, so it is done once per device, by a first initialize().
+// attribute of the device's primary context (the one torch uses), so it is done once per device, by a first
+// initialize(). Threads may race to it: both set the same attribute, which is harmless.
 template <typename Arguments>
 bool shared_memory_set(int device, Arguments const& arguments, void* workspace, cudaStream_t stream) {
-  static bool set[64] = {false};
-  if (device >= 0 && device < 64 && set[device]) return true;
+  static std::atomic<bool> set[64] = {};
+  bool known = device >= 0 && device < 64;
+  if (known && set[device].load(std::memory_order_acquire)) return true;
   Gemm gemm;
   if (gemm.initialize(arguments, workspace, stream) != cutlass::Status::kSuccess) return false;
-  if (device >= 0 && device < 64) set[device] = true;
+  if (known) set[device].store(true, std::memory_order_release);
   return true;
 }
 
