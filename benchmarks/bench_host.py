@@ -63,7 +63,7 @@ def host_us(fns: dict[str, Callable[[], object]]) -> dict[str, float]:
 
 
 def compiled_layer(path: str | None) -> tuple[Callable[[], object], str]:
-    """A compiled one-linear model's forward and what lynx decided for it ("dense Inductor" for path None)."""
+    """A compiled one-linear model's forward and what was decided for it (path None: Inductor alone, dense)."""
     torch._dynamo.reset()
     model = torch.nn.Linear(K, N, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)

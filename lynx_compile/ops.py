@@ -41,9 +41,9 @@ import torch.nn.functional as F
 
 from .float8 import Float8Weight, dense_float8_linear, dense_float8_linears, weight_scale_per_row
 from .folds import FoldSpec, assemble, compress, compress_cutlass, get_fold
+from .kernel_op import kernel_op
 from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
 from .kernels.prune_compress_24 import compressed_shape, metadata_bytes, padded_rows
-from .kernel_op import kernel_op
 from .method import Lora, token_rows
 from .paths import get_path
 from .plan import SparseLinearPlan

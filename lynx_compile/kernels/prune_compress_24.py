@@ -343,7 +343,7 @@ def _compress(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor
     )  # fmt: skip
     block_m = 64
     _row_scale_kernel[(cdiv(rows, block_m),)](energies, scale, rows, n_chunks, NORM_EPS, BLOCK_M=block_m,
-                                                     CHUNKS=next_power_of_2(n_chunks))  # fmt: skip
+                                              CHUNKS=next_power_of_2(n_chunks))  # fmt: skip
     return scale
 
 

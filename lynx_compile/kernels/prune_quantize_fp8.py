@@ -193,15 +193,15 @@ def _launch(operands: list[torch.Tensor], loader: Loader, values: torch.Tensor, 
     common = dict(LOAD=loader.fn, LOAD_ARGS=loader.args, BLOCK_G=block_g)
     stats = torch.empty(rows, 4, n_chunks, dtype=torch.float32, device=head.device)
     _statistics_kernel[(cdiv(rows, 16), n_chunks)](tuple(operands), strides, loader.scalars, stats, rows,
-                                                          **common)  # fmt: skip
+                                                   **common)  # fmt: skip
     inverse = torch.empty_like(scale)
     reduce = dict(BLOCK_M=64, CHUNKS=next_power_of_2(n_chunks))
     _inverse_kernel[(cdiv(rows, 64),)](stats, inverse, scale, rows, n_chunks, **reduce)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     _quantize_kernel[(cdiv(covered, 16), n_chunks)](tuple(operands), strides, loader.scalars, inverse,
-                                                           values.view(torch.uint8), metadata, stats, rows, k,
-                                                           PRUNE=prune, HARDWARE_CAST=hardware_cast(),
-                                                           **common)  # fmt: skip
+                                                    values.view(torch.uint8), metadata, stats, rows, k,
+                                                    PRUNE=prune, HARDWARE_CAST=hardware_cast(),
+                                                    **common)  # fmt: skip
     if norm:
         _norm_kernel[(cdiv(rows, 64),)](stats, scale, rows, n_chunks, NORM_EPS, **reduce)
     return scale
