@@ -67,6 +67,13 @@ def warmup_cosine(step: int, steps: int, warmup: float = 0.05) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
 
 
+def save_bf16(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
 def start_processes() -> tuple[int, int, str]:
     """(rank, processes, device): one process per GPU under torchrun (NCCL; gloo on a CPU), else (0, 1, the GPU)."""
     processes = int(os.environ.get("WORLD_SIZE", "1"))
@@ -108,6 +115,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="train through torch.compile (same steps, faster)")
     parser.add_argument("--minutes", type=float, help="fit the step count to this time budget, measured over the "
                         "steps 51-150 (at most --steps; the count used is printed)")
+    parser.add_argument("--save-every", type=int, default=0, metavar="N",
+                        help="also save the weights every N steps, as <out>.step<N>.safetensors: a run that diverges "
+                        "late keeps what it had learned (0: only at the end)")
     args = parser.parse_args()
     rank, processes, device = start_processes()
     torch.manual_seed(0)  # the model's initial weights (under torchrun DDP gives every process rank 0's)
@@ -164,15 +174,14 @@ def main() -> None:
             torch._foreach_lerp_(ema_parameters, parameters, 0.002 if step > 1000 else 1.0)
         if rank == 0 and (step % 500 == 0 or step == total["steps"]):
             print(f"step {step}/{total['steps']}  loss {loss.item():.4f}  {time.perf_counter() - started:.0f} s", flush=True)
+        if rank == 0 and args.save_every and step % args.save_every == 0 and step < total["steps"]:
+            save_bf16(ema, args.out.with_name(f"{args.out.stem}.step{step}{args.out.suffix}"))
 
     if processes > 1:
         torch.distributed.destroy_process_group()
     if rank != 0:
         return
-    from safetensors.torch import save_file
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in ema.state_dict().items()}, str(args.out))
+    save_bf16(ema, args.out)
     labels = torch.arange(args.samples, device=device) % len(CLASSES)
     noise = torch.randn(args.samples, 3, SIZE, SIZE, device=device, generator=torch.Generator(device=device).manual_seed(1))
     print(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) after {time.perf_counter() - started:.0f} s")

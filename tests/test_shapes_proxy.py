@@ -61,7 +61,7 @@ def test_closeness_to_the_reference_is_psnr_and_relative_error():
 def test_the_training_script_runs_and_saves_a_bf16_checkpoint_that_loads(tmp_path):
     out = tmp_path / "shapes_dit.safetensors"
     command = [sys.executable, os.path.join(EXAMPLES, "train_shapes_dit.py"), "--steps", "2", "--batch", "4",
-               "--samples", "10", "--out", str(out), "--classifier-steps", "2",
+               "--samples", "10", "--out", str(out), "--classifier-steps", "2", "--save-every", "1",
                "--classifier", str(tmp_path / "classifier.safetensors")]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -74,6 +74,9 @@ def test_the_training_script_runs_and_saves_a_bf16_checkpoint_that_loads(tmp_pat
     assert sum(p.numel() for p in model.parameters()) > 10_000_000  # the proportions of a real DiT, not a toy
     assert "class accuracy of 10 samples, guidance 1.0" in run.stdout and "classifier: 2 steps" in run.stdout
     assert (tmp_path / "classifier.safetensors").exists()
+    # the snapshot of step 1 beside the final weights, none of step 2 (the final file is that one)
+    assert load_model(tmp_path / "shapes_dit.step1.safetensors") is not None
+    assert sorted(p.name for p in tmp_path.glob("shapes_dit*")) == ["shapes_dit.safetensors", "shapes_dit.step1.safetensors"]
 
 
 @pytest.mark.slow
