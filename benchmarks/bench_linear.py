@@ -31,7 +31,9 @@ With lynx's CUTLASS kernel available (`lynx_compile.kernels.cutlass_gemm`: nvcc,
 - cutlass_gemm_only: its GEMM on a ready operand, the best configuration and raster order for the shape;
 - lynx_cutlass: the CUTLASS path's whole layer: prune + compress (its layout), GEMM with s and b in its epilogue;
   nothing is left for a consumer to fuse, so it compares with `lynx` and `lynx_in_model` alike;
-- lynx_cutlass_folded (shapes with a producer): the same with the producer folded into the compressor.
+- lynx_cutlass_folded (shapes with a producer): the same with the producer folded into the compressor;
+- prune_cutlass, prune_cutlass_folded: the compressor alone in that layout, as the path runs it (the one-launch
+  kernel where it reads X); prune_cutlass_general: the general two-launch kernel on the same x.
 Ratios are dense / variant (> 1: faster than dense).
 """
 
@@ -47,7 +49,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lynx_compile.folds import IDENTITY, FoldSpec, assemble  # noqa: E402
+from lynx_compile.folds import IDENTITY, FoldSpec, assemble, compress_cutlass  # noqa: E402
 from lynx_compile.kernels import cutlass_gemm  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24_cutlass  # noqa: E402
 from lynx_compile.paths.base import Workload  # noqa: E402
@@ -144,6 +146,8 @@ def bench_cutlass(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pro
         "cutlass_gemm_only": cuda_graph_ms(lambda: gemm(values, metadata, weight, None, None, params["config"], raster,
                                                         swizzle)),
         "lynx_cutlass": cuda_graph_ms(lambda: CUTLASS.forward([x], weight, bias, None, plan)),
+        "prune_cutlass": cuda_graph_ms(lambda: prune_compress_24_cutlass(x)),
+        "prune_cutlass_general": cuda_graph_ms(lambda: prune_compress_24_cutlass(x, single_pass=False)),
     }
     pruned, scale = nm_prune_ref(x)
     reference = (pruned.float() @ weight.float().t()) * scale[:, None] + bias.float()
@@ -154,6 +158,7 @@ def bench_cutlass(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pro
         inputs = [torch.randn(m, width, device="cuda", dtype=torch.bfloat16) for width in widths]
         folded = SparseLinearPlan(CUTLASS.name, fold=fold, params=plan.params)
         times["lynx_cutlass_folded"] = cuda_graph_ms(lambda: CUTLASS.forward(inputs, weight, None, None, folded))
+        times["prune_cutlass_folded"] = cuda_graph_ms(lambda: compress_cutlass(inputs, fold))
     return {**row, **{f"{p}_ms": t for p, t in times.items()}}
 
 

@@ -22,9 +22,11 @@ from lynx_compile.kernels.prune_compress_24 import Loader, load_tile, metadata_b
 from test_prune_compress_24 import activations, bits
 
 
-@given(activations())
-def test_compressor_matches_the_reference_bit_for_bit(x):
-    values, metadata, scale = prune_compress_24_cutlass(x)
+# single_pass=None takes the one-launch kernel wherever it reads X (the row-major draws), False the general one
+@pytest.mark.parametrize("single_pass", [None, False])
+@given(x=activations())
+def test_compressor_matches_the_reference_bit_for_bit(x, single_pass):
+    values, metadata, scale = prune_compress_24_cutlass(x, single_pass=single_pass)
     ref_values, ref_metadata, ref_scale = prune_compress_24_ref(x)
     assert values.shape == (x.shape[0], x.shape[1] // 2) and metadata.shape == (metadata_bytes(*x.shape),)
     assert torch.equal(bits(values), bits(ref_values))
@@ -69,6 +71,52 @@ def test_a_folded_loader_compresses_what_it_loads():
     plain = prune_compress_24_cutlass(torch.cat([head, tail], dim=1))
     for a, b in zip(folded, plain):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_single_pass_kernel_in_chunks_matches_the_reference(dtype):
+    """Rows longer than a program holds are read in chunks, the last one partly past K, their energies added in
+    registers: the same operand, the same s. NaN and infinities in a row keep its s at 1 and stay in its values."""
+    from lynx_compile.folds import IDENTITY, loading
+    from lynx_compile.kernels import prune_compress_24_single_pass as single_pass
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 384, generator=g).to(dtype)  # 48 pairs of groups a row: 2 chunks of 32
+    x[1, 7], x[2, 100], x[3, :4] = float("nan"), float("inf"), torch.tensor([-0.0, 0.0, 2.0, -0.0])
+    values = torch.empty(5, 192, dtype=dtype)
+    metadata = torch.empty(metadata_bytes(5, 384), dtype=torch.uint8)
+    scale = single_pass.launch(*loading([x], IDENTITY), values, metadata, blocks=(1, 32, 2))
+    ref_values, ref_metadata, ref_scale = prune_compress_24_ref(x)
+    assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-6, atol=0)
+    assert scale[1] == 1 and scale[2] == 1
+
+
+@pytest.mark.parametrize("names", [("gelu_tanh",), ("none", "none"), ("none", "gelu_tanh"), ("gelu", "none")])
+def test_the_single_pass_kernel_applies_a_folded_activation_as_the_general_one(names):
+    """The pieces' activations (the folds the FP8 one-pass kernel reads too) give the general kernel's operand; the
+    compressor takes the kernel only where the pieces share an activation (mixed ones cost it more than they save)."""
+    from lynx_compile.folds import FoldSpec, loading
+    from lynx_compile.kernels import prune_compress_24_single_pass as single_pass
+
+    g = torch.Generator().manual_seed(len(names))
+    inputs = [torch.randn(70, 128 * (i + 1), generator=g).to(torch.bfloat16) for i in range(len(names))]
+    spec = FoldSpec("activation", names) if len(names) == 1 else FoldSpec("concat", names)
+    operands, loader = loading(inputs, spec)
+    values = torch.empty(70, loader.width // 2, dtype=torch.bfloat16)
+    metadata = torch.empty(metadata_bytes(70, loader.width), dtype=torch.uint8)
+    scale = single_pass.launch(operands, loader, values, metadata)
+    general = prune_compress_24_cutlass(operands, loader, single_pass=False)
+    assert torch.equal(bits(values), bits(general[0])) and torch.equal(metadata, general[1])
+    torch.testing.assert_close(scale, general[2], rtol=1e-6, atol=0)
+    assert single_pass.applies(operands, loader) == (len(set(names)) == 1)
+
+
+def test_the_single_pass_kernel_says_what_it_cannot_read():
+    x = torch.randn(128, 64, dtype=torch.bfloat16).t()  # column-major
+    with pytest.raises(ValueError, match="single-pass"):
+        prune_compress_24_cutlass(x, single_pass=True)
+    assert torch.equal(bits(prune_compress_24_cutlass(x)[0]), bits(prune_compress_24_ref(x)[0]))  # the general one
 
 
 def test_too_narrow_segments_are_refused():

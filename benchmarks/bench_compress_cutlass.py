@@ -1,0 +1,68 @@
+"""The compressor alone in the CUTLASS layout: the one-launch kernel (`prune_compress_24_single_pass`) at several
+block shapes against the general two-launch kernel, on the same x (CUDA-graph replay, median; µs).
+
+    python benchmarks/bench_compress_cutlass.py [--json out.json]     # a CUDA GPU
+
+Block shapes are (rows a program, pairs of groups a chunk, chunks a row); the default is the one `_blocks` picks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lynx_compile.folds import IDENTITY, loading  # noqa: E402
+from lynx_compile.kernels import prune_compress_24_single_pass as single_pass  # noqa: E402
+from lynx_compile.kernels.prune_compress_24 import metadata_bytes, prune_compress_24_cutlass  # noqa: E402
+from lynx_compile.kernels.quantize_fp8_single_pass import _blocks  # noqa: E402
+from lynx_compile.timing import cuda_graph_ms  # noqa: E402
+
+SHAPES = [(4608, 3072), (4608, 12288), (4608, 15360), (14040, 5120), (1024, 3072)]
+
+
+def variants(k: int) -> dict[str, tuple[int, int, int] | None]:
+    """Block shapes that cover a row of k // 8 pairs: the default, whole rows at 1-4 a program, exact chunks."""
+    row_pairs = k // 8
+    shapes: dict[str, tuple[int, int, int] | None] = {"default": None}
+    for rows, pairs in ((1, 1024), (2, 512), (4, 512), (2, 1024)):
+        if pairs >= row_pairs and rows * pairs <= 4096:
+            shapes[f"rows{rows}_pairs{pairs}"] = (rows, pairs, 1)
+    for pairs in (64, 128, 256):
+        shapes[f"chunks_of_{pairs}"] = (1, pairs, -(-row_pairs // pairs))
+    return shapes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows_out = []
+    for m, k in SHAPES:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        operands, loader = loading([x], IDENTITY)
+        values = torch.empty(m, k // 2, device="cuda", dtype=torch.bfloat16)
+        metadata = torch.empty(metadata_bytes(m, k), device="cuda", dtype=torch.uint8)
+        row = {"M": m, "K": k, "default_blocks": list(_blocks(k // 8, single_pass.PAIRS_PER_PROGRAM)),
+               "general_us": 1e3 * cuda_graph_ms(lambda: prune_compress_24_cutlass(x, single_pass=False))}  # fmt: skip
+        expected = prune_compress_24_cutlass(x, single_pass=False)
+        for name, blocks in variants(k).items():
+            scale = single_pass.launch(operands, loader, values, metadata, blocks=blocks)
+            assert torch.equal(values.view(torch.int16), expected[0].view(torch.int16))
+            assert torch.equal(metadata, expected[1]) and torch.allclose(scale, expected[2], rtol=1e-5, atol=0)
+            row[f"{name}_us"] = 1e3 * cuda_graph_ms(
+                lambda blocks=blocks: single_pass.launch(operands, loader, values, metadata, blocks=blocks))
+        rows_out.append(row)
+        print(f"{m}x{k}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items() if key.endswith("_us")),
+              flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows_out}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

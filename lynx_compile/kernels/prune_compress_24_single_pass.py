@@ -1,0 +1,159 @@
+"""The 16-bit compressor in one pass and one launch, for lynx's CUTLASS GEMM: prune X 2:4, write CUTLASS's operand
+(values M × K/2 and metadata, `cutlass_layout.py`) and the rows' norm scale s, reading X once, as 64-bit words.
+
+The general compressor (`prune_compress_24.py`: any loader, both layouts) is a 2-D grid of programs that each own a
+chunk of K, so s needs a second kernel to add the chunks' partial energies; its per-element work (members split out
+of a tile by reshapes, ranked by six float comparisons) leaves it compute-bound at a fifth of the memory's
+speed on an H200. Here, as in the FP8 one-pass kernel whose word helpers it shares (`quantize_fp8_single_pass.py`),
+a program owns whole rows (or one long row in chunks) and keeps their energies in registers, so s is written by the same launch; a group of four 16-bit floats is one 64-bit word, its
+members are ranked by integer keys (`_kept`) and its two slots picked from a 16-entry table. Same numerics as the
+general kernel: the same operand bit for bit, s equal but for the order of the energies' sums.
+
+This kernel is compute-bound too (Nsight Compute at 4608 × 3072, both kernels: SM throughput 73–76%, DRAM 17–19%),
+so the gain is what fewer instructions and a better block shape buy: 13–16% at FLUX's shapes (benchmarks/RESULTS.md).
+
+It reads what the FP8 kernel reads (X = cat(act(operand), ...) of at most two 16-bit operands, contiguous along K),
+the pieces through one activation (`applies`); other folds take the general kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .cutlass_layout import META_ROWS
+from .grid import cdiv
+from .nm_prune import NORM_EPS
+from .prune_compress_24 import Loader
+from .quantize_fp8_single_pass import _blocks
+from .quantize_fp8_single_pass import applies as reads
+
+try:
+    import triton
+    import triton.language as tl
+
+    from .quantize_fp8_single_pass import _SLOTS_HIGH, _SLOTS_LOW, _kept, _load_pairs, _members
+except ImportError:
+    triton = None
+
+# Pairs of groups a program holds at a time: one row of FLUX's K = 3072 in 3 chunks of 128 (1024 elements, a pair a
+# thread) took 24.0 µs at 4608 rows on an H200, whole rows of 512 pairs (the FP8 kernel's choice, which reads a row
+# twice) 29.5, 256 28.4, 64 42.2 (`benchmarks/bench_compress_cutlass.py`; 128 was best or tied at every K measured).
+PAIRS_PER_PROGRAM = 128
+
+if triton is not None:
+
+    @triton.jit
+    def _code(f, FP16: tl.constexpr):
+        """The 16-bit float f (held as an exact fp32) as its bits, in the low half of an int32."""
+        if FP16:
+            return f.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        return f.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+
+    @triton.jit
+    def _stored_code(group, shift, f, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr):
+        """A member's bits as stored: its own bits in the word where its piece is read as it is (NaN payloads kept),
+        else the bits of the activation's result f."""
+        raw = (group >> shift).to(tl.int32) & 0xFFFF
+        if HEAD == 0 and TAIL == 0:
+            return raw
+        elif HEAD == 0:
+            return tl.where(head, raw, _code(f, FP16))
+        elif TAIL == 0:
+            return tl.where(head, _code(f, FP16), raw)
+        else:
+            return _code(f, FP16)
+
+    @triton.jit
+    def _pruned_group(group, head, FP16: tl.constexpr, PIECES: tl.constexpr, INF: tl.constexpr):
+        """A group's two stored slots in one int32 word (slot lo's bits low), its metadata nibble lo | hi << 2, its
+        energy ‖x‖² and its kept energy ‖x̃‖². Stored are the kept nonzeros (-0.0 is zero); a free slot holds +0
+        and always names a member not stored (`cutlass_slots`' rule), so masking the members first leaves it +0."""
+        f0, f1, f2, f3, m0, m1, m2, m3 = _members(group, head, FP16, PIECES[0], PIECES[1])
+        k0, k1, k2, k3 = _kept(m0, m1, m2, m3, INF)
+        q0, q1, q2, q3 = f0 * f0, f1 * f1, f2 * f2, f3 * f3
+        energy = q0 + q1 + q2 + q3
+        kept = tl.where(k0, q0, 0.0) + tl.where(k1, q1, 0.0) + tl.where(k2, q2, 0.0) + tl.where(k3, q3, 0.0)
+        s0, s1, s2, s3 = k0 & (m0 != 0), k1 & (m1 != 0), k2 & (m2 != 0), k3 & (m3 != 0)
+        c0 = tl.where(s0, _stored_code(group, 0, f0, head, FP16, PIECES[0], PIECES[1]), 0)
+        c1 = tl.where(s1, _stored_code(group, 16, f1, head, FP16, PIECES[0], PIECES[1]), 0)
+        c2 = tl.where(s2, _stored_code(group, 32, f2, head, FP16, PIECES[0], PIECES[1]), 0)
+        c3 = tl.where(s3, _stored_code(group, 48, f3, head, FP16, PIECES[0], PIECES[1]), 0)
+        flags = s0.to(tl.int32) | (s1.to(tl.int32) << 1) | (s2.to(tl.int32) << 2) | (s3.to(tl.int32) << 3)
+        nibble = (tl.where(flags >= 8, _SLOTS_HIGH, _SLOTS_LOW) >> ((flags & 7) * 4)) & 0xF
+        lo, hi = nibble & 3, nibble >> 2
+        lo_code = tl.where(lo == 0, c0, tl.where(lo == 1, c1, c2))
+        hi_code = tl.where(hi == 3, c3, tl.where(hi == 2, c2, tl.where(hi == 1, c1, c0)))
+        return lo_code | (hi_code << 16), nibble, energy, kept
+
+    @triton.jit
+    def _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M, K, FP16: tl.constexpr,
+                         PIECES: tl.constexpr, INF: tl.constexpr):  # fmt: skip
+        """Prune and store a chunk's pairs of groups; the rows' (‖x‖², ‖x̃‖²) over them."""
+        even_word, even_nibble, energy, kept = _pruned_group(even, head, FP16, PIECES, INF)
+        odd_word, odd_nibble, odd_energy, odd_kept = _pruned_group(odd, head, FP16, PIECES, INF)
+        # a pair's four stored 16-bit values: one 64-bit word
+        pair = even_word.to(tl.uint32, bitcast=True).to(tl.int64) | (odd_word.to(tl.int64) << 32)
+        out = values_ptr.to(tl.pointer_type(tl.int64))
+        tl.store(out + rows[:, None] * (K // 8) + pairs[None, :], pair, mask=live)
+        # the metadata byte of groups 2j (low nibble) and 2j + 1 of one row (`cutlass_layout.metadata_nibble_address`)
+        r, g = rows[:, None], 2 * pairs[None, :]
+        address = (g & 3) + ((r >> 3) & 1) * 4 + ((g >> 3) & 1) * 8 + (r & 7) * 16 + ((g >> 2) & 1) * 128 \
+            + ((r >> 4) & 3) * 256 + (r >> 6) * 1024 + (g >> 4) * (tl.cdiv(M, 64) * 64 * 16)
+        tl.store(meta_ptr + address // 2, (even_nibble | (odd_nibble << 4)).to(tl.uint8), mask=pairs[None, :] < K // 8)
+        return tl.sum(energy + odd_energy, axis=1), tl.sum(kept + odd_kept, axis=1)
+
+    @triton.jit
+    def _single_pass_kernel(
+        head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K, eps,
+        ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, PIECES: tl.constexpr, FP16: tl.constexpr,
+        TWO: tl.constexpr,
+    ):  # fmt: skip
+        """ROWS whole rows of M rounded up to 64 (the padding rows get empty metadata), in CHUNKS chunks of PAIRS
+        pairs of groups: prune, store, and the rows' norm scale. X = cat(act₀(head), act₁(tail)) with PIECES =
+        (act₀, act₁) and TWO; X = act₀(head) without (split = K)."""
+        INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        x = (head_ptr, head_stride, tail_ptr, tail_stride, split)
+        energy, kept = tl.zeros((ROWS,), dtype=tl.float32), tl.zeros((ROWS,), dtype=tl.float32)
+        for chunk in range(CHUNKS):
+            even, odd, pairs, live, head = _load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+            chunk_energy, chunk_kept = _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M,
+                                                        K, FP16, PIECES, INF)  # fmt: skip
+            energy, kept = energy + chunk_energy, kept + chunk_kept
+        scale = tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + eps)), 1.0)  # 1 for a non-finite row
+        tl.store(scale_ptr + rows, scale, mask=rows < M)
+
+
+def applies(operands: Sequence[torch.Tensor], loader: Loader) -> bool:
+    """Whether this kernel reads X (`quantize_fp8_single_pass.applies`) and gains by it: not for two pieces through
+    different activations (FLUX's cat(attention, GELU(mlp))), whose members it must put through both and select per
+    element, where the general kernel's chunks each lie in one piece: 161 µs against ≈ 110 at 4608 × 15360."""
+    return reads(operands, loader) and len(set(loader.pieces)) == 1
+
+
+def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor,
+           pairs_per_program: int = PAIRS_PER_PROGRAM, blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Run the kernel over X as `loader` makes it of `operands` (`applies`) into `values` (M × K/2, X's dtype) and
+    `metadata` (CUTLASS's layout, M rounded up to 64 rows); the rows' norm scale s. A program holds up to
+    `pairs_per_program` pairs of groups at a time, or `blocks` as given (rows a program, pairs a chunk, chunks a
+    row: tests and benchmarks)."""
+    head, tail = operands[0], operands[-1]
+    rows, k = head.shape[0], loader.width
+    scale = torch.empty(rows, dtype=torch.float32, device=head.device)
+    if rows == 0:
+        return scale
+    block_rows, pairs, chunks = blocks or _blocks(k // 8, pairs_per_program)
+    if chunks * pairs < k // 8 or (chunks > 1 and block_rows != 1) or block_rows > META_ROWS:
+        raise ValueError(f"blocks {blocks} do not cover rows of {k // 8} pairs of groups")
+    _single_pass_kernel[(cdiv(cdiv(rows, META_ROWS) * META_ROWS, block_rows),)](
+        head, head.stride(0), tail, tail.stride(0), head.shape[1] if len(operands) == 2 else k, values, metadata,
+        scale, rows, k, NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks, PIECES=(loader.pieces * 2)[:2],
+        FP16=head.dtype == torch.float16, TWO=len(operands) == 2,
+        num_warps=min(16, max(4, block_rows * pairs // 128)),
+    )  # fmt: skip
+    return scale
+
+
+__all__ = ["applies", "launch"]
