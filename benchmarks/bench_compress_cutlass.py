@@ -49,8 +49,8 @@ def main() -> None:
         values = torch.empty(m, k // 2, device="cuda", dtype=torch.bfloat16)
         metadata = torch.empty(metadata_bytes(m, k), device="cuda", dtype=torch.uint8)
         row = {"M": m, "K": k, "default_blocks": list(_blocks(k // 8, single_pass.PAIRS_PER_PROGRAM)),
-               "general_us": 1e3 * cuda_graph_ms(lambda: prune_compress_24_cutlass(x, single_pass=False))}  # fmt: skip
-        expected = prune_compress_24_cutlass(x, single_pass=False)
+               "general_us": 1e3 * cuda_graph_ms(lambda: prune_compress_24_cutlass(x))}  # fmt: skip
+        expected = prune_compress_24_cutlass(x)
         for name, blocks in variants(k).items():
             scale = single_pass.launch(operands, loader, values, metadata, blocks=blocks)
             assert torch.equal(values.view(torch.int16), expected[0].view(torch.int16))

@@ -146,8 +146,8 @@ def bench_cutlass(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pro
         "cutlass_gemm_only": cuda_graph_ms(lambda: gemm(values, metadata, weight, None, None, params["config"], raster,
                                                         swizzle)),
         "lynx_cutlass": cuda_graph_ms(lambda: CUTLASS.forward([x], weight, bias, None, plan)),
-        "prune_cutlass": cuda_graph_ms(lambda: prune_compress_24_cutlass(x)),
-        "prune_cutlass_general": cuda_graph_ms(lambda: prune_compress_24_cutlass(x, single_pass=False)),
+        "prune_cutlass": cuda_graph_ms(lambda: compress_cutlass([x], IDENTITY)),
+        "prune_cutlass_general": cuda_graph_ms(lambda: prune_compress_24_cutlass(x)),
     }
     pruned, scale = nm_prune_ref(x)
     reference = (pruned.float() @ weight.float().t()) * scale[:, None] + bias.float()

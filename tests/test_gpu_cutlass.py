@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import lynx_compile
+from lynx_compile.folds import IDENTITY, compress_cutlass
 from lynx_compile.kernels import cutlass_gemm
 from lynx_compile.kernels.cutlass_gemm import CONFIGS, RASTERS, GemmConfig
 from lynx_compile.kernels.cutlass_layout import sparse_mm_ref
@@ -33,11 +34,12 @@ def awkward_activation(rows: int, k: int, dtype: torch.dtype, seed: int) -> torc
     return x
 
 
+@pytest.mark.parametrize("single_pass", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows, k", [(1, 64), (37, 192), (333, 3072), (1000, 12288), (14040, 512)])
-def test_compressor_is_bit_exact_with_cutlass_compressor(rows, k, dtype):
+def test_compressor_is_bit_exact_with_cutlass_compressor(rows, k, dtype, single_pass):
     x = awkward_activation(rows, k, dtype, rows + k)
-    values, metadata, scale = prune_compress_24_cutlass(x)
+    values, metadata, scale = compress_cutlass([x], IDENTITY, single_pass=single_pass)
     pruned, ref_scale = nm_prune_ref(x)
     ref_values, ref_metadata = cutlass_gemm.library(CONFIGS[0], dtype).compress_reference(pruned)
     assert torch.equal(values.view(torch.int16), ref_values.view(torch.int16))

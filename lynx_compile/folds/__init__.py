@@ -13,7 +13,16 @@ from typing import Sequence
 import torch
 import torch.fx
 
-from ..kernels.prune_compress_24 import Loader, prune_compress_24, prune_compress_24_cutlass, written_out
+from ..kernels import prune_compress_24_single_pass as compress_single_pass
+from ..kernels.prune_compress_24 import (
+    Loader,
+    check_compressible_width,
+    check_operands,
+    metadata_bytes,
+    prune_compress_24,
+    prune_compress_24_cutlass,
+    written_out,
+)
 from ..kernels.prune_quantize_fp8 import prune_quantize_compress_fp8, quantize_rows_fp8
 from ..registry import Registry
 from .activation import Activation
@@ -64,11 +73,25 @@ def compress(
 
 
 def compress_cutlass(
-    inputs: Sequence[torch.Tensor], spec: FoldSpec
+    inputs: Sequence[torch.Tensor], spec: FoldSpec, single_pass: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The compressor on x = assemble(inputs, spec), made on load, in the CUTLASS GEMM's layout: (values,
-    metadata, the rows' norm scale)."""
-    return prune_compress_24_cutlass(*loading(inputs, spec))
+    metadata, the rows' norm scale). `single_pass`: None takes the one-launch kernel where it applies
+    (`prune_compress_24_single_pass.applies`), True insists on it (an error where it cannot read x), False takes
+    the general kernel."""
+    operands, loader = loading(inputs, spec)
+    fits = single_pass is not False and compress_single_pass.applies(operands, loader)
+    if single_pass and not fits:
+        raise ValueError(f"the single-pass compressor cannot read these inputs for {describe(spec)}: 16-bit, "
+                         "contiguous along K, at most two pieces through one activation")  # fmt: skip
+    if not fits:
+        return prune_compress_24_cutlass(operands, loader)
+    check_operands(operands, loader.aligned)
+    check_compressible_width(operands[0].dtype, loader.width)
+    rows, k = operands[0].shape[0], loader.width
+    values = operands[0].new_empty((rows, k // 2))
+    metadata = operands[0].new_empty((metadata_bytes(rows, k),), dtype=torch.uint8)
+    return values, metadata, compress_single_pass.launch(operands, loader, values, metadata)
 
 
 def compress_fp8(

@@ -300,25 +300,17 @@ def prune_compress_24(
 
 
 def prune_compress_24_cutlass(
-    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None, single_pass: bool | None = None
+    x: torch.Tensor | Sequence[torch.Tensor], loader: Loader | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The same prune, in the layout of lynx's CUTLASS sparse GEMM (`cutlass_layout.py`): (values M × K/2, metadata
-    bytes for M rounded up to 64 rows, the per-row norm scale s). No row padding: the GEMM takes any M.
-    `single_pass`: None takes the one-launch kernel wherever it can read X (`prune_compress_24_single_pass`), True
-    insists on it (an error where it cannot), False takes this module's kernels."""
-    from . import prune_compress_24_single_pass as single  # imports this module: here, not at the top
-
+    bytes for M rounded up to 64 rows, the per-row norm scale s). No row padding: the GEMM takes any M. (Where X is
+    an operand or the pieces' activation, `prune_compress_24_single_pass` does this faster; `folds.compress_cutlass`
+    picks.)"""
     operands, loader = _operands_and_loader(x, loader)
     rows, k = operands[0].shape[0], loader.width
-    fits = single.applies(operands, loader)
-    if single_pass and not fits:
-        raise ValueError("the single-pass compressor cannot read these operands (see its `applies`)")
-    if not fits or single_pass is False:
-        chunking(loader, paired=True)  # narrow segments fail before anything is allocated
+    chunking(loader, paired=True)  # narrow segments fail before anything is allocated
     values = torch.empty(rows, k // 2, dtype=operands[0].dtype, device=operands[0].device)
     metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=operands[0].device)
-    if fits and single_pass is not False:
-        return values, metadata, single.launch(operands, loader, values, metadata)
     return values, metadata, _compress(operands, loader, values, metadata, rows, CUTLASS_LAYOUT)
 
 

@@ -19,14 +19,17 @@ from lynx_compile.kernels.cutlass_layout import (
 from lynx_compile.kernels.nm_prune import nm_prune_ref
 from lynx_compile.kernels.prune_compress_24 import Loader, load_tile, metadata_bytes, prune_compress_24_cutlass
 
+from lynx_compile.folds import IDENTITY, compress_cutlass
+
 from test_prune_compress_24 import activations, bits
 
 
 # single_pass=None takes the one-launch kernel wherever it reads X (the row-major draws), False the general one
+# (`prune_compress_24_cutlass`)
 @pytest.mark.parametrize("single_pass", [None, False])
 @given(x=activations())
 def test_compressor_matches_the_reference_bit_for_bit(x, single_pass):
-    values, metadata, scale = prune_compress_24_cutlass(x, single_pass=single_pass)
+    values, metadata, scale = compress_cutlass([x], IDENTITY, single_pass=single_pass)
     ref_values, ref_metadata, ref_scale = prune_compress_24_ref(x)
     assert values.shape == (x.shape[0], x.shape[1] // 2) and metadata.shape == (metadata_bytes(*x.shape),)
     assert torch.equal(bits(values), bits(ref_values))
@@ -61,14 +64,15 @@ def test_metadata_addresses_are_a_permutation(rows):
     assert sorted(address.flatten().tolist()) == list(range(padded * k // 4))
 
 
-def test_a_folded_loader_compresses_what_it_loads():
+@pytest.mark.parametrize("single_pass", [None, False])
+def test_a_folded_loader_compresses_what_it_loads(single_pass):
     """A loader (here: two pieces read side by side, as the concat fold's) reaches the CUTLASS layout as it reaches
-    cuSPARSELt's: the operand equals the compressor on the assembled x."""
-    from lynx_compile.folds import FoldSpec, compress_cutlass
+    cuSPARSELt's: the operand equals the same kernel's on the assembled x."""
+    from lynx_compile.folds import FoldSpec
 
     head, tail = torch.randn(70, 128, dtype=torch.bfloat16), torch.randn(70, 192, dtype=torch.bfloat16)
-    folded = compress_cutlass([head, tail], FoldSpec("concat", ("none", "none")))
-    plain = prune_compress_24_cutlass(torch.cat([head, tail], dim=1))
+    folded = compress_cutlass([head, tail], FoldSpec("concat", ("none", "none")), single_pass=single_pass)
+    plain = compress_cutlass([torch.cat([head, tail], dim=1)], IDENTITY, single_pass=single_pass)
     for a, b in zip(folded, plain):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
@@ -106,7 +110,7 @@ def test_the_single_pass_kernel_applies_a_folded_activation_as_the_general_one(n
     values = torch.empty(70, loader.width // 2, dtype=torch.bfloat16)
     metadata = torch.empty(metadata_bytes(70, loader.width), dtype=torch.uint8)
     scale = single_pass.launch(operands, loader, values, metadata)
-    general = prune_compress_24_cutlass(operands, loader, single_pass=False)
+    general = prune_compress_24_cutlass(operands, loader)
     assert torch.equal(bits(values), bits(general[0])) and torch.equal(metadata, general[1])
     torch.testing.assert_close(scale, general[2], rtol=1e-6, atol=0)
     assert single_pass.applies(operands, loader) == (len(set(names)) == 1)
@@ -115,8 +119,8 @@ def test_the_single_pass_kernel_applies_a_folded_activation_as_the_general_one(n
 def test_the_single_pass_kernel_says_what_it_cannot_read():
     x = torch.randn(128, 64, dtype=torch.bfloat16).t()  # column-major
     with pytest.raises(ValueError, match="single-pass"):
-        prune_compress_24_cutlass(x, single_pass=True)
-    assert torch.equal(bits(prune_compress_24_cutlass(x)[0]), bits(prune_compress_24_ref(x)[0]))  # the general one
+        compress_cutlass([x], IDENTITY, single_pass=True)
+    assert torch.equal(bits(compress_cutlass([x], IDENTITY)[0]), bits(prune_compress_24_ref(x)[0]))  # the general one
 
 
 def test_too_narrow_segments_are_refused():
