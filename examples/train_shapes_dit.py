@@ -18,8 +18,9 @@ repository should carry, so it is rebuilt, not shipped). Seeded: the same comman
 the same checkpoint up to the GPU's nondeterminism (`--minutes` fits the step count to the machine and prints it;
 `--steps` with that count gives the same run but for the warm-up of the first 150 steps). Prints the loss and, at
 the end, the class accuracy of `--samples` samples (25 DDIM steps) by the shipped classifier. Not trained enough
-yet: 6.2 minutes on an H200 (11716 steps at lr 6e-4) reach 0.53 dense class accuracy (benchmarks/RESULTS.md,
-2026-11-26).
+yet: 6.2 minutes on an H200 (11716 steps at lr 6e-4) reach 0.53 dense class accuracy; 8 minutes of two H200s
+(9574 steps of 2 × 256 at lr 5e-4) 0.54 unguided and 0.75 at guidance 2 (benchmarks/RESULTS.md, 2026-11-26, session
+11). `--minutes` undershoots: its count comes from steps 51-150, and later steps ran 24-30% slower on several GPUs.
 """
 
 from __future__ import annotations

@@ -3,14 +3,15 @@
 
 The general compressor (`prune_compress_24.py`: any loader, both layouts) is a 2-D grid of programs that each own a
 chunk of K, so s needs a second kernel to add the chunks' partial energies; its per-element work (members split out
-of a tile by reshapes, ranked by six float comparisons) leaves it compute-bound at a fifth of the memory's
-speed on an H200. Here, as in the FP8 one-pass kernel whose word helpers it shares (`quantize_fp8_single_pass.py`),
-a program owns whole rows (or one long row in chunks) and keeps their energies in registers, so s is written by the same launch; a group of four 16-bit floats is one 64-bit word, its
-members are ranked by integer keys (`_kept`) and its two slots picked from a 16-entry table. Same numerics as the
-general kernel: the same operand bit for bit, s equal but for the order of the energies' sums.
+of a tile by reshapes, ranked by six float comparisons) leaves it compute-bound at a fifth of the memory's speed on
+an H200. Here, as in the FP8 one-pass kernel whose word helpers it shares (`quantize_fp8_single_pass.py`), a program
+owns whole rows (or one long row in chunks) and keeps their energies in registers, so s is written by the same
+launch; a group of four 16-bit floats is one 64-bit word, its members are ranked by integer keys (`_kept`) and its
+two slots picked from a 16-entry table. Same numerics as the general kernel: the same operand bit for bit, s equal
+but for the order of the energies' sums.
 
 This kernel is compute-bound too (Nsight Compute at 4608 × 3072, both kernels: SM throughput 73–76%, DRAM 17–19%),
-so the gain is what fewer instructions and a better block shape buy: 13–16% at FLUX's shapes (benchmarks/RESULTS.md).
+so the gain is what fewer instructions and a better block shape buy: 12–16% at FLUX's shapes (benchmarks/RESULTS.md).
 
 It reads what the FP8 kernel reads (X = cat(act(operand), ...) of at most two 16-bit operands, contiguous along K),
 the pieces through one activation (`applies`); other folds take the general kernel.
