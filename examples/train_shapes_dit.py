@@ -2,6 +2,7 @@
 
     python examples/train_shapes_dit.py [--steps 12000] [--batch 256] [--out examples/checkpoints/shapes_dit.safetensors]
     torchrun --nproc-per-node 4 examples/train_shapes_dit.py --compile --minutes 8 --lr 6e-4   # data parallel
+    ... --steps 40000 --state /tmp/run.pt --stop-minutes 9, then the same with --resume     # longer than one call
 
 Under `torchrun` each process trains on its own GPU with its own shapes and noise (`--batch` is per process, so the
 batch seen by a step is `--batch` × processes), gradients averaged by `DistributedDataParallel`; rank 0 saves the
@@ -75,6 +76,30 @@ def save_bf16(model: torch.nn.Module, path: Path) -> None:
     save_file({k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
+def save_state(path: Path, model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               schedule: torch.optim.lr_scheduler.LRScheduler, step: int, steps: int) -> None:
+    """What --resume needs, written beside and then moved over `path`, so a stopped write leaves the last state."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "step": step, "steps": steps}, partial)  # fmt: skip
+    os.replace(partial, path)
+
+
+def out_of_time(started: float, minutes: float, step: int, processes: int, device: str) -> bool:
+    """Whether this call's time is up; under torchrun all processes stop at the same step (agreed every 50 steps,
+    whoever is out of time first)."""
+    if processes == 1:
+        return time.perf_counter() - started >= minutes * 60
+    if step % 50:
+        return False
+    import torch.distributed as dist
+
+    late = torch.tensor([float(time.perf_counter() - started >= minutes * 60)], device=device)
+    dist.all_reduce(late, op=dist.ReduceOp.MAX)
+    return bool(late.item())
+
+
 def start_processes() -> tuple[int, int, str]:
     """(rank, processes, device): one process per GPU under torchrun (NCCL; gloo on a CPU), else (0, 1, the GPU)."""
     processes = int(os.environ.get("WORLD_SIZE", "1"))
@@ -119,7 +144,15 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=0, metavar="N",
                         help="also save the weights every N steps, as <out>.step<N>.safetensors: a run that diverges "
                         "late keeps what it had learned (0: only at the end)")
+    parser.add_argument("--state", type=Path, help="the whole training state (fp32 weights, EMA, optimizer, step), "
+                        "saved when the run ends or stops and at --save-every")
+    parser.add_argument("--resume", action="store_true", help="go on with the run saved in --state: its step, step "
+                        "count and learning-rate schedule (--steps and --minutes then change nothing)")
+    parser.add_argument("--stop-minutes", type=float, help="stop this call after so many minutes, its state saved in "
+                        "--state: a run longer than one machine call goes on with --resume")
     args = parser.parse_args()
+    if (args.resume or args.stop_minutes is not None) and args.state is None:
+        parser.error("--resume and --stop-minutes need --state")
     rank, processes, device = start_processes()
     torch.manual_seed(0)  # the model's initial weights (under torchrun DDP gives every process rank 0's)
     if rank == 0 and not args.classifier.exists():
@@ -142,11 +175,25 @@ def main() -> None:
     noise_schedule = DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="squaredcos_cap_v2")
     generator = torch.Generator(device=device).manual_seed(rank)  # rank 0 alone: the single-process run's draws
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if "cuda" in device else contextlib.nullcontext()
-    started = time.perf_counter()
     step = 0
+    if args.resume:
+        state = torch.load(args.state, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        step, total["steps"] = state["step"], state["steps"]
+        generator.manual_seed(1_000_003 * step + rank)  # other noise than the uninterrupted run would draw
+        if rank == 0:
+            print(f"resumed at step {step}/{total['steps']} from {args.state}", flush=True)
+    started = time.perf_counter()
+    stopped = False
     while step < total["steps"]:
+        if args.stop_minutes is not None and out_of_time(started, args.stop_minutes, step, processes, device):
+            stopped = True
+            break
         step += 1
-        if args.minutes and step in (51, 151):  # time steps 51-150: past compiling and warming up
+        if args.minutes and not args.resume and step in (51, 151):  # time steps 51-150: past compiling and warming up
             torch.cuda.synchronize() if "cuda" in device else None
             now = time.perf_counter()
             if step == 51:
@@ -177,11 +224,18 @@ def main() -> None:
             print(f"step {step}/{total['steps']}  loss {loss.item():.4f}  {time.perf_counter() - started:.0f} s", flush=True)
         if rank == 0 and args.save_every and step % args.save_every == 0 and step < total["steps"]:
             save_bf16(ema, args.out.with_name(f"{args.out.stem}.step{step}{args.out.suffix}"))
+            if args.state is not None:
+                save_state(args.state, model, ema, optimizer, schedule, step, total["steps"])
 
     if processes > 1:
         torch.distributed.destroy_process_group()
     if rank != 0:
         return
+    if stopped:
+        print(f"stopped at step {step}/{total['steps']} after {time.perf_counter() - started:.0f} s; go on with "
+              f"--resume --state {args.state}", flush=True)  # fmt: skip
+    if args.state is not None:
+        save_state(args.state, model, ema, optimizer, schedule, step, total["steps"])
     save_bf16(ema, args.out)
     labels = torch.arange(args.samples, device=device) % len(CLASSES)
     noise = torch.randn(args.samples, 3, SIZE, SIZE, device=device, generator=torch.Generator(device=device).manual_seed(1))

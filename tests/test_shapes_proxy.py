@@ -76,7 +76,29 @@ def test_the_training_script_runs_and_saves_a_bf16_checkpoint_that_loads(tmp_pat
     assert (tmp_path / "classifier.safetensors").exists()
     # the snapshot of step 1 beside the final weights, none of step 2 (the final file is that one)
     assert load_model(tmp_path / "shapes_dit.step1.safetensors") is not None
-    assert sorted(p.name for p in tmp_path.glob("shapes_dit*")) == ["shapes_dit.safetensors", "shapes_dit.step1.safetensors"]
+    snapshots = sorted(p.name for p in tmp_path.glob("shapes_dit*"))
+    assert snapshots == ["shapes_dit.safetensors", "shapes_dit.step1.safetensors"]
+
+
+@pytest.mark.slow
+def test_a_stopped_run_goes_on_from_its_state(tmp_path):
+    """--stop-minutes ends a call early with the whole state saved; --resume continues that run, optimizer and
+    schedule included, to its own step count."""
+    state = tmp_path / "run.pt"
+    command = [sys.executable, os.path.join(EXAMPLES, "train_shapes_dit.py"), "--steps", "4", "--batch", "2",
+               "--samples", "2", "--out", str(tmp_path / "shapes_dit.safetensors"), "--classifier-steps", "2",
+               "--classifier", str(tmp_path / "classifier.safetensors"), "--state", str(state)]  # fmt: skip
+    first = subprocess.run([*command, "--stop-minutes", "0.0001"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "stopped at step 1/4" in first.stdout and torch.load(state, weights_only=True)["step"] == 1
+    second = subprocess.run([*command, "--resume", "--steps", "9"], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed at step 1/4" in second.stdout and "step 4/4" in second.stdout  # the saved count, not --steps
+    saved = torch.load(state, weights_only=True)
+    assert saved["step"] == 4 and saved["schedule"]["last_epoch"] == 4
+    assert {float(entry["step"]) for entry in saved["optimizer"]["state"].values()} == {4.0}  # Adam went on counting
+    refused = subprocess.run([*command[:-2], "--resume"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "need --state" in refused.stderr
 
 
 @pytest.mark.slow
