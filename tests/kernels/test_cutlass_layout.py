@@ -6,7 +6,9 @@ import pytest
 import torch
 from hypothesis import given
 
+from lynx_compile.folds import IDENTITY, FoldSpec, compress_cutlass, loading
 from lynx_compile.kernels import cutlass_gemm
+from lynx_compile.kernels import prune_compress_24_single_pass as one_pass
 from lynx_compile.kernels.cutlass_gemm import CONFIGS, FP8_CONFIGS, GemmConfig
 from lynx_compile.kernels.cutlass_layout import (
     compress_24_ref,
@@ -18,8 +20,6 @@ from lynx_compile.kernels.cutlass_layout import (
 )
 from lynx_compile.kernels.nm_prune import nm_prune_ref
 from lynx_compile.kernels.prune_compress_24 import Loader, load_tile, metadata_bytes, prune_compress_24_cutlass
-
-from lynx_compile.folds import IDENTITY, compress_cutlass
 
 from test_prune_compress_24 import activations, bits
 
@@ -68,8 +68,6 @@ def test_metadata_addresses_are_a_permutation(rows):
 def test_a_folded_loader_compresses_what_it_loads(single_pass):
     """A loader (here: two pieces read side by side, as the concat fold's) reaches the CUTLASS layout as it reaches
     cuSPARSELt's: the operand equals the same kernel's on the assembled x."""
-    from lynx_compile.folds import FoldSpec
-
     head, tail = torch.randn(70, 128, dtype=torch.bfloat16), torch.randn(70, 192, dtype=torch.bfloat16)
     folded = compress_cutlass([head, tail], FoldSpec("concat", ("none", "none")), single_pass=single_pass)
     plain = compress_cutlass([torch.cat([head, tail], dim=1)], IDENTITY, single_pass=single_pass)
@@ -81,15 +79,12 @@ def test_a_folded_loader_compresses_what_it_loads(single_pass):
 def test_the_single_pass_kernel_in_chunks_matches_the_reference(dtype):
     """Rows longer than a program holds are read in chunks, the last one partly past K, their energies added in
     registers: the same operand, the same s. NaN and infinities in a row keep its s at 1 and stay in its values."""
-    from lynx_compile.folds import IDENTITY, loading
-    from lynx_compile.kernels import prune_compress_24_single_pass as single_pass
-
     g = torch.Generator().manual_seed(3)
     x = torch.randn(5, 384, generator=g).to(dtype)  # 48 pairs of groups a row: 2 chunks of 32
     x[1, 7], x[2, 100], x[3, :4] = float("nan"), float("inf"), torch.tensor([-0.0, 0.0, 2.0, -0.0])
     values = torch.empty(5, 192, dtype=dtype)
     metadata = torch.empty(metadata_bytes(5, 384), dtype=torch.uint8)
-    scale = single_pass.launch(*loading([x], IDENTITY), values, metadata, blocks=(1, 32, 2))
+    scale = one_pass.launch(*loading([x], IDENTITY), values, metadata, blocks=(1, 32, 2))
     ref_values, ref_metadata, ref_scale = prune_compress_24_ref(x)
     assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
     torch.testing.assert_close(scale, ref_scale, rtol=1e-6, atol=0)
@@ -100,20 +95,17 @@ def test_the_single_pass_kernel_in_chunks_matches_the_reference(dtype):
 def test_the_single_pass_kernel_applies_a_folded_activation_as_the_general_one(names):
     """The pieces' activations (the folds the FP8 one-pass kernel reads too) give the general kernel's operand; the
     compressor takes the kernel only where the pieces share an activation (mixed ones cost it more than they save)."""
-    from lynx_compile.folds import FoldSpec, loading
-    from lynx_compile.kernels import prune_compress_24_single_pass as single_pass
-
     g = torch.Generator().manual_seed(len(names))
     inputs = [torch.randn(70, 128 * (i + 1), generator=g).to(torch.bfloat16) for i in range(len(names))]
     spec = FoldSpec("activation", names) if len(names) == 1 else FoldSpec("concat", names)
     operands, loader = loading(inputs, spec)
     values = torch.empty(70, loader.width // 2, dtype=torch.bfloat16)
     metadata = torch.empty(metadata_bytes(70, loader.width), dtype=torch.uint8)
-    scale = single_pass.launch(operands, loader, values, metadata)
+    scale = one_pass.launch(operands, loader, values, metadata)
     general = prune_compress_24_cutlass(operands, loader)
     assert torch.equal(bits(values), bits(general[0])) and torch.equal(metadata, general[1])
     torch.testing.assert_close(scale, general[2], rtol=1e-6, atol=0)
-    assert single_pass.applies(operands, loader) == (len(set(names)) == 1)
+    assert one_pass.applies(operands, loader) == (len(set(names)) == 1)
 
 
 def test_the_single_pass_kernel_says_what_it_cannot_read():
