@@ -27,8 +27,8 @@ from .cutlass_layout import META_ROWS
 from .grid import cdiv
 from .nm_prune import NORM_EPS
 from .prune_compress_24 import Loader
-from .quantize_fp8_single_pass import _blocks
 from .quantize_fp8_single_pass import applies as reads
+from .quantize_fp8_single_pass import checked_blocks, piece_activations, warps, x_arguments
 
 try:
     import triton
@@ -140,19 +140,15 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
     `metadata` (CUTLASS's layout, M rounded up to 64 rows); the rows' norm scale s. A program holds up to
     `pairs_per_program` pairs of groups at a time, or `blocks` as given (rows a program, pairs a chunk, chunks a
     row: tests and benchmarks)."""
-    head, tail = operands[0], operands[-1]
-    rows, k = head.shape[0], loader.width
-    scale = torch.empty(rows, dtype=torch.float32, device=head.device)
+    rows, k = operands[0].shape[0], loader.width
+    scale = torch.empty(rows, dtype=torch.float32, device=operands[0].device)
     if rows == 0:
         return scale
-    block_rows, pairs, chunks = blocks or _blocks(k // 8, pairs_per_program)
-    if chunks * pairs < k // 8 or (chunks > 1 and block_rows != 1) or block_rows > META_ROWS:
-        raise ValueError(f"blocks {blocks} do not cover rows of {k // 8} pairs of groups")
+    block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     _single_pass_kernel[(cdiv(cdiv(rows, META_ROWS) * META_ROWS, block_rows),)](
-        head, head.stride(0), tail, tail.stride(0), head.shape[1] if len(operands) == 2 else k, values, metadata,
-        scale, rows, k, NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks, PIECES=(loader.pieces * 2)[:2],
-        FP16=head.dtype == torch.float16, TWO=len(operands) == 2,
-        num_warps=min(16, max(4, block_rows * pairs // 128)),
+        *x_arguments(operands, k), values, metadata, scale, rows, k, NORM_EPS, ROWS=block_rows, PAIRS=pairs,
+        CHUNKS=chunks, PIECES=piece_activations(loader), FP16=operands[0].dtype == torch.float16,
+        TWO=len(operands) == 2, num_warps=warps(block_rows, pairs),
     )  # fmt: skip
     return scale
 

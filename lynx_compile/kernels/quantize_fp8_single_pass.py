@@ -283,20 +283,41 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
     """Run the kernel over X as `loader` makes it of `operands` (`applies`) into `values` (and, with `prune`,
     `metadata`); the row scale. A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or
     `blocks` as given (rows a program, pairs a chunk, chunks a row: tests and benchmarks)."""
-    head, tail = operands[0], operands[-1]
-    rows, k = head.shape[0], loader.width
-    scale = torch.empty(rows, dtype=torch.float32, device=head.device)
+    rows, k = operands[0].shape[0], loader.width
+    scale = torch.empty(rows, dtype=torch.float32, device=operands[0].device)
     if rows == 0:
         return scale
+    block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
+    covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
+    _single_pass_kernel[(cdiv(covered, block_rows),)](
+        *x_arguments(operands, k), values.view(torch.uint8), metadata, scale, rows, k, NORM_EPS, ROWS=block_rows,
+        PAIRS=pairs, CHUNKS=chunks, PIECES=piece_activations(loader), PRUNE=prune, NORM=norm,
+        FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast,
+        num_warps=warps(block_rows, pairs),
+    )  # fmt: skip
+    return scale
+
+
+def checked_blocks(k: int, pairs_per_program: int, blocks: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    """(rows a program, pairs a chunk, chunks a row) for rows of K elements: `blocks` as given, checked to cover a
+    row, or `_blocks`' choice."""
     block_rows, pairs, chunks = blocks or _blocks(k // 8, pairs_per_program)
     if chunks * pairs < k // 8 or (chunks > 1 and block_rows != 1) or block_rows > META_ROWS:
         raise ValueError(f"blocks {blocks} do not cover rows of {k // 8} pairs of groups")
-    covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
-    pieces = (loader.pieces * 2)[:2]  # one piece: its activation for both
-    _single_pass_kernel[(cdiv(covered, block_rows),)](
-        head, head.stride(0), tail, tail.stride(0), head.shape[1] if len(operands) == 2 else k,
-        values.view(torch.uint8), metadata, scale, rows, k, NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks,
-        PIECES=pieces, PRUNE=prune, NORM=norm, FP16=head.dtype == torch.float16, TWO=len(operands) == 2,
-        HARDWARE_CAST=hardware_cast, num_warps=min(16, max(4, block_rows * pairs // 128)),
-    )  # fmt: skip
-    return scale
+    return block_rows, pairs, chunks
+
+
+def x_arguments(operands: Sequence[torch.Tensor], k: int) -> tuple:
+    """How the one-pass kernels are given X: (head, its row stride, tail, its row stride, the split along K)."""
+    head, tail = operands[0], operands[-1]
+    return head, head.stride(0), tail, tail.stride(0), head.shape[1] if len(operands) == 2 else k
+
+
+def piece_activations(loader: Loader) -> tuple[int, int]:
+    """The head's and the tail's activation codes; one piece: its activation for both."""
+    return (loader.pieces * 2)[:2]
+
+
+def warps(block_rows: int, pairs: int) -> int:
+    """A program's warps: a pair of groups a thread at most, 4 to 16."""
+    return min(16, max(4, block_rows * pairs // 128))
