@@ -17,7 +17,8 @@ it (issue 13's per-layer goal): `fp8_layer`, lynx's Triton rowwise quantizer + `
 checked against `lynx_compile.fp8`'s reference of the same numerics, and the compressor's operand against the
 reference encoder's (`operand_bit_exact`: both the one-pass kernel the layer takes and the general two-pass
 one). `quantize_two_pass` and `compress_fp8_two_pass` time the general kernels, `compress_fp8_pairsP` the one-pass
-kernel with P pairs of groups a program; `compress_fp8_gelu` (one-pass) and `compress_fp8_gelu_two_pass` the
+kernel with P pairs of groups a program, `compress_fp8_read_twice` with a row in chunks read twice (not kept in
+registers); `compress_fp8_gelu` (one-pass) and `compress_fp8_gelu_two_pass` the
 compressor with a GELU folded, as the MLP down-projections run it.
 """
 
@@ -106,6 +107,8 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
     for pairs in (256, 512, 1024):  # the one-pass kernel's block size: pairs of groups a program holds
         times[f"compress_fp8_pairs{pairs}"] = cuda_graph_ms(
             lambda pairs=pairs: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True, pairs))
+    times["compress_fp8_read_twice"] = cuda_graph_ms(  # a row in chunks read twice, not kept in registers
+        lambda: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True, held_pairs=0))
     if k > 4096:  # GELU applied on load to all of x, as an MLP down-projection takes it
         gelu = FoldSpec("activation", ("gelu_tanh",))
         times["compress_fp8_gelu"] = cuda_graph_ms(lambda: compress_fp8([x], gelu))

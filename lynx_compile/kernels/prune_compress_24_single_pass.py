@@ -11,7 +11,8 @@ two slots picked from a 16-entry table. Same numerics as the general kernel: the
 but for the order of the energies' sums.
 
 This kernel is compute-bound too (Nsight Compute at 4608 × 3072, both kernels: SM throughput 73–76%, DRAM 17–19%),
-so the gain is what fewer instructions and a better block shape buy: 12–16% at FLUX's shapes (benchmarks/RESULTS.md).
+so the gain is what fewer instructions, fewer barriers and a better block shape buy: 27–31% at FLUX's shapes
+(benchmarks/RESULTS.md).
 
 It reads what the FP8 kernel reads (X = cat(act(operand), ...) of at most two 16-bit operands, contiguous along K),
 the pieces through one activation (`applies`); other folds take the general kernel.
@@ -39,8 +40,8 @@ except ImportError:
     triton = None
 
 # Pairs of groups a program holds at a time: one row of FLUX's K = 3072 in 3 chunks of 128 (1024 elements, a pair a
-# thread) took 24.0 µs at 4608 rows on an H200, whole rows of 512 pairs (the FP8 kernel's choice, which reads a row
-# twice) 29.5, 256 28.4, 64 42.2 (`benchmarks/bench_compress_cutlass.py`; 128 was best or tied at every K measured).
+# thread) took 20.4 µs at 4608 rows on an H200, chunks of 64 21.0, of 256 25.9, two whole rows of 512 pairs 28.1
+# (`benchmarks/bench_compress_cutlass.py`; 128 was best or tied at every K measured).
 PAIRS_PER_PROGRAM = 128
 
 if triton is not None:
@@ -91,7 +92,7 @@ if triton is not None:
     @triton.jit
     def _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M, K, FP16: tl.constexpr,
                          PIECES: tl.constexpr, INF: tl.constexpr):  # fmt: skip
-        """Prune and store a chunk's pairs of groups; the rows' (‖x‖², ‖x̃‖²) over them."""
+        """Prune and store a chunk's pairs of groups; their (‖x‖², ‖x̃‖²), a pair's each, for the caller to add up."""
         even_word, even_nibble, energy, kept = _pruned_group(even, head, FP16, PIECES, INF)
         odd_word, odd_nibble, odd_energy, odd_kept = _pruned_group(odd, head, FP16, PIECES, INF)
         # a pair's four stored 16-bit values: one 64-bit word
@@ -103,7 +104,7 @@ if triton is not None:
         address = (g & 3) + ((r >> 3) & 1) * 4 + ((g >> 3) & 1) * 8 + (r & 7) * 16 + ((g >> 2) & 1) * 128 \
             + ((r >> 4) & 3) * 256 + (r >> 6) * 1024 + (g >> 4) * (tl.cdiv(M, 64) * 64 * 16)
         tl.store(meta_ptr + address // 2, (even_nibble | (odd_nibble << 4)).to(tl.uint8), mask=pairs[None, :] < K // 8)
-        return tl.sum(energy + odd_energy, axis=1), tl.sum(kept + odd_kept, axis=1)
+        return energy + odd_energy, kept + odd_kept
 
     @triton.jit
     def _single_pass_kernel(
@@ -117,12 +118,15 @@ if triton is not None:
         INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         x = (head_ptr, head_stride, tail_ptr, tail_stride, split)
-        energy, kept = tl.zeros((ROWS,), dtype=tl.float32), tl.zeros((ROWS,), dtype=tl.float32)
+        # each thread's partial sums, carried across chunks: the rows' sums across warps (shared memory and
+        # barriers) are taken once, not once a chunk
+        energy, kept = tl.zeros((ROWS, PAIRS), dtype=tl.float32), tl.zeros((ROWS, PAIRS), dtype=tl.float32)
         for chunk in range(CHUNKS):
             even, odd, pairs, live, head = _load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
             chunk_energy, chunk_kept = _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M,
                                                         K, FP16, PIECES, INF)  # fmt: skip
             energy, kept = energy + chunk_energy, kept + chunk_kept
+        energy, kept = tl.sum(energy, axis=1), tl.sum(kept, axis=1)
         scale = tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + eps)), 1.0)  # 1 for a non-finite row
         tl.store(scale_ptr + rows, scale, mask=rows < M)
 

@@ -5,10 +5,11 @@ its activation (`Loader.pieces`); other loaders take the general kernels.
 
 `prune_quantize_fp8.py` has the general kernels (any loader): three launches and two reads of X, because a program
 there owns a chunk of K while the scale needs the whole row. Here a program owns whole rows: as many as fill
-`PAIRS_PER_PROGRAM` pairs of groups where a row fits (K ≤ 4096), their statistics reductions inside the program;
-a longer row is read in chunks twice, statistics then values, the second time from L2 (a folded activation is then
-computed twice: at K ≥ 12288 GELU on load costs as much as the rest, benchmarks/RESULTS.md). The same numerics, bit
-for bit (the tests run both kernels against the reference).
+`PAIRS_PER_PROGRAM` pairs of groups where a short row fits, their statistics reductions inside the program; a row
+of up to `HELD_PAIRS` pairs (K ≤ 8192) in chunks, all kept in registers; a longer row is read in chunks twice,
+statistics then values, the second time from L2 (a folded activation is then computed twice: at K ≥ 12288 GELU on
+load costs as much as the rest, benchmarks/RESULTS.md). The same numerics, bit for bit (the tests run both kernels
+against the reference).
 
 It is also leaner per element (36.8 SASS instructions per element against the general pass 2's 48.5, counted on the
 sm_90 cubin): X is loaded as 64-bit words, each a group of four 16-bit floats, two words (a pair of groups, 16
@@ -39,6 +40,8 @@ except ImportError:
     triton = None
 
 PAIRS_PER_PROGRAM = 512  # pairs of groups a program holds at a time (4 K elements, 32 a thread with 4 warps)
+SMALL_ROW_PAIRS = 128  # rows this short are taken whole, several a program, however much of them is padding
+HELD_PAIRS = 1024  # a row in chunks up to this long is kept in registers and read once (8 K elements)
 
 
 
@@ -176,20 +179,20 @@ if triton is not None:
 
     @triton.jit
     def _statistics(even, odd, head, FP16: tl.constexpr, PIECES: tl.constexpr):
-        """Per row of the pairs: ‖x‖², and the largest magnitude's bits (amax |x| = amax |x̃|: a group's largest is
-        kept), which also tell NaN (above +inf's) where a float max would drop it."""
+        """Per pair: ‖x‖², and the largest magnitude's bits (amax |x| = amax |x̃|: a group's largest is kept), which
+        also tell NaN (above +inf's) where a float max would drop it; the caller reduces them along the row."""
         e0, e1, e2, e3, a0, a1, a2, a3 = _members(even, head, FP16, PIECES[0], PIECES[1])
         o0, o1, o2, o3, b0, b1, b2, b3 = _members(odd, head, FP16, PIECES[0], PIECES[1])
-        energy = tl.sum(e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3 + o0 * o0 + o1 * o1 + o2 * o2 + o3 * o3, axis=1)
+        energy = e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3 + o0 * o0 + o1 * o1 + o2 * o2 + o3 * o3
         top = tl.maximum(tl.maximum(tl.maximum(a0, a1), tl.maximum(a2, a3)),
                          tl.maximum(tl.maximum(b0, b1), tl.maximum(b2, b3)))  # fmt: skip
-        return energy, tl.max(top, axis=1)
+        return energy, top
 
     @triton.jit
     def _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K,
                             PRUNE: tl.constexpr, FP16: tl.constexpr, PIECES: tl.constexpr, INF: tl.constexpr,
                             HARDWARE_CAST: tl.constexpr):  # fmt: skip
-        """(Prune,) quantize and store the pairs; the rows' kept energy ‖x̃‖² over them."""
+        """(Prune,) quantize and store the pairs; their kept energy ‖x̃‖², a pair's each, for the caller to add up."""
         kept = tl.zeros(even.shape, dtype=tl.float32)
         even_word, even_nibble, kept = _group_codes(even, head, inverse, kept, PRUNE, FP16, PIECES, INF,
                                                     HARDWARE_CAST)  # fmt: skip
@@ -206,31 +209,38 @@ if triton is not None:
             columns = pairs[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]
             tl.store(out + rows[:, None, None] * (K // 4) + columns, tl.join(even_word, odd_word),
                      mask=live[:, :, None])
-        return tl.sum(kept, axis=1)
+        return kept
 
     @triton.jit
     def _single_pass_kernel(
         head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K, eps,
-        ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, PIECES: tl.constexpr, PRUNE: tl.constexpr,
-        NORM: tl.constexpr, FP16: tl.constexpr, TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr,
+        ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, HELD: tl.constexpr, PIECES: tl.constexpr,
+        PRUNE: tl.constexpr, NORM: tl.constexpr, FP16: tl.constexpr, TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr,
     ):  # fmt: skip
         """ROWS whole rows (of M rounded up to 64 with PRUNE, whose padding rows get empty metadata), in CHUNKS
         chunks of PAIRS pairs of groups: statistics, factor, (prune,) quantize, store; the row scale (quantization ×
-        norm). One chunk is held in registers; several are read twice, the second time from L2. X =
-        cat(act₀(head), act₁(tail)) with PIECES = (act₀, act₁) (`kernels.activations` codes) and TWO; X = act₀(head)
-        without (split = K)."""
+        norm). HELD: the chunks stay in registers between the statistics and the values (X read once); else each is
+        read twice, the second time from L2. X = cat(act₀(head), act₁(tail)) with PIECES = (act₀, act₁)
+        (`kernels.activations` codes) and TWO; X = act₀(head) without (split = K)."""
         INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         x = (head_ptr, head_stride, tail_ptr, tail_stride, split)
-        if CHUNKS == 1:
-            even, odd, pairs, live, head = _load_pairs(x, rows, 0, M, K, PAIRS, TWO)
-            energy, top = _statistics(even, odd, head, FP16, PIECES)
+        # statistics and kept energies are carried per thread across chunks and reduced along the rows once (a
+        # reduction across warps goes through shared memory and barriers)
+        energy, top = tl.zeros((ROWS, PAIRS), dtype=tl.float32), tl.zeros((ROWS, PAIRS), dtype=tl.int32)
+        if HELD:
+            held = ()
+            for chunk in tl.static_range(CHUNKS):
+                loaded = _load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+                chunk_energy, chunk_top = _statistics(loaded[0], loaded[1], loaded[4], FP16, PIECES)
+                energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
+                held = held + (loaded,)
         else:
-            energy, top = tl.zeros((ROWS,), dtype=tl.float32), tl.zeros((ROWS,), dtype=tl.int32)
             for chunk in range(CHUNKS):
                 even, odd, pairs, live, head = _load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
                 chunk_energy, chunk_top = _statistics(even, odd, head, FP16, PIECES)
                 energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
+        energy, top = tl.sum(energy, axis=1), tl.max(top, axis=1)
         if FP16:
             amax = top.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         else:
@@ -239,16 +249,19 @@ if triton is not None:
         inverse = tl.where(positive, tl.math.div_rn(_E4M3_MAX + tl.zeros_like(amax), amax), 1.0)  # as torch's
         scale = tl.where(positive, amax / _E4M3_MAX, 1.0)
 
-        if CHUNKS == 1:
-            kept = _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K,
-                                       PRUNE, FP16, PIECES, INF, HARDWARE_CAST)  # fmt: skip
+        kept = tl.zeros((ROWS, PAIRS), dtype=tl.float32)
+        if HELD:
+            for chunk in tl.static_range(CHUNKS):
+                even, odd, pairs, live, head = held[chunk]
+                kept += _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M,
+                                            K, PRUNE, FP16, PIECES, INF, HARDWARE_CAST)  # fmt: skip
         else:
-            kept = tl.zeros((ROWS,), dtype=tl.float32)
             for chunk in range(CHUNKS):
                 even, odd, pairs, live, head = _load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
                 kept += _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M,
                                             K, PRUNE, FP16, PIECES, INF, HARDWARE_CAST)  # fmt: skip
         if PRUNE and NORM:
+            kept = tl.sum(kept, axis=1)
             scale *= tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + eps)), 1.0)
         tl.store(scale_ptr + rows, scale, mask=rows < M)
 
@@ -265,13 +278,14 @@ def applies(operands: Sequence[torch.Tensor], loader: Loader) -> bool:
 
 def _blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
     """(rows a program takes, pairs of groups it holds at a time, chunks a row is read in) for rows of `row_pairs`
-    pairs: whole rows where one fits (padded to a power of two), else one row in the largest power-of-two chunks
-    ≤ `pairs_per_program` whose padding past the row's end is at most a tenth of it (Wan's K = 5120: 640 pairs, 5
-    chunks of 128 rather than 2 of 512)."""
+    pairs: whole rows, several a program, where a row fits a power of two that is small (`SMALL_ROW_PAIRS`) or at
+    most a tenth padding; else one row in the largest power-of-two chunks ≤ `pairs_per_program` whose padding past
+    the row's end is at most a tenth of it — FLUX's K = 3072 (384 pairs): 3 chunks of 128, not one of 512 with a
+    quarter of its lanes computing padding; Wan's K = 5120 (640 pairs): 5 of 128."""
     padded = next_power_of_2(row_pairs)
-    if padded <= pairs_per_program:
+    if padded <= pairs_per_program and (padded <= SMALL_ROW_PAIRS or padded - row_pairs <= row_pairs // 10):
         return min(META_ROWS, pairs_per_program // padded), padded, 1
-    pairs = pairs_per_program
+    pairs = min(pairs_per_program, padded)
     while pairs > 16 and cdiv(row_pairs, pairs) * pairs - row_pairs > row_pairs // 10:
         pairs //= 2
     return 1, pairs, cdiv(row_pairs, pairs)
@@ -279,10 +293,11 @@ def _blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
 
 def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor, prune: bool,
            norm: bool, hardware_cast: bool, pairs_per_program: int = PAIRS_PER_PROGRAM,
-           blocks: tuple[int, int, int] | None = None) -> torch.Tensor:  # fmt: skip
+           blocks: tuple[int, int, int] | None = None, held_pairs: int = HELD_PAIRS) -> torch.Tensor:  # fmt: skip
     """Run the kernel over X as `loader` makes it of `operands` (`applies`) into `values` (and, with `prune`,
     `metadata`); the row scale. A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or
-    `blocks` as given (rows a program, pairs a chunk, chunks a row: tests and benchmarks)."""
+    `blocks` as given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); a row in chunks is kept
+    in registers and read once up to `held_pairs` pairs of groups, read twice past that."""
     rows, k = operands[0].shape[0], loader.width
     scale = torch.empty(rows, dtype=torch.float32, device=operands[0].device)
     if rows == 0:
@@ -291,7 +306,8 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     _single_pass_kernel[(cdiv(covered, block_rows),)](
         *x_arguments(operands, k), values.view(torch.uint8), metadata, scale, rows, k, NORM_EPS, ROWS=block_rows,
-        PAIRS=pairs, CHUNKS=chunks, PIECES=piece_activations(loader), PRUNE=prune, NORM=norm,
+        PAIRS=pairs, CHUNKS=chunks, HELD=chunks == 1 or chunks * pairs <= held_pairs, PIECES=piece_activations(loader),
+        PRUNE=prune, NORM=norm,
         FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast,
         num_warps=warps(block_rows, pairs),
     )  # fmt: skip
@@ -319,5 +335,7 @@ def piece_activations(loader: Loader) -> tuple[int, int]:
 
 
 def warps(block_rows: int, pairs: int) -> int:
-    """A program's warps: a pair of groups a thread at most, 4 to 16."""
-    return min(16, max(4, block_rows * pairs // 128))
+    """A program's warps: 4, more where it holds more than a pair of groups a thread (up to 16), fewer for chunks of
+    fewer than 128 pairs (so that no two threads hold the same pair)."""
+    held = block_rows * pairs
+    return max(1, min(16, max(4, held // 128), held // 32))

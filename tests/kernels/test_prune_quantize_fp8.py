@@ -145,18 +145,20 @@ def test_a_folded_concatenation_equals_quantizing_its_written_out_output(pieces,
     assert torch.equal(bits(quantized), bits(ref_quantized)) and torch.equal(row_scale, ref_row_scale)
 
 
+@pytest.mark.parametrize("held_pairs", [64, 0])  # the row's chunks kept in registers, or each read twice
 @pytest.mark.parametrize("prune", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype):
-    """Rows longer than a program holds are read in chunks (twice: statistics, then values), the last one partly
-    past K: the same bits. (Few cases: a program per row, slow under the interpreter.)"""
+def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype, held_pairs):
+    """A row in chunks, the last one partly past K, kept in registers or read twice (statistics, then values): the
+    same bits. (Few cases: a program per row, slow under the interpreter.)"""
     x = activation_rows(5, 384, dtype)  # 48 pairs of groups a row: 2 chunks of 32
     x = x.contiguous()
     rows, k = x.shape
     values = torch.empty(rows, k // 2 if prune else k, dtype=torch.float8_e4m3fn, device=DEVICE)
     metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=DEVICE)
     operands, loader = loading([x], IDENTITY)
-    scale = single_pass.launch(operands, loader, values, metadata, prune, True, hardware_cast(), blocks=(1, 32, 2))
+    scale = single_pass.launch(operands, loader, values, metadata, prune, True, hardware_cast(), blocks=(1, 32, 2),
+                               held_pairs=held_pairs)  # fmt: skip
     if prune:
         ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x)
         assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
@@ -166,12 +168,23 @@ def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype):
         assert torch.equal(bits(values), bits(ref_values)) and torch.equal(scale, ref_scale.reshape(-1))
 
 
+@pytest.mark.parametrize("k", [2560, 3072])  # 5 chunks of 64 pairs (two warps a program), 3 of 128: held
+def test_the_one_pass_kernel_holds_a_row_of_chunks_where_a_whole_block_would_be_padding(k):
+    x = activation_rows(3, k, torch.bfloat16)
+    assert single_pass._blocks(k // 8, single_pass.PAIRS_PER_PROGRAM)[2] > 1
+    values, metadata, scale = prune_quantize_compress_fp8(x)
+    ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x)
+    assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+
+
 @given(st.integers(1, 4096), st.sampled_from([64, 256, 512, 1024]))
 def test_the_one_pass_blocks_cover_a_row_with_little_padding(row_pairs, pairs_per_program):
     block_rows, pairs, chunks = single_pass._blocks(row_pairs, pairs_per_program)
     assert pairs & (pairs - 1) == 0 and block_rows * pairs <= max(pairs_per_program, 16) and chunks * pairs >= row_pairs
-    if chunks == 1:  # whole rows: as many as fill the program, at most a metadata tile's 64
+    if chunks == 1:  # whole rows, short or little padded: as many as fill the program, at most a metadata tile's 64
         assert pairs < 2 * row_pairs and block_rows == min(64, pairs_per_program // pairs)
+        assert pairs <= single_pass.SMALL_ROW_PAIRS or pairs - row_pairs <= row_pairs // 10
     else:  # one row in chunks: the padding is at most a tenth, or the chunks are the smallest
         assert block_rows == 1 and (chunks * pairs - row_pairs <= row_pairs // 10 or pairs == 16)
 
