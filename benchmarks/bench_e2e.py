@@ -1,6 +1,7 @@
 """One transformer forward, end to end: Inductor dense vs lynx sparse, with and without CUDA graphs.
 
     python benchmarks/bench_e2e.py [flux|wan|qwen_image|z_image|dit|all] [graphs|no-graphs] [dense,lynx,lynx_mixed]
+                                   [--profile]
 
 - flux: full-size FluxTransformer2DModel config (19 double + 38 single blocks, hidden 3072), random weights, bf16,
   1024² (4096 image + 512 text tokens), batch 1;
@@ -22,7 +23,9 @@ timed with CUDA events, median of 10 after 3 warm-ups, twice round interleaved w
 median counts); ratios are dense / lynx in the same graph mode. `lynx_dense` (lynx with execution="dense") can be
 added to a case's variants to see what the backend costs by itself. `fp8` and `fp8_lynx` quantize the model with
 torchao's float8 recipe first (`Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())`) and compile it with
-Inductor / lynx; fp8_lynx's ratio is over fp8 where both run.
+Inductor / lynx; fp8_lynx's ratio is over fp8 where both run. `--profile` adds each variant's GPU time by kind of
+kernel (attention, dense and sparse GEMMs, lynx's compressors, Inductor's kernels: `kernel_breakdown.py`) to the
+printout and the JSON; without CUDA graphs, whose replays hide their kernels from the profiler.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lynx_compile  # noqa: E402
+from kernel_breakdown import format_breakdowns, kernel_breakdown  # noqa: E402
 from plots import plot_e2e  # noqa: E402
 
 
@@ -271,8 +275,10 @@ def baseline(variant: str, timed: dict) -> str:
     return wanted if wanted in timed else "dense"
 
 
-def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, True)) -> list[dict]:
-    """Compile every variant first, then time them interleaved, twice round: no variant gets a quieter machine."""
+def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, True), profile: bool = False
+             ) -> list[dict]:  # fmt: skip
+    """Compile every variant first, then time them interleaved, twice round: no variant gets a quieter machine;
+    with `profile`, then each variant's kernels by kind."""
     rows = []
     for graphs in graph_modes:
         compiled, sparse_share, reasons, paths, dense_kinds = {}, {}, {}, {}, {}
@@ -323,6 +329,12 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
                      "sparse_paths": paths})  # fmt: skip
         if "lynx" in best:
             rows[-1]["speedup"] = best["dense"] / best["lynx"]
+        if profile:
+            with torch.no_grad():
+                breakdowns = {variant: kernel_breakdown(lambda: forward(model, inputs))
+                              for variant, (model, inputs) in compiled.items()}  # fmt: skip
+            rows[-1]["kernels"] = breakdowns
+            print(f"{name} graphs={graphs}:\n{format_breakdowns(breakdowns)}", flush=True)
         compiled.clear()
         model = inputs = None  # the last round's models must go before the next round builds two more
         torch.compiler.reset()  # Dynamo's caches hold the compiled modules too
@@ -332,16 +344,18 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
 
 
 def main() -> None:
-    which = sys.argv[1] if len(sys.argv) > 1 else "all"
-    modes = {"graphs": (True,), "no-graphs": (False,)}.get(sys.argv[2] if len(sys.argv) > 2 else "", (False, True))
-    variants = tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else ("dense", "lynx")
+    profile = "--profile" in sys.argv
+    args = [arg for arg in sys.argv[1:] if arg != "--profile"]
+    which = args[0] if args else "all"
+    modes = {"graphs": (True,), "no-graphs": (False,)}.get(args[1] if len(args) > 1 else "", (False, True))
+    variants = tuple(args[2].split(",")) if len(args) > 2 else ("dense", "lynx")
     variants = variants if "dense" in variants else ("dense", *variants)  # every ratio falls back to dense
     cases = {"flux": flux_case, "wan": wan_case, "qwen_image": qwen_image_case, "z_image": z_image_case,
              "dit": dit_case}
     rows = []
     for name, build in cases.items():
         if which in (name, "all"):
-            rows += run_case(name, build, variants, modes)
+            rows += run_case(name, build, variants, modes, profile)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     out_dir = os.environ.get("OUT", "/tmp")
     with open(os.path.join(out_dir, f"bench_e2e_{which}.json"), "w") as f:

@@ -37,3 +37,34 @@ def test_dense_layers_are_named_by_kind_with_their_first_reason():
 
 def test_dense_reasons_group_what_differs_only_in_numbers():
     assert dense_reasons(REPORT) == {"sparse path measured # dense < min_speedup=#": 3, "tokens 1 < min_tokens=16": 2}
+
+
+def test_the_kernel_breakdown_knows_every_lynx_triton_kernel_and_the_usual_libraries():
+    import importlib
+    import pkgutil
+
+    from triton.runtime.jit import KernelInterface
+
+    import lynx_compile.kernels
+    from kernel_breakdown import format_breakdowns, kind_of
+
+    ours = [name for info in pkgutil.iter_modules(lynx_compile.kernels.__path__)
+            for name, value in vars(importlib.import_module(f"lynx_compile.kernels.{info.name}")).items()
+            if isinstance(value, KernelInterface) and name.endswith("_kernel")]  # fmt: skip
+    assert len(ours) >= 8 and all(kind_of(name) == "lynx (Triton)" for name in ours), ours
+    assert kind_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_cublas") == "dense GEMM"
+    assert kind_of("nvjet_hsh_256x128_64x4_2x1_v_bz_coopA_NTN") == "dense GEMM"
+    assert kind_of("void cutlass::device_kernel<cutlass::gemm::kernel::GemmUniversal<cutlass::gemm::collective::"
+                   "CollectiveMma<cutlass::gemm::MainloopSm90TmaGmmaWarpSpecializedSparse<4>>>>") == "sparse GEMM"
+    assert kind_of("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>") == "attention"
+    assert kind_of("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128") == "attention"
+    assert kind_of("triton_poi_fused_add_mul_0") == "Inductor (Triton)"
+    # Inductor names a kernel after the ops it feeds too
+    assert kind_of("triton_poi_fused_cat_float8_sparse_linear_gelu_permute_view_3") == "Inductor (Triton)"
+    assert kind_of("triton_red_fused__fused_rms_norm__scaled_dot_product_cudnn_attention__to_copy") == \
+        "Inductor (Triton)"
+    table = format_breakdowns({"a": {"per_call_ms": {"attention": 2.0, "other": 0.5}, "total_ms": 2.5, "top": []},
+                               "b": {"per_call_ms": {"dense GEMM": 3.0}, "total_ms": 3.0, "top": []}})  # fmt: skip
+    rows = {line[:32].strip(): line[32:].split() for line in table.splitlines()[1:5]}
+    assert rows["dense GEMM"] == ["0.00", "3.00"] and rows["attention"] == ["2.00", "0.00"]
+    assert rows["total"] == ["2.50", "3.00"]
