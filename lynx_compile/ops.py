@@ -13,8 +13,9 @@
   (a member with a correction is not grouped).
 - ``lynx::float8_sparse_linear(inputs, weight, weight_scale, bias, plan)``: the same for a torchao float8 layer
   (`lynx_compile.float8`), whose weight arrives as torchao stores it: e4m3 data (N, K) and its scale, (N, 1) or
-  (1, 1). Its paths are the float8 ones; below the plan's token count it runs rowwise FP8 dense. Not lowered: its
-  kernels apply every scale and the bias, so there is no epilogue left for Inductor to fuse.
+  (1, 1). Its paths are the float8 ones; below the plan's token count it runs rowwise FP8 dense. Lowered where its
+  path runs kernel ops (`SparsePath.lowers_float8`): not for an epilogue to fuse (its kernels apply every scale and
+  the bias) but to take this op's Python layers off every call of a model run without CUDA graphs.
 - ``lynx::float8_sparse_linear_group(inputs, weights, weight_scales, biases, biased, plan) -> [y, ...]``: sibling
   float8 layers as one unit, as the group op above: x pruned, quantized and compressed once for every member's FP8
   GEMM; below the plan's token count, x quantized once for every member's rowwise FP8 dense GEMM.
@@ -24,11 +25,14 @@
   a multiple of ``pad_rows_to``; and the rows' norm scale s.
 - ``lynx::prune_compress_24_cutlass(inputs, fold) -> (values, metadata, scale)``: the same prune, in the operand
   layout of lynx's CUTLASS sparse GEMM (`kernels/cutlass_layout.py`).
+- ``lynx::prune_quantize_compress_fp8(inputs, fold, norm_compensation) -> (values, metadata, scale)``: the same
+  prune, each pruned row quantized to e4m3, in the layout of the CUTLASS FP8 GEMM; the row scale (quantization ×
+  norm) its epilogue applies.
 
 Under autocast, ``lynx::sparse_linear`` (and the group op) does what ``F.linear`` does (ATen lists it as a
 lower-precision op): its floating-point tensors on the autocast device, fp64 excepted, are cast to the autocast
 dtype, and it computes and returns in that dtype, so the mask is the one a reduced-precision linear's input would
-get. The two kernel ops take their inputs as given. Either way the bodies run with autocast off: inside them every
+get. The kernel ops take their inputs as given. Either way the bodies run with autocast off: inside them every
 dtype is chosen explicitly.
 """
 
@@ -40,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .float8 import Float8Weight, dense_float8_linear, dense_float8_linears, weight_scale_per_row
-from .folds import FoldSpec, assemble, compress, compress_cutlass, get_fold
+from .folds import FoldSpec, assemble, compress, compress_cutlass, compress_fp8, get_fold
 from .kernel_op import kernel_op
 from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
 from .kernels.prune_compress_24 import compressed_shape, metadata_bytes, padded_rows
@@ -53,6 +57,8 @@ _AUTOCAST_DEVICES = ("cpu", "cuda")
 # The ops' arguments, in schema order: the rewrite builds calls from them, the lowering's patterns match them.
 SPARSE_LINEAR_ARGS = ("inputs", "weight", "bias", "lora_a", "lora_b", "plan")
 SPARSE_LINEAR_GROUP_ARGS = ("inputs", "weights", "biases", "biased", "plan")
+FLOAT8_SPARSE_LINEAR_ARGS = ("inputs", "weight", "weight_scale", "bias", "plan")
+FLOAT8_SPARSE_LINEAR_GROUP_ARGS = ("inputs", "weights", "weight_scales", "biases", "biased", "plan")
 
 
 @torch.library.custom_op("lynx::nm_prune", mutates_args=())
@@ -95,6 +101,22 @@ def _(inputs: list[torch.Tensor], fold: str) -> tuple[torch.Tensor, torch.Tensor
     return inputs[0].new_empty((rows, k // 2)), metadata, inputs[0].new_empty((rows,), dtype=torch.float32)
 
 
+@kernel_op("lynx::prune_quantize_compress_fp8")
+def prune_quantize_compress_fp8_op(
+    inputs: list[torch.Tensor], fold: str, norm_compensation: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return compress_fp8(inputs, FoldSpec.decode(fold), norm_compensation)
+
+
+@torch.library.register_fake("lynx::prune_quantize_compress_fp8")
+def _(inputs: list[torch.Tensor], fold: str, norm_compensation: bool) -> tuple[torch.Tensor, ...]:
+    spec = FoldSpec.decode(fold)
+    rows, k = token_rows(inputs[0]), get_fold(spec.kind).width(inputs, spec.params)
+    metadata = inputs[0].new_empty((metadata_bytes(rows, k),), dtype=torch.uint8)
+    values = inputs[0].new_empty((rows, k // 2), dtype=torch.float8_e4m3fn)
+    return values, metadata, inputs[0].new_empty((rows,), dtype=torch.float32)
+
+
 @torch.library.custom_op("lynx::sparse_linear", mutates_args=())
 def sparse_linear(
     inputs: list[torch.Tensor],
@@ -126,10 +148,10 @@ def float8_sparse_linear(
     plan: str,
 ) -> torch.Tensor:
     decoded = SparseLinearPlan.decode(plan)
-    float8_weight = _float8_weight(weight, weight_scale)
+    member = float8_weight(weight, weight_scale)
     if not decoded.sparse_at(token_rows(inputs[0])):  # as for sparse_linear: dense below min_tokens
-        return dense_float8_linear(inputs, decoded.fold, float8_weight, bias)
-    return get_path(decoded.path).forward(inputs, float8_weight, bias, None, decoded)
+        return dense_float8_linear(inputs, decoded.fold, member, bias)
+    return get_path(decoded.path).forward(inputs, member, bias, None, decoded)
 
 
 @float8_sparse_linear.register_fake
@@ -160,7 +182,7 @@ def float8_sparse_linear_group(
     biases: list[torch.Tensor], biased: list[int], plan: str,
 ) -> list[torch.Tensor]:
     decoded = SparseLinearPlan.decode(plan)
-    members = [_float8_weight(weight, scale) for weight, scale in zip(weights, weight_scales)]
+    members = [float8_weight(weight, scale) for weight, scale in zip(weights, weight_scales)]
     member_biases = member_bias_list(len(weights), biases, biased)
     if not decoded.sparse_at(token_rows(inputs[0])):  # as for one layer: rowwise FP8 dense below min_tokens
         return dense_float8_linears(inputs, decoded.fold, members, member_biases)
@@ -172,7 +194,7 @@ def _(inputs, weights, weight_scales, biases, biased, plan):
     return [inputs[0].new_empty((*inputs[0].shape[:-1], weight.shape[0])) for weight in weights]
 
 
-def _float8_weight(weight: torch.Tensor, weight_scale: torch.Tensor) -> Float8Weight:
+def float8_weight(weight: torch.Tensor, weight_scale: torch.Tensor) -> Float8Weight:
     """torchao's e4m3 data and scale as the float8 paths take them."""
     return Float8Weight(weight.contiguous(), weight_scale_per_row(weight_scale, weight.shape[0]))
 
@@ -362,3 +384,4 @@ _register_autocast(torch.ops.lynx.float8_sparse_linear_group.default, cast=False
 _register_autocast(torch.ops.lynx.nm_prune.default, cast=False)
 _register_autocast(torch.ops.lynx.prune_compress_24.default, cast=False)
 _register_autocast(torch.ops.lynx.prune_compress_24_cutlass.default, cast=False)
+_register_autocast(torch.ops.lynx.prune_quantize_compress_fp8.default, cast=False)

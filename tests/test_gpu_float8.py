@@ -2,6 +2,8 @@
 compressor bit-exact with its reference and with CUTLASS's own compressor, the FP8 sparse layer against the simulate
 numerics, rowwise FP8 dense, and torchao float8 models compiled end to end without a second copy of their weights."""
 
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -162,6 +164,26 @@ def test_torchao_float8_siblings_run_as_one_group(graphs):
         assert layers[name].siblings == ("to_q", "to_k", "to_v") and layers[name].path == "cutlass_float8", \
             layers[name].reason  # fmt: skip
     assert report.graphs[0].after.count("lynx.float8_sparse_linear_group.default") == 1
+
+
+@pytest.mark.parametrize("module, ops", [(FeedForward, 2), (Attention, 2)])  # q, k, v: one group
+def test_float8_ops_on_the_cutlass_path_are_lowered_into_kernel_ops(module, ops):
+    """Without CUDA graphs a `custom_op`'s Python layers cost every call; on the CUTLASS FP8 path Inductor's code
+    calls the float8 ops' kernel ops (the FP8 compressor, the FP8 GEMM) instead."""
+    pytest.importorskip("torchao")
+    from torch._inductor.utils import run_and_get_code
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    torch.manual_seed(0)
+    model = module().cuda().to(torch.bfloat16).eval()
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    x = torch.randn(2, 1000, 1024, device="cuda", dtype=torch.bfloat16)
+    compiled = torch.compile(model, backend="lynx", options={"execution": "sparse", "min_speedup": 1e-6})
+    with torch.no_grad():
+        _, code = run_and_get_code(compiled, x)
+    calls = re.findall(r"torch\.ops\.lynx\.(\w+)\.default\(", "\n".join(code))  # comments name the ops replaced
+    assert "float8_sparse_linear" not in calls and "float8_sparse_linear_group" not in calls, calls
+    assert calls.count("prune_quantize_compress_fp8") == ops and "cutlass_float8_sparse_mm" in calls, calls
 
 
 def test_compiling_a_float8_model_stores_no_second_weight():

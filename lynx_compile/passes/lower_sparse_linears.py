@@ -35,7 +35,14 @@ from ..config import LynxConfig
 from ..folds import FOLDS
 from ..logs import log_graph
 from ..method import token_rows
-from ..ops import SPARSE_LINEAR_ARGS, SPARSE_LINEAR_GROUP_ARGS, member_bias_list
+from ..ops import (
+    FLOAT8_SPARSE_LINEAR_ARGS,
+    FLOAT8_SPARSE_LINEAR_GROUP_ARGS,
+    SPARSE_LINEAR_ARGS,
+    SPARSE_LINEAR_GROUP_ARGS,
+    float8_weight,
+    member_bias_list,
+)
 from ..paths import PATHS, get_path
 from ..plan import SparseLinearPlan
 from .utils import fake_value
@@ -90,6 +97,46 @@ def _register_patterns() -> None:
         match.replace_by_example(lowered, [*weights, *biases, *inputs])
 
 
+def _settled_float8(match: Match) -> bool:
+    """A float8 op is lowered where it is settled and its path runs kernel ops (`SparsePath.lowers_float8`)."""
+    return get_path(SparseLinearPlan.decode(match.kwargs["plan"]).path).lowers_float8 and _settled(match)
+
+
+@functools.cache
+def _register_float8_patterns() -> None:
+    """torchao float8 layers: the op's body (its path's kernel ops) in place of the op, for the host cost of a call."""
+    pattern = CallFunction(torch.ops.lynx.float8_sparse_linear.default,
+                           *(KeywordArg(name) for name in FLOAT8_SPARSE_LINEAR_ARGS))  # fmt: skip
+
+    @register_graph_pattern(pattern, extra_check=_settled_float8, pass_dict=_PATTERNS)
+    def _lower_float8(match: Match, inputs, weight, weight_scale, bias, plan):  # noqa: ANN001
+        decoded = SparseLinearPlan.decode(plan)
+
+        def lowered(weight, weight_scale, *given):
+            bias_value, rest = (given[0], given[1:]) if bias is not None else (None, given)
+            return get_path(decoded.path).lower(list(rest), float8_weight(weight, weight_scale), bias_value, None,
+                                                decoded)  # fmt: skip
+
+        match.replace_by_example(lowered, [weight, weight_scale, *([bias] if bias is not None else []), *inputs])
+
+    group = CallFunction(torch.ops.lynx.float8_sparse_linear_group.default,
+                         *(KeywordArg(name) for name in FLOAT8_SPARSE_LINEAR_GROUP_ARGS))  # fmt: skip
+
+    @register_graph_pattern(group, extra_check=_settled_float8, pass_dict=_PATTERNS)
+    def _lower_float8_group(match: Match, inputs, weights, weight_scales, biases, biased, plan):  # noqa: ANN001
+        decoded = SparseLinearPlan.decode(plan)
+        members = len(weights)
+
+        def lowered(*given):
+            member_weights = [float8_weight(weight, scale) for weight, scale in zip(given[:members],
+                                                                                   given[members : 2 * members])]
+            bias_values = list(given[2 * members : 2 * members + len(biases)])
+            return get_path(decoded.path).lower_group(list(given[2 * members + len(biases) :]), member_weights,
+                                                      member_bias_list(members, bias_values, biased), decoded)
+
+        match.replace_by_example(lowered, [*weights, *weight_scales, *biases, *inputs])
+
+
 def source_files() -> tuple[str, ...]:
     """Every file whose content changes what the lowering emits: the core, the kernels, each registered path and
     fold (so a new path or fold is covered without being listed here)."""
@@ -110,6 +157,7 @@ class LowerSparseLinears(CustomGraphPass):
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         _register_patterns()
+        _register_float8_patterns()
         log_graph("Inductor's post-grad graph, before lower_sparse_linears", graph)
         self.lowered = _PATTERNS.apply(graph)
         logger.debug("lynx: lowered %d lynx::sparse_linear nodes for Inductor", self.lowered)

@@ -150,6 +150,9 @@ class SparsePath(ABC):
     # runs torchao float8 layers (`lynx::float8_sparse_linear` and its group op, `forward`'s weight a
     # `float8.Float8Weight`), and those only; False: layers with plain weights (`lynx::sparse_linear`)
     float8: ClassVar[bool] = False
+    # its `forward` (and `forward_group`) calls kernel ops only, so that the float8 ops on this path are lowered into
+    # them (`passes/lower_sparse_linears.py`): no Python layer of a `custom_op` around each call without CUDA graphs
+    lowers_float8: ClassVar[bool] = False
     # `tune` times a `Workload.written` itself (its producer's kernel, then the path on x); False: the measurement
     # times that kernel apart and tunes the path on x as given
     times_written: ClassVar[bool] = False

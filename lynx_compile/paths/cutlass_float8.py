@@ -13,12 +13,13 @@ written out first (`Workload.written`), which the speed rule takes where applyin
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from ..float8 import Float8Weight, quantize_weight
 from ..folds import IDENTITY, compress_fp8, load
+from ..kernel_op import kernel_op
 from ..kernels import cutlass_gemm
 from ..kernels.cutlass_gemm import FP8_CONFIGS, RASTERS, GemmConfig
 from ..kernels.prune_quantize_fp8 import FP8_K_MULTIPLE
@@ -30,11 +31,27 @@ from .cutlass import N_MULTIPLE, built_configs, fastest_setting
 FP8 = torch.float8_e4m3fn
 
 
+@kernel_op("lynx::cutlass_float8_sparse_mm")
+def cutlass_float8_sparse_mm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor,
+                             weight_scale: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], config: str,
+                             raster: int, swizzle: int) -> torch.Tensor:  # fmt: skip
+    """s ⊙ (X̃·Wᵀ) ⊙ w + b in bf16 for X̃ as `lynx::prune_quantize_compress_fp8` writes it and torchao's e4m3 W with
+    its per-feature scale w (rows × N)."""
+    return cutlass_gemm.sparse_mm(values, metadata, weight, scale, bias, GemmConfig.parse(config), raster, swizzle,
+                                  weight_scale=weight_scale)  # fmt: skip
+
+
+@torch.library.register_fake("lynx::cutlass_float8_sparse_mm")
+def _(values, metadata, weight, weight_scale, scale, bias, config, raster, swizzle):
+    return values.new_empty((values.shape[0], weight.shape[0]), dtype=cutlass_gemm.output_dtype(weight.dtype))
+
+
 class CutlassFloat8(SparsePath):
     name = "cutlass_float8"
     float8 = True
     groups = True
     times_written = True
+    lowers_float8 = True
 
     def runs_on(self, device: torch.device) -> bool:
         return device.type == "cuda" and cutlass_gemm.unavailable_reason(device) is None
@@ -77,7 +94,8 @@ class CutlassFloat8(SparsePath):
 
     def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[Float8Weight],
                       biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
-        values, metadata, scale = compress_fp8(inputs, plan.fold, plan.method.norm_compensation)
+        values, metadata, scale = torch.ops.lynx.prune_quantize_compress_fp8(list(inputs), plan.fold.encode(),
+                                                                             plan.method.norm_compensation)  # fmt: skip
         outs = []
         for index, (weight, bias) in enumerate(zip(weights, biases)):
             fused = bias is not None and bias.dtype == torch.bfloat16 and bias.is_contiguous()
@@ -97,5 +115,6 @@ class CutlassFloat8(SparsePath):
 
 def _gemm(values: torch.Tensor, metadata: torch.Tensor, weight: Float8Weight, scale: torch.Tensor,
           bias: torch.Tensor | None, setting: dict[str, Any]) -> torch.Tensor:  # fmt: skip
-    return cutlass_gemm.sparse_mm(values, metadata, weight.qdata, scale, bias, GemmConfig.parse(setting["config"]),
-                                  RASTERS[setting["raster"]], setting["swizzle"], weight_scale=weight.scale)  # fmt: skip
+    return torch.ops.lynx.cutlass_float8_sparse_mm(values, metadata, weight.qdata, weight.scale, scale, bias,
+                                                   setting["config"], RASTERS[setting["raster"]],
+                                                   setting["swizzle"])  # fmt: skip
