@@ -18,7 +18,7 @@ checked against `lynx_compile.fp8`'s reference of the same numerics, and the com
 reference encoder's (`operand_bit_exact`: both the one-pass kernel the layer takes and the general two-pass
 one). `quantize_two_pass` and `compress_fp8_two_pass` time the general kernels, `compress_fp8_pairsP` the one-pass
 kernel with P pairs of groups a program, `compress_fp8_read_twice` with a row in chunks read twice (not kept in
-registers), `compress_fp8_held_warpsW` with a held row's program in W warps; `compress_fp8_gelu` (one-pass) and
+registers), `compress_fp8_held_warpsW` with rows up to K = 16384 held, in W warps a program; `compress_fp8_gelu` (one-pass) and
 `compress_fp8_gelu_two_pass` the compressor with a GELU folded, as the MLP down-projections run it.
 """
 
@@ -109,10 +109,10 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
             lambda pairs=pairs: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True, pairs))
     times["compress_fp8_read_twice"] = cuda_graph_ms(  # a row in chunks read twice, not kept in registers
         lambda: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True, held_pairs=0))
-    for warps in (4, 8, 16):  # a held row's warps a program (the default: a pair of groups a thread of each chunk)
+    for warps in (4, 8, 16):  # a row held (up to K = 16384), in W warps a program
         times[f"compress_fp8_held_warps{warps}"] = cuda_graph_ms(
             lambda warps=warps: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True,
-                                                   num_warps=warps))  # fmt: skip
+                                                   held_pairs=2048, num_warps=warps))  # fmt: skip
     if k > 4096:  # GELU applied on load to all of x, as an MLP down-projection takes it
         gelu = FoldSpec("activation", ("gelu_tanh",))
         times["compress_fp8_gelu"] = cuda_graph_ms(lambda: compress_fp8([x], gelu))

@@ -6,7 +6,7 @@ its activation (`Loader.pieces`); other loaders take the general kernels.
 `prune_quantize_fp8.py` has the general kernels (any loader): three launches and two reads of X, because a program
 there owns a chunk of K while the scale needs the whole row. Here a program owns whole rows: as many as fill
 `PAIRS_PER_PROGRAM` pairs of groups where a short row fits, their statistics reductions inside the program; a row
-of up to `HELD_PAIRS` pairs (K ≤ 16384) in chunks, all kept in registers; a longer row is read in chunks twice,
+of up to `HELD_PAIRS` pairs (K ≤ 8192) in chunks, all kept in registers; a longer row is read in chunks twice,
 statistics then values, the second time from L2 (a folded activation is then computed twice: at K ≥ 12288 GELU on
 load costs as much as the rest, benchmarks/RESULTS.md). The same numerics, bit for bit (the tests run both kernels
 against the reference).
@@ -41,7 +41,9 @@ except ImportError:
 
 PAIRS_PER_PROGRAM = 512  # pairs of groups a program holds at a time (4 K elements, 32 a thread with 4 warps)
 SMALL_ROW_PAIRS = 128  # rows this short are taken whole, several a program, however much of them is padding
-HELD_PAIRS = 2048  # a row in chunks up to this long is kept in registers and read once (16 K elements)
+# a row in chunks up to this long is kept in registers and read once (8 K elements): longer rows held (K = 12288,
+# 15360 in 16 warps) took 123 and 151 µs at 4608 rows on an H200 against 92 and 120 read twice (RESULTS, session 12)
+HELD_PAIRS = 1024
 
 
 
@@ -298,22 +300,19 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
     """Run the kernel over X as `loader` makes it of `operands` (`applies`) into `values` (and, with `prune`,
     `metadata`); the row scale. A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or
     `blocks` as given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); a row in chunks is kept
-    in registers and read once up to `held_pairs` pairs of groups (a pair of groups a thread of each chunk, or
-    `num_warps` as given), read twice past that."""
+    in registers and read once up to `held_pairs` pairs of groups, read twice past that; `num_warps` as `warps`
+    gives them, or as given (benchmarks)."""
     rows, k = operands[0].shape[0], loader.width
     scale = torch.empty(rows, dtype=torch.float32, device=operands[0].device)
     if rows == 0:
         return scale
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
-    held = chunks == 1 or chunks * pairs <= held_pairs
-    if num_warps is None:  # a held row's registers spread over as many threads as a chunk has pairs
-        num_warps = warps(block_rows, pairs) if chunks == 1 or not held else max(1, min(16, pairs // 32))
     _single_pass_kernel[(cdiv(covered, block_rows),)](
         *x_arguments(operands, k), values.view(torch.uint8), metadata, scale, rows, k, NORM_EPS, ROWS=block_rows,
-        PAIRS=pairs, CHUNKS=chunks, HELD=held, PIECES=piece_activations(loader), PRUNE=prune, NORM=norm,
-        FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast,
-        num_warps=num_warps,
+        PAIRS=pairs, CHUNKS=chunks, HELD=chunks == 1 or chunks * pairs <= held_pairs, PIECES=piece_activations(loader),
+        PRUNE=prune, NORM=norm, FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2,
+        HARDWARE_CAST=hardware_cast, num_warps=num_warps or warps(block_rows, pairs),
     )  # fmt: skip
     return scale
 
