@@ -173,3 +173,35 @@ def test_a_tiny_diffusers_model_quantized_with_torchao_float8(name):
 
     assert torch.isfinite(fp8_sparse).all() and 0 < error(fp8_dense) < 0.1
     assert error(fp8_sparse) < 1.1 * (error(sparse) ** 2 + error(fp8_dense) ** 2) ** 0.5
+
+
+def test_the_float8_lowering_replaces_the_ops_by_their_paths_body(monkeypatch):
+    """The pattern that lowers `lynx::float8_sparse_linear` into its path's body (on the GPU, the CUTLASS FP8 path's
+    kernel ops), exercised here on the simulate path made to opt in: both layers (one with a bias, one without)
+    lowered, and the result that of the ops left as they are, but for bf16 roundings of the fused graph."""
+    import lynx_compile.passes.lower_sparse_linears as lowering
+    from lynx_compile.paths import get_path
+
+    passes = []
+
+    class Recording(lowering.LowerSparseLinears):
+        def __init__(self, config):
+            super().__init__(config)
+            passes.append(self)
+
+    block = quantized_block()
+    block.down.bias = None
+    layers = torch.nn.ModuleList([block.up, block.down])  # apart: a mask flip in one must not move the other
+    inputs = (torch.randn(2, 40, 128, dtype=torch.bfloat16), torch.randn(2, 40, 256, dtype=torch.bfloat16))
+    monkeypatch.setattr(lowering, "LowerSparseLinears", Recording)
+    outs = []
+    for lowers in (False, True):
+        monkeypatch.setattr(type(get_path("simulate_float8")), "lowers_float8", lowers)
+        torch._dynamo.reset()
+        with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False):
+            outs.append([torch.compile(layer, backend="lynx", options={"execution": "simulate"})(x_in)
+                         for layer, x_in in zip(layers, inputs)])  # fmt: skip
+    assert [recorded.lowered for recorded in passes] == [0, 0, 1, 1]
+    for lowered, as_op in zip(outs[1], outs[0]):
+        error = ((lowered.float() - as_op.float()).norm() / as_op.float().norm()).item()
+        assert error < 1e-2, error
