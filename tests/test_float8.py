@@ -191,7 +191,7 @@ def test_the_float8_lowering_replaces_the_ops_by_their_paths_body(monkeypatch):
 
     block = quantized_block()
     block.down.bias = None
-    layers = torch.nn.ModuleList([block.up, block.down])  # apart: a mask flip in one must not move the other
+    layers = (block.up, block.down)  # compiled apart: a mask flip in one must not move the other
     inputs = (torch.randn(2, 40, 128, dtype=torch.bfloat16), torch.randn(2, 40, 256, dtype=torch.bfloat16))
     monkeypatch.setattr(lowering, "LowerSparseLinears", Recording)
     outs = []
