@@ -18,8 +18,8 @@ checked against `lynx_compile.fp8`'s reference of the same numerics, and the com
 reference encoder's (`operand_bit_exact`: both the one-pass kernel the layer takes and the general two-pass
 one). `quantize_two_pass` and `compress_fp8_two_pass` time the general kernels, `compress_fp8_pairsP` the one-pass
 kernel with P pairs of groups a program, `compress_fp8_read_twice` with a row in chunks read twice (not kept in
-registers), `compress_fp8_held_warpsW` with rows up to K = 16384 held, in W warps a program; `compress_fp8_gelu` (one-pass) and
-`compress_fp8_gelu_two_pass` the compressor with a GELU folded, as the MLP down-projections run it.
+registers), `compress_fp8_held_warpsW` with rows up to K = 16384 held, in W warps a program; `compress_fp8_gelu`
+(one-pass) and `compress_fp8_gelu_two_pass` the compressor with a GELU folded, as the MLP down-projections run it.
 """
 
 from __future__ import annotations

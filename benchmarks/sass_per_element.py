@@ -78,7 +78,8 @@ def main() -> None:
         {"LOAD": general.load_rows, "LOAD_ARGS": (0,), "BLOCK_G": general.GROUPS_PER_PROGRAM,
          "LAYOUT": general.CUTLASS_LAYOUT},
     )  # fmt: skip
-    rows.append(("general compress kernel", executed(general_listing, 1), 16 * 4 * general.GROUPS_PER_PROGRAM // THREADS))
+    general_elements = 16 * 4 * general.GROUPS_PER_PROGRAM // THREADS
+    rows.append(("general compress kernel", executed(general_listing, 1), general_elements))
     print(f"triton {triton.__version__}, sm_90, bf16, CUTLASS layout, {THREADS} threads a program")
     for name, count, elements in rows:
         print(f"{name:26} {count:5} instructions a thread, {elements:3} elements: {count / elements:5.1f} per element")
