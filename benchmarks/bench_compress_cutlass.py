@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lynx_compile.folds import IDENTITY, loading  # noqa: E402
 from lynx_compile.kernels import prune_compress_24_single_pass as single_pass  # noqa: E402
+from lynx_compile.kernels.grid import cdiv  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import metadata_bytes, prune_compress_24_cutlass  # noqa: E402
 from lynx_compile.kernels.quantize_fp8_single_pass import _blocks  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
@@ -34,7 +35,7 @@ def variants(k: int) -> dict[str, tuple[int, int, int] | None]:
         if pairs >= row_pairs and rows * pairs <= 4096:
             shapes[f"rows{rows}_pairs{pairs}"] = (rows, pairs, 1)
     for pairs in (64, 128, 256):
-        shapes[f"chunks_of_{pairs}"] = (1, pairs, -(-row_pairs // pairs))
+        shapes[f"chunks_of_{pairs}"] = (1, pairs, cdiv(row_pairs, pairs))
     return shapes
 
 

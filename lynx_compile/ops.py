@@ -93,12 +93,17 @@ def prune_compress_24_cutlass_op(
     return compress_cutlass(inputs, FoldSpec.decode(fold))
 
 
-@torch.library.register_fake("lynx::prune_compress_24_cutlass")
-def _(inputs: list[torch.Tensor], fold: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cutlass_operand_like(inputs: list[torch.Tensor], fold: str, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The fake of a compressor writing CUTLASS's layout: (values M × K/2 of `dtype`, metadata bytes, s (M,))."""
     spec = FoldSpec.decode(fold)
     rows, k = token_rows(inputs[0]), get_fold(spec.kind).width(inputs, spec.params)
     metadata = inputs[0].new_empty((metadata_bytes(rows, k),), dtype=torch.uint8)
-    return inputs[0].new_empty((rows, k // 2)), metadata, inputs[0].new_empty((rows,), dtype=torch.float32)
+    return inputs[0].new_empty((rows, k // 2), dtype=dtype), metadata, inputs[0].new_empty((rows,), dtype=torch.float32)
+
+
+@torch.library.register_fake("lynx::prune_compress_24_cutlass")
+def _(inputs: list[torch.Tensor], fold: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _cutlass_operand_like(inputs, fold, inputs[0].dtype)
 
 
 @kernel_op("lynx::prune_quantize_compress_fp8")
@@ -110,11 +115,7 @@ def prune_quantize_compress_fp8_op(
 
 @torch.library.register_fake("lynx::prune_quantize_compress_fp8")
 def _(inputs: list[torch.Tensor], fold: str, norm_compensation: bool) -> tuple[torch.Tensor, ...]:
-    spec = FoldSpec.decode(fold)
-    rows, k = token_rows(inputs[0]), get_fold(spec.kind).width(inputs, spec.params)
-    metadata = inputs[0].new_empty((metadata_bytes(rows, k),), dtype=torch.uint8)
-    values = inputs[0].new_empty((rows, k // 2), dtype=torch.float8_e4m3fn)
-    return values, metadata, inputs[0].new_empty((rows,), dtype=torch.float32)
+    return _cutlass_operand_like(inputs, fold, torch.float8_e4m3fn)
 
 
 @torch.library.custom_op("lynx::sparse_linear", mutates_args=())
