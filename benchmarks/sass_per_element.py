@@ -1,6 +1,9 @@
-"""SASS instructions per element of the two 16-bit compressors, compiled for sm_90 without a GPU: the instructions a
-thread executes over the elements it handles — the static count where a kernel does not loop, and for the one-pass
-kernel reading a row in chunks (FLUX's K = 3072: three), the code outside its loop plus the loop's body once a chunk.
+"""SASS instructions per element of the compressors (both 16-bit ones, the FP8 one-pass kernel), compiled for sm_90
+without a GPU: the instructions a thread executes over the elements it handles — the static count where a kernel
+does not loop, and where it reads a row in chunks (FLUX's K = 3072: three), the code outside its loops plus each
+loop's body once a chunk. Pointers, strides and K are compiled as known multiples of 16, as Triton's launcher
+specializes them at these shapes (without it Triton loads a pair of groups as two 64-bit words in two threads and
+counts come out 10-25% off).
 
     python benchmarks/sass_per_element.py      # any machine with Triton's NVIDIA backend (its ptxas and nvdisasm)
 
@@ -25,17 +28,24 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from lynx_compile.kernels import prune_compress_24 as general  # noqa: E402
 from lynx_compile.kernels import prune_compress_24_single_pass as single_pass  # noqa: E402
+from lynx_compile.kernels import quantize_fp8_single_pass as fp8  # noqa: E402
 
-THREADS = 128  # both kernels run 4 warps at these shapes
 NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+SPECIALIZED = {"head_ptr", "head_stride", "tail_ptr", "tail_stride", "split", "values_ptr", "meta_ptr", "scale_ptr",
+               "energy_ptr", "K"}  # fmt: skip
+ONE_PASS_SIGNATURE = {"head_ptr": "*bf16", "head_stride": "i32", "tail_ptr": "*bf16", "tail_stride": "i32",
+                      "split": "i32", "values_ptr": "*bf16", "meta_ptr": "*u8", "scale_ptr": "*fp32", "M": "i32",
+                      "K": "i32", "eps": "fp32"}  # fmt: skip
 
 
-def sass_listing(fn, signature: dict, constants: dict) -> list[str]:
+def sass_listing(fn, signature: dict, constants: dict, warps: int) -> list[str]:
     """The kernel's SASS for sm_90, instructions and labels."""
+    names = list({**signature, **constants})
     source = ASTSource(fn=fn, signature={**signature, **{name: "constexpr" for name in constants}},
-                       constexprs={(list({**signature, **constants}).index(name),): value
-                                   for name, value in constants.items()})  # fmt: skip
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": THREADS // 32})
+                       constexprs={(names.index(name),): value for name, value in constants.items()},
+                       attrs={(names.index(name),): [["tt.divisibility", 16]] for name in SPECIALIZED
+                              if name in signature and not isinstance(signature[name], tuple)})  # fmt: skip
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(kernel.asm["cubin"])
         cubin.flush()
@@ -48,41 +58,56 @@ def is_instruction(line: str) -> bool:
 
 
 def executed(listing: list[str], trips: int) -> int:
-    """Instructions a thread executes in a kernel with at most one loop (a backward branch), run `trips` times."""
+    """Instructions a thread executes in a kernel whose loops (backward branches, none nested) each run `trips`
+    times."""
     labels = {match.group(1): index for index, line in enumerate(listing) if (match := re.match(r"(\.L\w+):", line))}
     total = sum(map(is_instruction, listing))
     for index, line in enumerate(listing):
         target = re.search(r"BRA `\((\.L\w+)\)", line)
-        if target and labels.get(target.group(1), index) < index:  # the loop's back edge
-            body = sum(map(is_instruction, listing[labels[target.group(1)]:index + 1]))
-            return total + (trips - 1) * body
+        if target and labels.get(target.group(1), index) < index - 1:  # a loop's back edge (not the final self-jump)
+            total += (trips - 1) * sum(map(is_instruction, listing[labels[target.group(1)]:index + 1]))
     return total
 
 
-def main() -> None:
-    pointer_args = {"values_ptr": "*bf16", "meta_ptr": "*u8"}
-    pairs = single_pass.PAIRS_PER_PROGRAM
-    rows = []
-    for chunks in (1, 3):
-        listing = sass_listing(
-            single_pass._single_pass_kernel,
-            {"head_ptr": "*bf16", "head_stride": "i32", "tail_ptr": "*bf16", "tail_stride": "i32", "split": "i32",
-             **pointer_args, "scale_ptr": "*fp32", "M": "i32", "K": "i32", "eps": "fp32"},
-            {"ROWS": 1, "PAIRS": pairs, "CHUNKS": chunks, "PIECES": (0, 0), "FP16": False, "TWO": False},
-        )  # fmt: skip
-        rows.append((f"one pass, K = {chunks * pairs * 8}", executed(listing, chunks), chunks * pairs * 8 // THREADS))
-    general_listing = sass_listing(
+def one_pass_16_bit(k: int) -> tuple[str, int, int]:
+    rows, pairs, chunks = fp8.checked_blocks(k, single_pass.PAIRS_PER_PROGRAM, None)
+    warps = fp8.warps(rows, pairs)
+    listing = sass_listing(single_pass._single_pass_kernel, ONE_PASS_SIGNATURE,
+                           {"ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "PIECES": (0, 0), "FP16": False,
+                            "TWO": False}, warps)  # fmt: skip
+    return f"16-bit one pass, K = {k}", executed(listing, chunks), rows * k // (32 * warps)
+
+
+def one_pass_fp8(k: int) -> tuple[str, int, int]:
+    rows, pairs, chunks = fp8.checked_blocks(k, fp8.PAIRS_PER_PROGRAM, None)
+    held = chunks == 1 or chunks * pairs <= fp8.HELD_PAIRS
+    warps = fp8.warps(rows, pairs)
+    listing = sass_listing(fp8._single_pass_kernel, {**ONE_PASS_SIGNATURE, "values_ptr": "*u8"},
+                           {"ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HELD": held, "PIECES": (0, 0),
+                            "PRUNE": True, "NORM": True, "FP16": False, "TWO": False, "HARDWARE_CAST": True},
+                           warps)  # fmt: skip
+    name = f"FP8 one pass, K = {k}" + ("" if held else " (read twice)")
+    return name, executed(listing, chunks), rows * k // (32 * warps)
+
+
+def general_16_bit() -> tuple[str, int, int]:
+    warps = 4
+    listing = sass_listing(
         general._compress_kernel,
-        {"operands": ("*bf16",), "strides": ("i32", "i32"), "scalars": ("i32",), **pointer_args,
-         "energy_ptr": "*fp32", "M": "i32", "M_STORED": "i32", "K": "i32"},
+        {"operands": ("*bf16",), "strides": ("i32", "i32"), "scalars": ("i32",), "values_ptr": "*bf16",
+         "meta_ptr": "*u8", "energy_ptr": "*fp32", "M": "i32", "M_STORED": "i32", "K": "i32"},
         {"LOAD": general.load_rows, "LOAD_ARGS": (0,), "BLOCK_G": general.GROUPS_PER_PROGRAM,
-         "LAYOUT": general.CUTLASS_LAYOUT},
+         "LAYOUT": general.CUTLASS_LAYOUT}, warps,
     )  # fmt: skip
-    general_elements = 16 * 4 * general.GROUPS_PER_PROGRAM // THREADS
-    rows.append(("general compress kernel", executed(general_listing, 1), general_elements))
-    print(f"triton {triton.__version__}, sm_90, bf16, CUTLASS layout, {THREADS} threads a program")
+    return "16-bit general kernel", executed(listing, 1), 16 * 4 * general.GROUPS_PER_PROGRAM // (32 * warps)
+
+
+def main() -> None:
+    rows = [one_pass_16_bit(3072), one_pass_16_bit(12288), general_16_bit()]
+    rows += [one_pass_fp8(k) for k in (3072, 5120, 12288)]
+    print(f"triton {triton.__version__}, sm_90, bf16, CUTLASS layout")
     for name, count, elements in rows:
-        print(f"{name:26} {count:5} instructions a thread, {elements:3} elements: {count / elements:5.1f} per element")
+        print(f"{name:38} {count:5} instructions a thread, {elements:3} elements: {count / elements:5.1f} per element")
 
 
 if __name__ == "__main__":

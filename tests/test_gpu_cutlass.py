@@ -14,6 +14,8 @@ from lynx_compile.kernels.cutlass_layout import sparse_mm_ref
 from lynx_compile.kernels.nm_prune import nm_prune_ref
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24_cutlass
 
+from group_patterns import every_group
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available() or cutlass_gemm.unavailable_reason() is not None,
@@ -46,6 +48,16 @@ def test_compressor_is_bit_exact_with_cutlass_compressor(rows, k, dtype, single_
     assert torch.equal(values.view(torch.int16), ref_values.view(torch.int16))
     assert torch.equal(metadata, ref_metadata)
     torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("single_pass", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compressor_stores_every_group_pattern_as_cutlass_compressor(dtype, single_pass):
+    x = every_group(dtype, "cuda")
+    values, metadata, _ = compress_cutlass([x], IDENTITY, single_pass=single_pass)
+    ref_values, ref_metadata = cutlass_gemm.library(CONFIGS[0], dtype).compress_reference(nm_prune_ref(x)[0])
+    assert torch.equal(values.view(torch.int16), ref_values.view(torch.int16))
+    assert torch.equal(metadata, ref_metadata)
 
 
 @pytest.mark.parametrize("config, dtype", [(config, torch.bfloat16) for config in CONFIGS]

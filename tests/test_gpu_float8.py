@@ -25,6 +25,8 @@ from lynx_compile.method import Method
 from lynx_compile.paths import get_path
 from lynx_compile.plan import SparseLinearPlan
 
+from group_patterns import every_group
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available() or cutlass_gemm.unavailable_reason() is not None,
@@ -62,6 +64,19 @@ def test_fp8_compressor_is_bit_exact_with_its_reference_and_cutlasss_compressor(
     ref_quantized, ref_row_scale = quantize_rows(x)
     assert torch.equal(quantized.view(torch.uint8), ref_quantized.view(torch.uint8))
     assert torch.equal(row_scale, ref_row_scale.reshape(-1))
+
+
+@pytest.mark.parametrize("single_pass", [None, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fp8_compressor_stores_every_group_pattern_as_cutlasss_compressor(dtype, single_pass):
+    """Kept members that are zero, -0.0 or round to zero in e4m3, at every pair of positions (`every_group`)."""
+    x = every_group(dtype, "cuda")
+    values, metadata, _ = prune_quantize_compress_fp8(x, single_pass=single_pass)
+    pruned_quantized = quantize_rows(nm_prune_ref(x.float())[0])[0]
+    cutlass_values, cutlass_metadata = cutlass_gemm.library(FP8_CONFIGS[0], torch.float8_e4m3fn).compress_reference(
+        pruned_quantized)  # fmt: skip
+    assert torch.equal(values.view(torch.uint8), cutlass_values.view(torch.uint8))
+    assert torch.equal(metadata, cutlass_metadata)
 
 
 @pytest.mark.parametrize("rows, k, n", [(1, 128, 16), (77, 256, 40), (4608, 3072, 3072), (513, 12288, 64)])

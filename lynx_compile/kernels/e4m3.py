@@ -52,6 +52,17 @@ if triton is not None:
             return y.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
         return e4m3_code(y)
 
+    @triton.jit
+    def quantize_e4m3_cast_clamps(f, inverse, HARDWARE_CAST: tl.constexpr):
+        """`quantize_e4m3`'s codes, the clamp left to the GPU's cast where kernels are compiled: Triton emits PTX's
+        `cvt.rn.satfinite.e4m3x2.f32`, which clamps to ±448 and keeps NaN, so the hand clamp is four instructions
+        an element for the same bits. Only in kernels checked bit for bit on the GPU: in the general kernel
+        (`prune_quantize_fp8.py`) Triton 3.6 compiled this form wrong on an H200 (codes of other groups' members in
+        the output; benchmarks/RESULTS.md, session 13), the one-pass kernel's is exact."""
+        if HARDWARE_CAST:
+            return (f * inverse[:, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
+        return quantize_e4m3(f, inverse, HARDWARE_CAST)
+
 def hardware_cast() -> bool:
     """Whether kernels round with the GPU's cast (compiled) rather than by hand (interpreted)."""
     return os.environ.get("TRITON_INTERPRET", "0") in ("", "0")

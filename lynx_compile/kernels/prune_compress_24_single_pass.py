@@ -7,8 +7,8 @@ of a tile by reshapes, ranked by six float comparisons) leaves it compute-bound 
 an H200. Here, as in the FP8 one-pass kernel whose word helpers it shares (`quantize_fp8_single_pass.py`), a program
 owns whole rows (or one long row in chunks) and keeps their energies in registers, so s is written by the same
 launch; a group of four 16-bit floats is one 64-bit word, its members are ranked by integer keys (`_kept`) and its
-two slots picked from a 16-entry table. Same numerics as the general kernel: the same operand bit for bit, s equal
-but for the order of the energies' sums.
+two slots are the two it keeps (`stored_slots`). Same numerics as the general kernel: the same operand bit for bit,
+s equal but for the order of the energies' sums.
 
 This kernel is compute-bound too (Nsight Compute at 4608 × 3072, both kernels: SM throughput 73–76%, DRAM 17–19%),
 so the gain is what fewer instructions, fewer barriers and a better block shape buy: 27–31% at FLUX's shapes
@@ -35,7 +35,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .quantize_fp8_single_pass import _SLOTS_HIGH, _SLOTS_LOW, _kept, _load_pairs, _members
+    from .quantize_fp8_single_pass import _kept, _load_pairs, _members, kept_members, stored_slots
 except ImportError:
     triton = None
 
@@ -70,24 +70,18 @@ if triton is not None:
     @triton.jit
     def _pruned_group(group, head, FP16: tl.constexpr, PIECES: tl.constexpr, INF: tl.constexpr):
         """A group's two stored slots in one int32 word (slot lo's bits low), its metadata nibble lo | hi << 2, its
-        energy ‖x‖² and its kept energy ‖x̃‖². Stored are the kept nonzeros (-0.0 is zero); a free slot holds +0
-        and always names a member not stored (`cutlass_slots`' rule), so masking the members first leaves it +0."""
+        energy ‖x‖² and its kept energy ‖x̃‖² (`stored_slots`: stored are the kept nonzeros, -0.0 is zero)."""
         f0, f1, f2, f3, m0, m1, m2, m3 = _members(group, head, FP16, PIECES[0], PIECES[1])
         k0, k1, k2, k3 = _kept(m0, m1, m2, m3, INF)
         q0, q1, q2, q3 = f0 * f0, f1 * f1, f2 * f2, f3 * f3
-        energy = q0 + q1 + q2 + q3
-        kept = tl.where(k0, q0, 0.0) + tl.where(k1, q1, 0.0) + tl.where(k2, q2, 0.0) + tl.where(k3, q3, 0.0)
-        s0, s1, s2, s3 = k0 & (m0 != 0), k1 & (m1 != 0), k2 & (m2 != 0), k3 & (m3 != 0)
-        c0 = tl.where(s0, _stored_code(group, 0, f0, head, FP16, PIECES[0], PIECES[1]), 0)
-        c1 = tl.where(s1, _stored_code(group, 16, f1, head, FP16, PIECES[0], PIECES[1]), 0)
-        c2 = tl.where(s2, _stored_code(group, 32, f2, head, FP16, PIECES[0], PIECES[1]), 0)
-        c3 = tl.where(s3, _stored_code(group, 48, f3, head, FP16, PIECES[0], PIECES[1]), 0)
-        flags = s0.to(tl.int32) | (s1.to(tl.int32) << 1) | (s2.to(tl.int32) << 2) | (s3.to(tl.int32) << 3)
-        nibble = (tl.where(flags >= 8, _SLOTS_HIGH, _SLOTS_LOW) >> ((flags & 7) * 4)) & 0xF
-        lo, hi = nibble & 3, nibble >> 2
-        lo_code = tl.where(lo == 0, c0, tl.where(lo == 1, c1, c2))
-        hi_code = tl.where(hi == 3, c3, tl.where(hi == 2, c2, tl.where(hi == 1, c1, c0)))
-        return lo_code | (hi_code << 16), nibble, energy, kept
+        _, q_lo, _, q_hi = kept_members(k0, k1, k2, k3, q0, q1, q2, q3)
+        lo, lo_code, hi, hi_code = kept_members(
+            k0, k1, k2, k3, _stored_code(group, 0, f0, head, FP16, PIECES[0], PIECES[1]),
+            _stored_code(group, 16, f1, head, FP16, PIECES[0], PIECES[1]),
+            _stored_code(group, 32, f2, head, FP16, PIECES[0], PIECES[1]),
+            _stored_code(group, 48, f3, head, FP16, PIECES[0], PIECES[1]))  # fmt: skip
+        word, nibble = stored_slots(lo, lo_code, hi, hi_code, 16)
+        return word, nibble, q0 + q1 + q2 + q3, q_lo + q_hi
 
     @triton.jit
     def _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M, K, FP16: tl.constexpr,

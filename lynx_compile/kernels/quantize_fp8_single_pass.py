@@ -5,18 +5,19 @@ its activation (`Loader.pieces`); other loaders take the general kernels.
 
 `prune_quantize_fp8.py` has the general kernels (any loader): three launches and two reads of X, because a program
 there owns a chunk of K while the scale needs the whole row. Here a program owns whole rows: as many as fill
-`PAIRS_PER_PROGRAM` pairs of groups where a short row fits, their statistics reductions inside the program; a row
-of up to `HELD_PAIRS` pairs (K ≤ 8192) in chunks, all kept in registers; a longer row is read in chunks twice,
-statistics then values, the second time from L2 (a folded activation is then computed twice: at K ≥ 12288 GELU on
-load costs as much as the rest, benchmarks/RESULTS.md). The same numerics, bit for bit (the tests run both kernels
+`PAIRS_PER_PROGRAM` pairs of groups (`QUANTIZE_PAIRS_PER_PROGRAM` without pruning) where a short row fits, their
+statistics reductions inside the program; a row of up to `HELD_PAIRS` pairs (K ≤ 8192) in chunks, all kept in
+registers; a longer row is read in chunks twice, statistics then values, the second time from L2 (a folded
+activation is then computed twice: at K ≥ 12288 GELU on load costs as much as the rest, benchmarks/RESULTS.md). The same numerics, bit for bit (the tests run both kernels
 against the reference).
 
-It is also leaner per element (36.8 SASS instructions per element against the general pass 2's 48.5, counted on the
-sm_90 cubin): X is loaded as 64-bit words, each a group of four 16-bit floats, two words (a pair of groups, 16
-bytes) per thread and step, so that members come out of a word by shifts, not by reshaping a tile; members are
-ranked by integer keys (magnitude bits, NaN clamped to +inf's, and the index to break ties), the two largest kept
-with six min/max; CUTLASS's slots come from the group's four codes in one word (a byte-wise nonzero test and a
-16-entry table); a pair of groups is stored as one 32-bit word of values and one metadata byte.
+It is also leaner per element (33 SASS instructions per element at K = 3072 against the general pass 2's 48.5,
+`benchmarks/sass_per_element.py` on Triton 3.6): X is loaded as 64-bit words, each a group of four 16-bit floats, two
+words (a pair of groups, 16 bytes) per thread and step, so that members come out of a word by shifts, not by
+reshaping a tile; members are ranked by integer keys (magnitude bits, NaN clamped to +inf's, and the index to break
+ties), the two largest kept with six min/max; only those two are quantized (the GPU's saturating cast clamping), and
+they are CUTLASS's slots but where one rounds to zero (`stored_slots`); a pair of groups is stored as one 32-bit word
+of values and one metadata byte.
 """
 
 from __future__ import annotations
@@ -36,10 +37,16 @@ try:
 
     from .activations import apply_activation
     from .e4m3 import _E4M3_MAX, quantize_e4m3
+    from .e4m3 import quantize_e4m3_cast_clamps as _quantize
 except ImportError:
     triton = None
 
-PAIRS_PER_PROGRAM = 512  # pairs of groups a program holds at a time (4 K elements, 32 a thread with 4 warps)
+# pairs of groups a program holds at a time, pruning (2 K elements, two pairs a thread with 4 warps) and quantizing
+# only: with four pairs a thread the 2:4 selection's masks outgrow the predicate registers (Triton 3.6's sm_90 code
+# at K = 12288: 33.8 instructions an element at 512 pairs, 29.9 at 256). On an H200 at 4608 × 12288: pruning 96.8 µs
+# at 512, 80.9 at 256, 86.5 at 128; quantizing only 59.9 at 512, 72.2 at 128 (RESULTS, session 13)
+PAIRS_PER_PROGRAM = 256
+QUANTIZE_PAIRS_PER_PROGRAM = 512
 SMALL_ROW_PAIRS = 128  # rows this short are taken whole, several a program, however much of them is padding
 # a row in chunks up to this long is kept in registers and read once (8 K elements): longer rows held (K = 12288,
 # 15360 in 16 warps) took 123 and 151 µs at 4608 rows on an H200 against 92 and 120 read twice (RESULTS, session 12)
@@ -47,25 +54,7 @@ HELD_PAIRS = 1024
 
 
 
-def _slot_nibble(stored: int) -> int:
-    """CUTLASS's slots (lo | hi << 2) of a group whose stored members are the bits of `stored` (`cutlass_slots`): one
-    at p → (p, 3), or (0, 3) when p = 3; none → (0, 0); two → (their indices)."""
-    members = [stored >> index & 1 for index in range(4)]
-    count = sum(members)
-    lo = members.index(1) if count and members.index(1) < 3 else 0
-    hi = 0 if count == 0 else 3 if members[3] or count < 2 else 2 if members[2] else 1
-    return lo | hi << 2
-
-
-def _int32(value: int) -> int:
-    return value - (1 << 32) if value >= 1 << 31 else value
-
-
 if triton is not None:
-    # the nibbles of the 16 patterns of stored members, 8 a word (kernels read globals only as constexprs)
-    _SLOTS_LOW = tl.constexpr(_int32(sum(_slot_nibble(stored) << 4 * stored for stored in range(8))))
-    _SLOTS_HIGH = tl.constexpr(_int32(sum(_slot_nibble(stored + 8) << 4 * stored for stored in range(8))))
-    _BYTE_SIGNS = tl.constexpr(_int32(0x80808080))
 
     @triton.jit
     def _halves(word, FP16: tl.constexpr):
@@ -127,33 +116,46 @@ if triton is not None:
         return k0 >= second, k1 >= second, k2 >= second, k3 >= second
 
     @triton.jit
-    def _stored_slots(word):
-        """CUTLASS's two slots of a pruned group from its four e4m3 codes in one word (member j in byte j): (the
-        slots' codes, member `lo`'s in the low byte, `hi`'s in the next; the nibble lo | hi << 2). Stored are the
-        nonzero codes (-0.0 is zero); `cutlass_slots` has the rule, `_SLOTS_LOW`/`_SLOTS_HIGH` it as a table."""
-        nonzero = ((word & 0x7F7F7F7F) + 0x7F7F7F7F) & _BYTE_SIGNS  # bit 7 of a byte: its magnitude is nonzero
-        word = word & (0x7F7F7F7F | nonzero)  # a free slot holds +0, so -0.0 becomes +0
-        flags = ((((nonzero >> 7) & 0x01010101) * 0x204081) >> 21) & 0xF  # the bytes' flags gathered: bits 0-3
-        nibble = (tl.where(flags >= 8, _SLOTS_HIGH, _SLOTS_LOW) >> ((flags & 7) * 4)) & 0xF
-        lo_value = (word >> ((nibble & 3) * 8)) & 0xFF
-        hi_value = (word >> ((nibble >> 2) * 8)) & 0xFF
-        return lo_value | (hi_value << 8), nibble
+    def kept_members(k0, k1, k2, k3, v0, v1, v2, v3):
+        """The two members a group keeps (`_kept`'s k), in index order: (first's index, its v, second's index, its
+        v)."""
+        lo, lo_v = tl.where(k0, 0, tl.where(k1, 1, 2)), tl.where(k0, v0, tl.where(k1, v1, v2))
+        hi, hi_v = tl.where(k3, 3, tl.where(k2, 2, 1)), tl.where(k3, v3, tl.where(k2, v2, v1))
+        return lo, lo_v, hi, hi_v
+
+    @triton.jit
+    def stored_slots(lo, lo_code, hi, hi_code, BITS: tl.constexpr):
+        """CUTLASS's two slots of a group whose kept members `lo` < `hi` are these codes (BITS-bit floats): (the
+        slots' codes in one word, the low slot's low; the nibble lo | hi << 2). Stored are the nonzero codes (-0.0
+        is zero) and a free slot holds +0, as `cutlass_slots` has it: both → (lo, hi); one at p → (p, 3), or (0,
+        3) when p = 3; none → (0, 0). A kept code is zero only where its value is (or rounds to) zero, so this is a
+        fix-up of the common case, cheaper than ranking four codes by a table."""
+        magnitude: tl.constexpr = (1 << (BITS - 1)) - 1
+        lo_zero, hi_zero = (lo_code & magnitude) == 0, (hi_code & magnitude) == 0
+        lo_code, hi_code = tl.where(lo_zero, 0, lo_code), tl.where(hi_zero, 0, hi_code)
+        moved = lo_zero & ~hi_zero & (hi < 3)  # the second alone is stored, in the low slot
+        lo = tl.where(lo_zero, tl.where(moved, hi, 0), lo)
+        hi = tl.where(hi_zero | moved, tl.where(lo_zero & hi_zero, 0, 3), hi)
+        lo_code, hi_code = tl.where(moved, hi_code, lo_code), tl.where(moved, 0, hi_code)
+        return lo_code | (hi_code << BITS), lo | (hi << 2)
 
     @triton.jit
     def _group_codes(group, head, inverse, kept_energy, PRUNE: tl.constexpr, FP16: tl.constexpr,
                      PIECES: tl.constexpr, INF: tl.constexpr, HARDWARE_CAST: tl.constexpr):  # fmt: skip
         """A group's e4m3 codes after (pruning and) quantizing: with PRUNE, (its two stored codes in one word, its
-        metadata nibble, the kept energy plus its own); without, (its four codes in one word, 0, the energy)."""
+        metadata nibble, the kept energy plus its own) — only the two kept members are quantized; without, (its four
+        codes in one word, 0, the energy)."""
         f0, f1, f2, f3, m0, m1, m2, m3 = _members(group, head, FP16, PIECES[0], PIECES[1])
         if PRUNE:
             k0, k1, k2, k3 = _kept(m0, m1, m2, m3, INF)
-            f0, f1, f2, f3 = tl.where(k0, f0, 0.0), tl.where(k1, f1, 0.0), tl.where(k2, f2, 0.0), tl.where(k3, f3, 0.0)
-            kept_energy += f0 * f0 + f1 * f1 + f2 * f2 + f3 * f3
-        word = quantize_e4m3(f0, inverse, HARDWARE_CAST) | (quantize_e4m3(f1, inverse, HARDWARE_CAST) << 8) \
-            | (quantize_e4m3(f2, inverse, HARDWARE_CAST) << 16) | (quantize_e4m3(f3, inverse, HARDWARE_CAST) << 24)
-        if PRUNE:
-            word, nibble = _stored_slots(word)
+            lo, lo_value, hi, hi_value = kept_members(k0, k1, k2, k3, f0, f1, f2, f3)
+            kept_energy += lo_value * lo_value + hi_value * hi_value
+            word, nibble = stored_slots(lo, _quantize(lo_value, inverse, HARDWARE_CAST), hi,
+                                        _quantize(hi_value, inverse, HARDWARE_CAST), 8)  # fmt: skip
         else:
+            # the hand clamp kept: without it this loop ran 17% slower at K = 12288 on an H200 (RESULTS, session 13)
+            word = quantize_e4m3(f0, inverse, HARDWARE_CAST) | (quantize_e4m3(f1, inverse, HARDWARE_CAST) << 8) \
+                | (quantize_e4m3(f2, inverse, HARDWARE_CAST) << 16) | (quantize_e4m3(f3, inverse, HARDWARE_CAST) << 24)
             nibble = tl.zeros_like(word)
         return word, nibble, kept_energy
 
@@ -161,8 +163,8 @@ if triton is not None:
     def _load_pairs(x, rows, chunk, M, K, PAIRS: tl.constexpr, TWO: tl.constexpr):
         """Chunk `chunk` of PAIRS pairs of groups of the rows, as 64-bit words (one a group): (the pairs' even groups,
         their odd groups, the pairs' indices, which are in X, which lie in the head piece). `x` is (head pointer,
-        its row stride, tail pointer, its row stride, split): with TWO pieces, X's columns before `split` come from
-        the head operand, the rest from the tail (a pair never straddles them)."""
+        its row stride, tail pointer, its row stride, split): with TWO pieces, X's columns before `split` (a
+        multiple of 8) come from the head operand, the rest from the tail (a pair never straddles them)."""
         head_ptr, head_stride, tail_ptr, tail_stride, split = x
         pairs = chunk * PAIRS + tl.arange(0, PAIRS)
         live = (rows[:, None] < M) & (pairs[None, :] < K // 8)
@@ -173,7 +175,7 @@ if triton is not None:
                        mask=(live & head)[:, :, None], other=0)  # fmt: skip
         if TWO:
             words = tail_ptr.to(tl.pointer_type(tl.int64))
-            tail = tl.load(words + rows[:, None, None] * (tail_stride // 4) + (pairs[None, :, None] * 8 - split) // 4
+            tail = tl.load(words + rows[:, None, None] * (tail_stride // 4) + (pairs[None, :, None] - split // 8) * 2
                            + lanes, mask=(live & ~head)[:, :, None], other=0)  # fmt: skip
             pair = tl.where(head[:, :, None], pair, tail)
         even, odd = tl.split(pair)
@@ -294,7 +296,7 @@ def _blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
 
 
 def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor, prune: bool,
-           norm: bool, hardware_cast: bool, pairs_per_program: int = PAIRS_PER_PROGRAM,
+           norm: bool, hardware_cast: bool, pairs_per_program: int | None = None,
            blocks: tuple[int, int, int] | None = None, held_pairs: int = HELD_PAIRS,
            num_warps: int | None = None) -> torch.Tensor:  # fmt: skip
     """Run the kernel over X as `loader` makes it of `operands` (`applies`) into `values` (and, with `prune`,
@@ -306,6 +308,7 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
     scale = torch.empty(rows, dtype=torch.float32, device=operands[0].device)
     if rows == 0:
         return scale
+    pairs_per_program = pairs_per_program or (PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     _single_pass_kernel[(cdiv(covered, block_rows),)](

@@ -21,7 +21,8 @@ from lynx_compile.kernels.cutlass_layout import (
 from lynx_compile.kernels.nm_prune import nm_prune_ref
 from lynx_compile.kernels.prune_compress_24 import Loader, load_tile, metadata_bytes, prune_compress_24_cutlass
 
-from test_prune_compress_24 import activations, bits
+from group_patterns import every_group
+from test_prune_compress_24 import DEVICE, activations, bits
 
 
 # single_pass=None takes the one-launch kernel wherever it reads X (the row-major draws), False the general one
@@ -35,6 +36,15 @@ def test_compressor_matches_the_reference_bit_for_bit(x, single_pass):
     assert torch.equal(bits(values), bits(ref_values))
     assert torch.equal(metadata, ref_metadata)
     torch.testing.assert_close(scale, ref_scale, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("single_pass", [None, False])
+def test_compressor_stores_every_group_pattern_as_the_reference(dtype, single_pass):
+    x = every_group(dtype, DEVICE)
+    values, metadata, scale = compress_cutlass([x], IDENTITY, single_pass=single_pass)
+    ref_values, ref_metadata, ref_scale = prune_compress_24_ref(x)
+    assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
 
 
 @given(activations())

@@ -20,6 +20,8 @@ from lynx_compile.kernels.prune_quantize_fp8 import (
     quantize_rows_fp8,
 )
 
+from group_patterns import every_group
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -65,6 +67,19 @@ def test_kernel_matches_reference_bit_for_bit(x, norm_compensation, single_pass)
     assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
     # the norm scale sums over K in another order than torch's: equal to the last fp32 bits
     torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("single_pass", [None, False])
+def test_every_group_pattern_is_stored_as_the_reference(dtype, single_pass):
+    """Kept members that are zero, -0.0 or round to zero, at every pair of positions (`every_group`)."""
+    x = every_group(dtype, DEVICE)
+    values, metadata, scale = prune_quantize_compress_fp8(x, norm_compensation=True, single_pass=single_pass)
+    ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x, True)
+    assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
+    # the patterns the slots' fix-up handles are all there: a kept member rounded to zero beside a nonzero one
+    kept_codes = bits(ref_values).reshape(len(x), -1, 2)[:, :30] & 0x7F
+    assert ((kept_codes[..., 0] == 0) & (kept_codes[..., 1] != 0)).any()
 
 
 @settings(max_examples=30)
