@@ -53,8 +53,7 @@ def test_opcheck_passes_on_the_kernel_ops():
 
 
 @pytest.mark.parametrize("name", ["prune_compress_24", "prune_compress_24_cutlass", "cutlass_sparse_mm",
-                                  "cslt_rows_mm", "cslt_planned_mm", "prune_quantize_compress_fp8",
-                                  "cutlass_float8_sparse_mm"])  # fmt: skip
+                                  "cslt_rows_mm", "cslt_planned_mm", "prune_quantize_compress_fp8"])  # fmt: skip
 def test_lynx_kernel_ops_are_registered_without_a_python_autograd_layer(name):
     op = getattr(torch.ops.lynx, name).default
     assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeExplicitAutograd")

@@ -35,15 +35,19 @@ N_MULTIPLE = 8  # 16-byte rows of Y and of the bias for TMA
 @kernel_op("lynx::cutlass_sparse_mm")
 def cutlass_sparse_mm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor,
                       scale: Optional[torch.Tensor], bias: Optional[torch.Tensor], config: str, raster: int,
-                      swizzle: int) -> torch.Tensor:  # fmt: skip
-    """s ⊙ (X̃·Wᵀ) + b for X̃ as `lynx::prune_compress_24_cutlass` writes it (rows × N)."""
-    return cutlass_gemm.sparse_mm(values, metadata, weight.contiguous(), scale, bias, GemmConfig.parse(config), raster,
-                                  swizzle)  # fmt: skip
+                      swizzle: int, weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """s ⊙ (X̃·Wᵀ) ⊙ w + b (rows × N) for X̃ as the CUTLASS-layout compressors write it: 16-bit (with W of its dtype,
+    no w), or e4m3 (`lynx::prune_quantize_compress_fp8`, with torchao's e4m3 W read in place and its per-feature
+    scale w; bf16 out)."""
+    if weight_scale is None:  # a 16-bit weight may be a view; torchao's e4m3 one is never copied (an error if strided)
+        weight = weight.contiguous()
+    return cutlass_gemm.sparse_mm(values, metadata, weight, scale, bias, GemmConfig.parse(config), raster, swizzle,
+                                  weight_scale=weight_scale)  # fmt: skip
 
 
 @torch.library.register_fake("lynx::cutlass_sparse_mm")
-def _(values, metadata, weight, scale, bias, config, raster, swizzle):
-    return weight.new_empty(values.shape[0], weight.shape[0], dtype=cutlass_gemm.output_dtype(weight.dtype))
+def _(values, metadata, weight, scale, bias, config, raster, swizzle, weight_scale=None):
+    return values.new_empty((values.shape[0], weight.shape[0]), dtype=cutlass_gemm.output_dtype(weight.dtype))
 
 
 def _fusable_bias(bias: torch.Tensor | None, weight: torch.Tensor) -> bool:

@@ -13,15 +13,14 @@ written out first (`Workload.written`), which the speed rule takes where applyin
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from ..float8 import Float8Weight, quantize_weight
 from ..folds import IDENTITY, compress_fp8, load
-from ..kernel_op import kernel_op
 from ..kernels import cutlass_gemm
-from ..kernels.cutlass_gemm import FP8_CONFIGS, RASTERS, GemmConfig
+from ..kernels.cutlass_gemm import FP8_CONFIGS, RASTERS
 from ..kernels.prune_quantize_fp8 import FP8_K_MULTIPLE
 from ..method import Lora, Method
 from ..plan import SparseLinearPlan
@@ -29,21 +28,6 @@ from .base import SparsePath, Timer, Workload, tensor_core_reason
 from .cutlass import N_MULTIPLE, built_configs, fastest_setting
 
 FP8 = torch.float8_e4m3fn
-
-
-@kernel_op("lynx::cutlass_float8_sparse_mm")
-def cutlass_float8_sparse_mm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor,
-                             weight_scale: torch.Tensor, scale: torch.Tensor, bias: Optional[torch.Tensor], config: str,
-                             raster: int, swizzle: int) -> torch.Tensor:  # fmt: skip
-    """s ⊙ (X̃·Wᵀ) ⊙ w + b in bf16 for X̃ as `lynx::prune_quantize_compress_fp8` writes it and torchao's e4m3 W with
-    its per-feature scale w (rows × N)."""
-    return cutlass_gemm.sparse_mm(values, metadata, weight, scale, bias, GemmConfig.parse(config), raster, swizzle,
-                                  weight_scale=weight_scale)  # fmt: skip
-
-
-@torch.library.register_fake("lynx::cutlass_float8_sparse_mm")
-def _(values, metadata, weight, weight_scale, scale, bias, config, raster, swizzle):
-    return values.new_empty((values.shape[0], weight.shape[0]), dtype=cutlass_gemm.output_dtype(weight.dtype))
 
 
 class CutlassFloat8(SparsePath):
@@ -115,6 +99,6 @@ class CutlassFloat8(SparsePath):
 
 def _gemm(values: torch.Tensor, metadata: torch.Tensor, weight: Float8Weight, scale: torch.Tensor,
           bias: torch.Tensor | None, setting: dict[str, Any]) -> torch.Tensor:  # fmt: skip
-    return torch.ops.lynx.cutlass_float8_sparse_mm(values, metadata, weight.qdata, weight.scale, scale, bias,
-                                                   setting["config"], RASTERS[setting["raster"]],
-                                                   setting["swizzle"])  # fmt: skip
+    return torch.ops.lynx.cutlass_sparse_mm(values, metadata, weight.qdata, scale, bias, setting["config"],
+                                            RASTERS[setting["raster"]], setting["swizzle"],
+                                            weight_scale=weight.scale)  # fmt: skip
