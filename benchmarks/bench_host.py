@@ -13,12 +13,16 @@ the CPUs of these machines vary by 2× from one run to the next, so only rows of
   compressor likewise (`lynx::prune_compress_24_cutlass`); one allocation and one Triton launch for scale;
 - whole layers: one `nn.Linear` compiled by Inductor (dense) and by lynx on each sparse path (forced sparse:
   `min_speedup` ≈ 0), called as a model is, Dynamo's guards and Inductor's wrapper included. lynx's cost per layer
-  is its row less the dense one.
+  is its row less the dense one;
+- float8 (where torchao is installed): the FP8 compressor and GEMM ops, and the same `nn.Linear` quantized by
+  torchao's rowwise float8, compiled by Inductor (torchao's dense FP8) and by lynx (the CUTLASS FP8 path). lynx's
+  cost per float8 layer is its row less torchao's.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -34,7 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lynx_compile  # noqa: E402
 from lynx_compile.folds import FoldSpec  # noqa: E402
 from lynx_compile.kernels import cutlass_gemm  # noqa: E402
-from lynx_compile.kernels.cutlass_gemm import CONFIGS  # noqa: E402
+from lynx_compile.kernels.cutlass_gemm import CONFIGS, FP8_CONFIGS  # noqa: E402
+from lynx_compile.paths import PATHS  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import NORM_EPS, _row_scale_kernel, prune_compress_24_cutlass  # noqa: E402
 
 CALLS, ROUNDS = 200, 7
@@ -62,11 +67,16 @@ def host_us(fns: dict[str, Callable[[], object]]) -> dict[str, float]:
     return {name: statistics.median(times) for name, times in rounds.items()}
 
 
-def compiled_layer(path: str | None) -> tuple[Callable[[], object], str]:
-    """A compiled one-linear model's forward and what was decided for it (path None: Inductor alone, dense)."""
+def compiled_layer(path: str | None, float8: bool = False) -> tuple[Callable[[], object], str]:
+    """A compiled one-linear model's forward and what was decided for it (path None: Inductor alone, dense); with
+    `float8`, the linear quantized by torchao's rowwise float8 first."""
     torch._dynamo.reset()
     model = torch.nn.Linear(K, N, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    if float8:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
     if path is None:
         compiled = torch.compile(model)
         compiled(x)
@@ -143,17 +153,38 @@ def main(argv=None) -> dict:
         })  # fmt: skip
     else:
         print(f"CUTLASS: {cutlass_gemm.unavailable_reason()}")
+    float8 = importlib.util.find_spec("torchao") is not None and cutlass_gemm.unavailable_reason() is None
+    if float8:
+        from lynx_compile.float8 import quantize_weight
+
+        fp8_weight = quantize_weight(weight)
+        fp8_values, fp8_metadata, fp8_scale = torch.ops.lynx.prune_quantize_compress_fp8([x], fold, True)
+        fp8_config = FP8_CONFIGS[0].name
+        pieces.update({
+            "FP8 compressor, op lynx::prune_quantize_compress_fp8": lambda: torch.ops.lynx.prune_quantize_compress_fp8(
+                [x], fold, True),
+            "FP8 CUTLASS GEMM, op lynx::cutlass_sparse_mm": lambda: torch.ops.lynx.cutlass_sparse_mm(
+                fp8_values, fp8_metadata, fp8_weight.qdata, fp8_scale, bias, fp8_config, 0, 1,
+                weight_scale=fp8_weight.scale),
+        })  # fmt: skip
     measure(pieces)
-    for path in (None, "cutlass", "cusparselt_planned", "cusparselt"):
+    # paths not registered here (cusparselt_planned without the `cuda` extra) are left out
+    layers = [(path, False) for path in (None, "cutlass", "cusparselt_planned", "cusparselt") if path in (None, *PATHS)]
+    layers += [(None, True), ("cutlass_float8", True)] if float8 else []
+    for path, quantized in layers:
         with torch.no_grad():  # as pipelines call their transformer
-            forward, decided = compiled_layer(path)  # a path missing here leaves the layer dense, and the note says so
-        name = f"compiled nn.Linear, {path or 'Inductor dense'}"
+            # a path that cannot run here leaves the layer dense, and the note says so
+            forward, decided = compiled_layer(path, quantized)
+        baseline = "torchao" if quantized else "Inductor dense"
+        name = f"compiled {'float8 ' if quantized else ''}nn.Linear, {path or baseline}"
         measure({name: forward}, {name: decided})
     if args.profile:
         profile_compiled_layer("cutlass")
-    dense = next(r["over_cublas"] for r in rows if r["row"] == "compiled nn.Linear, Inductor dense")
+    baselines = {False: "compiled nn.Linear, Inductor dense", True: "compiled float8 nn.Linear, torchao"}
     for r in rows:
-        if r["row"].startswith("compiled nn.Linear") and r["note"].startswith("sparse"):  # a dense one adds nothing
+        if r["row"].startswith("compiled") and r["note"].startswith("sparse"):  # a dense one adds nothing
+            baseline = baselines[r["row"].startswith("compiled float8")]
+            dense = next(b["over_cublas"] for b in rows if b["row"] == baseline)
             r["over_dense_cublas_calls"] = r["over_cublas"] - dense
             print(f"  lynx adds {r['over_dense_cublas_calls']:.2f} cuBLAS calls' host time a layer on "
                   f"{r['row'].split(', ')[1]}")  # fmt: skip
