@@ -8,8 +8,8 @@ there owns a chunk of K while the scale needs the whole row. Here a program owns
 `PAIRS_PER_PROGRAM` pairs of groups (`QUANTIZE_PAIRS_PER_PROGRAM` without pruning) where a short row fits, their
 statistics reductions inside the program; a row of up to `HELD_PAIRS` pairs (K ≤ 8192) in chunks, all kept in
 registers; a longer row is read in chunks twice, statistics then values, the second time from L2 (a folded
-activation is then computed twice: at K ≥ 12288 GELU on load costs as much as the rest, benchmarks/RESULTS.md). The same numerics, bit for bit (the tests run both kernels
-against the reference).
+activation is then computed twice: at K ≥ 12288 GELU on load costs as much as the rest, benchmarks/RESULTS.md).
+The same numerics, bit for bit (the tests run both kernels against the reference).
 
 It is also leaner per element (33 SASS instructions per element at K = 3072 against the general pass 2's 48.5,
 `benchmarks/sass_per_element.py` on Triton 3.6): X is loaded as 64-bit words, each a group of four 16-bit floats, two
@@ -51,7 +51,6 @@ SMALL_ROW_PAIRS = 128  # rows this short are taken whole, several a program, how
 # a row in chunks up to this long is kept in registers and read once (8 K elements): longer rows held (K = 12288,
 # 15360 in 16 warps) took 123 and 151 µs at 4608 rows on an H200 against 92 and 120 read twice (RESULTS, session 12)
 HELD_PAIRS = 1024
-
 
 
 if triton is not None:
