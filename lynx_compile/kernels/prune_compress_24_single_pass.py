@@ -4,11 +4,11 @@
 The general compressor (`prune_compress_24.py`: any loader, both layouts) is a 2-D grid of programs that each own a
 chunk of K, so s needs a second kernel to add the chunks' partial energies; its per-element work (members split out
 of a tile by reshapes, ranked by six float comparisons) leaves it compute-bound at a fifth of the memory's speed on
-an H200. Here, as in the FP8 one-pass kernel whose word helpers it shares (`quantize_fp8_single_pass.py`), a program
-owns whole rows (or one long row in chunks) and keeps their energies in registers, so s is written by the same
-launch; a group of four 16-bit floats is one 64-bit word, its members are ranked by integer keys (`_kept`) and its
-two slots are the two it keeps (`stored_slots`). Same numerics as the general kernel: the same operand bit for bit,
-s equal but for the order of the energies' sums.
+an H200. Here, as in the FP8 one-pass kernel (both are made of `group_words.py`), a program owns whole rows (or
+one long row in chunks) and keeps their energies in registers, so s is written by the same launch; a group of four
+16-bit floats is one 64-bit word, its members are ranked by integer keys (`kept_masks`) and its two slots are the
+two it keeps (`stored_slots`). Same numerics as the general kernel: the same operand bit for bit, s equal but for
+the order of the energies' sums.
 
 This kernel is compute-bound too (Nsight Compute at 4608 × 3072, both kernels: SM throughput 73–76%, DRAM 17–19%),
 so the gain is what fewer instructions, fewer barriers and a better block shape buy: 27–31% at FLUX's shapes
@@ -35,7 +35,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .quantize_fp8_single_pass import _kept, _load_pairs, _members, kept_members, stored_slots
+    from .group_words import group_members, kept_masks, kept_members, load_pairs, stored_slots
 except ImportError:
     triton = None
 
@@ -71,8 +71,8 @@ if triton is not None:
     def _pruned_group(group, head, FP16: tl.constexpr, PIECES: tl.constexpr, INF: tl.constexpr):
         """A group's two stored slots in one int32 word (slot lo's bits low), its metadata nibble lo | hi << 2, its
         energy ‖x‖² and its kept energy ‖x̃‖² (`stored_slots`: stored are the kept nonzeros, -0.0 is zero)."""
-        f0, f1, f2, f3, m0, m1, m2, m3 = _members(group, head, FP16, PIECES[0], PIECES[1])
-        k0, k1, k2, k3 = _kept(m0, m1, m2, m3, INF)
+        f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, head, FP16, PIECES[0], PIECES[1])
+        k0, k1, k2, k3 = kept_masks(m0, m1, m2, m3, INF)
         q0, q1, q2, q3 = f0 * f0, f1 * f1, f2 * f2, f3 * f3
         _, q_lo, _, q_hi = kept_members(k0, k1, k2, k3, q0, q1, q2, q3)
         lo, lo_code, hi, hi_code = kept_members(
@@ -116,7 +116,7 @@ if triton is not None:
         # barriers) are taken once, not once a chunk
         energy, kept = tl.zeros((ROWS, PAIRS), dtype=tl.float32), tl.zeros((ROWS, PAIRS), dtype=tl.float32)
         for chunk in range(CHUNKS):
-            even, odd, pairs, live, head = _load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+            even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
             chunk_energy, chunk_kept = _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M,
                                                         K, FP16, PIECES, INF)  # fmt: skip
             energy, kept = energy + chunk_energy, kept + chunk_kept

@@ -12,12 +12,10 @@ activation is then computed twice: at K ≥ 12288 GELU on load costs as much as 
 The same numerics, bit for bit (the tests run both kernels against the reference).
 
 It is also leaner per element (33 SASS instructions per element at K = 3072 against the general pass 2's 48.5,
-`benchmarks/sass_per_element.py` on Triton 3.6): X is loaded as 64-bit words, each a group of four 16-bit floats, two
-words (a pair of groups, 16 bytes) per thread and step, so that members come out of a word by shifts, not by
-reshaping a tile; members are ranked by integer keys (magnitude bits, NaN clamped to +inf's, and the index to break
-ties), the two largest kept with six min/max; only those two are quantized (the GPU's saturating cast clamping), and
-they are CUTLASS's slots but where one rounds to zero (`stored_slots`); a pair of groups is stored as one 32-bit word
-of values and one metadata byte.
+`benchmarks/sass_per_element.py` on Triton 3.6), being made of `group_words.py`: members come out of 64-bit words
+by shifts, not by reshaping a tile, and are ranked by integer keys; only the two kept are quantized (the GPU's
+saturating cast clamping) and placed in CUTLASS's slots; a pair of groups is stored as one 32-bit word of values and
+one metadata byte.
 """
 
 from __future__ import annotations
@@ -35,9 +33,9 @@ try:
     import triton
     import triton.language as tl
 
-    from .activations import apply_activation
     from .e4m3 import _E4M3_MAX, quantize_e4m3
     from .e4m3 import quantize_e4m3_cast_clamps as _quantize
+    from .group_words import group_members, kept_masks, kept_members, load_pairs, stored_slots
 except ImportError:
     triton = None
 
@@ -56,97 +54,14 @@ HELD_PAIRS = 1024
 if triton is not None:
 
     @triton.jit
-    def _halves(word, FP16: tl.constexpr):
-        """The two 16-bit floats of int32 words, as fp32, and their magnitudes' bits (sign cleared)."""
-        if FP16:
-            low = word.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-            high = (word >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        else:  # bf16 is the top half of an fp32
-            low = (word << 16).to(tl.float32, bitcast=True)
-            high = (word & -65536).to(tl.float32, bitcast=True)
-        return low, high, word & 0x7FFF, (word >> 16) & 0x7FFF
-
-    @triton.jit
-    def _activated(f, ACTIVATION: tl.constexpr, FP16: tl.constexpr):
-        """act(f) as the folds' loaders make it (`apply_activation`: fp32, rounded to X's dtype), as fp32, and its
-        magnitude bits."""
-        if FP16:
-            x = apply_activation(f.to(tl.float16), ACTIVATION)
-        else:
-            x = apply_activation(f.to(tl.bfloat16), ACTIVATION)
-        return x.to(tl.float32), x.to(tl.int16, bitcast=True).to(tl.int32) & 0x7FFF
-
-    @triton.jit
-    def _piece_activated(f, m, head, HEAD: tl.constexpr, TAIL: tl.constexpr, FP16: tl.constexpr):
-        """f (and its magnitude bits m) through the activation of the piece it lies in (`head`: the first)."""
-        if HEAD == TAIL:
-            if HEAD != 0:
-                f, m = _activated(f, HEAD, FP16)
-        else:
-            f_head, m_head, f_tail, m_tail = f, m, f, m
-            if HEAD != 0:
-                f_head, m_head = _activated(f, HEAD, FP16)
-            if TAIL != 0:
-                f_tail, m_tail = _activated(f, TAIL, FP16)
-            f, m = tl.where(head, f_head, f_tail), tl.where(head, m_head, m_tail)
-        return f, m
-
-    @triton.jit
-    def _members(group, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr):
-        """A group's four members of X (fp32) and their magnitudes' bits, from its 64-bit word, through the
-        activation of its piece."""
-        f0, f1, m0, m1 = _halves(group.to(tl.int32), FP16)
-        f2, f3, m2, m3 = _halves((group >> 32).to(tl.int32), FP16)
-        f0, m0 = _piece_activated(f0, m0, head, HEAD, TAIL, FP16)
-        f1, m1 = _piece_activated(f1, m1, head, HEAD, TAIL, FP16)
-        f2, m2 = _piece_activated(f2, m2, head, HEAD, TAIL, FP16)
-        f3, m3 = _piece_activated(f3, m3, head, HEAD, TAIL, FP16)
-        return f0, f1, f2, f3, m0, m1, m2, m3
-
-    @triton.jit
-    def _kept(m0, m1, m2, m3, INF: tl.constexpr):
-        """lynx's 2:4 rank rule on magnitude bits (NaN clamped to +inf's): members ranked by the keys
-        magnitude · 4 + (3 - index), all distinct, so that a tie goes to the earlier member; the two keys at or above
-        the second largest are kept."""
-        k0, k1 = tl.minimum(m0, INF) * 4 + 3, tl.minimum(m1, INF) * 4 + 2
-        k2, k3 = tl.minimum(m2, INF) * 4 + 1, tl.minimum(m3, INF) * 4
-        second = tl.maximum(tl.minimum(tl.maximum(k0, k1), tl.maximum(k2, k3)),
-                            tl.maximum(tl.minimum(k0, k1), tl.minimum(k2, k3)))  # fmt: skip
-        return k0 >= second, k1 >= second, k2 >= second, k3 >= second
-
-    @triton.jit
-    def kept_members(k0, k1, k2, k3, v0, v1, v2, v3):
-        """The two members a group keeps (`_kept`'s k), in index order: (first's index, its v, second's index, its
-        v)."""
-        lo, lo_v = tl.where(k0, 0, tl.where(k1, 1, 2)), tl.where(k0, v0, tl.where(k1, v1, v2))
-        hi, hi_v = tl.where(k3, 3, tl.where(k2, 2, 1)), tl.where(k3, v3, tl.where(k2, v2, v1))
-        return lo, lo_v, hi, hi_v
-
-    @triton.jit
-    def stored_slots(lo, lo_code, hi, hi_code, BITS: tl.constexpr):
-        """CUTLASS's two slots of a group whose kept members `lo` < `hi` are these codes (BITS-bit floats): (the
-        slots' codes in one word, the low slot's low; the nibble lo | hi << 2). Stored are the nonzero codes (-0.0
-        is zero) and a free slot holds +0, as `cutlass_slots` has it: both → (lo, hi); one at p → (p, 3), or (0,
-        3) when p = 3; none → (0, 0). A kept code is zero only where its value is (or rounds to) zero, so this is a
-        fix-up of the common case, cheaper than ranking four codes by a table."""
-        magnitude: tl.constexpr = (1 << (BITS - 1)) - 1
-        lo_zero, hi_zero = (lo_code & magnitude) == 0, (hi_code & magnitude) == 0
-        lo_code, hi_code = tl.where(lo_zero, 0, lo_code), tl.where(hi_zero, 0, hi_code)
-        moved = lo_zero & ~hi_zero & (hi < 3)  # the second alone is stored, in the low slot
-        lo = tl.where(lo_zero, tl.where(moved, hi, 0), lo)
-        hi = tl.where(hi_zero | moved, tl.where(lo_zero & hi_zero, 0, 3), hi)
-        lo_code, hi_code = tl.where(moved, hi_code, lo_code), tl.where(moved, 0, hi_code)
-        return lo_code | (hi_code << BITS), lo | (hi << 2)
-
-    @triton.jit
     def _group_codes(group, head, inverse, kept_energy, PRUNE: tl.constexpr, FP16: tl.constexpr,
                      PIECES: tl.constexpr, INF: tl.constexpr, HARDWARE_CAST: tl.constexpr):  # fmt: skip
         """A group's e4m3 codes after (pruning and) quantizing: with PRUNE, (its two stored codes in one word, its
         metadata nibble, the kept energy plus its own) — only the two kept members are quantized; without, (its four
         codes in one word, 0, the energy)."""
-        f0, f1, f2, f3, m0, m1, m2, m3 = _members(group, head, FP16, PIECES[0], PIECES[1])
+        f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, head, FP16, PIECES[0], PIECES[1])
         if PRUNE:
-            k0, k1, k2, k3 = _kept(m0, m1, m2, m3, INF)
+            k0, k1, k2, k3 = kept_masks(m0, m1, m2, m3, INF)
             lo, lo_value, hi, hi_value = kept_members(k0, k1, k2, k3, f0, f1, f2, f3)
             kept_energy += lo_value * lo_value + hi_value * hi_value
             word, nibble = stored_slots(lo, _quantize(lo_value, inverse, HARDWARE_CAST), hi,
@@ -159,33 +74,11 @@ if triton is not None:
         return word, nibble, kept_energy
 
     @triton.jit
-    def _load_pairs(x, rows, chunk, M, K, PAIRS: tl.constexpr, TWO: tl.constexpr):
-        """Chunk `chunk` of PAIRS pairs of groups of the rows, as 64-bit words (one a group): (the pairs' even groups,
-        their odd groups, the pairs' indices, which are in X, which lie in the head piece). `x` is (head pointer,
-        its row stride, tail pointer, its row stride, split): with TWO pieces, X's columns before `split` (a
-        multiple of 8) come from the head operand, the rest from the tail (a pair never straddles them)."""
-        head_ptr, head_stride, tail_ptr, tail_stride, split = x
-        pairs = chunk * PAIRS + tl.arange(0, PAIRS)
-        live = (rows[:, None] < M) & (pairs[None, :] < K // 8)
-        lanes = tl.arange(0, 2)[None, None, :]  # groups 2j and 2j + 1
-        head = pairs[None, :] * 8 < split
-        words = head_ptr.to(tl.pointer_type(tl.int64))  # four 16-bit floats a word: one group
-        pair = tl.load(words + rows[:, None, None] * (head_stride // 4) + pairs[None, :, None] * 2 + lanes,
-                       mask=(live & head)[:, :, None], other=0)  # fmt: skip
-        if TWO:
-            words = tail_ptr.to(tl.pointer_type(tl.int64))
-            tail = tl.load(words + rows[:, None, None] * (tail_stride // 4) + (pairs[None, :, None] - split // 8) * 2
-                           + lanes, mask=(live & ~head)[:, :, None], other=0)  # fmt: skip
-            pair = tl.where(head[:, :, None], pair, tail)
-        even, odd = tl.split(pair)
-        return even, odd, pairs, live, head
-
-    @triton.jit
     def _statistics(even, odd, head, FP16: tl.constexpr, PIECES: tl.constexpr):
         """Per pair: ‖x‖², and the largest magnitude's bits (amax |x| = amax |x̃|: a group's largest is kept), which
         also tell NaN (above +inf's) where a float max would drop it; the caller reduces them along the row."""
-        e0, e1, e2, e3, a0, a1, a2, a3 = _members(even, head, FP16, PIECES[0], PIECES[1])
-        o0, o1, o2, o3, b0, b1, b2, b3 = _members(odd, head, FP16, PIECES[0], PIECES[1])
+        e0, e1, e2, e3, a0, a1, a2, a3 = group_members(even, head, FP16, PIECES[0], PIECES[1])
+        o0, o1, o2, o3, b0, b1, b2, b3 = group_members(odd, head, FP16, PIECES[0], PIECES[1])
         energy = e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3 + o0 * o0 + o1 * o1 + o2 * o2 + o3 * o3
         top = tl.maximum(tl.maximum(tl.maximum(a0, a1), tl.maximum(a2, a3)),
                          tl.maximum(tl.maximum(b0, b1), tl.maximum(b2, b3)))  # fmt: skip
@@ -234,13 +127,13 @@ if triton is not None:
         if HELD:
             held = ()
             for chunk in tl.static_range(CHUNKS):
-                loaded = _load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+                loaded = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
                 chunk_energy, chunk_top = _statistics(loaded[0], loaded[1], loaded[4], FP16, PIECES)
                 energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
                 held = held + (loaded,)
         else:
             for chunk in range(CHUNKS):
-                even, odd, pairs, live, head = _load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+                even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
                 chunk_energy, chunk_top = _statistics(even, odd, head, FP16, PIECES)
                 energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
         energy, top = tl.sum(energy, axis=1), tl.max(top, axis=1)
@@ -260,7 +153,7 @@ if triton is not None:
                                             K, PRUNE, FP16, PIECES, INF, HARDWARE_CAST)  # fmt: skip
         else:
             for chunk in range(CHUNKS):
-                even, odd, pairs, live, head = _load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+                even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
                 kept += _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M,
                                             K, PRUNE, FP16, PIECES, INF, HARDWARE_CAST)  # fmt: skip
         if PRUNE and NORM:

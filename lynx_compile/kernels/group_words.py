@@ -1,0 +1,123 @@
+"""2:4 groups as 64-bit words: the pieces both one-pass compressors (`prune_compress_24_single_pass.py`, 16-bit,
+and `quantize_fp8_single_pass.py`, FP8) are made of. A thread loads a pair of groups of four 16-bit floats as two
+64-bit words (`load_pairs`), takes the members out of a word by shifts (`group_members`, through a folded
+activation where X is made on load), ranks them by integer keys (`kept_masks`: magnitude bits, NaN clamped to
++inf's, the index to break ties) and places the two kept in CUTLASS's slots (`kept_members`, `stored_slots`).
+"""
+
+from __future__ import annotations
+
+try:
+    import triton
+    import triton.language as tl
+
+    from .activations import apply_activation
+except ImportError:
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def halves(word, FP16: tl.constexpr):
+        """The two 16-bit floats of int32 words, as fp32, and their magnitudes' bits (sign cleared)."""
+        if FP16:
+            low = word.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            high = (word >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        else:  # bf16 is the top half of an fp32
+            low = (word << 16).to(tl.float32, bitcast=True)
+            high = (word & -65536).to(tl.float32, bitcast=True)
+        return low, high, word & 0x7FFF, (word >> 16) & 0x7FFF
+
+    @triton.jit
+    def activated(f, ACTIVATION: tl.constexpr, FP16: tl.constexpr):
+        """act(f) as the folds' loaders make it (`apply_activation`: fp32, rounded to X's dtype), as fp32, and its
+        magnitude bits."""
+        if FP16:
+            x = apply_activation(f.to(tl.float16), ACTIVATION)
+        else:
+            x = apply_activation(f.to(tl.bfloat16), ACTIVATION)
+        return x.to(tl.float32), x.to(tl.int16, bitcast=True).to(tl.int32) & 0x7FFF
+
+    @triton.jit
+    def piece_activated(f, m, head, HEAD: tl.constexpr, TAIL: tl.constexpr, FP16: tl.constexpr):
+        """f (and its magnitude bits m) through the activation of the piece it lies in (`head`: the first)."""
+        if HEAD == TAIL:
+            if HEAD != 0:
+                f, m = activated(f, HEAD, FP16)
+        else:
+            f_head, m_head, f_tail, m_tail = f, m, f, m
+            if HEAD != 0:
+                f_head, m_head = activated(f, HEAD, FP16)
+            if TAIL != 0:
+                f_tail, m_tail = activated(f, TAIL, FP16)
+            f, m = tl.where(head, f_head, f_tail), tl.where(head, m_head, m_tail)
+        return f, m
+
+    @triton.jit
+    def group_members(group, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr):
+        """A group's four members of X (fp32) and their magnitudes' bits, from its 64-bit word, through the
+        activation of its piece."""
+        f0, f1, m0, m1 = halves(group.to(tl.int32), FP16)
+        f2, f3, m2, m3 = halves((group >> 32).to(tl.int32), FP16)
+        f0, m0 = piece_activated(f0, m0, head, HEAD, TAIL, FP16)
+        f1, m1 = piece_activated(f1, m1, head, HEAD, TAIL, FP16)
+        f2, m2 = piece_activated(f2, m2, head, HEAD, TAIL, FP16)
+        f3, m3 = piece_activated(f3, m3, head, HEAD, TAIL, FP16)
+        return f0, f1, f2, f3, m0, m1, m2, m3
+
+    @triton.jit
+    def kept_masks(m0, m1, m2, m3, INF: tl.constexpr):
+        """lynx's 2:4 rank rule on magnitude bits (NaN clamped to +inf's): members ranked by the keys
+        magnitude · 4 + (3 - index), all distinct, so that a tie goes to the earlier member; the two keys at or above
+        the second largest are kept."""
+        k0, k1 = tl.minimum(m0, INF) * 4 + 3, tl.minimum(m1, INF) * 4 + 2
+        k2, k3 = tl.minimum(m2, INF) * 4 + 1, tl.minimum(m3, INF) * 4
+        second = tl.maximum(tl.minimum(tl.maximum(k0, k1), tl.maximum(k2, k3)),
+                            tl.maximum(tl.minimum(k0, k1), tl.minimum(k2, k3)))  # fmt: skip
+        return k0 >= second, k1 >= second, k2 >= second, k3 >= second
+
+    @triton.jit
+    def kept_members(k0, k1, k2, k3, v0, v1, v2, v3):
+        """The two members a group keeps (`kept_masks`' k), in index order: (first's index, its v, second's index,
+        its v)."""
+        lo, lo_v = tl.where(k0, 0, tl.where(k1, 1, 2)), tl.where(k0, v0, tl.where(k1, v1, v2))
+        hi, hi_v = tl.where(k3, 3, tl.where(k2, 2, 1)), tl.where(k3, v3, tl.where(k2, v2, v1))
+        return lo, lo_v, hi, hi_v
+
+    @triton.jit
+    def stored_slots(lo, lo_code, hi, hi_code, BITS: tl.constexpr):
+        """CUTLASS's two slots of a group whose kept members `lo` < `hi` are these codes (BITS-bit floats): (the
+        slots' codes in one word, the low slot's low; the nibble lo | hi << 2). Stored are the nonzero codes (-0.0
+        is zero) and a free slot holds +0, as `cutlass_slots` has it: both → (lo, hi); one at p → (p, 3), or (0,
+        3) when p = 3; none → (0, 0). A kept code is zero only where its value is (or rounds to) zero, so this is a
+        fix-up of the common case, cheaper than ranking four codes by a table."""
+        magnitude: tl.constexpr = (1 << (BITS - 1)) - 1
+        lo_zero, hi_zero = (lo_code & magnitude) == 0, (hi_code & magnitude) == 0
+        lo_code, hi_code = tl.where(lo_zero, 0, lo_code), tl.where(hi_zero, 0, hi_code)
+        moved = lo_zero & ~hi_zero & (hi < 3)  # the second alone is stored, in the low slot
+        lo = tl.where(lo_zero, tl.where(moved, hi, 0), lo)
+        hi = tl.where(hi_zero | moved, tl.where(lo_zero & hi_zero, 0, 3), hi)
+        lo_code, hi_code = tl.where(moved, hi_code, lo_code), tl.where(moved, 0, hi_code)
+        return lo_code | (hi_code << BITS), lo | (hi << 2)
+
+    @triton.jit
+    def load_pairs(x, rows, chunk, M, K, PAIRS: tl.constexpr, TWO: tl.constexpr):
+        """Chunk `chunk` of PAIRS pairs of groups of the rows, as 64-bit words (one a group): (the pairs' even groups,
+        their odd groups, the pairs' indices, which are in X, which lie in the head piece). `x` is (head pointer,
+        its row stride, tail pointer, its row stride, split): with TWO pieces, X's columns before `split` (a
+        multiple of 8) come from the head operand, the rest from the tail (a pair never straddles them)."""
+        head_ptr, head_stride, tail_ptr, tail_stride, split = x
+        pairs = chunk * PAIRS + tl.arange(0, PAIRS)
+        live = (rows[:, None] < M) & (pairs[None, :] < K // 8)
+        lanes = tl.arange(0, 2)[None, None, :]  # groups 2j and 2j + 1
+        head = pairs[None, :] * 8 < split
+        words = head_ptr.to(tl.pointer_type(tl.int64))  # four 16-bit floats a word: one group
+        pair = tl.load(words + rows[:, None, None] * (head_stride // 4) + pairs[None, :, None] * 2 + lanes,
+                       mask=(live & head)[:, :, None], other=0)  # fmt: skip
+        if TWO:
+            words = tail_ptr.to(tl.pointer_type(tl.int64))
+            tail = tl.load(words + rows[:, None, None] * (tail_stride // 4) + (pairs[None, :, None] - split // 8) * 2
+                           + lanes, mask=(live & ~head)[:, :, None], other=0)  # fmt: skip
+            pair = tl.where(head[:, :, None], pair, tail)
+        even, odd = tl.split(pair)
+        return even, odd, pairs, live, head
