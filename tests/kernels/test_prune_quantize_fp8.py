@@ -74,8 +74,8 @@ def test_kernel_matches_reference_bit_for_bit(x, norm_compensation, single_pass)
 def test_every_group_pattern_is_stored_as_the_reference(dtype, single_pass):
     """Kept members that are zero, -0.0 or round to zero, at every pair of positions (`every_group`)."""
     x = every_group(dtype, DEVICE)
-    values, metadata, scale = prune_quantize_compress_fp8(x, norm_compensation=True, single_pass=single_pass)
-    ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x, True)
+    values, metadata, _ = prune_quantize_compress_fp8(x, norm_compensation=True, single_pass=single_pass)
+    ref_values, ref_metadata, _ = prune_quantize_compress_fp8_ref(x, True)
     assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
     # the patterns the slots' fix-up handles are all there: a kept member rounded to zero beside a nonzero one
     kept_codes = bits(ref_values).reshape(len(x), -1, 2)[:, :30] & 0x7F
