@@ -44,6 +44,15 @@ def activation(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor
     return x
 
 
+def assert_stored_as_cutlasss_compressor(x: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor) -> None:
+    """The FP8 operand is what CUTLASS's own compressor writes for x pruned and quantized by the references."""
+    pruned_quantized = quantize_rows(nm_prune_ref(x.float())[0])[0]
+    cutlass_values, cutlass_metadata = cutlass_gemm.library(FP8_CONFIGS[0], torch.float8_e4m3fn).compress_reference(
+        pruned_quantized)  # fmt: skip
+    assert torch.equal(values.view(torch.uint8), cutlass_values.view(torch.uint8))
+    assert torch.equal(metadata, cutlass_metadata)
+
+
 @pytest.mark.parametrize("single_pass", [None, False])  # the one-pass kernel (chunks past K = 4096), or the general
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows, k", [(1, 128), (37, 384), (333, 3072), (1000, 12288), (14040, 512), (130, 15360),
@@ -55,11 +64,7 @@ def test_fp8_compressor_is_bit_exact_with_its_reference_and_cutlasss_compressor(
     assert torch.equal(values.view(torch.uint8), ref_values.view(torch.uint8))
     assert torch.equal(metadata, ref_metadata)
     torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
-    pruned_quantized = quantize_rows(nm_prune_ref(x.float())[0])[0]
-    cutlass_values, cutlass_metadata = cutlass_gemm.library(FP8_CONFIGS[0], torch.float8_e4m3fn).compress_reference(
-        pruned_quantized)  # fmt: skip
-    assert torch.equal(values.view(torch.uint8), cutlass_values.view(torch.uint8))
-    assert torch.equal(metadata, cutlass_metadata)
+    assert_stored_as_cutlasss_compressor(x, values, metadata)
     quantized, row_scale = quantize_rows_fp8(x, single_pass=single_pass)
     ref_quantized, ref_row_scale = quantize_rows(x)
     assert torch.equal(quantized.view(torch.uint8), ref_quantized.view(torch.uint8))
@@ -72,11 +77,7 @@ def test_fp8_compressor_stores_every_group_pattern_as_cutlasss_compressor(dtype,
     """Kept members that are zero, -0.0 or round to zero in e4m3, at every pair of positions (`every_group`)."""
     x = every_group(dtype, "cuda")
     values, metadata, _ = prune_quantize_compress_fp8(x, single_pass=single_pass)
-    pruned_quantized = quantize_rows(nm_prune_ref(x.float())[0])[0]
-    cutlass_values, cutlass_metadata = cutlass_gemm.library(FP8_CONFIGS[0], torch.float8_e4m3fn).compress_reference(
-        pruned_quantized)  # fmt: skip
-    assert torch.equal(values.view(torch.uint8), cutlass_values.view(torch.uint8))
-    assert torch.equal(metadata, cutlass_metadata)
+    assert_stored_as_cutlasss_compressor(x, values, metadata)
 
 
 @pytest.mark.parametrize("rows, k, n", [(1, 128, 16), (77, 256, 40), (4608, 3072, 3072), (513, 12288, 64)])
