@@ -2,6 +2,8 @@
 the Triton compressor against CUTLASS's own, the kernel against the reference, graph replays, and the path in a
 compiled model."""
 
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -104,20 +106,20 @@ def test_gemm_replays_from_a_cuda_graph_with_changing_inputs():
         assert torch.equal(out, layer())
 
 
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(512, 512), nn.Linear(512, 512), nn.Linear(512, 512)
+        self.up, self.down = nn.Linear(512, 2048), nn.Linear(2048, 512)
+
+    def forward(self, x):
+        x = x + self.q(x) * self.k(x) + self.v(x)
+        return x + self.down(nn.functional.gelu(self.up(x), approximate="tanh"))
+
+
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "no-graphs"])
 def test_cutlass_path_runs_a_model_like_simulate(graphs):
     torch.manual_seed(0)
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q, self.k, self.v = nn.Linear(512, 512), nn.Linear(512, 512), nn.Linear(512, 512)
-            self.up, self.down = nn.Linear(512, 2048), nn.Linear(2048, 512)
-
-        def forward(self, x):
-            x = x + self.q(x) * self.k(x) + self.v(x)
-            return x + self.down(nn.functional.gelu(self.up(x), approximate="tanh"))
-
     model = Block().cuda().to(torch.bfloat16).eval()
     options = {"min_speedup": 1e-6, "sparse_paths": "cutlass", **({"mode": "reduce-overhead"} if graphs else {})}
     x = torch.randn(3, 333, 512, device="cuda", dtype=torch.bfloat16)
@@ -132,6 +134,39 @@ def test_cutlass_path_runs_a_model_like_simulate(graphs):
             out, expected = sparse(x).clone(), simulate(x)
             rel = ((out.float() - expected.float()).norm() / expected.float().norm()).item()
             assert rel < 2e-2  # bf16 roundings in other places flip a few near-tied masks
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_inductor_launches_the_compressor_with_the_ops_results(dynamic, monkeypatch):
+    """Lowered, each compressor (q, k, v's group; up's; down's, GELU on load) is the one-pass kernel launched from
+    Inductor's code, no op around it (`paths/lowered_compressors.py`), and the model's output is the one it gives
+    with the ops kept, bit for bit, on token counts the graph was not traced with where it is dynamic."""
+    from torch._inductor.utils import run_and_get_code
+
+    from lynx_compile.paths import cutlass as cutlass_path
+    from lynx_compile.paths import lowered_compressors
+
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # the two compiles differ after the pass
+    torch.manual_seed(0)
+    model = Block().cuda().to(torch.bfloat16).eval()
+    options = {"min_speedup": 1e-6, "sparse_paths": "cutlass", "execution": "sparse"}
+    inputs = [torch.randn(3, tokens, 512, device="cuda", dtype=torch.bfloat16) for tokens in (333, 200, 1024)]
+    outputs = {}
+    for kept in (False, True):
+        torch._dynamo.reset()
+        if kept:
+            monkeypatch.setattr(lowered_compressors, "compress_cutlass", cutlass_path._compress_op)
+        compiled = torch.compile(model, backend="lynx", options=options, dynamic=dynamic)
+        with torch.no_grad():
+            first, code = run_and_get_code(compiled, inputs[0])
+            outputs[kept] = [first, *(compiled(x) for x in inputs[1:] if dynamic)]
+        code = "\n".join(code)
+        launches = len(re.findall(r"\b_single_pass_kernel\w*\.run\(", code))
+        ops = re.findall(r"torch\.ops\.lynx\.(\w+)\.default\(", code)
+        assert (launches, ops.count("prune_compress_24_cutlass")) == ((0, 3) if kept else (3, 0)), (launches, ops)
+        assert ops.count("cutlass_sparse_mm") == 5, ops
+    for launched, kept in zip(outputs[False], outputs[True]):
+        assert torch.equal(launched, kept)
 
 
 def test_host_cost_of_a_call_without_cuda_graphs():

@@ -26,6 +26,7 @@ import torch
 
 from .cutlass_layout import META_ROWS
 from .grid import cdiv
+from .launcher import launcher
 from .nm_prune import NORM_EPS
 from .prune_compress_24 import Loader
 from .quantize_fp8_single_pass import applies as reads
@@ -68,27 +69,27 @@ if triton is not None:
             return _code(f, FP16)
 
     @triton.jit
-    def _pruned_group(group, head, FP16: tl.constexpr, PIECES: tl.constexpr, INF: tl.constexpr):
+    def _pruned_group(group, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, INF: tl.constexpr):
         """A group's two stored slots in one int32 word (slot lo's bits low), its metadata nibble lo | hi << 2, its
         energy ‖x‖² and its kept energy ‖x̃‖² (`stored_slots`: stored are the kept nonzeros, -0.0 is zero)."""
-        f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, head, FP16, PIECES[0], PIECES[1])
+        f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, head, FP16, HEAD, TAIL)
         k0, k1, k2, k3 = kept_masks(m0, m1, m2, m3, INF)
         q0, q1, q2, q3 = f0 * f0, f1 * f1, f2 * f2, f3 * f3
         _, q_lo, _, q_hi = kept_members(k0, k1, k2, k3, q0, q1, q2, q3)
         lo, lo_code, hi, hi_code = kept_members(
-            k0, k1, k2, k3, _stored_code(group, 0, f0, head, FP16, PIECES[0], PIECES[1]),
-            _stored_code(group, 16, f1, head, FP16, PIECES[0], PIECES[1]),
-            _stored_code(group, 32, f2, head, FP16, PIECES[0], PIECES[1]),
-            _stored_code(group, 48, f3, head, FP16, PIECES[0], PIECES[1]))  # fmt: skip
+            k0, k1, k2, k3, _stored_code(group, 0, f0, head, FP16, HEAD, TAIL),
+            _stored_code(group, 16, f1, head, FP16, HEAD, TAIL),
+            _stored_code(group, 32, f2, head, FP16, HEAD, TAIL),
+            _stored_code(group, 48, f3, head, FP16, HEAD, TAIL))  # fmt: skip
         word, nibble = stored_slots(lo, lo_code, hi, hi_code, 16)
         return word, nibble, q0 + q1 + q2 + q3, q_lo + q_hi
 
     @triton.jit
     def _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M, K, FP16: tl.constexpr,
-                         PIECES: tl.constexpr, INF: tl.constexpr):  # fmt: skip
+                         HEAD: tl.constexpr, TAIL: tl.constexpr, INF: tl.constexpr):  # fmt: skip
         """Prune and store a chunk's pairs of groups; their (‖x‖², ‖x̃‖²), a pair's each, for the caller to add up."""
-        even_word, even_nibble, energy, kept = _pruned_group(even, head, FP16, PIECES, INF)
-        odd_word, odd_nibble, odd_energy, odd_kept = _pruned_group(odd, head, FP16, PIECES, INF)
+        even_word, even_nibble, energy, kept = _pruned_group(even, head, FP16, HEAD, TAIL, INF)
+        odd_word, odd_nibble, odd_energy, odd_kept = _pruned_group(odd, head, FP16, HEAD, TAIL, INF)
         # a pair's four stored 16-bit values: one 64-bit word
         pair = even_word.to(tl.uint32, bitcast=True).to(tl.int64) | (odd_word.to(tl.int64) << 32)
         out = values_ptr.to(tl.pointer_type(tl.int64))
@@ -102,12 +103,12 @@ if triton is not None:
 
     @triton.jit
     def _single_pass_kernel(
-        head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K, eps,
-        ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, PIECES: tl.constexpr, FP16: tl.constexpr,
-        TWO: tl.constexpr,
+        head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K,
+        EPS: tl.constexpr, ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, HEAD: tl.constexpr,
+        TAIL: tl.constexpr, FP16: tl.constexpr, TWO: tl.constexpr,
     ):  # fmt: skip
         """ROWS whole rows of M rounded up to 64 (the padding rows get empty metadata), in CHUNKS chunks of PAIRS
-        pairs of groups: prune, store, and the rows' norm scale. X = cat(act₀(head), act₁(tail)) with PIECES =
+        pairs of groups: prune, store, and the rows' norm scale. X = cat(act₀(head), act₁(tail)) with (HEAD, TAIL) =
         (act₀, act₁) and TWO; X = act₀(head) without (split = K)."""
         INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -118,34 +119,38 @@ if triton is not None:
         for chunk in range(CHUNKS):
             even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
             chunk_energy, chunk_kept = _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M,
-                                                        K, FP16, PIECES, INF)  # fmt: skip
+                                                        K, FP16, HEAD, TAIL, INF)  # fmt: skip
             energy, kept = energy + chunk_energy, kept + chunk_kept
         energy, kept = tl.sum(energy, axis=1), tl.sum(kept, axis=1)
-        scale = tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + eps)), 1.0)  # 1 for a non-finite row
+        scale = tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + EPS)), 1.0)  # 1 for a non-finite row
         tl.store(scale_ptr + rows, scale, mask=rows < M)
 
 
-def applies(operands: Sequence[torch.Tensor], loader: Loader) -> bool:
+def applies(operands: Sequence[torch.Tensor], loader: Loader, traced: bool = False) -> bool:
     """Whether this kernel reads X (`quantize_fp8_single_pass.applies`) and gains by it: not for two pieces through
     different activations (FLUX's cat(attention, GELU(mlp))), whose members it must put through both and select per
     element, where the general kernel's chunks each lie in one piece: 161 µs against ≈ 110 at 4608 × 15360."""
-    return reads(operands, loader) and len(set(loader.pieces)) == 1
+    return reads(operands, loader, traced) and len(set(loader.pieces)) == 1
 
 
 def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor,
-           pairs_per_program: int = PAIRS_PER_PROGRAM, blocks: tuple[int, int, int] | None = None) -> torch.Tensor:
+           pairs_per_program: int = PAIRS_PER_PROGRAM, blocks: tuple[int, int, int] | None = None,
+           traced: bool = False) -> torch.Tensor:  # fmt: skip
     """Run the kernel over X as `loader` makes it of `operands` (`applies`) into `values` (M × K/2, X's dtype) and
     `metadata` (CUTLASS's layout, M rounded up to 64 rows); the rows' norm scale s. A program holds up to
     `pairs_per_program` pairs of groups at a time, or `blocks` as given (rows a program, pairs a chunk, chunks a
-    row: tests and benchmarks)."""
+    row: tests and benchmarks). `traced`: record the launch for Inductor (`launcher.py`)."""
     rows, k = operands[0].shape[0], loader.width
     scale = torch.empty(rows, dtype=torch.float32, device=operands[0].device)
-    if rows == 0:
+    if not traced and rows == 0:
         return scale
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
-    _single_pass_kernel[(cdiv(cdiv(rows, META_ROWS) * META_ROWS, block_rows),)](
-        *x_arguments(operands, k), values, metadata, scale, rows, k, NORM_EPS, ROWS=block_rows, PAIRS=pairs,
-        CHUNKS=chunks, PIECES=piece_activations(loader), FP16=operands[0].dtype == torch.float16,
+    head, tail = piece_activations(loader)
+    # EPS a constexpr, not an argument: launching the kernel itself, Inductor types a float argument fp64, and s
+    # would round otherwise than in the op
+    launcher(_single_pass_kernel, traced)[(cdiv(cdiv(rows, META_ROWS) * META_ROWS, block_rows),)](
+        *x_arguments(operands, k), values, metadata, scale, rows, k, EPS=NORM_EPS, ROWS=block_rows,
+        PAIRS=pairs, CHUNKS=chunks, HEAD=head, TAIL=tail, FP16=operands[0].dtype == torch.float16,
         TWO=len(operands) == 2, num_warps=warps(block_rows, pairs),
     )  # fmt: skip
     return scale

@@ -26,6 +26,7 @@ import torch
 
 from .cutlass_layout import META_ROWS
 from .grid import cdiv, next_power_of_2
+from .launcher import launcher, provably, provably_aligned, traceable
 from .nm_prune import NORM_EPS
 from .prune_compress_24 import Loader
 
@@ -33,8 +34,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .e4m3 import _E4M3_MAX, quantize_e4m3
-    from .e4m3 import quantize_e4m3_cast_clamps as _quantize
+    from .e4m3 import _E4M3_MAX, quantize_e4m3, quantize_e4m3_cast_clamps
     from .group_words import group_members, kept_masks, kept_members, load_pairs, stored_slots
 except ImportError:
     triton = None
@@ -54,18 +54,18 @@ HELD_PAIRS = 1024
 if triton is not None:
 
     @triton.jit
-    def _group_codes(group, head, inverse, kept_energy, PRUNE: tl.constexpr, FP16: tl.constexpr,
-                     PIECES: tl.constexpr, INF: tl.constexpr, HARDWARE_CAST: tl.constexpr):  # fmt: skip
+    def _group_codes(group, head, inverse, kept_energy, PRUNE: tl.constexpr, FP16: tl.constexpr, HEAD: tl.constexpr,
+                     TAIL: tl.constexpr, INF: tl.constexpr, HARDWARE_CAST: tl.constexpr):  # fmt: skip
         """A group's e4m3 codes after (pruning and) quantizing: with PRUNE, (its two stored codes in one word, its
         metadata nibble, the kept energy plus its own) — only the two kept members are quantized; without, (its four
         codes in one word, 0, the energy)."""
-        f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, head, FP16, PIECES[0], PIECES[1])
+        f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, head, FP16, HEAD, TAIL)
         if PRUNE:
             k0, k1, k2, k3 = kept_masks(m0, m1, m2, m3, INF)
             lo, lo_value, hi, hi_value = kept_members(k0, k1, k2, k3, f0, f1, f2, f3)
             kept_energy += lo_value * lo_value + hi_value * hi_value
-            word, nibble = stored_slots(lo, _quantize(lo_value, inverse, HARDWARE_CAST), hi,
-                                        _quantize(hi_value, inverse, HARDWARE_CAST), 8)  # fmt: skip
+            word, nibble = stored_slots(lo, quantize_e4m3_cast_clamps(lo_value, inverse, HARDWARE_CAST), hi,
+                                        quantize_e4m3_cast_clamps(hi_value, inverse, HARDWARE_CAST), 8)  # fmt: skip
         else:
             # the hand clamp kept: without it this loop ran 17% slower at K = 12288 on an H200 (RESULTS, session 13)
             word = quantize_e4m3(f0, inverse, HARDWARE_CAST) | (quantize_e4m3(f1, inverse, HARDWARE_CAST) << 8) \
@@ -74,11 +74,11 @@ if triton is not None:
         return word, nibble, kept_energy
 
     @triton.jit
-    def _statistics(even, odd, head, FP16: tl.constexpr, PIECES: tl.constexpr):
+    def _statistics(even, odd, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr):
         """Per pair: ‖x‖², and the largest magnitude's bits (amax |x| = amax |x̃|: a group's largest is kept), which
         also tell NaN (above +inf's) where a float max would drop it; the caller reduces them along the row."""
-        e0, e1, e2, e3, a0, a1, a2, a3 = group_members(even, head, FP16, PIECES[0], PIECES[1])
-        o0, o1, o2, o3, b0, b1, b2, b3 = group_members(odd, head, FP16, PIECES[0], PIECES[1])
+        e0, e1, e2, e3, a0, a1, a2, a3 = group_members(even, head, FP16, HEAD, TAIL)
+        o0, o1, o2, o3, b0, b1, b2, b3 = group_members(odd, head, FP16, HEAD, TAIL)
         energy = e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3 + o0 * o0 + o1 * o1 + o2 * o2 + o3 * o3
         top = tl.maximum(tl.maximum(tl.maximum(a0, a1), tl.maximum(a2, a3)),
                          tl.maximum(tl.maximum(b0, b1), tl.maximum(b2, b3)))  # fmt: skip
@@ -86,13 +86,13 @@ if triton is not None:
 
     @triton.jit
     def _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K,
-                            PRUNE: tl.constexpr, FP16: tl.constexpr, PIECES: tl.constexpr, INF: tl.constexpr,
-                            HARDWARE_CAST: tl.constexpr):  # fmt: skip
+                            PRUNE: tl.constexpr, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr,
+                            INF: tl.constexpr, HARDWARE_CAST: tl.constexpr):  # fmt: skip
         """(Prune,) quantize and store the pairs; their kept energy ‖x̃‖², a pair's each, for the caller to add up."""
         kept = tl.zeros(even.shape, dtype=tl.float32)
-        even_word, even_nibble, kept = _group_codes(even, head, inverse, kept, PRUNE, FP16, PIECES, INF,
+        even_word, even_nibble, kept = _group_codes(even, head, inverse, kept, PRUNE, FP16, HEAD, TAIL, INF,
                                                     HARDWARE_CAST)  # fmt: skip
-        odd_word, odd_nibble, kept = _group_codes(odd, head, inverse, kept, PRUNE, FP16, PIECES, INF, HARDWARE_CAST)
+        odd_word, odd_nibble, kept = _group_codes(odd, head, inverse, kept, PRUNE, FP16, HEAD, TAIL, INF, HARDWARE_CAST)
         out = values_ptr.to(tl.pointer_type(tl.int32))
         if PRUNE:  # a pair's four stored codes: one word
             tl.store(out + rows[:, None] * (K // 8) + pairs[None, :], even_word | (odd_word << 16), mask=live)
@@ -109,14 +109,15 @@ if triton is not None:
 
     @triton.jit
     def _single_pass_kernel(
-        head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K, eps,
-        ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, HELD: tl.constexpr, PIECES: tl.constexpr,
-        PRUNE: tl.constexpr, NORM: tl.constexpr, FP16: tl.constexpr, TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr,
+        head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K,
+        EPS: tl.constexpr, ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, HELD: tl.constexpr,
+        HEAD: tl.constexpr, TAIL: tl.constexpr, PRUNE: tl.constexpr, NORM: tl.constexpr, FP16: tl.constexpr,
+        TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr,
     ):  # fmt: skip
         """ROWS whole rows (of M rounded up to 64 with PRUNE, whose padding rows get empty metadata), in CHUNKS
         chunks of PAIRS pairs of groups: statistics, factor, (prune,) quantize, store; the row scale (quantization ×
         norm). HELD: the chunks stay in registers between the statistics and the values (X read once); else each is
-        read twice, the second time from L2. X = cat(act₀(head), act₁(tail)) with PIECES = (act₀, act₁)
+        read twice, the second time from L2. X = cat(act₀(head), act₁(tail)) with (HEAD, TAIL) = (act₀, act₁)
         (`kernels.activations` codes) and TWO; X = act₀(head) without (split = K)."""
         INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -128,13 +129,13 @@ if triton is not None:
             held = ()
             for chunk in tl.static_range(CHUNKS):
                 loaded = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
-                chunk_energy, chunk_top = _statistics(loaded[0], loaded[1], loaded[4], FP16, PIECES)
+                chunk_energy, chunk_top = _statistics(loaded[0], loaded[1], loaded[4], FP16, HEAD, TAIL)
                 energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
                 held = held + (loaded,)
         else:
             for chunk in range(CHUNKS):
                 even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
-                chunk_energy, chunk_top = _statistics(even, odd, head, FP16, PIECES)
+                chunk_energy, chunk_top = _statistics(even, odd, head, FP16, HEAD, TAIL)
                 energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
         energy, top = tl.sum(energy, axis=1), tl.max(top, axis=1)
         if FP16:
@@ -150,24 +151,31 @@ if triton is not None:
             for chunk in tl.static_range(CHUNKS):
                 even, odd, pairs, live, head = held[chunk]
                 kept += _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M,
-                                            K, PRUNE, FP16, PIECES, INF, HARDWARE_CAST)  # fmt: skip
+                                            K, PRUNE, FP16, HEAD, TAIL, INF, HARDWARE_CAST)  # fmt: skip
         else:
             for chunk in range(CHUNKS):
                 even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
                 kept += _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M,
-                                            K, PRUNE, FP16, PIECES, INF, HARDWARE_CAST)  # fmt: skip
+                                            K, PRUNE, FP16, HEAD, TAIL, INF, HARDWARE_CAST)  # fmt: skip
         if PRUNE and NORM:
             kept = tl.sum(kept, axis=1)
-            scale *= tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + eps)), 1.0)
+            scale *= tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + EPS)), 1.0)
         tl.store(scale_ptr + rows, scale, mask=rows < M)
 
 
-def applies(operands: Sequence[torch.Tensor], loader: Loader) -> bool:
+def applies(operands: Sequence[torch.Tensor], loader: Loader, traced: bool = False) -> bool:
     """Whether X can be read here: a loader that says X = cat(act(operand), ...) of at most two operands
     (`Loader.pieces`), each of 16-bit floats, contiguous along K, 8-byte aligned, rows a multiple of 4 elements apart
-    and widths of whole pairs of groups (8 elements)."""
+    and widths of whole pairs of groups (8 elements). `traced`: of fake tensors, for every size the graph runs, and
+    only where the launch can be recorded (this kernel's, as both one-pass kernels are compiled, not interpreted)."""
     if triton is None or loader.pieces is None or not 1 <= len(loader.pieces) == len(operands) <= 2:
         return False
+    if traced:
+        if not traceable(_single_pass_kernel):
+            return False
+        return all(x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 2 and provably(x.shape[1] % 8 == 0)
+                   and provably(x.stride(1) == 1) and provably(x.stride(0) % 4 == 0) and provably_aligned(x, 8)
+                   for x in operands)  # fmt: skip
     return all(x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 2 and x.shape[1] % 8 == 0
                and x.stride(1) == 1 and x.stride(0) % 4 == 0 and x.data_ptr() % 8 == 0 for x in operands)  # fmt: skip
 
@@ -190,24 +198,27 @@ def _blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
 def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor, prune: bool,
            norm: bool, hardware_cast: bool, pairs_per_program: int | None = None,
            blocks: tuple[int, int, int] | None = None, held_pairs: int = HELD_PAIRS,
-           num_warps: int | None = None) -> torch.Tensor:  # fmt: skip
+           num_warps: int | None = None, traced: bool = False) -> torch.Tensor:  # fmt: skip
     """Run the kernel over X as `loader` makes it of `operands` (`applies`) into `values` (and, with `prune`,
     `metadata`); the row scale. A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or
     `blocks` as given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); a row in chunks is kept
     in registers and read once up to `held_pairs` pairs of groups, read twice past that; `num_warps` as `warps`
-    gives them, or as given (benchmarks)."""
+    gives them, or as given (benchmarks). `traced`: record the launch for Inductor (`launcher.py`)."""
     rows, k = operands[0].shape[0], loader.width
     scale = torch.empty(rows, dtype=torch.float32, device=operands[0].device)
-    if rows == 0:
+    if not traced and rows == 0:
         return scale
     pairs_per_program = pairs_per_program or (PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
-    _single_pass_kernel[(cdiv(covered, block_rows),)](
-        *x_arguments(operands, k), values.view(torch.uint8), metadata, scale, rows, k, NORM_EPS, ROWS=block_rows,
-        PAIRS=pairs, CHUNKS=chunks, HELD=chunks == 1 or chunks * pairs <= held_pairs, PIECES=piece_activations(loader),
-        PRUNE=prune, NORM=norm, FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2,
-        HARDWARE_CAST=hardware_cast, num_warps=num_warps or warps(block_rows, pairs),
+    head, tail = piece_activations(loader)
+    # EPS a constexpr, not an argument: launching the kernel itself, Inductor types a float argument fp64, and s
+    # would round otherwise than in the op
+    launcher(_single_pass_kernel, traced)[(cdiv(covered, block_rows),)](
+        *x_arguments(operands, k), values, metadata, scale, rows, k, EPS=NORM_EPS, ROWS=block_rows, PAIRS=pairs,
+        CHUNKS=chunks, HELD=chunks == 1 or chunks * pairs <= held_pairs, HEAD=head, TAIL=tail, PRUNE=prune,
+        NORM=norm, FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast,
+        num_warps=num_warps or warps(block_rows, pairs),
     )  # fmt: skip
     return scale
 

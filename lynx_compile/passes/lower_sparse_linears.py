@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.fx
@@ -58,6 +59,13 @@ _CORE_FILES = ("passes/lower_sparse_linears.py", "ops.py", "plan.py", "method.py
                "folds/base.py", "paths/__init__.py", "paths/base.py")  # fmt: skip
 
 
+def _replace(match: Match, lowered: Callable[..., object], args: list) -> None:
+    """The matched op replaced by what `lowered` traces. Without the trace's dead-code elimination: a compressor's
+    launch recorded for Inductor (`paths/lowered_compressors.py`) writes buffers it does not return, so FX would
+    count it unused and drop it (Inductor's own pass that turns kernels into launches traces the same way)."""
+    match.replace_by_example(lowered, args, run_functional_passes=False)
+
+
 def _settled(match: Match) -> bool:
     """Lower only where the op's run-time fallback (too few tokens, off the path's multiple) provably never fires."""
     rows = token_rows(fake_value(match.kwargs["inputs"][0]))
@@ -80,7 +88,7 @@ def _register_patterns() -> None:
             lora = (next(rest), next(rest)) if lora_a is not None else None
             return path.lower(list(rest), weight, bias_value, lora, decoded)
 
-        match.replace_by_example(lowered, [weight, *optional, *inputs])
+        _replace(match, lowered, [weight, *optional, *inputs])
 
     group = CallFunction(torch.ops.lynx.sparse_linear_group.default,
                          *(KeywordArg(name) for name in SPARSE_LINEAR_GROUP_ARGS))  # fmt: skip
@@ -96,7 +104,7 @@ def _register_patterns() -> None:
             return path.lower_group(list(given[len(weights) + len(biases) :]), list(member_weights), member_biases,
                                     decoded)  # fmt: skip
 
-        match.replace_by_example(lowered, [*weights, *biases, *inputs])
+        _replace(match, lowered, [*weights, *biases, *inputs])
 
 
 def _settled_float8(match: Match) -> bool:
@@ -119,7 +127,7 @@ def _register_float8_patterns() -> None:
             return get_path(decoded.path).lower(list(rest), float8_weight(weight, weight_scale), bias_value, None,
                                                 decoded)  # fmt: skip
 
-        match.replace_by_example(lowered, [weight, weight_scale, *([bias] if bias is not None else []), *inputs])
+        _replace(match, lowered, [weight, weight_scale, *([bias] if bias is not None else []), *inputs])
 
     group = CallFunction(torch.ops.lynx.float8_sparse_linear_group.default,
                          *(KeywordArg(name) for name in FLOAT8_SPARSE_LINEAR_GROUP_ARGS))  # fmt: skip
@@ -136,7 +144,7 @@ def _register_float8_patterns() -> None:
             return get_path(decoded.path).lower_group(list(given[2 * members + len(biases) :]), member_weights,
                                                       member_bias_list(members, bias_values, biased), decoded)
 
-        match.replace_by_example(lowered, [*weights, *weight_scales, *biases, *inputs])
+        _replace(match, lowered, [*weights, *weight_scales, *biases, *inputs])
 
 
 def source_files() -> tuple[str, ...]:

@@ -19,12 +19,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from ..folds import assemble
+from ..folds import FoldSpec, assemble
 from ..kernel_op import kernel_op
 from ..kernels import cutlass_gemm
 from ..kernels.cutlass_gemm import CONFIGS, RASTERS, SWIZZLES, GemmConfig
 from ..method import Lora, Method, epilogue
 from ..plan import SparseLinearPlan
+from . import lowered_compressors
 from .base import SparsePath, Timer, Workload, tensor_core_reason
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,23 @@ class Cutlass(SparsePath):
 
     def forward(self, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
                 plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
-        values, metadata, scale = torch.ops.lynx.prune_compress_24_cutlass.default(list(inputs), plan.fold.encode())
+        return self._layer(inputs, weight, bias, lora, plan, _compress_op)
+
+    def lower(self, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
+              plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
+        return self._layer(inputs, weight, bias, lora, plan, lowered_compressors.compress_cutlass)
+
+    def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                      biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
+        return self._group(inputs, weights, biases, plan, _compress_op)
+
+    def lower_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                    biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
+        return self._group(inputs, weights, biases, plan, lowered_compressors.compress_cutlass)
+
+    def _layer(self, inputs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
+               plan: SparseLinearPlan, compress: Compressor) -> torch.Tensor:  # fmt: skip
+        values, metadata, scale = compress(inputs, plan.fold)
         scale = scale if plan.method.norm_compensation else None
         fused = _fusable_bias(bias, weight)
         out = _gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.params))
@@ -100,9 +117,10 @@ class Cutlass(SparsePath):
         out = epilogue(out, None if fused else bias, lora, rows)
         return out.reshape(*inputs[0].shape[:-1], weight.shape[0])
 
-    def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
-                      biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
-        values, metadata, scale = torch.ops.lynx.prune_compress_24_cutlass.default(list(inputs), plan.fold.encode())
+    def _group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+               biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan,
+               compress: Compressor) -> list[torch.Tensor]:  # fmt: skip
+        values, metadata, scale = compress(inputs, plan.fold)
         scale = scale if plan.method.norm_compensation else None
         outs = []
         for index, (weight, bias) in enumerate(zip(weights, biases)):
@@ -120,6 +138,14 @@ class Cutlass(SparsePath):
     def source_files(self) -> tuple[str, ...]:
         # the kernel's source keys its own build (`cutlass_gemm.library_path`), not the graphs that call it
         return (*super().source_files(), cutlass_gemm.__file__)
+
+
+# The compressor a body calls: the op (`forward`), or what a lowered graph holds (`lower`: `lowered_compressors`)
+Compressor = Callable[[Sequence[torch.Tensor], FoldSpec], tuple[torch.Tensor, ...]]
+
+
+def _compress_op(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.Tensor, ...]:
+    return torch.ops.lynx.prune_compress_24_cutlass.default(list(inputs), spec.encode())
 
 
 def _gemm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,

@@ -24,6 +24,7 @@ from ..kernels.cutlass_gemm import FP8_CONFIGS, RASTERS
 from ..kernels.prune_quantize_fp8 import FP8_K_MULTIPLE
 from ..method import Lora, Method
 from ..plan import SparseLinearPlan
+from . import lowered_compressors
 from .base import SparsePath, Timer, Workload, tensor_core_reason
 from .cutlass import N_MULTIPLE, built_configs, fastest_setting
 
@@ -76,17 +77,20 @@ class CutlassFloat8(SparsePath):
                 plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
         return self.forward_group(inputs, [weight], [bias], plan)[0]
 
+    def lower(self, inputs: Sequence[torch.Tensor], weight: Float8Weight, bias: torch.Tensor | None, lora: Lora,
+              plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
+        return self.lower_group(inputs, [weight], [bias], plan)[0]
+
     def forward_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[Float8Weight],
                       biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
-        values, metadata, scale = torch.ops.lynx.prune_quantize_compress_fp8(list(inputs), plan.fold.encode(),
-                                                                             plan.method.norm_compensation)  # fmt: skip
-        outs = []
-        for index, (weight, bias) in enumerate(zip(weights, biases)):
-            fused = bias is not None and bias.dtype == torch.bfloat16 and bias.is_contiguous()
-            out = _gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.member(index).params))
-            out = out if fused or bias is None else out + bias
-            outs.append(out.reshape(*inputs[0].shape[:-1], weight.qdata.shape[0]))
-        return outs
+        compressed = torch.ops.lynx.prune_quantize_compress_fp8(list(inputs), plan.fold.encode(),
+                                                                plan.method.norm_compensation)  # fmt: skip
+        return _gemms(compressed, inputs, weights, biases, plan)
+
+    def lower_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[Float8Weight],
+                    biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
+        compressed = lowered_compressors.compress_fp8(inputs, plan.fold, plan.method.norm_compensation)
+        return _gemms(compressed, inputs, weights, biases, plan)
 
     def describe(self, params: dict[str, Any]) -> str:
         settings = ", ".join(f"{member['config']} {member['raster']} swizzle {member['swizzle']}"
@@ -95,6 +99,19 @@ class CutlassFloat8(SparsePath):
 
     def source_files(self) -> tuple[str, ...]:
         return (*super().source_files(), cutlass_gemm.__file__)
+
+
+def _gemms(compressed: tuple[torch.Tensor, ...], inputs: Sequence[torch.Tensor], weights: Sequence[Float8Weight],
+           biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
+    """Each member's y from the compressed x (values, metadata, row scale)."""
+    values, metadata, scale = compressed
+    outs = []
+    for index, (weight, bias) in enumerate(zip(weights, biases)):
+        fused = bias is not None and bias.dtype == torch.bfloat16 and bias.is_contiguous()
+        out = _gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.member(index).params))
+        out = out if fused or bias is None else out + bias
+        outs.append(out.reshape(*inputs[0].shape[:-1], weight.qdata.shape[0]))
+    return outs
 
 
 def _gemm(values: torch.Tensor, metadata: torch.Tensor, weight: Float8Weight, scale: torch.Tensor,

@@ -1,0 +1,56 @@
+"""The CUTLASS paths' compressors as a lowered graph holds them: the one-pass kernel's launch itself, for Inductor.
+
+Without CUDA graphs a sparse layer pays its ops' host time on every call, and the compressor op was the larger
+part of what lynx adds over a dense layer (≈ 4 of ≈ 8 cuBLAS calls' worth: the op's dispatch, the fold's decoding,
+the checks, three allocations, Triton's own launch path; benchmarks/RESULTS.md, sessions 10 and 13). Where the
+one-pass kernel provably reads X as the traced graph gives it (16-bit, contiguous along K, aligned: `applies` with
+`traced`), `SparsePath.lower` traces this instead of the op: the output buffers' allocations and the kernel's launch
+through `torch.library.wrap_triton` (`kernels/launcher.py`). Inductor then compiles the kernel as a user-defined
+Triton kernel and launches it from its generated code, as it does its own, with none of lynx's Python around it.
+Elsewhere (a fold only the general kernel reads, a layout the graph cannot prove) the op stays, as in `forward`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..folds import FoldSpec, loading
+from ..kernels import prune_compress_24_single_pass as one_pass_16bit
+from ..kernels import quantize_fp8_single_pass as one_pass_fp8
+from ..kernels.e4m3 import FP8_DTYPE, hardware_cast
+from ..kernels.prune_compress_24 import check_compressible_width, metadata_bytes
+from ..kernels.prune_quantize_fp8 import check_fp8_width
+
+
+def compress_cutlass(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.Tensor, ...]:
+    """What `lynx::prune_compress_24_cutlass` returns (values, metadata, the rows' norm scale), traced."""
+    operands, loader = loading(inputs, spec)
+    if not one_pass_16bit.applies(operands, loader, traced=True):
+        return torch.ops.lynx.prune_compress_24_cutlass.default(list(inputs), spec.encode())
+    check_compressible_width(operands[0].dtype, loader.width)
+    values, metadata = _operand_buffers(operands[0], loader.width, operands[0].dtype)
+    return values, metadata, one_pass_16bit.launch(operands, loader, values, metadata, traced=True)
+
+
+def compress_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec, norm_compensation: bool) -> tuple[torch.Tensor, ...]:
+    """What `lynx::prune_quantize_compress_fp8` returns (e4m3 values, metadata, the row scale), traced."""
+    operands, loader = loading(inputs, spec)
+    if not one_pass_fp8.applies(operands, loader, traced=True):
+        return torch.ops.lynx.prune_quantize_compress_fp8.default(list(inputs), spec.encode(), norm_compensation)
+    check_fp8_width(loader.width)
+    values, metadata = _operand_buffers(operands[0], loader.width, FP8_DTYPE)
+    scale = one_pass_fp8.launch(operands, loader, values, metadata, True, norm_compensation, hardware_cast(),
+                                traced=True)  # fmt: skip
+    return values, metadata, scale
+
+
+def _operand_buffers(head: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """CUTLASS's operand for rows of X of width k: values (M × K/2 of `dtype`) and metadata bytes."""
+    rows = head.shape[0]
+    values = torch.empty((rows, k // 2), dtype=dtype, device=head.device)
+    return values, torch.empty((metadata_bytes(rows, k),), dtype=torch.uint8, device=head.device)
+
+
+__all__ = ["compress_cutlass", "compress_fp8"]
