@@ -106,7 +106,8 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
     out_values, out_metadata = torch.empty_like(values), torch.empty_like(metadata)
     for pairs in (128, 256, 512):  # the one-pass kernel's block size: pairs of groups a program holds
         times[f"compress_fp8_pairs{pairs}"] = cuda_graph_ms(
-            lambda pairs=pairs: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True, pairs))
+            lambda pairs=pairs: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True,
+                                                   pairs_per_program=pairs))  # fmt: skip
     times["compress_fp8_read_twice"] = cuda_graph_ms(  # a row in chunks read twice, not kept in registers
         lambda: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True, held_pairs=0))
     for warps in (4, 8, 16):  # a row held (up to K = 16384), in W warps a program

@@ -27,6 +27,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from lynx_compile.kernels import prune_compress_24 as general  # noqa: E402
+from lynx_compile.kernels.nm_prune import NORM_EPS  # noqa: E402
 from lynx_compile.kernels import prune_compress_24_single_pass as single_pass  # noqa: E402
 from lynx_compile.kernels import quantize_fp8_single_pass as fp8  # noqa: E402
 
@@ -35,7 +36,7 @@ SPECIALIZED = {"head_ptr", "head_stride", "tail_ptr", "tail_stride", "split", "v
                "energy_ptr", "K"}  # fmt: skip
 ONE_PASS_SIGNATURE = {"head_ptr": "*bf16", "head_stride": "i32", "tail_ptr": "*bf16", "tail_stride": "i32",
                       "split": "i32", "values_ptr": "*bf16", "meta_ptr": "*u8", "scale_ptr": "*fp32", "M": "i32",
-                      "K": "i32", "eps": "fp32"}  # fmt: skip
+                      "K": "i32"}  # fmt: skip
 
 
 def sass_listing(fn, signature: dict, constants: dict, warps: int) -> list[str]:
@@ -73,8 +74,8 @@ def one_pass_16_bit(k: int) -> tuple[str, int, int]:
     rows, pairs, chunks = fp8.checked_blocks(k, single_pass.PAIRS_PER_PROGRAM, None)
     warps = fp8.warps(rows, pairs)
     listing = sass_listing(single_pass._single_pass_kernel, ONE_PASS_SIGNATURE,
-                           {"ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "PIECES": (0, 0), "FP16": False,
-                            "TWO": False}, warps)  # fmt: skip
+                           {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HEAD": 0, "TAIL": 0,
+                            "FP16": False, "TWO": False}, warps)  # fmt: skip
     return f"16-bit one pass, K = {k}", executed(listing, chunks), rows * k // (32 * warps)
 
 
@@ -82,9 +83,9 @@ def one_pass_fp8(k: int) -> tuple[str, int, int]:
     rows, pairs, chunks = fp8.checked_blocks(k, fp8.PAIRS_PER_PROGRAM, None)
     held = chunks == 1 or chunks * pairs <= fp8.HELD_PAIRS
     warps = fp8.warps(rows, pairs)
-    listing = sass_listing(fp8._single_pass_kernel, {**ONE_PASS_SIGNATURE, "values_ptr": "*u8"},
-                           {"ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HELD": held, "PIECES": (0, 0),
-                            "PRUNE": True, "NORM": True, "FP16": False, "TWO": False, "HARDWARE_CAST": True},
+    listing = sass_listing(fp8._single_pass_kernel, {**ONE_PASS_SIGNATURE, "values_ptr": "*fp8e4nv"},
+                           {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HELD": held, "HEAD": 0,
+                            "TAIL": 0, "PRUNE": True, "NORM": True, "FP16": False, "TWO": False, "HARDWARE_CAST": True},
                            warps)  # fmt: skip
     name = f"FP8 one pass, K = {k}" + ("" if held else " (read twice)")
     return name, executed(listing, chunks), rows * k // (32 * warps)

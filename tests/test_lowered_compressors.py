@@ -2,7 +2,8 @@
 the graph records its launch for Inductor with exactly the grid, arguments and warps the eager op's launch has on
 real tensors of the same layout; elsewhere it keeps the op. Traced in a process of its own with Triton's kernels
 compiled, not interpreted (`lowered_compressors_worker.py`); that the recorded launches compute what the ops do is
-the GPU suite's (`test_gpu_cutlass.py`)."""
+the GPU suite's (`test_gpu_cutlass.py`). And the compressors as the speed rule times them, with about the lowered
+graph's host cost, against the ops (under the interpreter)."""
 
 import json
 import os
@@ -10,6 +11,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lynx_compile.folds import FoldSpec
+from lynx_compile.paths import lowered_compressors
 
 # the one-pass kernel reads these; each takes the op where the graph cannot prove it (why, beside it)
 LAUNCHED = ["identity", "fp16", "gelu", "cat, one activation", "view 16 bytes in"]
@@ -63,3 +70,28 @@ def test_the_graph_keeps_the_op_where_the_kernel_cannot_be_proven_to_read_x(trac
         assert len(result["eager"]) == 1
     else:
         assert result["eager"] == "general"
+
+
+@settings(max_examples=12, deadline=None)
+@given(rows=st.integers(1, 80), k=st.sampled_from([128, 256]), fold=st.sampled_from(["identity", "gelu", "gated"]),
+       fp8=st.booleans(), seed=st.integers(0, 2**16))  # fmt: skip
+def test_the_speed_rules_compressor_computes_what_the_op_does(rows, k, fold, fp8, seed):
+    """`as_lowered_*` (the compressor as the speed rule times it: a planned launch, or the op where the one-pass
+    kernel cannot read x) writes the op's operand, bit for bit, every call."""
+    generator = torch.Generator().manual_seed(seed)
+    spec, inputs = {
+        "identity": (FoldSpec("identity", ()), 1),
+        "gelu": (FoldSpec("activation", ("gelu_tanh",)), 1),
+        "gated": (FoldSpec("gated", ("silu",)), 2),
+    }[fold]
+    inputs = [torch.randn(rows, k, generator=generator).to(torch.bfloat16) for _ in range(inputs)]
+    if fp8:
+        compress = lowered_compressors.as_lowered_fp8(inputs, spec)
+        expected = torch.ops.lynx.prune_quantize_compress_fp8(inputs, spec.encode(), True)
+    else:
+        compress = lowered_compressors.as_lowered_cutlass(inputs, spec)
+        expected = torch.ops.lynx.prune_compress_24_cutlass(inputs, spec.encode())
+    for _ in range(2):
+        for out, reference in zip(compress(), expected):
+            assert out.dtype == reference.dtype and out.shape == reference.shape
+            assert torch.equal(out.view(torch.uint8), reference.view(torch.uint8))

@@ -9,6 +9,7 @@ launch cannot read an address or branch on a symbolic size; `provably_aligned` i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +28,19 @@ INDUCTOR_ALIGNMENT = 16
 def launcher(kernel: Any, traced: bool) -> Any:
     """`kernel` as `launch` functions index it with a grid: itself, or wrapped for tracing."""
     return torch.library.wrap_triton(kernel) if traced else kernel
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A kernel's launch planned for given inputs: its grid and every argument (by name) but the outputs it
+    writes. `run` launches it into outputs given by name, or records that for Inductor (`traced`)."""
+
+    kernel: Any
+    grid: tuple
+    arguments: dict[str, Any]
+
+    def run(self, traced: bool = False, **outputs: torch.Tensor) -> None:
+        launcher(self.kernel, traced)[self.grid](**self.arguments, **outputs)
 
 
 def traceable(kernel: Any) -> bool:
@@ -48,4 +62,4 @@ def provably(condition: Any) -> bool:
     return statically_known_true(condition)
 
 
-__all__ = ["INDUCTOR_ALIGNMENT", "launcher", "provably", "provably_aligned", "traceable"]
+__all__ = ["INDUCTOR_ALIGNMENT", "Launch", "launcher", "provably", "provably_aligned", "traceable"]

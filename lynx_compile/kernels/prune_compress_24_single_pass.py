@@ -21,12 +21,13 @@ the pieces through one activation (`applies`); other folds take the general kern
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .cutlass_layout import META_ROWS
 from .grid import cdiv
-from .launcher import launcher
+from .launcher import Launch
 from .nm_prune import NORM_EPS
 from .prune_compress_24 import Loader
 from .quantize_fp8_single_pass import applies as reads
@@ -134,26 +135,33 @@ def applies(operands: Sequence[torch.Tensor], loader: Loader, traced: bool = Fal
 
 
 def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor,
-           pairs_per_program: int = PAIRS_PER_PROGRAM, blocks: tuple[int, int, int] | None = None,
-           traced: bool = False) -> torch.Tensor:  # fmt: skip
+           traced: bool = False, **blocking: Any) -> torch.Tensor:  # fmt: skip
     """Run the kernel over X as `loader` makes it of `operands` (`applies`) into `values` (M × K/2, X's dtype) and
-    `metadata` (CUTLASS's layout, M rounded up to 64 rows); the rows' norm scale s. A program holds up to
-    `pairs_per_program` pairs of groups at a time, or `blocks` as given (rows a program, pairs a chunk, chunks a
-    row: tests and benchmarks). `traced`: record the launch for Inductor (`launcher.py`)."""
-    rows, k = operands[0].shape[0], loader.width
+    `metadata` (CUTLASS's layout, M rounded up to 64 rows); the rows' norm scale s. `blocking` as `planned` takes
+    it; `traced`: record the launch for Inductor (`launcher.py`)."""
+    rows = operands[0].shape[0]
     scale = torch.empty(rows, dtype=torch.float32, device=operands[0].device)
     if not traced and rows == 0:
         return scale
+    planned(operands, loader, **blocking).run(traced, values_ptr=values, meta_ptr=metadata, scale_ptr=scale)
+    return scale
+
+
+def planned(operands: Sequence[torch.Tensor], loader: Loader, pairs_per_program: int = PAIRS_PER_PROGRAM,
+            blocks: tuple[int, int, int] | None = None) -> Launch:  # fmt: skip
+    """The kernel's launch over X as `loader` makes it of `operands`, but for its outputs (`values_ptr`, `meta_ptr`,
+    `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time, or `blocks` as given (rows a
+    program, pairs a chunk, chunks a row: tests and benchmarks)."""
+    rows, k = operands[0].shape[0], loader.width
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     head, tail = piece_activations(loader)
     # EPS a constexpr, not an argument: launching the kernel itself, Inductor types a float argument fp64, and s
     # would round otherwise than in the op
-    launcher(_single_pass_kernel, traced)[(cdiv(cdiv(rows, META_ROWS) * META_ROWS, block_rows),)](
-        *x_arguments(operands, k), values, metadata, scale, rows, k, EPS=NORM_EPS, ROWS=block_rows,
-        PAIRS=pairs, CHUNKS=chunks, HEAD=head, TAIL=tail, FP16=operands[0].dtype == torch.float16,
-        TWO=len(operands) == 2, num_warps=warps(block_rows, pairs),
-    )  # fmt: skip
-    return scale
+    return Launch(_single_pass_kernel, (cdiv(cdiv(rows, META_ROWS) * META_ROWS, block_rows),), dict(
+        **x_arguments(operands, k), M=rows, K=k, EPS=NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks,
+        HEAD=head, TAIL=tail, FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2,
+        num_warps=warps(block_rows, pairs),
+    ))  # fmt: skip
 
 
 __all__ = ["applies", "launch"]

@@ -21,12 +21,13 @@ one metadata byte.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .cutlass_layout import META_ROWS
 from .grid import cdiv, next_power_of_2
-from .launcher import launcher, provably, provably_aligned, traceable
+from .launcher import Launch, provably, provably_aligned, traceable
 from .nm_prune import NORM_EPS
 from .prune_compress_24 import Loader
 
@@ -196,31 +197,40 @@ def _blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
 
 
 def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor, prune: bool,
-           norm: bool, hardware_cast: bool, pairs_per_program: int | None = None,
-           blocks: tuple[int, int, int] | None = None, held_pairs: int = HELD_PAIRS,
-           num_warps: int | None = None, traced: bool = False) -> torch.Tensor:  # fmt: skip
+           norm: bool, hardware_cast: bool, traced: bool = False, **blocking: Any) -> torch.Tensor:  # fmt: skip
     """Run the kernel over X as `loader` makes it of `operands` (`applies`) into `values` (and, with `prune`,
-    `metadata`); the row scale. A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or
-    `blocks` as given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); a row in chunks is kept
-    in registers and read once up to `held_pairs` pairs of groups, read twice past that; `num_warps` as `warps`
-    gives them, or as given (benchmarks). `traced`: record the launch for Inductor (`launcher.py`)."""
-    rows, k = operands[0].shape[0], loader.width
+    `metadata`); the row scale. `blocking` as `planned` takes it; `traced`: record the launch for Inductor
+    (`launcher.py`)."""
+    rows = operands[0].shape[0]
     scale = torch.empty(rows, dtype=torch.float32, device=operands[0].device)
     if not traced and rows == 0:
         return scale
+    planned(operands, loader, prune, norm, hardware_cast, **blocking).run(traced, values_ptr=values, meta_ptr=metadata,
+                                                                          scale_ptr=scale)  # fmt: skip
+    return scale
+
+
+def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm: bool, hardware_cast: bool,
+            pairs_per_program: int | None = None, blocks: tuple[int, int, int] | None = None,
+            held_pairs: int = HELD_PAIRS, num_warps: int | None = None) -> Launch:  # fmt: skip
+    """The kernel's launch over X as `loader` makes it of `operands`, but for its outputs (`values_ptr`, `meta_ptr`,
+    `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or `blocks` as
+    given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); a row in chunks is kept in registers
+    and read once up to `held_pairs` pairs of groups, read twice past that; `num_warps` as `warps` gives them, or
+    as given (benchmarks)."""
+    rows, k = operands[0].shape[0], loader.width
     pairs_per_program = pairs_per_program or (PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     head, tail = piece_activations(loader)
     # EPS a constexpr, not an argument: launching the kernel itself, Inductor types a float argument fp64, and s
     # would round otherwise than in the op
-    launcher(_single_pass_kernel, traced)[(cdiv(covered, block_rows),)](
-        *x_arguments(operands, k), values, metadata, scale, rows, k, EPS=NORM_EPS, ROWS=block_rows, PAIRS=pairs,
-        CHUNKS=chunks, HELD=chunks == 1 or chunks * pairs <= held_pairs, HEAD=head, TAIL=tail, PRUNE=prune,
-        NORM=norm, FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast,
+    return Launch(_single_pass_kernel, (cdiv(covered, block_rows),), dict(
+        **x_arguments(operands, k), M=rows, K=k, EPS=NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks,
+        HELD=chunks == 1 or chunks * pairs <= held_pairs, HEAD=head, TAIL=tail, PRUNE=prune, NORM=norm,
+        FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast,
         num_warps=num_warps or warps(block_rows, pairs),
-    )  # fmt: skip
-    return scale
+    ))  # fmt: skip
 
 
 def checked_blocks(k: int, pairs_per_program: int, blocks: tuple[int, int, int] | None) -> tuple[int, int, int]:
@@ -232,10 +242,11 @@ def checked_blocks(k: int, pairs_per_program: int, blocks: tuple[int, int, int] 
     return block_rows, pairs, chunks
 
 
-def x_arguments(operands: Sequence[torch.Tensor], k: int) -> tuple:
-    """How the one-pass kernels are given X: (head, its row stride, tail, its row stride, the split along K)."""
+def x_arguments(operands: Sequence[torch.Tensor], k: int) -> dict[str, Any]:
+    """How the one-pass kernels are given X: the head, its row stride, the tail, its row stride, the split along K."""
     head, tail = operands[0], operands[-1]
-    return head, head.stride(0), tail, tail.stride(0), head.shape[1] if len(operands) == 2 else k
+    return dict(head_ptr=head, head_stride=head.stride(0), tail_ptr=tail, tail_stride=tail.stride(0),
+                split=head.shape[1] if len(operands) == 2 else k)  # fmt: skip
 
 
 def piece_activations(loader: Loader) -> tuple[int, int]:

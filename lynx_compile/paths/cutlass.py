@@ -76,13 +76,14 @@ class Cutlass(SparsePath):
         inputs, weight, lora = workload.example()
         weights = weight.split(workload.members) if workload.out_splits else [weight]
         configs = built_configs(CONFIGS, workload.dtype)
-        values, metadata, scale = torch.ops.lynx.prune_compress_24_cutlass(inputs, workload.fold.encode())
+        compress = lowered_compressors.as_lowered_cutlass(inputs, workload.fold)  # with the lowered graph's host cost
+        values, metadata, scale = compress()
         settings = [fastest_setting(lambda setting, member=member: _gemm(values, metadata, member, scale, None,
                                                                          setting), configs, timer)
                     for member in weights]  # fmt: skip
 
         def sparse() -> object:
-            values, metadata, scale = torch.ops.lynx.prune_compress_24_cutlass(inputs, workload.fold.encode())
+            values, metadata, scale = compress()
             outs = [_gemm(values, metadata, member, scale, None, setting) for member, setting in zip(weights, settings)]
             if lora is not None:  # the correction's two small GEMMs on the dense x (its add unfused: pessimistic)
                 outs = [epilogue(outs[0], None, lora, assemble(inputs, workload.fold))]

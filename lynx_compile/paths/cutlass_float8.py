@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from ..float8 import Float8Weight, quantize_weight
-from ..folds import IDENTITY, compress_fp8, load
+from ..folds import IDENTITY, load
 from ..kernels import cutlass_gemm
 from ..kernels.cutlass_gemm import FP8_CONFIGS, RASTERS
 from ..kernels.prune_quantize_fp8 import FP8_K_MULTIPLE
@@ -59,16 +59,19 @@ class CutlassFloat8(SparsePath):
         inputs, weight, _ = workload.example()
         weights = [quantize_weight(member) for member in weight.split(workload.members)]
         configs = built_configs(FP8_CONFIGS, FP8)
-        values, metadata, scale = compress_fp8(inputs, workload.fold)
+        # the compressor with the lowered graph's host cost; written: x made by its producer's own kernel (as
+        # Inductor's would) into a buffer of its own each call, and the compressor, planned on one such x, reading it
+        written = [load(inputs, workload.fold)] if workload.written else None
+        compress = lowered_compressors.as_lowered_fp8(written or inputs, IDENTITY if written else workload.fold)
+        values, metadata, scale = compress()
         settings = [fastest_setting(lambda setting, member=member: _gemm(values, metadata, member, scale, None,
                                                                          setting), configs, timer)
                     for member in weights]  # fmt: skip
 
         def sparse() -> object:
-            if workload.written:  # x made by its producer's own kernel (as Inductor would), then read as it is
-                values, metadata, scale = compress_fp8([load(inputs, workload.fold)], IDENTITY)
-            else:
-                values, metadata, scale = compress_fp8(inputs, workload.fold)
+            if written:
+                load(inputs, workload.fold)
+            values, metadata, scale = compress()
             return [_gemm(values, metadata, member, scale, None, setting) for member, setting in zip(weights, settings)]
 
         return ({"members": settings} if workload.out_splits else settings[0]), timer(sparse)

@@ -8,15 +8,21 @@ one-pass kernel provably reads X as the traced graph gives it (16-bit, contiguou
 through `torch.library.wrap_triton` (`kernels/launcher.py`). Inductor then compiles the kernel as a user-defined
 Triton kernel and launches it from its generated code, as it does its own, with none of lynx's Python around it.
 Elsewhere (a fold only the general kernel reads, a layout the graph cannot prove) the op stays, as in `forward`.
+
+The speed rule times a layer without CUDA graphs with its host time, which the op's Python had made as long as the
+kernel's GPU time at FLUX's sizes; `as_lowered_cutlass` and `as_lowered_fp8` give it the compressor with about the
+host cost the lowered graph pays: the launch planned once, then per call the outputs' allocations and the launch
+(Triton's own launch path, itself slower than Inductor's launcher).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from ..folds import FoldSpec, loading
+from ..kernels.launcher import Launch
 from ..kernels import prune_compress_24_single_pass as one_pass_16bit
 from ..kernels import quantize_fp8_single_pass as one_pass_fp8
 from ..kernels.e4m3 import FP8_DTYPE, hardware_cast
@@ -46,6 +52,41 @@ def compress_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec, norm_compensati
     return values, metadata, scale
 
 
+def as_lowered_cutlass(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """`compress_cutlass` as the speed rule runs it, on these inputs: the op where the one-pass kernel cannot read
+    them, else its planned launch."""
+    operands, loader = loading(inputs, spec)
+    if not one_pass_16bit.applies(operands, loader):
+        return lambda: torch.ops.lynx.prune_compress_24_cutlass.default(list(inputs), spec.encode())
+    return _launching(one_pass_16bit.planned(operands, loader), operands[0], loader.width, operands[0].dtype)
+
+
+def as_lowered_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec,
+                   norm_compensation: bool = True) -> Callable[[], tuple[torch.Tensor, ...]]:  # fmt: skip
+    """`compress_fp8` as the speed rule runs it, on these inputs: the op where the one-pass kernel cannot read
+    them, else its planned launch."""
+    operands, loader = loading(inputs, spec)
+    if not one_pass_fp8.applies(operands, loader):
+        return lambda: torch.ops.lynx.prune_quantize_compress_fp8.default(list(inputs), spec.encode(),
+                                                                          norm_compensation)  # fmt: skip
+    check_fp8_width(loader.width)
+    launch = one_pass_fp8.planned(operands, loader, True, norm_compensation, hardware_cast())
+    return _launching(launch, operands[0], loader.width, FP8_DTYPE)
+
+
+def _launching(launch: Launch, head: torch.Tensor, k: int,
+               dtype: torch.dtype) -> Callable[[], tuple[torch.Tensor, ...]]:  # fmt: skip
+    """A call that allocates the outputs, as Inductor's code does, and launches `launch` into them."""
+
+    def compress() -> tuple[torch.Tensor, ...]:
+        values, metadata = _operand_buffers(head, k, dtype)
+        scale = torch.empty(head.shape[0], dtype=torch.float32, device=head.device)
+        launch.run(values_ptr=values, meta_ptr=metadata, scale_ptr=scale)
+        return values, metadata, scale
+
+    return compress
+
+
 def _operand_buffers(head: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """CUTLASS's operand for rows of X of width k: values (M × K/2 of `dtype`) and metadata bytes."""
     rows = head.shape[0]
@@ -53,4 +94,4 @@ def _operand_buffers(head: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[to
     return values, torch.empty((metadata_bytes(rows, k),), dtype=torch.uint8, device=head.device)
 
 
-__all__ = ["compress_cutlass", "compress_fp8"]
+__all__ = ["as_lowered_cutlass", "as_lowered_fp8", "compress_cutlass", "compress_fp8"]
