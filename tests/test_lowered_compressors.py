@@ -95,3 +95,14 @@ def test_the_speed_rules_compressor_computes_what_the_op_does(rows, k, fold, fp8
         for out, reference in zip(compress(), expected):
             assert out.dtype == reference.dtype and out.shape == reference.shape
             assert torch.equal(out.view(torch.uint8), reference.view(torch.uint8))
+
+
+def test_what_the_lowering_traces_keys_inductors_graph_cache():
+    """A change to the lowered compressors changes the lowering pass's uuid (Inductor's FX graph cache key)."""
+    from pathlib import Path
+
+    from lynx_compile.kernels import launcher
+    from lynx_compile.passes.lower_sparse_linears import source_files
+
+    hashed = {Path(file).resolve() for file in source_files()}
+    assert Path(lowered_compressors.__file__).resolve() in hashed and Path(launcher.__file__).resolve() in hashed

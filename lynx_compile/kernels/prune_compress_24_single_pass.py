@@ -164,4 +164,4 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, pairs_per_program:
     ))  # fmt: skip
 
 
-__all__ = ["applies", "launch"]
+__all__ = ["applies", "launch", "planned"]

@@ -6,9 +6,11 @@ Here each node (and each sibling group's `lynx::sparse_linear_group`) is replace
 `lower_group`) traces (`lynx_compile.paths`): for "simulate", `lynx::nm_prune` → mm → per-row scale → bias, Inductor
 picking the GEMM and fusing the rest; for "cusparselt", `lynx::prune_compress_24` (applying x's folded producer as it
 loads) → `aten._cslt_sparse_mm` (one per member of a group, on the one operand) → scale and bias, fused into the
-consumer's pointwise kernel. A LoRA correction adds two small mms on the dense x to the same sum. A torchao float8
-layer's `lynx::float8_sparse_linear` (and group op) is lowered where its path runs kernel ops only
-(`SparsePath.lowers_float8`: the CUTLASS FP8 path's compressor and GEMM), for the op's host cost per call.
+consumer's pointwise kernel; on the CUTLASS paths the compressor is its one-pass kernel's launch, which Inductor
+makes from its own code, wherever the graph proves the kernel reads x (`paths/lowered_compressors.py`). A LoRA
+correction adds two small mms on the dense x to the same sum. A torchao float8 layer's `lynx::float8_sparse_linear`
+(and group op) is lowered where its path runs kernel ops only (`SparsePath.lowers_float8`: the CUTLASS FP8 path's
+compressor and GEMM), for the op's host cost per call.
 
 A node whose token count is symbolic and not provably one its plan runs sparse (≥ min_tokens, a multiple of the
 path's row multiple) keeps its run-time fallback and stays opaque. The pass is a `CustomGraphPass` whose uuid hashes

@@ -137,8 +137,9 @@ class Cutlass(SparsePath):
         return f"2:4 sparse tensor cores (CUTLASS, {settings}, scale and bias in the epilogue)"
 
     def source_files(self) -> tuple[str, ...]:
-        # the kernel's source keys its own build (`cutlass_gemm.library_path`), not the graphs that call it
-        return (*super().source_files(), cutlass_gemm.__file__)
+        # the kernel's source keys its own build (`cutlass_gemm.library_path`), not the graphs that call it; the
+        # lowered compressors decide what `lower` traces
+        return (*super().source_files(), cutlass_gemm.__file__, lowered_compressors.__file__)
 
 
 # The compressor a body calls: the op (`forward`), or what a lowered graph holds (`lower`: `lowered_compressors`)

@@ -101,7 +101,7 @@ class CutlassFloat8(SparsePath):
         return f"2:4 sparse FP8 tensor cores (CUTLASS, {settings}, both scales and bias in the epilogue)"
 
     def source_files(self) -> tuple[str, ...]:
-        return (*super().source_files(), cutlass_gemm.__file__)
+        return (*super().source_files(), cutlass_gemm.__file__, lowered_compressors.__file__)
 
 
 def _gemms(compressed: tuple[torch.Tensor, ...], inputs: Sequence[torch.Tensor], weights: Sequence[Float8Weight],
