@@ -10,8 +10,9 @@ within each round beside a cuBLAS call (`F.linear`), and each is also given as a
 the CPUs of these machines vary by 2× from one run to the next, so only rows of one run, or those ratios, compare.
 
 - pieces: lynx's CUTLASS GEMM called directly and as the op a compiled graph calls (`lynx::cutlass_sparse_mm`); the
-  compressor likewise (`lynx::prune_compress_24_cutlass`), and as the speed rule times it (a planned launch: what a
-  lowered graph runs, launched by Triton rather than Inductor); one allocation and one Triton launch for scale;
+  compressor likewise (`lynx::prune_compress_24_cutlass`), and as the speed rule times it (what a lowered graph
+  runs: a planned launch by Triton, or its replay from a CUDA graph standing for Inductor's launch without CUDA
+  graphs); one allocation and one Triton launch for scale;
 - whole layers: one `nn.Linear` compiled by Inductor (dense) and by lynx on each sparse path (forced sparse:
   `min_speedup` ≈ 0), called as a model is, Dynamo's guards and Inductor's wrapper included. lynx's cost per layer
   is its row less the dense one;
@@ -152,7 +153,9 @@ def main(argv=None) -> dict:
             "compressor, Python call": lambda: prune_compress_24_cutlass(x),
             "compressor, op lynx::prune_compress_24_cutlass": lambda: torch.ops.lynx.prune_compress_24_cutlass(
                 [x], fold),
-            "compressor, planned launch (the speed rule's)": as_lowered_cutlass([x], FoldSpec()),
+            "compressor, planned launch (the speed rule's with CUDA graphs)": as_lowered_cutlass([x], FoldSpec()),
+            "compressor, replayed launch (the speed rule's without)": as_lowered_cutlass([x], FoldSpec(),
+                                                                                    replayed=True),
         })  # fmt: skip
     else:
         print(f"CUTLASS: {cutlass_gemm.unavailable_reason()}")
@@ -166,7 +169,8 @@ def main(argv=None) -> dict:
         pieces.update({
             "FP8 compressor, op lynx::prune_quantize_compress_fp8": lambda: torch.ops.lynx.prune_quantize_compress_fp8(
                 [x], fold, True),
-            "FP8 compressor, planned launch (the speed rule's)": as_lowered_fp8([x], FoldSpec()),
+            "FP8 compressor, replayed launch (the speed rule's without)": as_lowered_fp8([x], FoldSpec(),
+                                                                                         replayed=True),
             "FP8 CUTLASS GEMM, op lynx::cutlass_sparse_mm": lambda: torch.ops.lynx.cutlass_sparse_mm(
                 fp8_values, fp8_metadata, fp8_weight.qdata, fp8_scale, bias, fp8_config, 0, 1,
                 weight_scale=fp8_weight.scale),

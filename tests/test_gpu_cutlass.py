@@ -169,6 +169,28 @@ def test_inductor_launches_the_compressor_with_the_ops_results(dynamic, monkeypa
         assert torch.equal(launched, kept)
 
 
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("replayed", [False, True], ids=["launched", "replayed"])
+def test_the_speed_rules_compressor_writes_the_ops_operand(fp8, replayed):
+    """The compressor as the speed rule times it (`lowered_compressors.as_lowered_*`: a planned launch, replayed
+    from a CUDA graph without CUDA graphs) writes what the op writes, bit for bit, on every call after x changed."""
+    from lynx_compile.folds import FoldSpec
+    from lynx_compile.paths import lowered_compressors
+
+    spec = FoldSpec("activation", ("gelu_tanh",))
+    x = torch.randn(333, 3072, device="cuda", dtype=torch.bfloat16)
+    if fp8:
+        compress = lowered_compressors.as_lowered_fp8([x], spec, replayed=replayed)
+        op = lambda: torch.ops.lynx.prune_quantize_compress_fp8([x], spec.encode(), True)  # noqa: E731
+    else:
+        compress = lowered_compressors.as_lowered_cutlass([x], spec, replayed=replayed)
+        op = lambda: torch.ops.lynx.prune_compress_24_cutlass([x], spec.encode())  # noqa: E731
+    for _ in range(2):
+        x.copy_(torch.randn_like(x))
+        for out, expected in zip(compress(), op()):
+            assert torch.equal(out.view(torch.uint8), expected.view(torch.uint8))
+
+
 def test_host_cost_of_a_call_without_cuda_graphs():
     """Not a speed goal, a regression guard: a call is one C call and a launch, far from a plan's 0.5 ms."""
     import time

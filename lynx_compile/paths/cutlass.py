@@ -76,7 +76,8 @@ class Cutlass(SparsePath):
         inputs, weight, lora = workload.example()
         weights = weight.split(workload.members) if workload.out_splits else [weight]
         configs = built_configs(CONFIGS, workload.dtype)
-        compress = lowered_compressors.as_lowered_cutlass(inputs, workload.fold)  # with the lowered graph's host cost
+        # the compressor with about the lowered graph's host cost (`lowered_compressors`)
+        compress = lowered_compressors.as_lowered_cutlass(inputs, workload.fold, replayed=not workload.cuda_graphs)
         values, metadata, scale = compress()
         settings = [fastest_setting(lambda setting, member=member: _gemm(values, metadata, member, scale, None,
                                                                          setting), configs, timer)

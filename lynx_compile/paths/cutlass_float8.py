@@ -62,7 +62,8 @@ class CutlassFloat8(SparsePath):
         # the compressor with the lowered graph's host cost; written: x made by its producer's own kernel (as
         # Inductor's would) into a buffer of its own each call, and the compressor, planned on one such x, reading it
         written = [load(inputs, workload.fold)] if workload.written else None
-        compress = lowered_compressors.as_lowered_fp8(written or inputs, IDENTITY if written else workload.fold)
+        compress = lowered_compressors.as_lowered_fp8(written or inputs, IDENTITY if written else workload.fold,
+                                                      replayed=not workload.cuda_graphs)  # fmt: skip
         values, metadata, scale = compress()
         settings = [fastest_setting(lambda setting, member=member: _gemm(values, metadata, member, scale, None,
                                                                          setting), configs, timer)

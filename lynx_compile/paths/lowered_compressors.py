@@ -11,8 +11,9 @@ Elsewhere (a fold only the general kernel reads, a layout the graph cannot prove
 
 The speed rule times a layer without CUDA graphs with its host time, which the op's Python had made as long as the
 kernel's GPU time at FLUX's sizes; `as_lowered_cutlass` and `as_lowered_fp8` give it the compressor with about the
-host cost the lowered graph pays: the launch planned once, then per call the outputs' allocations and the launch
-(Triton's own launch path, itself slower than Inductor's launcher).
+host cost the lowered graph pays: the launch planned once and captured in a CUDA graph whose replay stands for
+Inductor's launch (Triton's own launch path with the kernel's 19 arguments costs 2–2.5 cuBLAS calls' host time,
+`bench_host.py`, Inductor's a fraction of that); with CUDA graphs, the planned launch and the allocations per call.
 """
 
 from __future__ import annotations
@@ -52,31 +53,34 @@ def compress_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec, norm_compensati
     return values, metadata, scale
 
 
-def as_lowered_cutlass(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> Callable[[], tuple[torch.Tensor, ...]]:
+def as_lowered_cutlass(inputs: Sequence[torch.Tensor], spec: FoldSpec,
+                       replayed: bool = False) -> Callable[[], tuple[torch.Tensor, ...]]:  # fmt: skip
     """`compress_cutlass` as the speed rule runs it, on these inputs: the op where the one-pass kernel cannot read
-    them, else its planned launch."""
+    them, else its planned launch (`replayed`: from a CUDA graph, for timing without CUDA graphs)."""
     operands, loader = loading(inputs, spec)
     if not one_pass_16bit.applies(operands, loader):
         return lambda: torch.ops.lynx.prune_compress_24_cutlass.default(list(inputs), spec.encode())
-    return _launching(one_pass_16bit.planned(operands, loader), operands[0], loader.width, operands[0].dtype)
+    launch = one_pass_16bit.planned(operands, loader)
+    return _launching(launch, operands[0], loader.width, operands[0].dtype, replayed)
 
 
-def as_lowered_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec,
-                   norm_compensation: bool = True) -> Callable[[], tuple[torch.Tensor, ...]]:  # fmt: skip
+def as_lowered_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec, norm_compensation: bool = True,
+                   replayed: bool = False) -> Callable[[], tuple[torch.Tensor, ...]]:  # fmt: skip
     """`compress_fp8` as the speed rule runs it, on these inputs: the op where the one-pass kernel cannot read
-    them, else its planned launch."""
+    them, else its planned launch (`replayed`: from a CUDA graph, for timing without CUDA graphs)."""
     operands, loader = loading(inputs, spec)
     if not one_pass_fp8.applies(operands, loader):
         return lambda: torch.ops.lynx.prune_quantize_compress_fp8.default(list(inputs), spec.encode(),
                                                                           norm_compensation)  # fmt: skip
     check_fp8_width(loader.width)
     launch = one_pass_fp8.planned(operands, loader, True, norm_compensation, hardware_cast())
-    return _launching(launch, operands[0], loader.width, FP8_DTYPE)
+    return _launching(launch, operands[0], loader.width, FP8_DTYPE, replayed)
 
 
-def _launching(launch: Launch, head: torch.Tensor, k: int,
-               dtype: torch.dtype) -> Callable[[], tuple[torch.Tensor, ...]]:  # fmt: skip
-    """A call that allocates the outputs, as Inductor's code does, and launches `launch` into them."""
+def _launching(launch: Launch, head: torch.Tensor, k: int, dtype: torch.dtype,
+               replayed: bool) -> Callable[[], tuple[torch.Tensor, ...]]:  # fmt: skip
+    """A call that allocates the outputs, as Inductor's code does, and launches `launch` into them; `replayed`
+    (a CUDA device only), a call that replays that launch captured once into fixed outputs."""
 
     def compress() -> tuple[torch.Tensor, ...]:
         values, metadata = _operand_buffers(head, k, dtype)
@@ -84,7 +88,18 @@ def _launching(launch: Launch, head: torch.Tensor, k: int,
         launch.run(values_ptr=values, meta_ptr=metadata, scale_ptr=scale)
         return values, metadata, scale
 
-    return compress
+    if not replayed:
+        return compress
+    compress()  # compiled before the capture, which must not compile
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = compress()
+
+    def replay() -> tuple[torch.Tensor, ...]:
+        graph.replay()
+        return outputs
+
+    return replay
 
 
 def _operand_buffers(head: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
