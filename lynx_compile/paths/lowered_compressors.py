@@ -90,10 +90,11 @@ def _launching(launch: Launch, head: torch.Tensor, k: int, dtype: torch.dtype,
 
     if not replayed:
         return compress
-    compress()  # compiled before the capture, which must not compile
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outputs = compress()
+    with torch.cuda.device(head.device):  # captured on the inputs' device, whichever is current
+        compress()  # compiled before the capture, which must not compile
+        with torch.cuda.graph(graph):
+            outputs = compress()
 
     def replay() -> tuple[torch.Tensor, ...]:
         graph.replay()
