@@ -12,7 +12,7 @@ Elsewhere (a fold only the general kernel reads, a layout the graph cannot prove
 The speed rule times a layer without CUDA graphs with its host time, which the op's Python had made as long as the
 kernel's GPU time at FLUX's sizes; `as_lowered_cutlass` and `as_lowered_fp8` give it the compressor with about the
 host cost the lowered graph pays: the launch planned once and captured in a CUDA graph whose replay stands for
-Inductor's launch (Triton's own launch path with the kernel's 19 arguments costs 2–2.5 cuBLAS calls' host time,
+Inductor's launch (Triton's own launch path with the kernel's 19 arguments costs 1.5–2.5 cuBLAS calls' host time,
 `bench_host.py`, Inductor's a fraction of that); with CUDA graphs, the planned launch and the allocations per call.
 """
 
@@ -23,10 +23,10 @@ from typing import Callable, Sequence
 import torch
 
 from ..folds import FoldSpec, loading
-from ..kernels.launcher import Launch
 from ..kernels import prune_compress_24_single_pass as one_pass_16bit
 from ..kernels import quantize_fp8_single_pass as one_pass_fp8
 from ..kernels.e4m3 import FP8_DTYPE, hardware_cast
+from ..kernels.launcher import Launch
 from ..kernels.prune_compress_24 import check_compressible_width, metadata_bytes
 from ..kernels.prune_quantize_fp8 import check_fp8_width
 
