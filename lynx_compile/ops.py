@@ -47,7 +47,7 @@ from .float8 import Float8Weight, dense_float8_linear, dense_float8_linears, wei
 from .folds import FoldSpec, assemble, compress, compress_cutlass, compress_fp8, get_fold
 from .kernel_op import kernel_op
 from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
-from .kernels.prune_compress_24 import compressed_shape, metadata_bytes, padded_rows
+from .kernels.prune_compress_24 import compressed_shape, cutlass_operand, padded_rows
 from .method import Lora, token_rows
 from .paths import get_path
 from .plan import SparseLinearPlan
@@ -97,8 +97,8 @@ def _cutlass_operand_like(inputs: list[torch.Tensor], fold: str, dtype: torch.dt
     """The fake of a compressor writing CUTLASS's layout: (values M × K/2 of `dtype`, metadata bytes, s (M,))."""
     spec = FoldSpec.decode(fold)
     rows, k = token_rows(inputs[0]), get_fold(spec.kind).width(inputs, spec.params)
-    metadata = inputs[0].new_empty((metadata_bytes(rows, k),), dtype=torch.uint8)
-    return inputs[0].new_empty((rows, k // 2), dtype=dtype), metadata, inputs[0].new_empty((rows,), dtype=torch.float32)
+    values, metadata = cutlass_operand(rows, k, dtype, inputs[0].device)
+    return values, metadata, inputs[0].new_empty((rows,), dtype=torch.float32)
 
 
 @torch.library.register_fake("lynx::prune_compress_24_cutlass")

@@ -18,7 +18,7 @@ from ..kernels.prune_compress_24 import (
     Loader,
     check_compressible_width,
     check_operands,
-    metadata_bytes,
+    cutlass_operand,
     prune_compress_24,
     prune_compress_24_cutlass,
     written_out,
@@ -89,8 +89,7 @@ def compress_cutlass(
     check_operands(operands, loader.aligned)
     check_compressible_width(operands[0].dtype, loader.width)
     rows, k = operands[0].shape[0], loader.width
-    values = operands[0].new_empty((rows, k // 2))
-    metadata = operands[0].new_empty((metadata_bytes(rows, k),), dtype=torch.uint8)
+    values, metadata = cutlass_operand(rows, k, operands[0].dtype, operands[0].device)
     return values, metadata, compress_single_pass.launch(operands, loader, values, metadata)
 
 

@@ -57,9 +57,4 @@ def provably_aligned(x: torch.Tensor, alignment: int) -> bool:
     return statically_known_true(x.storage_offset() * x.element_size() % INDUCTOR_ALIGNMENT == 0)
 
 
-def provably(condition: Any) -> bool:
-    """A size condition (bool or symbolic) that holds for every size the traced graph runs, without a guard."""
-    return statically_known_true(condition)
-
-
-__all__ = ["INDUCTOR_ALIGNMENT", "Launch", "launcher", "provably", "provably_aligned", "traceable"]
+__all__ = ["INDUCTOR_ALIGNMENT", "Launch", "launcher", "provably_aligned", "traceable"]

@@ -60,6 +60,13 @@ def metadata_bytes(rows: int, k: int) -> int:
     return cdiv(rows, M_TILE) * M_TILE * k // 8
 
 
+def cutlass_operand(rows: int, k: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CUTLASS's compressed operand for `rows` rows of X of width `k`, unwritten: values (rows × K/2 of `dtype`) and
+    metadata bytes (`metadata_bytes`: rows rounded up to 64)."""
+    values = torch.empty((rows, k // 2), dtype=dtype, device=device)
+    return values, torch.empty((metadata_bytes(rows, k),), dtype=torch.uint8, device=device)
+
+
 def compressed_numel(rows: int, k: int) -> int:
     """Elements (of X's dtype) in the compressed buffer: values, then metadata bytes."""
     return rows * k // 2 + metadata_bytes(rows, k) // 2
@@ -309,8 +316,7 @@ def prune_compress_24_cutlass(
     operands, loader = _operands_and_loader(x, loader)
     rows, k = operands[0].shape[0], loader.width
     chunking(loader, paired=True)  # narrow segments fail before anything is allocated
-    values = torch.empty(rows, k // 2, dtype=operands[0].dtype, device=operands[0].device)
-    metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=operands[0].device)
+    values, metadata = cutlass_operand(rows, k, operands[0].dtype, operands[0].device)
     return values, metadata, _compress(operands, loader, values, metadata, rows, CUTLASS_LAYOUT)
 
 
@@ -410,6 +416,6 @@ def as_flat(operand: torch.Tensor, rows: int, k: int) -> torch.Tensor:
 
 
 __all__ = [
-    "Loader", "as_flat", "compressed_numel", "compressed_shape", "layout_supported", "padded_rows", "prune_compress_24",
-    "prune_compress_24_cutlass",
+    "Loader", "as_flat", "compressed_numel", "compressed_shape", "cutlass_operand", "layout_supported", "padded_rows",
+    "prune_compress_24", "prune_compress_24_cutlass",
 ]  # fmt: skip

@@ -35,7 +35,7 @@ from .cutlass_layout import META_ROWS, TILE_K
 from .e4m3 import FP8_DTYPE, hardware_cast
 from .grid import cdiv, next_power_of_2
 from .nm_prune import NORM_EPS, nm_prune_ref
-from .prune_compress_24 import Loader, _operands_and_loader, chunking, metadata_bytes
+from .prune_compress_24 import Loader, _operands_and_loader, chunking, cutlass_operand
 
 try:
     import triton
@@ -156,8 +156,7 @@ def prune_quantize_compress_fp8(
     operands, loader = _operands_and_loader(x, loader)
     rows, k = operands[0].shape[0], loader.width
     check_fp8_width(k)
-    values = torch.empty(rows, k // 2, dtype=FP8_DTYPE, device=operands[0].device)
-    metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=operands[0].device)
+    values, metadata = cutlass_operand(rows, k, FP8_DTYPE, operands[0].device)
     scale = _launch(operands, loader, values, metadata, True, norm_compensation, single_pass)
     return values, metadata, scale
 

@@ -27,7 +27,7 @@ from ..kernels import prune_compress_24_single_pass as one_pass_16bit
 from ..kernels import quantize_fp8_single_pass as one_pass_fp8
 from ..kernels.e4m3 import FP8_DTYPE, hardware_cast
 from ..kernels.launcher import Launch
-from ..kernels.prune_compress_24 import check_compressible_width, metadata_bytes
+from ..kernels.prune_compress_24 import check_compressible_width, cutlass_operand
 from ..kernels.prune_quantize_fp8 import check_fp8_width
 
 
@@ -37,7 +37,7 @@ def compress_cutlass(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[to
     if not one_pass_16bit.applies(operands, loader, traced=True):
         return torch.ops.lynx.prune_compress_24_cutlass.default(list(inputs), spec.encode())
     check_compressible_width(operands[0].dtype, loader.width)
-    values, metadata = _operand_buffers(operands[0], loader.width, operands[0].dtype)
+    values, metadata = cutlass_operand(operands[0].shape[0], loader.width, operands[0].dtype, operands[0].device)
     return values, metadata, one_pass_16bit.launch(operands, loader, values, metadata, traced=True)
 
 
@@ -47,7 +47,7 @@ def compress_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec, norm_compensati
     if not one_pass_fp8.applies(operands, loader, traced=True):
         return torch.ops.lynx.prune_quantize_compress_fp8.default(list(inputs), spec.encode(), norm_compensation)
     check_fp8_width(loader.width)
-    values, metadata = _operand_buffers(operands[0], loader.width, FP8_DTYPE)
+    values, metadata = cutlass_operand(operands[0].shape[0], loader.width, FP8_DTYPE, operands[0].device)
     scale = one_pass_fp8.launch(operands, loader, values, metadata, True, norm_compensation, hardware_cast(),
                                 traced=True)  # fmt: skip
     return values, metadata, scale
@@ -83,7 +83,7 @@ def _launching(launch: Launch, head: torch.Tensor, k: int, dtype: torch.dtype,
     (a CUDA device only), a call that replays that launch captured once into fixed outputs."""
 
     def compress() -> tuple[torch.Tensor, ...]:
-        values, metadata = _operand_buffers(head, k, dtype)
+        values, metadata = cutlass_operand(head.shape[0], k, dtype, head.device)
         scale = torch.empty(head.shape[0], dtype=torch.float32, device=head.device)
         launch.run(values_ptr=values, meta_ptr=metadata, scale_ptr=scale)
         return values, metadata, scale
@@ -101,13 +101,6 @@ def _launching(launch: Launch, head: torch.Tensor, k: int, dtype: torch.dtype,
         return outputs
 
     return replay
-
-
-def _operand_buffers(head: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """CUTLASS's operand for rows of X of width k: values (M × K/2 of `dtype`) and metadata bytes."""
-    rows = head.shape[0]
-    values = torch.empty((rows, k // 2), dtype=dtype, device=head.device)
-    return values, torch.empty((metadata_bytes(rows, k),), dtype=torch.uint8, device=head.device)
 
 
 __all__ = ["as_lowered_cutlass", "as_lowered_fp8", "compress_cutlass", "compress_fp8"]
