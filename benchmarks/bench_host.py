@@ -9,10 +9,11 @@ without waiting for the GPU, and the CPU time of `CALLS` calls over `CALLS` is o
 within each round beside a cuBLAS call (`F.linear`), and each is also given as a multiple of that call's host time:
 the CPUs of these machines vary by 2× from one run to the next, so only rows of one run, or those ratios, compare.
 
-- pieces: lynx's CUTLASS GEMM called directly and as the op a compiled graph calls (`lynx::cutlass_sparse_mm`); the
-  compressor likewise (`lynx::prune_compress_24_cutlass`), and as the speed rule times it (what a lowered graph
-  runs: a planned launch by Triton, or its replay from a CUDA graph standing for Inductor's launch without CUDA
-  graphs); one allocation and one Triton launch for scale;
+- pieces: lynx's CUTLASS GEMM called directly, as the op (`lynx::cutlass_sparse_mm`) and as a lowered graph calls
+  it (Inductor's extern kernel, `paths/lowered_gemm.py`: Y allocated, then the call); the compressor likewise
+  (`lynx::prune_compress_24_cutlass`), and as the speed rule times it (what a lowered graph runs: a planned launch
+  by Triton, or its replay from a CUDA graph standing for Inductor's launch without CUDA graphs); one allocation and
+  one Triton launch for scale;
 - whole layers: one `nn.Linear` compiled by Inductor (dense) and by lynx on each sparse path (forced sparse:
   `min_speedup` ≈ 0), called as a model is, Dynamo's guards and Inductor's wrapper included. lynx's cost per layer
   is its row less the dense one;
@@ -43,6 +44,7 @@ from lynx_compile.kernels import cutlass_gemm  # noqa: E402
 from lynx_compile.kernels.cutlass_gemm import CONFIGS, FP8_CONFIGS  # noqa: E402
 from lynx_compile.paths import PATHS  # noqa: E402
 from lynx_compile.paths.lowered_compressors import as_lowered_cutlass, as_lowered_fp8  # noqa: E402
+from lynx_compile.paths.lowered_gemm import as_lowered as as_lowered_gemm  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import NORM_EPS, _row_scale_kernel, prune_compress_24_cutlass  # noqa: E402
 
 CALLS, ROUNDS = 200, 7
@@ -149,6 +151,8 @@ def main(argv=None) -> dict:
         pieces.update({
             "CUTLASS GEMM, Python call": lambda: cutlass_gemm.sparse_mm(values, metadata, weight, scale, bias, config),
             "CUTLASS GEMM, op lynx::cutlass_sparse_mm": lambda: torch.ops.lynx.cutlass_sparse_mm(
+                values, metadata, weight, scale, bias, config.name, 0, 1),
+            "CUTLASS GEMM, as Inductor's code calls it (extern)": lambda: as_lowered_gemm(
                 values, metadata, weight, scale, bias, config.name, 0, 1),
             "compressor, Python call": lambda: prune_compress_24_cutlass(x),
             "compressor, op lynx::prune_compress_24_cutlass": lambda: torch.ops.lynx.prune_compress_24_cutlass(

@@ -72,7 +72,9 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
     from torch._inductor.compile_fx import compile_fx
 
     from .passes.lower_sparse_linears import LowerSparseLinears
+    from .paths import lowered_gemm
 
+    lowered_gemm.register()
     patches = config.inductor_patches()
     lowering = LowerSparseLinears(config) if ctx.rewrites else None
     if lowering is not None:

@@ -2,8 +2,6 @@
 the Triton compressor against CUTLASS's own, the kernel against the reference, graph replays, and the path in a
 compiled model."""
 
-import re
-
 import pytest
 import torch
 import torch.nn as nn
@@ -16,6 +14,7 @@ from lynx_compile.kernels.cutlass_layout import sparse_mm_ref
 from lynx_compile.kernels.nm_prune import nm_prune_ref
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24_cutlass
 
+from generated_code import extern_gemm_calls, kernel_launches, op_calls
 from group_patterns import every_group
 
 pytestmark = [
@@ -139,12 +138,16 @@ def test_cutlass_path_runs_a_model_like_simulate(graphs):
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_inductor_launches_the_compressor_with_the_ops_results(dynamic, monkeypatch):
     """Lowered, each compressor (q, k, v's group; up's; down's, GELU on load) is the one-pass kernel launched from
-    Inductor's code, no op around it (`paths/lowered_compressors.py`), and the model's output is the one it gives
-    with the ops kept, bit for bit, on token counts the graph was not traced with where it is dynamic."""
+    Inductor's code, no op around it (`paths/lowered_compressors.py`), each GEMM a direct call from that code
+    (`paths/lowered_gemm.py`), and the model's output is the one it gives with the ops kept, bit for bit, on token
+    counts the graph was not traced with where it is dynamic."""
     from torch._inductor.utils import run_and_get_code
 
     from lynx_compile.paths import cutlass as cutlass_path
-    from lynx_compile.paths import lowered_compressors
+    from lynx_compile.paths import lowered_compressors, lowered_gemm
+
+    def op_kept(*args):
+        raise NotImplementedError("the op kept, for comparison")
 
     monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # the two compiles differ after the pass
     torch.manual_seed(0)
@@ -156,15 +159,15 @@ def test_inductor_launches_the_compressor_with_the_ops_results(dynamic, monkeypa
         torch._dynamo.reset()
         if kept:
             monkeypatch.setattr(lowered_compressors, "compress_cutlass", cutlass_path._compress_op)
+            monkeypatch.setattr(lowered_gemm, "_extern_call", op_kept)
         compiled = torch.compile(model, backend="lynx", options=options, dynamic=dynamic)
         with torch.no_grad():
             first, code = run_and_get_code(compiled, inputs[0])
             outputs[kept] = [first, *(compiled(x) for x in inputs[1:] if dynamic)]
         code = "\n".join(code)
-        launches = len(re.findall(r"\b_single_pass_kernel\w*\.run\(", code))
-        ops = re.findall(r"torch\.ops\.lynx\.(\w+)\.default\(", code)
+        launches, ops = kernel_launches(code, "_single_pass_kernel"), op_calls(code)
         assert (launches, ops.count("prune_compress_24_cutlass")) == ((0, 3) if kept else (3, 0)), (launches, ops)
-        assert ops.count("cutlass_sparse_mm") == 5, ops
+        assert (extern_gemm_calls(code), ops.count("cutlass_sparse_mm")) == ((0, 5) if kept else (5, 0)), ops
     for launched, kept in zip(outputs[False], outputs[True]):
         assert torch.equal(launched, kept)
 

@@ -2,8 +2,6 @@
 compressor bit-exact with its reference and with CUTLASS's own compressor, the FP8 sparse layer against the simulate
 numerics, rowwise FP8 dense, and torchao float8 models compiled end to end without a second copy of their weights."""
 
-import re
-
 import pytest
 import torch
 import torch.nn as nn
@@ -25,6 +23,7 @@ from lynx_compile.method import Method
 from lynx_compile.paths import get_path
 from lynx_compile.plan import SparseLinearPlan
 
+from generated_code import extern_gemm_calls, kernel_launches, op_calls
 from group_patterns import every_group
 
 pytestmark = [
@@ -185,7 +184,7 @@ def test_torchao_float8_siblings_run_as_one_group(graphs):
 @pytest.mark.parametrize("module, compressors, launched", [(FeedForward, 2, 2), (Attention, 2, 1)])
 def test_float8_ops_on_the_cutlass_path_are_lowered_into_kernels(module, compressors, launched):
     """Without CUDA graphs a `custom_op`'s Python layers cost every call; on the CUTLASS FP8 path Inductor's code
-    calls the FP8 GEMM op, and launches the one-pass compressor itself wherever it provably reads x (x as it is, or
+    calls the FP8 GEMM directly (`paths/lowered_gemm.py`), and launches the one-pass compressor itself wherever it provably reads x (x as it is, or
     through GELU; `paths/lowered_compressors.py`), the compressor op elsewhere: at least `launched` of the
     `compressors` (Attention's q, k, v read a norm, folded — the op — or written out first, as the rule times)."""
     pytest.importorskip("torchao")
@@ -199,16 +198,12 @@ def test_float8_ops_on_the_cutlass_path_are_lowered_into_kernels(module, compres
     compiled = torch.compile(model, backend="lynx", options={"execution": "sparse", "min_speedup": 1e-6})
     with torch.no_grad():
         _, code = run_and_get_code(compiled, x)
-    calls = re.findall(r"torch\.ops\.lynx\.(\w+)\.default\(", "\n".join(code))  # comments name the ops replaced
+    code = "\n".join(code)
+    calls = op_calls(code)
     assert "float8_sparse_linear" not in calls and "float8_sparse_linear_group" not in calls, calls
-    assert "cutlass_sparse_mm" in calls, calls
-    launches = kernel_launches("\n".join(code), "_single_pass_kernel")
+    assert "cutlass_sparse_mm" not in calls and extern_gemm_calls(code) >= 1, calls
+    launches = kernel_launches(code, "_single_pass_kernel")
     assert launches >= launched and calls.count("prune_quantize_compress_fp8") == compressors - launches, calls
-
-
-def kernel_launches(code: str, kernel: str) -> int:
-    """How often Inductor's generated code launches a user-defined Triton kernel (named after it, with a suffix)."""
-    return len(re.findall(rf"\b{kernel}\w*\.run\(", code))
 
 
 def test_compiling_a_float8_model_stores_no_second_weight():

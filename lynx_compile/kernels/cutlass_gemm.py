@@ -273,13 +273,25 @@ def sparse_mm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor
     """s ⊙ (X̃·Wᵀ) ⊙ w + b (M × N) on the current stream: X̃ as `prune_compress_24_cutlass` writes it (values
     M × K/2 and metadata), W (N, K) as nn.Linear stores it, s (M,) and w (N,) fp32, b (N,) of the output dtype
     (`output_dtype`), each optional."""
+    out = values.new_empty((values.shape[0], weight.shape[0]), dtype=output_dtype(values.dtype))
+    sparse_mm_into(out, values, metadata, weight, scale, bias, weight_scale, config, raster, swizzle)
+    return out
+
+
+def sparse_mm_into(out: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor,
+                   scale: torch.Tensor | None, bias: torch.Tensor | None, weight_scale: torch.Tensor | None,
+                   config: GemmConfig, raster: int, swizzle: int) -> None:  # fmt: skip
+    """`sparse_mm` written into `out` (M × N, contiguous, the output dtype), as Inductor's code calls it
+    (`paths/lowered_gemm.py`)."""
     m, (n, k) = values.shape[0], weight.shape
     if values.shape[1] * 2 != k or weight.dtype != values.dtype or not weight.is_contiguous():
         raise ValueError(f"operands do not match: values {tuple(values.shape)} {values.dtype}, weight "
                          f"{tuple(weight.shape)} {weight.dtype} (contiguous: {weight.is_contiguous()})")  # fmt: skip
-    out = values.new_empty((m, n), dtype=output_dtype(values.dtype))
+    if out.shape != (m, n) or out.dtype != output_dtype(values.dtype) or not out.is_contiguous():
+        raise ValueError(f"the output {tuple(out.shape)} {out.dtype} (contiguous: {out.is_contiguous()}) is not the "
+                         f"GEMM's {m}x{n} {output_dtype(values.dtype)}")  # fmt: skip
     if m == 0:
-        return out
+        return
     lib = library(config, values.dtype)
     workspace_bytes = lib.workspace_bytes(m, n, k)
     workspace = values.new_empty((workspace_bytes,), dtype=torch.uint8) if workspace_bytes else None
@@ -289,7 +301,6 @@ def sparse_mm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor
     )  # fmt: skip
     if status:
         raise RuntimeError(f"CUTLASS sparse GEMM {config.name} on {m}x{k}->{n}: {_STATUS.get(status, status)}")
-    return out
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:

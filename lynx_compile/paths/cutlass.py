@@ -25,7 +25,7 @@ from ..kernels import cutlass_gemm
 from ..kernels.cutlass_gemm import CONFIGS, RASTERS, SWIZZLES, GemmConfig
 from ..method import Lora, Method, epilogue
 from ..plan import SparseLinearPlan
-from . import lowered_compressors
+from . import lowered_compressors, lowered_gemm
 from .base import SparsePath, Timer, Workload, tensor_core_reason
 
 logger = logging.getLogger(__name__)
@@ -80,12 +80,13 @@ class Cutlass(SparsePath):
         compress = lowered_compressors.as_lowered_cutlass(inputs, workload.fold, replayed=not workload.cuda_graphs)
         values, metadata, scale = compress()
         settings = [fastest_setting(lambda setting, member=member: _gemm(values, metadata, member, scale, None,
-                                                                         setting), configs, timer)
+                                                                         setting, lowered=True), configs, timer)
                     for member in weights]  # fmt: skip
 
         def sparse() -> object:
             values, metadata, scale = compress()
-            outs = [_gemm(values, metadata, member, scale, None, setting) for member, setting in zip(weights, settings)]
+            outs = [_gemm(values, metadata, member, scale, None, setting, lowered=True)
+                    for member, setting in zip(weights, settings)]  # fmt: skip
             if lora is not None:  # the correction's two small GEMMs on the dense x (its add unfused: pessimistic)
                 outs = [epilogue(outs[0], None, lora, assemble(inputs, workload.fold))]
             return outs
@@ -124,13 +125,7 @@ class Cutlass(SparsePath):
                compress: Compressor) -> list[torch.Tensor]:  # fmt: skip
         values, metadata, scale = compress(inputs, plan.fold)
         scale = scale if plan.method.norm_compensation else None
-        outs = []
-        for index, (weight, bias) in enumerate(zip(weights, biases)):
-            fused = _fusable_bias(bias, weight)
-            out = _gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.member(index).params))
-            out = out if fused or bias is None else out + bias
-            outs.append(out.reshape(*inputs[0].shape[:-1], weight.shape[0]))
-        return outs
+        return member_outputs((values, metadata, scale), inputs, weights, biases, plan, _gemm, _fusable_bias)
 
     def describe(self, params: dict[str, Any]) -> str:
         settings = ", ".join(f"{member['config']} {member['raster']} swizzle {member.get('swizzle', 1)}"
@@ -140,7 +135,7 @@ class Cutlass(SparsePath):
     def source_files(self) -> tuple[str, ...]:
         # the kernel's source keys its own build (`cutlass_gemm.library_path`), not the graphs that call it; the
         # lowered compressors decide what `lower` traces
-        return (*super().source_files(), cutlass_gemm.__file__, lowered_compressors.__file__)
+        return (*super().source_files(), cutlass_gemm.__file__, lowered_compressors.__file__, lowered_gemm.__file__)
 
 
 # The compressor a body calls: the op (`forward`), or what a lowered graph holds (`lower`: `lowered_compressors`)
@@ -152,9 +147,26 @@ def _compress_op(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.
 
 
 def _gemm(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
-          bias: torch.Tensor | None, setting: dict[str, Any]) -> torch.Tensor:  # fmt: skip
-    return torch.ops.lynx.cutlass_sparse_mm(values, metadata, weight, scale, bias, setting["config"],
-                                            RASTERS[setting["raster"]], setting.get("swizzle", 1))  # fmt: skip
+          bias: torch.Tensor | None, setting: dict[str, Any], lowered: bool = False) -> torch.Tensor:  # fmt: skip
+    """The op a graph holds; `lowered`: called as Inductor's code calls it, for the speed rule (`lowered_gemm`)."""
+    gemm = lowered_gemm.as_lowered if lowered else torch.ops.lynx.cutlass_sparse_mm
+    return gemm(values, metadata, weight, scale, bias, setting["config"], RASTERS[setting["raster"]],
+                setting.get("swizzle", 1))  # fmt: skip
+
+
+def member_outputs(compressed: tuple[torch.Tensor, ...], inputs: Sequence[torch.Tensor], weights: Sequence[Any],
+                   biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan, gemm: Callable[..., torch.Tensor],
+                   fusable: Callable[[torch.Tensor | None, Any], bool]) -> list[torch.Tensor]:  # fmt: skip
+    """Each member's y (shaped as x) from the one compressed x (values, metadata, row scale), for both CUTLASS
+    paths: `gemm` with the member's setting, its bias in the epilogue where `fusable(bias, weight)`, else after."""
+    values, metadata, scale = compressed
+    outs = []
+    for index, (weight, bias) in enumerate(zip(weights, biases)):
+        fused = fusable(bias, weight)
+        out = gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.member(index).params))
+        out = out if fused or bias is None else out + bias
+        outs.append(out.reshape(*inputs[0].shape[:-1], out.shape[-1]))
+    return outs
 
 
 def built_configs(configs: Sequence[GemmConfig], dtype: torch.dtype) -> list[GemmConfig]:

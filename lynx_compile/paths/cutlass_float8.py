@@ -24,9 +24,9 @@ from ..kernels.cutlass_gemm import FP8_CONFIGS, RASTERS
 from ..kernels.prune_quantize_fp8 import FP8_K_MULTIPLE
 from ..method import Lora, Method
 from ..plan import SparseLinearPlan
-from . import lowered_compressors
+from . import lowered_compressors, lowered_gemm
 from .base import SparsePath, Timer, Workload, tensor_core_reason
-from .cutlass import N_MULTIPLE, built_configs, fastest_setting
+from .cutlass import N_MULTIPLE, built_configs, fastest_setting, member_outputs
 
 FP8 = torch.float8_e4m3fn
 
@@ -66,14 +66,15 @@ class CutlassFloat8(SparsePath):
                                                       replayed=not workload.cuda_graphs)  # fmt: skip
         values, metadata, scale = compress()
         settings = [fastest_setting(lambda setting, member=member: _gemm(values, metadata, member, scale, None,
-                                                                         setting), configs, timer)
+                                                                         setting, lowered=True), configs, timer)
                     for member in weights]  # fmt: skip
 
         def sparse() -> object:
             if written:
                 load(inputs, workload.fold)
             values, metadata, scale = compress()
-            return [_gemm(values, metadata, member, scale, None, setting) for member, setting in zip(weights, settings)]
+            return [_gemm(values, metadata, member, scale, None, setting, lowered=True)
+                    for member, setting in zip(weights, settings)]  # fmt: skip
 
         return ({"members": settings} if workload.out_splits else settings[0]), timer(sparse)
 
@@ -89,12 +90,12 @@ class CutlassFloat8(SparsePath):
                       biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
         compressed = torch.ops.lynx.prune_quantize_compress_fp8(list(inputs), plan.fold.encode(),
                                                                 plan.method.norm_compensation)  # fmt: skip
-        return _gemms(compressed, inputs, weights, biases, plan)
+        return member_outputs(compressed, inputs, weights, biases, plan, _gemm, _fusable_bias)
 
     def lower_group(self, inputs: Sequence[torch.Tensor], weights: Sequence[Float8Weight],
                     biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
         compressed = lowered_compressors.compress_fp8(inputs, plan.fold, plan.method.norm_compensation)
-        return _gemms(compressed, inputs, weights, biases, plan)
+        return member_outputs(compressed, inputs, weights, biases, plan, _gemm, _fusable_bias)
 
     def describe(self, params: dict[str, Any]) -> str:
         settings = ", ".join(f"{member['config']} {member['raster']} swizzle {member['swizzle']}"
@@ -102,24 +103,17 @@ class CutlassFloat8(SparsePath):
         return f"2:4 sparse FP8 tensor cores (CUTLASS, {settings}, both scales and bias in the epilogue)"
 
     def source_files(self) -> tuple[str, ...]:
-        return (*super().source_files(), cutlass_gemm.__file__, lowered_compressors.__file__)
+        return (*super().source_files(), cutlass_gemm.__file__, lowered_compressors.__file__, lowered_gemm.__file__)
 
 
-def _gemms(compressed: tuple[torch.Tensor, ...], inputs: Sequence[torch.Tensor], weights: Sequence[Float8Weight],
-           biases: Sequence[torch.Tensor | None], plan: SparseLinearPlan) -> list[torch.Tensor]:  # fmt: skip
-    """Each member's y from the compressed x (values, metadata, row scale)."""
-    values, metadata, scale = compressed
-    outs = []
-    for index, (weight, bias) in enumerate(zip(weights, biases)):
-        fused = bias is not None and bias.dtype == torch.bfloat16 and bias.is_contiguous()
-        out = _gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.member(index).params))
-        out = out if fused or bias is None else out + bias
-        outs.append(out.reshape(*inputs[0].shape[:-1], weight.qdata.shape[0]))
-    return outs
+def _fusable_bias(bias: torch.Tensor | None, weight: Float8Weight) -> bool:
+    """Whether the FP8 kernel's epilogue can add the bias (bf16, Y's dtype, contiguous); else it is added after."""
+    return bias is not None and bias.dtype == torch.bfloat16 and bias.is_contiguous()
 
 
 def _gemm(values: torch.Tensor, metadata: torch.Tensor, weight: Float8Weight, scale: torch.Tensor,
-          bias: torch.Tensor | None, setting: dict[str, Any]) -> torch.Tensor:  # fmt: skip
-    return torch.ops.lynx.cutlass_sparse_mm(values, metadata, weight.qdata, scale, bias, setting["config"],
-                                            RASTERS[setting["raster"]], setting["swizzle"],
-                                            weight_scale=weight.scale)  # fmt: skip
+          bias: torch.Tensor | None, setting: dict[str, Any], lowered: bool = False) -> torch.Tensor:  # fmt: skip
+    """The op a graph holds; `lowered`: called as Inductor's code calls it, for the speed rule (`lowered_gemm`)."""
+    gemm = lowered_gemm.as_lowered if lowered else torch.ops.lynx.cutlass_sparse_mm
+    return gemm(values, metadata, weight.qdata, scale, bias, setting["config"], RASTERS[setting["raster"]],
+                setting["swizzle"], weight_scale=weight.scale)  # fmt: skip
