@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import statistics
 import time
 from typing import Callable
 
@@ -30,7 +29,11 @@ def cuda_graph_ms(fn: Callable[[], object], calls_per_replay: int = 10, rep_ms: 
 def host_included_ms(fn: Callable[[], object], calls: int = 20, device: torch.device | None = None,
                      rounds: int = 3) -> float:  # fmt: skip
     """Time of one `fn()` call as a program without CUDA graphs sees it, host work included: the mean over `calls`
-    calls, median of `rounds` rounds (one round decided layers near `min_speedup` differently from run to run)."""
+    calls of the fastest of `rounds` rounds. Each round starts and ends with the device idle, so a round is never
+    faster than the calls themselves; what makes one slower only adds time (Inductor's compile workers, which run
+    while lynx measures the next graph's layers, other processes), so the fastest round is the calls' own time.
+    A median of three rounds still decided host-bound layers by the interference: FLUX's text-stream q, k, v
+    measured 0.48–0.55× in four runs and ≥ 1.05× in a fifth (benchmarks/RESULTS.md, session 15)."""
     synchronize = torch.cuda.synchronize if device is None or device.type == "cuda" else (lambda: None)
     fn()
     synchronize()
@@ -41,7 +44,7 @@ def host_included_ms(fn: Callable[[], object], calls: int = 20, device: torch.de
             fn()
         synchronize()
         times.append((time.perf_counter() - start) * 1e3 / calls)
-    return statistics.median(times)
+    return min(times)
 
 
 def timer_for(cuda_graphs: bool, device: torch.device) -> Callable[[Callable[[], object]], float]:

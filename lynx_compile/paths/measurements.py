@@ -139,7 +139,6 @@ def _from_rank_zero(key: str, layer: str, resolve) -> Measurement:  # noqa: ANN0
 def clear_measurements() -> None:
     """Forget every measurement of this process (the next compile reads a policy's or the disk cache, or times)."""
     _MEASURED.clear()
-    _dense_ms.cache_clear()
 
 
 def disk_cache_path() -> Path | None:
@@ -192,7 +191,6 @@ def measured() -> dict[str, dict[str, Any]]:
 def _time(path: SparsePath, workload: Workload) -> Measurement:
     timer = timer_for(workload.cuda_graphs, workload.device)
     with torch.no_grad(), torch._subclasses.fake_tensor.unset_fake_temporarily():
-        dense = _dense_ms(workload)
         if workload.written and not path.times_written:  # the producer's own kernel, then the path on x as given
             unfolded = replace(workload, fold=IDENTITY, input_widths=(), input_rows=(), written=False)
             params, sparse = path.tune(unfolded, timer)
@@ -201,16 +199,19 @@ def _time(path: SparsePath, workload: Workload) -> Measurement:
         else:
             params, sparse = path.tune(workload, timer)
         epilogue = path.unfused_epilogue_ms(workload, timer)
+        # dense after the path's timings, in the state they leave the GPU in: timed first, on a GPU not yet hot,
+        # FLUX's 4608 × 15360 → 3072 ran in 0.60 ms, after a path's tuning in 0.71, and the layer measured 0.81×
+        # dense one time and 1.07× the next (H200, benchmarks/RESULTS.md, session 15)
+        dense = _dense_ms(workload)
     result = Measurement(path.name, tuple(sorted(params.items())), dense, sparse, workload.tokens, epilogue)
     logger.info("lynx: %s (%s): dense %.4f ms, sparse %.4f ms, %.2f×", workload.describe(), path.describe(params),
                 dense, sparse, result.speedup)  # fmt: skip
     return result
 
 
-@functools.cache
 def _dense_ms(workload: Workload) -> float:
     """Dense `F.linear` on x as its producer writes it (one per member of a group, as the model runs them), timed
-    once per workload for every path; for a float8 layer, rowwise FP8 dense (a group's x quantized once)."""
+    beside each path; for a float8 layer, rowwise FP8 dense (a group's x quantized once)."""
     if workload.written:  # dense is the same either way: torchao's quantization with the producer fused
         return _dense_ms(replace(workload, written=False))
     inputs, weight, lora = workload.example()
