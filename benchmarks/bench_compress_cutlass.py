@@ -4,6 +4,9 @@ block shapes against the general two-launch kernel, on the same x (CUDA-graph re
     python benchmarks/bench_compress_cutlass.py [--json out.json]     # a CUDA GPU
 
 Block shapes are (rows a program, pairs of groups a chunk, chunks a row); the default is the one `_blocks` picks.
+Then FLUX's single-block output projection's x, cat(attention, GELU(MLP)) folded into the compressor: the general
+kernel against the one-pass kernel at chunks of 64 and 128 pairs (the head piece whole chunks: each chunk through
+its own piece's activation) and of 256 (3072 is not whole chunks of 2048: each member through both, selected).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lynx_compile.folds import IDENTITY, loading  # noqa: E402
+from lynx_compile.folds import IDENTITY, FoldSpec, loading  # noqa: E402
 from lynx_compile.kernels import prune_compress_24_single_pass as single_pass  # noqa: E402
 from lynx_compile.kernels.grid import cdiv  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import metadata_bytes, prune_compress_24_cutlass  # noqa: E402
@@ -25,6 +28,8 @@ from lynx_compile.kernels.quantize_fp8_single_pass import _blocks  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 
 SHAPES = [(4608, 3072), (4608, 12288), (4608, 15360), (14040, 5120), (1024, 3072)]
+FOLDED = FoldSpec("concat", ("none", "gelu_tanh"))
+FOLDED_SHAPES = [(4608, (3072, 12288)), (1024, (3072, 12288))]
 
 
 def variants(k: int) -> dict[str, tuple[int, int, int] | None]:
@@ -61,6 +66,26 @@ def main() -> None:
         rows_out.append(row)
         print(f"{m}x{k}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items() if key.endswith("_us")),
               flush=True)  # fmt: skip
+    for m, widths in FOLDED_SHAPES:
+        inputs = [torch.randn(m, width, device="cuda", dtype=torch.bfloat16) for width in widths]
+        operands, loader = loading(inputs, FOLDED)
+        k = loader.width
+        values = torch.empty(m, k // 2, device="cuda", dtype=torch.bfloat16)
+        metadata = torch.empty(metadata_bytes(m, k), device="cuda", dtype=torch.uint8)
+        expected = prune_compress_24_cutlass(operands, loader)
+        row = {"M": m, "K": k, "fold": FOLDED.encode(),
+               "general_us": 1e3 * cuda_graph_ms(lambda: prune_compress_24_cutlass(operands, loader))}  # fmt: skip
+        for pairs in (64, 128, 256):
+            blocks = (1, pairs, cdiv(k // 8, pairs))
+            scale = single_pass.launch(operands, loader, values, metadata, blocks=blocks)
+            assert torch.equal(values.view(torch.int16), expected[0].view(torch.int16))
+            assert torch.equal(metadata, expected[1]) and torch.allclose(scale, expected[2], rtol=1e-5, atol=0)
+            head_chunks = single_pass.planned(operands, loader, blocks=blocks).arguments["HEAD_CHUNKS"]
+            row[f"chunks_of_{pairs}_head_chunks_{head_chunks}_us"] = 1e3 * cuda_graph_ms(
+                lambda blocks=blocks: single_pass.launch(operands, loader, values, metadata, blocks=blocks))
+        rows_out.append(row)
+        print(f"{m}x{k} {FOLDED.encode()}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items()
+                                                         if key.endswith("_us")), flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows_out}, indent=1))
 

@@ -83,6 +83,7 @@ def main(rows: int) -> None:
         "gelu": (FoldSpec("activation", ("gelu_tanh",)), [x(384)]),
         "cat, one activation": (FoldSpec("concat", ("none", "none")), [x(128), x(256)]),
         "cat, two activations": (FoldSpec("concat", ("none", "gelu_tanh")), [x(128), x(256)]),
+        "cat, two activations, head whole chunks": (FoldSpec("concat", ("none", "gelu_tanh")), [x(1024), x(2048)]),
         "gated": (FoldSpec("gated", ("silu",)), [x(256), x(256)]),
         "view 16 bytes in": (FoldSpec("identity", ()), [x(264)[:, 8:]]),
         "view 8 bytes in": (FoldSpec("identity", ()), [x(260)[:, 4:]]),

@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 
 import lynx_compile
-from lynx_compile.folds import IDENTITY, compress_cutlass
+from lynx_compile.folds import IDENTITY, FoldSpec, compress_cutlass, loading
 from lynx_compile.kernels import cutlass_gemm
+from lynx_compile.kernels import prune_compress_24_single_pass as one_pass
 from lynx_compile.kernels.cutlass_gemm import CONFIGS, RASTERS, GemmConfig
 from lynx_compile.kernels.cutlass_layout import sparse_mm_ref
 from lynx_compile.kernels.nm_prune import nm_prune_ref
@@ -49,6 +50,19 @@ def test_compressor_is_bit_exact_with_cutlass_compressor(rows, k, dtype, single_
     assert torch.equal(values.view(torch.int16), ref_values.view(torch.int16))
     assert torch.equal(metadata, ref_metadata)
     torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 333, 4608])
+def test_the_one_pass_kernel_reads_two_activations_a_chunk_at_a_time_as_the_general_kernel(rows):
+    """FLUX's single-block output projection's x, cat(attention, GELU(MLP)) folded: the one-pass kernel takes it
+    (the attention's 3072 columns are three whole chunks) and writes the general kernel's operand, bit for bit."""
+    spec = FoldSpec("concat", ("none", "gelu_tanh"))
+    inputs = [awkward_activation(rows, 3072, torch.bfloat16, 1), awkward_activation(rows, 12288, torch.bfloat16, 2)]
+    assert one_pass.applies(*loading(inputs, spec))
+    launched, general = compress_cutlass(inputs, spec), compress_cutlass(inputs, spec, single_pass=False)
+    assert torch.equal(launched[0].view(torch.int16), general[0].view(torch.int16))
+    assert torch.equal(launched[1], general[1])
+    torch.testing.assert_close(launched[2], general[2], rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("single_pass", [True, False])

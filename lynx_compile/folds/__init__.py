@@ -83,7 +83,8 @@ def compress_cutlass(
     fits = single_pass is not False and compress_single_pass.applies(operands, loader)
     if single_pass and not fits:
         raise ValueError(f"the single-pass compressor cannot read these inputs for {describe(spec)}: 16-bit, "
-                         "contiguous along K, at most two pieces through one activation")  # fmt: skip
+                         "contiguous along K, at most two pieces through one activation, or through two where "
+                         "the head is whole chunks")  # fmt: skip
     if not fits:
         return prune_compress_24_cutlass(operands, loader)
     check_operands(operands, loader.aligned)

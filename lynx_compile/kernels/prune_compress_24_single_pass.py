@@ -15,7 +15,8 @@ so the gain is what fewer instructions, fewer barriers and a better block shape 
 (benchmarks/RESULTS.md).
 
 It reads what the FP8 kernel reads (X = cat(act(operand), ...) of at most two 16-bit operands, contiguous along K),
-the pieces through one activation (`applies`); other folds take the general kernel.
+the pieces through one activation, or through two where the head piece is whole chunks (`applies`); other folds
+take the general kernel.
 """
 
 from __future__ import annotations
@@ -103,35 +104,66 @@ if triton is not None:
         return energy + odd_energy, kept + odd_kept
 
     @triton.jit
+    def _chunk_sums(x, rows, chunk, values_ptr, meta_ptr, M, K, PAIRS: tl.constexpr, TWO: tl.constexpr,
+                    FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, INF: tl.constexpr):  # fmt: skip
+        """Load, prune and store one chunk of the rows; its pairs' (‖x‖², ‖x̃‖²)."""
+        even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+        return _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M, K, FP16, HEAD, TAIL, INF)
+
+    @triton.jit
     def _single_pass_kernel(
         head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K,
         EPS: tl.constexpr, ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, HEAD: tl.constexpr,
-        TAIL: tl.constexpr, FP16: tl.constexpr, TWO: tl.constexpr,
+        TAIL: tl.constexpr, FP16: tl.constexpr, TWO: tl.constexpr, HEAD_CHUNKS: tl.constexpr,
     ):  # fmt: skip
         """ROWS whole rows of M rounded up to 64 (the padding rows get empty metadata), in CHUNKS chunks of PAIRS
         pairs of groups: prune, store, and the rows' norm scale. X = cat(act₀(head), act₁(tail)) with (HEAD, TAIL) =
-        (act₀, act₁) and TWO; X = act₀(head) without (split = K)."""
+        (act₀, act₁) and TWO; X = act₀(head) without (split = K). HEAD_CHUNKS > 0: the head is that many whole
+        chunks, each chunk read through its own piece's activation alone; else each member through both, selected."""
         INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         x = (head_ptr, head_stride, tail_ptr, tail_stride, split)
         # each thread's partial sums, carried across chunks: the rows' sums across warps (shared memory and
         # barriers) are taken once, not once a chunk
         energy, kept = tl.zeros((ROWS, PAIRS), dtype=tl.float32), tl.zeros((ROWS, PAIRS), dtype=tl.float32)
-        for chunk in range(CHUNKS):
-            even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
-            chunk_energy, chunk_kept = _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M,
-                                                        K, FP16, HEAD, TAIL, INF)  # fmt: skip
-            energy, kept = energy + chunk_energy, kept + chunk_kept
+        if HEAD_CHUNKS > 0:
+            for chunk in range(0, HEAD_CHUNKS):
+                chunk_energy, chunk_kept = _chunk_sums(x, rows, chunk, values_ptr, meta_ptr, M, K, PAIRS, TWO, FP16,
+                                                       HEAD, HEAD, INF)  # fmt: skip
+                energy, kept = energy + chunk_energy, kept + chunk_kept
+            for chunk in range(HEAD_CHUNKS, CHUNKS):
+                chunk_energy, chunk_kept = _chunk_sums(x, rows, chunk, values_ptr, meta_ptr, M, K, PAIRS, TWO, FP16,
+                                                       TAIL, TAIL, INF)  # fmt: skip
+                energy, kept = energy + chunk_energy, kept + chunk_kept
+        else:
+            for chunk in range(CHUNKS):
+                chunk_energy, chunk_kept = _chunk_sums(x, rows, chunk, values_ptr, meta_ptr, M, K, PAIRS, TWO, FP16,
+                                                       HEAD, TAIL, INF)  # fmt: skip
+                energy, kept = energy + chunk_energy, kept + chunk_kept
         energy, kept = tl.sum(energy, axis=1), tl.sum(kept, axis=1)
         scale = tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + EPS)), 1.0)  # 1 for a non-finite row
         tl.store(scale_ptr + rows, scale, mask=rows < M)
 
 
 def applies(operands: Sequence[torch.Tensor], loader: Loader, traced: bool = False) -> bool:
-    """Whether this kernel reads X (`quantize_fp8_single_pass.applies`) and gains by it: not for two pieces through
-    different activations (FLUX's cat(attention, GELU(mlp))), whose members it must put through both and select per
-    element, where the general kernel's chunks each lie in one piece: 161 µs against ≈ 110 at 4608 × 15360."""
-    return reads(operands, loader, traced) and len(set(loader.pieces)) == 1
+    """Whether this kernel reads X (`quantize_fp8_single_pass.applies`) and gains by it: two pieces through
+    different activations (FLUX's cat(attention, GELU(mlp))) only where the head is whole chunks, so that each chunk
+    goes through its own piece's activation (`_head_chunks`); members put through both and selected per element
+    took 161 µs against the general kernel's ≈ 110 at 4608 × 15360."""
+    if not reads(operands, loader, traced):
+        return False
+    _, pairs, _ = checked_blocks(loader.width, PAIRS_PER_PROGRAM, None)
+    return len(set(loader.pieces)) == 1 or _head_chunks(operands, loader, pairs) > 0
+
+
+def _head_chunks(operands: Sequence[torch.Tensor], loader: Loader, pairs: int) -> int:
+    """How many chunks of `pairs` pairs of groups the head piece is, where two pieces go through different
+    activations and the head is whole chunks; else 0 (one activation, or each member through both)."""
+    head, tail = piece_activations(loader)
+    split = operands[0].shape[1]
+    if len(operands) != 2 or head == tail or not isinstance(split, int) or split % (8 * pairs):
+        return 0
+    return split // (8 * pairs)
 
 
 def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor,
@@ -160,7 +192,7 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, pairs_per_program:
     return Launch(_single_pass_kernel, (cdiv(cdiv(rows, META_ROWS) * META_ROWS, block_rows),), dict(
         **x_arguments(operands, k), M=rows, K=k, EPS=NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks,
         HEAD=head, TAIL=tail, FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2,
-        num_warps=warps(block_rows, pairs),
+        HEAD_CHUNKS=_head_chunks(operands, loader, pairs), num_warps=warps(block_rows, pairs),
     ))  # fmt: skip
 
 

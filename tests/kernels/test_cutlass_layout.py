@@ -4,7 +4,8 @@ kernel library reads (a compile of one configuration: also the check that the ke
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lynx_compile.folds import IDENTITY, FoldSpec, compress_cutlass, loading
 from lynx_compile.kernels import cutlass_gemm
@@ -116,6 +117,32 @@ def test_the_single_pass_kernel_applies_a_folded_activation_as_the_general_one(n
     assert torch.equal(bits(values), bits(general[0])) and torch.equal(metadata, general[1])
     torch.testing.assert_close(scale, general[2], rtol=1e-6, atol=0)
     assert one_pass.applies(operands, loader) == (len(set(names)) == 1)
+
+
+@settings(max_examples=12)
+@given(rows=st.integers(1, 9), head_chunks=st.integers(1, 2), tail_chunks=st.integers(1, 2),
+       names=st.sampled_from([("none", "gelu_tanh"), ("gelu", "none"), ("silu", "gelu_tanh")]),
+       dtype=st.sampled_from([torch.bfloat16, torch.float16]))  # fmt: skip
+def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_kernel(rows, head_chunks, tail_chunks,
+                                                                                        names, dtype):  # fmt: skip
+    """Where the head piece is whole chunks, each chunk goes through its own piece's activation alone (HEAD_CHUNKS):
+    the general kernel's operand and s, bit for bit; and the compressor takes the kernel for it at its own blocking
+    where the head is whole chunks of it (FLUX's 3072 + 12288)."""
+    g = torch.Generator().manual_seed(rows * 10 + head_chunks)
+    inputs = [torch.randn(rows, 128 * chunks, generator=g).to(dtype) for chunks in (head_chunks, tail_chunks)]
+    inputs[1][0, :4] = torch.tensor([float("nan"), 1.0, -2.0, 0.0])  # a NaN in the tail keeps the row's s at 1
+    operands, loader = loading(inputs, FoldSpec("concat", names))
+    values = torch.empty(rows, loader.width // 2, dtype=dtype)
+    metadata = torch.empty(metadata_bytes(rows, loader.width), dtype=torch.uint8)
+    blocks = (1, 16, head_chunks + tail_chunks)  # 16 pairs of groups a chunk: the head is `head_chunks` of them
+    assert one_pass.planned(operands, loader, blocks=blocks).arguments["HEAD_CHUNKS"] == head_chunks
+    scale = one_pass.launch(operands, loader, values, metadata, blocks=blocks)
+    general = prune_compress_24_cutlass(operands, loader)
+    assert torch.equal(bits(values), bits(general[0])) and torch.equal(metadata, general[1])
+    torch.testing.assert_close(scale, general[2], rtol=1e-6, atol=0)
+    assert scale[0] == 1
+    wide = loading([torch.empty(1, 3072, dtype=dtype), torch.empty(1, 12288, dtype=dtype)], FoldSpec("concat", names))
+    assert one_pass.applies(*wide) and one_pass.planned(*wide).arguments["HEAD_CHUNKS"] == 3
 
 
 def test_the_single_pass_kernel_says_what_it_cannot_read():
