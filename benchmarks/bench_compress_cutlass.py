@@ -6,7 +6,9 @@ block shapes against the general two-launch kernel, on the same x (CUDA-graph re
 Block shapes are (rows a program, pairs of groups a chunk, chunks a row); the default is the one `_blocks` picks.
 Then FLUX's single-block output projection's x, cat(attention, GELU(MLP)) folded into the compressor: the general
 kernel against the one-pass kernel at chunks of 64 and 128 pairs (the head piece whole chunks: each chunk through
-its own piece's activation) and of 256 (3072 is not whole chunks of 2048: each member through both, selected).
+its own piece's activation) and of 256 (3072 is not whole chunks of 2048: each member through both, selected);
+the same for the FP8 compressor (`quantize_fp8_single_pass`, its row read twice at this K) against its general
+kernels.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lynx_compile.folds import IDENTITY, FoldSpec, loading  # noqa: E402
 from lynx_compile.kernels import prune_compress_24_single_pass as single_pass  # noqa: E402
+from lynx_compile.kernels import quantize_fp8_single_pass as fp8_single_pass  # noqa: E402
+from lynx_compile.kernels.e4m3 import hardware_cast  # noqa: E402
+from lynx_compile.kernels.prune_quantize_fp8 import prune_quantize_compress_fp8  # noqa: E402
 from lynx_compile.kernels.grid import cdiv  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import metadata_bytes, prune_compress_24_cutlass  # noqa: E402
 from lynx_compile.kernels.quantize_fp8_single_pass import _blocks  # noqa: E402
@@ -83,6 +88,19 @@ def main() -> None:
             head_chunks = single_pass.planned(operands, loader, blocks=blocks).arguments["HEAD_CHUNKS"]
             row[f"chunks_of_{pairs}_head_chunks_{head_chunks}_us"] = 1e3 * cuda_graph_ms(
                 lambda blocks=blocks: single_pass.launch(operands, loader, values, metadata, blocks=blocks))
+        fp8_values = torch.empty(m, k // 2, device="cuda", dtype=torch.float8_e4m3fn)
+        expected = prune_quantize_compress_fp8(operands, loader, single_pass=False)
+        row["fp8_general_us"] = 1e3 * cuda_graph_ms(
+            lambda: prune_quantize_compress_fp8(operands, loader, single_pass=False))
+        for pairs in (128, 256):
+            blocks, fp8 = (1, pairs, cdiv(k // 8, pairs)), (True, True, hardware_cast())
+            scale = fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8, blocks=blocks)
+            assert torch.equal(fp8_values.view(torch.uint8), expected[0].view(torch.uint8))
+            assert torch.equal(metadata, expected[1]) and torch.allclose(scale, expected[2], rtol=1e-5, atol=0)
+            head_chunks = fp8_single_pass.planned(operands, loader, *fp8, blocks=blocks).arguments["HEAD_CHUNKS"]
+            row[f"fp8_chunks_of_{pairs}_head_chunks_{head_chunks}_us"] = 1e3 * cuda_graph_ms(
+                lambda blocks=blocks: fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8,
+                                                             blocks=blocks))  # fmt: skip
         rows_out.append(row)
         print(f"{m}x{k} {FOLDED.encode()}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items()
                                                          if key.endswith("_us")), flush=True)  # fmt: skip

@@ -75,7 +75,7 @@ def one_pass_16_bit(k: int) -> tuple[str, int, int]:
     warps = fp8.warps(rows, pairs)
     listing = sass_listing(single_pass._single_pass_kernel, ONE_PASS_SIGNATURE,
                            {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HEAD": 0, "TAIL": 0,
-                            "FP16": False, "TWO": False}, warps)  # fmt: skip
+                            "FP16": False, "TWO": False, "HEAD_CHUNKS": 0}, warps)  # fmt: skip
     return f"16-bit one pass, K = {k}", executed(listing, chunks), rows * k // (32 * warps)
 
 
@@ -85,8 +85,8 @@ def one_pass_fp8(k: int) -> tuple[str, int, int]:
     warps = fp8.warps(rows, pairs)
     listing = sass_listing(fp8._single_pass_kernel, {**ONE_PASS_SIGNATURE, "values_ptr": "*fp8e4nv"},
                            {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HELD": held, "HEAD": 0,
-                            "TAIL": 0, "PRUNE": True, "NORM": True, "FP16": False, "TWO": False, "HARDWARE_CAST": True},
-                           warps)  # fmt: skip
+                            "TAIL": 0, "PRUNE": True, "NORM": True, "FP16": False, "TWO": False, "HARDWARE_CAST": True,
+                            "HEAD_CHUNKS": 0}, warps)  # fmt: skip
     name = f"FP8 one pass, K = {k}" + ("" if held else " (read twice)")
     return name, executed(listing, chunks), rows * k // (32 * warps)
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 import lynx_compile
 from lynx_compile.float8 import dense_float8_linear, quantize_weight
-from lynx_compile.folds import IDENTITY, FoldSpec
+from lynx_compile.folds import IDENTITY, FoldSpec, loading
 from lynx_compile.fp8 import float8_linear_ref, quantize_rows
-from lynx_compile.kernels import cutlass_gemm
+from lynx_compile.kernels import cutlass_gemm, quantize_fp8_single_pass
 from lynx_compile.kernels.cutlass_gemm import FP8_CONFIGS
 from lynx_compile.kernels.nm_prune import nm_prune_ref
 from lynx_compile.kernels.prune_quantize_fp8 import (
@@ -68,6 +68,24 @@ def test_fp8_compressor_is_bit_exact_with_its_reference_and_cutlasss_compressor(
     ref_quantized, ref_row_scale = quantize_rows(x)
     assert torch.equal(quantized.view(torch.uint8), ref_quantized.view(torch.uint8))
     assert torch.equal(row_scale, ref_row_scale.reshape(-1))
+
+
+@pytest.mark.parametrize("rows", [1, 333, 4608])
+def test_fp8_one_pass_kernel_reads_two_activations_a_chunk_at_a_time_as_the_general_kernel(rows):
+    """FLUX's single-block output projection's x, cat(attention, GELU(MLP)) folded: the one-pass kernel reads the
+    attention's three whole chunks and the MLP's through their own activations (`head_chunks`), and writes what the
+    general kernels write, bit for bit, pruned and dense."""
+    inputs = [activation(rows, 3072, torch.bfloat16, 1), activation(rows, 12288, torch.bfloat16, 2)]
+    operands, loader = loading(inputs, FoldSpec("concat", ("none", "gelu_tanh")))
+    assert quantize_fp8_single_pass.planned(operands, loader, True, True, True).arguments["HEAD_CHUNKS"] == 3
+    values, metadata, scale = prune_quantize_compress_fp8(operands, loader, single_pass=True)
+    general = prune_quantize_compress_fp8(operands, loader, single_pass=False)
+    assert torch.equal(values.view(torch.uint8), general[0].view(torch.uint8)) and torch.equal(metadata, general[1])
+    torch.testing.assert_close(scale, general[2], rtol=1e-5, atol=0)  # the energies summed in another order
+    quantized, row_scale = quantize_rows_fp8(operands, loader, single_pass=True)
+    general = quantize_rows_fp8(operands, loader, single_pass=False)
+    assert torch.equal(quantized.view(torch.uint8), general[0].view(torch.uint8))
+    assert torch.equal(row_scale, general[1])
 
 
 @pytest.mark.parametrize("single_pass", [None, False])

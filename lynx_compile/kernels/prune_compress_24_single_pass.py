@@ -32,7 +32,7 @@ from .launcher import Launch
 from .nm_prune import NORM_EPS
 from .prune_compress_24 import Loader
 from .quantize_fp8_single_pass import applies as reads
-from .quantize_fp8_single_pass import checked_blocks, piece_activations, warps, x_arguments
+from .quantize_fp8_single_pass import checked_blocks, head_chunks, piece_activations, warps, x_arguments
 
 try:
     import triton
@@ -148,22 +148,12 @@ if triton is not None:
 def applies(operands: Sequence[torch.Tensor], loader: Loader, traced: bool = False) -> bool:
     """Whether this kernel reads X (`quantize_fp8_single_pass.applies`) and gains by it: two pieces through
     different activations (FLUX's cat(attention, GELU(mlp))) only where the head is whole chunks, so that each chunk
-    goes through its own piece's activation (`_head_chunks`); members put through both and selected per element
+    goes through its own piece's activation (`head_chunks`); members put through both and selected per element
     took 161 µs against the general kernel's ≈ 110 at 4608 × 15360."""
     if not reads(operands, loader, traced):
         return False
     _, pairs, _ = checked_blocks(loader.width, PAIRS_PER_PROGRAM, None)
-    return len(set(loader.pieces)) == 1 or _head_chunks(operands, loader, pairs) > 0
-
-
-def _head_chunks(operands: Sequence[torch.Tensor], loader: Loader, pairs: int) -> int:
-    """How many chunks of `pairs` pairs of groups the head piece is, where two pieces go through different
-    activations and the head is whole chunks; else 0 (one activation, or each member through both)."""
-    head, tail = piece_activations(loader)
-    split = operands[0].shape[1]
-    if len(operands) != 2 or head == tail or not isinstance(split, int) or split % (8 * pairs):
-        return 0
-    return split // (8 * pairs)
+    return len(set(loader.pieces)) == 1 or head_chunks(operands, loader, pairs) > 0
 
 
 def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor,
@@ -192,7 +182,7 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, pairs_per_program:
     return Launch(_single_pass_kernel, (cdiv(cdiv(rows, META_ROWS) * META_ROWS, block_rows),), dict(
         **x_arguments(operands, k), M=rows, K=k, EPS=NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks,
         HEAD=head, TAIL=tail, FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2,
-        HEAD_CHUNKS=_head_chunks(operands, loader, pairs), num_warps=warps(block_rows, pairs),
+        HEAD_CHUNKS=head_chunks(operands, loader, pairs), num_warps=warps(block_rows, pairs),
     ))  # fmt: skip
 
 

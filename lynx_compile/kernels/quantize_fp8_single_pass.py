@@ -9,6 +9,9 @@ there owns a chunk of K while the scale needs the whole row. Here a program owns
 statistics reductions inside the program; a row of up to `HELD_PAIRS` pairs (K ≤ 8192) in chunks, all kept in
 registers; a longer row is read in chunks twice, statistics then values, the second time from L2 (a folded
 activation is then computed twice: at K ≥ 12288 GELU on load costs as much as the rest, benchmarks/RESULTS.md).
+Two pieces through different activations (FLUX's cat(attention, GELU(MLP))) go a chunk at a time through their
+own activation where the head piece is whole chunks (`head_chunks`; the blocking halves its chunks, down to 64
+pairs of groups, to make it so), else each member through both, selected.
 The same numerics, bit for bit (the tests run both kernels against the reference).
 
 It is also leaner per element (33 SASS instructions per element at K = 3072 against the general pass 2's 48.5,
@@ -110,17 +113,48 @@ if triton is not None:
         return kept
 
     @triton.jit
+    def _chunk_statistics(even, odd, head, chunk, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr,
+                          HEAD_CHUNKS: tl.constexpr):  # fmt: skip
+        """`_statistics` of chunk `chunk`: where the head piece is HEAD_CHUNKS (> 0) whole chunks, through the
+        chunk's own piece's activation alone, not both selected (`head_chunks`)."""
+        if HEAD_CHUNKS == 0:
+            energy, top = _statistics(even, odd, head, FP16, HEAD, TAIL)
+        elif chunk < HEAD_CHUNKS:
+            energy, top = _statistics(even, odd, head, FP16, HEAD, HEAD)
+        else:
+            energy, top = _statistics(even, odd, head, FP16, TAIL, TAIL)
+        return energy, top
+
+    @triton.jit
+    def _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows, inverse, values_ptr, meta_ptr, M, K,
+                                  PRUNE: tl.constexpr, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr,
+                                  HEAD_CHUNKS: tl.constexpr, INF: tl.constexpr,
+                                  HARDWARE_CAST: tl.constexpr):  # fmt: skip
+        """`_quantize_and_store` of chunk `chunk`, its activation chosen as `_chunk_statistics` chooses it."""
+        if HEAD_CHUNKS == 0:
+            kept = _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K, PRUNE,
+                                       FP16, HEAD, TAIL, INF, HARDWARE_CAST)  # fmt: skip
+        elif chunk < HEAD_CHUNKS:
+            kept = _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K, PRUNE,
+                                       FP16, HEAD, HEAD, INF, HARDWARE_CAST)  # fmt: skip
+        else:
+            kept = _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K, PRUNE,
+                                       FP16, TAIL, TAIL, INF, HARDWARE_CAST)  # fmt: skip
+        return kept
+
+    @triton.jit
     def _single_pass_kernel(
         head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K,
         EPS: tl.constexpr, ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, HELD: tl.constexpr,
         HEAD: tl.constexpr, TAIL: tl.constexpr, PRUNE: tl.constexpr, NORM: tl.constexpr, FP16: tl.constexpr,
-        TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr,
+        TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr, HEAD_CHUNKS: tl.constexpr,
     ):  # fmt: skip
         """ROWS whole rows (of M rounded up to 64 with PRUNE, whose padding rows get empty metadata), in CHUNKS
         chunks of PAIRS pairs of groups: statistics, factor, (prune,) quantize, store; the row scale (quantization ×
         norm). HELD: the chunks stay in registers between the statistics and the values (X read once); else each is
         read twice, the second time from L2. X = cat(act₀(head), act₁(tail)) with (HEAD, TAIL) = (act₀, act₁)
-        (`kernels.activations` codes) and TWO; X = act₀(head) without (split = K)."""
+        (`kernels.activations` codes) and TWO; X = act₀(head) without (split = K). HEAD_CHUNKS > 0: the head is
+        that many whole chunks, each chunk read through its own piece's activation alone."""
         INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         x = (head_ptr, head_stride, tail_ptr, tail_stride, split)
@@ -131,13 +165,14 @@ if triton is not None:
             held = ()
             for chunk in tl.static_range(CHUNKS):
                 loaded = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
-                chunk_energy, chunk_top = _statistics(loaded[0], loaded[1], loaded[4], FP16, HEAD, TAIL)
+                chunk_energy, chunk_top = _chunk_statistics(loaded[0], loaded[1], loaded[4], chunk, FP16, HEAD, TAIL,
+                                                            HEAD_CHUNKS)  # fmt: skip
                 energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
                 held = held + (loaded,)
         else:
             for chunk in range(CHUNKS):
                 even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
-                chunk_energy, chunk_top = _statistics(even, odd, head, FP16, HEAD, TAIL)
+                chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL, HEAD_CHUNKS)
                 energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
         energy, top = tl.sum(energy, axis=1), tl.max(top, axis=1)
         if FP16:
@@ -152,13 +187,15 @@ if triton is not None:
         if HELD:
             for chunk in tl.static_range(CHUNKS):
                 even, odd, pairs, live, head = held[chunk]
-                kept += _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M,
-                                            K, PRUNE, FP16, HEAD, TAIL, INF, HARDWARE_CAST)  # fmt: skip
+                kept += _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows, inverse, values_ptr,
+                                                  meta_ptr, M, K, PRUNE, FP16, HEAD, TAIL, HEAD_CHUNKS, INF,
+                                                  HARDWARE_CAST)  # fmt: skip
         else:
             for chunk in range(CHUNKS):
                 even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
-                kept += _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M,
-                                            K, PRUNE, FP16, HEAD, TAIL, INF, HARDWARE_CAST)  # fmt: skip
+                kept += _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows, inverse, values_ptr,
+                                                  meta_ptr, M, K, PRUNE, FP16, HEAD, TAIL, HEAD_CHUNKS, INF,
+                                                  HARDWARE_CAST)  # fmt: skip
         if PRUNE and NORM:
             kept = tl.sum(kept, axis=1)
             scale *= tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + EPS)), 1.0)
@@ -221,7 +258,8 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
     and read once up to `held_pairs` pairs of groups, read twice past that; `num_warps` as `warps` gives them, or
     as given (benchmarks)."""
     rows, k = operands[0].shape[0], loader.width
-    pairs_per_program = pairs_per_program or (PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)
+    pairs_per_program = pairs_per_program or _pairs_for_pieces(
+        operands, loader, PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)  # fmt: skip
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     head, tail = piece_activations(loader)
@@ -231,7 +269,7 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
         **x_arguments(operands, k), M=rows, K=k, EPS=NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks,
         HELD=chunks == 1 or chunks * pairs <= held_pairs, HEAD=head, TAIL=tail, PRUNE=prune, NORM=norm,
         FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast,
-        num_warps=num_warps or warps(block_rows, pairs),
+        HEAD_CHUNKS=head_chunks(operands, loader, pairs), num_warps=num_warps or warps(block_rows, pairs),
     ))  # fmt: skip
 
 
@@ -254,6 +292,30 @@ def x_arguments(operands: Sequence[torch.Tensor], k: int) -> dict[str, Any]:
 def piece_activations(loader: Loader) -> tuple[int, int]:
     """The head's and the tail's activation codes; one piece: its activation for both."""
     return (loader.pieces * 2)[:2]
+
+
+def _pairs_for_pieces(operands: Sequence[torch.Tensor], loader: Loader, pairs_per_program: int) -> int:
+    """`pairs_per_program`, or where two pieces go through different activations the largest power of two below it,
+    down to 64, at which the head piece is whole chunks (`head_chunks`): at 4608 × (3072 + GELU 12288) chunks of 128
+    pairs took 174 µs, of 256 (each member through both activations) 225 (H200, benchmarks/RESULTS.md, session 15)."""
+    pairs = pairs_per_program
+    while pairs >= 64:
+        if head_chunks(operands, loader, pairs):
+            return pairs
+        pairs //= 2
+    return pairs_per_program
+
+
+def head_chunks(operands: Sequence[torch.Tensor], loader: Loader, pairs: int) -> int:
+    """How many chunks of `pairs` pairs of groups the head piece is, where two pieces go through different
+    activations and the head is whole chunks (FLUX's 3072 attention columns: three of 128 pairs), so that the
+    one-pass kernels read each chunk through its own piece's activation alone; else 0 (one activation, or each
+    member through both, selected)."""
+    head, tail = piece_activations(loader)
+    split = operands[0].shape[1]
+    if len(operands) != 2 or head == tail or not isinstance(split, int) or split % (8 * pairs):
+        return 0
+    return split // (8 * pairs)
 
 
 def warps(block_rows: int, pairs: int) -> int:

@@ -160,6 +160,45 @@ def test_a_folded_concatenation_equals_quantizing_its_written_out_output(pieces,
     assert torch.equal(bits(quantized), bits(ref_quantized)) and torch.equal(row_scale, ref_row_scale)
 
 
+@settings(max_examples=10)
+@given(rows=st.integers(2, 9), head_chunks=st.integers(1, 2), tail_chunks=st.integers(1, 2),  # a NaN row and a tie row
+       pieces=st.sampled_from([("none", "gelu_tanh"), ("silu", "none")]), prune=st.booleans(),
+       held_pairs=st.sampled_from([64, 0]))  # fmt: skip
+def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_kernel(
+        rows, head_chunks, tail_chunks, pieces, prune, held_pairs):  # fmt: skip
+    """Where the head piece is whole chunks, the one-pass kernel reads each chunk through its own piece's activation
+    alone (HEAD_CHUNKS), its chunks kept in registers or read twice: the general kernel's bits and scales."""
+    head = activation_rows(rows, 128 * head_chunks, torch.bfloat16)
+    tail = activation_rows(rows, 128 * tail_chunks, torch.bfloat16)
+    operands, loader = loading([head, tail], FoldSpec("concat", pieces))
+    k = loader.width
+    values = torch.empty(rows, k // 2 if prune else k, dtype=torch.float8_e4m3fn, device=DEVICE)
+    metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=DEVICE)
+    blocks = (1, 16, head_chunks + tail_chunks)  # 16 pairs of groups a chunk: the head is `head_chunks` of them
+    planned = single_pass.planned(operands, loader, prune, True, hardware_cast(), blocks=blocks, held_pairs=held_pairs)
+    assert planned.arguments["HEAD_CHUNKS"] == head_chunks and planned.arguments["HELD"] == (held_pairs > 0)
+    scale = single_pass.launch(operands, loader, values, metadata, prune, True, hardware_cast(), blocks=blocks,
+                               held_pairs=held_pairs)  # fmt: skip
+    if prune:
+        general = prune_quantize_compress_fp8(operands, loader, single_pass=False)
+        assert torch.equal(bits(values), bits(general[0])) and torch.equal(metadata, general[1])
+        torch.testing.assert_close(scale, general[2], rtol=1e-5, atol=0, equal_nan=True)
+    else:
+        quantized, row_scale = quantize_rows_fp8(operands, loader, single_pass=False)
+        assert torch.equal(bits(values), bits(quantized)) and torch.equal(scale, row_scale.reshape(-1))
+
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_the_one_pass_kernel_chunks_flux_concatenation_so_that_its_head_is_whole_chunks(prune):
+    """At its own blocking the FP8 kernel takes chunks small enough for the attention's 3072 columns to be whole
+    chunks (128 pairs of groups, not its 256 or 512), so that each chunk goes through one activation."""
+    inputs = [torch.empty(4, 3072, dtype=torch.bfloat16), torch.empty(4, 12288, dtype=torch.bfloat16)]
+    mixed = single_pass.planned(*loading(inputs, FoldSpec("concat", ("none", "gelu_tanh"))), prune, True, True)
+    assert (mixed.arguments["PAIRS"], mixed.arguments["HEAD_CHUNKS"]) == (128, 3)
+    same = single_pass.planned(*loading(inputs, FoldSpec("concat", ("gelu_tanh", "gelu_tanh"))), prune, True, True)
+    assert same.arguments["PAIRS"] > 128 and same.arguments["HEAD_CHUNKS"] == 0
+
+
 @pytest.mark.parametrize("held_pairs", [64, 0])  # the row's chunks kept in registers, or each read twice
 @pytest.mark.parametrize("prune", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
