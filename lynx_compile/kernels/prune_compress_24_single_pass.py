@@ -32,7 +32,14 @@ from .launcher import Launch
 from .nm_prune import NORM_EPS
 from .prune_compress_24 import Loader
 from .quantize_fp8_single_pass import applies as reads
-from .quantize_fp8_single_pass import checked_blocks, head_chunks, piece_activations, warps, x_arguments
+from .quantize_fp8_single_pass import (
+    checked_blocks,
+    head_chunks,
+    pairs_for_pieces,
+    piece_activations,
+    warps,
+    x_arguments,
+)
 
 try:
     import triton
@@ -148,11 +155,12 @@ if triton is not None:
 def applies(operands: Sequence[torch.Tensor], loader: Loader, traced: bool = False) -> bool:
     """Whether this kernel reads X (`quantize_fp8_single_pass.applies`) and gains by it: two pieces through
     different activations (FLUX's cat(attention, GELU(mlp))) only where the head is whole chunks, so that each chunk
-    goes through its own piece's activation (`head_chunks`); members put through both and selected per element
-    took 161 µs against the general kernel's ≈ 110 at 4608 × 15360."""
+    goes through its own piece's activation (`head_chunks`): at 4608 × (3072 + GELU 12288) 113 µs a chunk at a
+    time, 151 with each member through both and selected, 149 for the general kernel's two launches (H200,
+    benchmarks/RESULTS.md, session 15)."""
     if not reads(operands, loader, traced):
         return False
-    _, pairs, _ = checked_blocks(loader.width, PAIRS_PER_PROGRAM, None)
+    _, pairs, _ = checked_blocks(loader.width, pairs_for_pieces(operands, loader, PAIRS_PER_PROGRAM), None)
     return len(set(loader.pieces)) == 1 or head_chunks(operands, loader, pairs) > 0
 
 
@@ -169,12 +177,14 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
     return scale
 
 
-def planned(operands: Sequence[torch.Tensor], loader: Loader, pairs_per_program: int = PAIRS_PER_PROGRAM,
+def planned(operands: Sequence[torch.Tensor], loader: Loader, pairs_per_program: int | None = None,
             blocks: tuple[int, int, int] | None = None) -> Launch:  # fmt: skip
     """The kernel's launch over X as `loader` makes it of `operands`, but for its outputs (`values_ptr`, `meta_ptr`,
-    `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time, or `blocks` as given (rows a
-    program, pairs a chunk, chunks a row: tests and benchmarks)."""
+    `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time (by default
+    `PAIRS_PER_PROGRAM`, or fewer where that makes two pieces' head whole chunks: `pairs_for_pieces`), or `blocks`
+    as given (rows a program, pairs a chunk, chunks a row: tests and benchmarks)."""
     rows, k = operands[0].shape[0], loader.width
+    pairs_per_program = pairs_per_program or pairs_for_pieces(operands, loader, PAIRS_PER_PROGRAM)
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     head, tail = piece_activations(loader)
     # EPS a constexpr, not an argument: launching the kernel itself, Inductor types a float argument fp64, and s

@@ -258,7 +258,7 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
     and read once up to `held_pairs` pairs of groups, read twice past that; `num_warps` as `warps` gives them, or
     as given (benchmarks)."""
     rows, k = operands[0].shape[0], loader.width
-    pairs_per_program = pairs_per_program or _pairs_for_pieces(
+    pairs_per_program = pairs_per_program or pairs_for_pieces(
         operands, loader, PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)  # fmt: skip
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
@@ -294,10 +294,11 @@ def piece_activations(loader: Loader) -> tuple[int, int]:
     return (loader.pieces * 2)[:2]
 
 
-def _pairs_for_pieces(operands: Sequence[torch.Tensor], loader: Loader, pairs_per_program: int) -> int:
+def pairs_for_pieces(operands: Sequence[torch.Tensor], loader: Loader, pairs_per_program: int) -> int:
     """`pairs_per_program`, or where two pieces go through different activations the largest power of two below it,
-    down to 64, at which the head piece is whole chunks (`head_chunks`): at 4608 × (3072 + GELU 12288) chunks of 128
-    pairs took 174 µs, of 256 (each member through both activations) 225 (H200, benchmarks/RESULTS.md, session 15)."""
+    down to 64, at which the head piece is whole chunks (`head_chunks`), for both one-pass kernels: at 4608 × (3072
+    + GELU 12288) the FP8 kernel took 174 µs at chunks of 128 pairs, 225 at 256 (each member through both
+    activations; H200, benchmarks/RESULTS.md, session 15)."""
     pairs = pairs_per_program
     while pairs >= 64:
         if head_chunks(operands, loader, pairs):

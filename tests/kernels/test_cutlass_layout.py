@@ -141,8 +141,11 @@ def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_k
     assert torch.equal(bits(values), bits(general[0])) and torch.equal(metadata, general[1])
     torch.testing.assert_close(scale, general[2], rtol=1e-6, atol=0)
     assert scale[0] == 1
-    wide = loading([torch.empty(1, 3072, dtype=dtype), torch.empty(1, 12288, dtype=dtype)], FoldSpec("concat", names))
-    assert one_pass.applies(*wide) and one_pass.planned(*wide).arguments["HEAD_CHUNKS"] == 3
+    for head_width, pairs in ((3072, 128), (1536, 64)):  # chunks of 64 pairs where 128 would split the head
+        wide = loading([torch.empty(1, head_width, dtype=dtype), torch.empty(1, 12288, dtype=dtype)],
+                       FoldSpec("concat", names))  # fmt: skip
+        launch = one_pass.planned(*wide)
+        assert one_pass.applies(*wide) and (launch.arguments["PAIRS"], launch.arguments["HEAD_CHUNKS"]) == (pairs, 3)
 
 
 def test_the_single_pass_kernel_says_what_it_cannot_read():
