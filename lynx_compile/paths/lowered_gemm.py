@@ -25,7 +25,6 @@ from ..kernels.cutlass_gemm import GemmConfig
 logger = logging.getLogger(__name__)
 
 EXTERN_NAME = "lynx_cutlass_sparse_mm"
-_OPTIONAL = ("scale", "bias", "weight_scale")  # the op's optional tensors; a bit each in `call`'s `present`
 
 
 def call(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor, *rest: Any, out: torch.Tensor) -> None:
@@ -53,6 +52,7 @@ def as_lowered(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tenso
 
 
 def _present(optional) -> int:
+    """`call`'s bit mask of the optional tensors (scale, bias, weight_scale) that are there."""
     return sum(1 << index for index, tensor in enumerate(optional) if tensor is not None)
 
 
