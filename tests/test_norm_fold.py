@@ -144,6 +144,41 @@ def test_a_norm_read_by_another_consumer_is_not_folded(toy_path):
     assert "layer_norm" in report.graphs[0].after
 
 
+class NormAfterLinear(nn.Module):
+    """Chroma's guidance MLP and PRX's input projection in small: a norm reads a linear's output straight, then feeds
+    one linear (an RMSNorm) and a sibling group (a modulated LayerNorm)."""
+
+    def __init__(self, dim=64):
+        super().__init__()
+        self.inp, self.mid = nn.Linear(32, dim), nn.Linear(dim, dim)
+        self.rms, self.layer = nn.RMSNorm(dim, eps=1e-6), nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.to_q, self.to_k = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x, scale):
+        h = self.mid(self.rms(self.inp(x)))
+        g = self.layer(h) * (1 + scale[:, None])
+        return self.to_q(g) + self.to_k(g).sigmoid()
+
+
+def test_a_norm_straight_after_a_sparse_linear_folds_and_reads_its_replacement(toy_path):
+    """The norm's row statistics read the linear before it, which the rewrite replaces (and erases) first: they must
+    read its replacement (once, a graph that failed lint ran without lynx)."""
+    torch.manual_seed(2)
+    module, x, scale = NormAfterLinear().eval(), torch.randn(2, 12, 32), torch.randn(2, 64)
+    options = {"execution": "sparse", "min_tokens": 1, "strict": True}  # the toy path: sibling groups
+    report = lynx_compile.explain(module, x, scale, options=options)
+    reasons = {layer.name: layer.reason for layer in report.layers}
+    assert all(layer.decision == "sparse" for layer in report.layers) and len(reasons) == 4, reasons
+    assert "input rms_norm(affine) pruned on load" in reasons["mid"], reasons
+    assert "input layer_norm·(1+a) pruned on load" in reasons["to_q"], reasons
+    with torch.no_grad():
+        out = torch.compile(module, backend="lynx", options=options)(x, scale)
+        h = simulated(module.rms(simulated(x, module.inp)), module.mid)
+        g = module.layer(h) * (1 + scale[:, None])
+        expected = simulated(g, module.to_q) + simulated(g, module.to_k).sigmoid()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_wan_and_z_image_norms_fold_with_their_casts_and_match_eager(dtype):
     torch.manual_seed(1)

@@ -52,12 +52,15 @@ IDENTITY = FoldSpec()
 
 @dataclass(eq=False)
 class Derived:
-    """A fold input the graph does not hold yet (a norm's row statistics): `build` inserts the nodes computing it at
-    the graph's insertion point, once the layer is rewritten, so that Inductor computes it — fused with whatever
-    produces what it reads. `value` is its fake tensor, for shapes and dtypes before that."""
+    """A fold input the graph does not hold yet (a norm's row statistics): `build(graph, replaced)` inserts the nodes
+    computing it at the graph's insertion point, once the layer is rewritten, so that Inductor computes it — fused
+    with whatever produces what it reads. It reads nodes through `replaced` (the rewrite's map of nodes it has
+    replaced): what it reads may be a linear rewritten, and erased, before it (a norm straight after a sparse
+    linear: Chroma's guidance MLP, PRX's input projection). `value` is its fake tensor, for shapes and dtypes
+    before that."""
 
     value: torch.Tensor
-    build: Callable[[torch.fx.Graph], torch.fx.Node]
+    build: Callable[[torch.fx.Graph, dict], torch.fx.Node]
 
 
 @dataclass
@@ -79,7 +82,8 @@ class FoldMatch:
         """The inputs as nodes, derived ones inserted at the graph's insertion point; `replaced` maps nodes the
         rewrite has replaced to their replacements."""
         replaced = replaced or {}
-        return [item.build(graph) if isinstance(item, Derived) else replaced.get(item, item) for item in self.inputs]
+        return [item.build(graph, replaced) if isinstance(item, Derived) else replaced.get(item, item)
+                for item in self.inputs]  # fmt: skip
 
 
 class ProducerFold(ABC):

@@ -278,13 +278,13 @@ class _Statistics:
         return [torch.rsqrt((t * t).mean(dim=-1, keepdim=True) + self.eps)]
 
     def derived(self) -> list[Derived]:
-        return [Derived(value, lambda graph, index=index: self._build(graph)[index])
+        return [Derived(value, lambda graph, replaced, index=index: self._build(graph, replaced)[index])
                 for index, value in enumerate(self.values)]  # fmt: skip
 
-    def _build(self, graph: torch.fx.Graph) -> list[torch.fx.Node]:
+    def _build(self, graph: torch.fx.Graph, replaced: dict) -> list[torch.fx.Node]:
         if id(graph) not in self._nodes:
             call = graph.call_function
-            t = graph.call_method("to", (self.t, torch.float32))
+            t = graph.call_method("to", (replaced.get(self.t, self.t), torch.float32))
             if self.kind == "layer":
                 both = call(torch.var_mean, (t,), {"dim": -1, "keepdim": True, "correction": 0})
                 var, mean = call(operator.getitem, (both, 0)), call(operator.getitem, (both, 1))
