@@ -7,7 +7,8 @@ policy and include/exclude speak of the model (``single_transformer_blocks.3.pro
 top-level ``proj_out`` answers to the same short name. A graph break inside a block roots a graph at it the same way.
 
 The backend only sees the graph. So lynx keeps a registry of the models it is given (`calibrate`,
-`lynx_compile.compile_repeated_blocks`): weak references, most recent first. A graph's root module is placed in one
+`lynx_compile.compile_repeated_blocks`, and the model a plain ``torch.compile`` compiled, found on the stack while
+Dynamo compiles one of its frames): weak references, most recent first. A graph's root module is placed in one
 of them by the identity of its parameters — a graph's parameters are those of the instance traced first, and their
 qualified names in the model give its path (``single_transformer_blocks.0``). The graph then serves:
 - the instances its `RegionSpec` lists, when `lynx_compile.compile_repeated_blocks` compiled it (one graph per
@@ -26,6 +27,7 @@ is a `RegionError` too, saying how to compile instead.
 from __future__ import annotations
 
 import logging
+import sys
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -99,6 +101,20 @@ def register_model(model: torch.nn.Module) -> None:
 
 def registered_models() -> list[torch.nn.Module]:
     return [model for model in (ref() for ref in _models) if model is not None]
+
+
+def remember_compiled_model(module: torch.nn.Module, policy_model: str = "") -> None:
+    """Register `module`, the model the user compiled (`compiled_model`), unless a registered model holds it, it is
+    a block diffusers compiles on its own, or it is not of `policy_model`, the class a policy in the options was
+    calibrated on: a graph Dynamo roots at one of its submodules (after a graph break inside a block: HiDream's
+    mixture of experts) is then placed in it and named in full, as include/exclude and policies name layers."""
+    if type(module).__name__ in repeated_block_classes():
+        return  # diffusers' regional compilation: the block is not the model the options speak of
+    if policy_model and policy_model not in {cls.__name__ for cls in type(module).__mro__}:
+        return  # a block compiled on its own, which the policy's names do not speak of (`place_linears` says so)
+    if any(held is module for model in registered_models() for held in model.modules()):
+        return
+    register_model(module)
 
 
 def place(parameters: Iterable[tuple[torch.nn.Parameter, str]], region: RegionSpec | None,
@@ -197,6 +213,25 @@ def frame_object(root_source: Any) -> Any:
         return None
     scope, name = variable
     return getattr(frame, scope, {}).get(name)
+
+
+def compiled_model() -> torch.nn.Module | None:
+    """The outermost module on the Python stack that the user compiled and is calling: the module given to
+    ``torch.compile`` (its `OptimizedModule`'s ``_orig_mod``) or compiled in place (``model.compile()``); None if
+    there is none. Read while Dynamo compiles a frame, whose callers are still on the stack: a graph break inside a
+    block makes Dynamo compile the block's frame on its own while the model's frame runs it (a model frame holding
+    the break in a loop over its blocks is not compiled at all, so its graph never reaches the backend)."""
+    found, frame = None, sys._getframe(1)
+    while frame is not None:
+        module = frame.f_locals.get("self") if frame.f_code.co_varnames[:1] == ("self",) else None
+        if isinstance(module, torch.nn.Module):
+            original = module.__dict__.get("_modules", {}).get("_orig_mod")
+            if type(module).__name__ == "OptimizedModule" and isinstance(original, torch.nn.Module):
+                found = original
+            elif module.__dict__.get("_compiled_call_impl") is not None:
+                found = module
+        frame = frame.f_back
+    return found
 
 
 def repeated_block_classes() -> set[str]:

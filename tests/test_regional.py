@@ -203,6 +203,42 @@ def test_a_graph_of_a_block_lynx_cannot_place_never_matches_names_of_the_model()
     assert sorted(rows(report)) == ["inner", "out"]
 
 
+class BreakingBlock(RepeatedBlock):
+    """A block Dynamo cannot trace whole (HiDream's mixture of experts, a `.item()`): its frame is compiled on its own."""
+
+    def forward(self, x):
+        h = F.gelu(self.inner(x))
+        torch._dynamo.graph_break()
+        return x + self.out(h)
+
+
+class BreakingStack(Stack):
+    _repeated_blocks = []  # compiled whole, as a user who never heard of regional compilation does
+
+    def __init__(self, count=3):
+        super().__init__(count)
+        self.blocks = nn.ModuleList(BreakingBlock() for _ in range(count))
+
+
+def test_a_graph_break_inside_a_block_names_its_layers_in_full_under_a_plain_compile():
+    """Dynamo compiles a block whose forward breaks on its own (the model's frame, a loop over the blocks, runs
+    eagerly): the model given to torch.compile is found on the stack, so the block's layers are named in full and
+    the block's `out` never answers to the model's."""
+    torch.manual_seed(0)
+    model, x = BreakingStack().eval(), batch()
+    with torch.no_grad():
+        eager = model(x)
+    (out,), report = whole(model, {**EAGER, "exclude": ["blocks.*"]}, x)
+    assert sorted(rows(report)) == sorted(linear_names(model)[1:-1]), rows(report)
+    assert {decision for decision, _ in rows(report).values()} == {"dense"}
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)  # every layer that ran compiled was excluded
+    (out,), report = whole(model, {**EAGER, "exclude": ["out"]}, x)  # the model's own `out`: runs eagerly, dense
+    assert {decision for decision, _ in rows(report).values()} == {"sparse"} and len(rows(report)) == 6
+    assert (out - eager).norm() / eager.norm() > 1e-3  # the blocks' layers did run sparse
+    with raises_region_error(r"one graph serves 3 instances of BreakingBlock"):
+        whole(model, {**EAGER, "exclude": ["blocks.1.inner"]}, x)
+
+
 def test_placement_reads_the_path_from_parameter_identity():
     model = stack(3)
     regions.register_model(model)
