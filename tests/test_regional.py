@@ -204,7 +204,7 @@ def test_a_graph_of_a_block_lynx_cannot_place_never_matches_names_of_the_model()
 
 
 class BreakingBlock(RepeatedBlock):
-    """A block Dynamo cannot trace whole (HiDream's mixture of experts, a `.item()`): its frame is compiled on its own."""
+    """A block Dynamo cannot trace whole (HiDream's mixture of experts, a `.item()`): its frame is compiled alone."""
 
     def forward(self, x):
         h = F.gelu(self.inner(x))
