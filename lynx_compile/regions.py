@@ -7,8 +7,9 @@ policy and include/exclude speak of the model (``single_transformer_blocks.3.pro
 top-level ``proj_out`` answers to the same short name. A graph break inside a block roots a graph at it the same way.
 
 The backend only sees the graph. So lynx keeps a registry of the models it is given (`calibrate`,
-`lynx_compile.compile_repeated_blocks`, and the model a plain ``torch.compile`` compiled, found on the stack while
-Dynamo compiles one of its frames): weak references, most recent first. A graph's root module is placed in one
+`lynx_compile.compile_repeated_blocks`, and the model found on the Python stack while Dynamo compiles one of its
+frames: the one given to ``torch.compile``, or the diffusers model whose blocks are compiled): weak references, most
+recent first. A graph's root module is placed in one
 of them by the identity of its parameters — a graph's parameters are those of the instance traced first, and their
 qualified names in the model give its path (``single_transformer_blocks.0``). The graph then serves:
 - the instances its `RegionSpec` lists, when `lynx_compile.compile_repeated_blocks` compiled it (one graph per
@@ -103,15 +104,11 @@ def registered_models() -> list[torch.nn.Module]:
     return [model for model in (ref() for ref in _models) if model is not None]
 
 
-def remember_compiled_model(module: torch.nn.Module, policy_model: str = "") -> None:
-    """Register `module`, the model the user compiled (`compiled_model`), unless a registered model holds it, it is
-    a block diffusers compiles on its own, or it is not of `policy_model`, the class a policy in the options was
-    calibrated on: a graph Dynamo roots at one of its submodules (after a graph break inside a block: HiDream's
-    mixture of experts) is then placed in it and named in full, as include/exclude and policies name layers."""
-    if type(module).__name__ in repeated_block_classes():
-        return  # diffusers' regional compilation: the block is not the model the options speak of
-    if policy_model and policy_model not in {cls.__name__ for cls in type(module).__mro__}:
-        return  # a block compiled on its own, which the policy's names do not speak of (`place_linears` says so)
+def remember_compiled_model(module: torch.nn.Module) -> None:
+    """Register `module` (`model_on_stack`), unless a registered model holds it: a graph Dynamo roots at one of its
+    submodules (a block compiled on its own, by diffusers' regional compilation or after a graph break inside it:
+    HiDream's mixture of experts) is then placed in it and named in full, as include/exclude and policies name
+    layers."""
     if any(held is module for model in registered_models() for held in model.modules()):
         return
     register_model(module)
@@ -215,20 +212,25 @@ def frame_object(root_source: Any) -> Any:
     return getattr(frame, scope, {}).get(name)
 
 
-def compiled_model() -> torch.nn.Module | None:
-    """The outermost module on the Python stack that the user compiled and is calling: the module given to
-    ``torch.compile`` (its `OptimizedModule`'s ``_orig_mod``) or compiled in place (``model.compile()``); None if
-    there is none. Read while Dynamo compiles a frame, whose callers are still on the stack: a graph break inside a
-    block makes Dynamo compile the block's frame on its own while the model's frame runs it (a model frame holding
-    the break in a loop over its blocks is not compiled at all, so its graph never reaches the backend)."""
-    found, frame = None, sys._getframe(1)
+def model_on_stack(policy_model: str = "") -> torch.nn.Module | None:
+    """The model whose call is running while Dynamo compiles one of its frames (the frame's callers are still on the
+    Python stack), or None: the outermost module there that the user compiled (given to ``torch.compile``: its
+    `OptimizedModule`'s ``_orig_mod``; or compiled in place, ``model.compile()``) or that is a diffusers model (whose
+    `compile_repeated_blocks` compiles its blocks in place, not it) — but never a block diffusers compiles on its own,
+    and where a policy is given, only a module of `policy_model`, the class it was calibrated on. A model frame
+    holding a graph break in a loop over its blocks is not compiled at all, so its graph never reaches the backend:
+    the stack is where the model is seen."""
+    blocks, found, frame = repeated_block_classes(), None, sys._getframe(1)
     while frame is not None:
         module = frame.f_locals.get("self") if frame.f_code.co_varnames[:1] == ("self",) else None
         if isinstance(module, torch.nn.Module):
+            classes = {cls.__name__ for cls in type(module).__mro__}
             original = module.__dict__.get("_modules", {}).get("_orig_mod")
-            if type(module).__name__ == "OptimizedModule" and isinstance(original, torch.nn.Module):
-                found = original
-            elif module.__dict__.get("_compiled_call_impl") is not None:
+            if "OptimizedModule" in classes and isinstance(original, torch.nn.Module):
+                module, classes = original, {cls.__name__ for cls in type(original).__mro__}
+            elif module.__dict__.get("_compiled_call_impl") is None and "ModelMixin" not in classes:
+                module = None
+            if module is not None and type(module).__name__ not in blocks and policy_model in classes | {""}:
                 found = module
         frame = frame.f_back
     return found

@@ -89,8 +89,8 @@ def test_globs_with_full_names_select_alike_and_explain_names_every_instance(ste
 
 def test_diffusers_own_regional_compilation_names_in_full_or_refuses(calibrated, policy_file, steps):
     """`model.compile_repeated_blocks(backend="lynx", ...)`, as the issue tried it: the model was calibrated (lynx
-    knows it), so names are full, and the single blocks' `proj_out` does not take the model's `proj_out` decision;
-    a policy one graph cannot honour, or a model lynx does not know, is an error naming the way out."""
+    knows it), or is found running on the stack, so names are full, and the single blocks' `proj_out` does not take
+    the model's `proj_out` decision; a policy one graph cannot honour is an error naming the way out."""
     model = build_flux(3)
     lynx_compile.calibrate(model, steps[:1], target=0.0)  # registers it, as calibrating it for real would
     torch.compiler.reset()
@@ -107,8 +107,17 @@ def test_diffusers_own_regional_compilation_names_in_full_or_refuses(calibrated,
             model(**steps[0])
     assert isinstance(caught.value.inner_exception, RegionError)
     torch.compiler.reset()
-    unknown = build_flux(3)
-    unknown.compile_repeated_blocks(backend="lynx", options={**EAGER, "policy": Policy.load(policy_file)})
-    with pytest.raises(Exception, match="the policy was calibrated on a FluxTransformer2DModel"):
+    fresh = build_flux(3)  # never given to lynx: diffusers' call of it is on the stack while its blocks compile
+    exclude = ["single_transformer_blocks.*.proj_out"]
+    fresh.compile_repeated_blocks(backend="lynx", options={**EAGER, "exclude": exclude})
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        fresh(**steps[0])
+    assert [rows(report)[f"single_transformer_blocks.{i}.proj_out"][0] for i in range(3)] == ["dense"] * 3
+    assert rows(report)["single_transformer_blocks.2.attn.to_q"][0] == "sparse" and "proj_out" not in rows(report)
+    assert all(name.startswith(("transformer_blocks.0.", "single_transformer_blocks.")) for name in rows(report))
+    torch.compiler.reset()
+    fresh = build_flux(3)
+    fresh.compile_repeated_blocks(backend="lynx", options={**EAGER, "policy": Policy.load(policy_file)})
+    with pytest.raises(Exception, match=r"one graph serves 3 instances of FluxSingleTransformerBlock"):
         with torch.no_grad():
-            unknown(**steps[0])
+            fresh(**steps[0])

@@ -7,8 +7,9 @@ reached through one root module are placed in a model lynx knows (`lynx_compile.
 the decide pass decides and the report shows one by one. A whole-model graph is placed at the model itself and
 keeps its names.
 
-The model a plain ``torch.compile(model)`` compiled is known too (`regions.compiled_model`, read from the stack),
-so that a graph a break inside a block roots at the block is placed in it.
+The model whose call is running is known too (`regions.model_on_stack`): the one given to ``torch.compile``, or the
+diffusers model whose blocks diffusers' `compile_repeated_blocks` compiled; so a block's graph — of that regional
+compilation, or rooted at the block by a graph break inside it — is placed in it.
 
 A root that cannot be placed keeps names relative to it — unless the options name layers of a model and the root is
 evidently a block of one (`regions.RegionError`): matching then would be a guess. Last, names that still collide
@@ -23,7 +24,7 @@ import torch
 import torch.fx
 
 from ..regions import (
-    RegionError, compiled_model, frame_object, frame_variable, place, remember_compiled_model, repeated_block_classes,
+    RegionError, frame_object, frame_variable, model_on_stack, place, remember_compiled_model, repeated_block_classes,
 )  # fmt: skip
 from .utils import LinearSite, PassContext
 
@@ -32,9 +33,10 @@ logger = logging.getLogger(__name__)
 
 def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
     """Give every site its full name and its names in each instance the graph serves (the graph is unchanged)."""
-    model = compiled_model() if ctx.config.region is None else None
-    if model is not None:
-        remember_compiled_model(model, ctx.config.policy.model_class if ctx.config.policy is not None else "")
+    if ctx.config.region is None:
+        model = model_on_stack(ctx.config.policy.model_class if ctx.config.policy is not None else "")
+        if model is not None:
+            remember_compiled_model(model)
     by_root: dict[str, list[LinearSite]] = {}
     for site in ctx.sites:
         if site.name_problem is None and site.weight_name is not None:
