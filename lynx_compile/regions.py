@@ -161,9 +161,14 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
         return Placement(path, instances, region.label, True, id(model), weakref.ref(model))
     if path == "" or not class_wide:
         return Placement(path, (path,), "", True, id(model), weakref.ref(model))
-    kind = type(model.get_submodule(path))
-    instances = tuple(name for name, module in model.named_modules() if type(module) is kind)
-    return Placement(path, instances, kind.__name__, False, id(model), weakref.ref(model))
+    traced = model.get_submodule(path)
+    # An instance without a submodule the traced one has (WanVACE's later VACE blocks have no `proj_in`) fails
+    # Dynamo's guards and gets a graph of its own: this one does not serve it. (Shapes may differ: a recompile for
+    # another shape may make the graph dynamic, and serve them all.)
+    parameters = [parameter for parameter, _ in traced.named_parameters()]
+    instances = tuple(name for name, module in model.named_modules() if type(module) is type(traced)
+                      and [parameter for parameter, _ in module.named_parameters()] == parameters)  # fmt: skip
+    return Placement(path, instances, type(traced).__name__, False, id(model), weakref.ref(model))
 
 
 _warned: set[tuple[int, int]] = set()

@@ -239,6 +239,33 @@ def test_a_graph_break_inside_a_block_names_its_layers_in_full_under_a_plain_com
         whole(model, {**EAGER, "exclude": ["blocks.1.inner"]}, x)
 
 
+class OptionalBlock(RepeatedBlock):
+    """WanVACE's VACE blocks in small: one class, and only the first instance has an input projection."""
+
+    def __init__(self, first):
+        super().__init__()
+        self.proj_in = nn.Linear(32, 32) if first else None
+
+    def forward(self, x):
+        return super().forward(x if self.proj_in is None else self.proj_in(x))
+
+
+def test_a_block_graph_serves_only_the_instances_built_as_the_one_traced():
+    model = stack(3)
+    model.blocks = nn.ModuleList(OptionalBlock(first=index == 0) for index in range(3))
+    model.eval()
+    regions.register_model(model)
+    for block in model.blocks:
+        block.compile(backend="lynx", options={**EAGER, "exclude": ["blocks.0.proj_in"]})
+    _, report = run(model, batch())
+    assert sorted(rows(report)) == sorted(linear_names(model)[1:-1])  # no `blocks.1.proj_in`: there is none
+    assert rows(report)["blocks.0.proj_in"][0] == "dense"
+    assert {rows(report)[name][0] for name in rows(report) if name != "blocks.0.proj_in"} == {"sparse"}
+    first = regions.place([(model.blocks[0].inner.weight, "inner.weight")], None)
+    later = regions.place([(model.blocks[2].inner.weight, "inner.weight")], None)
+    assert first.instances == ("blocks.0",) and later.instances == ("blocks.1", "blocks.2")
+
+
 def test_placement_reads_the_path_from_parameter_identity():
     model = stack(3)
     regions.register_model(model)
