@@ -14,7 +14,11 @@ layer per block instance, under its full name, and the graphs each block class t
 model, diffusers' regionally compiled ones included, is traced whole: the decisions are the same, by full name.
 
 Lynx options go in ``options=``, unless the model's forward has a parameter of that name: then ``options=`` is the
-model's, and lynx's go in ``lynx_options=`` (always accepted).
+model's, and lynx's go in ``lynx_options=`` (always accepted). ``fullgraph=`` is torch.compile's: a model that
+compiles with ``fullgraph=True`` may take other graphs without it (Dynamo runs a frame it cannot trace whole
+eagerly: Mochi's attention processor), so explain it as it is compiled. The model is registered with lynx
+(`regions`): a graph Dynamo roots at one of its blocks is named in full. The report lists the model's linear
+modules that no compiled graph holds (`Report.outside`): they ran eagerly, dense, or were not called.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ import torch
 from .backend import lynx_backend
 from .config import LynxConfig, parse_options
 from .regional import compiled_privately, compiled_regionally
+from .regions import register_model
 from .report import Report, collect_reports
 
 
 def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxConfig | None = None,
-            lynx_options: dict[str, Any] | LynxConfig | None = None, **kwargs: Any) -> Report:  # fmt: skip
+            lynx_options: dict[str, Any] | LynxConfig | None = None, fullgraph: bool = False,
+            **kwargs: Any) -> Report:  # fmt: skip
     """Trace `model(*args, **kwargs)` under lynx and return the per-linear decisions.
 
     >>> report = lynx_compile.explain(transformer, **inputs, options={"exclude": ["*.proj_out"]})
@@ -48,17 +54,26 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
     config = dataclasses.replace(parse_options(options), compiler="eager")
     compiled_in_place = getattr(model, "_compiled_call_impl", None) is not None
     backend = functools.partial(lynx_backend, options=config)  # equal to no other backend: never a cache hit
+    register_model(model)
     with _private_compile_state(), collect_reports() as report, torch.no_grad():
         if compiled_regionally(model) is not None:
             with compiled_privately(model, config):
                 model(*args, **kwargs)
         else:
             target = model._call_impl if compiled_in_place else model
-            torch.compile(_trace, backend=backend)(target, *args, **kwargs)
+            torch.compile(_trace, backend=backend, fullgraph=fullgraph)(target, *args, **kwargs)
     if not report.graphs:
         raise RuntimeError("lynx.explain: Dynamo captured no graph from this call: the forward ran without Dynamo "
                            "tracing any tensor operation (compiled or disabled elsewhere, or not traceable)")
+    report.outside = _outside(model, report)
     return report
+
+
+def _outside(model: torch.nn.Module, report: Report) -> list[str]:
+    """The model's `nn.Linear`s in no compiled graph, where the report's names are the model's (else: unknown)."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    shown = set(report.modules)
+    return [name for name in linears if name not in shown] if shown <= set(linears) else []
 
 
 def _forward_parameters(model: torch.nn.Module) -> set[str]:

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
+from .messages import some_names
 from .passes.utils import LinearSite
 
 
@@ -68,6 +69,9 @@ class Report:
     layers: list[LayerRecord] = field(default_factory=list)
     graphs: list[GraphRecord] = field(default_factory=list)
     rank_of_world: tuple[int, int] = field(default_factory=_rank_of_world)  # (rank, world size) when it was made
+    # the model's linear modules in no compiled graph (eager: Dynamo ran their frame itself; or not called): known to
+    # `explain`, which has the model
+    outside: list[str] = field(default_factory=list)
 
     def add_graph(self, sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:
         """Rows for a compiled graph: instance by instance (in model order), each instance's layers in graph order.
@@ -111,6 +115,8 @@ class Report:
             f"{100 * self.sparse_flop_share:.1f}% of linear FLOPs, in {len(self.graphs)} graph(s)"
             + (f"; {opaque} run as opaque ops (symbolic M: checked at run time, epilogue unfused)" if opaque else "")
             + self._regions_summary() + self._ranks_summary()
+            + (f"; {len(self.outside)} linear module(s) in no graph (ran eagerly, dense, or not called): "
+               f"{some_names(self.outside)}" if self.outside else "")
         )
 
     def regions(self) -> dict[str, dict[str, int]]:
@@ -141,7 +147,8 @@ class Report:
     def to_json(self, indent: int | None = 2) -> str:
         data = {"summary": self.summary(), "layers": [asdict(layer) for layer in self.layers],
                 "graphs": [asdict(graph) for graph in self.graphs], "regions": self.regions(),
-                "rank": self.rank_of_world[0], "world_size": self.rank_of_world[1]}  # fmt: skip
+                "rank": self.rank_of_world[0], "world_size": self.rank_of_world[1],
+                "outside": self.outside}  # fmt: skip
         return json.dumps(data, indent=indent)
 
     def __str__(self) -> str:

@@ -1,4 +1,5 @@
-"""explain on a module compiled in place, and on a model whose forward takes an argument called `options`."""
+"""explain on a module compiled in place, on a model whose forward takes an argument called `options`, and on models
+Dynamo cannot trace whole: linears in no graph are listed, a block's graph is named in full, fullgraph is passed on."""
 
 import pytest
 import torch
@@ -51,3 +52,86 @@ def test_options_are_lynx_options_when_the_model_takes_none_of_that_name():
     assert report.layers[0].reason == "excluded by 'proj'"
     with pytest.raises(lynx_compile.OptionError, match="unknown option"):
         lynx_compile.explain(model, x, options={"scale": 2.0})
+
+
+class PerSampleAttention(nn.Module):
+    """Mochi's attention processor in small: a per-sample loop Dynamo cannot trace, so it runs the frame eagerly."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.out = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        rows = []
+        for sample in x:
+            torch._dynamo.graph_break()
+            rows.append(self.q(sample))
+        return self.out(torch.stack(rows))
+
+
+class BlockAfterAnother(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.attn, self.proj = nn.Linear(16, 16), PerSampleAttention(), nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.proj(self.attn(self.inp(x)))
+
+
+class DisabledAttention(PerSampleAttention):
+    forward = torch.compiler.disable(PerSampleAttention.forward)
+
+
+class EndsInDisabled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.attn = nn.Linear(16, 16), DisabledAttention()
+
+    def forward(self, x):
+        return self.attn(self.inp(x))
+
+
+def test_linears_that_ran_in_no_graph_are_listed():
+    report = lynx_compile.explain(EndsInDisabled(), torch.randn(2, 24, 16))
+    assert report.modules == ["inp"] and report.outside == ["attn.q", "attn.out"]
+    assert "2 linear module(s) in no graph (ran eagerly, dense, or not called): attn.q, attn.out" in report.summary()
+
+
+def test_a_linear_compiled_on_its_own_frame_stays_dense_where_the_options_tell_linears_apart():
+    """Dynamo runs the loop's frame eagerly and compiles each linear it calls on the linear's own frame: one graph for
+    any linear so called, which cannot honour options that treat linears differently."""
+    report = lynx_compile.explain(BlockAfterAnother(), torch.randn(2, 24, 16), options={"exclude": ["proj"]})
+    own_frame = {layer.name: layer for layer in report.layers if report.graphs[layer.graph].region == "Linear"}
+    assert own_frame["proj"].reason == "excluded by 'proj'"
+    assert all(layer.decision == "dense" for layer in own_frame.values()) and len(own_frame) == 4
+    assert "the graph of nn.Linear's own frame runs for any linear" in own_frame["attn.q"].reason
+    assert [layer.decision for layer in report.layers if layer.name == "inp" and layer.graph == 0] == ["sparse"]
+
+
+def test_fullgraph_is_passed_on_to_torch_compile():
+    with pytest.raises(Exception, match="graph_break"):
+        lynx_compile.explain(BlockAfterAnother(), torch.randn(2, 24, 16), fullgraph=True)
+
+
+def test_a_block_graph_after_a_break_inside_it_is_named_in_full():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(16, 16)
+
+        def forward(self, x):
+            torch._dynamo.graph_break()
+            return self.inner(x)
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Block() for _ in range(2))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    report = lynx_compile.explain(Stack(), torch.randn(2, 24, 16))
+    assert report.modules == ["blocks.0.inner", "blocks.1.inner"] and report.outside == []
