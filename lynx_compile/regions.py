@@ -7,11 +7,11 @@ policy and include/exclude speak of the model (``single_transformer_blocks.3.pro
 top-level ``proj_out`` answers to the same short name. A graph break inside a block roots a graph at it the same way.
 
 The backend only sees the graph. So lynx keeps a registry of the models it is given (`calibrate`,
-`lynx_compile.compile_repeated_blocks`, and the model found on the Python stack while Dynamo compiles one of its
-frames: the one given to ``torch.compile``, or the diffusers model whose blocks are compiled): weak references, most
-recent first. A graph's root module is placed in one
-of them by the identity of its parameters — a graph's parameters are those of the instance traced first, and their
-qualified names in the model give its path (``single_transformer_blocks.0``). The graph then serves:
+`lynx_compile.compile_repeated_blocks`, `explain`) and of the model found on the Python stack while Dynamo compiles
+one of its frames (the one given to ``torch.compile``, or the diffusers model whose blocks are compiled): weak
+references, most recent first. A graph's root module is placed in one of them by the identity of its parameters — a
+graph's parameters are those of the instance traced first, and their qualified names in the model give its path
+(``single_transformer_blocks.0``). The graph then serves:
 - the instances its `RegionSpec` lists, when `lynx_compile.compile_repeated_blocks` compiled it (one graph per
   decision pattern; Dynamo reuses a graph only under the backend that compiled it, so the list is exact, also for a
   graph of a submodule's frame after a graph break);
