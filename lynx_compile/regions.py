@@ -15,7 +15,8 @@ graph's parameters are those of the instance traced first, and their qualified n
 - the instances its `RegionSpec` lists, when `lynx_compile.compile_repeated_blocks` compiled it (one graph per
   decision pattern; Dynamo reuses a graph only under the backend that compiled it, so the list is exact, also for a
   graph of a submodule's frame after a graph break);
-- otherwise every instance of the module's class in the model, since Dynamo may reuse the graph for any of them.
+- otherwise every instance of the module's class in the model built as the traced one (the same parameters), since
+  Dynamo may reuse the graph for any of them.
   Options that treat those instances differently cannot be honoured by one graph: the decide pass raises a
   `RegionError` instead of compiling a change the user did not ask for.
 
