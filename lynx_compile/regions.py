@@ -7,9 +7,10 @@ policy and include/exclude speak of the model (``single_transformer_blocks.3.pro
 top-level ``proj_out`` answers to the same short name. A graph break inside a block roots a graph at it the same way.
 
 The backend only sees the graph. So lynx keeps a registry of the models it is given (`calibrate`,
-`lynx_compile.compile_repeated_blocks`, `explain`) and of the model found on the Python stack while Dynamo compiles
-one of its frames (the one given to ``torch.compile``, or the diffusers model whose blocks are compiled): weak
-references, most recent first. A graph's root module is placed in one of them by the identity of its parameters — a
+`lynx_compile.compile_repeated_blocks`, `explain`): weak references, most recent first; and it looks for the model
+whose call is running on the Python stack while Dynamo compiles one of its frames (the one given to
+``torch.compile``, or the diffusers model whose blocks are compiled), tried first unless a registered model holds
+it. A graph's root module is placed in one of them by the identity of its parameters — a
 graph's parameters are those of the instance traced first, and their qualified names in the model give its path
 (``single_transformer_blocks.0``). The graph then serves:
 - the instances its `RegionSpec` lists, when `lynx_compile.compile_repeated_blocks` compiled it (one graph per
@@ -105,26 +106,27 @@ def registered_models() -> list[torch.nn.Module]:
     return [model for model in (ref() for ref in _models) if model is not None]
 
 
-def remember_compiled_model(module: torch.nn.Module) -> None:
-    """Register `module` (`model_on_stack`), unless a registered model holds it: a graph Dynamo roots at one of its
-    submodules (a block compiled on its own, by diffusers' regional compilation or after a graph break inside it:
-    HiDream's mixture of experts) is then placed in it and named in full, as include/exclude and policies name
-    layers."""
-    if any(held is module for model in registered_models() for held in model.modules()):
-        return
-    register_model(module)
+def unregistered(module: torch.nn.Module | None) -> torch.nn.Module | None:
+    """`module` (the model found on the stack: `model_on_stack`), or None where a model given to lynx holds it: the
+    names the options speak of are that model's. The model found on the stack is not registered: a wrapper compiled
+    once must not name the model compiled alone later."""
+    if module is None or any(held is module for model in registered_models() for held in model.modules()):
+        return None
+    return module
 
 
 def place(parameters: Iterable[tuple[torch.nn.Parameter, str]], region: RegionSpec | None,
-          class_wide: bool = True) -> Placement | None:  # fmt: skip
+          class_wide: bool = True, first: torch.nn.Module | None = None) -> Placement | None:  # fmt: skip
     """Place the module that reaches each parameter by its qualified name relative to that module, or None.
 
-    Tried in every registered model: the module's path is what each parameter's name in the model has before its
-    relative name, the same for all of them (a parameter shared between modules has several names). A module
-    inside a `region` serves its instances; otherwise, with `class_wide`, every instance of its class (a frame's own
-    module, which Dynamo may reuse the graph for), else itself alone."""
+    Tried in `first` (the model whose call is running: `model_on_stack`), then in every registered model: the
+    module's path is what each parameter's name in the model has before its relative name, the same for all of them
+    (a parameter shared between modules has several names). A module inside a `region` serves its instances;
+    otherwise, with `class_wide`, every instance of its class (a frame's own module, which Dynamo may reuse the graph
+    for), else itself alone."""
     parameters = list(parameters)
-    for model in registered_models():
+    models = registered_models()
+    for model in ([first] if first is not None else []) + [model for model in models if model is not first]:
         index: dict[int, list[str]] = {}
         for name, parameter in model.named_parameters(remove_duplicate=False):
             index.setdefault(id(parameter), []).append(name)
@@ -220,26 +222,45 @@ def frame_object(root_source: Any) -> Any:
 
 def model_on_stack(policy_model: str = "") -> torch.nn.Module | None:
     """The model whose call is running while Dynamo compiles one of its frames (the frame's callers are still on the
-    Python stack), or None: the outermost module there that the user compiled (given to ``torch.compile``: its
-    `OptimizedModule`'s ``_orig_mod``; or compiled in place, ``model.compile()``) or that is a diffusers model (whose
-    `compile_repeated_blocks` compiles its blocks in place, not it) — but never a block diffusers compiles on its own,
-    and where a policy is given, only a module of `policy_model`, the class it was calibrated on. A model frame
-    holding a graph break in a loop over its blocks is not compiled at all, so its graph never reaches the backend:
-    the stack is where the model is seen."""
-    blocks, found, frame = repeated_block_classes(), None, sys._getframe(1)
+    Python stack), or None. The innermost module there that the user compiled — given to ``torch.compile`` (its
+    `OptimizedModule`'s ``_orig_mod``) or compiled in place (``model.compile()``), out of a DDP or FSDP wrapper —
+    unless it is a block diffusers compiles on its own: then, where diffusers compiled it in place (its
+    `compile_repeated_blocks`), the innermost diffusers model around it. Where a policy is given, only a module of
+    `policy_model`, the class it was calibrated on. A model frame holding a graph break in a loop over its blocks is
+    not compiled at all, so its graph never reaches the backend: the stack is where the model is seen."""
+    blocks, block_in_place, frame = repeated_block_classes(), False, sys._getframe(1)
+
+    def wanted(module: torch.nn.Module) -> bool:
+        return type(module).__name__ not in blocks and policy_model in {c.__name__ for c in type(module).__mro__} | {""}
+
     while frame is not None:
         module = frame.f_locals.get("self") if frame.f_code.co_varnames[:1] == ("self",) else None
         if isinstance(module, torch.nn.Module):
-            classes = {cls.__name__ for cls in type(module).__mro__}
-            original = module.__dict__.get("_modules", {}).get("_orig_mod")
-            if "OptimizedModule" in classes and isinstance(original, torch.nn.Module):
-                module, classes = original, {cls.__name__ for cls in type(original).__mro__}
-            elif module.__dict__.get("_compiled_call_impl") is None and "ModelMixin" not in classes:
-                module = None
-            if module is not None and type(module).__name__ not in blocks and policy_model in classes | {""}:
-                found = module
+            compiled = _compiled_module(module)
+            if compiled is not None and type(compiled).__name__ in blocks:
+                block_in_place = block_in_place or module.__dict__.get("_compiled_call_impl") is not None
+            elif compiled is not None and wanted(compiled):
+                return compiled
+            elif compiled is None and block_in_place and wanted(module) \
+                    and "ModelMixin" in {cls.__name__ for cls in type(module).__mro__}:  # fmt: skip
+                return module
         frame = frame.f_back
-    return found
+    return None
+
+
+_WRAPPERS = ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")  # names are their `.module`'s
+
+
+def _compiled_module(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The module the user compiled, if `module` is one (or the `OptimizedModule` around one), out of its wrappers."""
+    original = module.__dict__.get("_modules", {}).get("_orig_mod")
+    if type(module).__name__ == "OptimizedModule" and isinstance(original, torch.nn.Module):
+        module = original
+    elif module.__dict__.get("_compiled_call_impl") is None:
+        return None
+    while type(module).__name__ in _WRAPPERS and isinstance(getattr(module, "module", None), torch.nn.Module):
+        module = module.module
+    return module
 
 
 def repeated_block_classes() -> set[str]:

@@ -239,6 +239,44 @@ def test_a_graph_break_inside_a_block_names_its_layers_in_full_under_a_plain_com
         whole(model, {**EAGER, "exclude": ["blocks.1.inner"]}, x)
 
 
+class Wrapper(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_the_model_found_on_the_stack_is_the_innermost_one_the_user_compiled():
+    """A model compiled alone is named from itself, whatever wraps it in the process: a wrapper compiled before it
+    (and still alive), or a diffusers model calling it uncompiled."""
+    from diffusers import ModelMixin
+
+    class DiffusersOuter(ModelMixin):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    torch.manual_seed(0)
+    model, x = BreakingStack().eval(), batch()
+    _, alone = whole(model, {**EAGER, "exclude": ["blocks.*"]}, x)
+    wrapper = Wrapper(model).eval()
+    _, wrapped = whole(wrapper, {**EAGER, "exclude": ["blocks.*"]}, x)  # the wrapper's names: none of them match
+    assert sorted(rows(wrapped)) == [f"inner.blocks.{i}.{layer}" for i in range(3) for layer in ("inner", "out")]
+    assert {decision for decision, _ in rows(wrapped).values()} == {"sparse"}
+    _, again = whole(model, {**EAGER, "exclude": ["blocks.*"]}, x)
+    assert rows(again) == rows(alone) and {decision for decision, _ in rows(alone).values()} == {"dense"}
+    torch.compiler.reset()
+    model = stack(3)
+    model.compile(backend="lynx", options={**EAGER, "exclude": ["blocks.1.*"]})
+    _, report = run(DiffusersOuter(model).eval(), x)
+    assert rows(report)["blocks.1.inner"][0] == "dense" and rows(report)["blocks.0.inner"][0] == "sparse"
+
+
 class OptionalBlock(RepeatedBlock):
     """WanVACE's VACE blocks in small: one class, and only the first instance has an input projection."""
 

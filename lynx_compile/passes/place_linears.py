@@ -7,9 +7,10 @@ reached through one root module are placed in a model lynx knows (`lynx_compile.
 the decide pass decides and the report shows one by one. A whole-model graph is placed at the model itself and
 keeps its names.
 
-The model whose call is running is known too (`regions.model_on_stack`): the one given to ``torch.compile``, or the
-diffusers model whose blocks diffusers' `compile_repeated_blocks` compiled; so a block's graph — of that regional
-compilation, or rooted at the block by a graph break inside it — is placed in it.
+The model whose call is running is known too (`regions.model_on_stack`), and tried first unless a model given to
+lynx holds it: the one given to ``torch.compile``, or the diffusers model whose blocks diffusers'
+`compile_repeated_blocks` compiled; so a block's graph — of that regional compilation, or rooted at the block by a
+graph break inside it — is placed in it.
 
 A root that cannot be placed keeps names relative to it — unless the options name layers of a model and the root is
 evidently a block of one (`regions.RegionError`): matching then would be a guess. Last, names that still collide
@@ -24,7 +25,7 @@ import torch
 import torch.fx
 
 from ..regions import (
-    RegionError, frame_object, frame_variable, model_on_stack, place, remember_compiled_model, repeated_block_classes,
+    RegionError, frame_object, frame_variable, model_on_stack, place, repeated_block_classes, unregistered,
 )  # fmt: skip
 from .utils import LinearSite, PassContext
 
@@ -33,10 +34,8 @@ logger = logging.getLogger(__name__)
 
 def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
     """Give every site its full name and its names in each instance the graph serves (the graph is unchanged)."""
-    if ctx.config.region is None:
-        model = model_on_stack(ctx.config.policy.model_class if ctx.config.policy is not None else "")
-        if model is not None:
-            remember_compiled_model(model)
+    policy_model = ctx.config.policy.model_class if ctx.config.policy is not None else ""
+    model = unregistered(model_on_stack(policy_model)) if ctx.config.region is None else None
     by_root: dict[str, list[LinearSite]] = {}
     for site in ctx.sites:
         if site.name_problem is None and site.weight_name is not None:
@@ -48,7 +47,7 @@ def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphM
         # graph; a module reached through a global or a closure is guarded as that one object.
         frame_root = (frame_variable(source) or ("",))[0] == "f_locals"
         placement = place([(site.weight_name.parameter, site.weight_name.qualified) for site in sites],
-                          ctx.config.region, class_wide=frame_root)  # fmt: skip
+                          ctx.config.region, class_wide=frame_root, first=model)  # fmt: skip
         if placement is None:
             _check_unplaced(root, sites, ctx)
             roots.update((id(site), root) for site in sites)
