@@ -235,10 +235,10 @@ def model_on_stack(policy_model: str = "") -> torch.nn.Module | None:
 
     # Only the frames of a module's call: reading a frame's locals before Python 3.13 snapshots them all (a
     # pipeline's latents), held until the frame returns; a module call's frame holds its arguments only
-    calls = {getattr(torch.nn.Module, name).__code__ for name in ("_wrapped_call_impl", "_call_impl")
-             if hasattr(torch.nn.Module, name)}  # fmt: skip
-    while frame is not None:
-        module = frame.f_locals.get("self") if frame.f_code in calls else None
+    calls = [getattr(torch.nn.Module, name).__code__ for name in ("_wrapped_call_impl", "_call_impl")
+             if hasattr(torch.nn.Module, name)]  # fmt: skip
+    while frame is not None:  # code compared by identity: hashing one hashes its constants (Dynamo's hold slices)
+        module = frame.f_locals.get("self") if any(frame.f_code is code for code in calls) else None
         if isinstance(module, torch.nn.Module):
             compiled = _compiled_module(module)
             if compiled is not None and type(compiled).__name__ in blocks:
