@@ -62,13 +62,6 @@ def auraflow_inputs(seed):
                 timestep=torch.rand(BATCH, generator=gen), return_dict=False)
 
 
-def chroma_inputs(seed):
-    gen = g(seed)
-    return dict(hidden_states=packed(gen), encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
-                timestep=torch.rand(BATCH, generator=gen), img_ids=flux_ids(), txt_ids=torch.zeros(T, 3),
-                return_dict=False)
-
-
 def flux2_inputs(seed):
     gen = g(seed)
     img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(4), torch.arange(4), torch.arange(1))
@@ -133,13 +126,6 @@ def omnigen_inputs(seed):
                 position_ids=torch.arange(attn).repeat(BATCH, 1), return_dict=False)
 
 
-def bria_inputs(seed):
-    gen = g(seed)
-    return dict(hidden_states=packed(gen), encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
-                timestep=torch.rand(BATCH, generator=gen), img_ids=flux_ids(), txt_ids=torch.zeros(T, 3),
-                return_dict=False)
-
-
 def prx_inputs(seed):
     gen = g(seed)
     return dict(hidden_states=torch.randn(BATCH, C, S, S, generator=gen),
@@ -148,14 +134,12 @@ def prx_inputs(seed):
                 attention_mask=_text_mask(BATCH).bool(), return_dict=False)
 
 
-def flux_like_inputs(seed, guidance=False):
+def flux_like_inputs(seed):
+    """FLUX.1's inputs without guidance: Chroma, Bria, LongCat, Ovis."""
     gen = g(seed)
-    d = dict(hidden_states=packed(gen), encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
-             timestep=torch.rand(BATCH, generator=gen), img_ids=flux_ids(), txt_ids=torch.zeros(T, 3),
-             return_dict=False)
-    if guidance:
-        d["guidance"] = torch.full((BATCH,), 3.5)
-    return d
+    return dict(hidden_states=packed(gen), encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
+                timestep=torch.rand(BATCH, generator=gen), img_ids=flux_ids(), txt_ids=torch.zeros(T, 3),
+                return_dict=False)
 
 
 def zimage_inputs(seed):
@@ -195,7 +179,7 @@ CONFIGS = {
     "Chroma": ("ChromaTransformer2DModel", dict(
         patch_size=1, in_channels=C * 4, num_layers=1, num_single_layers=1, **H, joint_attention_dim=TD,
         axes_dims_rope=(4, 6, 6), approximator_num_channels=16, approximator_hidden_dim=32,
-        approximator_layers=1), chroma_inputs),
+        approximator_layers=1), flux_like_inputs),
     "Flux2": ("Flux2Transformer2DModel", dict(
         patch_size=1, in_channels=C * 4, num_layers=1, num_single_layers=1, **H, joint_attention_dim=TD,
         timestep_guidance_channels=256, axes_dims_rope=(4, 4, 4, 4)), flux2_inputs),
@@ -226,13 +210,13 @@ CONFIGS = {
         rope_scaling={"long_factor": [1.0] * 8, "short_factor": [1.0] * 8}), omnigen_inputs),
     "Bria": ("BriaTransformer2DModel", dict(
         patch_size=1, in_channels=C * 4, num_layers=1, num_single_layers=1, **H, joint_attention_dim=TD,
-        axes_dims_rope=[4, 6, 6]), bria_inputs),
+        axes_dims_rope=[4, 6, 6]), flux_like_inputs),
     "PRX": ("PRXTransformer2DModel", dict(
         in_channels=C, patch_size=2, context_in_dim=TD, hidden_size=HIDDEN, mlp_ratio=4.0, num_heads=HEADS,
         depth=2, axes_dim=[8, 8]), prx_inputs),
     "LongCat": ("LongCatImageTransformer2DModel", dict(
         patch_size=1, in_channels=C * 4, num_layers=1, num_single_layers=1, **H, joint_attention_dim=TD,
-        pooled_projection_dim=TD, axes_dims_rope=[4, 6, 6]), lambda s: flux_like_inputs(s, guidance=False)),
+        pooled_projection_dim=TD, axes_dims_rope=[4, 6, 6]), flux_like_inputs),
     "Ovis": ("OvisImageTransformer2DModel", dict(
         patch_size=1, in_channels=C * 4, out_channels=C * 4, num_layers=1, num_single_layers=1, **H,
         joint_attention_dim=TD, axes_dims_rope=(4, 6, 6)), flux_like_inputs),

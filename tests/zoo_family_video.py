@@ -138,7 +138,8 @@ spec("CogVideoXTransformer3DModel",
 
 
 # --- Mochi: (B, C, F, H, W), patch 2 -> 30 tokens -----------------------------------------------
-def _mochi_inputs(seed):
+def _masked_inputs(seed):
+    """(B, C, F, H, W) latents, text with its mask, integer timesteps: Mochi, Allegro, Sana-Video."""
     g = gen(seed)
     return dict(
         hidden_states=torch.randn(B, 4, 2, 6, 10, generator=g),
@@ -154,30 +155,20 @@ spec("MochiTransformer3DModel",
      builder("MochiTransformer3DModel", patch_size=2, num_attention_heads=6, attention_head_dim=16, num_layers=2,
              pooled_projection_dim=48,
              in_channels=4, text_embed_dim=TXT_DIM, time_embed_dim=32, max_sequence_length=TXT),
-     _mochi_inputs)
+     _masked_inputs)
 
 
 # --- Allegro ------------------------------------------------------------------------------------
-def _allegro_inputs(seed):
-    g = gen(seed)
-    return dict(
-        hidden_states=torch.randn(B, 4, 2, 6, 10, generator=g),
-        encoder_hidden_states=torch.randn(B, TXT, TXT_DIM, generator=g),
-        timestep=torch.randint(0, 1000, (B,), generator=g),
-        encoder_attention_mask=text_mask(),
-        return_dict=False,
-    )
-
-
 spec("AllegroTransformer3DModel",
      builder("AllegroTransformer3DModel", patch_size=2, patch_size_t=1, **H4, in_channels=4, out_channels=4,
              num_layers=2, cross_attention_dim=64, sample_height=6, sample_width=10, sample_frames=2,
              caption_channels=TXT_DIM),
-     _allegro_inputs)
+     _masked_inputs)
 
 
 # --- Latte: spatial (per frame 15 tokens) + temporal (per patch 2 frames) attention --------------
-def _latte_inputs(seed):
+def _unmasked_inputs(seed):
+    """(B, C, F, H, W) latents, integer timesteps, text without a mask: Latte, EasyAnimate."""
     g = gen(seed)
     return dict(
         hidden_states=torch.randn(B, 4, 2, 6, 10, generator=g),
@@ -191,7 +182,7 @@ spec("LatteTransformer3DModel",
      builder("LatteTransformer3DModel", **H4, in_channels=4, out_channels=8, num_layers=2,
              cross_attention_dim=64, sample_size=8, patch_size=2, norm_type="ada_norm_single",
              caption_channels=TXT_DIM, video_length=2),
-     _latte_inputs)
+     _unmasked_inputs)
 
 
 # --- SkyReels-V2 (Wan-like) --------------------------------------------------------------------
@@ -243,22 +234,11 @@ spec("CosmosTransformer3DModel",
 
 
 # --- Sana-Video ---------------------------------------------------------------------------------
-def _sana_inputs(seed):
-    g = gen(seed)
-    return dict(
-        hidden_states=torch.randn(B, 4, 2, 6, 10, generator=g),
-        encoder_hidden_states=torch.randn(B, TXT, TXT_DIM, generator=g),
-        timestep=torch.randint(0, 1000, (B,), generator=g),
-        encoder_attention_mask=text_mask(),
-        return_dict=False,
-    )
-
-
 spec("SanaVideoTransformer3DModel",
      builder("SanaVideoTransformer3DModel", in_channels=4, out_channels=4, **H4, num_layers=2,
              num_cross_attention_heads=4, cross_attention_head_dim=16, cross_attention_dim=64,
              caption_channels=TXT_DIM, mlp_ratio=2.5, sample_size=8, patch_size=(1, 2, 2)),
-     _sana_inputs)
+     _masked_inputs)
 
 
 # --- Kandinsky 5: (B, F, H, W, C) latents, 2x3x5 = 30 visual tokens, batch 1 --------------------
@@ -283,21 +263,11 @@ spec("Kandinsky5Transformer3DModel",
 
 
 # --- EasyAnimate --------------------------------------------------------------------------------
-def _ea_inputs(seed):
-    g = gen(seed)
-    return dict(
-        hidden_states=torch.randn(B, 4, 2, 6, 10, generator=g),
-        timestep=torch.randint(0, 1000, (B,), generator=g),
-        encoder_hidden_states=torch.randn(B, TXT, TXT_DIM, generator=g),
-        return_dict=False,
-    )
-
-
 spec("EasyAnimateTransformer3DModel",
      builder("EasyAnimateTransformer3DModel", **H4, in_channels=4, out_channels=4, patch_size=2, sample_height=6,
              sample_width=10, num_layers=2, mmdit_layers=2, text_embed_dim=TXT_DIM, time_embed_dim=32,
              time_position_encoding_type="3d_rope"),
-     _ea_inputs)
+     _unmasked_inputs)
 
 
 # --- Stable Audio DiT: (B, C, T) latents, T = 29 (+1 global token = 30) ----------------------------
