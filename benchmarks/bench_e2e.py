@@ -1,7 +1,7 @@
 """One transformer forward, end to end: Inductor dense vs lynx sparse, with and without CUDA graphs.
 
     python benchmarks/bench_e2e.py [flux|wan|qwen_image|z_image|dit|all] [graphs|no-graphs] [dense,lynx,lynx_mixed]
-                                   [--profile]
+                                   [--profile] [--timeline]
 
 - flux: full-size FluxTransformer2DModel config (19 double + 38 single blocks, hidden 3072), random weights, bf16,
   1024² (4096 image + 512 text tokens), batch 1;
@@ -25,7 +25,9 @@ added to a case's variants to see what the backend costs by itself. `fp8` and `f
 torchao's float8 recipe first (`Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())`) and compile it with
 Inductor / lynx; fp8_lynx's ratio is over fp8 where both run. `--profile` adds each variant's GPU time by kind of
 kernel (attention, dense and sparse GEMMs, lynx's compressors, Inductor's kernels: `kernel_breakdown.py`) to the
-printout and the JSON; without CUDA graphs, whose replays hide their kernels from the profiler.
+printout and the JSON; without CUDA graphs, whose replays hide their kernels from the profiler. `--timeline` adds,
+in either mode, where a forward's GPU clock goes between its kernels (`kernel_breakdown.kernel_timeline`: the span
+from first kernel to last, the time kernels run, the idle between them by transition and gap size).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lynx_compile  # noqa: E402
-from kernel_breakdown import format_breakdowns, kernel_breakdown  # noqa: E402
+from kernel_breakdown import format_breakdowns, format_timelines, kernel_breakdown, kernel_timeline  # noqa: E402
 from plots import plot_e2e  # noqa: E402
 
 
@@ -275,10 +277,10 @@ def baseline(variant: str, timed: dict) -> str:
     return wanted if wanted in timed else "dense"
 
 
-def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, True), profile: bool = False
-             ) -> list[dict]:  # fmt: skip
+def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, True), profile: bool = False,
+             timeline: bool = False) -> list[dict]:  # fmt: skip
     """Compile every variant first, then time them interleaved, twice round: no variant gets a quieter machine;
-    with `profile`, then each variant's kernels by kind."""
+    with `profile`, then each variant's kernels by kind; with `timeline`, the idle between them."""
     rows = []
     for graphs in graph_modes:
         compiled, sparse_share, reasons, paths, dense_kinds = {}, {}, {}, {}, {}
@@ -335,6 +337,12 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
                               for variant, (model, inputs) in compiled.items()}  # fmt: skip
             rows[-1]["kernels"] = breakdowns
             print(f"{name} graphs={graphs}:\n{format_breakdowns(breakdowns)}", flush=True)
+        if timeline:
+            with torch.no_grad():
+                timelines = {variant: kernel_timeline(lambda: forward(model, inputs))
+                             for variant, (model, inputs) in compiled.items()}  # fmt: skip
+            rows[-1]["timeline"] = timelines
+            print(f"{name} graphs={graphs}:\n{format_timelines(timelines)}", flush=True)
         compiled.clear()
         model = inputs = None  # the last round's models must go before the next round builds two more
         torch.compiler.reset()  # Dynamo's caches hold the compiled modules too
@@ -344,8 +352,8 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
 
 
 def main() -> None:
-    profile = "--profile" in sys.argv
-    args = [arg for arg in sys.argv[1:] if arg != "--profile"]
+    profile, timeline = "--profile" in sys.argv, "--timeline" in sys.argv
+    args = [arg for arg in sys.argv[1:] if arg not in ("--profile", "--timeline")]
     which = args[0] if args else "all"
     modes = {"graphs": (True,), "no-graphs": (False,)}.get(args[1] if len(args) > 1 else "", (False, True))
     variants = tuple(args[2].split(",")) if len(args) > 2 else ("dense", "lynx")
@@ -355,7 +363,7 @@ def main() -> None:
     rows = []
     for name, build in cases.items():
         if which in (name, "all"):
-            rows += run_case(name, build, variants, modes, profile)
+            rows += run_case(name, build, variants, modes, profile, timeline)
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     out_dir = os.environ.get("OUT", "/tmp")
     with open(os.path.join(out_dir, f"bench_e2e_{which}.json"), "w") as f:

@@ -73,3 +73,76 @@ def format_breakdowns(breakdowns: dict[str, dict]) -> str:
         lines.append(f"\n{variant}: largest kernels (ms a call)")
         lines += [f"  {ms:8.3f}  {kind:18} {name[:90]}" for name, kind, ms in b["top"]]
     return "\n".join(lines)
+
+
+def kernel_timeline(fn: Callable[[], object], calls: int = 3, top: int = 8) -> dict:
+    """Where a forward's GPU clock goes between kernels, one warm-up call first: per call (its own profiler
+    session, the median call kept) the span from the first kernel's start to the last's end, the time kernels run
+    (`busy_ms`) and the GPU idle between them (`idle_ms`), that idle by (kind before → kind after) and by size.
+    Works with CUDA graphs where the profiler lists a replay's kernels (CUPTI does on CUDA 12+; `kernels` says how
+    many it saw), which `kernel_breakdown` does not assume; and the kernels' time by kind, as they ran."""
+    import json
+    import tempfile
+
+    fn()
+    torch.cuda.synchronize()
+    per_call = []
+    for _ in range(calls):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profiler:
+            fn()
+            torch.cuda.synchronize()
+        with tempfile.NamedTemporaryFile(suffix=".json") as trace:
+            profiler.export_chrome_trace(trace.name)
+            events = json.load(open(trace.name))["traceEvents"]
+        kernels = sorted((e["ts"], e["ts"] + e.get("dur", 0.0), e["name"]) for e in events
+                         if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset"))  # fmt: skip
+        per_call.append(_timeline(kernels, top))
+    per_call.sort(key=lambda call: call["span_ms"])
+    return per_call[len(per_call) // 2]
+
+
+def _timeline(kernels: list[tuple[float, float, str]], top: int) -> dict:
+    if not kernels:
+        return {"kernels": 0, "span_ms": 0.0, "busy_ms": 0.0, "idle_ms": 0.0, "kernel_ms": {}, "transitions": [],
+                "by_size": {}}
+    busy, idle, by_transition, by_kind = 0.0, 0.0, {}, {}
+    by_size = {"< 2 µs": [0, 0.0], "2–5 µs": [0, 0.0], "5–20 µs": [0, 0.0], "≥ 20 µs": [0, 0.0]}
+    end = kernels[0][0]
+    previous = "start"
+    for start, stop, name in kernels:
+        gap = max(0.0, start - end)
+        kind = kind_of(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + (stop - start) / 1e3
+        if previous != "start":
+            idle += gap
+            entry = by_transition.setdefault(f"{previous} → {kind}", [0, 0.0])
+            entry[0], entry[1] = entry[0] + 1, entry[1] + gap
+            size = "< 2 µs" if gap < 2 else "2–5 µs" if gap < 5 else "5–20 µs" if gap < 20 else "≥ 20 µs"
+            by_size[size][0], by_size[size][1] = by_size[size][0] + 1, by_size[size][1] + gap
+        busy += stop - max(start, end) if stop > end else 0.0
+        end, previous = max(end, stop), kind
+    transitions = sorted(by_transition.items(), key=lambda item: -item[1][1])[:top]
+    return {"kernels": len(kernels), "span_ms": (end - kernels[0][0]) / 1e3, "busy_ms": busy / 1e3,
+            "idle_ms": idle / 1e3, "kernel_ms": dict(sorted(by_kind.items(), key=lambda item: -item[1])),
+            "transitions": [[name, count, total / 1e3, total / count] for name, (count, total) in transitions],
+            "by_size": {size: [count, total / 1e3] for size, (count, total) in by_size.items()}}  # fmt: skip
+
+
+def format_timelines(timelines: dict[str, dict]) -> str:
+    """Per variant: kernels, span, busy and idle (ms), kernel time by kind, the idle by gap size, the transitions
+    that idle most."""
+    lines = [f"{'GPU timeline of a call':32}" + "".join(f"{variant:>12}" for variant in timelines)]
+    for key in ("kernels", "span_ms", "busy_ms", "idle_ms"):
+        lines.append(f"{key:32}" + "".join(f"{t[key]:12.2f}" for t in timelines.values()))
+    kinds = sorted({kind for t in timelines.values() for kind in t["kernel_ms"]})
+    for kind in kinds:
+        lines.append(f"{'ms in ' + kind:32}" + "".join(f"{t['kernel_ms'].get(kind, 0.0):12.2f}"
+                                                      for t in timelines.values()))  # fmt: skip
+    for size in next(iter(timelines.values()))["by_size"]:
+        lines.append(f"{'idle ms in gaps ' + size:32}" + "".join(
+            f"{t['by_size'][size][1]:7.2f} ({t['by_size'][size][0]:>4})" if size in t["by_size"] else ""
+            for t in timelines.values()))  # fmt: skip
+    for variant, t in timelines.items():
+        lines.append(f"\n{variant}: idle by transition (count, ms a call, µs a gap)")
+        lines += [f"  {name:44} {count:5} {ms:8.3f} {us:8.2f}" for name, count, ms, us in t["transitions"]]
+    return "\n".join(lines)
