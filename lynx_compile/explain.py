@@ -13,10 +13,10 @@ so explain traces its own `_call_impl` (hooks included) instead. A model compile
 layer per block instance, under its full name, and the graphs each block class took (`Report.regions`). Any other
 model, diffusers' regionally compiled ones included, is traced whole: the decisions are the same, by full name.
 
-Lynx options go in ``options=``, unless the model's forward has a parameter of that name: then ``options=`` is the
-model's, and lynx's go in ``lynx_options=`` (always accepted). ``fullgraph=`` is torch.compile's: a model that
-compiles with ``fullgraph=True`` may take other graphs without it (Dynamo runs a frame it cannot trace whole
-eagerly: Mochi's attention processor), so explain it as it is compiled. The model is registered with lynx
+Lynx options go in ``options=``. ``fullgraph=`` is torch.compile's: a model that compiles with ``fullgraph=True`` may
+take other graphs without it (Dynamo runs a frame it cannot trace whole eagerly: Mochi's attention processor), so
+explain it as it is compiled. Where the model's forward has a parameter of either name, ``options=`` (or
+``fullgraph=``) is the model's, and explain's go in ``lynx_options=`` (``lynx_fullgraph=``), always accepted. The model is registered with lynx
 (`regions`): a graph Dynamo roots at one of its blocks is named in full. The report lists the model's linear
 modules that no compiled graph holds (`Report.outside`): they ran eagerly, dense, or were not called.
 """
@@ -39,18 +39,17 @@ from .report import Report, collect_reports
 
 
 def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxConfig | None = None,
-            lynx_options: dict[str, Any] | LynxConfig | None = None, fullgraph: bool = False,
-            **kwargs: Any) -> Report:  # fmt: skip
+            lynx_options: dict[str, Any] | LynxConfig | None = None, fullgraph: bool | None = None,
+            lynx_fullgraph: bool | None = None, **kwargs: Any) -> Report:  # fmt: skip
     """Trace `model(*args, **kwargs)` under lynx and return the per-linear decisions.
 
     >>> report = lynx_compile.explain(transformer, **inputs, options={"exclude": ["*.proj_out"]})
     >>> print(report)          # aligned table + summary line
     >>> report.to_json()       # the same, machine-readable, with the graphs before and after
     """
-    if lynx_options is not None or "options" in _forward_parameters(model):
-        if options is not None:  # the model's own argument of that name
-            kwargs["options"] = options
-        options = lynx_options
+    parameters = _forward_parameters(model)
+    options = _explains_own("options", options, lynx_options, parameters, kwargs)
+    fullgraph = bool(_explains_own("fullgraph", fullgraph, lynx_fullgraph, parameters, kwargs))
     config = dataclasses.replace(parse_options(options), compiler="eager")
     compiled_in_place = getattr(model, "_compiled_call_impl", None) is not None
     backend = functools.partial(lynx_backend, options=config)  # equal to no other backend: never a cache hit
@@ -74,6 +73,17 @@ def _outside(model: torch.nn.Module, report: Report) -> list[str]:
     linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     shown = set(report.modules)
     return [name for name in linears if name not in shown] if shown <= set(linears) else []
+
+
+def _explains_own(name: str, value: Any, lynx_value: Any, parameters: set[str], kwargs: dict[str, Any]) -> Any:
+    """explain's own `name` (`options`, `fullgraph`): `value`, unless the model's forward has a parameter of that
+    name or `lynx_<name>` is given; then `value` is the model's argument (put in `kwargs` where given) and
+    `lynx_value` explain's."""
+    if lynx_value is None and name not in parameters:
+        return value
+    if value is not None:
+        kwargs[name] = value
+    return lynx_value
 
 
 def _forward_parameters(model: torch.nn.Module) -> set[str]:

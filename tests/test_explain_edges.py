@@ -113,6 +113,30 @@ def test_fullgraph_is_passed_on_to_torch_compile():
         lynx_compile.explain(BlockAfterAnother(), torch.randn(2, 24, 16), fullgraph=True)
 
 
+def test_a_model_argument_called_fullgraph_reaches_the_model():
+    class WithFullgraph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(16, 16)
+
+        def forward(self, x, fullgraph=False):
+            if fullgraph:
+                torch._dynamo.graph_break()
+            return self.proj(x)
+
+    model, x = WithFullgraph(), torch.randn(24, 16)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs.get("fullgraph")),
+                                    with_kwargs=True)  # fmt: skip
+    report = lynx_compile.explain(model, x, fullgraph=False)  # the model's: its forward names it
+    assert seen == [False] and [layer.decision for layer in report.layers] == ["sparse"]
+    seen.clear()
+    report = lynx_compile.explain(model, x, fullgraph=True)  # the model breaks its graph; explain traces on
+    assert seen == [True] and [layer.decision for layer in report.layers] == ["sparse"]
+    with pytest.raises(Exception, match="graph_break"):  # ... unless told to trace whole
+        lynx_compile.explain(model, x, fullgraph=True, lynx_fullgraph=True)
+
+
 def test_a_block_graph_after_a_break_inside_it_is_named_in_full():
     class Block(nn.Module):
         def __init__(self):
