@@ -8,7 +8,8 @@ Then FLUX's single-block output projection's x, cat(attention, GELU(MLP)) folded
 kernel against the one-pass kernel at chunks of 64 and 128 pairs (the head piece whole chunks: each chunk through
 its own piece's activation) and of 256 (3072 is not whole chunks of 2048: each member through both, selected);
 the same for the FP8 compressor (`quantize_fp8_single_pass`, its row read twice at this K) against its general
-kernels.
+kernels, and with the row held in registers (read once, the GELU computed once) in 4, 8 and 16 warps a program;
+the same for x = GELU(t) at 4608 × 12288, as FLUX's MLP down-projections read it.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from lynx_compile.kernels.quantize_fp8_single_pass import _blocks  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 
 SHAPES = [(4608, 3072), (4608, 12288), (4608, 15360), (14040, 5120), (1024, 3072)]
-FOLDED = FoldSpec("concat", ("none", "gelu_tanh"))
-FOLDED_SHAPES = [(4608, (3072, 12288)), (1024, (3072, 12288))]
+CAT_GELU, GELU = FoldSpec("concat", ("none", "gelu_tanh")), FoldSpec("activation", ("gelu_tanh",))
+FOLDED_SHAPES = [(CAT_GELU, 4608, (3072, 12288)), (CAT_GELU, 1024, (3072, 12288)), (GELU, 4608, (12288,))]
+HELD_WARPS = (4, 8, 16)  # FP8 rows this long held in registers (read once, GELU once) in this many warps a program
 
 
 def variants(k: int) -> dict[str, tuple[int, int, int] | None]:
@@ -71,14 +73,14 @@ def main() -> None:
         rows_out.append(row)
         print(f"{m}x{k}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items() if key.endswith("_us")),
               flush=True)  # fmt: skip
-    for m, widths in FOLDED_SHAPES:
+    for folded, m, widths in FOLDED_SHAPES:
         inputs = [torch.randn(m, width, device="cuda", dtype=torch.bfloat16) for width in widths]
-        operands, loader = loading(inputs, FOLDED)
+        operands, loader = loading(inputs, folded)
         k = loader.width
         values = torch.empty(m, k // 2, device="cuda", dtype=torch.bfloat16)
         metadata = torch.empty(metadata_bytes(m, k), device="cuda", dtype=torch.uint8)
         expected = prune_compress_24_cutlass(operands, loader)
-        row = {"M": m, "K": k, "fold": FOLDED.encode(),
+        row = {"M": m, "K": k, "fold": folded.encode(),
                "general_us": 1e3 * cuda_graph_ms(lambda: prune_compress_24_cutlass(operands, loader))}  # fmt: skip
         for pairs in (64, 128, 256):
             blocks = (1, pairs, cdiv(k // 8, pairs))
@@ -101,8 +103,19 @@ def main() -> None:
             row[f"fp8_chunks_of_{pairs}_head_chunks_{head_chunks}_us"] = 1e3 * cuda_graph_ms(
                 lambda blocks=blocks: fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8,
                                                              blocks=blocks))  # fmt: skip
+        for warps in HELD_WARPS:  # the whole row kept in registers: the chunks of 128 pairs read once
+            blocks, held = (1, 128, cdiv(k // 8, 128)), dict(held_pairs=k // 8 + 128, num_warps=warps)
+            fp8_values.zero_()
+            metadata.zero_()
+            scale = fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8, blocks=blocks, **held)
+            assert fp8_single_pass.planned(operands, loader, *fp8, blocks=blocks, **held).arguments["HELD"]
+            assert torch.equal(fp8_values.view(torch.uint8), expected[0].view(torch.uint8))
+            assert torch.equal(metadata, expected[1]) and torch.allclose(scale, expected[2], rtol=1e-5, atol=0)
+            row[f"fp8_chunks_of_128_held_warps{warps}_us"] = 1e3 * cuda_graph_ms(
+                lambda blocks=blocks, held=held: fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8,
+                                                                        blocks=blocks, **held))  # fmt: skip
         rows_out.append(row)
-        print(f"{m}x{k} {FOLDED.encode()}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items()
+        print(f"{m}x{k} {folded.encode()}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items()
                                                          if key.endswith("_us")), flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows_out}, indent=1))
