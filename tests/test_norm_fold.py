@@ -179,6 +179,47 @@ def test_a_norm_straight_after_a_sparse_linear_folds_and_reads_its_replacement(t
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
+class BiasOnlyNorm(nn.Module):
+    """A layer norm with a bias and no weight before a linear: no affine kind of the fold loads a bias alone."""
+
+    def __init__(self, dim=64):
+        super().__init__()
+        self.shift, self.fc = nn.Parameter(0.1 * torch.randn(dim)), nn.Linear(dim, dim)
+
+    def forward(self, t):
+        return self.fc(F.layer_norm(t, (t.shape[-1],), None, self.shift))
+
+
+@pytest.mark.parametrize("compiler", ["eager", "inductor"])
+def test_a_norm_with_a_bias_and_no_weight_is_not_folded_and_matches_eager(compiler):
+    torch.manual_seed(3)
+    module, t = BiasOnlyNorm().eval(), torch.randn(2, 12, 64)
+    options = {"execution": "simulate", "min_tokens": 1, "compiler": compiler, "strict": True}
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        out = torch.compile(module, backend="lynx", options=options)(t)
+    assert [layer.decision for layer in report.layers] == ["sparse"]
+    assert "folded" not in report.layers[0].reason, report.layers[0].reason
+    expected = simulated(F.layer_norm(t, (64,), None, module.shift), module.fc)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_fold_whose_match_its_op_would_refuse_leaves_x_as_it_is(monkeypatch):
+    """A matcher's slip (inputs its op's `check` refuses) must leave x unfolded, not fail in the compiled model."""
+
+    def slipped(self, x):  # one input short of what the norm's op takes
+        found = real_match(self, x)
+        if found is not None:
+            found.inputs = found.inputs[:-1]
+        return found
+
+    real_match = Norm.match
+    monkeypatch.setattr(Norm, "match", slipped)
+    module, x = NormAfterLinear().eval(), torch.randn(2, 12, 32)
+    options = {"execution": "simulate", "min_tokens": 1, "strict": True}
+    report = lynx_compile.explain(module, x, torch.randn(2, 64), options=options)
+    assert all("rms_norm" not in layer.reason and "layer_norm" not in layer.reason for layer in report.layers)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_wan_and_z_image_norms_fold_with_their_casts_and_match_eager(dtype):
     torch.manual_seed(1)

@@ -8,6 +8,7 @@ speed rule — asks `get_fold(spec.kind)`. Adding a fold is one module beside th
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -32,6 +33,8 @@ from .gated import Gated
 from .identity import Identity
 from .norm import Norm
 
+logger = logging.getLogger(__name__)
+
 FOLDS: Registry[ProducerFold] = Registry("producer fold")
 
 
@@ -44,11 +47,19 @@ def get_fold(kind: str) -> ProducerFold:
 
 
 def match_producer(x: torch.fx.Node) -> FoldMatch | None:
-    """The first registered fold whose matcher takes x's producer; None leaves x as it is."""
+    """The first registered fold whose matcher takes x's producer and whose op would take what it found (the fold's
+    `check` on the inputs' fake tensors: a matcher's slip leaves x as it is, rather than failing in the compiled
+    model); None leaves x as it is."""
     for fold in FOLDS.values():
         found = fold.match(x)
-        if found is not None:
-            return found
+        if found is None:
+            continue
+        try:
+            fold.check(found.values(), found.spec.params)
+        except ValueError as error:
+            logger.debug("lynx: %s's producer not folded: %s", x, error)
+            continue
+        return found
     return None
 
 

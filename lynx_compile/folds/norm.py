@@ -411,6 +411,8 @@ def _norm_call(node: torch.fx.Node, x: torch.fx.Node, x_value: torch.Tensor):
         eps = torch.finfo(fake_value(source).dtype).eps
     if not isinstance(eps, (int, float)):
         return None
+    if bias is not None and weight is None:  # F.layer_norm(t, shape, None, b): no affine kind loads a bias alone
+        return None
     for operand in (weight, bias):
         if operand is not None and (not isinstance(operand, torch.fx.Node)
                                     or tuple(getattr(fake_value(operand), "shape", ())) != (k,)):  # fmt: skip
