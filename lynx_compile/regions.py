@@ -168,9 +168,11 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
     # An instance without a submodule the traced one has (WanVACE's later VACE blocks have no `proj_in`) fails
     # Dynamo's guards and gets a graph of its own: this one does not serve it. (Shapes may differ: a recompile for
     # another shape may make the graph dynamic, and serve them all.)
+    # Nor does it serve an instance whose forward `torch.compiler.disable` wraps: that one runs eagerly, dense.
     parameters = [parameter for parameter, _ in traced.named_parameters()]
     instances = tuple(name for name, module in model.named_modules() if type(module) is type(traced)
-                      and [parameter for parameter, _ in module.named_parameters()] == parameters)  # fmt: skip
+                      and [parameter for parameter, _ in module.named_parameters()] == parameters
+                      and (module is traced or not getattr(module.forward, "_torchdynamo_disable", False)))  # fmt: skip
     return Placement(path, instances, type(traced).__name__, False, id(model), weakref.ref(model))
 
 

@@ -4,6 +4,7 @@ Dynamo cannot trace whole: linears in no graph are listed, a block's graph is na
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import lynx_compile
 
@@ -159,3 +160,91 @@ def test_a_block_graph_after_a_break_inside_it_is_named_in_full():
 
     report = lynx_compile.explain(Stack(), torch.randn(2, 24, 16))
     assert report.modules == ["blocks.0.inner", "blocks.1.inner"] and report.outside == []
+
+
+class Tied(nn.Module):
+    """Two linears sharing one weight: Dynamo reaches it once, through the first, and names both calls after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)) + 0.5)
+
+
+def test_linears_with_a_tied_weight_stay_dense_rather_than_answer_to_the_wrong_name():
+    model, x = Tied().eval(), torch.randn(2, 24, 16)
+    for options in ({}, {"exclude": ["b"]}, {"include": ["b"]}):
+        report = lynx_compile.explain(model, x, options=options)
+        assert [layer.decision for layer in report.layers] == ["dense", "dense"], options
+        if "include" not in options:  # else "not matched by include" says it first
+            assert all("tied to another module's" in layer.reason for layer in report.layers)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.compile(model, backend="lynx", options=options)(x), model(x))
+
+
+def test_a_linear_called_twice_is_not_taken_for_a_tied_weight():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.proj(torch.relu(self.proj(x)))
+
+    report = lynx_compile.explain(Twice(), torch.randn(2, 24, 16))
+    assert [(layer.name, layer.decision) for layer in report.layers] == [("proj", "sparse")] * 2
+
+
+class MLPBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class TwoBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(MLPBlock() for _ in range(2))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return x
+
+
+def test_a_block_whose_forward_is_disabled_is_listed_in_no_graph():
+    """`torch.compiler.disable` on one block's forward: it runs eagerly, dense; a graph Dynamo roots at its sibling
+    block must not claim it."""
+    model = TwoBlocks().eval()
+    model.blocks[1].forward = torch.compiler.disable(model.blocks[1].forward)
+    report = lynx_compile.explain(model, torch.randn(2, 24, 16))
+    assert sorted(layer.name for layer in report.layers) == ["blocks.0.fc1", "blocks.0.fc2"]
+    assert report.outside == ["blocks.1.fc1", "blocks.1.fc2"]
+
+
+class ViewedWeights(nn.Module):
+    """Linears over views of a parameter (a fused q/k/v weight chunked, a weight transposed): reported dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.w = nn.Parameter(torch.randn(48, 16) / 4), nn.Parameter(torch.randn(16, 16) / 4)
+
+    def forward(self, x):
+        q, k, v = self.qkv.chunk(3)
+        return F.linear(x, q) + F.linear(x, k) * F.linear(F.linear(x, v), self.w.t())
+
+
+def test_linears_over_a_view_of_a_parameter_are_listed_dense_with_their_reason():
+    model, x = ViewedWeights().eval(), torch.randn(2, 24, 16)
+    report = lynx_compile.explain(model, x)
+    assert [(layer.name, layer.decision) for layer in report.layers] == [("qkv", "dense")] * 3 + [("w", "dense")]
+    assert "the parameter put through chunk then getitem" in report.layers[0].reason
+    assert "the parameter put through t," in report.layers[3].reason
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend="lynx")(x), model(x))

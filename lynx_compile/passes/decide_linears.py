@@ -67,6 +67,9 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
 def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
     """Why the layer's execution, dtypes or sizes keep it dense: the same for every instance a graph serves."""
     config = ctx.config
+    if site.weight_view is not None:
+        return (f"its weight is the parameter put through {site.weight_view}, not as stored: lynx rewrites linears "
+                f"over a module's own weight")  # fmt: skip
     if config.execution == "dense":
         return "execution='dense'"
     if site.float8:  # torchao's float8 weight: lynx's float8 op takes its inner tensors

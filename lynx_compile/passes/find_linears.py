@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import re
 
 import torch
 import torch.fx
@@ -81,8 +82,10 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
         form, x, weight, bias = operands
         if not isinstance(weight, torch.fx.Node) or not isinstance(x, torch.fx.Node):
             continue
-        found = parameter_name(weight, gm)
-        x_value, weight_value = fake_value(x), fake_value(weight)
+        found, view = parameter_name(weight, gm), None
+        if found is None:
+            weight, found, view = _viewed_parameter(weight, gm)
+        x_value, weight_value = fake_value(x), fake_value(operands[2] if view else weight)
         if found is None or not isinstance(x_value, torch.Tensor) or getattr(weight_value, "ndim", 0) != 2:
             logger.debug("lynx: %s (%s) is not a linear over a module parameter", node.name, form)
             continue
@@ -100,8 +103,43 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
                 node=node, x=x, weight=weight, bias=bias, form=form, name=found.linear_name, tokens=tokens,
                 in_features=in_features, out_features=out_features, dtype=dtype, device=x_value.device,
                 autocast=autocast[node].get(x_value.device.type), fold=fold, name_problem=found.problem,
-                weight_name=found, float8=is_float8_weight(weight_value),
+                weight_name=found, float8=is_float8_weight(weight_value), weight_view=view,
             )
         )  # fmt: skip
+    _flag_shared_weights(ctx.sites)
     logger.debug("lynx: found %d linears", len(ctx.sites))
     return gm
+
+
+def _viewed_parameter(weight: torch.fx.Node, gm: torch.fx.GraphModule, steps: int = 4) -> tuple:
+    """(the parameter's node, its name, what was done to it) where the weight is made of a module parameter by a few
+    operations on it alone (`w.chunk(3)[0]`, `w.t()` in `F.linear`, `w.float()`): the layer is reported, dense, with
+    that reason; (weight, None, None) otherwise."""
+    done, node = [], weight
+    for _ in range(steps):
+        if node.op not in ("call_function", "call_method") or not node.args or not isinstance(node.args[0],
+                                                                                           torch.fx.Node):
+            return weight, None, None
+        done.append(node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "an op"))
+        node = node.args[0]
+        found = parameter_name(node, gm)
+        if found is not None and found.problem is None:
+            return node, found, " then ".join(reversed(done))
+    return weight, None, None
+
+
+def _flag_shared_weights(sites: list[LinearSite]) -> None:
+    """A weight that several modules share (tied) reaches the graph once, through whichever module Dynamo met first,
+    so its name is that module's for every caller: options and policies written for the other would reach the wrong
+    layer. Linears whose weight is called from more than one module (the innermost entry of the node's module stack)
+    keep their label and stay dense with that reason."""
+    callers: dict[torch.fx.Node, set] = {}
+    for site in sites:
+        stack = site.node.meta.get("nn_module_stack") or {}
+        innermost = next(reversed(stack.keys()), None)  # the module's key; "<key>@<n>" for its n-th call after the first
+        callers.setdefault(site.weight, set()).add(re.sub(r"@\d+$", "", innermost) if innermost else None)
+    for site in sites:
+        if len(callers[site.weight]) > 1 and site.name_problem is None:
+            site.name_problem = (f"its weight is tied to another module's, and Dynamo names every use of it after "
+                                 f"one of them ({site.name!r}): an option or a policy could reach the wrong "
+                                 f"layer")  # fmt: skip
