@@ -16,9 +16,10 @@ model, diffusers' regionally compiled ones included, is traced whole: the decisi
 Lynx options go in ``options=``. ``fullgraph=`` is torch.compile's: a model that compiles with ``fullgraph=True`` may
 take other graphs without it (Dynamo runs a frame it cannot trace whole eagerly: Mochi's attention processor), so
 explain it as it is compiled. Where the model's forward has a parameter of either name, ``options=`` (or
-``fullgraph=``) is the model's, and explain's go in ``lynx_options=`` (``lynx_fullgraph=``), always accepted. The model is registered with lynx
-(`regions`): a graph Dynamo roots at one of its blocks is named in full. The report lists the model's linear
-modules that no compiled graph holds (`Report.outside`): they ran eagerly, dense, or were not called.
+``fullgraph=``) is the model's, and explain's go in ``lynx_options=`` (``lynx_fullgraph=``), always accepted. The
+model is registered with lynx (`regions`): a graph Dynamo roots at one of its blocks is named in full. The report
+lists the model's linear modules that no compiled graph holds (`Report.outside`): they ran eagerly, dense, or were
+not called.
 """
 
 from __future__ import annotations

@@ -82,10 +82,10 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
         form, x, weight, bias = operands
         if not isinstance(weight, torch.fx.Node) or not isinstance(x, torch.fx.Node):
             continue
+        x_value, weight_value = fake_value(x), fake_value(weight)
         found, view = parameter_name(weight, gm), None
-        if found is None:
+        if found is None:  # a view of a parameter: reported dense (`weight` becomes the parameter's node)
             weight, found, view = _viewed_parameter(weight, gm)
-        x_value, weight_value = fake_value(x), fake_value(operands[2] if view else weight)
         if found is None or not isinstance(x_value, torch.Tensor) or getattr(weight_value, "ndim", 0) != 2:
             logger.debug("lynx: %s (%s) is not a linear over a module parameter", node.name, form)
             continue
@@ -117,11 +117,11 @@ def _viewed_parameter(weight: torch.fx.Node, gm: torch.fx.GraphModule, steps: in
     that reason; (weight, None, None) otherwise."""
     done, node = [], weight
     for _ in range(steps):
-        if node.op not in ("call_function", "call_method") or not node.args or not isinstance(node.args[0],
-                                                                                           torch.fx.Node):
+        source = node.args[0] if node.op in ("call_function", "call_method") and node.args else None
+        if not isinstance(source, torch.fx.Node):
             return weight, None, None
         done.append(node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "an op"))
-        node = node.args[0]
+        node = source
         found = parameter_name(node, gm)
         if found is not None and found.problem is None:
             return node, found, " then ".join(reversed(done))
@@ -136,7 +136,7 @@ def _flag_shared_weights(sites: list[LinearSite]) -> None:
     callers: dict[torch.fx.Node, set] = {}
     for site in sites:
         stack = site.node.meta.get("nn_module_stack") or {}
-        innermost = next(reversed(stack.keys()), None)  # the module's key; "<key>@<n>" for its n-th call after the first
+        innermost = next(reversed(stack.keys()), None)  # the module's key, "<key>@<n>" for its call n + 1
         callers.setdefault(site.weight, set()).add(re.sub(r"@\d+$", "", innermost) if innermost else None)
     for site in sites:
         if len(callers[site.weight]) > 1 and site.name_problem is None:
