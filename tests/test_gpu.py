@@ -517,17 +517,15 @@ def test_planned_path_runs_a_model_as_the_cusparselt_path_does(graphs):
     assert torch.equal(outputs["cusparselt"], outputs["cusparselt_planned"])
 
 
-# ---- a step schedule under CUDA graphs: written 2026-11-26, not yet run on a GPU ---------------------------------
+# ---- a step schedule under CUDA graphs --------------------------------------------------------------------------
 
 
 @needs_sm90
-@pytest.mark.xfail(strict=True, reason="fails at its first forward on an H200 (2026-11-26): Inductor's CUDA-graph "
-                   "trees "
-                   "raise 'accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run' when "
-                   "block 1 records with block 0's output as input; not yet understood")  # fmt: skip
 def test_a_step_schedule_switches_between_its_captured_variants():
     """Blocks sparse at steps 1 and 3 only, CUDA graphs on: each step's output is that variant's, replay after
-    replay, with no recompile once both variants have run."""
+    replay, with no recompile once both variants have run. Each forward is marked as a new step of Inductor's
+    CUDA-graph trees, as block-by-block graphs need with plain Inductor too (without the mark both raise "accessing
+    tensor output of CUDAGraphs that has been overwritten" at the first forward; H200, RESULTS.md, session 17)."""
 
     class Block(nn.Module):
         def __init__(self):
@@ -560,6 +558,7 @@ def test_a_step_schedule_switches_between_its_captured_variants():
         for round_ in range(3):
             for step in range(4):
                 schedule.at(step)
+                torch.compiler.cudagraph_mark_step_begin()
                 out = model(x).float()
                 if round_ == 0:
                     outs[step] = out
