@@ -553,6 +553,7 @@ def test_a_step_schedule_switches_between_its_captured_variants():
     schedule = lynx_compile.StepSchedule(sparse_steps=[1, 3])
     lynx_compile.compile_repeated_blocks(model, options={**FORCE_SPARSE, "triton.cudagraphs": True}, steps=schedule)
     with torch.no_grad():
+        torch.compiler.cudagraph_mark_step_begin()
         dense = model.forward(x).float()
         outs = {}
         for round_ in range(3):

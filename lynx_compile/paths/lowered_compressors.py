@@ -18,7 +18,9 @@ Inductor's launch (Triton's own launch path with the kernel's 19 arguments costs
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from contextvars import ContextVar
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -31,10 +33,27 @@ from ..kernels.prune_compress_24 import check_compressible_width, cutlass_operan
 from ..kernels.prune_quantize_fp8 import check_fp8_width
 
 
+# Whether the layer being lowered reads one of the graph's inputs. Inductor's analysis of the one-pass kernels (torch
+# 2.11's, on the device) counts the x they read among what they write, and a graph that writes an input it does not
+# own is run without CUDA graphs ("skipping cudagraphs due to mutated inputs": the whole graph, every block instance
+# it serves under regional compilation). Such a layer keeps the op, which Inductor calls as the functional op it is.
+_READS_GRAPH_INPUTS: ContextVar[bool] = ContextVar("lynx_reads_graph_inputs", default=False)
+
+
+@contextlib.contextmanager
+def reading_graph_inputs(reads: bool) -> Iterator[None]:
+    """Lower the layer(s) traced inside knowing whether their inputs are the graph's own inputs."""
+    token = _READS_GRAPH_INPUTS.set(reads)
+    try:
+        yield
+    finally:
+        _READS_GRAPH_INPUTS.reset(token)
+
+
 def compress_cutlass(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.Tensor, ...]:
     """What `lynx::prune_compress_24_cutlass` returns (values, metadata, the rows' norm scale), traced."""
     operands, loader = loading(inputs, spec)
-    if not one_pass_16bit.applies(operands, loader, traced=True):
+    if _READS_GRAPH_INPUTS.get() or not one_pass_16bit.applies(operands, loader, traced=True):
         return torch.ops.lynx.prune_compress_24_cutlass.default(list(inputs), spec.encode())
     check_compressible_width(operands[0].dtype, loader.width)
     values, metadata = cutlass_operand(operands[0].shape[0], loader.width, operands[0].dtype, operands[0].device)
@@ -44,7 +63,7 @@ def compress_cutlass(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[to
 def compress_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec, norm_compensation: bool) -> tuple[torch.Tensor, ...]:
     """What `lynx::prune_quantize_compress_fp8` returns (e4m3 values, metadata, the row scale), traced."""
     operands, loader = loading(inputs, spec)
-    if not one_pass_fp8.applies(operands, loader, traced=True):
+    if _READS_GRAPH_INPUTS.get() or not one_pass_fp8.applies(operands, loader, traced=True):
         return torch.ops.lynx.prune_quantize_compress_fp8.default(list(inputs), spec.encode(), norm_compensation)
     check_fp8_width(loader.width)
     values, metadata = cutlass_operand(operands[0].shape[0], loader.width, FP8_DTYPE, operands[0].device)
@@ -103,4 +122,4 @@ def _launching(launch: Launch, head: torch.Tensor, k: int, dtype: torch.dtype,
     return replay
 
 
-__all__ = ["as_lowered_cutlass", "as_lowered_fp8", "compress_cutlass", "compress_fp8"]
+__all__ = ["as_lowered_cutlass", "as_lowered_fp8", "compress_cutlass", "compress_fp8", "reading_graph_inputs"]
