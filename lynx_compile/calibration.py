@@ -13,10 +13,11 @@ judged by the error of the sampled result instead (`lynx_compile.trajectory`), t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -24,6 +25,7 @@ from ._version import __version__
 from .checks import check_int, check_number
 from .config import LynxConfig, parse_options
 from .eager import Call, as_calls, hooked, linears_of, relative_error, run_calls, run_sparsified, sparse_output
+from .float8 import is_float8_weight
 from .lora import DEFAULT_MEMORY_BUDGET, DEFAULT_RANK, LoraSolution, ResidualStatistics, solve_lora
 from .method import Method
 from .policy import LayerPolicy, Policy
@@ -96,17 +98,33 @@ def calibrate(
     if samples is None and sampler is None:
         raise ValueError("calibrate needs samples, or a sampler whose model calls serve as samples")
     calls = None if samples is None else as_calls(samples, "calibrate")
+    model = _uncompiled(model)
     register_model(model)  # its policy names its layers: lynx may place a block's graph in it (`regions`)
     bar = Progress("calibrate", progress, progress_bar)
     try:
-        trajectory = None
-        if sampler is not None:
-            bar.stage("running the sampler with the dense model (twice: the reference, and a determinism check)")
-            trajectory = Trajectory(model, sampler, target, bar, capture=calls is None)
-            calls = calls if calls is not None else trajectory.captured
-        return _calibrate(model, calls, config, target, lora_rank, ridge, bar, trajectory)
+        with _running_eagerly():
+            trajectory = None
+            if sampler is not None:
+                bar.stage("running the sampler with the dense model (twice: the reference, and a determinism check)")
+                trajectory = Trajectory(model, sampler, target, bar, capture=calls is None)
+                calls = calls if calls is not None else trajectory.captured
+            return _calibrate(model, calls, config, target, lora_rank, ridge, bar, trajectory)
     finally:
         bar.close()
+
+
+def _uncompiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The module `torch.compile` wrapped (whose layers are named without the wrapper's ``_orig_mod.``), or `model`."""
+    return model._orig_mod if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
+
+
+@contextlib.contextmanager
+def _running_eagerly() -> Iterator[None]:
+    """Calibration measures through hooks on the model's linears, and compiled code (a module compiled in place, its
+    blocks compiled one by one) runs past hooks added after it was compiled — its layers would measure nothing, and
+    its "dense" reference would be its compiled output: so the model runs eagerly here, whatever was compiled."""
+    with torch.compiler.set_stance("force_eager"):
+        yield
 
 
 def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, target: float, lora_rank: int,
@@ -161,8 +179,9 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
 
     solutions = {}
     if lora_rank:
-        report(f"fitting rank-{lora_rank} corrections of {len(errors)} layers")
-        solutions = fit_lora_on_calls(model, calls, config, rank=lora_rank, layers=sorted(errors), ridge=ridge,
+        fitted = [name for name in sorted(errors) if not is_float8_weight(linears[name].weight)]  # none on float8
+        report(f"fitting rank-{lora_rank} corrections of {len(fitted)} layers")
+        solutions = fit_lora_on_calls(model, calls, config, rank=lora_rank, layers=fitted, ridge=ridge,
                                       memory_budget=DEFAULT_MEMORY_BUDGET, progress=progress)  # fmt: skip
     adapters = {name: solution.adapter_at(lora_rank) for name, solution in solutions.items()}
 
@@ -288,8 +307,9 @@ def fit_lora(
     calls = as_calls(samples, "fit_lora")
     bar = Progress("fit_lora", progress, progress_bar)
     try:
-        return fit_lora_on_calls(model, calls, parse_options(options), rank=rank, layers=layers, ridge=ridge,
-                                 memory_budget=memory_budget, progress=bar)  # fmt: skip
+        with _running_eagerly():
+            return fit_lora_on_calls(_uncompiled(model), calls, parse_options(options), rank=rank, layers=layers,
+                                     ridge=ridge, memory_budget=memory_budget, progress=bar)  # fmt: skip
     finally:
         bar.close()
 
@@ -305,12 +325,18 @@ def fit_lora_on_calls(
     memory_budget: int,
     progress: Progress,
 ) -> dict[str, LoraSolution]:
-    """`fit_lora` on (args, kwargs) pairs and a parsed `LynxConfig`."""
+    """`fit_lora` on (args, kwargs) pairs and a parsed `LynxConfig`. torchao float8 layers get no correction (lynx
+    does not run one on them): skipped by default, refused when named."""
     linears = linears_of(model)
-    names = list(linears) if layers is None else list(layers)
+    float8 = {name for name, module in linears.items() if is_float8_weight(module.weight)}
+    names = [name for name in linears if name not in float8] if layers is None else list(layers)
     missing = [name for name in names if name not in linears]
     if missing:
         raise ValueError(f"fit_lora: not nn.Linear modules of this model: {missing[:5]}")
+    quantized = [name for name in names if name in float8]
+    if quantized:
+        raise ValueError(f"fit_lora: torchao float8 layers take no LoRA correction (lynx does not run one on them): "
+                         f"{quantized[:5]}")  # fmt: skip
     groups: list[list[str]] = [[]]
     group_bytes = 0
     for name in names:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +30,8 @@ from .lora import LoraAdapter, LoraSolution
 from .method import Method
 from .policy_files import adapters_path, read_policy_files, write_policy_files
 from .policy_schema import FORMAT, SCHEMA_VERSION, PolicyError, check_adapter, check_document, check_layer, check_record
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,12 +58,23 @@ class Policy:
     model_error: float | None = None  # end-to-end relative error with the sparse layers, on the calibration samples
     # The speed rule's measurements, keyed as `lynx_compile.paths.measurements` looks them up (`with_measurements`).
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Fitted corrections by layer name (fp32, CPU), saved beside the JSON; not part of the JSON or of equality.
+    # Fitted corrections by layer name (fp32, CPU), saved beside the JSON; compared by value (`__eq__`).
     adapters: dict[str, LoraAdapter] = field(default_factory=dict, repr=False, compare=False)
     # Set by `calibrate(..., sampler=)`, whose target and model_error are then about the sampled result:
     # {"psnr_db": float | None (None: identical to dense), "sampler_runs": int}; None: one-step calibration.
     # The last field, so that the positional construction written before it existed keeps its meaning.
     sampled: dict[str, Any] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        """The fields, and the adapters by value: torch.compile serves a graph compiled under options that compare
+        equal, so two policies whose corrections differ must not."""
+        if not isinstance(other, Policy):
+            return NotImplemented
+        if any(getattr(self, f.name) != getattr(other, f.name) for f in dataclasses.fields(self) if f.compare):
+            return False
+        return self.adapters.keys() == other.adapters.keys() and all(
+            torch.equal(adapter.a, other.adapters[name].a) and torch.equal(adapter.b, other.adapters[name].b)
+            for name, adapter in self.adapters.items())  # fmt: skip
 
     def __post_init__(self) -> None:
         if not isinstance(self.layers, dict):
@@ -110,15 +124,22 @@ class Policy:
         return dataclasses.replace(self, layers=layers, adapters=dict(self.adapters if adapters is None else adapters))
 
     def with_overrides(self, overrides: dict[str, str]) -> Policy:
-        """A copy where every layer matching a glob takes that decision, reported as an override."""
+        """A copy where every layer matching a glob takes that decision, reported as an override. A full name the
+        policy lacks (a layer its samples never reached) is added with that decision; a glob that matches no layer
+        is logged."""
         layers = dict(self.layers)
         for pattern, decision in overrides.items():
             if decision not in ("sparse", "dense"):
                 raise PolicyError(f"override decision must be 'sparse' or 'dense', got {decision!r}",
                                   field=f"overrides[{pattern!r}]")  # fmt: skip
-            for name, layer in layers.items():
-                if fnmatch.fnmatchcase(name, pattern):
-                    layers[name] = dataclasses.replace(layer, decision=decision, reason=f"override {pattern!r}")
+            matched = [name for name in layers if fnmatch.fnmatchcase(name, pattern)]
+            for name in matched:
+                layers[name] = dataclasses.replace(layers[name], decision=decision, reason=f"override {pattern!r}")
+            if not matched and not any(character in pattern for character in "*?["):
+                layers[pattern] = LayerPolicy(decision, f"override {pattern!r}")
+            elif not matched:
+                logger.warning("lynx: the override %r matches no layer of the policy (name a layer in full to add "
+                               "it)", pattern)  # fmt: skip
         return self._replace(layers)
 
     def with_lora(self, solutions: dict[str, LoraSolution], rank: int) -> Policy:

@@ -248,3 +248,22 @@ def test_linears_over_a_view_of_a_parameter_are_listed_dense_with_their_reason()
     assert "the parameter put through t," in report.layers[3].reason
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model, backend="lynx")(x), model(x))
+
+
+def test_linears_inside_a_higher_order_ops_subgraph_are_said_to_run_dense(caplog):
+    """`torch.cond` (like activation checkpointing and nested compile regions) holds its branches in subgraphs the
+    passes do not rewrite: a warning names the linears that run dense there, rather than nothing."""
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, x):
+            return torch.cond(x.sum() > 0, lambda t: self.a(t), lambda t: self.b(t), (x,))
+
+    model, x = Branchy().eval(), torch.randn(2, 24, 16)
+    with caplog.at_level("WARNING", logger="lynx_compile"), torch.no_grad():
+        out = torch.compile(model, backend="lynx", options={"compiler": "eager"})(x)
+    torch.testing.assert_close(out, model(x))
+    assert "2 linear call(s) inside higher-order ops' subgraphs" in caplog.text and "run dense" in caplog.text

@@ -205,3 +205,16 @@ def test_the_float8_lowering_replaces_the_ops_by_their_paths_body(monkeypatch):
     for lowered, as_op in zip(outs[1], outs[0]):
         error = ((lowered.float() - as_op.float()).norm() / as_op.float().norm()).item()
         assert error < 1e-2, error
+
+
+def test_calibrating_with_lora_skips_float8_layers_and_fit_lora_refuses_them():
+    """lynx runs no correction on a float8 layer: `calibrate(..., lora_rank=)` fits none for them (it raised from
+    inside torchao), `fit_lora` names them in its error."""
+    block = quantized_block()
+    samples = [torch.randn(2, 32, 128, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(i))
+               for i in range(2)]  # fmt: skip
+    policy = lynx_compile.calibrate(block, samples, target=1.0, lora_rank=4, progress_bar=False)
+    assert set(policy.layers) == {"up", "down"} and not policy.adapters
+    with pytest.raises(ValueError, match="float8 layers take no LoRA correction"):
+        lynx_compile.fit_lora(block, samples, rank=4, layers=["up"], progress_bar=False)
+    assert lynx_compile.fit_lora(block, samples, rank=4, progress_bar=False) == {}

@@ -288,3 +288,30 @@ def test_cross_validated_ridge_keeps_a_fit_from_few_tokens_from_hurting_fresh_in
     assert overfitted > uncorrected  # the failure being guarded against does occur here
     assert chosen.ridge > 1e-4 and adapter_error(new, weight, chosen.adapter) <= uncorrected * 1.01
     assert chosen.rank in (0, 16)  # rank 0: cross-validation found no λ worth correcting with
+
+
+@pytest.mark.parametrize("how", ["torch.compile", "in place", "block by block"])
+def test_a_compiled_model_calibrates_and_fits_as_its_eager_self(how):
+    """Compiled code runs past hooks added after it was compiled: calibration returned an empty policy for a model
+    already compiled. It runs the model eagerly (and names layers without torch.compile's wrapper)."""
+    torch.manual_seed(0)
+    samples = samples_for(torch.float32)
+    eager = TwoLinears(torch.float32)
+    expected = calibrate(eager, samples, target=0.3, lora_rank=4, progress_bar=False)
+    model = TwoLinears(torch.float32)
+    model.load_state_dict(eager.state_dict())
+    options = {"compiler": "eager"}
+    if how == "torch.compile":
+        model = torch.compile(model, backend="lynx", options=options)
+    elif how == "in place":
+        model.compile(backend="lynx", options=options)
+    else:
+        model.up.compile(backend="lynx", options=options)
+        model.down.compile(backend="lynx", options=options)
+    with torch.no_grad():
+        model(samples[0])
+    policy = calibrate(model, samples, target=0.3, lora_rank=4, progress_bar=False)
+    assert {name: layer.decision for name, layer in policy.layers.items()} == \
+        {name: layer.decision for name, layer in expected.layers.items()} and policy.layers  # fmt: skip
+    assert policy.model_error == pytest.approx(expected.model_error, rel=1e-6)
+    assert set(fit_lora(model, samples, rank=4, progress_bar=False)) == {"up", "down"}

@@ -3,10 +3,11 @@
 import logging
 
 import pytest
+import torch
 from zoo import ZOO
 
 import lynx_compile
-from lynx_compile import LayerPolicy, Policy, calibrate
+from lynx_compile import LayerPolicy, LoraAdapter, Policy, calibrate
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,16 @@ def test_overrides_win_and_say_so(policy):
         policy.with_overrides({"*": "maybe"})
 
 
+def test_an_override_by_full_name_adds_a_layer_the_policy_lacks(policy, caplog):
+    """The README's answer to "not in the policy": a full name adds the layer; a glob that matches nothing says so."""
+    added = policy.with_overrides({"never.reached": "sparse"})
+    assert added.layers["never.reached"].decision == "sparse" and "never.reached" not in policy.layers
+    assert added.decision_for("never.reached").decision == "sparse"
+    with caplog.at_level("WARNING", logger="lynx_compile.policy"):
+        assert policy.with_overrides({"never.*": "sparse"}).layers == policy.layers
+    assert "matches no layer of the policy" in caplog.text
+
+
 def test_compiled_decisions_are_exactly_the_policy(dit, policy, tmp_path):
     model, samples = dit
     path = tmp_path / "policy.json"
@@ -105,3 +116,13 @@ def test_progress_is_reported(dit, capfd):
     assert bar.startswith("lynx calibrate: 100%") and f" {len(forward_calls)}/{len(forward_calls)} " in bar
     calibrate(model, samples, target=0.3, progress_bar=False)
     assert "lynx calibrate" not in capfd.readouterr().err
+
+
+def test_policies_whose_corrections_differ_are_not_equal(policy):
+    """torch.compile serves a graph compiled under equal options: a policy with other adapters must not compare
+    equal, or recompiling with it would run the first policy's corrections."""
+    name = next(iter(policy.layers))
+    first = policy._replace(dict(policy.layers), {name: LoraAdapter(torch.ones(4, 2), torch.ones(2, 8))})
+    same = policy._replace(dict(policy.layers), {name: LoraAdapter(torch.ones(4, 2), torch.ones(2, 8))})
+    other = policy._replace(dict(policy.layers), {name: LoraAdapter(2 * torch.ones(4, 2), torch.ones(2, 8))})
+    assert first == same and first != other and first != policy

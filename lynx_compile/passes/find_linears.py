@@ -107,8 +107,21 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
             )
         )  # fmt: skip
     _flag_shared_weights(ctx.sites)
+    _warn_about_subgraph_linears(gm)
     logger.debug("lynx: found %d linears", len(ctx.sites))
     return gm
+
+
+def _warn_about_subgraph_linears(gm: torch.fx.GraphModule) -> None:
+    """Linears inside a higher-order op's subgraph (activation checkpointing, `torch.cond`, a nested compile region)
+    are not rewritten: the passes read the graph's top level only. Say so, rather than leave them dense unseen."""
+    inner = [f"{name}.{node.name}" for name, module in gm.named_modules() if name
+             and isinstance(module, torch.fx.GraphModule) for node in module.graph.nodes
+             if _operands(node) is not None]  # fmt: skip
+    if inner:
+        logger.warning("lynx: %d linear call(s) inside higher-order ops' subgraphs (activation checkpointing, "
+                       "torch.cond, nested compile regions) run dense, not rewritten: %s", len(inner),
+                       ", ".join(inner[:5]) + (" ..." if len(inner) > 5 else ""))  # fmt: skip
 
 
 def _viewed_parameter(weight: torch.fx.Node, gm: torch.fx.GraphModule, steps: int = 4) -> tuple:
