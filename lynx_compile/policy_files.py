@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .files import write_atomically
-from .policy_schema import PolicyError, is_policy_document
+from .policy_schema import PolicyError, check_version, is_policy_document
 
 ADAPTER_FORMAT = "lynx-policy-adapters"
 ADAPTER_SUFFIX = ".lora.safetensors"
@@ -44,6 +44,8 @@ def write_policy_files(path: Path, document: dict[str, Any], tensors: dict[str, 
     """Write the JSON document at `path` and, if there are `tensors`, the adapter file it then names."""
     if path.suffix == ".safetensors":
         raise PolicyError("a policy is saved as JSON (its adapters go beside it): give a .json path", source=str(path))
+    if not path.parent.is_dir():
+        raise PolicyError(f"cannot be written: the folder {str(path.parent)!r} does not exist", source=str(path))
     _refuse_foreign_json(path)
     document = {**document, "adapter_file": None}
     if tensors:
@@ -68,6 +70,10 @@ def read_policy_files(path: Path) -> tuple[Any, dict[str, dict[str, torch.Tensor
         raise PolicyError(f"is not a JSON document ({error})", source=source) from None
     if not isinstance(data, dict):
         raise PolicyError(f"must be a JSON object, got {type(data).__name__}", source=source)
+    try:
+        check_version(data)  # before the adapter file, whose form a newer schema may have changed
+    except PolicyError as error:
+        raise error.at(source=source) from None
     if "adapter_file" in data:
         reference = data["adapter_file"]
         return data, None if reference is None else _read_named_adapters(path, reference)

@@ -88,7 +88,8 @@ def check_layer(values: Mapping[str, Any]) -> None:
             check(values[field])
 
 
-def _measurement(key: str, value: Any) -> None:
+def check_measurement(key: str, value: Any) -> None:
+    """One speed-rule measurement (`paths.base.Measurement.to_dict`), as a policy or the measurement cache holds it."""
     field = f"measurements[{key!r}]"
     if not isinstance(value, Mapping):
         raise PolicyError(f"must be an object, got {value!r}", field=field)
@@ -98,6 +99,8 @@ def _measurement(key: str, value: Any) -> None:
     for name, rule in rules.items():
         if name not in value or not rule(value[name]):
             raise PolicyError(f"{name!r} missing or invalid in {dict(value)!r}", field=field)
+    if "epilogue_ms" in value and not (is_finite_number(value["epilogue_ms"]) and value["epilogue_ms"] >= 0):
+        raise PolicyError(f"'epilogue_ms' invalid in {dict(value)!r}", field=field)
 
 
 def check_record(values: Mapping[str, Any], check_method: Callable[[Mapping[str, Any]], None]) -> None:
@@ -117,7 +120,7 @@ def check_record(values: Mapping[str, Any], check_method: Callable[[Mapping[str,
     if not isinstance(values["measurements"], Mapping):
         raise PolicyError(f"must be an object, got {values['measurements']!r}", field="measurements")
     for key, value in values["measurements"].items():
-        _measurement(key, value)
+        check_measurement(key, value)
 
 
 def _sampled(value: Any) -> None:
@@ -143,17 +146,10 @@ def check_document(data: Any) -> dict[str, Any]:
     """The document's structure (the record's own values are checked when it is built): returns its layers."""
     if not isinstance(data, Mapping):
         raise PolicyError(f"must be a JSON object, got {type(data).__name__}")
+    check_version(data)
     unknown = sorted(map(repr, set(data) - set(DOCUMENT_FIELDS) - {"adapters"}))
     if unknown:
         raise PolicyError(f"unknown field(s) {', '.join(unknown)}; a policy has {list(DOCUMENT_FIELDS)}")
-    version = data.get("schema_version", 0)
-    if "format" in data and data["format"] != FORMAT:
-        raise PolicyError(f"must be {FORMAT!r}, got {data['format']!r}", field="format")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise PolicyError(f"must be an int, got {version!r}", field="schema_version")
-    if version > SCHEMA_VERSION:
-        raise PolicyError(f"{version} is newer than this lynx reads ({SCHEMA_VERSION}): upgrade lynx-compile",
-                          field="schema_version")  # fmt: skip
     if "layers" not in data:
         raise PolicyError("missing", field="layers")
     layers = data["layers"]
@@ -172,12 +168,28 @@ def check_document(data: Any) -> dict[str, Any]:
     return dict(layers)
 
 
+def check_version(data: Mapping[str, Any]) -> None:
+    """The document's format and schema version, checked before anything a newer schema may have changed."""
+    version = data.get("schema_version", 0)
+    if "format" in data and data["format"] != FORMAT:
+        raise PolicyError(f"must be {FORMAT!r}, got {data['format']!r}", field="format")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise PolicyError(f"must be an int, got {version!r}", field="schema_version")
+    if version > SCHEMA_VERSION:
+        raise PolicyError(f"{version} is newer than this lynx reads ({SCHEMA_VERSION}): upgrade lynx-compile",
+                          field="schema_version")  # fmt: skip
+
+
 def is_policy_document(data: Any) -> bool:
     """Whether a parsed JSON file is a lynx policy (one `Policy.save` may overwrite): it says so, or (version 0)
     has a policy's fields."""
     if not isinstance(data, Mapping):
         return False
-    return data.get("format") == FORMAT or ({"layers", "lynx_version", "options"} <= set(data))
+    if data.get("format") == FORMAT:
+        return True
+    return ({"layers", "lynx_version", "options"} <= set(data) and isinstance(data["lynx_version"], str)
+            and isinstance(data["options"], Mapping) and isinstance(data["layers"], Mapping)
+            and all(isinstance(layer, Mapping) and "decision" in layer for layer in data["layers"].values()))  # fmt: skip
 
 
 # ---- adapters --------------------------------------------------------------------------------------------------

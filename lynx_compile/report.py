@@ -186,8 +186,8 @@ def collect_reports() -> Iterator[Report]:
     _active_reports.append(report)
     try:
         yield report
-    finally:
-        _active_reports.remove(report)
+    finally:  # by identity: an enclosing block's report may compare equal (a Report is a dataclass)
+        del _active_reports[next(i for i, active in enumerate(_active_reports) if active is report)]
 
 
 def publish(sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:

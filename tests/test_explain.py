@@ -90,3 +90,21 @@ def test_repeated_calls_of_a_module_are_marked_and_counted():
 def test_summary_without_repeated_calls_counts_modules_only():
     report = lynx_compile.explain(Mlp().eval(), torch.randn(32, 64), options={"exclude": ["down"]})
     assert report.summary().startswith("1/2 linear modules sparsified, ")
+
+
+def test_nested_report_collections_each_get_what_ran_inside_them():
+    """explain opens a collection of its own inside the caller's: the caller's must keep collecting after it (a
+    Report compares equal to another empty one, and the inner exit used to remove the outer)."""
+    import torch.nn as nn
+
+    first, second = nn.Sequential(nn.Linear(16, 16)), nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 16))
+    x = torch.randn(24, 16)
+    with lynx_compile.collect_reports() as outer:
+        inner = lynx_compile.explain(first, x)
+        with torch.no_grad():
+            torch.compile(second, backend="lynx", options={"compiler": "eager"})(x)
+    assert len(inner.layers) == 1 and len(outer.layers) == 1 + 2
+    with torch.no_grad(), lynx_compile.collect_reports() as later:
+        torch._dynamo.reset()
+        torch.compile(first, backend="lynx", options={"compiler": "eager"})(x)
+    assert len(later.layers) == 1 and len(inner.layers) == 1  # explain's collection closed with it

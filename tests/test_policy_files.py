@@ -79,6 +79,12 @@ def test_a_decision_other_than_sparse_or_dense_is_refused(tmp_path, decision):
      (lambda doc: doc.update(options=[2, 4]), "field 'options'"),
      (lambda doc: doc.update(measurements={"k": {"path": "p"}}), "field \"measurements\\['k'\\]\""),
      (lambda doc: doc.update(schema_version=99), "field 'schema_version': 99 is newer"),
+     (lambda doc: doc.update(schema_version=99, new_thing=1), "99 is newer than this lynx reads"),
+     (lambda doc: doc.update(schema_version=99, adapter_file=["a", "new", "form"]), "99 is newer"),
+     (lambda doc: doc.update(measurements={"k": {"path": "p", "params": {}, "dense_ms": 1.0, "sparse_ms": 1.0,
+                                                 "tokens": 3, "epilogue_ms": "x"}}), "'epilogue_ms' invalid"),
+     (lambda doc: doc.update(measurements={"k": {"path": "p", "params": {}, "dense_ms": 1.0, "sparse_ms": 0.0,
+                                                 "tokens": 3}}), "'sparse_ms' missing or invalid"),
      (lambda doc: doc.update(format="other"), "field 'format'"),
      (lambda doc: doc.update(extra=1), "unknown field.*'extra'"),
      (lambda doc: doc.update(adapter_file="/etc/passwd"), "field 'adapter_file'"),
@@ -173,6 +179,27 @@ def test_files_lynx_did_not_write_are_never_overwritten(tmp_path):
     with pytest.raises(PolicyError, match="give a .json path"):
         lora_policy().save(tmp_path / "p.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.lora.safetensors"]
+
+
+def test_a_json_with_a_policys_keys_but_not_its_shape_is_not_overwritten(tmp_path):
+    mine = write_json(tmp_path / "mine.json", {"layers": 1, "lynx_version": "n/a", "options": 3, "mine": True})
+    before = mine.read_bytes()
+    with pytest.raises(PolicyError, match="exists and is not a lynx policy"):
+        plain_policy().save(mine)
+    assert mine.read_bytes() == before
+
+
+def test_saving_into_a_missing_folder_names_the_folder(tmp_path):
+    with pytest.raises(PolicyError, match="the folder .*missing' does not exist"):
+        plain_policy().save(tmp_path / "missing" / "p.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_policy_path_is_an_option_error():
+    import lynx_compile
+
+    with pytest.raises(lynx_compile.OptionError, match="lynx option 'policy'"):
+        lynx_compile.parse_options({"policy": ""})
 
 
 def test_a_policy_overwrites_its_own_files(tmp_path):

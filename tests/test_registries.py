@@ -1,6 +1,7 @@
 """The two seams: a sparse path and a producer fold are each one class plus one registry line, and everything else
 — the decision, the op, the lowering, the reasons, the cache identity, stored measurements — follows."""
 
+import json
 import operator
 import os
 
@@ -138,6 +139,15 @@ def test_measurements_persist_on_disk_for_the_next_process(toy_path, monkeypatch
     clear_measurements()
     lynx_compile.explain(layers, x, options={"execution": "sparse"})  # a damaged cache is re-measured, not fatal
     assert ToyPath.calls["tune"] == 3
+
+    # records of the wrong shape, or a zero time (which divided by zero and cost the graph lynx), are measured again
+    cache = measurements.disk_cache_path()
+    cache.write_text(json.dumps({key: {**record, "sparse_ms": 0} if index % 2 else {"stale": True}
+                                 for index, (key, record) in enumerate(json.loads(cache.read_text()).items())}))
+    clear_measurements()
+    report = lynx_compile.explain(layers, x, options={"execution": "sparse", "strict": True})
+    assert ToyPath.calls["tune"] == 4 and report.layers[1].path == "toy"
+    assert all(record.get("sparse_ms", 0) > 0 for record in json.loads(cache.read_text()).values())
 
 
 def test_the_cache_identity_covers_every_registered_path(toy_path):

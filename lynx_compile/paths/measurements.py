@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..files import write_atomically
 from ..float8 import dense_float8_linears, quantize_weight
 from ..folds import IDENTITY, load
+from ..policy_schema import PolicyError, check_measurement
 from ..timing import timer_for
 from .base import Measurement, SparsePath, Workload
 
@@ -160,7 +161,11 @@ def _read_disk_cache() -> dict[str, dict[str, Any]]:
         stamp = (str(path), path.stat().st_mtime_ns, path.stat().st_size)
         if _DISK_READ[0] != stamp:
             data = json.loads(path.read_text())
-            _DISK_READ[:] = [stamp, {key: value for key, value in data.items() if isinstance(value, dict)}]
+            records = {key: value for key, value in data.items() if _well_formed(key, value)}
+            if len(records) < len(data):
+                logger.warning("lynx: ignoring %d malformed record(s) of the measurement cache %s: measured again",
+                               len(data) - len(records), path)  # fmt: skip
+            _DISK_READ[:] = [stamp, records]
         return _DISK_READ[1]
     except (OSError, ValueError, AttributeError) as error:  # a damaged cache is re-measured, never fatal
         logger.warning("lynx: ignoring the measurement cache %s (%s)", path, error)
@@ -168,6 +173,16 @@ def _read_disk_cache() -> dict[str, dict[str, Any]]:
 
 
 _DISK_READ: list[Any] = [None, {}]  # (the file's path, mtime and size when read, its measurements)
+
+
+def _well_formed(key: str, value: Any) -> bool:
+    """Whether a cache record is a measurement a compile can use (a damaged one would fail every compile that looks
+    it up, or divide by a zero time)."""
+    try:
+        check_measurement(key, value)
+    except PolicyError:
+        return False
+    return True
 
 
 def _write_disk_cache(key: str, measurement: Measurement) -> None:
