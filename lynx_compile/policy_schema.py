@@ -187,9 +187,10 @@ def is_policy_document(data: Any) -> bool:
         return False
     if data.get("format") == FORMAT:
         return True
+    layers = data.get("layers")
     return ({"layers", "lynx_version", "options"} <= set(data) and isinstance(data["lynx_version"], str)
-            and isinstance(data["options"], Mapping) and isinstance(data["layers"], Mapping)
-            and all(isinstance(layer, Mapping) and "decision" in layer for layer in data["layers"].values()))  # fmt: skip
+            and isinstance(data["options"], Mapping) and isinstance(layers, Mapping)
+            and all(isinstance(layer, Mapping) and "decision" in layer for layer in layers.values()))  # fmt: skip
 
 
 # ---- adapters --------------------------------------------------------------------------------------------------

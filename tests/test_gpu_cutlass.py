@@ -156,9 +156,9 @@ def test_cutlass_path_runs_a_model_like_simulate(graphs):
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 def test_inductor_launches_the_compressor_with_the_ops_results(dynamic, monkeypatch):
     """Lowered, each compressor that reads x made inside the graph (up's; down's, GELU on load) is the one-pass
-    kernel launched from Inductor's code, no op around it (`paths/lowered_compressors.py`), each GEMM a direct call from that code
-    (`paths/lowered_gemm.py`), and the model's output is the one it gives with the ops kept, bit for bit, on token
-    counts the graph was not traced with where it is dynamic."""
+    kernel launched from Inductor's code, no op around it (`paths/lowered_compressors.py`), each GEMM a direct call
+    from that code (`paths/lowered_gemm.py`), and the model's output is the one it gives with the ops kept, bit for
+    bit, on token counts the graph was not traced with where it is dynamic."""
     from torch._inductor.utils import run_and_get_code
 
     from lynx_compile.paths import cutlass as cutlass_path
