@@ -103,8 +103,8 @@ class LynxConfig:
         if self.version != CONFIG_VERSION:
             raise OptionError(f"LynxConfig version {self.version!r} is not supported (this lynx: {CONFIG_VERSION})")
         if self.policy is not None:
-            if not isinstance(self.policy, (Policy, str, os.PathLike)) or os.fspath(
-                    self.policy if not isinstance(self.policy, Policy) else "-") == "":  # fmt: skip
+            a_path = isinstance(self.policy, (str, os.PathLike))
+            if not (isinstance(self.policy, Policy) or a_path) or (a_path and not os.fspath(self.policy)):
                 raise OptionError(f"lynx option 'policy' must be a Policy or the path of a saved one, "
                                   f"got {self.policy!r}")  # fmt: skip
             object.__setattr__(self, "policy", as_policy(self.policy))
