@@ -331,18 +331,14 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
                      "sparse_paths": paths})  # fmt: skip
         if "lynx" in best:
             rows[-1]["speedup"] = best["dense"] / best["lynx"]
-        if profile:
-            with torch.no_grad():
-                breakdowns = {variant: kernel_breakdown(lambda: forward(model, inputs))
-                              for variant, (model, inputs) in compiled.items()}  # fmt: skip
-            rows[-1]["kernels"] = breakdowns
-            print(f"{name} graphs={graphs}:\n{format_breakdowns(breakdowns)}", flush=True)
-        if timeline:
-            with torch.no_grad():
-                timelines = {variant: kernel_timeline(lambda: forward(model, inputs))
+        for wanted, key, measure, formatted in ((profile, "kernels", kernel_breakdown, format_breakdowns),
+                                                (timeline, "timeline", kernel_timeline, format_timelines)):
+            if wanted:  # each variant's kernels, one variant after another
+                with torch.no_grad():
+                    found = {variant: measure(lambda: forward(model, inputs))
                              for variant, (model, inputs) in compiled.items()}  # fmt: skip
-            rows[-1]["timeline"] = timelines
-            print(f"{name} graphs={graphs}:\n{format_timelines(timelines)}", flush=True)
+                rows[-1][key] = found
+                print(f"{name} graphs={graphs}:\n{formatted(found)}", flush=True)
         compiled.clear()
         model = inputs = None  # the last round's models must go before the next round builds two more
         torch.compiler.reset()  # Dynamo's caches hold the compiled modules too

@@ -10,7 +10,9 @@ the table's "top kernels" says what those are.
 
 from __future__ import annotations
 
+import json
 import re
+import tempfile
 from collections.abc import Callable
 
 import torch
@@ -81,9 +83,6 @@ def kernel_timeline(fn: Callable[[], object], calls: int = 3, top: int = 8) -> d
     (`busy_ms`) and the GPU idle between them (`idle_ms`), that idle by (kind before → kind after) and by size.
     Works with CUDA graphs where the profiler lists a replay's kernels (CUPTI does on CUDA 12+; `kernels` says how
     many it saw), which `kernel_breakdown` does not assume; and the kernels' time by kind, as they ran."""
-    import json
-    import tempfile
-
     fn()
     torch.cuda.synchronize()
     per_call = []
