@@ -148,8 +148,8 @@ def test_cutlass_path_runs_a_model_like_simulate(graphs):
             out, expected = sparse(x).clone(), simulate(x)
             rel = ((out.float() - expected.float()).norm() / expected.float().norm()).item()
             assert rel < 2e-2  # bf16 roundings in other places flip a few near-tied masks
-        # q, k, v read the graph's input: a compressor launch Inductor counts as writing it would cost the graph its
-        # CUDA graphs ("skipping cudagraphs due to mutated inputs"), so that layer keeps the op
+        # q, k, v's compressor launch reads the graph's input: were Inductor to count it written, the graph would
+        # lose its CUDA graphs ("skipping cudagraphs due to mutated inputs")
         assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == skipped
 
 
@@ -158,7 +158,10 @@ def test_inductor_launches_the_compressor_with_the_ops_results(dynamic, monkeypa
     """Lowered, each compressor that reads x made inside the graph (up's; down's, GELU on load) is the one-pass
     kernel launched from Inductor's code, no op around it (`paths/lowered_compressors.py`), each GEMM a direct call
     from that code (`paths/lowered_gemm.py`), and the model's output is the one it gives with the ops kept, bit for
-    bit, on token counts the graph was not traced with where it is dynamic."""
+    bit, on token counts the graph was not traced with where it is dynamic. Inductor rounds its intermediates as
+    eager does here (`emulate_precision_casts`): the two graphs fuse their pointwise work differently (the launch,
+    which Inductor sees only reading x, leaves it freer than the opaque op does), and a fused kernel's unrounded
+    intermediates moved 29% of the outputs by a rounding (session 18), which says nothing of the compressor."""
     from torch._inductor.utils import run_and_get_code
 
     from lynx_compile.paths import cutlass as cutlass_path
@@ -168,6 +171,7 @@ def test_inductor_launches_the_compressor_with_the_ops_results(dynamic, monkeypa
         raise NotImplementedError("the op kept, for comparison")
 
     monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # the two compiles differ after the pass
+    monkeypatch.setattr(torch._inductor.config, "emulate_precision_casts", True)
     torch.manual_seed(0)
     model = Block().cuda().to(torch.bfloat16).eval()
     options = {"min_speedup": 1e-6, "sparse_paths": "cutlass", "execution": "sparse"}
@@ -184,8 +188,8 @@ def test_inductor_launches_the_compressor_with_the_ops_results(dynamic, monkeypa
             outputs[kept] = [first, *(compiled(x) for x in inputs[1:] if dynamic)]
         code = "\n".join(code)
         launches, ops = kernel_launches(code, "_single_pass_kernel"), op_calls(code)
-        # q, k, v's group reads the graph's input: its compressor stays the op (`reading_graph_inputs`)
-        assert (launches, ops.count("prune_compress_24_cutlass")) == ((0, 3) if kept else (2, 1)), (launches, ops)
+        # q, k, v's group reads the graph's input, launched as well (Inductor finds the launch writes x not)
+        assert (launches, ops.count("prune_compress_24_cutlass")) == ((0, 3) if kept else (3, 0)), (launches, ops)
         assert (extern_gemm_calls(code), ops.count("cutlass_sparse_mm")) == ((0, 5) if kept else (5, 0)), ops
     for launched, kept in zip(outputs[False], outputs[True]):
         assert torch.equal(launched, kept)

@@ -45,7 +45,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .group_words import group_members, kept_masks, kept_members, load_pairs, stored_slots
+    from .group_words import chunk_pairs, group_members, kept_masks, kept_members, load_pairs, stored_slots
 except ImportError:
     triton = None
 
@@ -114,7 +114,8 @@ if triton is not None:
     def _chunk_sums(x, rows, chunk, values_ptr, meta_ptr, M, K, PAIRS: tl.constexpr, TWO: tl.constexpr,
                     FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, INF: tl.constexpr):  # fmt: skip
         """Load, prune and store one chunk of the rows; its pairs' (‖x‖², ‖x̃‖²)."""
-        even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+        pairs, live, head = chunk_pairs(rows, chunk, x[4], M, K, PAIRS)
+        even, odd = load_pairs(x, rows, pairs, live, head, TWO)
         return _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M, K, FP16, HEAD, TAIL, INF)
 
     @triton.jit

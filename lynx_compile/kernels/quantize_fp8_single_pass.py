@@ -40,7 +40,7 @@ try:
     import triton.language as tl
 
     from .e4m3 import _E4M3_MAX, quantize_e4m3, quantize_e4m3_cast_clamps
-    from .group_words import group_members, kept_masks, kept_members, load_pairs, stored_slots
+    from .group_words import chunk_pairs, group_members, kept_masks, kept_members, load_pairs, stored_slots
 except ImportError:
     triton = None
 
@@ -164,14 +164,15 @@ if triton is not None:
         if HELD:
             held = ()
             for chunk in tl.static_range(CHUNKS):
-                loaded = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
-                chunk_energy, chunk_top = _chunk_statistics(loaded[0], loaded[1], loaded[4], chunk, FP16, HEAD, TAIL,
-                                                            HEAD_CHUNKS)  # fmt: skip
+                pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
+                even, odd = load_pairs(x, rows, pairs, live, head, TWO)
+                chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL, HEAD_CHUNKS)
                 energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
-                held = held + (loaded,)
+                held = held + ((even, odd, pairs, live, head),)
         else:
             for chunk in range(CHUNKS):
-                even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+                pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
+                even, odd = load_pairs(x, rows, pairs, live, head, TWO)
                 chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL, HEAD_CHUNKS)
                 energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
         energy, top = tl.sum(energy, axis=1), tl.max(top, axis=1)
@@ -192,7 +193,8 @@ if triton is not None:
                                                   HARDWARE_CAST)  # fmt: skip
         else:
             for chunk in range(CHUNKS):
-                even, odd, pairs, live, head = load_pairs(x, rows, chunk, M, K, PAIRS, TWO)
+                pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
+                even, odd = load_pairs(x, rows, pairs, live, head, TWO)
                 kept += _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows, inverse, values_ptr,
                                                   meta_ptr, M, K, PRUNE, FP16, HEAD, TAIL, HEAD_CHUNKS, INF,
                                                   HARDWARE_CAST)  # fmt: skip

@@ -49,7 +49,6 @@ from ..ops import (
     member_bias_list,
 )
 from ..paths import PATHS, get_path
-from ..paths.lowered_compressors import reading_graph_inputs
 from ..plan import SparseLinearPlan
 from .utils import fake_value
 
@@ -65,11 +64,8 @@ _CORE_FILES = ("passes/lower_sparse_linears.py", "ops.py", "plan.py", "method.py
 def _replace(match: Match, lowered: Callable[..., object], args: list) -> None:
     """The matched op replaced by what `lowered` traces. Without the trace's dead-code elimination: a compressor's
     launch recorded for Inductor (`paths/lowered_compressors.py`) writes buffers it does not return, so FX would
-    count it unused and drop it (Inductor's own pass that turns kernels into launches traces the same way). Told
-    whether the layer reads the graph's own inputs, which a recorded launch must not (`reading_graph_inputs`)."""
-    reads = any(isinstance(node, torch.fx.Node) and node.op == "placeholder" for node in match.kwargs["inputs"])
-    with reading_graph_inputs(reads):
-        match.replace_by_example(lowered, args, run_functional_passes=False)
+    count it unused and drop it (Inductor's own pass that turns kernels into launches traces the same way)."""
+    match.replace_by_example(lowered, args, run_functional_passes=False)
 
 
 def _settled(match: Match) -> bool:

@@ -8,6 +8,9 @@ one-pass kernel provably reads X as the traced graph gives it (16-bit, contiguou
 through `torch.library.wrap_triton` (`kernels/launcher.py`). Inductor then compiles the kernel as a user-defined
 Triton kernel and launches it from its generated code, as it does its own, with none of lynx's Python around it.
 Elsewhere (a fold only the general kernel reads, a layout the graph cannot prove) the op stays, as in `forward`.
+Inductor's analysis of a launch's Triton IR finds it writing its outputs alone, x only read
+(`tests/test_lowered_compressors.py`; `kernels/group_words.chunk_pairs` says what had made x look written), so a
+launch may read the graph's own input without costing the graph its CUDA graphs.
 
 The speed rule times a layer without CUDA graphs with its host time, which the op's Python had made as long as the
 kernel's GPU time at FLUX's sizes; `as_lowered_cutlass` and `as_lowered_fp8` give it the compressor with about the
@@ -18,9 +21,7 @@ Inductor's launch (Triton's own launch path with the kernel's 19 arguments costs
 
 from __future__ import annotations
 
-import contextlib
-from contextvars import ContextVar
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -33,27 +34,10 @@ from ..kernels.prune_compress_24 import check_compressible_width, cutlass_operan
 from ..kernels.prune_quantize_fp8 import check_fp8_width
 
 
-# Whether the layer being lowered reads one of the graph's inputs. Inductor's analysis of the one-pass kernels (torch
-# 2.11's, on the device) counts the x they read among what they write, and a graph that writes an input it does not
-# own is run without CUDA graphs ("skipping cudagraphs due to mutated inputs": the whole graph, every block instance
-# it serves under regional compilation). Such a layer keeps the op, which Inductor calls as the functional op it is.
-_READS_GRAPH_INPUTS: ContextVar[bool] = ContextVar("lynx_reads_graph_inputs", default=False)
-
-
-@contextlib.contextmanager
-def reading_graph_inputs(reads: bool) -> Iterator[None]:
-    """Lower the layer(s) traced inside knowing whether their inputs are the graph's own inputs."""
-    token = _READS_GRAPH_INPUTS.set(reads)
-    try:
-        yield
-    finally:
-        _READS_GRAPH_INPUTS.reset(token)
-
-
 def compress_cutlass(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[torch.Tensor, ...]:
     """What `lynx::prune_compress_24_cutlass` returns (values, metadata, the rows' norm scale), traced."""
     operands, loader = loading(inputs, spec)
-    if _READS_GRAPH_INPUTS.get() or not one_pass_16bit.applies(operands, loader, traced=True):
+    if not one_pass_16bit.applies(operands, loader, traced=True):
         return torch.ops.lynx.prune_compress_24_cutlass.default(list(inputs), spec.encode())
     check_compressible_width(operands[0].dtype, loader.width)
     values, metadata = cutlass_operand(operands[0].shape[0], loader.width, operands[0].dtype, operands[0].device)
@@ -63,7 +47,7 @@ def compress_cutlass(inputs: Sequence[torch.Tensor], spec: FoldSpec) -> tuple[to
 def compress_fp8(inputs: Sequence[torch.Tensor], spec: FoldSpec, norm_compensation: bool) -> tuple[torch.Tensor, ...]:
     """What `lynx::prune_quantize_compress_fp8` returns (e4m3 values, metadata, the row scale), traced."""
     operands, loader = loading(inputs, spec)
-    if _READS_GRAPH_INPUTS.get() or not one_pass_fp8.applies(operands, loader, traced=True):
+    if not one_pass_fp8.applies(operands, loader, traced=True):
         return torch.ops.lynx.prune_quantize_compress_fp8.default(list(inputs), spec.encode(), norm_compensation)
     check_fp8_width(loader.width)
     values, metadata = cutlass_operand(operands[0].shape[0], loader.width, FP8_DTYPE, operands[0].device)
@@ -122,4 +106,4 @@ def _launching(launch: Launch, head: torch.Tensor, k: int, dtype: torch.dtype,
     return replay
 
 
-__all__ = ["as_lowered_cutlass", "as_lowered_fp8", "compress_cutlass", "compress_fp8", "reading_graph_inputs"]
+__all__ = ["as_lowered_cutlass", "as_lowered_fp8", "compress_cutlass", "compress_fp8"]
