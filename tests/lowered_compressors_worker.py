@@ -12,8 +12,8 @@ import sys
 import torch
 import triton
 from torch._higher_order_ops.triton_kernel_wrap import get_mutated_tensors, kernel_side_table
-from triton.backends.compiler import GPUTarget
 from torch.fx.experimental.proxy_tensor import make_fx
+from triton.backends.compiler import GPUTarget
 
 from lynx_compile.folds import FoldSpec, compress_cutlass, compress_fp8, loading
 from lynx_compile.kernels import launcher, prune_compress_24_single_pass, quantize_fp8_single_pass
@@ -96,6 +96,7 @@ def eager_case(compress, inputs, one_pass, spec):
 def main(rows: int) -> None:
     if not torch.cuda.is_available():
         triton.runtime.driver.set_active(Hopper())
+
     def x(k, dtype=torch.bfloat16):
         return torch.randn(rows, k, dtype=dtype)
 

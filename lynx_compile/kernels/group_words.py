@@ -106,7 +106,7 @@ if triton is not None:
         head piece: X's columns before `split`). Worked out apart from `load_pairs`, so that where a kernel stores
         depends on no call that takes x's pointers: Inductor's analysis of a recorded launch
         (`torch._higher_order_ops.triton_kernel_wrap`) counts every argument of a call as flowing into its results,
-        and took the x a kernel only reads for written (`tests/kernels/test_launch_analysis.py`)."""
+        and took the x a kernel only reads for written (`tests/test_lowered_compressors.py`)."""
         pairs = chunk * PAIRS + tl.arange(0, PAIRS)
         live = (rows[:, None] < M) & (pairs[None, :] < K // 8)
         return pairs, live, pairs[None, :] * 8 < split
