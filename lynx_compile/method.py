@@ -60,25 +60,30 @@ def sparse_linear_ref(
     rows = x.reshape(-1, weight.shape[1])
     pruned, scale = prune(rows, method.n, method.m)
     out = torch.mm(pruned, weight.t())
-    if method.norm_compensation:
-        out = apply_row_scale(out, scale)
-    return epilogue(out, bias, lora, rows).reshape(*x.shape[:-1], weight.shape[0])
+    scale = scale if method.norm_compensation else None
+    return epilogue(out, scale, bias, lora, rows).reshape(*x.shape[:-1], weight.shape[0])
 
 
-def apply_row_scale(out: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """s ⊙ out, in fp32, rounded once to out's dtype."""
-    return (out.float() * scale.unsqueeze(1)).to(out.dtype)
-
-
-def epilogue(out: torch.Tensor, bias: torch.Tensor | None, lora: Lora, rows: torch.Tensor) -> torch.Tensor:
-    """Bias and correction as one sum after the GEMM, which Inductor fuses into a single pass over Y (with the scale,
-    or into the consumer's kernel); the correction's two small GEMMs read the dense rows."""
+def epilogue(out: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None, lora: Lora,
+             rows: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """s ⊙ out + b [+ (x·Bᵀ)·Aᵀ] after the GEMM (`scale` None: no norm compensation), in fp32 and rounded once, as
+    the CUTLASS kernel's epilogue and Inductor's one fused pass over Y (or the consumer's kernel) compute it. Rounded
+    after each step, the eager reference differed from the compiled model by a rounding wherever bias and output
+    cancel, enough to flip near-tied masks in the next layer. The correction's two small GEMMs read the dense rows;
+    the result has the type the sum promotes to, as `out + bias` would."""
+    dtype, accumulate = out.dtype, torch.promote_types(out.dtype, torch.float32)
+    result = out.to(accumulate)
+    if scale is not None:
+        result = result * scale.unsqueeze(1)
     if bias is not None:
-        out = out + bias
+        dtype = torch.promote_types(dtype, bias.dtype)
+        result = result + bias.to(accumulate)
     if lora is not None:
         lora_a, lora_b = lora
-        out = out + torch.mm(torch.mm(rows, lora_b.t()), lora_a.t())
-    return out
+        correction = torch.mm(torch.mm(rows, lora_b.t()), lora_a.t())
+        dtype = torch.promote_types(dtype, correction.dtype)
+        result = result + correction.to(accumulate)
+    return result.to(dtype)
 
 
 def pruning_residual(rows: torch.Tensor, method: Method) -> torch.Tensor:

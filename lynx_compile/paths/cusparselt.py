@@ -29,7 +29,7 @@ import torch
 from ..folds import FoldSpec, assemble
 from ..kernel_op import kernel_op
 from ..kernels.prune_compress_24 import layout_supported
-from ..method import Lora, Method, apply_row_scale, epilogue
+from ..method import Lora, Method, epilogue
 from ..packing import adjacent_rows
 from ..plan import SparseLinearPlan
 from .base import SparsePath, Timer, Workload, tensor_core_reason
@@ -128,7 +128,7 @@ class Cusparselt(SparsePath):
         def sparse() -> object:
             outs, scale = cusparselt_gemms(inputs, workload.fold, weights, algorithms, self.sparse_mm)
             if lora is not None:  # the correction's two small GEMMs on the dense x (its add unfused: pessimistic)
-                outs = [epilogue(outs[0], None, lora, assemble(inputs, workload.fold))]
+                outs = [epilogue(outs[0], None, None, lora, assemble(inputs, workload.fold))]
             return outs, scale
 
         if workload.out_splits and not workload.packed:
@@ -168,9 +168,8 @@ class Cusparselt(SparsePath):
     @staticmethod
     def _epilogue(out: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, lora: Lora,
                   rows: torch.Tensor | None, inputs: Sequence[torch.Tensor], plan: SparseLinearPlan) -> torch.Tensor:
-        if plan.method.norm_compensation:
-            out = apply_row_scale(out, scale)
-        return epilogue(out, bias, lora, rows).reshape(*inputs[0].shape[:-1], out.shape[-1])
+        scale = scale if plan.method.norm_compensation else None
+        return epilogue(out, scale, bias, lora, rows).reshape(*inputs[0].shape[:-1], out.shape[-1])
 
     def describe(self, params: dict[str, Any]) -> str:
         algorithms = ", ".join(str(member["algorithm"]) for member in params.get("members", [params]))

@@ -88,7 +88,7 @@ class Cutlass(SparsePath):
             outs = [_gemm(values, metadata, member, scale, None, setting, lowered=True)
                     for member, setting in zip(weights, settings)]  # fmt: skip
             if lora is not None:  # the correction's two small GEMMs on the dense x (its add unfused: pessimistic)
-                outs = [epilogue(outs[0], None, lora, assemble(inputs, workload.fold))]
+                outs = [epilogue(outs[0], None, None, lora, assemble(inputs, workload.fold))]
             return outs
 
         ms = timer(sparse)
@@ -117,7 +117,7 @@ class Cutlass(SparsePath):
         fused = _fusable_bias(bias, weight)
         out = _gemm(values, metadata, weight, scale, bias if fused else None, dict(plan.params))
         rows = assemble(inputs, plan.fold).reshape(-1, weight.shape[1]) if lora is not None else None
-        out = epilogue(out, None if fused else bias, lora, rows)
+        out = epilogue(out, None, None if fused else bias, lora, rows)
         return out.reshape(*inputs[0].shape[:-1], weight.shape[0])
 
     def _group(self, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
