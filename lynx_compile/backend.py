@@ -63,8 +63,23 @@ def apply_lynx_passes(gm: torch.fx.GraphModule, config: LynxConfig) -> tuple[tor
     return gm, ctx
 
 
+def warn_at_the_recompile_limit() -> None:
+    """Dynamo compiles a frame at most `recompile_limit` times; past that it runs the frame eagerly — dense, without
+    lynx — with one line of torch's own among the warnings. On the last compile lynx gets, say so in lynx's words."""
+    compile_id = torch._guards.CompileContext.current_compile_id()
+    limit = getattr(torch._dynamo.config, "recompile_limit", None)
+    if compile_id is None or compile_id.frame_compile_id is None or not isinstance(limit, int):
+        return
+    if compile_id.frame_compile_id + 1 == limit:
+        logger.warning("lynx: compile %d of this frame is Dynamo's last (torch._dynamo.config.recompile_limit=%d): "
+                       "called with yet another input shape, dtype or layout, the frame runs eagerly from then on, "
+                       "dense, without lynx. Mark a varying dimension dynamic (torch._dynamo.mark_dynamic), keep "
+                       "inputs alike, or raise the limit.", limit, limit)  # fmt: skip
+
+
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: LynxConfig) -> Callable[..., Any]:
     """Rewrite with lynx, then compile with Inductor (or, with ``compiler="eager"``, run the rewritten graph)."""
+    warn_at_the_recompile_limit()
     gm, ctx = apply_lynx_passes(gm, config)
     if config.compiler == "eager":
         pack_groups(ctx.groups_to_pack)
