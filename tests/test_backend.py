@@ -122,10 +122,10 @@ def test_unknown_option_fails_with_the_list_of_valid_ones(model):
         run(model, *inputs(), options={"sparsity": 0.5})
 
 
-def test_the_last_compile_dynamo_allows_a_frame_says_what_comes_after(monkeypatch, caplog):
+@torch._dynamo.config.patch(recompile_limit=2)  # not monkeypatch: undone through delattr, it hides the option
+def test_the_last_compile_dynamo_allows_a_frame_says_what_comes_after(caplog):
     """Past `recompile_limit` Dynamo runs the frame eagerly: dense, without lynx. The compile that reaches the limit
     warns in lynx's words; the ones before do not; the eager call after it is still right."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     layer = nn.Linear(64, 64)
     compiled = torch.compile(layer, backend="lynx", options={"compiler": "eager"})
     shapes = [(32, 64), (2, 32, 64), (2, 2, 32, 64)]  # a new rank each call: a recompile each

@@ -154,6 +154,8 @@ def test_cutlass_path_runs_a_model_like_simulate(graphs):
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+# the two compiles differ after the pass (no FX graph cache); not monkeypatch, which hides a config option it undoes
+@torch._inductor.config.patch(fx_graph_cache=False, emulate_precision_casts=True)
 def test_inductor_launches_the_compressor_with_the_ops_results(dynamic, monkeypatch):
     """Lowered, each compressor that reads x made inside the graph (up's; down's, GELU on load) is the one-pass
     kernel launched from Inductor's code, no op around it (`paths/lowered_compressors.py`), each GEMM a direct call
@@ -170,8 +172,6 @@ def test_inductor_launches_the_compressor_with_the_ops_results(dynamic, monkeypa
     def op_kept(*args):
         raise NotImplementedError("the op kept, for comparison")
 
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # the two compiles differ after the pass
-    monkeypatch.setattr(torch._inductor.config, "emulate_precision_casts", True)
     torch.manual_seed(0)
     model = Block().cuda().to(torch.bfloat16).eval()
     options = {"min_speedup": 1e-6, "sparse_paths": "cutlass", "execution": "sparse"}
