@@ -267,3 +267,53 @@ def test_linears_inside_a_higher_order_ops_subgraph_are_said_to_run_dense(caplog
         out = torch.compile(model, backend="lynx", options={"compiler": "eager"})(x)
     torch.testing.assert_close(out, model(x))
     assert "2 linear call(s) inside higher-order ops' subgraphs" in caplog.text and "run dense" in caplog.text
+
+
+class RuntimeWeight(nn.Module):
+    """A weight made at run time by linears over constants and buffers (as peft's DoRA makes its norm from
+    `lora_B(lora_A(eye(K)))`), beside a linear over the model's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(32, 16, bias=False), nn.Linear(16, 32, bias=False)
+        self.mix = nn.Linear(32, 32, bias=False)
+        self.register_buffer("basis", torch.randn(24, 32))
+        self.proj = nn.Linear(32, 32)
+
+    def forward(self, x):
+        delta = self.b(self.a(torch.eye(32, dtype=x.dtype, device=x.device)))  # 32 rows: a weight, not tokens
+        mixed = self.mix(self.basis)  # a buffer's rows
+        return self.proj(x) + F.linear(x, delta) + mixed.sum()
+
+
+def test_a_linear_over_weights_and_constants_alone_stays_dense():
+    model, x = RuntimeWeight().eval(), torch.randn(2, 24, 32)
+    report = lynx_compile.explain(model, x, options={"min_tokens": 16})
+    decisions = {layer.name: (layer.decision, layer.reason) for layer in report.layers}
+    assert decisions["proj"] == ("sparse", "2:4 on K + norm, simulated")
+    for name in ("a", "b", "mix"):
+        assert decisions[name][0] == "dense" and "made of weights and constants alone" in decisions[name][1], name
+    with torch.no_grad():  # the weight is computed exactly: the output differs from eager only by proj's pruning
+        model.proj.weight.zero_()
+        torch.testing.assert_close(torch.compile(model, backend="lynx")(x), model(x))
+
+
+class PeftStyleAdapter(nn.Module):
+    """peft's LoRA wrapper, as its modules are named: `base_layer`, `lora_A.<adapter>`, `lora_B.<adapter>`."""
+
+    def __init__(self, rank=16):
+        super().__init__()
+        self.base_layer = nn.Linear(64, 64)
+        self.lora_A = nn.ModuleDict({"default": nn.Linear(64, rank, bias=False)})
+        self.lora_B = nn.ModuleDict({"default": nn.Linear(rank, 64, bias=False)})
+
+    def forward(self, x):
+        return self.base_layer(x) + self.lora_B["default"](self.lora_A["default"](x))
+
+
+def test_a_peft_adapters_linears_stay_dense_and_its_base_layer_is_decided():
+    report = lynx_compile.explain(PeftStyleAdapter(), torch.randn(2, 24, 64))
+    decisions = {layer.name: (layer.decision, layer.reason) for layer in report.layers}
+    assert decisions["base_layer"][0] == "sparse"
+    for name in ("lora_A.default", "lora_B.default"):
+        assert decisions[name][0] == "dense" and "peft LoRA adapter" in decisions[name][1], name

@@ -72,6 +72,12 @@ def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
                 f"over a module's own weight")  # fmt: skip
     if config.execution == "dense":
         return "execution='dense'"
+    if site.weights_only:
+        return ("its input is made of weights and constants alone, not of the model's inputs (a weight computed at "
+                "run time, e.g. peft's DoRA norm): no activation to prune")  # fmt: skip
+    if peft_adapter(site.name):
+        return ("a peft LoRA adapter's low-rank linear: pruning its input distorts the adapter, and it costs little; "
+                "its base layer is decided on its own")  # fmt: skip
     if site.float8:  # torchao's float8 weight: lynx's float8 op takes its inner tensors
         why = float8_weight_reason(fake_value(site.weight))
         if why is not None:
@@ -95,6 +101,12 @@ def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
         guarded = " (guarded: a larger M recompiles)" if isinstance(site.tokens, torch.SymInt) else ""
         return f"tokens M={site.tokens} < min_tokens={config.min_tokens}{guarded}"
     return None
+
+
+def peft_adapter(name: str) -> bool:
+    """Whether the layer is one of peft's LoRA adapter linears (`lora_A.<adapter>`, `lora_B.<adapter>` beside the
+    wrapped `base_layer`)."""
+    return any(part in ("lora_A", "lora_B") for part in name.split("."))
 
 
 def _plan(site: LinearSite, ctx: PassContext, path: SparsePath, params: dict | None = None) -> SparseLinearPlan:

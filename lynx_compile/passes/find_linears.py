@@ -75,6 +75,7 @@ def _operands(node: torch.fx.Node) -> tuple[str, object, object, object] | None:
 def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphModule:
     """Record a `LinearSite` for each linear with a module-parameter weight (the graph is left unchanged)."""
     autocast = autocast_dtypes(gm.graph)
+    from_inputs = _reads_graph_inputs(gm)
     for node in gm.graph.nodes:
         operands = _operands(node)
         if operands is None:
@@ -104,12 +105,38 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
                 in_features=in_features, out_features=out_features, dtype=dtype, device=x_value.device,
                 autocast=autocast[node].get(x_value.device.type), fold=fold, name_problem=found.problem,
                 weight_name=found, float8=is_float8_weight(weight_value), weight_view=view,
+                weights_only=not from_inputs[x],
             )
         )  # fmt: skip
     _flag_shared_weights(ctx.sites)
     _warn_about_subgraph_linears(gm)
     logger.debug("lynx: found %d linears", len(ctx.sites))
     return gm
+
+
+def _reads_graph_inputs(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, bool]:
+    """Per node, whether its value depends on one of the graph's inputs other than a module's parameters and buffers:
+    an activation. A linear over a node that does not (peft's DoRA norms `lora_B(lora_A(eye(K)))`: a weight made at
+    run time) has no activation to prune."""
+    reads: dict[torch.fx.Node, bool] = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            reads[node] = not _module_state(node, gm)
+        else:
+            reads[node] = any(reads.get(arg, False) for arg in node.all_input_nodes)
+    return reads
+
+
+def _module_state(node: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
+    """Whether a placeholder holds a module's parameter or buffer (Dynamo's source passes through the module)."""
+    if parameter_name(node, gm) is not None:
+        return True
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    while source is not None:
+        if type(source).__name__.endswith("NNModuleSource"):
+            return True
+        source = getattr(source, "base", None)
+    return False
 
 
 def _warn_about_subgraph_linears(gm: torch.fx.GraphModule) -> None:

@@ -39,6 +39,7 @@ class LinearSite:
     group: Any = None  # the SiblingGroup (`group_siblings`) it runs in, when decided sparse with its siblings
     name_problem: str | None = None  # why `name` is only a label (Dynamo's spelling): the layer then stays dense
     weight_view: str | None = None  # the operations that make the weight of its parameter (`weight`): stays dense
+    weights_only: bool = False  # x is made of parameters and constants alone (a weight computation): stays dense
     weight_name: Any = field(default=None, repr=False)  # `names.ParameterName`: the weight, named relative to its root
     # Under regional compilation: the layer's full name in every module instance the graph serves, in model order
     # (`name` is the one in the instance traced), and the reason for each; empty: `name` alone.
