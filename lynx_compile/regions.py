@@ -116,14 +116,15 @@ def unregistered(module: torch.nn.Module | None) -> torch.nn.Module | None:
 
 
 def place(parameters: Iterable[tuple[torch.nn.Parameter, str]], region: RegionSpec | None,
-          class_wide: bool = True, first: torch.nn.Module | None = None) -> Placement | None:  # fmt: skip
+          class_wide: bool = True, first: torch.nn.Module | None = None,
+          shapes: dict[str, tuple[int, ...]] | None = None) -> Placement | None:  # fmt: skip
     """Place the module that reaches each parameter by its qualified name relative to that module, or None.
 
     Tried in `first` (the model whose call is running: `model_on_stack`), then in every registered model: the
     module's path is what each parameter's name in the model has before its relative name, the same for all of them
     (a parameter shared between modules has several names). A module inside a `region` serves its instances;
-    otherwise, with `class_wide`, every instance of its class (a frame's own module, which Dynamo may reuse the graph
-    for), else itself alone."""
+    otherwise, with `class_wide`, every instance of its class whose parameters have the graph's static `shapes` (by
+    relative name; a frame's own module, which Dynamo may reuse the graph for), else itself alone."""
     parameters = list(parameters)
     models = registered_models()
     for model in ([first] if first is not None else []) + [model for model in models if model is not first]:
@@ -139,7 +140,7 @@ def place(parameters: Iterable[tuple[torch.nn.Parameter, str]], region: RegionSp
                 break
         if paths:
             path = min(paths, key=lambda path: (path.count("."), path))
-            return _placement(model, path, region, class_wide)
+            return _placement(model, path, region, class_wide, shapes or {})
     return None
 
 
@@ -155,7 +156,8 @@ def linear_name(parameter: str) -> str:
     return module if leaf == "weight" else parameter
 
 
-def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, class_wide: bool) -> Placement:
+def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, class_wide: bool,
+               shapes: dict[str, tuple[int, ...]]) -> Placement:  # fmt: skip
     instances = () if region is None else region.instances
     owner = next((instance for instance in instances if inside(path, instance)), None)
     if owner is not None:
@@ -166,12 +168,14 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
         return Placement(path, (path,), "", True, id(model), weakref.ref(model))
     traced = model.get_submodule(path)
     # An instance without a submodule the traced one has (WanVACE's later VACE blocks have no `proj_in`) fails
-    # Dynamo's guards and gets a graph of its own: this one does not serve it. (Shapes may differ: a recompile for
-    # another shape may make the graph dynamic, and serve them all.)
-    # Nor does it serve an instance whose forward `torch.compiler.disable` wraps: that one runs eagerly, dense.
-    parameters = [parameter for parameter, _ in traced.named_parameters()]
+    # Dynamo's guards and gets a graph of its own: this one does not serve it. Nor does one whose parameters have
+    # other shapes than the graph was specialized to (Dynamo keeps parameter shapes static and guards on them: peft's
+    # `lora_A` and `lora_B`, both `nn.Linear` frames, get a graph each). Nor one whose forward
+    # `torch.compiler.disable` wraps: that one runs eagerly, dense.
+    names = [name for name, _ in traced.named_parameters()]
     instances = tuple(name for name, module in model.named_modules() if type(module) is type(traced)
-                      and [parameter for parameter, _ in module.named_parameters()] == parameters
+                      and [name for name, _ in module.named_parameters()] == names
+                      and all(tuple(module.get_parameter(name).shape) == shape for name, shape in shapes.items())
                       and (module is traced or not getattr(module.forward, "_torchdynamo_disable", False)))  # fmt: skip
     return Placement(path, instances, type(traced).__name__, False, id(model), weakref.ref(model))
 

@@ -317,3 +317,18 @@ def test_a_peft_adapters_linears_stay_dense_and_its_base_layer_is_decided():
     assert decisions["base_layer"][0] == "sparse"
     for name in ("lora_A.default", "lora_B.default"):
         assert decisions[name][0] == "dense" and "peft LoRA adapter" in decisions[name][1], name
+
+
+def test_a_frames_graph_serves_the_instances_of_its_parameter_shapes_alone():
+    """A graph of `nn.Linear.forward` as a frame of its own (where Dynamo reaches a module from a frame it skips, as
+    with peft's DoRA code) is placed class-wide: Dynamo may run it for another instance. Not for one whose
+    parameters have other shapes: parameter shapes are static and guarded, so that one gets a graph of its own
+    (before, each graph served both, and `explain` named peft's `lora_A` and `lora_B` rows by both, shapes
+    crossed)."""
+    from lynx_compile.regions import place
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 64), nn.Linear(64, 32))
+    weight = [(model[0].weight, "weight")]
+    assert place(weight, None, first=model).instances == ("0", "2", "3")  # shapes unknown: every instance
+    assert place(weight, None, first=model, shapes={"weight": (32, 64)}).instances == ("0", "3")
+    assert place([(model[2].weight, "weight")], None, first=model, shapes={"weight": (64, 32)}).instances == ("2",)

@@ -27,7 +27,7 @@ import torch.fx
 from ..regions import (
     RegionError, frame_object, frame_variable, model_on_stack, place, repeated_block_classes, unregistered,
 )  # fmt: skip
-from .utils import LinearSite, PassContext
+from .utils import LinearSite, PassContext, fake_value
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,11 @@ def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphM
         # The frame's own module (an argument: L['self']) may be any instance of its class when Dynamo reuses the
         # graph; a module reached through a global or a closure is guarded as that one object.
         frame_root = (frame_variable(source) or ("",))[0] == "f_locals"
+        shapes = {site.weight_name.qualified: tuple(fake_value(site.weight).shape) for site in sites}
         placement = place([(site.weight_name.parameter, site.weight_name.qualified) for site in sites],
-                          ctx.config.region, class_wide=frame_root, first=model)  # fmt: skip
+                          ctx.config.region, class_wide=frame_root, first=model,
+                          shapes={name: shape for name, shape in shapes.items()
+                                  if all(isinstance(size, int) for size in shape)})  # fmt: skip
         if placement is None:
             _check_unplaced(root, sites, ctx)
             roots.update((id(site), root) for site in sites)
