@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lynx_compile.folds import IDENTITY  # noqa: E402
 from lynx_compile.kernels import cutlass_gemm  # noqa: E402
 from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
-from lynx_compile.paths.cutlass import fastest_setting  # noqa: E402
+from lynx_compile.paths.cutlass import _gemm, fastest_setting  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 
 SOURCE = Path(__file__).resolve().parent / "probes" / "prune_gemm_sm90.cu"
@@ -103,30 +103,28 @@ def check(libraries: dict[torch.dtype, ctypes.CDLL]) -> list[dict]:
     return rows
 
 
-def time_shape(library: ctypes.CDLL, name: str, m: int, k: int, n: int) -> dict:
+def operands(m: int, k: int, n: int) -> tuple[torch.Tensor, ...]:
+    """x, W, b of a bf16 layer (random, never zero) and Y's buffer."""
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k ** -0.5
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    return x, weight, bias, torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+
+
+def time_shape(library: ctypes.CDLL, name: str, m: int, k: int, n: int) -> dict:
+    x, weight, bias, out = operands(m, k, n)
     compress = torch.ops.lynx.prune_compress_24_cutlass.default
     values, metadata, scale = compress([x], IDENTITY.encode())
-    configs = cutlass_gemm.CONFIGS
-
-    def gemm(setting, values=values, metadata=metadata, scale=scale):
-        raster = cutlass_gemm.RASTERS[setting["raster"]]
-        return torch.ops.lynx.cutlass_sparse_mm(values, metadata, weight, scale, bias, setting["config"], raster,
-                                                setting["swizzle"])  # fmt: skip
-
-    setting = fastest_setting(gemm, configs, cuda_graph_ms)
+    setting = fastest_setting(lambda setting: _gemm(values, metadata, weight, scale, bias, setting),
+                              cutlass_gemm.CONFIGS, cuda_graph_ms)  # fmt: skip
 
     def two_kernels():
-        values, metadata, scale = compress([x], IDENTITY.encode())
-        return gemm(setting, values, metadata, scale)
+        return _gemm(*compress([x], IDENTITY.encode()), weight, bias, setting)
 
     fused = prune_gemm(library, x, weight, bias, out)
     error = float((fused.float() - two_kernels().float()).abs().max())
     times = {"dense": cuda_graph_ms(lambda: F.linear(x, weight, bias)), "lynx_cutlass": cuda_graph_ms(two_kernels),
-             "cutlass_gemm_only": cuda_graph_ms(lambda: gemm(setting)),
+             "cutlass_gemm_only": cuda_graph_ms(lambda: _gemm(values, metadata, weight, scale, bias, setting)),
              "prune_in_gemm": cuda_graph_ms(lambda: prune_gemm(library, x, weight, bias, out))}  # fmt: skip
     flops = 2 * m * n * k
     return {"shape": name, "m": m, "k": k, "n": n, "cutlass_setting": setting, "max_diff_vs_two_kernels": error,
@@ -140,10 +138,7 @@ def diagnose(library: ctypes.CDLL) -> list[dict]:
     variants = {"prune_in_gemm": library, **{name: build(0, flag) for name, flag in DIAGNOSTICS.items()}}
     rows = []
     for name, m, k, n in (SHAPES[0], SHAPES[2], SHAPES[5]):
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k ** -0.5
-        bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-        out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        x, weight, bias, out = operands(m, k, n)
         dense = cuda_graph_ms(lambda: F.linear(x, weight, bias))
         ratios = {variant: dense / cuda_graph_ms(lambda lib=lib: prune_gemm(lib, x, weight, bias, out))
                   for variant, lib in variants.items()}  # fmt: skip
