@@ -70,9 +70,14 @@ def sweep(name: str, m: int, k: int, n: int, configs: tuple[GemmConfig, ...], fp
     baselines, operand = operands(m, k, n, fp8)
     baseline_ms = {key: cuda_graph_ms(call) for key, call in baselines.items()}
     layout_k = TILE_K[8 if fp8 else 16]
-    variants = {}
+    variants, differs_from_first, first = {}, {}, None
     for config in configs:
         label = config.name + (" (timing only)" if config.tile_k != layout_k else "")
+        if config.tile_k == layout_k:  # the first configuration is the tested one; the others must agree with it
+            out = cutlass_gemm.sparse_mm(operand["values"], operand["metadata"], operand["weight"], operand["scale"],
+                                         None, config, weight_scale=operand["weight_scale"])  # fmt: skip
+            first = out if first is None else first
+            differs_from_first[config.name] = (out.float() - first.float()).abs().max().item()
         for raster_name, raster in cutlass_gemm.RASTERS.items():
             for swizzle in SWIZZLES:
                 def gemm(config=config, raster=raster, swizzle=swizzle):
@@ -86,7 +91,7 @@ def sweep(name: str, m: int, k: int, n: int, configs: tuple[GemmConfig, ...], fp
     best = min(variants, key=variants.get)
     dense = baseline_ms["dense"]
     row = {"shape": name, "M": m, "K": k, "N": n, "dense_ms": dense, "best": best, "best_ms": variants[best],
-           "x_best": dense / variants[best],
+           "x_best": dense / variants[best], "max_abs_difference_from_first_config": differs_from_first,
            "x_by_variant": {key: dense / value for key, value in sorted(variants.items(), key=lambda kv: kv[1])}}
     if "cusparselt" in baseline_ms:
         row.update(cusparselt_ms=baseline_ms["cusparselt"], x_cusparselt=dense / baseline_ms["cusparselt"])
@@ -119,6 +124,9 @@ def main() -> None:
         per_config = {}
         for key, value in r["x_by_variant"].items():
             per_config.setdefault(key.split()[0], value)
+        wrong = {key: value for key, value in r["max_abs_difference_from_first_config"].items() if value}
+        if wrong:
+            print(f"    outputs differ from {configs[0].name}'s: {wrong}")
         print("    best per configuration: " + ", ".join(f"{key} {value:.2f}" for key, value in per_config.items()))
 
 
