@@ -131,6 +131,22 @@ def test_globs_with_full_names_select_alike_in_both_modes_and_explain_shows_ever
     assert torch.equal(run(regional, batch())[0][0], expected[0])
 
 
+def test_under_inductors_freezing_the_parameters_dynamo_installs_on_the_graph_keep_their_full_names():
+    # With freezing on, under no_grad Dynamo installs parameters as attributes of the graph (`L__self___blocks_0_out_
+    # weight`) instead of inputs: names read from those attributes matched no glob and no policy, and a block's graph
+    # could not be placed (a RegionError from lynx's compile_repeated_blocks).
+    options = {**EAGER, "exclude": ["blocks.2.*", "out"]}
+    expected, whole_report = whole(stack(), options, batch())
+    with torch._inductor.config.patch(freezing=True):
+        frozen, frozen_report = whole(stack(), options, batch())
+        torch.compiler.reset()
+        regional, regional_report = run(lynx_compile.compile_repeated_blocks(stack(), options=options), batch())
+    assert torch.equal(frozen[0], expected[0]) and torch.equal(regional[0], expected[0])
+    assert rows(frozen_report) == rows(whole_report)
+    assert rows(regional_report) == compiled_rows(whole_report, ["out"])
+    assert rows(frozen_report)["blocks.2.out"] == ("dense", "excluded by 'blocks.2.*'")
+
+
 def test_compiling_again_with_other_options_keeps_nothing_of_the_first_compilation():
     model = lynx_compile.compile_repeated_blocks(stack(), options=EAGER)
     assert set(rows(run(model, batch())[1])) == set(linear_names(model))  # `inp` and `out` compiled on their own

@@ -1,6 +1,7 @@
 """The qualified name of the module that owns a linear's weight, as `named_modules()` gives it.
 
-Dynamo lifts each parameter to a placeholder whose `grapharg.source` says how the traced code reached it: a
+Dynamo lifts each parameter to a placeholder whose `grapharg.source` says how the traced code reached it (or, under
+Inductor's ``freezing`` in no_grad, installs it as an attribute of the graph, its source kept by the compile): a
 chain such as L['this'] → (a module) → ._modules['blocks'] → ['0'] → ._modules['ff'] → ._parameters['weight']. The name
 is read from that chain structurally (keys are taken as they are: a ModuleDict key ``a'b`` stays ``a'b``), relative
 to the outermost module in it — whatever the forward's first argument is called, whether the module came in as
@@ -51,6 +52,10 @@ def parameter_name(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ParameterNa
         parameter = _resolve(gm, str(node.target))
         if not isinstance(parameter, torch.nn.Parameter):
             return None
+        source = _attribute_source(str(node.target))
+        found = _from_source(source) if source is not None else None
+        if found is not None:
+            return replace(found, parameter=parameter)
         return ParameterName(str(node.target), "", parameter=parameter)
     if node.op != "placeholder":
         return None
@@ -61,6 +66,17 @@ def parameter_name(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ParameterNa
         return None
     found = _from_source(source)
     return None if found is None else replace(found, parameter=parameter)
+
+
+def _attribute_source(target: str) -> Any:
+    """Dynamo's source of a parameter it installed as an attribute of the graph (Inductor's ``freezing``, under
+    no_grad: ``L__self___blocks_0_ff_weight``), read from the compile in progress; None outside one."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        return InstructionTranslator.current_tx().output.param_name_to_source.get(target)
+    except Exception:  # not inside Dynamo (an FX-traced graph), or a torch without this internal
+        return None
 
 
 def _name_of(source: Any) -> str:
