@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .adapter_names import ADAPTER_LINEAR_REASON, is_adapter_linear, spellings
 from .checks import OptionError, check_bool, check_choice, check_int, check_number
 from .lora import tensor_digest
 from .method import Method
@@ -131,12 +132,19 @@ class LynxConfig:
                               f"{compiling}; pass the policy's settings as options (or calibrate with these)")
 
     def name_rule(self, name: str) -> str | None:
-        """Why `include`/`exclude` keep the linear called `name` dense, or None: one rule for the passes and
-        `calibrate`."""
-        excluded_by = next((pattern for pattern in self.exclude if fnmatch.fnmatchcase(name, pattern)), None)
+        """Why its name keeps the linear called `name` dense — `include`/`exclude`, or it is a peft adapter's own
+        linear —, or None: one rule for the passes and `calibrate`."""
+        if is_adapter_linear(name):
+            return ADAPTER_LINEAR_REASON
+        names = spellings(name)  # a layer peft wrapped answers to its own name and to the one it had before
+
+        def matched(pattern: str) -> bool:
+            return any(fnmatch.fnmatchcase(spelling, pattern) for spelling in names)
+
+        excluded_by = next((pattern for pattern in self.exclude if matched(pattern)), None)
         if excluded_by is not None:
             return f"excluded by {excluded_by!r}"
-        if self.include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.include):
+        if self.include and not any(matched(pattern) for pattern in self.include):
             return "not matched by include"
         return None
 

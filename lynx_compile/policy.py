@@ -22,10 +22,11 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
+from .adapter_names import spellings, unwrapped
 from .lora import LoraAdapter, LoraSolution
 from .method import Method
 from .policy_files import adapters_path, read_policy_files, write_policy_files
@@ -85,15 +86,30 @@ class Policy:
         check_record({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, lambda o: Method(**o))
         self.check_adapters()
 
+    def key_for(self, name: str) -> str | None:
+        """The entry of `layers` for the layer called `name`: by that name, else by the one it has without peft's
+        adapter wrapper, either way round (`adapter_names`); None if the policy has none, or two."""
+        if name in self.layers:
+            return name
+        plain = unwrapped(name)
+        keys = [key for key in self.layers if unwrapped(key) == plain]
+        return keys[0] if len(keys) == 1 else None
+
+    def names_missing_from(self, names: Iterable[str]) -> list[str]:
+        """The policy's layers none of `names` is (in either spelling): stale, or elsewhere."""
+        present = {unwrapped(name) for name in names}
+        return sorted(key for key in self.layers if unwrapped(key) not in present)
+
     def decision_for(self, name: str) -> LayerPolicy | None:
-        return self.layers.get(name)
+        key = self.key_for(name)
+        return None if key is None else self.layers[key]
 
     def adapter_for(self, name: str) -> LoraAdapter | None:
         """The correction a layer runs with (its stored adapter cut to its `lora_rank`), or None."""
-        layer = self.layers.get(name)
-        if layer is None or layer.lora_rank == 0:
+        key = self.key_for(name)
+        if key is None or self.layers[key].lora_rank == 0:
             return None
-        return self.adapters[name].truncated(layer.lora_rank)
+        return self.adapters[key].truncated(self.layers[key].lora_rank)
 
     def check_adapters(self) -> None:
         """Raise PolicyError for a malformed adapter, or where a layer asks for more correction than it holds. An
@@ -132,7 +148,7 @@ class Policy:
             if decision not in ("sparse", "dense"):
                 raise PolicyError(f"override decision must be 'sparse' or 'dense', got {decision!r}",
                                   field=f"overrides[{pattern!r}]")  # fmt: skip
-            matched = [name for name in layers if fnmatch.fnmatchcase(name, pattern)]
+            matched = [name for name in layers if any(fnmatch.fnmatchcase(s, pattern) for s in spellings(name))]
             for name in matched:
                 layers[name] = dataclasses.replace(layers[name], decision=decision, reason=f"override {pattern!r}")
             if not matched and not any(character in pattern for character in "*?["):

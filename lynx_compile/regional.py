@@ -199,7 +199,7 @@ def _log_regions(model: torch.nn.Module, regions: list[tuple[str, list[tuple[str
                     len(sizes))  # fmt: skip
     if config.policy is not None:
         layers = {linear_name(name) for name, _ in model.named_parameters()}
-        stale = sorted(set(config.policy.layers) - layers)
+        stale = config.policy.names_missing_from(layers)
         if stale:
             logger.warning("lynx: the policy names %d layer(s) this model does not have (a stale policy, or another "
                            "model): %s", len(stale), some_names(stale))

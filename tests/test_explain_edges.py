@@ -319,6 +319,44 @@ def test_a_peft_adapters_linears_stay_dense_and_its_base_layer_is_decided():
         assert decisions[name][0] == "dense" and "peft LoRA adapter" in decisions[name][1], name
 
 
+class TwoProjections(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.to_q = nn.Linear(64, 64)
+        self.to_out = nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.to_out(torch.relu(self.to_q(x)))
+
+
+def wrapped_in_an_adapter(model):
+    """`model` as peft leaves it after loading a LoRA on `to_q`: the linear becomes `to_q.base_layer`."""
+    adapter = PeftStyleAdapter()
+    adapter.base_layer = model.to_q
+    model.to_q = adapter
+    return model
+
+
+def test_globs_and_policies_written_for_a_layer_reach_it_once_peft_wraps_it_and_back(caplog):
+    x = torch.randn(2, 24, 64)
+    by_hand = lynx_compile.Policy({"to_q": lynx_compile.LayerPolicy("dense", "by hand"),
+                                   "to_out": lynx_compile.LayerPolicy("sparse", "by hand")})  # fmt: skip
+    wrapped = wrapped_in_an_adapter(TwoProjections())
+    excluded = lynx_compile.explain(wrapped, x, options={"exclude": ["to_q"]})
+    assert {layer.name: layer.reason for layer in excluded.layers}["to_q.base_layer"] == "excluded by 'to_q'"
+    with caplog.at_level("WARNING", logger="lynx_compile"):
+        report = lynx_compile.explain(wrapped, x, options={"policy": by_hand})
+    decisions = {layer.name: (layer.decision, layer.reason) for layer in report.layers}
+    assert decisions["to_q.base_layer"] == ("dense", "policy: by hand") and decisions["to_out"][0] == "sparse"
+    assert "peft LoRA adapter" in decisions["to_q.lora_A.default"][1]
+    assert "the policy" not in caplog.text  # neither unnamed layers nor stale entries
+    # A policy calibrated with the adapter loaded, on the model without it (the LoRA unloaded):
+    calibrated_wrapped = lynx_compile.Policy({"to_q.base_layer": lynx_compile.LayerPolicy("dense", "by hand"),
+                                              "to_out": lynx_compile.LayerPolicy("sparse", "by hand")})  # fmt: skip
+    report = lynx_compile.explain(TwoProjections(), x, options={"policy": calibrated_wrapped})
+    assert {layer.name: layer.reason for layer in report.layers}["to_q"] == "policy: by hand"
+
+
 def test_a_frames_graph_serves_the_instances_of_its_parameter_shapes_alone():
     """A graph of `nn.Linear.forward` as a frame of its own (where Dynamo reaches a module from a frame it skips, as
     with peft's DoRA code) is placed class-wide: Dynamo may run it for another instance. Not for one whose

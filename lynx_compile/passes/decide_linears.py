@@ -30,6 +30,7 @@ import torch
 import torch.fx
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
+from ..adapter_names import is_adapter_linear
 from ..float8 import float8_weight_reason
 from ..folds import IDENTITY, describe, get_fold
 from ..kernels.nm_prune import SUPPORTED_DTYPES
@@ -75,9 +76,6 @@ def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
     if site.weights_only:
         return ("its input is made of weights and constants alone, not of the model's inputs (a weight computed at "
                 "run time, e.g. peft's DoRA norm): no activation to prune")  # fmt: skip
-    if peft_adapter(site.name):
-        return ("a peft LoRA adapter's low-rank linear: pruning its input distorts the adapter, and it costs little; "
-                "its base layer is decided on its own")  # fmt: skip
     if site.float8:  # torchao's float8 weight: lynx's float8 op takes its inner tensors
         why = float8_weight_reason(fake_value(site.weight))
         if why is not None:
@@ -101,12 +99,6 @@ def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
         guarded = " (guarded: a larger M recompiles)" if isinstance(site.tokens, torch.SymInt) else ""
         return f"tokens M={site.tokens} < min_tokens={config.min_tokens}{guarded}"
     return None
-
-
-def peft_adapter(name: str) -> bool:
-    """Whether the layer is one of peft's LoRA adapter linears (`lora_A.<adapter>`, `lora_B.<adapter>` beside the
-    wrapped `base_layer`)."""
-    return any(part in ("lora_A", "lora_B") for part in name.split("."))
 
 
 def _plan(site: LinearSite, ctx: PassContext, path: SparsePath, params: dict | None = None) -> SparseLinearPlan:
@@ -340,9 +332,9 @@ def _warn_about_policy_mismatch(ctx: PassContext) -> None:
     if policy is None or not ctx.sites:
         return
     found = {name for site in ctx.sites if site.name_problem is None for name in site.names}
-    unknown = sorted(found - set(policy.layers))
+    unknown = sorted(name for name in found if policy.key_for(name) is None and not is_adapter_linear(name))
     # A graph of a block holds part of the model: what it lacks is elsewhere, not stale.
-    stale = sorted(set(policy.layers) - found) if ctx.placement is None else []
+    stale = policy.names_missing_from(found) if ctx.placement is None else []
     if ctx.placement is not None and not ctx.placement.exact:
         warn_about_uncompiled_layers(ctx.placement, policy)
     if unknown:
