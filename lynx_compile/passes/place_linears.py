@@ -53,6 +53,7 @@ def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphM
                                   if all(isinstance(size, int) for size in shape)})  # fmt: skip
         if placement is None:
             _check_unplaced(root, sites, ctx)
+            _name_aliases_first(sites, frame_object(source))
             roots.update((id(site), root) for site in sites)
             continue
         for site in sites:
@@ -61,6 +62,8 @@ def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphM
             if placement.regional:
                 site.instances, site.placement = placement.names(relative), placement
             roots[id(site)] = f"the model {placement.model}"
+        if not placement.regional:
+            _name_aliases_first(sites, placement.model_ref())
         if placement.regional and frame_root and ctx.placement is None:
             ctx.placement = placement
     _flag_ambiguous_names(ctx.sites, roots)
@@ -68,6 +71,23 @@ def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphM
         logger.debug("lynx: graph of %s placed at %s, serving %d instance(s)", ctx.placement.label,
                      ctx.placement.path, len(ctx.placement.instances))  # fmt: skip
     return gm
+
+
+def _name_aliases_first(sites: list[LinearSite], model: object) -> None:
+    """A module registered under several names (``self.a = self.b = linear``) takes the first, as `named_modules()`
+    and `calibrate` name it, whichever the forward reached it by; so globs and policies see one name for it. (Only
+    the same module: a weight tied between two modules keeps each module's own name.)"""
+    if not isinstance(model, torch.nn.Module):
+        return
+    first_name: dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        first_name.setdefault(id(module), name)
+    for site in sites:
+        try:
+            module = model.get_submodule(site.name)
+        except AttributeError:  # a raw parameter's name, not a module's
+            continue
+        site.name = first_name.get(id(module), site.name)
 
 
 def _check_unplaced(root: str, sites: list[LinearSite], ctx: PassContext) -> None:

@@ -261,6 +261,27 @@ def test_the_options_and_a_policy_see_those_names():
     assert [(layer.name, layer.decision) for layer in report.layers] == [(name, "sparse") for name in NAMED]
 
 
+class Aliased(nn.Module):
+    """One linear registered as `first` and `second`, reached through the second."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = self.second = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.out(self.second(x))
+
+
+def test_a_module_registered_under_two_names_takes_the_first_as_named_modules_does():
+    model, x = Aliased(), torch.randn(24, 16)
+    assert [name for name, _ in model.named_modules()] == ["", "first", "out"]
+    report = lynx_compile.explain(model, x, options={"exclude": ["first"]})
+    rows = {layer.name: (layer.decision, layer.reason) for layer in report.layers}
+    assert rows["first"] == ("dense", "excluded by 'first'") and "second" not in rows
+    assert rows["out"][0] == "sparse"
+
+
 def test_a_name_two_modules_share_is_not_recovered_and_stays_dense():
     first, second, x = Named(), Named(), torch.randn(24, 16)
 
