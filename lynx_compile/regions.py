@@ -161,8 +161,12 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
     instances = () if region is None else region.instances
     owner = next((instance for instance in instances if inside(path, instance)), None)
     if owner is not None:
+        # Only the instances built as the traced one: a LoRA loaded into some of them after compiling gives those
+        # other parameters, and Dynamo a graph of their own.
         below = path[len(owner):].lstrip(".")
-        instances = tuple(qualified(instance, below) for instance in region.instances)
+        built = _parameter_shapes(model, path)
+        instances = tuple(qualified(instance, below) for instance in region.instances
+                          if _parameter_shapes(model, qualified(instance, below)) == built)  # fmt: skip
         return Placement(path, instances, region.label, True, id(model), weakref.ref(model))
     if path == "" or not class_wide:
         return Placement(path, (path,), "", True, id(model), weakref.ref(model))
@@ -178,6 +182,15 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
                       and all(tuple(module.get_parameter(name).shape) == shape for name, shape in shapes.items())
                       and (module is traced or not getattr(module.forward, "_torchdynamo_disable", False)))  # fmt: skip
     return Placement(path, instances, type(traced).__name__, False, id(model), weakref.ref(model))
+
+
+def _parameter_shapes(model: torch.nn.Module, path: str) -> list[tuple[str, tuple[int, ...]]] | None:
+    """The names and shapes of the parameters under the module at `path`, or None where there is none."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return None
+    return [(name, tuple(parameter.shape)) for name, parameter in module.named_parameters()]
 
 
 _warned: set[tuple[int, int]] = set()

@@ -147,6 +147,29 @@ def test_under_inductors_freezing_the_parameters_dynamo_installs_on_the_graph_ke
     assert rows(frozen_report)["blocks.2.out"] == ("dense", "excluded by 'blocks.2.*'")
 
 
+class Adapted(nn.Module):
+    """A linear as peft leaves it after loading a LoRA into it: `base_layer` beside the adapter's own linears."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base_layer = base
+        self.lora_A, self.lora_B = nn.Linear(base.in_features, 4, bias=False), nn.Linear(4, base.out_features)
+
+    def forward(self, x):
+        return self.base_layer(x) + self.lora_B(self.lora_A(x))
+
+
+def test_an_adapter_loaded_into_one_block_after_compiling_names_that_block_alone():
+    model = lynx_compile.compile_repeated_blocks(stack(), options=EAGER)
+    run(model, batch())
+    model.blocks[1].out = Adapted(model.blocks[1].out)
+    _, report = run(model, batch())
+    modules = {name for name, _ in model.named_modules()}
+    assert {layer.name for layer in report.layers} <= modules
+    assert rows(report)["blocks.1.out.base_layer"][0] == "sparse"
+    assert [graph.instances for graph in report.graphs] == [("blocks.1",)]  # the others still run their graph
+
+
 def test_compiling_again_with_other_options_keeps_nothing_of_the_first_compilation():
     model = lynx_compile.compile_repeated_blocks(stack(), options=EAGER)
     assert set(rows(run(model, batch())[1])) == set(linear_names(model))  # `inp` and `out` compiled on their own
