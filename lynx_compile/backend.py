@@ -4,9 +4,9 @@
     torch.compile(transformer, backend="lynx", mode="reduce-overhead")           # + CUDA graphs
     torch.compile(transformer, backend="lynx", options={"execution": "dense"})   # A/B baseline
 
-The backend stays thin: parse options into `LynxConfig`, run the passes, publish the decisions, hand the graph to
-`compile_fx` with `LowerSparseLinears` installed for this compile only. A failing lynx pass never breaks the user's
-model: the graph compiles unchanged, with a warning, unless ``strict=True``. Options the graph cannot honour
+The backend stays thin: parse options into `LynxConfig`, run the passes, hand the graph to `compile_fx` with
+`LowerSparseLinears` installed for this compile only, publish the decisions. A failing lynx pass never breaks the
+user's model: the graph compiles unchanged, with a warning, unless ``strict=True``. Options the graph cannot honour
 (`regions.RegionError`: one graph for block instances they treat differently) are an error either way: compiling
 unchanged would silently run something else than asked.
 """
@@ -43,7 +43,8 @@ def lynx_backend(
 
 
 def apply_lynx_passes(gm: torch.fx.GraphModule, config: LynxConfig) -> tuple[torch.fx.GraphModule, PassContext]:
-    """Run the lynx passes on a Dynamo graph and publish the decisions; on failure return the graph unchanged."""
+    """Run the lynx passes on a Dynamo graph; on failure return the graph unchanged. `ctx.graph_text` keeps the
+    graph before and after, for `publish_decisions` once the graph has compiled."""
     before = str(gm.graph)
     original = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
     ctx = PassContext(config)
@@ -54,13 +55,20 @@ def apply_lynx_passes(gm: torch.fx.GraphModule, config: LynxConfig) -> tuple[tor
             raise
         logger.warning("lynx: passes failed (%s: %s); compiling this graph without lynx", type(error).__name__, error)
         gm, ctx = original, PassContext(config)
-    after = str(gm.graph)
+    ctx.graph_text = (before, str(gm.graph))
+    return gm, ctx
+
+
+def publish_decisions(ctx: PassContext) -> None:
+    """Hand a compiled graph's decisions to the open reports (and TORCH_LOGS="lynx"). Only once it has compiled:
+    where Inductor makes Dynamo restart its analysis (dynamic shapes meeting a float scalar), the graph is traced
+    and handed to lynx again, and the attempt that never ran must not be counted."""
+    before, after = ctx.graph_text
     publish(ctx.sites, before, after, ctx.placement)
-    if logger.isEnabledFor(logging.INFO):  # TORCH_LOGS="lynx": the decisions, as explain would print them
+    if logger.isEnabledFor(logging.INFO):  # the decisions, as explain would print them
         decisions = Report()
         decisions.add_graph(ctx.sites, before, after, ctx.placement)
         logger.info("lynx: decisions for this graph:\n%s", decisions)
-    return gm, ctx
 
 
 def warn_at_the_recompile_limit() -> None:
@@ -83,6 +91,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
     gm, ctx = apply_lynx_passes(gm, config)
     if config.compiler == "eager":
         pack_groups(ctx.groups_to_pack)
+        publish_decisions(ctx)
         return gm.forward
     from torch._inductor.compile_fx import compile_fx
 
@@ -96,6 +105,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
         patches[LOWERING_SLOT] = lowering
     compiled = compile_fx(gm, example_inputs, config_patches=patches)
     pack_groups(ctx.groups_to_pack)  # after compiling: Inductor traced the parameters as Dynamo saw them
+    publish_decisions(ctx)
     if lowering is not None and lowering.lowered is not None:  # None: Inductor served the graph from its cache
         opaque = sum(site.opaque for site in ctx.sites)
         logger.info("lynx: lowered %d of %d lynx::sparse_linear ops for Inductor (%d left opaque: symbolic M)",

@@ -256,3 +256,21 @@ def test_compiling_with_grad_enabled_trains_straight_through(model):
     loss.backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+class NormedProjection(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm, self.proj = nn.LayerNorm(64), nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.proj(self.norm(x))
+
+
+def test_a_graph_dynamo_traces_again_after_a_restarted_analysis_is_reported_once():
+    # With dynamic shapes, Inductor turns the norm's float eps into a tensor and has Dynamo restart its analysis: the
+    # graph reaches the backend twice, and the first attempt, which never runs, was reported too.
+    compiled = torch.compile(NormedProjection().eval(), backend="lynx", dynamic=True)
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        compiled(torch.randn(2, 24, 64))
+    assert len(report.graphs) == 1 and [layer.name for layer in report.layers] == ["proj"]

@@ -82,6 +82,7 @@ class PassContext:
     # Sibling groups whose weights to pack in one buffer once the graph is compiled (`group_siblings.pack_group`):
     # not before, as the compiler's fake tensors of the parameters would no longer match them.
     groups_to_pack: list = field(default_factory=list)
+    graph_text: tuple[str, str] = ("", "")  # the graph before and after the passes, for the report
 
 
 def concrete_int(value: Any) -> int:
