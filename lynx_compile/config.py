@@ -181,7 +181,8 @@ class LynxConfig:
         data.update(include=list(self.include), exclude=list(self.exclude), sparse_paths=list(self.sparse_paths),
                     inductor=dict(self.inductor))  # fmt: skip
         if self.region is not None:
-            data["region"] = {"label": self.region.label, "instances": list(self.region.instances)}
+            data["region"] = {"label": self.region.label, "instances": list(self.region.instances),
+                              "one_graph": self.region.one_graph}  # fmt: skip
         if self.policy is not None:
             data["policy"] = self.policy.to_dict(adapters=True)
         return data
@@ -213,7 +214,7 @@ class LynxConfig:
 
 def _region_from_dict(data: dict[str, Any]) -> RegionSpec:
     try:
-        return RegionSpec(data["label"], tuple(data["instances"]))
+        return RegionSpec(data["label"], tuple(data["instances"]), bool(data.get("one_graph", True)))
     except (KeyError, TypeError) as error:
         raise OptionError(f"lynx option 'region': {data!r} is no region ({error})") from None
 

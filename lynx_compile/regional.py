@@ -25,7 +25,8 @@ and `explain` shows the count (`Report.regions`).
 
 Linears outside the blocks (FLUX's ``x_embedder``, ``context_embedder``, ``proj_out``) run eagerly under diffusers'
 regional compilation, so dense whatever a policy says. Here each one the options may sparsify is compiled on its own
-as well, so that regional and whole-model compilation decide every layer alike.
+as well, so that regional and whole-model compilation decide every layer alike; those the options decide alike
+share one set of options (code below a graph break, which all regions share, keeps one Dynamo cache entry per set).
 """
 
 from __future__ import annotations
@@ -98,20 +99,27 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
     patterns: dict[tuple, list[tuple[str, torch.nn.Module]]] = {}
     for path, module in instances:
         patterns.setdefault(_pattern(module, path, config), []).append((path, module))
-    outside = _linears_outside(model, instances, config)
     regions = [(type(members[0][1]).__name__, members) for members in patterns.values()]
-    regions += [(OUTSIDE, [(path, module)]) for path, module in outside]
-    for label, members in regions:
-        region = RegionSpec(label, tuple(path for path, _ in members))
-        run = torch.compile(_region_function(*members[0]), backend="lynx",
-                            options=dataclasses.replace(config, region=region), **compile_kwargs)  # fmt: skip
-        if steps is not None:  # the dense variant through code of its own: switching steps never recompiles
-            dense = torch.compile(_region_function(*members[0], variant="dense"), backend="lynx",
-                                  options=dataclasses.replace(config, region=region, execution="dense"),
-                                  **compile_kwargs)  # fmt: skip
-        for _, module in members:
-            module._compiled_call_impl = (functools.partial(run, module) if steps is None else
-                                          functools.partial(by_step, steps, run, dense, module))  # fmt: skip
+    # Linears outside the blocks: each runs code of its own, but those the options decide alike share one set of
+    # options. Below a graph break inside a region (a diffusers hook around each linear: layerwise casting,
+    # leaf-level offloading) Dynamo compiles shared code (the hook, `nn.Linear.forward`), one cache entry per
+    # distinct set of options: one per linear ran FLUX's shared frames past Dynamo's recompile limit, dense after.
+    alike: dict[tuple, list[tuple[str, torch.nn.Module]]] = {}
+    for path, module in _linears_outside(model, instances, config):
+        alike.setdefault(config.name_variant(path), []).append((path, module))
+    for label, members in [*regions, *((OUTSIDE, members) for members in alike.values())]:
+        one_graph = label != OUTSIDE
+        region = RegionSpec(label, tuple(path for path, _ in members), one_graph)
+        options = dataclasses.replace(config, region=region)
+        for first in members[:1] if one_graph else members:
+            run = torch.compile(_region_function(*first), backend="lynx", options=options, **compile_kwargs)
+            if steps is not None:  # the dense variant through code of its own: switching steps never recompiles
+                dense = torch.compile(_region_function(*first, variant="dense"), backend="lynx",
+                                      options=dataclasses.replace(options, execution="dense"), **compile_kwargs)
+            for _, module in members if one_graph else [first]:
+                module._compiled_call_impl = (functools.partial(run, module) if steps is None else
+                                              functools.partial(by_step, steps, run, dense, module))  # fmt: skip
+    regions += [(OUTSIDE, [member]) for members in alike.values() for member in members]
     _compiled[model] = RegionalCompile(names, dict(compile_kwargs), tuple(path for _, members in regions
                                                                           for path, _ in members))  # fmt: skip
     _log_regions(model, regions, config)

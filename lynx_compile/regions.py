@@ -51,10 +51,13 @@ class RegionError(ValueError):
 class RegionSpec:
     """The module instances one compiled graph serves, as `lynx_compile.compile_repeated_blocks` compiled it: their
     qualified names in the model (``("single_transformer_blocks.0", "single_transformer_blocks.2")``) and a label
-    saying which decision pattern of which class it is. Plain data, so that it can be part of the cache key."""
+    saying which decision pattern of which class it is. Plain data, so that it can be part of the cache key.
+    `one_graph` False: the instances share these options but each runs a graph of its own (linears outside the
+    blocks whose options decide them alike)."""
 
     label: str
     instances: tuple[str, ...]
+    one_graph: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.label, str) or not isinstance(self.instances, tuple) or not self.instances or not all(
@@ -160,13 +163,16 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
                shapes: dict[str, tuple[int, ...]]) -> Placement:  # fmt: skip
     instances = () if region is None else region.instances
     owner = next((instance for instance in instances if inside(path, instance)), None)
+    if owner is not None and not region.one_graph:
+        return Placement(path, (path,), region.label, True, id(model), weakref.ref(model))
     if owner is not None:
         # Only the instances built as the traced one: a LoRA loaded into some of them after compiling gives those
         # other parameters, and Dynamo a graph of their own.
         below = path[len(owner):].lstrip(".")
         built = _parameter_shapes(model, path)
         instances = tuple(qualified(instance, below) for instance in region.instances
-                          if _parameter_shapes(model, qualified(instance, below)) == built)  # fmt: skip
+                          if _parameter_shapes(model, qualified(instance, below)) == built
+                          and (instance == owner or not runs_eagerly(model.get_submodule(instance))))  # fmt: skip
         return Placement(path, instances, region.label, True, id(model), weakref.ref(model))
     if path == "" or not class_wide:
         return Placement(path, (path,), "", True, id(model), weakref.ref(model))
@@ -180,8 +186,27 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
     instances = tuple(name for name, module in model.named_modules() if type(module) is type(traced)
                       and [name for name, _ in module.named_parameters()] == names
                       and all(tuple(module.get_parameter(name).shape) == shape for name, shape in shapes.items())
-                      and (module is traced or not getattr(module.forward, "_torchdynamo_disable", False)))  # fmt: skip
+                      and (module is traced or not runs_eagerly(module)))  # fmt: skip
     return Placement(path, instances, type(traced).__name__, False, id(model), weakref.ref(model))
+
+
+def runs_eagerly(module: torch.nn.Module) -> bool:
+    """Whether Dynamo never traces the module's forward: a function `torch.compiler.disable` wraps, directly or
+    under wrappers, or a diffusers hook whose own forward is one (the SEA cache's on its first block, MagCache's)."""
+    if _disabled(module.forward):
+        return True
+    hooks = getattr(getattr(module, "_diffusers_hook", None), "hooks", None)  # diffusers' HookRegistry
+    return isinstance(hooks, dict) and any(_disabled(getattr(hook, "new_forward", None)) for hook in hooks.values())
+
+
+def _disabled(function: Any) -> bool:
+    for _ in range(8):  # through functools.partial and functools.wraps
+        if function is None:
+            return False
+        if getattr(function, "_torchdynamo_disable", False):
+            return True
+        function = getattr(function, "func", None) or getattr(function, "__wrapped__", None)
+    return False
 
 
 def _parameter_shapes(model: torch.nn.Module, path: str) -> list[tuple[str, tuple[int, ...]]] | None:

@@ -4,6 +4,9 @@ trace), compiled with ``compiler="eager"``: the lynx passes are the same as with
 code generation the outputs of the two compilations must be equal bit for bit (tests/test_regional_flux.py does the
 same on a diffusers FLUX)."""
 
+import functools
+import types
+
 import pytest
 import torch
 import torch.nn as nn
@@ -168,6 +171,74 @@ def test_an_adapter_loaded_into_one_block_after_compiling_names_that_block_alone
     assert {layer.name for layer in report.layers} <= modules
     assert rows(report)["blocks.1.out.base_layer"][0] == "sparse"
     assert [graph.instances for graph in report.graphs] == [("blocks.1",)]  # the others still run their graph
+
+
+class ManyOutside(nn.Module):
+    """Ten linears outside two blocks, all of one shape."""
+
+    _repeated_blocks = ["RepeatedBlock"]
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = nn.ModuleList(nn.Linear(32, 32) for _ in range(10))
+        self.blocks = nn.ModuleList(RepeatedBlock() for _ in range(2))
+
+    def forward(self, x):
+        for linear in self.inputs:
+            x = linear(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_a_graph_break_at_every_linear_keeps_the_blocks_sparse_under_regional_compilation():
+    # A hook breaking the graph at each linear (diffusers' layerwise casting, leaf-level offloading) has Dynamo
+    # compile nn.Linear.forward on its own: code every region shares, one cache entry per distinct set of options.
+    # One set per linear outside the blocks ran it past Dynamo's recompile limit, and the blocks' linears dense.
+    def breaking(module, args):
+        torch._dynamo.graph_break()
+
+    torch.manual_seed(0)
+    model = ManyOutside().eval()
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.register_forward_pre_hook(breaking)
+    x = torch.randn(2, 24, 32)
+    expected, _ = whole(model, EAGER, x)
+    torch.compiler.reset()
+    outs, report = run(lynx_compile.compile_repeated_blocks(model, options=EAGER), x)
+    assert torch.equal(outs[0], expected[0])
+    assert {"blocks.0.out", "blocks.1.inner"} <= {layer.name for layer in report.sparse_layers}
+
+
+class EagerHook:
+    """A diffusers hook whose forward Dynamo never traces (the SEA cache's on a model's first block)."""
+
+    @torch.compiler.disable
+    def new_forward(self, module, *args):
+        return type(module).forward(module, *args)
+
+
+def test_a_block_whose_hook_runs_it_eagerly_is_not_reported_among_the_instances_a_graph_serves():
+    model = stack()
+    hook = EagerHook()
+    model.blocks[0].forward = functools.partial(hook.new_forward, model.blocks[0])  # diffusers' form: a partial
+    for compile_model in (lambda: torch.compile(model, backend="lynx", options=EAGER),
+                          lambda: lynx_compile.compile_repeated_blocks(model, options=EAGER)):  # fmt: skip
+        torch.compiler.reset()
+        _, report = run(compile_model(), batch())
+        sparse = {layer.name for layer in report.sparse_layers}
+        assert "blocks.1.out" in sparse and not any(name.startswith("blocks.0.") for name in sparse), sparse
+
+
+def test_runs_eagerly_sees_through_diffusers_wrappers():
+    hook, plain = EagerHook(), RepeatedBlock()
+    assert not regions.runs_eagerly(plain)
+    wrapped = RepeatedBlock()
+    wrapped.forward = functools.update_wrapper(functools.partial(lambda module, x: x, wrapped), plain.forward)
+    assert not regions.runs_eagerly(wrapped)
+    wrapped._diffusers_hook = types.SimpleNamespace(hooks={"sea": hook})  # a registered hook's own forward
+    assert regions.runs_eagerly(wrapped)
 
 
 def test_compiling_again_with_other_options_keeps_nothing_of_the_first_compilation():
