@@ -183,10 +183,15 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
     # `lora_A` and `lora_B`, both `nn.Linear` frames, get a graph each). Nor one whose forward
     # `torch.compiler.disable` wraps: that one runs eagerly, dense.
     names = [name for name, _ in traced.named_parameters()]
+    # Where the model is compiled region by region (diffusers' compile_repeated_blocks), modules outside every
+    # compiled one run eagerly: FLUX's time embedding linears are no instances of a graph of `nn.Linear.forward`
+    # that a graph break inside a block had Dynamo compile.
+    compiled = [path for path, module in model.named_modules() if module.__dict__.get("_compiled_call_impl")]
     instances = tuple(name for name, module in model.named_modules() if type(module) is type(traced)
                       and [name for name, _ in module.named_parameters()] == names
                       and all(tuple(module.get_parameter(name).shape) == shape for name, shape in shapes.items())
-                      and (module is traced or not runs_eagerly(module)))  # fmt: skip
+                      and (module is traced or not runs_eagerly(module)
+                           and (not compiled or any(inside(name, outer) for outer in compiled))))  # fmt: skip
     return Placement(path, instances, type(traced).__name__, False, id(model), weakref.ref(model))
 
 

@@ -211,6 +211,40 @@ def test_a_graph_break_at_every_linear_keeps_the_blocks_sparse_under_regional_co
     assert {"blocks.0.out", "blocks.1.inner"} <= {layer.name for layer in report.sparse_layers}
 
 
+class HeadLikeInner(nn.Module):
+    """Blocks, then a head of the shape of the blocks' `inner`."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(RepeatedBlock() for _ in range(2))
+        self.head = nn.Linear(32, 64)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def test_under_diffusers_regional_compilation_linears_outside_the_blocks_are_no_instances_of_a_block_linears_graph():
+    # A graph break at each linear has Dynamo compile nn.Linear.forward on its own, placed over every linear of its
+    # shapes; the head, outside the blocks, runs eagerly and was reported sparse.
+    def breaking(module, args):
+        torch._dynamo.graph_break()
+
+    torch.manual_seed(0)
+    model = HeadLikeInner().eval()
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.register_forward_pre_hook(breaking)
+    for block in model.blocks:  # what diffusers' compile_repeated_blocks does
+        block.compile(backend="lynx", options=EAGER)
+    regions.register_model(model)  # as lynx finds a diffusers model on the stack
+    torch.compiler.reset()
+    _, report = run(model, torch.randn(2, 24, 32))
+    assert "head" not in {layer.name for layer in report.sparse_layers}
+    assert {"blocks.0.inner", "blocks.1.out"} <= {layer.name for layer in report.sparse_layers}
+
+
 class EagerHook:
     """A diffusers hook whose forward Dynamo never traces (the SEA cache's on a model's first block)."""
 
