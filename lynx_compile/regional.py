@@ -110,12 +110,12 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
     for label, members in [*regions, *((OUTSIDE, members) for members in alike.values())]:
         one_graph = label != OUTSIDE
         region = RegionSpec(label, tuple(path for path, _ in members), one_graph)
-        options = dataclasses.replace(config, region=region)
+        region_config = dataclasses.replace(config, region=region)
         for first in members[:1] if one_graph else members:
-            run = torch.compile(_region_function(*first), backend="lynx", options=options, **compile_kwargs)
+            run = torch.compile(_region_function(*first), backend="lynx", options=region_config, **compile_kwargs)
             if steps is not None:  # the dense variant through code of its own: switching steps never recompiles
                 dense = torch.compile(_region_function(*first, variant="dense"), backend="lynx",
-                                      options=dataclasses.replace(options, execution="dense"), **compile_kwargs)
+                                      options=dataclasses.replace(region_config, execution="dense"), **compile_kwargs)
             for _, module in members if one_graph else [first]:
                 module._compiled_call_impl = (functools.partial(run, module) if steps is None else
                                               functools.partial(by_step, steps, run, dense, module))  # fmt: skip
