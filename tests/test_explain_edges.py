@@ -370,3 +370,27 @@ def test_a_frames_graph_serves_the_instances_of_its_parameter_shapes_alone():
     assert place(weight, None, first=model).instances == ("0", "2", "3")  # shapes unknown: every instance
     assert place(weight, None, first=model, shapes={"weight": (32, 64)}).instances == ("0", "3")
     assert place([(model[2].weight, "weight")], None, first=model, shapes={"weight": (64, 32)}).instances == ("2",)
+
+
+class Parametrized(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.w, self.s, self.out = (nn.Linear(32, 32) for _ in range(4))
+
+    def forward(self, x):
+        return self.out(self.s(self.w(self.q(x))))
+
+
+def test_parametrized_weights_are_rows_of_their_modules_dense_with_the_reason():
+    from torch.nn.utils import parametrizations
+
+    model = Parametrized()
+    parametrizations.orthogonal(model.q)  # its weight is many operations away from its original, with a buffer
+    parametrizations.weight_norm(model.w)
+    parametrizations.spectral_norm(model.s)
+    report = lynx_compile.explain(model, torch.randn(2, 24, 32))
+    rows = {layer.name: (layer.decision, layer.reason) for layer in report.layers}
+    assert set(rows) == {"q", "w", "s", "out"} and report.outside == []
+    for name in ("q", "w", "s"):
+        assert rows[name][0] == "dense" and "not as stored" in rows[name][1], rows[name]
+    assert "parametrization" in rows["q"][1] and rows["out"][0] == "sparse"

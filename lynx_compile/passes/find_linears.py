@@ -20,7 +20,8 @@ from ..float8 import is_float8_weight
 from ..folds import match_producer
 from ..method import token_rows
 from .autocast import autocast_dtypes
-from .names import parameter_name
+from ..regions import linear_name
+from .names import ParameterName, parameter_name
 from .utils import LinearSite, PassContext, fake_value
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
             fold = None  # autocast casts x after its producer ran; folded, the op would cast the producer's inputs
         ctx.sites.append(
             LinearSite(
-                node=node, x=x, weight=weight, bias=bias, form=form, name=found.linear_name, tokens=tokens,
+                node=node, x=x, weight=weight, bias=bias, form=form, name=linear_name_of(found), tokens=tokens,
                 in_features=in_features, out_features=out_features, dtype=dtype, device=x_value.device,
                 autocast=autocast[node].get(x_value.device.type), fold=fold, name_problem=found.problem,
                 weight_name=found, float8=is_float8_weight(weight_value), weight_view=view,
@@ -153,19 +154,66 @@ def _warn_about_subgraph_linears(gm: torch.fx.GraphModule) -> None:
 
 def _viewed_parameter(weight: torch.fx.Node, gm: torch.fx.GraphModule, steps: int = 4) -> tuple:
     """(the parameter's node, its name, what was done to it) where the weight is made of a module parameter by a few
-    operations on it alone (`w.chunk(3)[0]`, `w.t()` in `F.linear`, `w.float()`): the layer is reported, dense, with
-    that reason; (weight, None, None) otherwise."""
+    operations on it alone (`w.chunk(3)[0]`, `w.t()` in `F.linear`, `w.float()`), or by a parametrization
+    (`torch.nn.utils.parametrize`: weight norm, orthogonal) of one module's parameters: the layer is reported, dense,
+    with that reason, under that module's name; (weight, None, None) otherwise."""
     done, node = [], weight
     for _ in range(steps):
         source = node.args[0] if node.op in ("call_function", "call_method") and node.args else None
         if not isinstance(source, torch.fx.Node):
-            return weight, None, None
+            break
         done.append(node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "an op"))
         node = source
         found = parameter_name(node, gm)
         if found is not None and found.problem is None:
             return node, found, " then ".join(reversed(done))
-    return weight, None, None
+    return _parametrized(weight, gm)
+
+
+_PARAMETRIZATIONS = ".parametrizations."
+
+
+def linear_name_of(found: ParameterName) -> str:
+    """The linear's name: its module's, also where the weight is a parametrized tensor made of originals
+    (``q.parametrizations.weight.original0`` names ``q``)."""
+    module, marker, rest = f".{found.qualified}".partition(_PARAMETRIZATIONS) if found.qualified else ("", "", "")
+    if not marker or "." not in rest:
+        return found.linear_name
+    return linear_name(f"{module}.{rest.split('.')[0]}".lstrip("."))
+
+
+def _parametrized(weight: torch.fx.Node, gm: torch.fx.GraphModule, limit: int = 256) -> tuple:
+    """(an original's node, the weight's name, "a parametrization") where every input the weight is computed from,
+    however many operations away, is an original of one parametrized tensor; (weight, None, None) otherwise."""
+    seen, stack, originals = {weight}, [weight], []
+    while stack:
+        node = stack.pop()
+        found = parameter_name(node, gm) if node.op in ("placeholder", "get_attr") else None
+        if found is not None and found.problem is None:
+            originals.append((node, found))
+            continue
+        if node.op in ("placeholder", "get_attr") and _parametrization_state(node, gm):
+            continue  # a parametrization's own buffer (orthogonal's `base`)
+        if node.op in ("placeholder", "get_attr") or len(seen) > limit:
+            return weight, None, None  # a graph input, a buffer or a constant tensor: not a parametrization alone
+        for source in node.all_input_nodes:
+            if source not in seen:
+                seen.add(source)
+                stack.append(source)
+    if not originals or not all(_PARAMETRIZATIONS in f".{found.qualified}" for _, found in originals) \
+            or len({(found.root, linear_name_of(found)) for _, found in originals}) != 1:  # fmt: skip
+        return weight, None, None
+    node, found = originals[0]
+    return node, found, "a parametrization (torch.nn.utils.parametrize)"
+
+
+def _parametrization_state(node: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
+    """Whether a graph input holds a parametrization module's state (``….parametrizations.weight.0.base``)."""
+    if node.op == "get_attr":
+        return "parametrizations" in str(node.target)
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    name = getattr(source, "name", "")
+    return _module_state(node, gm) and "parametrizations" in (name() if callable(name) else str(name))
 
 
 def _flag_shared_weights(sites: list[LinearSite]) -> None:
