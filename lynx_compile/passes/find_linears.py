@@ -19,8 +19,8 @@ import torch.fx
 from ..float8 import is_float8_weight
 from ..folds import match_producer
 from ..method import token_rows
-from .autocast import autocast_dtypes
 from ..regions import linear_name
+from .autocast import autocast_dtypes
 from .names import ParameterName, parameter_name
 from .utils import LinearSite, PassContext, fake_value
 
