@@ -173,6 +173,13 @@ def test_an_adapter_loaded_into_one_block_after_compiling_names_that_block_alone
     assert [graph.instances for graph in report.graphs] == [("blocks.1",)]  # the others still run their graph
 
 
+def break_the_graph_at_every_linear(model):
+    """A hook on each linear that Dynamo cannot trace, as diffusers' layerwise casting and leaf-level offloading put."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.register_forward_pre_hook(lambda module, args: torch._dynamo.graph_break())
+
+
 class ManyOutside(nn.Module):
     """Ten linears outside two blocks, all of one shape."""
 
@@ -195,14 +202,9 @@ def test_a_graph_break_at_every_linear_keeps_the_blocks_sparse_under_regional_co
     # A hook breaking the graph at each linear (diffusers' layerwise casting, leaf-level offloading) has Dynamo
     # compile nn.Linear.forward on its own: code every region shares, one cache entry per distinct set of options.
     # One set per linear outside the blocks ran it past Dynamo's recompile limit, and the blocks' linears dense.
-    def breaking(module, args):
-        torch._dynamo.graph_break()
-
     torch.manual_seed(0)
     model = ManyOutside().eval()
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            module.register_forward_pre_hook(breaking)
+    break_the_graph_at_every_linear(model)
     x = torch.randn(2, 24, 32)
     expected, _ = whole(model, EAGER, x)
     torch.compiler.reset()
@@ -228,14 +230,9 @@ class HeadLikeInner(nn.Module):
 def test_under_diffusers_regional_compilation_linears_outside_the_blocks_are_no_instances_of_a_block_linears_graph():
     # A graph break at each linear has Dynamo compile nn.Linear.forward on its own, placed over every linear of its
     # shapes; the head, outside the blocks, runs eagerly and was reported sparse.
-    def breaking(module, args):
-        torch._dynamo.graph_break()
-
     torch.manual_seed(0)
     model = HeadLikeInner().eval()
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            module.register_forward_pre_hook(breaking)
+    break_the_graph_at_every_linear(model)
     for block in model.blocks:  # what diffusers' compile_repeated_blocks does
         block.compile(backend="lynx", options=EAGER)
     regions.register_model(model)  # as lynx finds a diffusers model on the stack

@@ -19,9 +19,8 @@ import torch.fx
 from ..float8 import is_float8_weight
 from ..folds import match_producer
 from ..method import token_rows
-from ..regions import linear_name
 from .autocast import autocast_dtypes
-from .names import ParameterName, parameter_name
+from .names import parameter_name, source_name
 from .utils import LinearSite, PassContext, fake_value
 
 logger = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
             fold = None  # autocast casts x after its producer ran; folded, the op would cast the producer's inputs
         ctx.sites.append(
             LinearSite(
-                node=node, x=x, weight=weight, bias=bias, form=form, name=linear_name_of(found), tokens=tokens,
+                node=node, x=x, weight=weight, bias=bias, form=form, name=found.linear_name, tokens=tokens,
                 in_features=in_features, out_features=out_features, dtype=dtype, device=x_value.device,
                 autocast=autocast[node].get(x_value.device.type), fold=fold, name_problem=found.problem,
                 weight_name=found, float8=is_float8_weight(weight_value), weight_view=view,
@@ -170,18 +169,6 @@ def _viewed_parameter(weight: torch.fx.Node, gm: torch.fx.GraphModule, steps: in
     return _parametrized(weight, gm)
 
 
-_PARAMETRIZATIONS = ".parametrizations."
-
-
-def linear_name_of(found: ParameterName) -> str:
-    """The linear's name: its module's, also where the weight is a parametrized tensor made of originals
-    (``q.parametrizations.weight.original0`` names ``q``)."""
-    module, marker, rest = f".{found.qualified}".partition(_PARAMETRIZATIONS) if found.qualified else ("", "", "")
-    if not marker or "." not in rest:
-        return found.linear_name
-    return linear_name(f"{module}.{rest.split('.')[0]}".lstrip("."))
-
-
 def _parametrized(weight: torch.fx.Node, gm: torch.fx.GraphModule, limit: int = 256) -> tuple:
     """(an original's node, the weight's name, "a parametrization") where every input the weight is computed from,
     however many operations away, is an original of one parametrized tensor; (weight, None, None) otherwise."""
@@ -200,8 +187,8 @@ def _parametrized(weight: torch.fx.Node, gm: torch.fx.GraphModule, limit: int = 
             if source not in seen:
                 seen.add(source)
                 stack.append(source)
-    if not originals or not all(_PARAMETRIZATIONS in f".{found.qualified}" for _, found in originals) \
-            or len({(found.root, linear_name_of(found)) for _, found in originals}) != 1:  # fmt: skip
+    if not originals or not all(found.parametrized for _, found in originals) \
+            or len({(found.root, found.linear_name) for _, found in originals}) != 1:  # fmt: skip
         return weight, None, None
     node, found = originals[0]
     return node, found, "a parametrization (torch.nn.utils.parametrize)"
@@ -212,8 +199,7 @@ def _parametrization_state(node: torch.fx.Node, gm: torch.fx.GraphModule) -> boo
     if node.op == "get_attr":
         return "parametrizations" in str(node.target)
     source = getattr(node.meta.get("grapharg"), "source", None)
-    name = getattr(source, "name", "")
-    return _module_state(node, gm) and "parametrizations" in (name() if callable(name) else str(name))
+    return source is not None and _module_state(node, gm) and "parametrizations" in source_name(source)
 
 
 def _flag_shared_weights(sites: list[LinearSite]) -> None:

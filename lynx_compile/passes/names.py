@@ -26,6 +26,7 @@ import torch.fx
 from ..regions import linear_name
 
 _CONTAINERS = {"_modules": "module", "_parameters": "parameter", "_buffers": "buffer"}
+PARAMETRIZATIONS = ".parametrizations."  # torch.nn.utils.parametrize: <module>.parametrizations.<tensor>.original
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,20 @@ class ParameterName:
 
     @property
     def linear_name(self) -> str:
-        """The linear's name: the owning module for ``<module>.weight`` (``""`` for a bare `nn.Linear`), else the
-        parameter's own qualified name; Dynamo's spelling where the name is not recoverable."""
-        return self.spelled if self.qualified is None else linear_name(self.qualified)
+        """The linear's name: the owning module for ``<module>.weight`` (``""`` for a bare `nn.Linear`) or for an
+        original of its parametrized weight (``q.parametrizations.weight.original0``: ``q``), else the parameter's
+        own qualified name; Dynamo's spelling where the name is not recoverable."""
+        if self.qualified is None:
+            return self.spelled
+        module, marker, rest = f".{self.qualified}".partition(PARAMETRIZATIONS)
+        if marker and "." in rest:
+            return linear_name(f"{module}.{rest.split('.')[0]}".lstrip("."))
+        return linear_name(self.qualified)
+
+    @property
+    def parametrized(self) -> bool:
+        """Whether the parameter is an original of a parametrized tensor (`torch.nn.utils.parametrize`)."""
+        return self.qualified is not None and PARAMETRIZATIONS in f".{self.qualified}"
 
 
 def parameter_name(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ParameterName | None:
@@ -79,7 +91,7 @@ def _attribute_source(target: str) -> Any:
         return None
 
 
-def _name_of(source: Any) -> str:
+def source_name(source: Any) -> str:
     name = source.name
     return name() if callable(name) else str(name)
 
@@ -92,8 +104,8 @@ def _from_source(source: Any) -> ParameterName | None:
     # The outermost module: the base of the first wrapper marking a module (NNModuleSource and its variants).
     boundary = next((i for i, step in enumerate(chain) if type(step).__name__.endswith("NNModuleSource")), None)
     if boundary is None:
-        return ParameterName(None, _name_of(source), "the weight is not reached through a module", _name_of(source))
-    root, root_source = _name_of(chain[boundary]), chain[boundary]
+        return ParameterName(None, source_name(source), "the weight is not reached through a module", source_name(source))
+    root, root_source = source_name(chain[boundary]), chain[boundary]
     steps = []
     for step in chain[boundary + 1:]:
         if type(step).__name__.endswith("NNModuleSource"):
@@ -103,9 +115,9 @@ def _from_source(source: Any) -> ParameterName | None:
         elif hasattr(step, "index"):
             steps.append(("item", step.index))
         else:
-            return ParameterName(None, root, f"unknown step {type(step).__name__} in {_name_of(source)}",
-                                 _name_of(source))  # fmt: skip
-    found = _interpret(steps, root, _name_of(source))
+            return ParameterName(None, root, f"unknown step {type(step).__name__} in {source_name(source)}",
+                                 source_name(source))  # fmt: skip
+    found = _interpret(steps, root, source_name(source))
     return None if found is None else replace(found, root_source=root_source)
 
 
