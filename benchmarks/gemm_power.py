@@ -25,16 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lynx_compile.fp8 import quantize_rows  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from lynx_compile.kernels import cutlass_gemm  # noqa: E402
-from lynx_compile.kernels.prune_compress_24 import prune_compress_24_cutlass  # noqa: E402
-from lynx_compile.kernels.prune_quantize_fp8 import prune_quantize_compress_fp8_ref  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
+from tune_cutlass import gemm_operands, sparse_gemm  # noqa: E402
 
 SHAPES = [  # (name, M, K, N)
     ("flux mlp up", 4608, 3072, 12288),
@@ -45,14 +44,13 @@ DENSE_FLOP_PER_CLOCK_PER_SM = {"bf16": 4096, "fp8": 8192}
 SAMPLE_FIELDS = "timestamp,clocks.sm,power.draw,clocks_event_reasons.active"
 
 
-def fastest_sparse(values, metadata, weight, scale, weight_scale, configs):
+def fastest_sparse(operand: dict, configs) -> tuple[str, Callable[[], torch.Tensor]]:
     """The fastest (configuration, raster) of a short sweep (swizzle 1), as a call."""
     calls = {}
     for config in configs:
         for raster in cutlass_gemm.RASTERS.values():
             def call(config=config, raster=raster):
-                return cutlass_gemm.sparse_mm(values, metadata, weight, scale, None, config, raster,
-                                              weight_scale=weight_scale)  # fmt: skip
+                return sparse_gemm(operand, config, raster)
             calls[(config.name, raster)] = (cuda_graph_ms(call, rep_ms=30), call)
     best = min(calls, key=lambda key: calls[key][0])
     return f"{best[0]} raster {best[1]}", calls[best][1]
@@ -61,20 +59,16 @@ def fastest_sparse(values, metadata, weight, scale, weight_scale, configs):
 def phases(m: int, k: int, n: int) -> dict:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
-    values, metadata, _ = prune_compress_24_cutlass(x)
-    x_q, x_scale = quantize_rows(x)
-    w_q, w_scale = quantize_rows(weight)
-    values8, metadata8, row_scale8 = prune_quantize_compress_fp8_ref(x)
-    column_scale = w_scale.reshape(n).contiguous()
-    bf16_config, bf16_sparse = fastest_sparse(values, metadata, weight, None, None, cutlass_gemm.CONFIGS)
-    fp8_config, fp8_sparse = fastest_sparse(values8, metadata8, w_q, row_scale8, column_scale, cutlass_gemm.FP8_CONFIGS)
+    bf16_dense, bf16_operand = gemm_operands(x, weight, fp8=False)
+    fp8_dense, fp8_operand = gemm_operands(x, weight, fp8=True)
+    bf16_config, bf16_sparse = fastest_sparse(bf16_operand, cutlass_gemm.CONFIGS)
+    fp8_config, fp8_sparse = fastest_sparse(fp8_operand, cutlass_gemm.FP8_CONFIGS)
     return {
-        "bf16 dense": ("bf16", 1, lambda: F.linear(x, weight), "cuBLAS"),
+        "bf16 dense": ("bf16", 1, bf16_dense, "cuBLAS"),
         "bf16 2:4": ("bf16", 2, bf16_sparse, bf16_config),
-        "fp8 dense": ("fp8", 1, lambda: torch._scaled_mm(x_q, w_q.t(), scale_a=x_scale, scale_b=w_scale.reshape(1, n),
-                                                         out_dtype=torch.bfloat16, use_fast_accum=True), "_scaled_mm"),
+        "fp8 dense": ("fp8", 1, fp8_dense, "_scaled_mm"),
         "fp8 2:4": ("fp8", 2, fp8_sparse, fp8_config),
-    }  # fmt: skip
+    }
 
 
 def run_phase(call, seconds: float) -> tuple[float, float, float]:

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,24 +47,41 @@ SHAPES = [
 SWIZZLES = (1, 2, 4, 8)
 
 
-def operands(m: int, k: int, n: int, fp8: bool) -> tuple[dict, dict]:
-    """The dense baseline's callables and the sparse kernel's operands for one shape, random (never zero) data."""
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+def gemm_operands(x: torch.Tensor, weight: torch.Tensor, fp8: bool) -> tuple[Callable[[], torch.Tensor], dict]:
+    """The dense GEMM of x and W (cuBLAS; with `fp8`, `torch._scaled_mm` rowwise, fast accumulation) and the sparse
+    kernel's operands made of the same x and W (`sparse_gemm` takes them)."""
+    n = weight.shape[0]
     if fp8:
         x_q, x_scale = quantize_rows(x)
         w_q, w_scale = quantize_rows(weight)
         values, metadata, row_scale = prune_quantize_compress_fp8_ref(x)
-        dense = {"dense": lambda: torch._scaled_mm(x_q, w_q.t(), scale_a=x_scale, scale_b=w_scale.reshape(1, n),
-                                                   out_dtype=torch.bfloat16, use_fast_accum=True)}  # fmt: skip
-        return dense, {"values": values, "metadata": metadata, "weight": w_q, "scale": row_scale,
-                       "weight_scale": w_scale.reshape(n).contiguous()}  # fmt: skip
+        return (lambda: torch._scaled_mm(x_q, w_q.t(), scale_a=x_scale, scale_b=w_scale.reshape(1, n),
+                                         out_dtype=torch.bfloat16, use_fast_accum=True),
+                {"values": values, "metadata": metadata, "weight": w_q, "scale": row_scale,
+                 "weight_scale": w_scale.reshape(n).contiguous()})  # fmt: skip
     values, metadata, _ = prune_compress_24_cutlass(x)
-    operand, _ = prune_compress_24(x, pad_rows_to=16)
-    algorithm = search_algorithm(operand, weight.t())
-    dense = {"dense": lambda: F.linear(x, weight),
-             "cusparselt": lambda: torch._cslt_sparse_mm(operand, weight.t(), alg_id=algorithm)}
-    return dense, {"values": values, "metadata": metadata, "weight": weight, "scale": None, "weight_scale": None}
+    return (lambda: F.linear(x, weight),
+            {"values": values, "metadata": metadata, "weight": weight, "scale": None, "weight_scale": None})
+
+
+def sparse_gemm(operand: dict, config: GemmConfig, raster: int = 0, swizzle: int = 1) -> torch.Tensor:
+    """lynx's CUTLASS sparse GEMM on `gemm_operands`' operands."""
+    return cutlass_gemm.sparse_mm(operand["values"], operand["metadata"], operand["weight"], operand["scale"], None,
+                                  config, raster, swizzle, weight_scale=operand["weight_scale"])  # fmt: skip
+
+
+def operands(m: int, k: int, n: int, fp8: bool) -> tuple[dict, dict]:
+    """The baselines' callables (dense; cuSPARSELt's best algorithm for bf16) and the sparse kernel's operands for one
+    shape, random (never zero) data."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    weight = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+    dense, operand = gemm_operands(x, weight, fp8)
+    if fp8:
+        return {"dense": dense}, operand
+    compressed, _ = prune_compress_24(x, pad_rows_to=16)
+    algorithm = search_algorithm(compressed, weight.t())
+    return {"dense": dense, "cusparselt": lambda: torch._cslt_sparse_mm(compressed, weight.t(), alg_id=algorithm)}, \
+        operand  # fmt: skip
 
 
 def sweep(name: str, m: int, k: int, n: int, configs: tuple[GemmConfig, ...], fp8: bool) -> dict:
@@ -74,16 +92,13 @@ def sweep(name: str, m: int, k: int, n: int, configs: tuple[GemmConfig, ...], fp
     for config in configs:
         label = config.name + (" (timing only)" if config.tile_k != layout_k else "")
         if config.tile_k == layout_k:  # the first configuration is the tested one; the others must agree with it
-            out = cutlass_gemm.sparse_mm(operand["values"], operand["metadata"], operand["weight"], operand["scale"],
-                                         None, config, weight_scale=operand["weight_scale"])  # fmt: skip
+            out = sparse_gemm(operand, config)
             first = out if first is None else first
             differs_from_first[config.name] = (out.float() - first.float()).abs().max().item()
         for raster_name, raster in cutlass_gemm.RASTERS.items():
             for swizzle in SWIZZLES:
                 def gemm(config=config, raster=raster, swizzle=swizzle):
-                    return cutlass_gemm.sparse_mm(operand["values"], operand["metadata"], operand["weight"],
-                                                  operand["scale"], None, config, raster, swizzle,
-                                                  weight_scale=operand["weight_scale"])  # fmt: skip
+                    return sparse_gemm(operand, config, raster, swizzle)
                 try:
                     variants[f"{label} {raster_name} s{swizzle}"] = cuda_graph_ms(gemm, rep_ms=30)
                 except RuntimeError as error:
