@@ -9,7 +9,9 @@ kernel against the one-pass kernel at chunks of 64 and 128 pairs (the head piece
 its own piece's activation) and of 256 (3072 is not whole chunks of 2048: each member through both, selected);
 the same for the FP8 compressor (`quantize_fp8_single_pass`, its row read twice at this K) against its general
 kernels, and with the row held in registers (read once, the GELU computed once) in 4, 8 and 16 warps a program;
-the same for x = GELU(t) at 4608 × 12288, as FLUX's MLP down-projections read it.
+the same for x = GELU(t) at 4608 × 12288, as FLUX's MLP down-projections read it, Wan's GELU(t) at 14040 × 13824
+and a plain 4608 × 15360. For each, the FP8 kernel at its own blocking with the first read of a long row taking
+the largest value before the activation (`RAW_MAX`, the default) and through it (`raw_max=False`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 
 SHAPES = [(4608, 3072), (4608, 12288), (4608, 15360), (14040, 5120), (1024, 3072)]
 CAT_GELU, GELU = FoldSpec("concat", ("none", "gelu_tanh")), FoldSpec("activation", ("gelu_tanh",))
-FOLDED_SHAPES = [(CAT_GELU, 4608, (3072, 12288)), (CAT_GELU, 1024, (3072, 12288)), (GELU, 4608, (12288,))]
+FOLDED_SHAPES = [(CAT_GELU, 4608, (3072, 12288)), (CAT_GELU, 1024, (3072, 12288)), (GELU, 4608, (12288,)),
+                 (GELU, 14040, (13824,)), (IDENTITY, 4608, (15360,))]  # fmt: skip
 HELD_WARPS = (4, 8, 16)  # FP8 rows this long held in registers (read once, GELU once) in this many warps a program
 
 
@@ -54,9 +57,13 @@ def variants(k: int) -> dict[str, tuple[int, int, int] | None]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--held-warps", default=",".join(map(str, HELD_WARPS)),
+                        help="warps a program for the FP8 rows held in registers, comma-separated ('' skips them)")
+    parser.add_argument("--folded-only", action="store_true", help="time only the folded and FP8 rows")
     args = parser.parse_args()
+    held_warps = [int(warps) for warps in args.held_warps.split(",") if warps]
     rows_out = []
-    for m, k in SHAPES:
+    for m, k in [] if args.folded_only else SHAPES:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         operands, loader = loading([x], IDENTITY)
         values = torch.empty(m, k // 2, device="cuda", dtype=torch.bfloat16)
@@ -103,7 +110,7 @@ def main() -> None:
             row[f"fp8_chunks_of_{pairs}_head_chunks_{head_chunks}_us"] = 1e3 * cuda_graph_ms(
                 lambda blocks=blocks: fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8,
                                                              blocks=blocks))  # fmt: skip
-        for warps in HELD_WARPS:  # the whole row kept in registers: the chunks of 128 pairs read once
+        for warps in held_warps:  # the whole row kept in registers: the chunks of 128 pairs read once
             blocks, held = (1, 128, cdiv(k // 8, 128)), dict(held_pairs=k // 8 + 128, num_warps=warps)
             fp8_values.zero_()
             metadata.zero_()
@@ -114,6 +121,16 @@ def main() -> None:
             row[f"fp8_chunks_of_128_held_warps{warps}_us"] = 1e3 * cuda_graph_ms(
                 lambda blocks=blocks, held=held: fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8,
                                                                         blocks=blocks, **held))  # fmt: skip
+        for raw_max in (True, False):  # the first read's largest magnitude before the activation, or through it
+            fp8_values.zero_()
+            metadata.zero_()
+            scale = fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8, raw_max=raw_max)
+            assert fp8_single_pass.planned(operands, loader, *fp8, raw_max=raw_max).arguments["RAW_MAX"] == raw_max
+            assert torch.equal(fp8_values.view(torch.uint8), expected[0].view(torch.uint8))
+            assert torch.equal(metadata, expected[1]) and torch.allclose(scale, expected[2], rtol=1e-5, atol=0)
+            row[f"fp8_default_{'raw_max' if raw_max else 'statistics_through_activation'}_us"] = 1e3 * cuda_graph_ms(
+                lambda raw_max=raw_max: fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8,
+                                                               raw_max=raw_max))  # fmt: skip
         rows_out.append(row)
         print(f"{m}x{k} {folded.encode()}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items()
                                                          if key.endswith("_us")), flush=True)  # fmt: skip

@@ -24,6 +24,10 @@ except ImportError:
 # name → the code the kernels take as a constexpr; GELU's names follow `F.gelu(approximate=...)`
 ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3}
 GELU_APPROXIMATE = {"gelu": "none", "gelu_tanh": "tanh"}  # name → `F.gelu`'s (and `gelu_backward`'s) approximate
+# code → a bound on |act(x)| for x < 0, as the kernels compute and round it: GELU's values there reach −0.170 (both
+# forms), SiLU's −0.278; the margin covers the approximate division and rounding to bf16's coarse steps (the FP8
+# compressor takes a row's largest |act(x)| from its largest x only where that is at least this)
+NEGATIVE_PEAK = {0: 0.0, 1: 0.25, 2: 0.25, 3: 0.5}
 
 
 def check_activation(name: str) -> None:

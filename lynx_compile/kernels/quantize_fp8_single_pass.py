@@ -7,8 +7,11 @@ its activation (`Loader.pieces`); other loaders take the general kernels.
 there owns a chunk of K while the scale needs the whole row. Here a program owns whole rows: as many as fill
 `PAIRS_PER_PROGRAM` pairs of groups (`QUANTIZE_PAIRS_PER_PROGRAM` without pruning) where a short row fits, their
 statistics reductions inside the program; a row of up to `HELD_PAIRS` pairs (K ≤ 8192) in chunks, all kept in
-registers; a longer row is read in chunks twice, statistics then values, the second time from L2 (a folded
-activation is then computed twice: at K ≥ 12288 GELU on load costs as much as the rest, benchmarks/RESULTS.md).
+registers; a longer row is read in chunks twice, the second time from L2: first for its largest magnitude alone,
+then for the values and ‖x‖². Where a chunk goes through one activation, the first read takes the largest value
+before it: act(largest x) is the row's largest |act(x)| wherever it reaches what act takes below zero (GELU ≈ −0.17,
+SiLU ≈ −0.28: `activations.NEGATIVE_PEAK`), so the activation is computed once, in the second read; rows where it
+does not reach that, or that hold NaN or ±inf, are read once more through the activation (`RAW_MAX`).
 Two pieces through different activations (FLUX's cat(attention, GELU(MLP))) go a chunk at a time through their
 own activation where the head piece is whole chunks (`head_chunks`; the blocking halves its chunks, down to 64
 pairs of groups, to make it so), else each member through both, selected.
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from .activations import NEGATIVE_PEAK
 from .cutlass_layout import META_ROWS
 from .grid import cdiv, next_power_of_2
 from .launcher import Launch, provably_aligned, traceable
@@ -40,7 +44,9 @@ try:
     import triton.language as tl
 
     from .e4m3 import _E4M3_MAX, quantize_e4m3, quantize_e4m3_cast_clamps
-    from .group_words import chunk_pairs, group_members, kept_masks, kept_members, load_pairs, stored_slots
+    from .group_words import (
+        activated, chunk_pairs, group_members, halves, kept_masks, kept_members, load_pairs, stored_slots
+    )
 except ImportError:
     triton = None
 
@@ -59,12 +65,15 @@ HELD_PAIRS = 1024
 if triton is not None:
 
     @triton.jit
-    def _group_codes(group, head, inverse, kept_energy, PRUNE: tl.constexpr, FP16: tl.constexpr, HEAD: tl.constexpr,
-                     TAIL: tl.constexpr, INF: tl.constexpr, HARDWARE_CAST: tl.constexpr):  # fmt: skip
+    def _group_codes(group, head, inverse, kept_energy, energy, PRUNE: tl.constexpr, FP16: tl.constexpr,
+                     HEAD: tl.constexpr, TAIL: tl.constexpr, INF: tl.constexpr,
+                     HARDWARE_CAST: tl.constexpr):  # fmt: skip
         """A group's e4m3 codes after (pruning and) quantizing: with PRUNE, (its two stored codes in one word, its
         metadata nibble, the kept energy plus its own) — only the two kept members are quantized; without, (its four
-        codes in one word, 0, the energy)."""
+        codes in one word, 0, the energy); last, `energy` plus the group's ‖x‖² (used where the statistics' read
+        left it out, `RAW_MAX`; else dead code)."""
         f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, head, FP16, HEAD, TAIL)
+        energy = energy + f0 * f0 + f1 * f1 + f2 * f2 + f3 * f3
         if PRUNE:
             k0, k1, k2, k3 = kept_masks(m0, m1, m2, m3, INF)
             lo, lo_value, hi, hi_value = kept_members(k0, k1, k2, k3, f0, f1, f2, f3)
@@ -76,7 +85,7 @@ if triton is not None:
             word = quantize_e4m3(f0, inverse, HARDWARE_CAST) | (quantize_e4m3(f1, inverse, HARDWARE_CAST) << 8) \
                 | (quantize_e4m3(f2, inverse, HARDWARE_CAST) << 16) | (quantize_e4m3(f3, inverse, HARDWARE_CAST) << 24)
             nibble = tl.zeros_like(word)
-        return word, nibble, kept_energy
+        return word, nibble, kept_energy, energy
 
     @triton.jit
     def _statistics(even, odd, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr):
@@ -90,14 +99,61 @@ if triton is not None:
         return energy, top
 
     @triton.jit
+    def _raw_extremes(even, odd, FP16: tl.constexpr):
+        """Per pair, from its words alone (no activation): the largest of its eight values, and the largest
+        magnitude's bits (NaN's above +inf's)."""
+        a0, a1, m0, m1 = halves(even.to(tl.int32), FP16)
+        a2, a3, m2, m3 = halves((even >> 32).to(tl.int32), FP16)
+        b0, b1, n0, n1 = halves(odd.to(tl.int32), FP16)
+        b2, b3, n2, n3 = halves((odd >> 32).to(tl.int32), FP16)
+        high = tl.maximum(tl.maximum(tl.maximum(a0, a1), tl.maximum(a2, a3)),
+                          tl.maximum(tl.maximum(b0, b1), tl.maximum(b2, b3)))  # fmt: skip
+        magnitude = tl.maximum(tl.maximum(tl.maximum(m0, m1), tl.maximum(m2, m3)),
+                               tl.maximum(tl.maximum(n0, n1), tl.maximum(n2, n3)))  # fmt: skip
+        return high, magnitude
+
+    @triton.jit
+    def _chunk_raw_extremes(even, odd, chunk, top, raw, high_head, high_tail, FP16: tl.constexpr, HEAD: tl.constexpr,
+                            TAIL: tl.constexpr, HEAD_CHUNKS: tl.constexpr):  # fmt: skip
+        """The running `RAW_MAX` statistics with chunk `chunk`'s: `top`, the largest magnitude's bits of members
+        without an activation; of those with one, before it: `raw`, the largest magnitude's bits, `high_head` and
+        `high_tail`, the largest value, by piece (one activation for the row: `high_head`)."""
+        high, magnitude = _raw_extremes(even, odd, FP16)
+        if HEAD_CHUNKS == 0:  # one activation for the whole row (`planned`)
+            if HEAD == 0:
+                top = tl.maximum(top, magnitude)
+            else:
+                raw, high_head = tl.maximum(raw, magnitude), tl.maximum(high_head, high)
+        elif chunk < HEAD_CHUNKS:
+            if HEAD == 0:
+                top = tl.maximum(top, magnitude)
+            else:
+                raw, high_head = tl.maximum(raw, magnitude), tl.maximum(high_head, high)
+        else:
+            if TAIL == 0:
+                top = tl.maximum(top, magnitude)
+            else:
+                raw, high_tail = tl.maximum(raw, magnitude), tl.maximum(high_tail, high)
+        return top, raw, high_head, high_tail
+
+    @triton.jit
+    def _magnitude(top, FP16: tl.constexpr):
+        """The fp32 value of 16-bit magnitude bits."""
+        if FP16:
+            return top.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        return (top << 16).to(tl.float32, bitcast=True)
+
+    @triton.jit
     def _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K,
                             PRUNE: tl.constexpr, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr,
                             INF: tl.constexpr, HARDWARE_CAST: tl.constexpr):  # fmt: skip
-        """(Prune,) quantize and store the pairs; their kept energy ‖x̃‖², a pair's each, for the caller to add up."""
-        kept = tl.zeros(even.shape, dtype=tl.float32)
-        even_word, even_nibble, kept = _group_codes(even, head, inverse, kept, PRUNE, FP16, HEAD, TAIL, INF,
-                                                    HARDWARE_CAST)  # fmt: skip
-        odd_word, odd_nibble, kept = _group_codes(odd, head, inverse, kept, PRUNE, FP16, HEAD, TAIL, INF, HARDWARE_CAST)
+        """(Prune,) quantize and store the pairs; their kept energy ‖x̃‖² and their energy ‖x‖², a pair's each, for
+        the caller to add up."""
+        kept, energy = tl.zeros(even.shape, dtype=tl.float32), tl.zeros(even.shape, dtype=tl.float32)
+        even_word, even_nibble, kept, energy = _group_codes(even, head, inverse, kept, energy, PRUNE, FP16, HEAD, TAIL,
+                                                            INF, HARDWARE_CAST)  # fmt: skip
+        odd_word, odd_nibble, kept, energy = _group_codes(odd, head, inverse, kept, energy, PRUNE, FP16, HEAD, TAIL,
+                                                          INF, HARDWARE_CAST)  # fmt: skip
         out = values_ptr.to(tl.pointer_type(tl.int32))
         if PRUNE:  # a pair's four stored codes: one word
             tl.store(out + rows[:, None] * (K // 8) + pairs[None, :], even_word | (odd_word << 16), mask=live)
@@ -110,7 +166,7 @@ if triton is not None:
             columns = pairs[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]
             tl.store(out + rows[:, None, None] * (K // 4) + columns, tl.join(even_word, odd_word),
                      mask=live[:, :, None])
-        return kept
+        return kept, energy
 
     @triton.jit
     def _chunk_statistics(even, odd, head, chunk, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr,
@@ -132,35 +188,39 @@ if triton is not None:
                                   HARDWARE_CAST: tl.constexpr):  # fmt: skip
         """`_quantize_and_store` of chunk `chunk`, its activation chosen as `_chunk_statistics` chooses it."""
         if HEAD_CHUNKS == 0:
-            kept = _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K, PRUNE,
-                                       FP16, HEAD, TAIL, INF, HARDWARE_CAST)  # fmt: skip
+            kept, energy = _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K,
+                                               PRUNE, FP16, HEAD, TAIL, INF, HARDWARE_CAST)  # fmt: skip
         elif chunk < HEAD_CHUNKS:
-            kept = _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K, PRUNE,
-                                       FP16, HEAD, HEAD, INF, HARDWARE_CAST)  # fmt: skip
+            kept, energy = _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K,
+                                               PRUNE, FP16, HEAD, HEAD, INF, HARDWARE_CAST)  # fmt: skip
         else:
-            kept = _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K, PRUNE,
-                                       FP16, TAIL, TAIL, INF, HARDWARE_CAST)  # fmt: skip
-        return kept
+            kept, energy = _quantize_and_store(even, odd, pairs, live, head, rows, inverse, values_ptr, meta_ptr, M, K,
+                                               PRUNE, FP16, TAIL, TAIL, INF, HARDWARE_CAST)  # fmt: skip
+        return kept, energy
 
     @triton.jit
     def _single_pass_kernel(
         head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K,
         EPS: tl.constexpr, ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, HELD: tl.constexpr,
         HEAD: tl.constexpr, TAIL: tl.constexpr, PRUNE: tl.constexpr, NORM: tl.constexpr, FP16: tl.constexpr,
-        TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr, HEAD_CHUNKS: tl.constexpr,
+        TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr, HEAD_CHUNKS: tl.constexpr, RAW_MAX: tl.constexpr,
+        NEGATIVE_PEAK: tl.constexpr,
     ):  # fmt: skip
         """ROWS whole rows (of M rounded up to 64 with PRUNE, whose padding rows get empty metadata), in CHUNKS
         chunks of PAIRS pairs of groups: statistics, factor, (prune,) quantize, store; the row scale (quantization ×
         norm). HELD: the chunks stay in registers between the statistics and the values (X read once); else each is
         read twice, the second time from L2. X = cat(act₀(head), act₁(tail)) with (HEAD, TAIL) = (act₀, act₁)
         (`kernels.activations` codes) and TWO; X = act₀(head) without (split = K). HEAD_CHUNKS > 0: the head is
-        that many whole chunks, each chunk read through its own piece's activation alone."""
+        that many whole chunks, each chunk read through its own piece's activation alone. RAW_MAX (rows read twice,
+        one activation a chunk): the first read takes the largest magnitude from the values before their activation
+        and no energy, which the second read adds up; NEGATIVE_PEAK bounds |act(x)| for x < 0."""
         INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         x = (head_ptr, head_stride, tail_ptr, tail_stride, split)
         # statistics and kept energies are carried per thread across chunks and reduced along the rows once (a
         # reduction across warps goes through shared memory and barriers)
         energy, top = tl.zeros((ROWS, PAIRS), dtype=tl.float32), tl.zeros((ROWS, PAIRS), dtype=tl.int32)
+        raw, high_head, high_tail = tl.zeros_like(top), tl.zeros_like(energy), tl.zeros_like(energy)
         if HELD:
             held = ()
             for chunk in tl.static_range(CHUNKS):
@@ -173,31 +233,56 @@ if triton is not None:
             for chunk in range(CHUNKS):
                 pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
                 even, odd = load_pairs(x, rows, pairs, live, head, TWO)
-                chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL, HEAD_CHUNKS)
-                energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
+                if RAW_MAX:
+                    top, raw, high_head, high_tail = _chunk_raw_extremes(even, odd, chunk, top, raw, high_head,
+                                                                         high_tail, FP16, HEAD, TAIL, HEAD_CHUNKS)
+                else:
+                    chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL,
+                                                                HEAD_CHUNKS)  # fmt: skip
+                    energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
         energy, top = tl.sum(energy, axis=1), tl.max(top, axis=1)
-        if FP16:
-            amax = top.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        else:
-            amax = (top << 16).to(tl.float32, bitcast=True)
+        if RAW_MAX and (HEAD != 0 or TAIL != 0):
+            # act(largest value) is the largest |act(x)| of the members at or above zero (act increasing there, and
+            # its rounding too), and those below zero reach at most NEGATIVE_PEAK: so where that candidate is at
+            # least NEGATIVE_PEAK and no member is NaN or ±inf, it is the row's largest magnitude; elsewhere (rows
+            # of small values, non-finite ones, padding) the statistics are read again as the exact rule has them
+            if HEAD != 0:
+                top = tl.maximum(top, activated(tl.max(high_head, axis=1), HEAD, FP16)[1])
+            if TAIL != 0 and HEAD_CHUNKS > 0:
+                top = tl.maximum(top, activated(tl.max(high_tail, axis=1), TAIL, FP16)[1])
+            candidate_holds = (tl.max(raw, axis=1) < INF) & (_magnitude(top, FP16) >= NEGATIVE_PEAK)
+            if tl.min(candidate_holds.to(tl.int32), axis=0) == 0:
+                exact = tl.zeros((ROWS, PAIRS), dtype=tl.int32)
+                for chunk in range(CHUNKS):
+                    pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
+                    even, odd = load_pairs(x, rows, pairs, live, head, TWO)
+                    _, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL, HEAD_CHUNKS)
+                    exact = tl.maximum(exact, chunk_top)
+                top = tl.max(exact, axis=1)
+        amax = _magnitude(top, FP16)
         positive = (amax > 0.0) & (top <= INF)
         inverse = tl.where(positive, tl.math.div_rn(_E4M3_MAX + tl.zeros_like(amax), amax), 1.0)  # as torch's
         scale = tl.where(positive, amax / _E4M3_MAX, 1.0)
 
-        kept = tl.zeros((ROWS, PAIRS), dtype=tl.float32)
+        kept, late_energy = tl.zeros((ROWS, PAIRS), dtype=tl.float32), tl.zeros((ROWS, PAIRS), dtype=tl.float32)
         if HELD:
             for chunk in tl.static_range(CHUNKS):
                 even, odd, pairs, live, head = held[chunk]
-                kept += _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows, inverse, values_ptr,
-                                                  meta_ptr, M, K, PRUNE, FP16, HEAD, TAIL, HEAD_CHUNKS, INF,
-                                                  HARDWARE_CAST)  # fmt: skip
+                chunk_kept, _ = _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows, inverse,
+                                                          values_ptr, meta_ptr, M, K, PRUNE, FP16, HEAD, TAIL,
+                                                          HEAD_CHUNKS, INF, HARDWARE_CAST)  # fmt: skip
+                kept += chunk_kept
         else:
             for chunk in range(CHUNKS):
                 pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
                 even, odd = load_pairs(x, rows, pairs, live, head, TWO)
-                kept += _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows, inverse, values_ptr,
-                                                  meta_ptr, M, K, PRUNE, FP16, HEAD, TAIL, HEAD_CHUNKS, INF,
-                                                  HARDWARE_CAST)  # fmt: skip
+                chunk_kept, chunk_energy = _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows,
+                                                                     inverse, values_ptr, meta_ptr, M, K, PRUNE, FP16,
+                                                                     HEAD, TAIL, HEAD_CHUNKS, INF,
+                                                                     HARDWARE_CAST)  # fmt: skip
+                kept, late_energy = kept + chunk_kept, late_energy + chunk_energy
+            if RAW_MAX:  # the statistics' read took no energy
+                energy = tl.sum(late_energy, axis=1)
         if PRUNE and NORM:
             kept = tl.sum(kept, axis=1)
             scale *= tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + EPS)), 1.0)
@@ -253,25 +338,30 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
 
 def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm: bool, hardware_cast: bool,
             pairs_per_program: int | None = None, blocks: tuple[int, int, int] | None = None,
-            held_pairs: int = HELD_PAIRS, num_warps: int | None = None) -> Launch:  # fmt: skip
+            held_pairs: int = HELD_PAIRS, num_warps: int | None = None, raw_max: bool = True) -> Launch:  # fmt: skip
     """The kernel's launch over X as `loader` makes it of `operands`, but for its outputs (`values_ptr`, `meta_ptr`,
     `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or `blocks` as
     given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); a row in chunks is kept in registers
-    and read once up to `held_pairs` pairs of groups, read twice past that; `num_warps` as `warps` gives them, or
-    as given (benchmarks)."""
+    and read once up to `held_pairs` pairs of groups, read twice past that, the first time for its largest
+    magnitude alone, before any activation, where each chunk goes through one activation (`raw_max`; False reads
+    the statistics through the activation, as before it: benchmarks); `num_warps` as `warps` gives them, or as
+    given (benchmarks)."""
     rows, k = operands[0].shape[0], loader.width
     pairs_per_program = pairs_per_program or pairs_for_pieces(
         operands, loader, PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)  # fmt: skip
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     head, tail = piece_activations(loader)
+    held = chunks == 1 or chunks * pairs <= held_pairs
+    chunked_pieces = head_chunks(operands, loader, pairs)
     # EPS a constexpr, not an argument: launching the kernel itself, Inductor types a float argument fp64, and s
     # would round otherwise than in the op
     return Launch(_single_pass_kernel, (cdiv(covered, block_rows),), dict(
         **x_arguments(operands, k), M=rows, K=k, EPS=NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks,
-        HELD=chunks == 1 or chunks * pairs <= held_pairs, HEAD=head, TAIL=tail, PRUNE=prune, NORM=norm,
-        FP16=operands[0].dtype == torch.float16, TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast,
-        HEAD_CHUNKS=head_chunks(operands, loader, pairs), num_warps=num_warps or warps(block_rows, pairs),
+        HELD=held, HEAD=head, TAIL=tail, PRUNE=prune, NORM=norm, FP16=operands[0].dtype == torch.float16,
+        TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast, HEAD_CHUNKS=chunked_pieces,
+        RAW_MAX=raw_max and not held and (head == tail or chunked_pieces > 0),
+        NEGATIVE_PEAK=max(NEGATIVE_PEAK[head], NEGATIVE_PEAK[tail]), num_warps=num_warps or warps(block_rows, pairs),
     ))  # fmt: skip
 
 

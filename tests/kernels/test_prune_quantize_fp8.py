@@ -188,6 +188,49 @@ def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_k
         assert torch.equal(bits(values), bits(quantized)) and torch.equal(scale, row_scale.reshape(-1))
 
 
+@st.composite
+def rows_around_the_negative_peak(draw, rows=6):
+    """Rows whose largest |act(x)| lies on either side of the activations' bound for negative x, or comes from a
+    negative x, or is not finite: every row the first read's candidate holds for, and every one it does not."""
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    k = 8 * 16 * draw(st.integers(2, 3))  # 2-3 chunks of 16 pairs of groups
+    x = torch.randn(rows, k, generator=generator)
+    x[0] *= draw(st.sampled_from([30.0, 1.0]))
+    x[1] = -x[1].abs() * draw(st.sampled_from([0.5, 1.3, 80.0]))  # all negative: |act| ≤ its peak
+    x[2] *= draw(st.sampled_from([0.1, 0.15, 0.3]))  # around GELU's bound
+    x[3] = x[3] * 0.01 + draw(st.sampled_from([0.0, 0.25, 0.5]))
+    x[4, draw(st.integers(0, k - 1))] = draw(st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e4]))
+    x[5] = draw(st.sampled_from([0.0, -0.0, 0.2]))  # a constant row
+    return x.to(dtype=draw(st.sampled_from([torch.bfloat16, torch.float16])), device=DEVICE)
+
+
+@settings(max_examples=12, deadline=None)
+@given(rows_around_the_negative_peak(), st.sampled_from(["gelu", "gelu_tanh", "silu"]), st.booleans())
+def test_a_row_read_twice_takes_its_largest_magnitude_from_before_the_activation(x, name, prune):
+    """One activation on load, a row in chunks read twice: the first read finds the largest |act(x)| from the
+    largest x (`RAW_MAX`) where that is sure, and reads the row again through the activation where it is not:
+    either way the general kernel's bits (the norm scale's sum in another order: its last bits)."""
+    rows, k = x.shape
+    operands, loader = loading([x], FoldSpec("activation", (name,)))
+    values = torch.empty(rows, k // 2 if prune else k, dtype=torch.float8_e4m3fn, device=DEVICE)
+    metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=DEVICE)
+    blocks = (1, 16, k // 128)
+    planned = single_pass.planned(operands, loader, prune, True, hardware_cast(), blocks=blocks, held_pairs=0)
+    assert planned.arguments["RAW_MAX"] and not planned.arguments["HELD"]
+    scale = single_pass.launch(operands, loader, values, metadata, prune, True, hardware_cast(), blocks=blocks,
+                               held_pairs=0)  # fmt: skip
+    if prune:
+        general = prune_quantize_compress_fp8(operands, loader, single_pass=False)
+        finite = general[2].isfinite()
+        assert torch.equal(bits(values)[finite], bits(general[0])[finite]) and torch.equal(metadata, general[1])
+        torch.testing.assert_close(scale, general[2], rtol=1e-5, atol=0, equal_nan=True)
+    else:
+        quantized, row_scale = quantize_rows_fp8(operands, loader, single_pass=False)
+        finite = row_scale.reshape(-1).isfinite()
+        assert torch.equal(bits(values)[finite], bits(quantized)[finite])
+        assert torch.equal(scale[finite], row_scale.reshape(-1)[finite])
+
+
 @pytest.mark.parametrize("prune", [True, False])
 def test_the_one_pass_kernel_chunks_flux_concatenation_so_that_its_head_is_whole_chunks(prune):
     """At its own blocking the FP8 kernel takes chunks small enough for the attention's 3072 columns to be whole
