@@ -29,7 +29,6 @@ _LINEAR_FUNCTIONS = {torch._C._nn.linear, torch.nn.functional.linear}
 _MATMUL_FUNCTIONS = {torch.matmul, torch.mm, operator.matmul}
 _MATMUL_METHODS = {"matmul", "mm", "__matmul__"}
 _TRANSPOSE_FUNCTIONS = {torch.t, torch.transpose, torch.permute, torch.Tensor.t}
-_SWAP_LAST_TWO = ((0, 1), (1, 0), (-1, -2), (-2, -1), (0, -1), (-1, 0), (1, -2), (-2, 1))
 
 
 def _untransposed(node: object) -> torch.fx.Node | None:
@@ -45,7 +44,13 @@ def _untransposed(node: object) -> torch.fx.Node | None:
         return None
     if len(rest) == 1 and isinstance(rest[0], (tuple, list)):  # permute((1, 0))
         rest = tuple(rest[0])
-    if rest == () or tuple(rest) in _SWAP_LAST_TWO:
+    if not all(isinstance(dim, int) and -2 <= dim <= 1 for dim in rest):
+        return None
+    dims = tuple(dim % 2 for dim in rest)  # of a 2-D weight (checked where the row is made)
+    # t(); transpose(a, b) swaps two different dims; permute(dims) swaps them only as (1, 0): permute(0, 1) and
+    # permute(-2, -1) leave the weight as it is
+    permuted = node.target in ("permute", torch.permute)
+    if rest == () or (dims == (1, 0) if permuted else len(dims) == 2 and dims[0] != dims[1]):
         return source
     return None
 

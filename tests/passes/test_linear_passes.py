@@ -95,7 +95,9 @@ class NotLinears(nn.Module):
         untransposed = x @ self.w
         scaled = torch.addmm(x[0], x[0], self.w.t(), beta=2.0)
         from_buffer = F.linear(x, self.frozen)
-        return attention.sum() + untransposed.sum() + scaled.sum() + from_buffer.sum()
+        # permutations that leave a 2-D weight as it is: x @ w, not x @ wᵀ
+        unpermuted = (x @ self.w.permute(0, 1)) + (x @ self.w.permute(-2, -1)) + (x @ self.w.permute((0, -1)))
+        return attention.sum() + untransposed.sum() + scaled.sum() + from_buffer.sum() + unpermuted.sum()
 
 
 def test_non_linears_are_not_matched():
