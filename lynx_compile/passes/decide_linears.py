@@ -28,6 +28,7 @@ from dataclasses import replace
 
 import torch
 import torch.fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ..adapter_names import is_adapter_linear
@@ -91,6 +92,9 @@ def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
     input_dtype, weight_dtype = fake_value(site.x).dtype, fake_value(site.weight).dtype
     if site.autocast is None and input_dtype != weight_dtype:  # under autocast the op casts both, as F.linear does
         return f"input dtype {input_dtype} != weight dtype {weight_dtype}"
+    bias_reason = _bias_reason(site)
+    if bias_reason is not None:
+        return bias_reason
     if site.in_features % config.m:
         return f"K={site.in_features} not a multiple of m={config.m}"
     if min(site.in_features, site.out_features) < config.min_features:
@@ -98,6 +102,24 @@ def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
     if not bool(site.tokens >= config.min_tokens):  # a symbolic M: a guard, on whichever side this call lies
         guarded = " (guarded: a larger M recompiles)" if isinstance(site.tokens, torch.SymInt) else ""
         return f"tokens M={site.tokens} < min_tokens={config.min_tokens}{guarded}"
+    return None
+
+
+def _bias_reason(site: LinearSite) -> str | None:
+    """Why the bias keeps the layer dense: the op adds the bias to the output's rows flattened to (M, N), in the
+    layer's dtype — F.linear's result for a bias of one value per output feature, or of one row per token where
+    the input is 2-D. Any other bias (one that varies along a ≥ 3-D input's leading dimensions, or has more
+    dimensions than the rows: F.linear broadcasts it over the output as shaped), or one of another dtype (an error
+    in F.linear, outside autocast), is left to the dense linear."""
+    bias = fake_value(site.bias) if site.bias is not None else None
+    if not isinstance(bias, torch.Tensor):
+        return None
+    if site.autocast is None and bias.dtype != site.dtype:
+        return f"bias dtype {bias.dtype} != {site.dtype}"
+    rows = site.form == "addmm" or fake_value(site.x).dim() <= 2  # the op's (M, N) rows are the output's own
+    if bias.dim() > 2 or (bias.dim() == 2 and not rows and not statically_known_true(bias.shape[0] == 1)):
+        return (f"bias of shape {tuple(bias.shape)}: not one value per output feature, which the op adds to every "
+                f"token's row")  # fmt: skip
     return None
 
 

@@ -155,6 +155,52 @@ def test_mixed_dtypes_stay_dense():
     assert (decision, why) == ("dense", "input dtype torch.float32 != weight dtype torch.bfloat16")
 
 
+class BiasPlus(nn.Module):
+    """A linear whose bias is its module's plus a run-time term `extra` (a per-sample or per-token bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(16, 32)
+
+    def forward(self, x, extra):
+        return F.linear(x, self.proj.weight, self.proj.bias + extra)
+
+
+@pytest.mark.parametrize("x_shape, extra_shape, sparse", [
+    ((2, 24, 16), (2, 1, 32), False), ((2, 24, 16), (24, 32), False), ((2, 24, 16), (2, 24, 32), False),
+    ((48, 16), (1, 48, 32), False),
+    ((2, 24, 16), (1, 32), True), ((2, 24, 16), (32,), True), ((48, 16), (48, 32), True),
+])  # fmt: skip
+def test_a_bias_that_varies_along_the_tokens_stays_dense(x_shape, extra_shape, sparse):
+    """F.linear broadcasts its bias over the output as shaped; the op adds it to the rows flattened to (M, N): a bias
+    of one value per output feature (or a 2-D input's own rows) goes sparse, any other stays dense and computes
+    F.linear's result (a crash inside the compiled model, before)."""
+    module, x, extra = BiasPlus(), torch.randn(x_shape), torch.randn(extra_shape)
+    ctx = PassContext(LynxConfig())
+    gm = run_passes(traced(module, x, extra), ctx)
+    (site,) = ctx.sites
+    assert (site.decision == "sparse") == sparse, site.reason
+    bias = module.proj.bias + extra
+    if not sparse:
+        assert site.reason.startswith(f"bias of shape {tuple(bias.shape)}: not one value per output feature")
+    if sparse:
+        torch.testing.assert_close(gm(x, extra), sparse_linear_ref(x, module.proj.weight, None, Method()) + bias)
+        return
+    try:
+        expected = module(x, extra)
+    except RuntimeError:  # eager F.linear refuses some (its addmm cannot expand a 3-D bias to the rows): so does dense
+        with pytest.raises(RuntimeError):
+            gm(x, extra)
+        return
+    torch.testing.assert_close(gm(x, extra), expected)
+
+
+def test_a_bias_of_another_dtype_stays_dense_as_f_linear_would_refuse_it():
+    module = OneLinear("linear")
+    module.proj.bias.data = module.proj.bias.data.to(torch.bfloat16)
+    assert _decide(module, torch.randn(48, 16)) == ("dense", "bias dtype torch.bfloat16 != torch.float32")
+
+
 class Block(nn.Module):
     def __init__(self):
         super().__init__()
