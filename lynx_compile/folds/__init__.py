@@ -32,6 +32,7 @@ from .concat import Concat
 from .gated import Gated
 from .identity import Identity
 from .norm import Norm
+from .writes import write_past_the_fold
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ def get_fold(kind: str) -> ProducerFold:
 def match_producer(x: torch.fx.Node) -> FoldMatch | None:
     """The first registered fold whose matcher takes x's producer and whose op would take what it found (the fold's
     `check` on the inputs' fake tensors: a matcher's slip leaves x as it is, rather than failing in the compiled
-    model); None leaves x as it is."""
+    model), unless something writes in place to what the producer reads before the linear runs (`writes.py`); None
+    leaves x as it is."""
     for fold in FOLDS.values():
         found = fold.match(x)
         if found is None:
@@ -58,6 +60,11 @@ def match_producer(x: torch.fx.Node) -> FoldMatch | None:
             fold.check(found.values(), found.spec.params)
         except ValueError as error:
             logger.debug("lynx: %s's producer not folded: %s", x, error)
+            continue
+        writer = write_past_the_fold(found, x)
+        if writer is not None:
+            logger.debug("lynx: %s's producer not folded: %s writes in place to what it reads before the linear",
+                         x, writer)  # fmt: skip
             continue
         return found
     return None
