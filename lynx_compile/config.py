@@ -136,17 +136,18 @@ class LynxConfig:
         linear —, or None: one rule for the passes and `calibrate`."""
         if is_adapter_linear(name):
             return ADAPTER_LINEAR_REASON
-        names = spellings(name)  # a layer peft wrapped answers to its own name and to the one it had before
-
-        def matched(pattern: str) -> bool:
-            return any(fnmatch.fnmatchcase(spelling, pattern) for spelling in names)
-
-        excluded_by = next((pattern for pattern in self.exclude if matched(pattern)), None)
+        excluded_by = next((pattern for pattern in self.exclude if self.matches(pattern, name)), None)
         if excluded_by is not None:
             return f"excluded by {excluded_by!r}"
-        if self.include and not any(matched(pattern) for pattern in self.include):
+        if self.include and not any(self.matches(pattern, name) for pattern in self.include):
             return "not matched by include"
         return None
+
+    @staticmethod
+    def matches(pattern: str, name: str) -> bool:
+        """Whether an include/exclude glob matches the linear called `name` — by either spelling of a layer peft
+        wrapped (its own name and the one it had before)."""
+        return any(fnmatch.fnmatchcase(spelling, pattern) for spelling in spellings(name))
 
     def name_decision(self, name: str) -> tuple[str | None, int]:
         """What include/exclude and the policy say about the linear called `name`, before its shape is known: why it

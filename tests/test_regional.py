@@ -344,6 +344,40 @@ def test_a_graph_of_a_block_lynx_cannot_place_never_matches_names_of_the_model()
     assert sorted(rows(report)) == ["inner", "out"]
 
 
+class PlainBlock(RepeatedBlock):
+    pass
+
+
+class PlainStack(Stack):
+    """A model of no diffusers class: nothing marks its blocks as repeated."""
+
+    _repeated_blocks = []
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(PlainBlock() for _ in self.blocks)
+
+
+def test_a_glob_that_names_nothing_of_the_module_compiled_is_said_so_not_ignored(caplog):
+    """Blocks compiled in place (`block.compile`) of a model lynx does not know name their layers relative to the
+    block; a full name in the options then matches nothing: lynx says so, once, instead of running it sparse
+    silently. The same glob over the whole model compiled matches, and nothing is said."""
+    torch.manual_seed(0)
+    model = PlainStack().eval()
+    options = {**EAGER, "exclude": ["blocks.1.inner"]}
+    for block in model.blocks:
+        block.compile(backend="lynx", options=options)
+    with caplog.at_level("WARNING", logger="lynx_compile"):
+        run(model, batch(), batch(1))
+    warned = [record.getMessage() for record in caplog.records if "matches no layer" in record.getMessage()]
+    assert len(warned) == 1 and "exclude pattern 'blocks.1.inner'" in warned[0] and "PlainBlock" in warned[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lynx_compile"):
+        _, report = whole(PlainStack().eval(), options, batch())
+    assert rows(report)["blocks.1.inner"][0] == "dense"
+    assert not [record for record in caplog.records if "matches no layer" in record.getMessage()]
+
+
 class BreakingBlock(RepeatedBlock):
     """A block Dynamo cannot trace whole (HiDream's mixture of experts, a `.item()`): its frame is compiled alone."""
 

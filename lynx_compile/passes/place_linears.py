@@ -41,6 +41,7 @@ def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphM
         if site.name_problem is None and site.weight_name is not None:
             by_root.setdefault(site.weight_name.root, []).append(site)
     roots: dict[int, str] = {}  # site → what its name is relative to
+    named_in: list[torch.nn.Module] = []  # the modules the sites' names are relative to
     for root, sites in by_root.items():
         source = sites[0].weight_name.root_source
         # The frame's own module (an argument: L['self']) may be any instance of its class when Dynamo reuses the
@@ -55,7 +56,9 @@ def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphM
             _check_unplaced(root, sites, ctx)
             _name_aliases_first(sites, frame_object(source))
             roots.update((id(site), root) for site in sites)
+            named_in.append(frame_object(source))
             continue
+        named_in.append(placement.model_ref() if placement.model_ref is not None else None)
         for site in sites:
             relative = site.name
             site.name = placement.name(relative)
@@ -67,6 +70,7 @@ def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphM
         if placement.regional and frame_root and ctx.placement is None:
             ctx.placement = placement
     _flag_ambiguous_names(ctx.sites, roots)
+    _warn_about_unmatched_globs(ctx, named_in)
     if ctx.placement is not None:
         logger.debug("lynx: graph of %s placed at %s, serving %d instance(s)", ctx.placement.label,
                      ctx.placement.path, len(ctx.placement.instances))  # fmt: skip
@@ -115,6 +119,35 @@ def _check_unplaced(root: str, sites: list[LinearSite], ctx: PassContext) -> Non
         raise RegionError(f"lynx: this graph is a {kind} compiled on its own (regional compilation): its layer "
                           f"names ({example}) are relative to the block, so include/exclude globs over the model's "
                           f"names cannot be matched; {advice}")  # fmt: skip
+
+
+_warned_globs: set[tuple[str, str, str]] = set()
+
+
+def _warn_about_unmatched_globs(ctx: PassContext, named_in: list[object]) -> None:
+    """Once per glob and module class: an include/exclude glob that names no module or parameter of the module(s)
+    this graph's layer names are relative to — most often a full name given to a block compiled on its own
+    (`block.compile(backend="lynx", options={"exclude": ["blocks.0.fc1"]})`, whose layers are `fc1`, `fc2`), which
+    would otherwise be ignored without a word."""
+    config = ctx.config
+    modules = [module for module in named_in if isinstance(module, torch.nn.Module)]
+    if not modules or not (config.include or config.exclude):
+        return
+    names = {site.name for site in ctx.sites}
+    for module in modules:
+        names.update(name for name, _ in module.named_modules())
+        names.update(name for name, _ in module.named_parameters())
+    kind = ", ".join(sorted({type(module).__name__ for module in modules}))
+    for option, patterns in (("include", config.include), ("exclude", config.exclude)):
+        for pattern in patterns:
+            if (option, pattern, kind) in _warned_globs or any(config.matches(pattern, name) for name in names):
+                continue
+            _warned_globs.add((option, pattern, kind))
+            example = ", ".join(repr(site.name) for site in ctx.sites[:3])
+            logger.warning("lynx: %s pattern %r matches no layer of the %s compiled here (its layers are named like "
+                           "%s: relative to the module torch.compile was given); compile the whole model, or use "
+                           "lynx_compile.compile_repeated_blocks(model, options=...), which names layers in full",
+                           option, pattern, kind, example)  # fmt: skip
 
 
 def _flag_ambiguous_names(sites: list[LinearSite], roots: dict[int, str]) -> None:
