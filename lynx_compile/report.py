@@ -9,6 +9,7 @@ and the summary says which rank of how many.
 from __future__ import annotations
 
 import contextlib
+import threading
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -171,7 +172,15 @@ class Report:
         return "\n".join([line(header), rule, *map(line, rows), rule, self.summary()])
 
 
-_active_reports: list[Report] = []
+class _ActiveReports(threading.local):
+    """The open `collect_reports` blocks of this thread: a compile publishes to those of the thread compiling (the
+    one calling the model), not to another thread's."""
+
+    def __init__(self) -> None:
+        self.reports: list[Report] = []
+
+
+_active = _ActiveReports()
 
 
 @contextlib.contextmanager
@@ -183,15 +192,15 @@ def collect_reports() -> Iterator[Report]:
     >>> print(report)
     """
     report = Report()
-    _active_reports.append(report)
+    _active.reports.append(report)
     try:
         yield report
     finally:  # by identity: an enclosing block's report may compare equal (a Report is a dataclass)
-        del _active_reports[next(i for i, active in enumerate(_active_reports) if active is report)]
+        del _active.reports[next(i for i, active in enumerate(_active.reports) if active is report)]
 
 
 def publish(sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:
-    for report in _active_reports:
+    for report in _active.reports:
         report.add_graph(sites, before, after, placement)
 
 

@@ -394,3 +394,38 @@ def test_parametrized_weights_are_rows_of_their_modules_dense_with_the_reason():
     for name in ("q", "w", "s"):
         assert rows[name][0] == "dense" and "not as stored" in rows[name][1], rows[name]
     assert "parametrization" in rows["q"][1] and rows["out"][0] == "sparse"
+
+
+def test_a_report_collects_its_own_threads_compiles_only():
+    """Two threads: one collects a report around compiling its model, the other compiles another model in between;
+    each report holds its own thread's graph alone (a report was process-wide: explain(a) listed model b's rows)."""
+    import threading
+
+    mine, other = Proj().eval(), WithOptions().eval()
+    opened, compiled = threading.Event(), threading.Event()
+    reports = {}
+
+    def collect():
+        with torch.no_grad(), lynx_compile.collect_reports() as report:
+            opened.set()
+            compiled.wait(timeout=120)
+            torch.compile(mine, backend="lynx", options={"compiler": "eager"})(torch.randn(2, 16, 16))
+        reports["mine"] = report
+
+    def compile_other():
+        opened.wait(timeout=120)
+        try:
+            with torch.no_grad(), lynx_compile.collect_reports() as report:
+                torch.compile(other, backend="lynx", options={"compiler": "eager"})(torch.randn(2, 16, 16))
+            reports["other"] = report
+        finally:
+            compiled.set()
+
+    threads = [threading.Thread(target=collect), threading.Thread(target=compile_other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(reports["mine"].graphs) == len(reports["other"].graphs) == 1
+    assert [layer.name for layer in reports["mine"].layers] == [layer.name for layer in reports["other"].layers]
+    assert reports["mine"].graphs[0] is not reports["other"].graphs[0]
