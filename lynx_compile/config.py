@@ -131,6 +131,11 @@ class LynxConfig:
             raise OptionError(f"lynx option 'policy': calibrated with {calibrated}, but these options give "
                               f"{compiling}; pass the policy's settings as options (or calibrate with these)")
 
+    @property
+    def selects_by_name(self) -> bool:
+        """Whether any option picks layers by name (include, exclude, a policy): else names only label reports."""
+        return bool(self.include or self.exclude or self.policy is not None)
+
     def name_rule(self, name: str) -> str | None:
         """Why its name keeps the linear called `name` dense — `include`/`exclude`, or it is a peft adapter's own
         linear —, or None: one rule for the passes and `calibrate`."""

@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import lynx_compile
+from lynx_compile.eager import sparsified
+from lynx_compile.method import Method
 
 
 class Proj(nn.Module):
@@ -175,14 +177,21 @@ class Tied(nn.Module):
 
 
 def test_linears_with_a_tied_weight_stay_dense_rather_than_answer_to_the_wrong_name():
+    """Under options that pick layers by name; without, the name only labels the rows and both go sparse."""
     model, x = Tied().eval(), torch.randn(2, 24, 16)
-    for options in ({}, {"exclude": ["b"]}, {"include": ["b"]}):
+    for options in ({"exclude": ["b"]}, {"include": ["b"]}):
         report = lynx_compile.explain(model, x, options=options)
         assert [layer.decision for layer in report.layers] == ["dense", "dense"], options
         if "include" not in options:  # else "not matched by include" says it first
             assert all("tied to another module's" in layer.reason for layer in report.layers)
         with torch.no_grad():
             torch.testing.assert_close(torch.compile(model, backend="lynx", options=options)(x), model(x))
+    report = lynx_compile.explain(model, x)
+    assert [layer.decision for layer in report.layers] == ["sparse", "sparse"]
+    with sparsified({"a": model.a, "b": model.b}, Method()), torch.no_grad():
+        expected = model(x)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend="lynx")(x), expected)
 
 
 def test_a_linear_called_twice_is_not_taken_for_a_tied_weight():

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
     config = ctx.config
-    if site.name_problem is not None:
+    if site.name_problem is not None and config.selects_by_name:  # else the name only labels the report's row
         return f"qualified name not recoverable: {site.name_problem}"
     by_name, lora_rank = config.name_decision(site.name)
     if by_name is not None:

@@ -101,8 +101,8 @@ def _check_unplaced(root: str, sites: list[LinearSite], ctx: PassContext) -> Non
     if config.region is not None:
         raise RegionError(f"lynx: a graph compiled for {config.region.label} reaches {example} through {root}, "
                           "which lynx cannot find in the model lynx_compile.compile_repeated_blocks was given")
-    if config.policy is None and not (config.include or config.exclude):
-        return  # nothing is matched by name: relative names only label the report
+    if not config.selects_by_name:
+        return  # relative names only label the report
     module = frame_object(sites[0].weight_name.root_source)
     if not isinstance(module, torch.nn.Module):
         return

@@ -37,7 +37,7 @@ class LinearSite:
     lora: Any = None  # the policy's LoraAdapter for a sparse layer that runs a correction
     fold: FoldMatch | None = None  # x's producer the sparse op absorbs (`lynx_compile.folds`); None keeps x as it is
     group: Any = None  # the SiblingGroup (`group_siblings`) it runs in, when decided sparse with its siblings
-    name_problem: str | None = None  # why `name` is only a label (Dynamo's spelling): the layer then stays dense
+    name_problem: str | None = None  # why `name` is only a label: dense where options select layers by name
     weight_view: str | None = None  # the operations that make the weight of its parameter (`weight`): stays dense
     weights_only: bool = False  # x is made of parameters and constants alone (a weight computation): stays dense
     weight_name: Any = field(default=None, repr=False)  # `names.ParameterName`: the weight, named relative to its root

@@ -243,12 +243,12 @@ def test_names_are_recovered_from_dynamo_placeholders():
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
-def captured_sites(fn, *args):
+def captured_sites(fn, *args, **options):
     """The sites the lynx passes find in the graph Dynamo captures from `fn(*args)`."""
     found = []
 
     def capture(gm, example_inputs):
-        ctx = PassContext(LynxConfig())
+        ctx = PassContext(LynxConfig(**options))
         run_passes(gm, ctx)
         found.extend(ctx.sites)
         return gm.forward
@@ -330,16 +330,22 @@ def test_a_module_registered_under_two_names_takes_the_first_as_named_modules_do
     assert rows["out"][0] == "sparse"
 
 
-def test_a_name_two_modules_share_is_not_recovered_and_stays_dense():
+def test_a_name_two_modules_share_is_not_recovered_and_stays_dense_where_options_select_by_name():
+    """A function calling two models (a transformer and a ControlNet in one compiled step): their layers' names
+    collide. Where options pick layers by name they could not say which is meant, so both stay dense; without such
+    options a name only labels the report's row, and the layers are decided as any other."""
     first, second, x = Named(), Named(), torch.randn(24, 16)
 
     def both(x):
         return first.proj(x) + second.proj(x) + first.blocks[0](x)
 
-    sites = captured_sites(both, x)
+    sites = captured_sites(both, x, exclude=("nothing",))
     assert [(site.name, site.decision) for site in sites] == [
         ("proj", "dense"), ("proj", "dense"), ("blocks.0", "sparse")]  # fmt: skip
     assert sites[0].reason.startswith("qualified name not recoverable: 'proj' names a linear under each of")
+    sites = captured_sites(both, x)
+    assert [(site.name, site.decision) for site in sites] == [
+        ("proj", "sparse"), ("proj", "sparse"), ("blocks.0", "sparse")]  # fmt: skip
 
 
 def test_names_from_chains_spelled_with_attributes_and_indices():
