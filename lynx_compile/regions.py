@@ -172,7 +172,7 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
         built = _parameter_shapes(model, path)
         instances = tuple(qualified(instance, below) for instance in region.instances
                           if _parameter_shapes(model, qualified(instance, below)) == built
-                          and (instance == owner or not runs_eagerly(model.get_submodule(instance))))  # fmt: skip
+                          and (instance == owner or not _runs_eagerly_within(model, instance)))  # fmt: skip
         return Placement(path, instances, region.label, True, id(model), weakref.ref(model))
     if path == "" or not class_wide:
         return Placement(path, (path,), "", True, id(model), weakref.ref(model))
@@ -182,17 +182,38 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
     # other shapes than the graph was specialized to (Dynamo keeps parameter shapes static and guards on them: peft's
     # `lora_A` and `lora_B`, both `nn.Linear` frames, get a graph each). Nor one whose forward
     # `torch.compiler.disable` wraps: that one runs eagerly, dense.
-    names = [name for name, _ in traced.named_parameters()]
+    # Parameters are compared by name less `_orig_mod`: a submodule torch.compile or torch.compiler.disable wrapped
+    # in one instance (`fc2._orig_mod.weight`) is guarded by Dynamo only where the graph reads it.
+    parameters = _unwrapped_parameters(traced)
+    shapes = {_unwrapped(name): shape for name, shape in shapes.items()}
     # Where the model is compiled region by region (diffusers' compile_repeated_blocks), modules outside every
     # compiled one run eagerly: FLUX's time embedding linears are no instances of a graph of `nn.Linear.forward`
     # that a graph break inside a block had Dynamo compile.
     compiled = [path for path, module in model.named_modules() if module.__dict__.get("_compiled_call_impl")]
     instances = tuple(name for name, module in model.named_modules() if type(module) is type(traced)
-                      and [name for name, _ in module.named_parameters()] == names
-                      and all(tuple(module.get_parameter(name).shape) == shape for name, shape in shapes.items())
-                      and (module is traced or not runs_eagerly(module)
+                      and list(_unwrapped_parameters(module)) == list(parameters)
+                      and all(tuple(_unwrapped_parameters(module)[name].shape) == shape
+                              for name, shape in shapes.items() if name in parameters)
+                      and (module is traced or not _runs_eagerly_within(model, name)
                            and (not compiled or any(inside(name, outer) for outer in compiled))))  # fmt: skip
     return Placement(path, instances, type(traced).__name__, False, id(model), weakref.ref(model))
+
+
+def _unwrapped(name: str) -> str:
+    """A qualified name less the `_orig_mod` of the wrappers torch.compile and torch.compiler.disable put around a
+    module."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
+def _unwrapped_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {_unwrapped(name): parameter for name, parameter in module.named_parameters()}
+
+
+def _runs_eagerly_within(model: torch.nn.Module, path: str) -> bool:
+    """Whether the module at `path`, or one it lies in, runs eagerly (`runs_eagerly`): torch.compiler.disable(block)
+    puts the block inside a wrapper whose forward is disabled."""
+    parts = path.split(".") if path else []
+    return any(runs_eagerly(model.get_submodule(".".join(parts[:depth]))) for depth in range(1, len(parts) + 1))
 
 
 def runs_eagerly(module: torch.nn.Module) -> bool:

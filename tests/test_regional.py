@@ -14,7 +14,10 @@ import torch.nn.functional as F
 
 import lynx_compile
 from lynx_compile import LayerPolicy, Policy, RegionError, regions
+from lynx_compile.eager import sparsified
+from lynx_compile.method import Method
 from lynx_compile.regional import OUTSIDE, compiled_regionally
+from lynx_compile.regions import inside
 
 EAGER = {"execution": "simulate", "compiler": "eager"}
 
@@ -376,6 +379,25 @@ def test_a_glob_that_names_nothing_of_the_module_compiled_is_said_so_not_ignored
         _, report = whole(PlainStack().eval(), options, batch())
     assert rows(report)["blocks.1.inner"][0] == "dense"
     assert not [record for record in caplog.records if "matches no layer" in record.getMessage()]
+
+
+@pytest.mark.parametrize("disabled", ["blocks.0", "blocks.0.out"])
+def test_a_module_wrapped_by_torch_compiler_disable_is_reported_as_it_runs(disabled):
+    """`torch.compiler.disable(module)` wraps it in a module whose forward runs eagerly: a disabled block is no
+    instance of the blocks' graph (it was listed sparse, and ran dense), and a block with a disabled linear still is
+    one where the graph serves it (its other linear ran sparse, and was listed in no graph). What the report lists
+    sparse is what ran sparse."""
+    torch.manual_seed(0)
+    model = PlainStack().eval()
+    parent, _, child = disabled.rpartition(".")
+    model.get_submodule(parent).register_module(child, torch.compiler.disable(model.get_submodule(disabled)))
+    (out,), report = whole(model, EAGER, batch())
+    sparse = [layer.name for layer in report.layers if layer.decision == "sparse"]
+    assert not [name for name in sparse if inside(name, disabled)]
+    assert "blocks.1.inner" in sparse and ("blocks.0.inner" in sparse) == (disabled == "blocks.0.out")
+    with torch.no_grad(), sparsified({name: model.get_submodule(name) for name in sparse}, Method()):
+        expected = model(batch())
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
 class BreakingBlock(RepeatedBlock):
