@@ -116,7 +116,8 @@ class Report:
             f"{100 * self.sparse_flop_share:.1f}% of linear FLOPs, in {len(self.graphs)} graph(s)"
             + (f"; {opaque} run as opaque ops (symbolic M: checked at run time, epilogue unfused)" if opaque else "")
             + self._regions_summary() + self._ranks_summary()
-            + (f"; {len(self.outside)} linear module(s) in no graph (ran eagerly, dense, or not called): "
+            + (f"; {len(self.outside)} linear module(s) in no graph as a linear (ran eagerly, inside a fused op such "
+               f"as nn.MultiheadAttention's, or not called: dense): "
                f"{some_names(self.outside)}" if self.outside else "")
         )
 

@@ -97,7 +97,8 @@ class EndsInDisabled(nn.Module):
 def test_linears_that_ran_in_no_graph_are_listed():
     report = lynx_compile.explain(EndsInDisabled(), torch.randn(2, 24, 16))
     assert report.modules == ["inp"] and report.outside == ["attn.q", "attn.out"]
-    assert "2 linear module(s) in no graph (ran eagerly, dense, or not called): attn.q, attn.out" in report.summary()
+    assert ("2 linear module(s) in no graph as a linear (ran eagerly, inside a fused op such as "
+            "nn.MultiheadAttention's, or not called: dense): attn.q, attn.out") in report.summary()
 
 
 def test_a_linear_compiled_on_its_own_frame_stays_dense_where_the_options_tell_linears_apart():

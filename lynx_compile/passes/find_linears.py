@@ -144,9 +144,17 @@ def _module_state(node: torch.fx.Node, gm: torch.fx.GraphModule) -> bool:
     return False
 
 
+# ops that run a module's projections inside themselves: nn.MultiheadAttention (Dynamo keeps it one call) and
+# nn.TransformerEncoderLayer's inference fast path
+_FUSED_PROJECTIONS = {torch.nn.functional.multi_head_attention_forward} | {
+    getattr(torch, name) for name in ("_native_multi_head_attention", "_transformer_encoder_layer_fwd")
+    if hasattr(torch, name)}  # fmt: skip
+
+
 def _warn_about_subgraph_linears(gm: torch.fx.GraphModule) -> None:
     """Linears inside a higher-order op's subgraph (activation checkpointing, `torch.cond`, a nested compile region)
-    are not rewritten: the passes read the graph's top level only. Say so, rather than leave them dense unseen."""
+    are not rewritten: the passes read the graph's top level only; nor are the projections inside a fused attention
+    op. Say so, rather than leave them dense unseen."""
     inner = [f"{name}.{node.name}" for name, module in gm.named_modules() if name
              and isinstance(module, torch.fx.GraphModule) for node in module.graph.nodes
              if _operands(node) is not None]  # fmt: skip
@@ -154,6 +162,11 @@ def _warn_about_subgraph_linears(gm: torch.fx.GraphModule) -> None:
         logger.warning("lynx: %d linear call(s) inside higher-order ops' subgraphs (activation checkpointing, "
                        "torch.cond, nested compile regions) run dense, not rewritten: %s", len(inner),
                        ", ".join(inner[:5]) + (" ..." if len(inner) > 5 else ""))  # fmt: skip
+    fused = [node.name for node in gm.graph.nodes if node.op == "call_function" and node.target in _FUSED_PROJECTIONS]
+    if fused:
+        logger.warning("lynx: %d fused attention op(s) (nn.MultiheadAttention, nn.TransformerEncoderLayer's fast "
+                       "path) run their projections inside themselves, dense, not rewritten: %s", len(fused),
+                       ", ".join(fused[:5]) + (" ..." if len(fused) > 5 else ""))  # fmt: skip
 
 
 def _viewed_parameter(weight: torch.fx.Node, gm: torch.fx.GraphModule, steps: int = 4) -> tuple:

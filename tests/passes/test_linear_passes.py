@@ -504,3 +504,17 @@ def test_a_producer_whose_input_is_written_in_place_before_the_linear_is_not_fol
     assert row.decision == "sparse"
     assert ("folded" in row.reason) == (write == "unrelated"), row.reason
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_projections_inside_a_fused_attention_op_are_said_to_run_dense(grad, caplog):
+    """nn.MultiheadAttention reaches the graph as one call, and nn.TransformerEncoderLayer in inference as its fast
+    path's one op: their projections are no linears to rewrite. Said so; the output is eager's."""
+    torch.manual_seed(0)
+    layer, x = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True).eval(), torch.randn(2, 16, 32)
+    torch._dynamo.reset()
+    with torch.set_grad_enabled(grad), caplog.at_level("WARNING", logger="lynx_compile"):
+        out = torch.compile(layer, backend="lynx", options={"compiler": "eager", "exclude": ["linear*"]})(x)
+        expected = layer(x)
+    assert any("fused attention op(s)" in record.getMessage() for record in caplog.records)
+    torch.testing.assert_close(out, expected)
