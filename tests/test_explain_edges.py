@@ -195,6 +195,26 @@ def test_linears_with_a_tied_weight_stay_dense_rather_than_answer_to_the_wrong_n
         torch.testing.assert_close(torch.compile(model, backend="lynx")(x), expected)
 
 
+class ReusedByItsParent(nn.Module):
+    """One module's weight, used by its own forward and again by its parent's matmul: no tie, one name."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.other = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.other(F.gelu(self.fc(x)) @ self.fc.weight.t())
+
+
+def test_a_weight_its_parent_reuses_is_not_taken_for_a_tied_one():
+    model, x = ReusedByItsParent().eval(), torch.randn(2, 24, 16)
+    report = lynx_compile.explain(model, x, options={"exclude": ["other"]})
+    rows = [(layer.name, layer.decision, layer.reason) for layer in report.layers]
+    assert [(name, decision) for name, decision, _ in rows] == [("fc", "sparse"), ("fc", "sparse"), ("other", "dense")]
+    report = lynx_compile.explain(model, x, options={"exclude": ["fc"]})
+    assert [layer.reason for layer in report.layers][:2] == ["excluded by 'fc'"] * 2
+
+
 def test_a_linear_called_twice_is_not_taken_for_a_tied_weight():
     class Twice(nn.Module):
         def __init__(self):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import operator
-import re
 
 import torch
 import torch.fx
@@ -223,15 +222,22 @@ def _parametrization_state(node: torch.fx.Node, gm: torch.fx.GraphModule) -> boo
 def _flag_shared_weights(sites: list[LinearSite]) -> None:
     """A weight that several modules share (tied) reaches the graph once, through whichever module Dynamo met first,
     so its name is that module's for every caller: options and policies written for the other would reach the wrong
-    layer. Linears whose weight is called from more than one module (the innermost entry of the node's module stack)
-    keep their label and stay dense with that reason."""
+    layer. Linears whose weight is called from two modules neither of which holds the other (the innermost entry of
+    the node's module stack: a module's own forward and its parent's matmul over the module's weight are no tie)
+    keep their label and stay dense with that reason, where options select layers by name."""
     callers: dict[torch.fx.Node, set] = {}
     for site in sites:
         stack = site.node.meta.get("nn_module_stack") or {}
-        innermost = next(reversed(stack.keys()), None)  # the module's key, "<key>@<n>" for its call n + 1
-        callers.setdefault(site.weight, set()).add(re.sub(r"@\d+$", "", innermost) if innermost else None)
+        innermost = next(reversed(stack.values()), None)  # (the module's source, "L['self'].fc", its class)
+        callers.setdefault(site.weight, set()).add(innermost[0] if innermost else None)  # None: the frame's own
+
+    def nested(inner: str | None, outer: str | None) -> bool:
+        return outer is None or inner == outer or (inner is not None and inner.startswith((outer + ".", outer + "[")))
+
+    tied = {weight for weight, paths in callers.items()
+            if any(not nested(a, b) and not nested(b, a) for a in paths for b in paths)}  # fmt: skip
     for site in sites:
-        if len(callers[site.weight]) > 1 and site.name_problem is None:
+        if site.weight in tied and site.name_problem is None:
             site.name_problem = (f"its weight is tied to another module's, and Dynamo names every use of it after "
                                  f"one of them ({site.name!r}): an option or a policy could reach the wrong "
                                  f"layer")  # fmt: skip
