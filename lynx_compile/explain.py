@@ -63,8 +63,12 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
             target = model._call_impl if compiled_in_place else model
             torch.compile(_trace, backend=backend, fullgraph=fullgraph)(target, *args, **kwargs)
     if not report.graphs:
+        stance = getattr(getattr(torch._dynamo.eval_frame, "_stance", None), "stance", "default")
+        why = (f"torch.compiler.set_stance({stance!r}) is in force, under which torch compiles nothing (not even "
+               "a first time): call explain outside it" if stance != "default" else
+               "compiled or disabled elsewhere, or not traceable")  # fmt: skip
         raise RuntimeError("lynx.explain: Dynamo captured no graph from this call: the forward ran without Dynamo "
-                           "tracing any tensor operation (compiled or disabled elsewhere, or not traceable)")
+                           f"tracing any tensor operation ({why})")
     report.outside = _outside(model, report)
     return report
 

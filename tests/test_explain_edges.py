@@ -459,3 +459,8 @@ def test_a_report_collects_its_own_threads_compiles_only():
     assert len(reports["mine"].graphs) == len(reports["other"].graphs) == 1
     assert [layer.name for layer in reports["mine"].layers] == [layer.name for layer in reports["other"].layers]
     assert reports["mine"].graphs[0] is not reports["other"].graphs[0]
+
+
+def test_explain_under_a_stance_that_compiles_nothing_names_the_stance():
+    with torch.compiler.set_stance("force_eager"), pytest.raises(RuntimeError, match=r"set_stance\('force_eager'\)"):
+        lynx_compile.explain(Proj().eval(), torch.randn(2, 16, 16))
