@@ -190,12 +190,18 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
     # compiled one run eagerly: FLUX's time embedding linears are no instances of a graph of `nn.Linear.forward`
     # that a graph break inside a block had Dynamo compile.
     compiled = [path for path, module in model.named_modules() if module.__dict__.get("_compiled_call_impl")]
-    instances = tuple(name for name, module in model.named_modules() if type(module) is type(traced)
-                      and list(_unwrapped_parameters(module)) == list(parameters)
-                      and all(tuple(_unwrapped_parameters(module)[name].shape) == shape
-                              for name, shape in shapes.items() if name in parameters)
-                      and (module is traced or not _runs_eagerly_within(model, name)
-                           and (not compiled or any(inside(name, outer) for outer in compiled))))  # fmt: skip
+
+    def served(name: str, module: torch.nn.Module) -> bool:
+        if type(module) is not type(traced):
+            return False
+        own = _unwrapped_parameters(module)
+        if list(own) != list(parameters) or any(tuple(own[key].shape) != shape for key, shape in shapes.items()
+                                                if key in own):  # fmt: skip
+            return False
+        return module is traced or (not _runs_eagerly_within(model, name)
+                                    and (not compiled or any(inside(name, outer) for outer in compiled)))
+
+    instances = tuple(name for name, module in model.named_modules() if served(name, module))
     return Placement(path, instances, type(traced).__name__, False, id(model), weakref.ref(model))
 
 

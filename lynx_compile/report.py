@@ -9,8 +9,8 @@ and the summary says which rank of how many.
 from __future__ import annotations
 
 import contextlib
-import threading
 import json
+import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
