@@ -400,6 +400,36 @@ def test_a_module_wrapped_by_torch_compiler_disable_is_reported_as_it_runs(disab
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
+class Guided(nn.Module):
+    """A user's classifier-free guidance wrapper around a model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        uncond, cond = self.model(torch.cat([x, x])).chunk(2)
+        return uncond + 2.0 * (cond - uncond)
+
+
+def test_an_enclosing_compile_that_inlines_the_blocks_compiled_regionally_is_said_to(caplog):
+    """torch.compile of a wrapper traces through the blocks compile_repeated_blocks compiled (Dynamo inlines them):
+    the enclosing compile's options apply, not the regional ones. Said so, once; the regional compile alone and
+    explain of it say nothing."""
+    model = stack()
+    lynx_compile.compile_repeated_blocks(model, options={**EAGER, "exclude": ["blocks.0.inner"]})
+    with caplog.at_level("WARNING", logger="lynx_compile"):
+        _, report = run(model, batch())
+        lynx_compile.explain(model, batch())
+    assert rows(report)["blocks.0.inner"][0] == "dense"
+    assert not [record for record in caplog.records if "inlines its blocks" in record.getMessage()]
+    with caplog.at_level("WARNING", logger="lynx_compile"):
+        (out,), report = whole(Guided(model), EAGER, batch())
+    assert rows(report)["model.blocks.0.inner"][0] == "sparse"  # the enclosing compile's options: no exclude
+    warned = [record.getMessage() for record in caplog.records if "inlines its blocks" in record.getMessage()]
+    assert len(warned) == 1 and "Stack (model)" in warned[0]
+
+
 class BreakingBlock(RepeatedBlock):
     """A block Dynamo cannot trace whole (HiDream's mixture of experts, a `.item()`): its frame is compiled alone."""
 

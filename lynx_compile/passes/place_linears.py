@@ -71,6 +71,8 @@ def place_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphM
             ctx.placement = placement
     _flag_ambiguous_names(ctx.sites, roots)
     _warn_about_unmatched_globs(ctx, named_in)
+    if ctx.config.region is None:
+        _warn_about_inlined_regions(named_in)
     if ctx.placement is not None:
         logger.debug("lynx: graph of %s placed at %s, serving %d instance(s)", ctx.placement.label,
                      ctx.placement.path, len(ctx.placement.instances))  # fmt: skip
@@ -148,6 +150,26 @@ def _warn_about_unmatched_globs(ctx: PassContext, named_in: list[object]) -> Non
                            "%s: relative to the module torch.compile was given); compile the whole model, or use "
                            "lynx_compile.compile_repeated_blocks(model, options=...), which names layers in full",
                            option, pattern, kind, example)  # fmt: skip
+
+
+_warned_inlined: set[int] = set()
+
+
+def _warn_about_inlined_regions(named_in: list[object]) -> None:
+    """Once per model: a graph that traces through a model `lynx_compile.compile_repeated_blocks` compiled block by
+    block. An enclosing torch.compile (of a wrapper doing CFG, of a pipeline's step) inlines the blocks' code, so the
+    options given to compile_repeated_blocks — exclude globs, a policy — no longer apply; this compile's do."""
+    from ..regional import compiled_regionally  # the regional API imports what the passes do
+
+    for module in (module for module in named_in if isinstance(module, torch.nn.Module)):
+        for inner_name, inner in module.named_modules():
+            if compiled_regionally(inner) is None or id(inner) in _warned_inlined:
+                continue
+            _warned_inlined.add(id(inner))
+            logger.warning("lynx: this graph traces through %s (%s), which lynx_compile.compile_repeated_blocks "
+                           "compiled block by block: an enclosing torch.compile inlines its blocks, so the options "
+                           "given to compile_repeated_blocks do not apply — this compile's do. Compile the blocks or "
+                           "the whole, not both", type(inner).__name__, inner_name or "the model")  # fmt: skip
 
 
 def _flag_ambiguous_names(sites: list[LinearSite], roots: dict[int, str]) -> None:
