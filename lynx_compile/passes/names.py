@@ -103,8 +103,9 @@ def _from_source(source: Any) -> ParameterName | None:
     chain.reverse()
     # The outermost module: the base of the first wrapper marking a module (NNModuleSource and its variants).
     boundary = next((i for i, step in enumerate(chain) if type(step).__name__.endswith("NNModuleSource")), None)
+    spelled = source_name(source)
     if boundary is None:
-        return ParameterName(None, source_name(source), "the weight is not reached through a module", source_name(source))
+        return ParameterName(None, spelled, "the weight is not reached through a module", spelled)
     root, root_source = source_name(chain[boundary]), chain[boundary]
     steps = []
     for step in chain[boundary + 1:]:
@@ -115,9 +116,8 @@ def _from_source(source: Any) -> ParameterName | None:
         elif hasattr(step, "index"):
             steps.append(("item", step.index))
         else:
-            return ParameterName(None, root, f"unknown step {type(step).__name__} in {source_name(source)}",
-                                 source_name(source))  # fmt: skip
-    found = _interpret(steps, root, source_name(source))
+            return ParameterName(None, root, f"unknown step {type(step).__name__} in {spelled}", spelled)
+    found = _interpret(steps, root, spelled)
     return None if found is None else replace(found, root_source=root_source)
 
 

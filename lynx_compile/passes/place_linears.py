@@ -133,17 +133,16 @@ def _warn_about_unmatched_globs(ctx: PassContext, named_in: list[object]) -> Non
     would otherwise be ignored without a word."""
     config = ctx.config
     modules = [module for module in named_in if isinstance(module, torch.nn.Module)]
-    if not modules or not (config.include or config.exclude):
-        return
-    names = {site.name for site in ctx.sites}
-    for module in modules:
-        names.update(name for name, _ in module.named_modules())
-        names.update(name for name, _ in module.named_parameters())
     kind = ", ".join(sorted({type(module).__name__ for module in modules}))
-    for option, patterns in (("include", config.include), ("exclude", config.exclude)):
-        for pattern in patterns:
-            if (option, pattern, kind) in _warned_globs or any(config.matches(pattern, name) for name in names):
-                continue
+    sites = {site.name for site in ctx.sites}
+    unmatched = [(option, pattern) for option, patterns in (("include", config.include), ("exclude", config.exclude))
+                 for pattern in patterns if (option, pattern, kind) not in _warned_globs
+                 and not any(config.matches(pattern, name) for name in sites)]  # fmt: skip
+    if not modules or not unmatched:
+        return  # the model's other names are walked only for globs this graph's layers leave unmatched
+    names = {name for module in modules for name, _ in (*module.named_modules(), *module.named_parameters())}
+    for option, pattern in unmatched:
+        if not any(config.matches(pattern, name) for name in names):
             _warned_globs.add((option, pattern, kind))
             example = ", ".join(repr(site.name) for site in ctx.sites[:3])
             logger.warning("lynx: %s pattern %r matches no layer of the %s compiled here (its layers are named like "
