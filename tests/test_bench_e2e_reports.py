@@ -4,6 +4,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from bench_e2e import dense_layer_kinds, dense_reasons  # noqa: E402
 
@@ -68,3 +70,42 @@ def test_the_kernel_breakdown_knows_every_lynx_triton_kernel_and_the_usual_libra
     rows = {line[:32].strip(): line[32:].split() for line in table.splitlines()[1:5]}
     assert rows["dense GEMM"] == ["0.00", "3.00"] and rows["attention"] == ["2.00", "0.00"]
     assert rows["total"] == ["2.50", "3.00"]
+
+
+def test_the_spread_over_processes_is_each_process_own_ratio_with_its_median_and_range():
+    from bench_e2e_processes import spread
+
+    def row(fp8_ms, lynx_ms, dense_ms=140.0):
+        return {"model": "flux", "cuda_graphs": True, "dense_ms": dense_ms, "fp8_ms": fp8_ms, "fp8_lynx_ms": lynx_ms,
+                "speedup_fp8": dense_ms / fp8_ms, "speedup_fp8_lynx": fp8_ms / lynx_ms,
+                "baselines": {"fp8": "dense", "fp8_lynx": "fp8"}}  # fmt: skip
+
+    runs = [[row(110.0, 100.0)], [row(101.0, 90.0)], [row(104.0, 95.0, 139.0)]]
+    entries = {entry["variant"]: entry for entry in spread(runs)}
+    lynx = entries["fp8_lynx"]
+    assert lynx["over"] == "fp8" and lynx["processes"] == 3
+    assert lynx["ms"] == [100.0, 90.0, 95.0] and lynx["over_ms"] == [110.0, 101.0, 104.0]
+    ratios = sorted([1.1, 101 / 90, 104 / 95])
+    assert (lynx["min_ratio"], lynx["median_ratio"], lynx["max_ratio"]) == tuple(ratios)
+    assert entries["fp8"]["median_ratio"] == 139 / 104  # the third process's, over its own dense
+    mixed = [[row(110.0, 100.0)], [{**row(110.0, 100.0), "baselines": {"fp8": "dense", "fp8_lynx": "dense"}}]]
+    with pytest.raises(ValueError, match="fp8_lynx is over dense in one process and fp8"):
+        spread(mixed)
+
+
+def test_each_process_is_fresh_shares_the_lynx_cache_and_the_budget_stops_the_next(tmp_path, monkeypatch):
+    import bench_e2e_processes
+
+    fake = tmp_path / "bench" / "bench_e2e.py"  # writes its pid and cache directory as its row
+    fake.parent.mkdir()
+    fake.write_text("import json, os, sys\nrow = {'pid': os.getpid(), 'cache': os.environ['LYNX_CACHE_DIR'], "
+                    "'args': sys.argv[1:]}\nopen(os.path.join(os.environ['OUT'], 'bench_e2e_x.json'), 'w')"
+                    ".write(json.dumps({'rows': [row]}))\n")  # fmt: skip
+    monkeypatch.setattr(bench_e2e_processes, "HERE", fake.parent)
+    monkeypatch.delenv("LYNX_CACHE_DIR", raising=False)
+    runs = bench_e2e_processes.run_processes(3, ["flux", "graphs"], tmp_path / "out", budget_s=3600)
+    rows = [rows[0] for rows in runs]
+    assert len({row["pid"] for row in rows}) == 3 and len({row["cache"] for row in rows}) == 1
+    assert all(row["args"] == ["flux", "graphs"] for row in rows)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["process_0", "process_1", "process_2"]
+    assert len(bench_e2e_processes.run_processes(3, ["flux"], tmp_path / "again", budget_s=0)) == 1

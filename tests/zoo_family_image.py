@@ -5,6 +5,8 @@ batch 2, 8×8 latents: 16 image tokens after 2×2 patches. Weights re-initialise
 Inputs are what each pipeline passes (AuraFlow: t/1000, which the model scales by 1000).
 """
 
+import functools
+
 import diffusers
 import torch
 from zoo import _builder, _text_mask
@@ -158,6 +160,187 @@ def qwen21_inputs(seed):
                 img_shapes=[[(1, 4, 4)]] * BATCH, img_mask=img_mask, return_dict=False)
 
 
+
+# --- 15 image tokens (6x10 latents, 2x2 patches: 3x5), not a multiple of 16 -----------------------
+GH, GW = 3, 5
+LENS = torch.tensor([T, T * 3 // 4])  # text lengths, as _text_mask: all of sample 0, 3/4 of sample 1
+
+
+def grid_ids(dims=3, t=0):  # (t, h, w[, 0]) ids of the 3x5 grid
+    ids = torch.zeros(GH, GW, dims)
+    ids[..., 0] = t
+    ids[..., 1] = torch.arange(GH)[:, None]
+    ids[..., 2] = torch.arange(GW)[None, :]
+    return ids.reshape(GH * GW, dims)
+
+
+def packed15(gen):  # packed 2x2 latents: (B, 15 tokens, 16 ch)
+    return torch.randn(BATCH, GH * GW, C * 4, generator=gen)
+
+
+def latents15(gen):  # (B, 4, 6, 10) latents: 15 tokens after 2x2 patches
+    return torch.randn(BATCH, C, 2 * GH, 2 * GW, generator=gen)
+
+
+def acestep_inputs(seed):  # 30 latent frames, 1-D patch 2: 15 tokens
+    gen = g(seed)
+    t = torch.rand(BATCH, generator=gen)
+    return dict(hidden_states=torch.randn(BATCH, 30, 8, generator=gen), timestep=t, timestep_r=t,
+                encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
+                context_latents=torch.randn(BATCH, 30, 16, generator=gen), return_dict=False)
+
+
+def bria_fibo_inputs(seed):  # padded prompt: the pipeline passes the joint mask as attention_mask
+    gen = g(seed)
+    mask = torch.cat([_text_mask(BATCH), torch.ones(BATCH, GH * GW, dtype=torch.long)], dim=1).bool()
+    return dict(hidden_states=packed15(gen), encoder_hidden_states=torch.randn(BATCH, T, 2 * TD, generator=gen),
+                text_encoder_layers=[torch.randn(BATCH, T, TD, generator=gen) for _ in range(2)],
+                timestep=1000 * torch.rand(BATCH, generator=gen), img_ids=grid_ids(), txt_ids=torch.zeros(T, 3),
+                joint_attention_kwargs={"attention_mask": mask[:, None, None, :]}, return_dict=False)
+
+
+def bria_fibo2_inputs(seed):  # 15 image + 12 gist tokens (10 for sample 1, masked): 27
+    gen = g(seed)
+    return dict(hidden_states=latents15(gen), timestep=torch.rand(BATCH, generator=gen),
+                encoder_hidden_states=torch.randn(BATCH, 2, T, TD, generator=gen),
+                encoder_attention_mask=_text_mask(BATCH).bool(), return_dict=False)
+
+
+def dreamlite_inputs(seed):  # inside its U-Net: (B, 64, 5, 6) features, 30 tokens; the U-Net's mask bias
+    gen = g(seed)
+    bias = (1 - _text_mask(BATCH).float()) * -10000.0
+    return dict(hidden_states=torch.randn(BATCH, HIDDEN, 5, 6, generator=gen),
+                encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
+                encoder_attention_mask=bias.unsqueeze(1), return_dict=False)
+
+
+def ernie_inputs(seed):  # patch 1 on (B, 16, 3, 5): 15 image + 16 text tokens
+    gen = g(seed)
+    text = torch.randn(BATCH, T, TD, generator=gen) * _text_mask(BATCH)[..., None]  # zero-padded as _pad_text
+    return dict(hidden_states=torch.randn(BATCH, C * 4, GH, GW, generator=gen),
+                timestep=1000 * torch.rand(BATCH, generator=gen), text_bth=text, text_lens=LENS, return_dict=False)
+
+
+def flux3_inputs(seed):  # image-to-image: 15 image + 15 reference + 16 text tokens
+    gen = g(seed)
+    txt_ids = torch.zeros(T, 4)
+    txt_ids[:, 3] = torch.arange(T)
+    return dict(hidden_states=packed15(gen), encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
+                timestep=torch.rand(BATCH, generator=gen), img_ids=grid_ids(4), txt_ids=txt_ids,
+                image_cond_hidden_states=packed15(gen), image_cond_ids=grid_ids(4, t=10), return_dict=False)
+
+
+def glm_inputs(seed):
+    from diffusers.models.transformers.transformer_glm_image import GlmImageKVCache
+    gen = g(seed)
+    prior = torch.randint(0, 64, (BATCH, GH * GW), generator=gen)
+    return dict(hidden_states=latents15(gen), encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
+                prior_token_id=prior, prior_token_drop=torch.zeros_like(prior, dtype=torch.bool),
+                timestep=torch.randint(0, 1000, (BATCH,), generator=gen).float(),
+                target_size=torch.tensor([[48.0, 80.0]] * BATCH), crop_coords=torch.zeros(BATCH, 2),
+                kv_caches=GlmImageKVCache(num_layers=2), return_dict=False)
+
+
+def ideogram4_inputs(seed):  # packed [left pad][text][15 image]: 31 tokens, as _prepare_ids lays them out
+    gen = g(seed)
+    n = T + GH * GW
+    position_ids = torch.zeros(BATCH, n, 3, dtype=torch.long)
+    segment_ids = torch.full((BATCH, n), -1, dtype=torch.long)
+    indicator = torch.zeros(BATCH, n, dtype=torch.long)
+    image_pos = grid_ids().long() + 65536
+    for b, num_text in enumerate(LENS.tolist()):
+        offset = T - num_text
+        position_ids[b, offset:T] = torch.arange(num_text)[:, None].expand(-1, 3)
+        position_ids[b, T:] = image_pos
+        indicator[b, offset:T], indicator[b, T:] = 3, 2
+        segment_ids[b, offset:] = 1
+    features = torch.randn(BATCH, n, TD, generator=gen) * (indicator == 3)[..., None]
+    hidden = torch.cat([torch.zeros(BATCH, T, C * 4), packed15(gen)], dim=1)
+    return dict(hidden_states=hidden, timestep=torch.rand(BATCH, generator=gen), encoder_hidden_states=features,
+                position_ids=position_ids, segment_ids=segment_ids, indicator=indicator, return_dict=False)
+
+
+def krea2_inputs(seed):  # 16 text + 15 image tokens; text fusion attends over 4 tapped layers per token
+    gen = g(seed)
+    return dict(hidden_states=packed15(gen), encoder_hidden_states=torch.randn(BATCH, T, 4, TD, generator=gen),
+                timestep=torch.rand(BATCH, generator=gen),
+                position_ids=torch.cat([torch.zeros(T, 3), grid_ids()]),
+                encoder_attention_mask=_text_mask(BATCH).bool(), return_dict=False)
+
+
+def nucleus_inputs(seed):  # 15 image queries over 15 image + 16 text keys
+    gen = g(seed)
+    return dict(hidden_states=packed15(gen), img_shapes=[(1, GH, GW)] * BATCH,
+                encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
+                encoder_hidden_states_mask=_text_mask(BATCH).bool(), timestep=torch.rand(BATCH, generator=gen),
+                return_dict=False)
+
+
+def minimax_music_inputs(seed):  # 29 latent frames + 1 time token: 30
+    gen = g(seed)
+    return dict(hidden_states=torch.randn(BATCH, 16, 29, generator=gen), timestep=torch.rand(BATCH, generator=gen),
+                encoder_hidden_states=torch.randn(BATCH, 29, TD, generator=gen), return_dict=False)
+
+
+def continuous2d_inputs(seed):  # a U-Net's transformer: (B, 64, 5, 6) features, 30 tokens
+    gen = g(seed)
+    return dict(hidden_states=torch.randn(BATCH, HIDDEN, 5, 6, generator=gen),
+                encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen), return_dict=False)
+
+
+def pixart_alpha_inputs(seed):  # PixArt-alpha 1024: resolution and aspect-ratio conditions
+    gen = g(seed)
+    return dict(hidden_states=latents15(gen), encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
+                encoder_attention_mask=_text_mask(BATCH), timestep=torch.randint(0, 1000, (BATCH,), generator=gen),
+                added_cond_kwargs={"resolution": torch.tensor([[48.0, 80.0]] * BATCH),
+                                   "aspect_ratio": torch.tensor([[0.6]] * BATCH)}, return_dict=False)
+
+
+def stable_audio3_inputs(seed, inpaint=False):  # 4 memory tokens + 26 latent frames: 30
+    gen = g(seed)
+    d = dict(hidden_states=torch.randn(BATCH, 16, 26, generator=gen), timestep=torch.rand(BATCH, generator=gen),
+             encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
+             global_hidden_states=torch.randn(BATCH, TD, generator=gen),
+             encoder_attention_mask=_text_mask(BATCH).bool(), return_dict=False)
+    if inpaint:  # cat([mask, masked latents]): 17 channels
+        mask = torch.zeros(BATCH, 1, 26)
+        mask[..., 8:18] = 1
+        d["local_add_cond"] = torch.cat([mask, torch.randn(BATCH, 16, 26, generator=gen) * (1 - mask)], dim=1)
+    return d
+
+
+def longcat_audio_inputs(seed):  # 30 latent frames; text-to-audio: latent_cond is zeros, every frame valid
+    gen = g(seed)
+    return dict(hidden_states=torch.randn(BATCH, 30, 16, generator=gen),
+                encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
+                encoder_attention_mask=_text_mask(BATCH).bool(), timestep=torch.rand(BATCH, generator=gen),
+                attention_mask=torch.ones(BATCH, 30, dtype=torch.bool), latent_cond=torch.zeros(BATCH, 30, 16),
+                return_dict=False)
+
+
+def prior_inputs(seed):  # 16 text + 4 (text embedding, time, image embedding, prd) tokens: 20
+    gen = g(seed)
+    return dict(hidden_states=torch.randn(BATCH, TD, generator=gen),
+                timestep=torch.randint(0, 1000, (), generator=gen),
+                proj_embedding=torch.randn(BATCH, TD, generator=gen),
+                encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen),
+                attention_mask=_text_mask(BATCH).bool(), return_dict=False)
+
+
+def hunyuandit_controlnet_inputs(seed):
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed
+    gen = g(seed)
+    meta = torch.tensor([[1024, 1024, 48, 80, 0, 0]] * BATCH, dtype=torch.float32)
+    return dict(hidden_states=latents15(gen), timestep=torch.randint(0, 1000, (BATCH,), generator=gen).float(),
+                controlnet_cond=latents15(gen),
+                encoder_hidden_states=torch.randn(BATCH, T, TD, generator=gen), text_embedding_mask=_text_mask(BATCH),
+                encoder_hidden_states_t5=torch.randn(BATCH, T, TD, generator=gen),
+                text_embedding_mask_t5=_text_mask(BATCH), image_meta_size=meta,
+                style=torch.zeros(BATCH, dtype=torch.long),
+                image_rotary_emb=get_2d_rotary_pos_embed(HEAD_DIM, ((0, 0), (GH, GW)), (GH, GW), output_type="pt"),
+                return_dict=False)
+
+
 H = dict(num_attention_heads=HEADS, attention_head_dim=HEAD_DIM)
 CONFIGS = {
     "Sana": ("SanaTransformer2DModel", dict(
@@ -227,8 +410,92 @@ CONFIGS = {
     "QwenImage21": ("QwenImage21Transformer2DModel", dict(
         patch_size=1, in_channels=C * 4, out_channels=C * 4, num_layers=2, **H, context_in_dim=TD, mlp_ratio=4,
         axes_dims_rope=(4, 6, 6)), qwen21_inputs),
+    "AceStep": ("AceStepTransformer1DModel", dict(
+        hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2, num_attention_heads=HEADS, num_key_value_heads=2,
+        head_dim=HEAD_DIM, in_channels=24, audio_acoustic_hidden_dim=8, patch_size=2, sliding_window=4,
+        encoder_hidden_size=TD), acestep_inputs),
+    "BriaFibo": ("BriaFiboTransformer2DModel", dict(
+        patch_size=1, in_channels=C * 4, num_layers=1, num_single_layers=1, **H, joint_attention_dim=2 * TD,
+        axes_dims_rope=[4, 6, 6], text_encoder_dim=TD), bria_fibo_inputs),
+    "BriaFibo2": ("BriaFibo2Transformer2DModel", dict(
+        in_channels=C, patch_size=2, dim=HIDDEN, n_layers=2, n_refiner_layers=1, n_heads=HEADS, cap_feat_dim=TD,
+        injection_layer_ids=(1,), perceiver_num_layers=1, min_num_gist_tokens=4, max_num_gist_tokens=12, gist_step=2,
+        gist_min_text_len=4, gist_max_text_len=T, axes_dims=(4, 6, 6), axes_lens=(32, 16, 16)), bria_fibo2_inputs),
+    "DreamLite": ("DreamLiteTransformer2DModel", dict(  # its U-Net's settings: GQA (1 kv head), rms qk norm, ff x6
+        **H, in_channels=HIDDEN, num_layers=2, cross_attention_dim=TD, use_linear_projection=True,
+        qk_norm="rms_norm", num_kv_heads=1, ff_mult=6), dreamlite_inputs),
+    "DreamLiteNoSelfAttn": ("DreamLiteTransformer2DModel", dict(  # the "remove self-attention" blocks
+        **H, in_channels=HIDDEN, num_layers=2, cross_attention_dim=TD, use_linear_projection=True,
+        qk_norm="rms_norm", num_kv_heads=1, ff_mult=6, use_self_attention=False), dreamlite_inputs),
+    "ErnieImage": ("ErnieImageTransformer2DModel", dict(
+        hidden_size=HIDDEN, num_attention_heads=HEADS, num_layers=2, ffn_hidden_size=128, in_channels=C * 4,
+        out_channels=C * 4, patch_size=1, text_in_dim=TD, rope_axes_dim=(4, 6, 6)), ernie_inputs),
+    "Flux3": ("Flux3Transformer2DModel", dict(
+        in_channels=C * 4, cond_in_channels=C * 4, num_layers=1, num_single_layers=1, **H, joint_attention_dim=TD,
+        axes_dims_rope=(4, 4, 4, 4)), flux3_inputs),
+    "GlmImage": ("GlmImageTransformer2DModel", dict(
+        patch_size=2, in_channels=C, out_channels=C, num_layers=2, **H, text_embed_dim=TD, time_embed_dim=HIDDEN,
+        condition_dim=16, prior_vq_quantizer_codebook_size=64), glm_inputs),
+    "Ideogram4": ("Ideogram4Transformer2DModel", dict(
+        in_channels=C * 4, num_layers=2, **H, intermediate_size=128, adaln_dim=HIDDEN, llm_features_dim=TD,
+        mrope_section=(4, 2, 2)), ideogram4_inputs),
+    "Krea2": ("Krea2Transformer2DModel", dict(
+        in_channels=C * 4, num_layers=2, **H, num_key_value_heads=2, intermediate_size=128, timestep_embed_dim=32,
+        text_hidden_dim=TD, num_text_layers=4, text_num_attention_heads=2, text_num_key_value_heads=2,
+        text_intermediate_size=64, num_layerwise_text_blocks=1, num_refiner_text_blocks=1, axes_dims_rope=(4, 6, 6)),
+        krea2_inputs),
+    "NucleusMoEImage": ("NucleusMoEImageTransformer2DModel", dict(  # block 0 dense FFN, block 1 expert-choice MoE
+        patch_size=2, in_channels=C * 4, num_layers=2, **H, num_key_value_heads=2, joint_attention_dim=TD,
+        axes_dims_rope=(4, 6, 6), dense_moe_strategy="leave_first_block_dense", num_experts=4,
+        moe_intermediate_dim=64, capacity_factors=2.0), nucleus_inputs),
+    "MiniMaxMusic3": ("MiniMaxMusic3Transformer1DModel", dict(
+        in_channels=16, condition_dim=TD, num_layers=2, **H, ff_inner_dim=128, rotary_dim=8,
+        fourier_embedding_dim=32), minimax_music_inputs),
+    "Transformer2D": ("Transformer2DModel", dict(  # continuous input, as in SD 2 / SDXL U-Nets
+        **H, in_channels=HIDDEN, num_layers=2, cross_attention_dim=TD, use_linear_projection=True),
+        continuous2d_inputs),
+    "Transformer2DPixArt": ("Transformer2DModel", dict(  # patched, adaLN-single, PixArt-alpha 1024's config; hidden
+        num_attention_heads=6, attention_head_dim=HEAD_DIM, in_channels=C, out_channels=C * 2, num_layers=2,  # 96 = 3·32:
+        sample_size=S, patch_size=2, norm_type="ada_norm_single", cross_attention_dim=96, caption_channels=TD,  # size
+        use_additional_conditions=True), pixart_alpha_inputs),  # conditions embed to 96 // 3 each
+    "StableAudio3": ("StableAudio3DiTModel", dict(
+        io_channels=16, embed_dim=HIDDEN, depth=2, num_heads=HEADS, cond_token_dim=TD, global_cond_dim=TD,
+        local_add_cond_dim=17, timestep_features_dim=32, num_memory_tokens=4), stable_audio3_inputs),
+    "StableAudio3Inpaint": ("StableAudio3DiTModel", dict(
+        io_channels=16, embed_dim=HIDDEN, depth=2, num_heads=HEADS, cond_token_dim=TD, global_cond_dim=TD,
+        local_add_cond_dim=17, timestep_features_dim=32, num_memory_tokens=4),
+        functools.partial(stable_audio3_inputs, inpaint=True)),
+    "LongCatAudioDiT": ("LongCatAudioDiTTransformer", dict(
+        dit_dim=HIDDEN, dit_depth=2, dit_heads=HEADS, dit_text_dim=TD, latent_dim=16), longcat_audio_inputs),
+    "Prior": ("PriorTransformer", dict(  # Kandinsky 2.2's prior: layer norms in, prd token
+        **H, num_layers=2, embedding_dim=TD, num_embeddings=T, additional_embeddings=4, norm_in_type="layer",
+        embedding_proj_norm_type="layer"), prior_inputs),
+    "HunyuanDiTControlNet": ("HunyuanDiT2DControlNetModel", dict(  # 6 layers: 2 blocks, their 2 controlnet linears
+        **H, in_channels=C, patch_size=2, sample_size=S, hidden_size=HIDDEN, transformer_num_layers=6,
+        cross_attention_dim=TD, cross_attention_dim_t5=TD, pooled_projection_dim=16, text_len=T, text_len_t5=T),
+        hunyuandit_controlnet_inputs),
 }
 
 
 FAMILY = {name: (_builder(getattr(diffusers, class_name), **config), inputs)
           for name, (class_name, config, inputs) in CONFIGS.items()}  # fmt: skip
+
+
+def _with_dreamlite_processors(build):
+    """As DreamLite's U-Net builds it: its GQA-aware processor in every attention (the stock one takes no kv_heads)."""
+
+    def build_with_processors():
+        from diffusers.models.attention_processor import Attention
+        from diffusers.models.unets.unet_dreamlite import DreamLiteAttnProcessor2_0
+
+        model = build()
+        for module in model.modules():
+            if isinstance(module, Attention):
+                module.set_processor(DreamLiteAttnProcessor2_0())
+        return model
+
+    return build_with_processors
+
+
+for _name in ("DreamLite", "DreamLiteNoSelfAttn"):
+    FAMILY[_name] = (_with_dreamlite_processors(FAMILY[_name][0]), FAMILY[_name][1])
