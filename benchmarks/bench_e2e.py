@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lynx_compile  # noqa: E402
 from kernel_breakdown import format_breakdowns, format_timelines, kernel_breakdown, kernel_timeline  # noqa: E402
+from needs_gpu import require_cuda  # noqa: E402
 from plots import plot_e2e  # noqa: E402
 
 
@@ -348,6 +349,7 @@ def run_case(name: str, build, variants: tuple[str, ...], graph_modes=(False, Tr
 
 
 def main() -> None:
+    require_cuda()
     profile, timeline = "--profile" in sys.argv, "--timeline" in sys.argv
     args = [arg for arg in sys.argv[1:] if arg not in ("--profile", "--timeline")]
     which = args[0] if args else "all"

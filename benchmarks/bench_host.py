@@ -45,6 +45,7 @@ from lynx_compile.kernels.cutlass_gemm import CONFIGS, FP8_CONFIGS  # noqa: E402
 from lynx_compile.paths import PATHS  # noqa: E402
 from lynx_compile.paths.lowered_compressors import as_lowered_cutlass, as_lowered_fp8  # noqa: E402
 from lynx_compile.paths.lowered_gemm import as_lowered as as_lowered_gemm  # noqa: E402
+from needs_gpu import require_cuda  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import NORM_EPS, _row_scale_kernel, prune_compress_24_cutlass  # noqa: E402
 
 CALLS, ROUNDS = 200, 7
@@ -116,6 +117,7 @@ def profile_compiled_layer(path: str, top: int = 30) -> None:
 
 
 def main(argv=None) -> dict:
+    require_cuda()
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", action="store_true",

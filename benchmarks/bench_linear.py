@@ -59,6 +59,7 @@ from lynx_compile.plan import SparseLinearPlan  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 from lynx_compile.kernels.nm_prune import nm_prune_ref  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24  # noqa: E402
+from needs_gpu import require_cuda  # noqa: E402
 from plots import plot_linear  # noqa: E402
 
 # (name, M, K, N, the input's producer as (its fold, the widths of the fold's inputs) or None): DESIGN.md §3. FLUX.1
@@ -232,6 +233,7 @@ def bench_shape(name: str, m: int, k: int, n: int, producer, prune_compiled) -> 
 
 
 def main() -> None:
+    require_cuda()
     torch.manual_seed(0)
     prune_compiled = torch.compile(nm_prune_ref)
     rows = []

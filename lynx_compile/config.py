@@ -38,7 +38,8 @@ class LynxConfig:
             layers where that path exists and is measured faster than dense on this GPU (others stay dense, with the
             reason). ``"simulate"``: prune + compensate, then a dense GEMM (the method's numerics on any device, for
             quality studies; slower than dense). ``"dense"``: no rewrite at all, the A/B baseline. ``"auto"``
-            (default): ``"sparse"`` on GPUs with the sparse path (sm_90), ``"simulate"`` elsewhere.
+            (default): ``"sparse"`` on GPUs with a sparse path (sm_90), dense on other GPUs (with a warning),
+            ``"simulate"`` on CPUs.
         n, m: keep ``n`` of every ``m`` consecutive input channels (2:4 by default; simulate also takes 1:4, 4:8 ...).
         norm_compensation: rescale each pruned token row to its dense L2 norm (applied after the GEMM).
         min_tokens: linears with fewer input rows (tokens × batch) stay dense; a symbolic token count is decided

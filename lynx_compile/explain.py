@@ -8,7 +8,8 @@ nothing the caller compiled recompiles or counts it against a recompile limit. T
 linear with its sizes, decision, reason and share of linear FLOPs, plus each FX graph before and after the rewrite.
 
 A module compiled in place (``model.compile()``) runs its compiled call and would give Dynamo nothing to capture,
-so explain traces its own `_call_impl` (hooks included) instead. A model compiled block by block with
+so explain traces its own `_call_impl` (hooks included) instead; `torch.compile(model)`'s wrapper is explained as the
+module it wraps, so that layers keep their names (``fc1``, not ``_orig_mod.fc1``) and options name them alike. A model compiled block by block with
 `lynx_compile.compile_repeated_blocks` is explained block by block the same way, with explain's options: one row per
 layer per block instance, under its full name, and the graphs each block class took (`Report.regions`). Any other
 model, diffusers' regionally compiled ones included, is traced whole: the decisions are the same, by full name.
@@ -48,6 +49,11 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
     >>> print(report)          # aligned table + summary line
     >>> report.to_json()       # the same, machine-readable, with the graphs before and after
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"lynx.explain needs the model as an nn.Module (not what torch.compile returns for a "
+                        f"function), got {type(model).__name__}")  # fmt: skip
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        model = model._orig_mod
     parameters = _forward_parameters(model)
     options = _explains_own("options", options, lynx_options, parameters, kwargs)
     fullgraph = bool(_explains_own("fullgraph", fullgraph, lynx_fullgraph, parameters, kwargs))

@@ -116,6 +116,8 @@ class Report:
             f"{100 * self.sparse_flop_share:.1f}% of linear FLOPs, in {len(self.graphs)} graph(s)"
             + (f"; {opaque} run as opaque ops (symbolic M: checked at run time, epilogue unfused)" if opaque else "")
             + self._regions_summary() + self._ranks_summary()
+            + ("; no linear in the graph(s), so nothing to prune (lynx rewrites nn.Linear, F.linear and matmuls "
+               "against a weight)" if self.graphs and not self.layers else "")
             + (f"; {len(self.outside)} linear module(s) in no graph as a linear (ran eagerly, inside a fused op such "
                f"as nn.MultiheadAttention's, or not called: dense): "
                f"{some_names(self.outside)}" if self.outside else "")

@@ -1,6 +1,8 @@
 """explain on a module compiled in place, on a model whose forward takes an argument called `options`, and on models
 Dynamo cannot trace whole: linears in no graph are listed, a block's graph is named in full, fullgraph is passed on."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn as nn
@@ -34,6 +36,19 @@ def test_a_module_compiled_in_place_is_explained():
     model.compile()
     report = lynx_compile.explain(model, x)
     assert [(layer.name, layer.decision) for layer in report.layers] == [("proj", "sparse")]
+
+
+def test_what_torch_compile_returns_for_a_module_is_explained_as_that_module():
+    model, x = Proj(), torch.randn(24, 16)
+    compiled = torch.compile(model, backend="lynx", options={"exclude": ["proj"]})
+    with lynx_compile.collect_reports() as ran:
+        compiled(x)
+    report = lynx_compile.explain(compiled, x, options={"exclude": ["proj"]})
+    rows = [(layer.name, layer.decision) for layer in report.layers]
+    assert rows == [(layer.name, layer.decision) for layer in ran.layers] == [("proj", "dense")]
+    assert not report.regions()  # nothing here was compiled block by block
+    with pytest.raises(TypeError, match="needs the model as an nn.Module.*got function"):
+        lynx_compile.explain(torch.compile(model.forward, backend="lynx"), x)
 
 
 def test_a_model_argument_called_options_reaches_the_model():
@@ -464,3 +479,35 @@ def test_a_report_collects_its_own_threads_compiles_only():
 def test_explain_under_a_stance_that_compiles_nothing_names_the_stance():
     with torch.compiler.set_stance("force_eager"), pytest.raises(RuntimeError, match=r"set_stance\('force_eager'\)"):
         lynx_compile.explain(Proj().eval(), torch.randn(2, 16, 16))
+
+
+def test_where_no_sparse_path_runs_the_user_hears_it_once_and_auto_on_a_gpu_keeps_layers_dense(caplog, monkeypatch):
+    from lynx_compile.paths import execution_warning, resolve_execution
+
+    decide_linears = importlib.import_module("lynx_compile.passes.decide_linears")  # the module, not its pass
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")  # this machine runs no sparse path on either
+    assert resolve_execution("auto", cpu) == "simulate" and resolve_execution("auto", gpu) == "dense"
+    assert execution_warning("auto", cpu) is None and execution_warning("simulate", gpu) is None
+    assert "stay dense under execution='auto'" in execution_warning("auto", gpu)
+    assert "for float8 weights" in execution_warning("sparse", cpu, float8=True)
+    model, x = Proj(), torch.randn(24, 16)
+    monkeypatch.setattr(decide_linears, "_warned_executions", set())
+    with caplog.at_level("WARNING", logger="lynx_compile"), torch.no_grad():
+        for _ in range(2):
+            torch.compiler.reset()
+            torch.compile(model, backend="lynx", options={"execution": "sparse", "compiler": "eager"})(x)
+    assert [r.getMessage() for r in caplog.records].count(f"lynx: {execution_warning('sparse', cpu)}") == 1
+    # the CPU taken for a GPU no path runs on: "auto" resolves to dense there, each layer with its paths' reasons
+    monkeypatch.setattr(decide_linears, "resolve_execution", lambda execution, device, float8=False:
+                        resolve_execution(execution, gpu, float8))  # fmt: skip
+    report = lynx_compile.explain(model, x)
+    assert [layer.decision for layer in report.layers] == ["dense"]
+    assert report.layers[0].reason.startswith("execution='auto': ") and "cpu" in report.layers[0].reason
+
+
+def test_a_graph_without_linears_says_there_was_nothing_to_prune():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+    report = lynx_compile.explain(model, torch.randn(1, 3, 16, 16))
+    assert not report.layers and "no linear in the graph(s), so nothing to prune" in report.summary()
+    assert "nothing to prune" not in lynx_compile.explain(Proj(), torch.randn(24, 16)).summary()

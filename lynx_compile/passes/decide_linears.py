@@ -36,7 +36,7 @@ from ..float8 import float8_weight_reason
 from ..folds import IDENTITY, describe, get_fold
 from ..kernels.nm_prune import SUPPORTED_DTYPES
 from ..messages import some_names
-from ..paths import SparsePath, Workload, get_path, measure, paths_for, resolve_execution
+from ..paths import SparsePath, Workload, execution_warning, get_path, measure, paths_for, resolve_execution
 from ..paths.base import Measurement
 from ..plan import SparseLinearPlan
 from ..regions import RegionError, warn_about_uncompiled_layers
@@ -299,6 +299,8 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
             execution = resolve_execution(ctx.config.execution, site.device, site.float8)
             if execution == "sparse":
                 dense_reason = _choose_sparse_path(site, ctx)
+            elif execution == "dense":  # "auto" on a GPU no sparse path runs on (`execution_warning` says so)
+                dense_reason = f"execution='auto': {_best_way(site, ctx)[1]}"  # each path's reason
             else:  # "simulate": the path of that execution, as it is
                 site.plan = _plan(site, ctx, paths_for(execution, site.float8)[0])
         site.decision = "dense" if dense_reason else "sparse"
@@ -312,6 +314,7 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
         site.instance_reasons = reasons if site.instances else ()
         logger.debug("lynx: %s -> %s (%s)", site.name, site.decision, site.reason)
     _warn_about_policy_mismatch(ctx)
+    _warn_about_execution(ctx)
     return gm
 
 
@@ -347,6 +350,18 @@ def _check_instances_agree(site: LinearSite, ctx: PassContext) -> None:
     raise RegionError(f"lynx: one graph serves {len(site.names)} instances of {placement.label}, and the options "
                       f"treat its layer {relative!r} differently in them — " + "; ".join(map(described,
                       variants.values())) + f". {how}")  # fmt: skip
+
+
+_warned_executions: set[tuple[str, str, bool]] = set()
+
+
+def _warn_about_execution(ctx: PassContext) -> None:
+    """Once a process per device: where the execution asked for cannot be had there (`execution_warning`)."""
+    for device, float8 in {(site.device, site.float8) for site in ctx.sites}:
+        key = (ctx.config.execution, str(device), float8)
+        if key not in _warned_executions and (message := execution_warning(ctx.config.execution, device, float8)):
+            _warned_executions.add(key)
+            logger.warning("lynx: %s", message)
 
 
 def _warn_about_policy_mismatch(ctx: PassContext) -> None:

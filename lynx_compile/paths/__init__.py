@@ -40,10 +40,31 @@ def paths_for(execution: str, float8: bool = False) -> list[SparsePath]:
 
 def resolve_execution(execution: str, device: torch.device, float8: bool = False) -> str:
     """The `execution` option with "auto" resolved: "sparse" where some sparse path (of the weight's kind) runs on
-    the device."""
+    the device; else "simulate" on a CPU (the method's numerics: tests, quality studies) and "dense" on a GPU, where
+    simulating would only make the model slower."""
     if execution != "auto":
         return execution
-    return "sparse" if any(path.runs_on(device) for path in paths_for("sparse", float8)) else "simulate"
+    if any(path.runs_on(device) for path in paths_for("sparse", float8)):
+        return "sparse"
+    return "dense" if device.type == "cuda" else "simulate"
+
+
+def execution_warning(execution: str, device: torch.device, float8: bool = False) -> str | None:
+    """What a user who asked for `execution` should hear where no sparse path (of the weight's kind) runs on the
+    device, as every linear there then stays dense."""
+    stays_dense = execution == "sparse" or execution == "auto" and device.type == "cuda"
+    if not stays_dense or any(path.runs_on(device) for path in paths_for("sparse", float8)):
+        return None
+    return (f"no sparse path runs on {_device_name(device)}{' for float8 weights' if float8 else ''}: its linears "
+            f"stay dense under execution={execution!r} (explain gives each layer's reason; execution='simulate' "
+            "runs the method's numerics there, through dense GEMMs)")  # fmt: skip
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return str(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} (sm_{major}{minor})"
 
 
 register_path(Simulate())
@@ -55,4 +76,4 @@ register_path(SimulateFloat8())
 register_path(CutlassFloat8())
 
 __all__ = ["PATHS", "Measurement", "SparsePath", "Workload", "clear_measurements", "get_path", "measure", "measured",
-           "paths_for", "register_path", "resolve_execution"]  # fmt: skip
+           "execution_warning", "paths_for", "register_path", "resolve_execution"]  # fmt: skip
