@@ -75,6 +75,9 @@ class Placement:
     exact: bool  # the instances are the ones lynx compiled the graph for (else: every instance of the class)
     model: int = 0  # id() of the model it is placed in
     model_ref: Any = field(default=None, compare=False, repr=False)  # a weak reference to it
+    # the region's own instances (the blocks) whose `instances` these are: a graph rooted inside a block (a graph break
+    # in one of its submodules) serves submodules of the blocks; () where `instances` are the blocks themselves
+    blocks: tuple[str, ...] = ()
 
     @property
     def regional(self) -> bool:
@@ -170,10 +173,12 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
         # other parameters, and Dynamo a graph of their own.
         below = path[len(owner):].lstrip(".")
         built = _parameter_shapes(model, path)
-        instances = tuple(qualified(instance, below) for instance in region.instances
-                          if _parameter_shapes(model, qualified(instance, below)) == built
-                          and (instance == owner or not _runs_eagerly_within(model, instance)))  # fmt: skip
-        return Placement(path, instances, region.label, True, id(model), weakref.ref(model))
+        blocks = tuple(instance for instance in region.instances
+                       if _parameter_shapes(model, qualified(instance, below)) == built
+                       and (instance == owner or not _runs_eagerly_within(model, instance)))  # fmt: skip
+        instances = tuple(qualified(instance, below) for instance in blocks)
+        return Placement(path, instances, region.label, True, id(model), weakref.ref(model),
+                         blocks if below else ())
     if path == "" or not class_wide:
         return Placement(path, (path,), "", True, id(model), weakref.ref(model))
     traced = model.get_submodule(path)

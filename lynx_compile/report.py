@@ -55,6 +55,9 @@ class GraphRecord:
     after: str  # the same after the lynx passes
     region: str = ""  # the block class (or region) a graph of a block serves; "" for a graph of the whole model
     instances: tuple[str, ...] = ()  # the module instances it serves, by qualified name
+    # the blocks of its region it serves, where it is rooted inside them (a graph break in a block's submodule: its
+    # instances are those submodules); () where `instances` are the blocks
+    blocks: tuple[str, ...] = ()
 
 
 def _rank_of_world() -> tuple[int, int]:
@@ -79,8 +82,9 @@ class Report:
         A region's instance already shown by an earlier graph (Dynamo compiled the region again, e.g. for other
         input strides) keeps its first rows, so that its FLOPs count once."""
         index = len(self.graphs)
-        region, instances = ("", ()) if placement is None else (placement.label, placement.instances)
-        self.graphs.append(GraphRecord(before, after, region, instances))
+        region, instances, blocks = ("", (), ()) if placement is None else (placement.label, placement.instances,
+                                                                             placement.blocks)  # fmt: skip
+        self.graphs.append(GraphRecord(before, after, region, instances, blocks))
         shown = {layer.name for layer in self.layers if self.graphs[layer.graph].region == region} if region else set()
         calls = Counter(layer.name for layer in self.layers)
         for instance in range(max((len(site.names) for site in sites), default=0)):
@@ -130,8 +134,9 @@ class Report:
         for graph in self.graphs:
             if graph.region:
                 entry = found.setdefault(graph.region, {"instances": set(), "patterns": set(), "graphs": 0})
-                entry["instances"].update(graph.instances)
-                entry["patterns"].add(graph.instances)
+                blocks = graph.blocks or graph.instances  # a graph rooted inside the blocks counts the blocks
+                entry["instances"].update(blocks)
+                entry["patterns"].add(blocks)
                 entry["graphs"] += 1
         return {region: {"instances": len(entry["instances"]), "patterns": len(entry["patterns"]),
                          "graphs": entry["graphs"]} for region, entry in found.items()}  # fmt: skip

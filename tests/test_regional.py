@@ -556,3 +556,39 @@ def test_with_inductor_the_regional_model_matches_the_whole_one_to_rounding():
     outs, report = run(lynx_compile.compile_repeated_blocks(stack(3), options=options), batch())
     torch.testing.assert_close(outs[0], expected[0], rtol=1e-5, atol=1e-5)
     assert report.regions()["RepeatedBlock"] == {"instances": 3, "patterns": 2, "graphs": 2}
+
+
+class BreakingInner(nn.Module):
+    """An attention-like submodule whose forward breaks Dynamo's graph (WanAnimate2's RoPE: `grid_sizes.tolist()`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(32, 32)
+        self.o = nn.Linear(32, 32)
+
+    def forward(self, x):
+        h = self.q(x)
+        torch._dynamo.graph_break()
+        return self.o(h)
+
+
+class BlockBreakingInside(RepeatedBlock):
+    def __init__(self):
+        super().__init__()
+        self.attn = BreakingInner()
+
+    def forward(self, x):
+        return super().forward(x + self.attn(x))
+
+
+def test_graphs_rooted_inside_the_blocks_count_the_blocks_not_their_submodules():
+    """A graph break in a block's submodule roots graphs at that submodule in every instance: the summary counts the
+    blocks (2, in one decision pattern), not the blocks and their submodules (4, in 2)."""
+    model = stack(2)
+    model.blocks = nn.ModuleList(BlockBreakingInside() for _ in range(2))
+    torch.compiler.reset()
+    regional = lynx_compile.compile_repeated_blocks(model, options=EAGER, blocks=["BlockBreakingInside"])
+    _, report = run(regional, batch())
+    assert {layer.name for layer in report.sparse_layers} >= {"blocks.0.attn.q", "blocks.1.attn.o", "blocks.1.out"}
+    assert report.regions()["BlockBreakingInside"] == {"instances": 2, "patterns": 1, "graphs": 3}
+    assert "BlockBreakingInside ×2 in 1 decision pattern(s), 3 graph(s)" in report.summary()

@@ -1,8 +1,12 @@
 """Tiny configs of diffusers' video and audio transformers, for the family sweep (tests/test_family.py).
 
-Hidden 64 = 4 heads × 16 unless noted (Mochi 96, so its SwiGLU widths are multiples of 8), 16 text tokens of width
-32, batch 2 (Kandinsky 5: 1). Most take 2 latent frames of 6×10 patched 2×2: 30 video tokens, not a multiple of 16.
-Weights re-initialised as the zoo's (`_randomize_parameters`).
+Hidden 64 = 4 heads × 16 unless noted (Mochi 96, so its SwiGLU widths are multiples of 8; ConsisID 96), 16 text
+tokens of width 32 (Wan 2.1 I2V-based ChronoEdit and Wan-Animate: 512, which their attention hard-codes), batch 2
+(Kandinsky 5, MiniMax-H3, Wan-Animate 2: 1, as their pipelines call them). Most take 2 latent frames of 6×10 patched
+2×2: 30 video tokens, not a multiple of 16 (Kandinsky 6 SR cannot: its NABLA attention tiles the grid in 8×8 blocks).
+Models with a KV cache (AnyFlow FAR, Wan-Animate 2, the SANA-WM refiner) run their denoising step against a cache
+holding random K/V of the shapes the pipeline's prefill would write. Weights re-initialised as the zoo's
+(`_randomize_parameters`).
 """
 
 import diffusers
@@ -322,9 +326,13 @@ def _i2v_inputs(seed, channels, frames=2, **extra):
     return d
 
 
+def _chronoedit_inputs(seed):
+    return _i2v_inputs(seed, channels=12)  # 4 noise + 4 mask + 4 image-latent channels
+
+
 spec("ChronoEditTransformer3DModel",
      builder("ChronoEditTransformer3DModel", **{**_WAN, "in_channels": 12}, image_dim=TXT_DIM, added_kv_proj_dim=64),
-     lambda seed: _i2v_inputs(seed, channels=12))  # 4 noise + 4 mask + 4 image-latent channels
+     _chronoedit_inputs)
 
 
 # --- Wan-Animate: 1 reference + 2 latent frames (45 tokens), pose latents, a 5-frame 8x8 face video -----------------
@@ -682,7 +690,7 @@ _REFINER = dict(in_channels=16, out_channels=16, **H4, cross_attention_dim=64, a
 def _refiner_inputs(seed):
     from diffusers.models.transformers.transformer_sana_wm_refiner import SanaWMRefinerKVCache
     g = gen(seed)
-    rope_model = builder("SanaWMLTX2RefinerTransformer3DModel", **_REFINER)()  # RoPE only: no learned parameters
+    rope_model = diffusers.SanaWMLTX2RefinerTransformer3DModel(**_REFINER)  # for its RoPE, which learns nothing
     kv_cache = SanaWMRefinerKVCache(2)
     for layer in kv_cache.layer_caches:
         layer.store_sink(torch.randn(B, 15, 64, generator=g), torch.randn(B, 15, 64, generator=g))
