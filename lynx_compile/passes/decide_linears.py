@@ -75,8 +75,9 @@ def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
     if config.execution == "dense":
         return "execution='dense'"
     if site.weights_only:
-        return ("its input is made of weights and constants alone, not of the model's inputs (a weight computed at "
-                "run time, e.g. peft's DoRA norm): no activation to prune")  # fmt: skip
+        return ("its input is made of weights and constants alone, not of the model's inputs (a constant such as "
+                "a zero timestep's embedding, or a weight computed at run time such as peft's DoRA norm): no "
+                "activation to prune")  # fmt: skip
     if site.float8:  # torchao's float8 weight: lynx's float8 op takes its inner tensors
         why = float8_weight_reason(fake_value(site.weight))
         if why is not None:
