@@ -343,6 +343,46 @@ def test_a_linear_over_weights_and_constants_alone_stays_dense():
         torch.testing.assert_close(torch.compile(model, backend="lynx")(x), model(x))
 
 
+class AddOne(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 64)
+
+    def forward(self, x):
+        return x + self.fc(x)
+
+
+class LearnedQueries(nn.Module):
+    """A Perceiver's learned query tokens (BriaFibo2's), expanded over the batch, ahead of repeated blocks."""
+
+    _repeated_blocks = ["AddOne"]
+
+    def __init__(self):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(12, 64))
+        self.to_q = nn.Linear(64, 64)
+        self.blocks = nn.ModuleList([AddOne(), AddOne()])
+
+    def forward(self, x):
+        h = torch.cat([self.to_q(self.queries.expand(x.shape[0], -1, -1)), x], dim=1)
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+
+def test_token_rows_made_of_weights_are_decided_as_tokens_whole_and_block_by_block():
+    """Lynx's regional compilation compiles a linear outside the blocks on its own, where its x is a graph input
+    whatever made it: a whole-model compile decides a batch of rows made of weights alike (sparse), and keeps only
+    2-D ones (a weight's rows: `RuntimeWeight`) dense."""
+    model, x = LearnedQueries().eval(), torch.randn(2, 15, 64)
+    whole = {layer.name: layer.decision for layer in lynx_compile.explain(model, x).layers}
+    torch.compiler.reset()
+    lynx_compile.compile_repeated_blocks(model, options={"compiler": "eager"})
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        model(x)
+    assert whole["to_q"] == "sparse" and whole == {layer.name: layer.decision for layer in report.layers}
+
+
 class PeftStyleAdapter(nn.Module):
     """peft's LoRA wrapper, as its modules are named: `base_layer`, `lora_A.<adapter>`, `lora_B.<adapter>`."""
 

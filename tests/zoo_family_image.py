@@ -3,6 +3,9 @@
 Hidden 64 = 4 heads × 16 (Z-Image 96 = 6 × 16, so its FFN width is a multiple of 8), 16 text tokens of width 32,
 batch 2, 8×8 latents: 16 image tokens after 2×2 patches. Weights re-initialised as the zoo's (`_randomize_parameters`).
 Inputs are what each pipeline passes (AuraFlow: t/1000, which the model scales by 1000).
+
+The entries from AceStep on (image, audio and 1-D transformers, a controlnet, a prior, a protein model) take token
+counts that are not multiples of 16: 6×10 latents, 15 image tokens after 2×2 patches; 1-D ones ~30 tokens.
 """
 
 import functools
@@ -341,7 +344,20 @@ def hunyuandit_controlnet_inputs(seed):
                 return_dict=False)
 
 
+def rfd4_inputs(seed):  # 15 residues (the last 3 of sample 1 padding): 30 token rows, 2·15·15 = 450 pair rows
+    gen = g(seed)
+    mask = torch.ones(BATCH, 15, dtype=torch.bool)
+    mask[1, 12:] = False
+    return dict(bb_ca=torch.randn(BATCH, 15, 3, generator=gen), local_latents=torch.randn(BATCH, 15, 8, generator=gen),
+                bb_ca_time=torch.rand(BATCH, generator=gen), local_latents_time=torch.rand(BATCH, generator=gen),
+                padding_mask=mask, token_type=torch.zeros(BATCH, 15, dtype=torch.long),
+                conditioning={"is_in_context_conditioning": torch.zeros(BATCH, 15, dtype=torch.bool),
+                              "supports_local_latent": torch.ones(BATCH, 15, dtype=torch.bool)}, return_dict=False)
+
+
 H = dict(num_attention_heads=HEADS, attention_head_dim=HEAD_DIM)
+SA3 = dict(io_channels=16, embed_dim=HIDDEN, depth=2, num_heads=HEADS, cond_token_dim=TD, global_cond_dim=TD,
+           local_add_cond_dim=17, timestep_features_dim=32, num_memory_tokens=4)  # inpainting: 1 + 16 channels
 CONFIGS = {
     "Sana": ("SanaTransformer2DModel", dict(
         in_channels=C, out_channels=C, **H, num_layers=2, num_cross_attention_heads=HEADS,
@@ -410,10 +426,10 @@ CONFIGS = {
     "QwenImage21": ("QwenImage21Transformer2DModel", dict(
         patch_size=1, in_channels=C * 4, out_channels=C * 4, num_layers=2, **H, context_in_dim=TD, mlp_ratio=4,
         axes_dims_rope=(4, 6, 6)), qwen21_inputs),
-    "AceStep": ("AceStepTransformer1DModel", dict(
-        hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2, num_attention_heads=HEADS, num_key_value_heads=2,
-        head_dim=HEAD_DIM, in_channels=24, audio_acoustic_hidden_dim=8, patch_size=2, sliding_window=4,
-        encoder_hidden_size=TD), acestep_inputs),
+    "AceStep": ("AceStepTransformer1DModel", dict(  # in 24 = 16 context + 8 acoustic channels; layer 0 slides (4)
+        hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=2, num_attention_heads=HEADS,
+        num_key_value_heads=2, head_dim=HEAD_DIM, in_channels=24, audio_acoustic_hidden_dim=8, patch_size=2,
+        sliding_window=4, encoder_hidden_size=TD), acestep_inputs),
     "BriaFibo": ("BriaFiboTransformer2DModel", dict(
         patch_size=1, in_channels=C * 4, num_layers=1, num_single_layers=1, **H, joint_attention_dim=2 * TD,
         axes_dims_rope=[4, 6, 6], text_encoder_dim=TD), bria_fibo_inputs),
@@ -454,17 +470,13 @@ CONFIGS = {
     "Transformer2D": ("Transformer2DModel", dict(  # continuous input, as in SD 2 / SDXL U-Nets
         **H, in_channels=HIDDEN, num_layers=2, cross_attention_dim=TD, use_linear_projection=True),
         continuous2d_inputs),
-    "Transformer2DPixArt": ("Transformer2DModel", dict(  # patched, adaLN-single, PixArt-alpha 1024's config; hidden
-        num_attention_heads=6, attention_head_dim=HEAD_DIM, in_channels=C, out_channels=C * 2, num_layers=2,  # 96 = 3·32:
-        sample_size=S, patch_size=2, norm_type="ada_norm_single", cross_attention_dim=96, caption_channels=TD,  # size
-        use_additional_conditions=True), pixart_alpha_inputs),  # conditions embed to 96 // 3 each
-    "StableAudio3": ("StableAudio3DiTModel", dict(
-        io_channels=16, embed_dim=HIDDEN, depth=2, num_heads=HEADS, cond_token_dim=TD, global_cond_dim=TD,
-        local_add_cond_dim=17, timestep_features_dim=32, num_memory_tokens=4), stable_audio3_inputs),
-    "StableAudio3Inpaint": ("StableAudio3DiTModel", dict(
-        io_channels=16, embed_dim=HIDDEN, depth=2, num_heads=HEADS, cond_token_dim=TD, global_cond_dim=TD,
-        local_add_cond_dim=17, timestep_features_dim=32, num_memory_tokens=4),
-        functools.partial(stable_audio3_inputs, inpaint=True)),
+    # patched, adaLN-single: PixArt-alpha 1024's config; hidden 96 = 6 × 16, as its size conditions embed to hidden // 3
+    "Transformer2DPixArt": ("Transformer2DModel", dict(
+        num_attention_heads=6, attention_head_dim=HEAD_DIM, in_channels=C, out_channels=C * 2, num_layers=2,
+        sample_size=S, patch_size=2, norm_type="ada_norm_single", cross_attention_dim=96, caption_channels=TD,
+        use_additional_conditions=True), pixart_alpha_inputs),
+    "StableAudio3": ("StableAudio3DiTModel", SA3, stable_audio3_inputs),
+    "StableAudio3Inpaint": ("StableAudio3DiTModel", SA3, functools.partial(stable_audio3_inputs, inpaint=True)),
     "LongCatAudioDiT": ("LongCatAudioDiTTransformer", dict(
         dit_dim=HIDDEN, dit_depth=2, dit_heads=HEADS, dit_text_dim=TD, latent_dim=16), longcat_audio_inputs),
     "Prior": ("PriorTransformer", dict(  # Kandinsky 2.2's prior: layer norms in, prd token
@@ -474,6 +486,13 @@ CONFIGS = {
         **H, in_channels=C, patch_size=2, sample_size=S, hidden_size=HIDDEN, transformer_num_layers=6,
         cross_attention_dim=TD, cross_attention_dim_t5=TD, pooled_projection_dim=16, text_len=T, text_len_t5=T),
         hunyuandit_controlnet_inputs),
+    "RFD4Proteina": ("RFD4ProteinaTransformer", dict(  # protein: backbone, latents and token type; pair distances
+        nlayers=2, token_dim=HIDDEN, nheads=HEADS, dim_cond=TD, pair_repr_dim=TD, latent_dim=8, token_type_emb_dim=8,
+        cath_emb_dim=8, t_emb_dim=TD, seq_sep_dim=8, xt_pair_dist_dim=16,
+        feats_seq=("xt_bb_ca", "xt_local_latents", "token_type"),
+        feats_cond_seq=("time_emb_bb_ca", "time_emb_local_latents"), feats_pair_repr=("xt_bb_ca_pair_dists",),
+        feats_pair_cond=("time_emb_bb_ca", "time_emb_local_latents"), tri_mult_c=TD, num_sequence_classes=20),
+        rfd4_inputs),
 }
 
 

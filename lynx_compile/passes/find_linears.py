@@ -109,13 +109,22 @@ def find_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.GraphMo
                 in_features=in_features, out_features=out_features, dtype=dtype, device=x_value.device,
                 autocast=autocast[node].get(x_value.device.type), fold=fold, name_problem=found.problem,
                 weight_name=found, float8=is_float8_weight(weight_value), weight_view=view,
-                weights_only=not from_inputs[x],
+                weights_only=not from_inputs[x] and _rows_not_tokens(x_value),
             )
         )  # fmt: skip
     _flag_shared_weights(ctx.sites)
     _warn_about_subgraph_linears(gm)
     logger.debug("lynx: found %d linears", len(ctx.sites))
     return gm
+
+
+def _rows_not_tokens(x_value: torch.Tensor) -> bool:
+    """Whether rows made of weights and constants alone are a weight's rows rather than tokens: a 2-D x (peft's
+    DoRA norm `lora_B(lora_A(eye(K)))`, a buffer's rows). A batch of rows (≥ 3-D: a Perceiver's learned queries or
+    a modulation of a constant timestep, expanded over the batch and the sequence) is a sequence of tokens like any
+    other, and is decided as one: also as `lynx_compile.compile_repeated_blocks` decides it, where a linear outside
+    the blocks is compiled on its own and its x is a graph input whatever made it."""
+    return x_value.dim() <= 2
 
 
 def _reads_graph_inputs(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, bool]:
