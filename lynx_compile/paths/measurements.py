@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -204,6 +205,7 @@ def measured() -> dict[str, dict[str, Any]]:
 
 
 def _time(path: SparsePath, workload: Workload) -> Measurement:
+    started = time.perf_counter()  # what a first compile spends measuring, in the log line
     timer = timer_for(workload.cuda_graphs, workload.device)
     with torch.no_grad(), torch._subclasses.fake_tensor.unset_fake_temporarily():
         if workload.written and not path.times_written:  # the producer's own kernel, then the path on x as given
@@ -219,8 +221,8 @@ def _time(path: SparsePath, workload: Workload) -> Measurement:
         # dense one time and 1.07× the next (H200, benchmarks/RESULTS.md, session 15)
         dense = _dense_ms(workload)
     result = Measurement(path.name, tuple(sorted(params.items())), dense, sparse, workload.tokens, epilogue)
-    logger.info("lynx: %s (%s): dense %.4f ms, sparse %.4f ms, %.2f×", workload.describe(), path.describe(params),
-                dense, sparse, result.speedup)  # fmt: skip
+    logger.info("lynx: %s (%s): dense %.4f ms, sparse %.4f ms, %.2f× (measured in %.1f s)", workload.describe(),
+                path.describe(params), dense, sparse, result.speedup, time.perf_counter() - started)  # fmt: skip
     return result
 
 
