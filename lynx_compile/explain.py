@@ -12,8 +12,8 @@ so explain traces its own `_call_impl` (hooks included) instead; `torch.compile(
 module it wraps, so that layers keep their names (``fc1``, not ``_orig_mod.fc1``) and options name them alike. A
 model compiled block by block with `lynx_compile.compile_repeated_blocks` is explained block by block the same way,
 with explain's options: one row per layer per block instance, under its full name, and the graphs each block class
-took (`Report.regions`). Any other
-model, diffusers' regionally compiled ones included, is traced whole: the decisions are the same, by full name.
+took (`Report.regions`). Any other model, diffusers' regionally compiled ones included, is traced whole: the
+decisions are the same, by full name.
 
 Lynx options go in ``options=``. ``fullgraph=`` is torch.compile's: a model that compiles with ``fullgraph=True`` may
 take other graphs without it (Dynamo runs a frame it cannot trace whole eagerly: Mochi's attention processor), so
