@@ -33,8 +33,8 @@ from lynx_compile.kernels.prune_quantize_fp8 import prune_quantize_compress_fp8 
 from lynx_compile.kernels.grid import cdiv  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import metadata_bytes, prune_compress_24_cutlass  # noqa: E402
 from lynx_compile.kernels.quantize_fp8_single_pass import _blocks  # noqa: E402
-from needs_gpu import require_cuda  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
+from needs_gpu import require_cuda  # noqa: E402
 
 SHAPES = [(4608, 3072), (4608, 12288), (4608, 15360), (14040, 5120), (1024, 3072)]
 CAT_GELU, GELU = FoldSpec("concat", ("none", "gelu_tanh")), FoldSpec("activation", ("gelu_tanh",))

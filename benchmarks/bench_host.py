@@ -45,8 +45,8 @@ from lynx_compile.kernels.cutlass_gemm import CONFIGS, FP8_CONFIGS  # noqa: E402
 from lynx_compile.paths import PATHS  # noqa: E402
 from lynx_compile.paths.lowered_compressors import as_lowered_cutlass, as_lowered_fp8  # noqa: E402
 from lynx_compile.paths.lowered_gemm import as_lowered as as_lowered_gemm  # noqa: E402
-from needs_gpu import require_cuda  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import NORM_EPS, _row_scale_kernel, prune_compress_24_cutlass  # noqa: E402
+from needs_gpu import require_cuda  # noqa: E402
 
 CALLS, ROUNDS = 200, 7
 M, K, N = 256, 1024, 1024  # GPU work of a few µs a call: the host's time is what shows

@@ -22,8 +22,8 @@ from lynx_compile.folds import FoldSpec, load  # noqa: E402
 from lynx_compile.paths import get_path, measurements  # noqa: E402
 from lynx_compile.paths.base import Workload  # noqa: E402
 from lynx_compile.paths.lowered_compressors import as_lowered_cutlass  # noqa: E402
-from needs_gpu import require_cuda  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms, host_included_ms  # noqa: E402
+from needs_gpu import require_cuda  # noqa: E402
 
 TOKENS, PIECES, N = 4608, (3072, 12288), 3072
 FOLD = FoldSpec("concat", ("none", "gelu_tanh"))
