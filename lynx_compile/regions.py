@@ -262,12 +262,16 @@ def warn_about_uncompiled_layers(placement: Placement, policy: Any) -> None:
     """Once per model and policy: the layers a policy marks sparse outside every module compiled on its own, which
     diffusers' regional compilation runs eagerly, i.e. dense."""
     model = placement.model_ref() if placement.model_ref is not None else None
-    if model is None or (placement.model, id(policy)) in _warned:
+    # by its sparse layers, not id(policy): a policy given as a path is read again for each graph
+    sparse = frozenset(name for name, layer in policy.layers.items() if layer.decision == "sparse")
+    key = (placement.model, hash(sparse))
+    if model is None or key in _warned:
         return
-    _warned.add((placement.model, id(policy)))
+    _warned.add(key)
     compiled = [path for path, module in model.named_modules() if module.__dict__.get("_compiled_call_impl")]
-    outside = sorted(name for name, layer in policy.layers.items() if layer.decision == "sparse"
-                     and not any(inside(name, path) for path in compiled))  # fmt: skip
+    if not compiled:  # no module compiled on its own: a whole-model compile with graph breaks inside the blocks
+        return
+    outside = sorted(name for name in sparse if not any(inside(name, path) for path in compiled))
     if outside:
         logger.warning("lynx: the policy marks %d layer(s) sparse outside the blocks compiled on their own, which run "
                        "eagerly, dense: %s; lynx_compile.compile_repeated_blocks compiles them too", len(outside),

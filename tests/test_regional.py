@@ -592,3 +592,31 @@ def test_graphs_rooted_inside_the_blocks_count_the_blocks_not_their_submodules()
     assert {layer.name for layer in report.sparse_layers} >= {"blocks.0.attn.q", "blocks.1.attn.o", "blocks.1.out"}
     assert report.regions()["BlockBreakingInside"] == {"instances": 2, "patterns": 1, "graphs": 3}
     assert "BlockBreakingInside ×2 in 1 decision pattern(s), 3 graph(s)" in report.summary()
+
+
+def test_a_whole_model_compile_breaking_inside_its_blocks_does_not_call_its_sparse_layers_dense(caplog):
+    model = stack(2)
+    model.blocks = nn.ModuleList(BlockBreakingInside() for _ in range(2))
+    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    policy = Policy({name: LayerPolicy("sparse", "test") for name in names}, options={"n": 2, "m": 4})
+    torch.compiler.reset()
+    with caplog.at_level("WARNING", logger="lynx_compile"):
+        _, report = run(torch.compile(model, backend="lynx", options={**EAGER, "policy": policy}), batch())
+    assert report.sparse_layers
+    assert not [r for r in caplog.records if "run eagerly, dense" in r.getMessage()]
+
+
+def test_diffusers_regional_compile_names_the_policys_layers_outside_its_blocks_once(caplog, tmp_path):
+    """As diffusers compiles blocks (each in place), with the policy given as a path, which each graph reads again:
+    the layers it marks sparse outside the blocks run eagerly, dense, and one warning says so."""
+    model = stack(3)
+    regions.register_model(model)  # as calibrate does, which made the policy
+    path = tmp_path / "policy.json"
+    Policy({name: LayerPolicy("sparse", "test") for name in linear_names(model)}, options={"n": 2, "m": 4}).save(path)
+    torch.compiler.reset()
+    for block in model.blocks:
+        block.compile(backend="lynx", options={**EAGER, "policy": str(path)})
+    with caplog.at_level("WARNING", logger="lynx_compile"):
+        run(model, batch(), batch(1, tokens=40))
+    warned = [r.getMessage() for r in caplog.records if "run eagerly, dense" in r.getMessage()]
+    assert len(warned) == 1 and "dense: inp, out;" in warned[0], warned
