@@ -126,3 +126,36 @@ def test_policies_whose_corrections_differ_are_not_equal(policy):
     same = policy._replace(dict(policy.layers), {name: LoraAdapter(torch.ones(4, 2), torch.ones(2, 8))})
     other = policy._replace(dict(policy.layers), {name: LoraAdapter(2 * torch.ones(4, 2), torch.ones(2, 8))})
     assert first == same and first != other and first != policy
+
+
+class ScaledLinear(torch.nn.Module):
+    """WanAnimate's `MotionLinear`: `F.linear` over its weight times a scale, which is no `nn.Linear` for calibrate
+    and stays dense (lynx rewrites linears over a module's own weight)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(width, width) / width**0.5)
+        self.scale = width**-0.5
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight * self.scale)
+
+
+class WithScaledLinear(torch.nn.Module):
+    def __init__(self, width=32):
+        super().__init__()
+        self.motion, self.proj = ScaledLinear(width), torch.nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.proj(torch.nn.functional.gelu(self.motion(x)))
+
+
+def test_a_linear_calibrate_cannot_name_keeps_its_own_reason_under_a_policy_without_a_warning(caplog):
+    model, x = WithScaledLinear().eval(), torch.randn(2, 24, 32)
+    policy = calibrate(model, [{"x": x}], target=10.0)
+    assert list(policy.layers) == ["proj"]
+    with caplog.at_level(logging.WARNING, logger="lynx_compile"):
+        report = lynx_compile.explain(model, x, options={"policy": policy})
+    reasons = {layer.name: layer.reason for layer in report.layers}
+    assert reasons["motion"].startswith("its weight is the parameter put through"), reasons
+    assert "does not name" not in caplog.text

@@ -50,7 +50,7 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
     config = ctx.config
     if site.name_problem is not None and config.selects_by_name:  # else the name only labels the report's row
         return f"qualified name not recoverable: {site.name_problem}"
-    by_name, lora_rank = config.name_decision(site.name)
+    by_name, lora_rank = _by_name(site, ctx, site.name), config.name_decision(site.name)[1]
     if by_name is not None:
         return by_name
     if lora_rank:
@@ -66,8 +66,23 @@ def _dense_reason(site: LinearSite, ctx: PassContext) -> str | None:
     return _layer_reason(site, ctx)
 
 
+def _by_name(site: LinearSite, ctx: PassContext, name: str) -> str | None:
+    """Why include/exclude or the policy keep the layer called `name` dense. A layer the policy does not name
+    (calibrate records `nn.Linear` modules, not one that calls `F.linear` on its weight times a scale, as WanAnimate's
+    motion encoder does) that its form keeps dense anyway says so, rather than that the policy lacks it."""
+    config = ctx.config
+    reason = config.name_decision(name)[0]
+    unnamed = config.policy is not None and config.name_rule(name) is None and config.policy.decision_for(name) is None
+    return (_form_reason(site, ctx) or reason) if reason is not None and unnamed else reason
+
+
 def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
     """Why the layer's execution, dtypes or sizes keep it dense: the same for every instance a graph serves."""
+    return _form_reason(site, ctx) or _tokens_reason(site, ctx)
+
+
+def _form_reason(site: LinearSite, ctx: PassContext) -> str | None:
+    """Why the layer's execution, weight, dtypes or features keep it dense, whatever its token count (no guard)."""
     config = ctx.config
     if site.weight_view is not None:
         return (f"its weight is the parameter put through {site.weight_view}, not as stored: lynx rewrites linears "
@@ -100,6 +115,11 @@ def _layer_reason(site: LinearSite, ctx: PassContext) -> str | None:
         return f"K={site.in_features} not a multiple of m={config.m}"
     if min(site.in_features, site.out_features) < config.min_features:
         return f"features K={site.in_features}, N={site.out_features} < min_features={config.min_features}"
+    return None
+
+
+def _tokens_reason(site: LinearSite, ctx: PassContext) -> str | None:
+    config = ctx.config
     if not bool(site.tokens >= config.min_tokens):  # a symbolic M: a guard, on whichever side this call lies
         guarded = " (guarded: a larger M recompiles)" if isinstance(site.tokens, torch.SymInt) else ""
         return f"tokens M={site.tokens} < min_tokens={config.min_tokens}{guarded}"
@@ -308,7 +328,7 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
         if dense_reason:
             site.lora, site.plan = None, None
             # Instances agree on whether their names keep the layer dense; each says so in its own words.
-            reasons = tuple(ctx.config.name_decision(name)[0] or dense_reason for name in site.names)
+            reasons = tuple(_by_name(site, ctx, name) or dense_reason for name in site.names)
         else:
             reasons = tuple(_sparse_reason(site, ctx, name) for name in site.names)
         site.reason = reasons[site.names.index(site.name)]
@@ -370,7 +390,9 @@ def _warn_about_policy_mismatch(ctx: PassContext) -> None:
     if policy is None or not ctx.sites:
         return
     found = {name for site in ctx.sites if site.name_problem is None for name in site.names}
-    unknown = sorted(name for name in found if policy.key_for(name) is None and not is_adapter_linear(name))
+    dense_anyway = {name for site in ctx.sites if _form_reason(site, ctx) is not None for name in site.names}
+    unknown = sorted(name for name in found - dense_anyway
+                     if policy.key_for(name) is None and not is_adapter_linear(name))  # fmt: skip
     # A graph of a block holds part of the model: what it lacks is elsewhere, not stale.
     stale = policy.names_missing_from(found) if ctx.placement is None else []
     if ctx.placement is not None and not ctx.placement.exact:
