@@ -28,7 +28,7 @@ from dataclasses import replace
 
 import torch
 import torch.fx
-from torch.fx.experimental.symbolic_shapes import statically_known_true
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols, statically_known_true
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ..adapter_names import is_adapter_linear
@@ -120,6 +120,10 @@ def _form_reason(site: LinearSite, ctx: PassContext) -> str | None:
 
 def _tokens_reason(site: LinearSite, ctx: PassContext) -> str | None:
     config = ctx.config
+    if isinstance(site.tokens, torch.SymInt) and free_unbacked_symbols(site.tokens):
+        # data-dependent M (a routed expert's tokens, x[mask]): no guard can be put on it, and no size to measure
+        return (f"tokens M={site.tokens} data-dependent (an unbacked size: routed by the data), not guarded "
+                f"against min_tokens={config.min_tokens}")  # fmt: skip
     if not bool(site.tokens >= config.min_tokens):  # a symbolic M: a guard, on whichever side this call lies
         guarded = " (guarded: a larger M recompiles)" if isinstance(site.tokens, torch.SymInt) else ""
         return f"tokens M={site.tokens} < min_tokens={config.min_tokens}{guarded}"
