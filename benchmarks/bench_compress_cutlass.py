@@ -10,10 +10,8 @@ its own piece's activation) and of 256 (3072 is not whole chunks of 2048: each m
 the same for the FP8 compressor (`quantize_fp8_single_pass`, its row read twice at this K) against its general
 kernels, and with the row held in registers (read once, the GELU computed once) in 4, 8 and 16 warps a program;
 the same for x = GELU(t) at 4608 × 12288, as FLUX's MLP down-projections read it, Wan's GELU(t) at 14040 × 13824
-and plain 4608 × 15360 and × 12288. For each, the FP8 kernel at its own blocking with the first read of a long row
-taking the largest value before the activation (`RAW_MAX`, the default) and through it (`raw_max=False`); and where
-it reads rows twice, a program a row against programs taking rows in turn (`--turns` of them an SM), the first read
-of a program's next row beside the second read of its current one (overlapped) or after it (in turn).
+and a plain 4608 × 15360. For each, the FP8 kernel at its own blocking with the first read of a long row taking
+the largest value before the activation (`RAW_MAX`, the default) and through it (`raw_max=False`).
 """
 
 from __future__ import annotations
@@ -34,15 +32,14 @@ from lynx_compile.kernels.e4m3 import hardware_cast  # noqa: E402
 from lynx_compile.kernels.prune_quantize_fp8 import prune_quantize_compress_fp8  # noqa: E402
 from lynx_compile.kernels.grid import cdiv  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import metadata_bytes, prune_compress_24_cutlass  # noqa: E402
-from lynx_compile.kernels.cutlass_layout import META_ROWS  # noqa: E402
-from lynx_compile.kernels.quantize_fp8_single_pass import _blocks, read_twice_programs  # noqa: E402
+from lynx_compile.kernels.quantize_fp8_single_pass import _blocks  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 from needs_gpu import require_cuda  # noqa: E402
 
 SHAPES = [(4608, 3072), (4608, 12288), (4608, 15360), (14040, 5120), (1024, 3072)]
 CAT_GELU, GELU = FoldSpec("concat", ("none", "gelu_tanh")), FoldSpec("activation", ("gelu_tanh",))
 FOLDED_SHAPES = [(CAT_GELU, 4608, (3072, 12288)), (CAT_GELU, 1024, (3072, 12288)), (GELU, 4608, (12288,)),
-                 (GELU, 14040, (13824,)), (IDENTITY, 4608, (15360,)), (IDENTITY, 4608, (12288,))]  # fmt: skip
+                 (GELU, 14040, (13824,)), (IDENTITY, 4608, (15360,))]  # fmt: skip
 HELD_WARPS = (4, 8, 16)  # FP8 rows this long held in registers (read once, GELU once) in this many warps a program
 
 
@@ -65,12 +62,8 @@ def main() -> None:
     parser.add_argument("--held-warps", default=",".join(map(str, HELD_WARPS)),
                         help="warps a program for the FP8 rows held in registers, comma-separated ('' skips them)")
     parser.add_argument("--folded-only", action="store_true", help="time only the folded and FP8 rows")
-    parser.add_argument("--turns", default="0,4,6,8,12,16",
-                        help="FP8 rows read twice: programs an SM taking them in turn, comma-separated (0: a program "
-                             "a row; '' skips them)")
     args = parser.parse_args()
     held_warps = [int(warps) for warps in args.held_warps.split(",") if warps]
-    turns = [int(per_sm) for per_sm in args.turns.split(",") if per_sm]
     rows_out = []
     for m, k in [] if args.folded_only else SHAPES:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -91,7 +84,6 @@ def main() -> None:
               flush=True)  # fmt: skip
     for folded, m, widths in FOLDED_SHAPES:
         inputs = [torch.randn(m, width, device="cuda", dtype=torch.bfloat16) for width in widths]
-        x_device = inputs[0].device
         operands, loader = loading(inputs, folded)
         k = loader.width
         values = torch.empty(m, k // 2, device="cuda", dtype=torch.bfloat16)
@@ -141,22 +133,6 @@ def main() -> None:
             row[f"fp8_default_{'raw_max' if raw_max else 'statistics_through_activation'}_us"] = 1e3 * cuda_graph_ms(
                 lambda raw_max=raw_max: fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8,
                                                                raw_max=raw_max))  # fmt: skip
-        if not fp8_single_pass.planned(operands, loader, *fp8).arguments["HELD"]:
-            for per_sm, overlapped in [(per_sm, overlapped) for per_sm in turns for overlapped in (True, False)]:
-                # the rows read twice taken in turn by `per_sm` programs an SM (0: a program a row), the next row's
-                # first read beside the current row's second, or after it
-                programs = read_twice_programs(cdiv(m, META_ROWS) * META_ROWS, x_device, per_sm) if per_sm else None
-                if not per_sm and not overlapped:
-                    continue  # a program a row has no next row
-                fp8_values.zero_()
-                metadata.zero_()
-                turn = dict(programs=programs, overlapped=overlapped)
-                scale = fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8, **turn)
-                assert torch.equal(fp8_values.view(torch.uint8), expected[0].view(torch.uint8))
-                assert torch.equal(metadata, expected[1]) and torch.allclose(scale, expected[2], rtol=1e-5, atol=0)
-                name = f"{per_sm}_per_sm_{'overlapped' if overlapped else 'in_turn'}" if per_sm else "a_row_a_program"
-                row[f"fp8_read_twice_{name}_us"] = 1e3 * cuda_graph_ms(
-                    lambda turn=turn: fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8, **turn))
         rows_out.append(row)
         print(f"{m}x{k} {folded.encode()}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items()
                                                          if key.endswith("_us")), flush=True)  # fmt: skip

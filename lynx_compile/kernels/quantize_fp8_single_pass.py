@@ -26,7 +26,6 @@ one metadata byte.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,12 +60,9 @@ SMALL_ROW_PAIRS = 128  # rows this short are taken whole, several a program, how
 # a row in chunks up to this long is kept in registers and read once (8 K elements): longer rows held (K = 12288,
 # 15360 in 16 warps) took 123 and 151 µs at 4608 rows on an H200 against 92 and 120 read twice (RESULTS, session 12)
 HELD_PAIRS = 1024
-# programs an SM takes at once for rows read twice, each taking rows in turn (None: one row a program)
-READ_TWICE_PROGRAMS_PER_SM: int | None = None
 
 
 if triton is not None:
-    _META_ROWS = tl.constexpr(META_ROWS)  # kernels read globals only as constexprs
 
     @triton.jit
     def _group_codes(group, head, inverse, kept_energy, energy, PRUNE: tl.constexpr, FP16: tl.constexpr,
@@ -203,28 +199,47 @@ if triton is not None:
         return kept, energy
 
     @triton.jit
-    def _first_read_chunk(x, rows, chunk, split, M, K, energy, top, raw, high_head, high_tail, PAIRS: tl.constexpr,
-                          FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, TWO: tl.constexpr,
-                          HEAD_CHUNKS: tl.constexpr, RAW_MAX: tl.constexpr):  # fmt: skip
-        """A row's first read of chunk `chunk` (rows ≥ M not read): its statistics added to the running ones, or
-        with RAW_MAX its extremes before the activation (`_chunk_raw_extremes`)."""
-        pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
-        even, odd = load_pairs(x, rows, pairs, live, head, TWO)
-        if RAW_MAX:
-            top, raw, high_head, high_tail = _chunk_raw_extremes(even, odd, chunk, top, raw, high_head, high_tail,
-                                                                 FP16, HEAD, TAIL, HEAD_CHUNKS)  # fmt: skip
+    def _single_pass_kernel(
+        head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K,
+        EPS: tl.constexpr, ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, HELD: tl.constexpr,
+        HEAD: tl.constexpr, TAIL: tl.constexpr, PRUNE: tl.constexpr, NORM: tl.constexpr, FP16: tl.constexpr,
+        TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr, HEAD_CHUNKS: tl.constexpr, RAW_MAX: tl.constexpr,
+        NEGATIVE_PEAK: tl.constexpr,
+    ):  # fmt: skip
+        """ROWS whole rows (of M rounded up to 64 with PRUNE, whose padding rows get empty metadata), in CHUNKS
+        chunks of PAIRS pairs of groups: statistics, factor, (prune,) quantize, store; the row scale (quantization ×
+        norm). HELD: the chunks stay in registers between the statistics and the values (X read once); else each is
+        read twice, the second time from L2. X = cat(act₀(head), act₁(tail)) with (HEAD, TAIL) = (act₀, act₁)
+        (`kernels.activations` codes) and TWO; X = act₀(head) without (split = K). HEAD_CHUNKS > 0: the head is
+        that many whole chunks, each chunk read through its own piece's activation alone. RAW_MAX (rows read twice,
+        one activation a chunk): the first read takes the largest magnitude from the values before their activation
+        and no energy, which the second read adds up; NEGATIVE_PEAK bounds |act(x)| for x < 0."""
+        INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        x = (head_ptr, head_stride, tail_ptr, tail_stride, split)
+        # statistics and kept energies are carried per thread across chunks and reduced along the rows once (a
+        # reduction across warps goes through shared memory and barriers)
+        energy, top = tl.zeros((ROWS, PAIRS), dtype=tl.float32), tl.zeros((ROWS, PAIRS), dtype=tl.int32)
+        raw, high_head, high_tail = tl.zeros_like(top), tl.zeros_like(energy), tl.zeros_like(energy)
+        if HELD:
+            held = ()
+            for chunk in tl.static_range(CHUNKS):
+                pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
+                even, odd = load_pairs(x, rows, pairs, live, head, TWO)
+                chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL, HEAD_CHUNKS)
+                energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
+                held = held + ((even, odd, pairs, live, head),)
         else:
-            chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL, HEAD_CHUNKS)
-            energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
-        return energy, top, raw, high_head, high_tail
-
-    @triton.jit
-    def _row_factors(x, rows, split, M, K, energy, top, raw, high_head, high_tail, PAIRS: tl.constexpr,
-                     CHUNKS: tl.constexpr, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr,
-                     TWO: tl.constexpr, HEAD_CHUNKS: tl.constexpr, RAW_MAX: tl.constexpr, INF: tl.constexpr,
-                     NEGATIVE_PEAK: tl.constexpr):  # fmt: skip
-        """From the running statistics of the rows' first read: (‖x‖² (none with RAW_MAX), the factor 448 / amax
-        that quantizes them, the dequantization scale amax / 448)."""
+            for chunk in range(CHUNKS):
+                pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
+                even, odd = load_pairs(x, rows, pairs, live, head, TWO)
+                if RAW_MAX:
+                    top, raw, high_head, high_tail = _chunk_raw_extremes(even, odd, chunk, top, raw, high_head,
+                                                                         high_tail, FP16, HEAD, TAIL, HEAD_CHUNKS)
+                else:
+                    chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL,
+                                                                HEAD_CHUNKS)  # fmt: skip
+                    energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
         energy, top = tl.sum(energy, axis=1), tl.max(top, axis=1)
         if RAW_MAX and (HEAD != 0 or TAIL != 0):
             # act(largest value) is the largest |act(x)| of the members at or above zero (act increasing there, and
@@ -237,7 +252,7 @@ if triton is not None:
                 top = tl.maximum(top, activated(tl.max(high_tail, axis=1), TAIL, FP16)[1])
             candidate_holds = (tl.max(raw, axis=1) < INF) & (_magnitude(top, FP16) >= NEGATIVE_PEAK)
             if tl.min(candidate_holds.to(tl.int32), axis=0) == 0:
-                exact = tl.zeros((rows.shape[0], PAIRS), dtype=tl.int32)
+                exact = tl.zeros((ROWS, PAIRS), dtype=tl.int32)
                 for chunk in range(CHUNKS):
                     pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
                     even, odd = load_pairs(x, rows, pairs, live, head, TWO)
@@ -247,108 +262,31 @@ if triton is not None:
         amax = _magnitude(top, FP16)
         positive = (amax > 0.0) & (top <= INF)
         inverse = tl.where(positive, tl.math.div_rn(_E4M3_MAX + tl.zeros_like(amax), amax), 1.0)  # as torch's
-        return energy, inverse, tl.where(positive, amax / _E4M3_MAX, 1.0)
+        scale = tl.where(positive, amax / _E4M3_MAX, 1.0)
 
-    @triton.jit
-    def _store_scale(scale_ptr, rows, M, scale, energy, kept, EPS: tl.constexpr, PRUNE: tl.constexpr,
-                     NORM: tl.constexpr):  # fmt: skip
-        """The rows' scale the GEMM applies: quantization × (with PRUNE and NORM) the norm scale ‖x‖ / ‖x̃‖ (1 for
-        a non-finite row); `kept` the rows' ‖x̃‖² a pair of groups each, `energy` their ‖x‖²."""
-        if PRUNE and NORM:
-            kept = tl.sum(kept, axis=1)
-            scale *= tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + EPS)), 1.0)
-        tl.store(scale_ptr + rows, scale, mask=rows < M)
-
-    @triton.jit
-    def _single_pass_kernel(
-        head_ptr, head_stride, tail_ptr, tail_stride, split, values_ptr, meta_ptr, scale_ptr, M, K,
-        EPS: tl.constexpr, ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, HELD: tl.constexpr,
-        HEAD: tl.constexpr, TAIL: tl.constexpr, PRUNE: tl.constexpr, NORM: tl.constexpr, FP16: tl.constexpr,
-        TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr, HEAD_CHUNKS: tl.constexpr, RAW_MAX: tl.constexpr,
-        NEGATIVE_PEAK: tl.constexpr, OVERLAPPED: tl.constexpr,
-    ):  # fmt: skip
-        """ROWS whole rows (of M rounded up to 64 with PRUNE, whose padding rows get empty metadata), in CHUNKS
-        chunks of PAIRS pairs of groups: statistics, factor, (prune,) quantize, store; the row scale (quantization ×
-        norm). HELD: the chunks stay in registers between the statistics and the values (X read once); else each is
-        read twice, the second time from L2, and a program takes blocks of rows in turn, every grid's width
-        (as many as the grid has programs): with OVERLAPPED, the first read of its next block goes with the second
-        read of the current one, chunk by chunk, so that one row's loads from DRAM wait while another is quantized
-        (read in turn, a program's two phases kept the GPU's memory and its arithmetic busy one at a time).
-        X = cat(act₀(head), act₁(tail)) with (HEAD, TAIL) = (act₀, act₁) (`kernels.activations` codes) and TWO;
-        X = act₀(head) without (split = K). HEAD_CHUNKS > 0: the head is that many whole chunks, each chunk read
-        through its own piece's activation alone. RAW_MAX (rows read twice, one activation a chunk): the first read
-        takes the largest magnitude from the values before their activation and no energy, which the second read
-        adds up; NEGATIVE_PEAK bounds |act(x)| for x < 0."""
-        INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
-        x = (head_ptr, head_stride, tail_ptr, tail_stride, split)
-        # statistics and kept energies are carried per thread across chunks and reduced along the rows once (a
-        # reduction across warps goes through shared memory and barriers)
-        zeros = tl.zeros((ROWS, PAIRS), dtype=tl.float32)
-        no_bits = tl.zeros((ROWS, PAIRS), dtype=tl.int32)
-        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        kept, late_energy = tl.zeros((ROWS, PAIRS), dtype=tl.float32), tl.zeros((ROWS, PAIRS), dtype=tl.float32)
         if HELD:
-            held = ()
-            energy, top = zeros, no_bits
-            for chunk in tl.static_range(CHUNKS):
-                pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
-                even, odd = load_pairs(x, rows, pairs, live, head, TWO)
-                chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL, HEAD_CHUNKS)
-                energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
-                held = held + ((even, odd, pairs, live, head),)
-            energy, inverse, scale = _row_factors(x, rows, split, M, K, energy, top, no_bits, zeros, zeros, PAIRS,
-                                                  CHUNKS, FP16, HEAD, TAIL, TWO, HEAD_CHUNKS, False, INF,
-                                                  NEGATIVE_PEAK)  # fmt: skip
-            kept = zeros
             for chunk in tl.static_range(CHUNKS):
                 even, odd, pairs, live, head = held[chunk]
                 chunk_kept, _ = _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows, inverse,
                                                           values_ptr, meta_ptr, M, K, PRUNE, FP16, HEAD, TAIL,
                                                           HEAD_CHUNKS, INF, HARDWARE_CAST)  # fmt: skip
                 kept += chunk_kept
-            _store_scale(scale_ptr, rows, M, scale, energy, kept, EPS, PRUNE, NORM)
         else:
-            block, programs = tl.program_id(0), tl.num_programs(0)
-            blocks = tl.cdiv(tl.cdiv(M, _META_ROWS) * _META_ROWS if PRUNE else M, ROWS)
-            energy, top, raw, high_head, high_tail = zeros, no_bits, no_bits, zeros, zeros
             for chunk in range(CHUNKS):
-                energy, top, raw, high_head, high_tail = _first_read_chunk(
-                    x, rows, chunk, split, M, K, energy, top, raw, high_head, high_tail, PAIRS, FP16, HEAD, TAIL, TWO,
-                    HEAD_CHUNKS, RAW_MAX)  # fmt: skip
-            energy, inverse, scale = _row_factors(x, rows, split, M, K, energy, top, raw, high_head, high_tail, PAIRS,
-                                                  CHUNKS, FP16, HEAD, TAIL, TWO, HEAD_CHUNKS, RAW_MAX, INF,
-                                                  NEGATIVE_PEAK)  # fmt: skip
-            for _ in range(tl.cdiv(blocks - block, programs)):
-                following, more = rows + programs * ROWS, block + programs < blocks  # the program's next block
-                read_up_to = tl.where(more, M, 0)  # its rows' first read: none where the program has no next block
-                next_energy, next_top, next_raw, next_high_head, next_high_tail = zeros, no_bits, no_bits, zeros, zeros
-                kept, late_energy = zeros, zeros
-                for chunk in range(CHUNKS):
-                    if OVERLAPPED:
-                        next_energy, next_top, next_raw, next_high_head, next_high_tail = _first_read_chunk(
-                            x, following, chunk, split, read_up_to, K, next_energy, next_top, next_raw,
-                            next_high_head, next_high_tail, PAIRS, FP16, HEAD, TAIL, TWO, HEAD_CHUNKS,
-                            RAW_MAX)  # fmt: skip
-                    pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
-                    even, odd = load_pairs(x, rows, pairs, live, head, TWO)
-                    chunk_kept, chunk_energy = _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows,
-                                                                         inverse, values_ptr, meta_ptr, M, K, PRUNE,
-                                                                         FP16, HEAD, TAIL, HEAD_CHUNKS, INF,
-                                                                         HARDWARE_CAST)  # fmt: skip
-                    kept, late_energy = kept + chunk_kept, late_energy + chunk_energy
-                if RAW_MAX:  # the statistics' read took no energy
-                    energy = tl.sum(late_energy, axis=1)
-                _store_scale(scale_ptr, rows, M, scale, energy, kept, EPS, PRUNE, NORM)
-                if more:
-                    if not OVERLAPPED:
-                        for chunk in range(CHUNKS):
-                            next_energy, next_top, next_raw, next_high_head, next_high_tail = _first_read_chunk(
-                                x, following, chunk, split, M, K, next_energy, next_top, next_raw, next_high_head,
-                                next_high_tail, PAIRS, FP16, HEAD, TAIL, TWO, HEAD_CHUNKS, RAW_MAX)  # fmt: skip
-                    energy, inverse, scale = _row_factors(x, following, split, M, K, next_energy, next_top, next_raw,
-                                                          next_high_head, next_high_tail, PAIRS, CHUNKS, FP16, HEAD,
-                                                          TAIL, TWO, HEAD_CHUNKS, RAW_MAX, INF,
-                                                          NEGATIVE_PEAK)  # fmt: skip
-                rows, block = following, block + programs
+                pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
+                even, odd = load_pairs(x, rows, pairs, live, head, TWO)
+                chunk_kept, chunk_energy = _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows,
+                                                                     inverse, values_ptr, meta_ptr, M, K, PRUNE, FP16,
+                                                                     HEAD, TAIL, HEAD_CHUNKS, INF,
+                                                                     HARDWARE_CAST)  # fmt: skip
+                kept, late_energy = kept + chunk_kept, late_energy + chunk_energy
+            if RAW_MAX:  # the statistics' read took no energy
+                energy = tl.sum(late_energy, axis=1)
+        if PRUNE and NORM:
+            kept = tl.sum(kept, axis=1)
+            scale *= tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + EPS)), 1.0)
+        tl.store(scale_ptr + rows, scale, mask=rows < M)
 
 
 def applies(operands: Sequence[torch.Tensor], loader: Loader, traced: bool = False) -> bool:
@@ -400,17 +338,14 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
 
 def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm: bool, hardware_cast: bool,
             pairs_per_program: int | None = None, blocks: tuple[int, int, int] | None = None,
-            held_pairs: int = HELD_PAIRS, num_warps: int | None = None, raw_max: bool = True,
-            programs: int | None = None, overlapped: bool = True) -> Launch:  # fmt: skip
+            held_pairs: int = HELD_PAIRS, num_warps: int | None = None, raw_max: bool = True) -> Launch:  # fmt: skip
     """The kernel's launch over X as `loader` makes it of `operands`, but for its outputs (`values_ptr`, `meta_ptr`,
     `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or `blocks` as
     given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); a row in chunks is kept in registers
     and read once up to `held_pairs` pairs of groups, read twice past that, the first time for its largest
     magnitude alone, before any activation, where each chunk goes through one activation (`raw_max`; False reads
     the statistics through the activation, as before it: benchmarks); `num_warps` as `warps` gives them, or as
-    given (benchmarks). Rows read twice are taken in turn by `programs` programs (`read_twice_programs`' choice
-    where None), the first read of a program's next row `overlapped` with the second read of its current one or
-    after it (benchmarks)."""
+    given (benchmarks)."""
     rows, k = operands[0].shape[0], loader.width
     pairs_per_program = pairs_per_program or pairs_for_pieces(
         operands, loader, PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)  # fmt: skip
@@ -419,35 +354,15 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
     head, tail = piece_activations(loader)
     held = chunks == 1 or chunks * pairs <= held_pairs
     chunked_pieces = head_chunks(operands, loader, pairs)
-    row_blocks = cdiv(covered, block_rows)
-    if not held:
-        row_blocks = programs or read_twice_programs(row_blocks, operands[0].device)
     # EPS a constexpr, not an argument: launching the kernel itself, Inductor types a float argument fp64, and s
     # would round otherwise than in the op
-    return Launch(_single_pass_kernel, (row_blocks,), dict(
+    return Launch(_single_pass_kernel, (cdiv(covered, block_rows),), dict(
         **x_arguments(operands, k), M=rows, K=k, EPS=NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks,
         HELD=held, HEAD=head, TAIL=tail, PRUNE=prune, NORM=norm, FP16=operands[0].dtype == torch.float16,
         TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast, HEAD_CHUNKS=chunked_pieces,
         RAW_MAX=raw_max and not held and (head == tail or chunked_pieces > 0),
-        NEGATIVE_PEAK=max(NEGATIVE_PEAK[head], NEGATIVE_PEAK[tail]), OVERLAPPED=overlapped,
-        num_warps=num_warps or warps(block_rows, pairs),
+        NEGATIVE_PEAK=max(NEGATIVE_PEAK[head], NEGATIVE_PEAK[tail]), num_warps=num_warps or warps(block_rows, pairs),
     ))  # fmt: skip
-
-
-def read_twice_programs(row_blocks: int, device: torch.device, programs_per_sm: int | None = None) -> int:
-    """How many programs take `row_blocks` blocks of rows read twice, in turn: as many as `programs_per_sm` on each
-    of the GPU's SMs (`READ_TWICE_PROGRAMS_PER_SM` where None) hold at once, fewer where that evens out the rows a
-    program takes; one a block off CUDA (the interpreter) or where no count is set."""
-    programs_per_sm = programs_per_sm or READ_TWICE_PROGRAMS_PER_SM
-    if device.type != "cuda" or not programs_per_sm:
-        return row_blocks
-    turns = cdiv(row_blocks, _multiprocessors(device.index) * programs_per_sm)
-    return cdiv(row_blocks, turns)
-
-
-@functools.cache
-def _multiprocessors(index: int | None) -> int:
-    return torch.cuda.get_device_properties(torch.device("cuda", index)).multi_processor_count
 
 
 def checked_blocks(k: int, pairs_per_program: int, blocks: tuple[int, int, int] | None) -> tuple[int, int, int]:

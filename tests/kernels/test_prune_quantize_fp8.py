@@ -56,11 +56,6 @@ def bits(t):
     return t.view(torch.uint8)
 
 
-# programs that take the rows read twice in turn: one a block of rows (None), or fewer, each taking several rows,
-# the first read of its next row beside the second read of its current one or after it
-taking_turns = st.tuples(st.sampled_from([None, 1, 2, 5]), st.booleans())
-
-
 # single_pass=None takes the one-pass kernel wherever it reads X (here: the row-major draws), False the general one
 @settings(max_examples=30)
 @given(activations(), st.booleans(), st.sampled_from([None, False]))
@@ -168,12 +163,11 @@ def test_a_folded_concatenation_equals_quantizing_its_written_out_output(pieces,
 @settings(max_examples=10)
 @given(rows=st.integers(2, 9), head_chunks=st.integers(1, 2), tail_chunks=st.integers(1, 2),  # a NaN row and a tie row
        pieces=st.sampled_from([("none", "gelu_tanh"), ("silu", "none")]), prune=st.booleans(),
-       held_pairs=st.sampled_from([64, 0]), turns=taking_turns)  # fmt: skip
+       held_pairs=st.sampled_from([64, 0]))  # fmt: skip
 def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_kernel(
-        rows, head_chunks, tail_chunks, pieces, prune, held_pairs, turns):  # fmt: skip
+        rows, head_chunks, tail_chunks, pieces, prune, held_pairs):  # fmt: skip
     """Where the head piece is whole chunks, the one-pass kernel reads each chunk through its own piece's activation
-    alone (HEAD_CHUNKS), its chunks kept in registers or read twice (by however many programs in turn): the
-    general kernel's bits and scales."""
+    alone (HEAD_CHUNKS), its chunks kept in registers or read twice: the general kernel's bits and scales."""
     head = activation_rows(rows, 128 * head_chunks, torch.bfloat16)
     tail = activation_rows(rows, 128 * tail_chunks, torch.bfloat16)
     operands, loader = loading([head, tail], FoldSpec("concat", pieces))
@@ -181,12 +175,10 @@ def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_k
     values = torch.empty(rows, k // 2 if prune else k, dtype=torch.float8_e4m3fn, device=DEVICE)
     metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=DEVICE)
     blocks = (1, 16, head_chunks + tail_chunks)  # 16 pairs of groups a chunk: the head is `head_chunks` of them
-    programs, overlapped = turns
-    planned = single_pass.planned(operands, loader, prune, True, hardware_cast(), blocks=blocks, held_pairs=held_pairs,
-                                  programs=programs, overlapped=overlapped)  # fmt: skip
+    planned = single_pass.planned(operands, loader, prune, True, hardware_cast(), blocks=blocks, held_pairs=held_pairs)
     assert planned.arguments["HEAD_CHUNKS"] == head_chunks and planned.arguments["HELD"] == (held_pairs > 0)
     scale = single_pass.launch(operands, loader, values, metadata, prune, True, hardware_cast(), blocks=blocks,
-                               held_pairs=held_pairs, programs=programs, overlapped=overlapped)  # fmt: skip
+                               held_pairs=held_pairs)  # fmt: skip
     if prune:
         general = prune_quantize_compress_fp8(operands, loader, single_pass=False)
         assert torch.equal(bits(values), bits(general[0])) and torch.equal(metadata, general[1])
@@ -213,23 +205,20 @@ def rows_around_the_negative_peak(draw, rows=6):
 
 
 @settings(max_examples=12, deadline=None)
-@given(rows_around_the_negative_peak(), st.sampled_from(["gelu", "gelu_tanh", "silu"]), st.booleans(), taking_turns)
-def test_a_row_read_twice_takes_its_largest_magnitude_from_before_the_activation(x, name, prune, turns):
+@given(rows_around_the_negative_peak(), st.sampled_from(["gelu", "gelu_tanh", "silu"]), st.booleans())
+def test_a_row_read_twice_takes_its_largest_magnitude_from_before_the_activation(x, name, prune):
     """One activation on load, a row in chunks read twice: the first read finds the largest |act(x)| from the
     largest x (`RAW_MAX`) where that is sure, and reads the row again through the activation where it is not:
-    either way the general kernel's bits (the norm scale's sum in another order: its last bits), however many
-    programs take the rows in turn."""
+    either way the general kernel's bits (the norm scale's sum in another order: its last bits)."""
     rows, k = x.shape
     operands, loader = loading([x], FoldSpec("activation", (name,)))
     values = torch.empty(rows, k // 2 if prune else k, dtype=torch.float8_e4m3fn, device=DEVICE)
     metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=DEVICE)
-    blocks, (programs, overlapped) = (1, 16, k // 128), turns
-    planned = single_pass.planned(operands, loader, prune, True, hardware_cast(), blocks=blocks, held_pairs=0,
-                                  programs=programs, overlapped=overlapped)  # fmt: skip
+    blocks = (1, 16, k // 128)
+    planned = single_pass.planned(operands, loader, prune, True, hardware_cast(), blocks=blocks, held_pairs=0)
     assert planned.arguments["RAW_MAX"] and not planned.arguments["HELD"]
-    assert planned.grid == (programs or (64 if prune else rows),)
     scale = single_pass.launch(operands, loader, values, metadata, prune, True, hardware_cast(), blocks=blocks,
-                               held_pairs=0, programs=programs, overlapped=overlapped)  # fmt: skip
+                               held_pairs=0)  # fmt: skip
     if prune:
         general = prune_quantize_compress_fp8(operands, loader, single_pass=False)
         finite = general[2].isfinite()
@@ -253,12 +242,12 @@ def test_the_one_pass_kernel_chunks_flux_concatenation_so_that_its_head_is_whole
     assert same.arguments["PAIRS"] > 128 and same.arguments["HEAD_CHUNKS"] == 0
 
 
-@pytest.mark.parametrize("held_pairs, programs", [(64, None), (0, None), (0, 3)])  # held, or read twice in turn
+@pytest.mark.parametrize("held_pairs", [64, 0])  # the row's chunks kept in registers, or each read twice
 @pytest.mark.parametrize("prune", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype, held_pairs, programs):
-    """A row in chunks, the last one partly past K, kept in registers or read twice (statistics, then values; a
-    program a row, or three taking them in turn): the same bits. (Few cases: slow under the interpreter.)"""
+def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype, held_pairs):
+    """A row in chunks, the last one partly past K, kept in registers or read twice (statistics, then values): the
+    same bits. (Few cases: a program per row, slow under the interpreter.)"""
     x = activation_rows(5, 384, dtype)  # 48 pairs of groups a row: 2 chunks of 32
     x = x.contiguous()
     rows, k = x.shape
@@ -266,7 +255,7 @@ def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype, held_
     metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=DEVICE)
     operands, loader = loading([x], IDENTITY)
     scale = single_pass.launch(operands, loader, values, metadata, prune, True, hardware_cast(), blocks=(1, 32, 2),
-                               held_pairs=held_pairs, programs=programs)  # fmt: skip
+                               held_pairs=held_pairs)  # fmt: skip
     if prune:
         ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x)
         assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
