@@ -37,7 +37,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .messages import some_names
+from .messages import Once, some_names
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def _parameter_shapes(model: torch.nn.Module, path: str) -> list[tuple[str, tupl
     return [(name, tuple(parameter.shape)) for name, parameter in module.named_parameters()]
 
 
-_warned: set[tuple[int, int]] = set()
+_uncompiled_layers_warnings = Once()
 
 
 def warn_about_uncompiled_layers(placement: Placement, policy: Any) -> None:
@@ -265,9 +265,8 @@ def warn_about_uncompiled_layers(placement: Placement, policy: Any) -> None:
     # by its sparse layers, not id(policy): a policy given as a path is read again for each graph
     sparse = frozenset(name for name, layer in policy.layers.items() if layer.decision == "sparse")
     key = (placement.model, hash(sparse))
-    if model is None or key in _warned:
+    if model is None or not _uncompiled_layers_warnings.first(key):
         return
-    _warned.add(key)
     compiled = [path for path, module in model.named_modules() if module.__dict__.get("_compiled_call_impl")]
     if not compiled:  # no module compiled on its own: a whole-model compile with graph breaks inside the blocks
         return

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import lynx_compile
 from lynx_compile.eager import sparsified
+from lynx_compile.messages import Once
 from lynx_compile.method import Method
 
 
@@ -532,7 +533,7 @@ def test_where_no_sparse_path_runs_the_user_hears_it_once_and_auto_on_a_gpu_keep
     assert "stay dense under execution='auto'" in execution_warning("auto", gpu)
     assert "for float8 weights" in execution_warning("sparse", cpu, float8=True)
     model, x = Proj(), torch.randn(24, 16)
-    monkeypatch.setattr(decide_linears, "_warned_executions", set())
+    monkeypatch.setattr(decide_linears, "_execution_warnings", Once())
     with caplog.at_level("WARNING", logger="lynx_compile"), torch.no_grad():
         for _ in range(2):
             torch.compiler.reset()

@@ -35,7 +35,7 @@ from ..adapter_names import is_adapter_linear
 from ..float8 import float8_weight_reason
 from ..folds import IDENTITY, describe, get_fold
 from ..kernels.nm_prune import SUPPORTED_DTYPES
-from ..messages import some_names
+from ..messages import Once, some_names
 from ..paths import SparsePath, Workload, execution_warning, get_path, measure, paths_for, resolve_execution
 from ..paths.base import Measurement
 from ..plan import SparseLinearPlan
@@ -377,15 +377,15 @@ def _check_instances_agree(site: LinearSite, ctx: PassContext) -> None:
                       variants.values())) + f". {how}")  # fmt: skip
 
 
-_warned_executions: set[tuple[str, str, bool]] = set()
+_execution_warnings = Once()
 
 
 def _warn_about_execution(ctx: PassContext) -> None:
     """Once a process per device: where the execution asked for cannot be had there (`execution_warning`)."""
     for device, float8 in {(site.device, site.float8) for site in ctx.sites}:
         key = (ctx.config.execution, str(device), float8)
-        if key not in _warned_executions and (message := execution_warning(ctx.config.execution, device, float8)):
-            _warned_executions.add(key)
+        message = execution_warning(ctx.config.execution, device, float8) if key not in _execution_warnings else None
+        if message and _execution_warnings.first(key):
             logger.warning("lynx: %s", message)
 
 

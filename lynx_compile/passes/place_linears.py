@@ -24,6 +24,7 @@ import logging
 import torch
 import torch.fx
 
+from ..messages import Once
 from ..regions import (
     RegionError, frame_object, frame_variable, model_on_stack, place, repeated_block_classes, unregistered,
 )  # fmt: skip
@@ -123,7 +124,7 @@ def _check_unplaced(root: str, sites: list[LinearSite], ctx: PassContext) -> Non
                           f"names cannot be matched; {advice}")  # fmt: skip
 
 
-_warned_globs: set[tuple[str, str, str]] = set()
+_glob_warnings = Once()
 
 
 def _warn_about_unmatched_globs(ctx: PassContext, named_in: list[object]) -> None:
@@ -136,14 +137,13 @@ def _warn_about_unmatched_globs(ctx: PassContext, named_in: list[object]) -> Non
     kind = ", ".join(sorted({type(module).__name__ for module in modules}))
     sites = {site.name for site in ctx.sites}
     unmatched = [(option, pattern) for option, patterns in (("include", config.include), ("exclude", config.exclude))
-                 for pattern in patterns if (option, pattern, kind) not in _warned_globs
+                 for pattern in patterns if (option, pattern, kind) not in _glob_warnings
                  and not any(config.matches(pattern, name) for name in sites)]  # fmt: skip
     if not modules or not unmatched:
         return  # the model's other names are walked only for globs this graph's layers leave unmatched
     names = {name for module in modules for name, _ in (*module.named_modules(), *module.named_parameters())}
     for option, pattern in unmatched:
-        if not any(config.matches(pattern, name) for name in names):
-            _warned_globs.add((option, pattern, kind))
+        if not any(config.matches(pattern, name) for name in names) and _glob_warnings.first((option, pattern, kind)):
             example = ", ".join(repr(site.name) for site in ctx.sites[:3])
             logger.warning("lynx: %s pattern %r matches no layer of the %s compiled here (its layers are named like "
                            "%s: relative to the module torch.compile was given); compile the whole model, or use "
@@ -151,7 +151,7 @@ def _warn_about_unmatched_globs(ctx: PassContext, named_in: list[object]) -> Non
                            option, pattern, kind, example)  # fmt: skip
 
 
-_warned_inlined: set[int] = set()
+_inlined_warnings = Once()
 
 
 def _warn_about_inlined_regions(named_in: list[object]) -> None:
@@ -162,9 +162,8 @@ def _warn_about_inlined_regions(named_in: list[object]) -> None:
 
     for module in (module for module in named_in if isinstance(module, torch.nn.Module)):
         for inner_name, inner in module.named_modules():
-            if compiled_regionally(inner) is None or id(inner) in _warned_inlined:
+            if compiled_regionally(inner) is None or not _inlined_warnings.first(id(inner)):
                 continue
-            _warned_inlined.add(id(inner))
             logger.warning("lynx: this graph traces through %s (%s), which lynx_compile.compile_repeated_blocks "
                            "compiled block by block: an enclosing torch.compile inlines its blocks, so the options "
                            "given to compile_repeated_blocks do not apply — this compile's do. Compile the blocks or "
