@@ -38,7 +38,7 @@ from .backend import lynx_backend
 from .config import LynxConfig, parse_options
 from .regional import compiled_privately, compiled_regionally
 from .regions import register_model
-from .report import Report, collect_reports
+from .report import Report, collect_reports, linears_outside
 
 
 def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxConfig | None = None,
@@ -76,15 +76,8 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
                "compiled or disabled elsewhere, or not traceable")  # fmt: skip
         raise RuntimeError("lynx.explain: Dynamo captured no graph from this call: the forward ran without Dynamo "
                            f"tracing any tensor operation ({why})")
-    report.outside = _outside(model, report)
+    report.outside = linears_outside(model, report)
     return report
-
-
-def _outside(model: torch.nn.Module, report: Report) -> list[str]:
-    """The model's `nn.Linear`s in no compiled graph, where the report's names are the model's (else: unknown)."""
-    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    shown = set(report.modules)
-    return [name for name in linears if name not in shown] if shown <= set(linears) else []
 
 
 def _explains_own(name: str, value: Any, lynx_value: Any, parameters: set[str], kwargs: dict[str, Any]) -> Any:

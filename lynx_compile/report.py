@@ -15,6 +15,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
+import torch
+
 from .messages import some_names
 from .passes.utils import LinearSite
 
@@ -73,8 +75,8 @@ class Report:
     layers: list[LayerRecord] = field(default_factory=list)
     graphs: list[GraphRecord] = field(default_factory=list)
     rank_of_world: tuple[int, int] = field(default_factory=_rank_of_world)  # (rank, world size) when it was made
-    # the model's linear modules in no compiled graph (eager: Dynamo ran their frame itself; or not called): known to
-    # `explain`, which has the model
+    # the model's linear modules in no compiled graph (eager: Dynamo ran their frame itself; or not called): known
+    # where the model is (`explain`, `collect_reports(model)`)
     outside: list[str] = field(default_factory=list)
 
     def add_graph(self, sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:
@@ -192,12 +194,15 @@ _active = _ActiveReports()
 
 
 @contextlib.contextmanager
-def collect_reports() -> Iterator[Report]:
+def collect_reports(model: torch.nn.Module | None = None) -> Iterator[Report]:
     """Collect what every lynx compile inside the block decided:
 
-    >>> with collect_reports() as report:
+    >>> with collect_reports(transformer) as report:
     ...     compiled(x)
     >>> print(report)
+
+    Given the model (or what torch.compile returned for it), the report also lists its linear modules that no
+    compiled graph held (`Report.outside`): run eagerly, past a graph break Dynamo could not trace, or not called.
     """
     report = Report()
     _active.reports.append(report)
@@ -205,6 +210,17 @@ def collect_reports() -> Iterator[Report]:
         yield report
     finally:  # by identity: an enclosing block's report may compare equal (a Report is a dataclass)
         del _active.reports[next(i for i, active in enumerate(_active.reports) if active is report)]
+    if model is not None:
+        report.outside = linears_outside(model, report)
+
+
+def linears_outside(model: torch.nn.Module, report: Report) -> list[str]:
+    """The model's `nn.Linear`s in none of the report's graphs, where the report's names are the model's (else
+    unknown: none)."""
+    model = getattr(model, "_orig_mod", model)  # what torch.compile returned: the layers' names are the model's
+    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    shown = set(report.modules)
+    return [name for name in linears if name not in shown] if shown <= set(linears) else []
 
 
 def publish(sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:
@@ -212,4 +228,4 @@ def publish(sites: list[LinearSite], before: str, after: str, placement: Any = N
         report.add_graph(sites, before, after, placement)
 
 
-__all__ = ["GraphRecord", "LayerRecord", "Report", "collect_reports"]
+__all__ = ["GraphRecord", "LayerRecord", "Report", "collect_reports", "linears_outside"]

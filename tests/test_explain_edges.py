@@ -274,6 +274,19 @@ def test_a_block_whose_forward_is_disabled_is_listed_in_no_graph():
     assert report.outside == ["blocks.1.fc1", "blocks.1.fc2"]
 
 
+def test_a_compiles_report_given_the_model_lists_the_linears_that_ran_eagerly():
+    """The same through a real compile: `collect_reports(model)` (the model, or what torch.compile returned for it)
+    lists the linears in no graph and says so in its summary; without the model it cannot know them."""
+    model = TwoBlocks().eval()
+    model.blocks[1].forward = torch.compiler.disable(model.blocks[1].forward)
+    compiled, x = torch.compile(model, backend="lynx"), torch.randn(2, 24, 16)
+    with torch.no_grad(), lynx_compile.collect_reports(compiled) as report, lynx_compile.collect_reports() as bare:
+        compiled(x)
+    assert [layer.name for layer in report.layers] == ["blocks.0.fc1", "blocks.0.fc2"] == bare.modules
+    assert report.outside == ["blocks.1.fc1", "blocks.1.fc2"] and bare.outside == []
+    assert "2 linear module(s) in no graph as a linear" in report.summary() and "in no graph" not in bare.summary()
+
+
 class ViewedWeights(nn.Module):
     """Linears over views of a parameter (a fused q/k/v weight chunked, a weight transposed): reported dense."""
 
