@@ -204,6 +204,9 @@ def collect_reports(model: torch.nn.Module | None = None) -> Iterator[Report]:
     Given the model (or what torch.compile returned for it), the report also lists its linear modules that no
     compiled graph held (`Report.outside`): run eagerly, past a graph break Dynamo could not trace, or not called.
     """
+    if model is not None and not isinstance(getattr(model, "_orig_mod", model), torch.nn.Module):
+        raise TypeError(f"lynx.collect_reports takes the model as an nn.Module (or what torch.compile returned for "
+                        f"it), got {type(model).__name__}")  # fmt: skip
     report = Report()
     _active.reports.append(report)
     try:
