@@ -10,8 +10,9 @@ its own piece's activation) and of 256 (3072 is not whole chunks of 2048: each m
 the same for the FP8 compressor (`quantize_fp8_single_pass`, its row read twice at this K) against its general
 kernels, and with the row held in registers (read once, the GELU computed once) in 4, 8 and 16 warps a program;
 the same for x = GELU(t) at 4608 × 12288, as FLUX's MLP down-projections read it, Wan's GELU(t) at 14040 × 13824
-and a plain 4608 × 15360. For each, the FP8 kernel at its own blocking with the first read of a long row taking
-the largest value before the activation (`RAW_MAX`, the default) and through it (`raw_max=False`).
+and plain 4608 × 15360 and × 12288. For each, the FP8 kernel at its own blocking with the first read of a long row
+taking the largest value before the activation (`RAW_MAX`, the default; its maxima two to a word, the default, or
+one a member) and through it (`raw_max=False`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ from needs_gpu import require_cuda  # noqa: E402
 SHAPES = [(4608, 3072), (4608, 12288), (4608, 15360), (14040, 5120), (1024, 3072)]
 CAT_GELU, GELU = FoldSpec("concat", ("none", "gelu_tanh")), FoldSpec("activation", ("gelu_tanh",))
 FOLDED_SHAPES = [(CAT_GELU, 4608, (3072, 12288)), (CAT_GELU, 1024, (3072, 12288)), (GELU, 4608, (12288,)),
-                 (GELU, 14040, (13824,)), (IDENTITY, 4608, (15360,))]  # fmt: skip
+                 (GELU, 14040, (13824,)), (IDENTITY, 4608, (15360,)), (IDENTITY, 4608, (12288,))]  # fmt: skip
 HELD_WARPS = (4, 8, 16)  # FP8 rows this long held in registers (read once, GELU once) in this many warps a program
+FIRST_READS = {"raw_max": dict(raw_max=True, packed=True), "raw_max_one_a_member": dict(raw_max=True, packed=False),
+               "statistics_through_activation": dict(raw_max=False, packed=True)}  # fmt: skip
 
 
 def variants(k: int) -> dict[str, tuple[int, int, int] | None]:
@@ -123,16 +126,19 @@ def main() -> None:
             row[f"fp8_chunks_of_128_held_warps{warps}_us"] = 1e3 * cuda_graph_ms(
                 lambda blocks=blocks, held=held: fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8,
                                                                         blocks=blocks, **held))  # fmt: skip
-        for raw_max in (True, False):  # the first read's largest magnitude before the activation, or through it
+        # the first read's largest magnitude before the activation (its maxima two to a word, or one a member), or
+        # through it
+        for name, first_read in FIRST_READS.items():
             fp8_values.zero_()
             metadata.zero_()
-            scale = fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8, raw_max=raw_max)
-            assert fp8_single_pass.planned(operands, loader, *fp8, raw_max=raw_max).arguments["RAW_MAX"] == raw_max
+            scale = fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8, **first_read)
+            planned = fp8_single_pass.planned(operands, loader, *fp8, **first_read).arguments
+            assert planned["RAW_MAX"] == first_read["raw_max"] or planned["HELD"]
             assert torch.equal(fp8_values.view(torch.uint8), expected[0].view(torch.uint8))
             assert torch.equal(metadata, expected[1]) and torch.allclose(scale, expected[2], rtol=1e-5, atol=0)
-            row[f"fp8_default_{'raw_max' if raw_max else 'statistics_through_activation'}_us"] = 1e3 * cuda_graph_ms(
-                lambda raw_max=raw_max: fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8,
-                                                               raw_max=raw_max))  # fmt: skip
+            row[f"fp8_default_{name}_us"] = 1e3 * cuda_graph_ms(
+                lambda first_read=first_read: fp8_single_pass.launch(operands, loader, fp8_values, metadata, *fp8,
+                                                                     **first_read))  # fmt: skip
         rows_out.append(row)
         print(f"{m}x{k} {folded.encode()}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items()
                                                          if key.endswith("_us")), flush=True)  # fmt: skip

@@ -86,7 +86,8 @@ def one_pass_fp8(k: int) -> tuple[str, int, int]:
     listing = sass_listing(fp8._single_pass_kernel, {**ONE_PASS_SIGNATURE, "values_ptr": "*fp8e4nv"},
                            {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HELD": held, "HEAD": 0,
                             "TAIL": 0, "PRUNE": True, "NORM": True, "FP16": False, "TWO": False, "HARDWARE_CAST": True,
-                            "HEAD_CHUNKS": 0, "RAW_MAX": not held, "NEGATIVE_PEAK": fp8.NEGATIVE_PEAK[0]},
+                            "HEAD_CHUNKS": 0, "RAW_MAX": not held, "NEGATIVE_PEAK": fp8.NEGATIVE_PEAK[0],
+                            "PACKED": True},
                            warps)  # fmt: skip
     name = f"FP8 one pass, K = {k}" + ("" if held else " (read twice)")
     return name, executed(listing, chunks), rows * k // (32 * warps)

@@ -101,6 +101,46 @@ if triton is not None:
         return lo_code | (hi_code << BITS), lo | (hi << 2)
 
     @triton.jit
+    def packed_max(a, b, FP16: tl.constexpr, NAN: tl.constexpr):
+        """Lane by lane, the larger of the two 16-bit floats each int32 word of `a` and `b` holds: one instruction
+        for two (PTX's `max.bf16x2` / `max.f16x2`, sm_80 on; compiled kernels only, not the interpreter). NAN: a
+        NaN in either lane wins, as the canonical NaN (0x7FFF), whose bits lie above +inf's."""
+        if FP16:
+            if NAN:
+                return tl.inline_asm_elementwise("max.NaN.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32,
+                                                 is_pure=True, pack=1)  # fmt: skip
+            return tl.inline_asm_elementwise("max.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32,
+                                             is_pure=True, pack=1)  # fmt: skip
+        if NAN:
+            return tl.inline_asm_elementwise("max.NaN.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32,
+                                             is_pure=True, pack=1)  # fmt: skip
+        return tl.inline_asm_elementwise("max.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
+                                         pack=1)  # fmt: skip
+
+    @triton.jit
+    def packed_extremes(even, odd, FP16: tl.constexpr):
+        """A pair of groups' largest value and largest magnitude, lane by lane of int32 words (`packed_max`): the
+        magnitudes are the members with their sign cleared, whose order as floats is that of their bits, and a NaN
+        among them comes out as NaN. Three instructions for two members, where unpacked each member is taken out
+        of its word and converted (the first read of a long row, `quantize_fp8_single_pass`)."""
+        w0, w1, w2, w3 = even.to(tl.int32), (even >> 32).to(tl.int32), odd.to(tl.int32), (odd >> 32).to(tl.int32)
+        high = packed_max(packed_max(w0, w1, FP16, False), packed_max(w2, w3, FP16, False), FP16, False)
+        m0, m1, m2, m3 = w0 & 0x7FFF7FFF, w1 & 0x7FFF7FFF, w2 & 0x7FFF7FFF, w3 & 0x7FFF7FFF
+        magnitude = packed_max(packed_max(m0, m1, FP16, True), packed_max(m2, m3, FP16, True), FP16, True)
+        return high, magnitude
+
+    @triton.jit
+    def unpacked_value(word, FP16: tl.constexpr):
+        """The larger of the two 16-bit floats of int32 words, as fp32."""
+        low, high, _, _ = halves(word, FP16)
+        return tl.maximum(low, high)
+
+    @triton.jit
+    def unpacked_bits(word):
+        """The larger of the two 16-bit magnitudes' bits of int32 words (sign bits clear)."""
+        return tl.maximum(word & 0xFFFF, (word >> 16) & 0xFFFF)
+
+    @triton.jit
     def chunk_pairs(rows, chunk, split, M, K, PAIRS: tl.constexpr):
         """Chunk `chunk`'s PAIRS pairs of groups of the rows: (the pairs' indices, which are in X, which lie in the
         head piece: X's columns before `split`). Worked out apart from `load_pairs`, so that where a kernel stores

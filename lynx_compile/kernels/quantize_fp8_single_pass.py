@@ -45,7 +45,8 @@ try:
 
     from .e4m3 import _E4M3_MAX, quantize_e4m3, quantize_e4m3_cast_clamps
     from .group_words import (
-        activated, chunk_pairs, group_members, halves, kept_masks, kept_members, load_pairs, stored_slots
+        activated, chunk_pairs, group_members, halves, kept_masks, kept_members, load_pairs, packed_extremes,
+        packed_max, stored_slots, unpacked_bits, unpacked_value,
     )
 except ImportError:
     triton = None
@@ -113,27 +114,36 @@ if triton is not None:
         return high, magnitude
 
     @triton.jit
+    def _larger(a, b, PACKED: tl.constexpr, FP16: tl.constexpr, NAN: tl.constexpr):
+        """The running maximum `a` with `b`: of values or magnitudes' bits, or with PACKED lane by lane of words
+        holding two 16-bit floats each (`packed_max`; NAN for the magnitudes, so that a NaN shows)."""
+        if PACKED:
+            return packed_max(a, b, FP16, NAN)
+        return tl.maximum(a, b)
+
+    @triton.jit
     def _chunk_raw_extremes(even, odd, chunk, top, raw, high_head, high_tail, FP16: tl.constexpr, HEAD: tl.constexpr,
-                            TAIL: tl.constexpr, HEAD_CHUNKS: tl.constexpr):  # fmt: skip
+                            TAIL: tl.constexpr, HEAD_CHUNKS: tl.constexpr, PACKED: tl.constexpr):  # fmt: skip
         """The running `RAW_MAX` statistics with chunk `chunk`'s: `top`, the largest magnitude's bits of members
         without an activation; of those with one, before it: `raw`, the largest magnitude's bits, `high_head` and
-        `high_tail`, the largest value, by piece (one activation for the row: `high_head`)."""
-        high, magnitude = _raw_extremes(even, odd, FP16)
-        if HEAD_CHUNKS == 0:  # one activation for the whole row (`planned`)
+        `high_tail`, the largest value, by piece (one activation for the row: `high_head`). PACKED: each kept lane
+        by lane of words of two 16-bit floats (`packed_extremes`), for the caller to unpack after the row."""
+        if PACKED:
+            high, magnitude = packed_extremes(even, odd, FP16)
+        else:
+            high, magnitude = _raw_extremes(even, odd, FP16)
+        if HEAD_CHUNKS == 0 or chunk < HEAD_CHUNKS:  # the head piece, or one activation for the whole row
             if HEAD == 0:
-                top = tl.maximum(top, magnitude)
+                top = _larger(top, magnitude, PACKED, FP16, True)
             else:
-                raw, high_head = tl.maximum(raw, magnitude), tl.maximum(high_head, high)
-        elif chunk < HEAD_CHUNKS:
-            if HEAD == 0:
-                top = tl.maximum(top, magnitude)
-            else:
-                raw, high_head = tl.maximum(raw, magnitude), tl.maximum(high_head, high)
+                raw = _larger(raw, magnitude, PACKED, FP16, True)
+                high_head = _larger(high_head, high, PACKED, FP16, False)
         else:
             if TAIL == 0:
-                top = tl.maximum(top, magnitude)
+                top = _larger(top, magnitude, PACKED, FP16, True)
             else:
-                raw, high_tail = tl.maximum(raw, magnitude), tl.maximum(high_tail, high)
+                raw = _larger(raw, magnitude, PACKED, FP16, True)
+                high_tail = _larger(high_tail, high, PACKED, FP16, False)
         return top, raw, high_head, high_tail
 
     @triton.jit
@@ -204,7 +214,7 @@ if triton is not None:
         EPS: tl.constexpr, ROWS: tl.constexpr, PAIRS: tl.constexpr, CHUNKS: tl.constexpr, HELD: tl.constexpr,
         HEAD: tl.constexpr, TAIL: tl.constexpr, PRUNE: tl.constexpr, NORM: tl.constexpr, FP16: tl.constexpr,
         TWO: tl.constexpr, HARDWARE_CAST: tl.constexpr, HEAD_CHUNKS: tl.constexpr, RAW_MAX: tl.constexpr,
-        NEGATIVE_PEAK: tl.constexpr,
+        NEGATIVE_PEAK: tl.constexpr, PACKED: tl.constexpr,
     ):  # fmt: skip
         """ROWS whole rows (of M rounded up to 64 with PRUNE, whose padding rows get empty metadata), in CHUNKS
         chunks of PAIRS pairs of groups: statistics, factor, (prune,) quantize, store; the row scale (quantization ×
@@ -213,14 +223,18 @@ if triton is not None:
         (`kernels.activations` codes) and TWO; X = act₀(head) without (split = K). HEAD_CHUNKS > 0: the head is
         that many whole chunks, each chunk read through its own piece's activation alone. RAW_MAX (rows read twice,
         one activation a chunk): the first read takes the largest magnitude from the values before their activation
-        and no energy, which the second read adds up; NEGATIVE_PEAK bounds |act(x)| for x < 0."""
+        and no energy, which the second read adds up, and with PACKED (compiled, not interpreted) keeps its maxima
+        two to a word (`packed_extremes`); NEGATIVE_PEAK bounds |act(x)| for x < 0."""
         INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         x = (head_ptr, head_stride, tail_ptr, tail_stride, split)
         # statistics and kept energies are carried per thread across chunks and reduced along the rows once (a
         # reduction across warps goes through shared memory and barriers)
         energy, top = tl.zeros((ROWS, PAIRS), dtype=tl.float32), tl.zeros((ROWS, PAIRS), dtype=tl.int32)
-        raw, high_head, high_tail = tl.zeros_like(top), tl.zeros_like(energy), tl.zeros_like(energy)
+        if RAW_MAX and PACKED:  # two lanes a word, from +0.0, +0.0
+            raw, high_head, high_tail = tl.zeros_like(top), tl.zeros_like(top), tl.zeros_like(top)
+        else:
+            raw, high_head, high_tail = tl.zeros_like(top), tl.zeros_like(energy), tl.zeros_like(energy)
         if HELD:
             held = ()
             for chunk in tl.static_range(CHUNKS):
@@ -235,11 +249,15 @@ if triton is not None:
                 even, odd = load_pairs(x, rows, pairs, live, head, TWO)
                 if RAW_MAX:
                     top, raw, high_head, high_tail = _chunk_raw_extremes(even, odd, chunk, top, raw, high_head,
-                                                                         high_tail, FP16, HEAD, TAIL, HEAD_CHUNKS)
+                                                                         high_tail, FP16, HEAD, TAIL, HEAD_CHUNKS,
+                                                                         PACKED)  # fmt: skip
                 else:
                     chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL,
                                                                 HEAD_CHUNKS)  # fmt: skip
                     energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
+        if RAW_MAX and PACKED:
+            top, raw = unpacked_bits(top), unpacked_bits(raw)
+            high_head, high_tail = unpacked_value(high_head, FP16), unpacked_value(high_tail, FP16)
         energy, top = tl.sum(energy, axis=1), tl.max(top, axis=1)
         if RAW_MAX and (HEAD != 0 or TAIL != 0):
             # act(largest value) is the largest |act(x)| of the members at or above zero (act increasing there, and
@@ -338,14 +356,16 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
 
 def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm: bool, hardware_cast: bool,
             pairs_per_program: int | None = None, blocks: tuple[int, int, int] | None = None,
-            held_pairs: int = HELD_PAIRS, num_warps: int | None = None, raw_max: bool = True) -> Launch:  # fmt: skip
+            held_pairs: int = HELD_PAIRS, num_warps: int | None = None, raw_max: bool = True,
+            packed: bool = True) -> Launch:  # fmt: skip
     """The kernel's launch over X as `loader` makes it of `operands`, but for its outputs (`values_ptr`, `meta_ptr`,
     `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or `blocks` as
     given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); a row in chunks is kept in registers
     and read once up to `held_pairs` pairs of groups, read twice past that, the first time for its largest
     magnitude alone, before any activation, where each chunk goes through one activation (`raw_max`; False reads
-    the statistics through the activation, as before it: benchmarks); `num_warps` as `warps` gives them, or as
-    given (benchmarks)."""
+    the statistics through the activation, as before it: benchmarks), its maxima two to a word where compiled
+    (`packed`; False one a member, as before it: benchmarks); `num_warps` as `warps` gives them, or as given
+    (benchmarks)."""
     rows, k = operands[0].shape[0], loader.width
     pairs_per_program = pairs_per_program or pairs_for_pieces(
         operands, loader, PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)  # fmt: skip
@@ -361,7 +381,8 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
         HELD=held, HEAD=head, TAIL=tail, PRUNE=prune, NORM=norm, FP16=operands[0].dtype == torch.float16,
         TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast, HEAD_CHUNKS=chunked_pieces,
         RAW_MAX=raw_max and not held and (head == tail or chunked_pieces > 0),
-        NEGATIVE_PEAK=max(NEGATIVE_PEAK[head], NEGATIVE_PEAK[tail]), num_warps=num_warps or warps(block_rows, pairs),
+        NEGATIVE_PEAK=max(NEGATIVE_PEAK[head], NEGATIVE_PEAK[tail]), PACKED=hardware_cast and packed,
+        num_warps=num_warps or warps(block_rows, pairs),
     ))  # fmt: skip
 
 
