@@ -201,8 +201,10 @@ def collect_reports(model: torch.nn.Module | None = None) -> Iterator[Report]:
     ...     compiled(x)
     >>> print(report)
 
-    Given the model (or what torch.compile returned for it), the report also lists its linear modules that no
-    compiled graph held (`Report.outside`): run eagerly, past a graph break Dynamo could not trace, or not called.
+    Given the model (or what torch.compile returned for it), the report also lists its linear modules that none
+    of the graphs compiled inside the block held (`Report.outside`): run eagerly, past a graph break Dynamo could
+    not trace, or not called — so put the block around the first call, which compiles every graph; a block in
+    which nothing compiled (the model compiled before it) lists none.
     """
     if model is not None and not isinstance(getattr(model, "_orig_mod", model), torch.nn.Module):
         raise TypeError(f"lynx.collect_reports takes the model as an nn.Module (or what torch.compile returned for "
@@ -213,7 +215,7 @@ def collect_reports(model: torch.nn.Module | None = None) -> Iterator[Report]:
         yield report
     finally:  # by identity: an enclosing block's report may compare equal (a Report is a dataclass)
         del _active.reports[next(i for i, active in enumerate(_active.reports) if active is report)]
-    if model is not None:
+    if model is not None and report.graphs:
         report.outside = linears_outside(model, report)
 
 
