@@ -60,7 +60,10 @@ def is_instruction(line: str) -> bool:
 
 def executed(listing: list[str], trips: int) -> int:
     """Instructions a thread executes in a kernel whose loops (backward branches, none nested) each run `trips`
-    times."""
+    times. Subroutines after the kernel's code (the IEEE division's slow path, called for operands that need it:
+    never in these kernels' rows) are not counted."""
+    end = next((index for index, line in enumerate(listing) if line.startswith("$__internal")), len(listing))
+    listing = listing[:end]
     labels = {match.group(1): index for index, line in enumerate(listing) if (match := re.match(r"(\.L\w+):", line))}
     total = sum(map(is_instruction, listing))
     for index, line in enumerate(listing):
