@@ -203,8 +203,9 @@ def collect_reports(model: torch.nn.Module | None = None) -> Iterator[Report]:
 
     Given the model (or what torch.compile returned for it), the report also lists its linear modules that none
     of the graphs compiled inside the block held (`Report.outside`): run eagerly, past a graph break Dynamo could
-    not trace, or not called — so put the block around the first call, which compiles every graph; a block in
-    which nothing compiled (the model compiled before it) lists none.
+    not trace, or not called. So put the block around the model's first call, which compiles all its graphs: around
+    a later call that recompiles only some of them, the others' linears are listed too. Where no graph compiled in
+    the block holds a linear of the model (it compiled before; only other code compiled), none is listed.
     """
     if model is not None and not isinstance(getattr(model, "_orig_mod", model), torch.nn.Module):
         raise TypeError(f"lynx.collect_reports takes the model as an nn.Module (or what torch.compile returned for "
@@ -215,17 +216,17 @@ def collect_reports(model: torch.nn.Module | None = None) -> Iterator[Report]:
         yield report
     finally:  # by identity: an enclosing block's report may compare equal (a Report is a dataclass)
         del _active.reports[next(i for i, active in enumerate(_active.reports) if active is report)]
-    if model is not None and report.graphs:
+    if model is not None:
         report.outside = linears_outside(model, report)
 
 
 def linears_outside(model: torch.nn.Module, report: Report) -> list[str]:
-    """The model's `nn.Linear`s in none of the report's graphs, where the report's names are the model's (else
-    unknown: none)."""
+    """The model's `nn.Linear`s in none of the report's graphs, where the report's names are the model's and some
+    are (else unknown: none)."""
     model = getattr(model, "_orig_mod", model)  # what torch.compile returned: the layers' names are the model's
     linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     shown = set(report.modules)
-    return [name for name in linears if name not in shown] if shown <= set(linears) else []
+    return [name for name in linears if name not in shown] if shown and shown <= set(linears) else []
 
 
 def publish(sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:

@@ -285,9 +285,10 @@ def test_a_compiles_report_given_the_model_lists_the_linears_that_ran_eagerly():
     assert [layer.name for layer in report.layers] == ["blocks.0.fc1", "blocks.0.fc2"] == bare.modules
     assert report.outside == ["blocks.1.fc1", "blocks.1.fc2"] and bare.outside == []
     assert "2 linear module(s) in no graph as a linear" in report.summary() and "in no graph" not in bare.summary()
+    other = torch.compile(lambda t: t.relu() * 2, backend="lynx")
     with torch.no_grad(), lynx_compile.collect_reports(compiled) as later:  # compiled already: nothing to say
-        compiled(x)
-    assert later.graphs == [] and later.outside == []
+        compiled(x), other(x)  # another function's graph, none of the model's linears in it
+    assert len(later.graphs) == 1 and later.outside == []
     with pytest.raises(TypeError, match="collect_reports takes the model as an nn.Module"):
         with lynx_compile.collect_reports(torch.compile(lambda t: t + 1, backend="lynx")):
             pass

@@ -1,6 +1,7 @@
 """The wording and once-only bookkeeping lynx's warnings share (`lynx_compile.messages`)."""
 
 import threading
+import time
 
 from lynx_compile.messages import Once, some_names
 
@@ -11,8 +12,19 @@ def test_a_long_list_of_names_is_cut_and_says_so():
     assert some_names(names[:3], shown=3) == "blocks.0.fc, blocks.1.fc, blocks.2.fc"
 
 
+class SlowToAnswer(set):
+    """A set that waits before answering whether it holds a key: without the lock, every thread that asked before
+    the first claim would find the key missing and claim it too."""
+
+    def __contains__(self, key):
+        held = super().__contains__(key)
+        time.sleep(0.002)
+        return held
+
+
 def test_a_key_is_claimed_once_by_one_of_many_threads():
     once, claims, start = Once(), [], threading.Barrier(8)
+    once._given = SlowToAnswer()
 
     def claim(key):
         start.wait()

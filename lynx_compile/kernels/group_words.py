@@ -102,9 +102,10 @@ if triton is not None:
 
     @triton.jit
     def packed_max(a, b, FP16: tl.constexpr, NAN: tl.constexpr):
-        """Lane by lane, the larger of the two 16-bit floats each int32 word of `a` and `b` holds: one instruction
-        for two (PTX's `max.bf16x2` / `max.f16x2`, sm_80 on; compiled kernels only, not the interpreter). NAN: a
-        NaN in either lane wins, as the canonical NaN (0x7FFF), whose bits lie above +inf's."""
+        """Lane by lane, the larger of the 16-bit floats `a` and `b` hold there, two to an int32 word: one
+        instruction for two (PTX's `max.bf16x2` / `max.f16x2`, sm_80 on; compiled kernels only, not the
+        interpreter). Without NAN a NaN loses to a number; with NAN a NaN in either operand wins the lane, as the
+        canonical NaN (0x7FFF), whose bits lie above +inf's."""
         if FP16:
             if NAN:
                 return tl.inline_asm_elementwise("max.NaN.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32,
@@ -119,10 +120,11 @@ if triton is not None:
 
     @triton.jit
     def packed_extremes(even, odd, FP16: tl.constexpr):
-        """A pair of groups' largest value and largest magnitude, lane by lane of int32 words (`packed_max`): the
-        magnitudes are the members with their sign cleared, whose order as floats is that of their bits, and a NaN
-        among them comes out as NaN. Three instructions for two members, where unpacked each member is taken out
-        of its word and converted (the first read of a long row, `quantize_fp8_single_pass`)."""
+        """A pair of groups' running maxima, two to an int32 word (`packed_max`; `larger_half_value` and
+        `larger_half_bits` finish them): of its values (NaNs left out: NaN only in a lane all of whose members are)
+        and of its magnitudes, the members with their sign cleared, whose order as floats is that of their bits (a
+        NaN among them comes out as NaN). Three instructions for two members, where unpacked each member is taken
+        out of its word and converted (the first read of a long row, `quantize_fp8_single_pass`)."""
         w0, w1, w2, w3 = even.to(tl.int32), (even >> 32).to(tl.int32), odd.to(tl.int32), (odd >> 32).to(tl.int32)
         high = packed_max(packed_max(w0, w1, FP16, False), packed_max(w2, w3, FP16, False), FP16, False)
         m0, m1, m2, m3 = w0 & 0x7FFF7FFF, w1 & 0x7FFF7FFF, w2 & 0x7FFF7FFF, w3 & 0x7FFF7FFF
@@ -130,13 +132,13 @@ if triton is not None:
         return high, magnitude
 
     @triton.jit
-    def unpacked_value(word, FP16: tl.constexpr):
+    def larger_half_value(word, FP16: tl.constexpr):
         """The larger of the two 16-bit floats of int32 words, as fp32."""
         low, high, _, _ = halves(word, FP16)
         return tl.maximum(low, high)
 
     @triton.jit
-    def unpacked_bits(word):
+    def larger_half_bits(word):
         """The larger of the two 16-bit magnitudes' bits of int32 words (sign bits clear)."""
         return tl.maximum(word & 0xFFFF, (word >> 16) & 0xFFFF)
 

@@ -46,7 +46,7 @@ try:
     from .e4m3 import _E4M3_MAX, quantize_e4m3, quantize_e4m3_cast_clamps
     from .group_words import (
         activated, chunk_pairs, group_members, halves, kept_masks, kept_members, load_pairs, packed_extremes,
-        packed_max, stored_slots, unpacked_bits, unpacked_value,
+        packed_max, larger_half_bits, larger_half_value, stored_slots,
     )
 except ImportError:
     triton = None
@@ -114,7 +114,7 @@ if triton is not None:
         return high, magnitude
 
     @triton.jit
-    def _larger(a, b, PACKED: tl.constexpr, FP16: tl.constexpr, NAN: tl.constexpr):
+    def _running_max(a, b, PACKED: tl.constexpr, FP16: tl.constexpr, NAN: tl.constexpr):
         """The running maximum `a` with `b`: of values or magnitudes' bits, or with PACKED lane by lane of words
         holding two 16-bit floats each (`packed_max`; NAN for the magnitudes, so that a NaN shows)."""
         if PACKED:
@@ -134,16 +134,16 @@ if triton is not None:
             high, magnitude = _raw_extremes(even, odd, FP16)
         if HEAD_CHUNKS == 0 or chunk < HEAD_CHUNKS:  # the head piece, or one activation for the whole row
             if HEAD == 0:
-                top = _larger(top, magnitude, PACKED, FP16, True)
+                top = _running_max(top, magnitude, PACKED, FP16, True)
             else:
-                raw = _larger(raw, magnitude, PACKED, FP16, True)
-                high_head = _larger(high_head, high, PACKED, FP16, False)
+                raw = _running_max(raw, magnitude, PACKED, FP16, True)
+                high_head = _running_max(high_head, high, PACKED, FP16, False)
         else:
             if TAIL == 0:
-                top = _larger(top, magnitude, PACKED, FP16, True)
+                top = _running_max(top, magnitude, PACKED, FP16, True)
             else:
-                raw = _larger(raw, magnitude, PACKED, FP16, True)
-                high_tail = _larger(high_tail, high, PACKED, FP16, False)
+                raw = _running_max(raw, magnitude, PACKED, FP16, True)
+                high_tail = _running_max(high_tail, high, PACKED, FP16, False)
         return top, raw, high_head, high_tail
 
     @triton.jit
@@ -256,8 +256,8 @@ if triton is not None:
                                                                 HEAD_CHUNKS)  # fmt: skip
                     energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
         if RAW_MAX and PACKED:
-            top, raw = unpacked_bits(top), unpacked_bits(raw)
-            high_head, high_tail = unpacked_value(high_head, FP16), unpacked_value(high_tail, FP16)
+            top, raw = larger_half_bits(top), larger_half_bits(raw)
+            high_head, high_tail = larger_half_value(high_head, FP16), larger_half_value(high_tail, FP16)
         energy, top = tl.sum(energy, axis=1), tl.max(top, axis=1)
         if RAW_MAX and (HEAD != 0 or TAIL != 0):
             # act(largest value) is the largest |act(x)| of the members at or above zero (act increasing there, and

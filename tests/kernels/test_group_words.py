@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from lynx_compile.kernels.group_words import packed_extremes, unpacked_bits, unpacked_value
+from lynx_compile.kernels.group_words import larger_half_bits, larger_half_value, packed_extremes
 
 pytestmark = pytest.mark.gpu
 
@@ -22,8 +22,8 @@ if triton is not None:
         even = tl.load(even_ptr + index, mask=index < N, other=0)
         odd = tl.load(odd_ptr + index, mask=index < N, other=0)
         high, magnitude = packed_extremes(even, odd, FP16)
-        tl.store(high_ptr + index, unpacked_value(high, FP16), mask=index < N)
-        tl.store(magnitude_ptr + index, unpacked_bits(magnitude), mask=index < N)
+        tl.store(high_ptr + index, larger_half_value(high, FP16), mask=index < N)
+        tl.store(magnitude_ptr + index, larger_half_bits(magnitude), mask=index < N)
 
 
 def awkward_members(pairs, dtype):
