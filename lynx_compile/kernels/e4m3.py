@@ -53,15 +53,20 @@ if triton is not None:
         return e4m3_code(y)
 
     @triton.jit
-    def quantize_e4m3_cast_clamps(f, inverse, HARDWARE_CAST: tl.constexpr):
-        """`quantize_e4m3`'s codes, the clamp left to the GPU's cast where kernels are compiled: Triton emits PTX's
-        `cvt.rn.satfinite.e4m3x2.f32`, which clamps to ±448 and keeps NaN, so the hand clamp is four instructions
-        an element for the same bits. Only in kernels checked bit for bit on the GPU: in the general kernel
-        (`prune_quantize_fp8.py`) Triton 3.6 compiled this form wrong on an H200 (codes of other groups' members in
-        the output; benchmarks/RESULTS.md, session 13), the one-pass kernel's is exact."""
+    def quantize_e4m3_pair(lo, hi, inverse, HARDWARE_CAST: tl.constexpr):
+        """`quantize_e4m3`'s codes of lo · inverse and hi · inverse in one int32, `lo`'s in bits 0-7 and `hi`'s in
+        8-15. Compiled, one PTX `cvt.rn.satfinite.e4m3x2.f32` converts both (the instruction Triton's own cast emits,
+        one value a time with a zero beside it), and its saturation is the clamp to ±448 (NaN kept): the same bits
+        as the hand clamp, four instructions an element fewer. Only in kernels checked bit for bit on the GPU: in
+        the general kernel (`prune_quantize_fp8.py`) Triton 3.6 compiled a clamp-free cast wrong on an H200 (codes
+        of other groups' members in the output; benchmarks/RESULTS.md, session 13); the one-pass kernel's is exact.
+        Interpreted, `quantize_e4m3` by hand."""
         if HARDWARE_CAST:
-            return (f * inverse[:, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
-        return quantize_e4m3(f, inverse, HARDWARE_CAST)
+            return tl.inline_asm_elementwise(
+                "{ .reg .b16 pair; cvt.rn.satfinite.e4m3x2.f32 pair, $2, $1; cvt.u32.u16 $0, pair; }", "=r,f,f",
+                [lo * inverse[:, None], hi * inverse[:, None]], dtype=tl.int32, is_pure=True, pack=1)  # fmt: skip
+        return quantize_e4m3(lo, inverse, HARDWARE_CAST) | (quantize_e4m3(hi, inverse, HARDWARE_CAST) << 8)
+
 
 def hardware_cast() -> bool:
     """Whether kernels round with the GPU's cast (compiled) rather than by hand (interpreted)."""

@@ -101,6 +101,18 @@ if triton is not None:
         return lo_code | (hi_code << BITS), lo | (hi << 2)
 
     @triton.jit
+    def stored_byte_slots(lo, hi, codes):
+        """`stored_slots` of 8-bit codes given in one word (`lo`'s in bits 0-7, `hi`'s in 8-15, as
+        `e4m3.quantize_e4m3_pair` makes them): the same slots' word and nibble, the word masked and shifted
+        whole rather than put together of two codes."""
+        lo_zero, hi_zero = (codes & 0x7F) == 0, (codes & 0x7F00) == 0
+        word = tl.where(lo_zero, 0, codes & 0xFF) | tl.where(hi_zero, 0, codes & 0xFF00)
+        moved = lo_zero & ~hi_zero & (hi < 3)  # the second alone is stored, in the low slot
+        lo = tl.where(lo_zero, tl.where(moved, hi, 0), lo)
+        hi = tl.where(hi_zero | moved, tl.where(lo_zero & hi_zero, 0, 3), hi)
+        return tl.where(moved, word >> 8, word), lo | (hi << 2)
+
+    @triton.jit
     def packed_max(a, b, FP16: tl.constexpr, NAN: tl.constexpr):
         """Lane by lane, the larger of the 16-bit floats `a` and `b` hold there, two to an int32 word: one
         instruction for two (PTX's `max.bf16x2` / `max.f16x2`, sm_80 on; compiled kernels only, not the
