@@ -26,6 +26,7 @@ from .checks import check_int, check_number
 from .config import LynxConfig, parse_options
 from .eager import Call, as_calls, hooked, linears_of, relative_error, run_calls, run_sparsified, sparse_output
 from .float8 import is_float8_weight
+from .kernels.nm_prune import SUPPORTED_DTYPES
 from .lora import DEFAULT_MEMORY_BUDGET, DEFAULT_RANK, LoraSolution, ResidualStatistics, solve_lora
 from .method import Method
 from .policy import LayerPolicy, Policy
@@ -63,8 +64,9 @@ def calibrate(
 
     What `target` bounds:
     - without `sampler` (one-step, the fast default): the relative L2 error of the model's output on `samples`, the
-      largest over them. Costs one pass over the samples to measure, then at most ceil(log2(L + 1)) more (L: the
-      layers measured) for the bisection over the prefix.
+      largest over them — of its first tensor (`eager.first_tensor`: a diffusers model's sample; a model returning
+      several tensors has the others unbounded). Costs one pass over the samples to measure, then at most
+      ceil(log2(L + 1)) more (L: the layers measured) for the bisection over the prefix.
     - with ``sampler=sample``, ``sample(model) -> tensor`` what the user samples with (a closure running the
       scheduler loop from fixed noise, steps and guidance; `pipeline_sampler` makes one of a diffusers pipeline):
       the relative L2 error of its result against its result with the dense model (`lynx_compile.trajectory`).
@@ -102,7 +104,7 @@ def calibrate(
     register_model(model)  # its policy names its layers: lynx may place a block's graph in it (`regions`)
     bar = Progress("calibrate", progress, progress_bar)
     try:
-        with _running_eagerly():
+        with _running_eagerly(), _in_eval_mode(model):
             trajectory = None
             if sampler is not None:
                 bar.stage("running the sampler with the dense model (twice: the reference, and a determinism check)")
@@ -119,12 +121,35 @@ def _uncompiled(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
+def _in_eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, each module's mode restored after: calibration measures inference, and
+    a module in training mode (dropout, batch norm updating its statistics) would make it neither deterministic nor
+    leave the model as it found it."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
 def _running_eagerly() -> Iterator[None]:
     """Calibration measures through hooks on the model's linears, and compiled code (a module compiled in place, its
     blocks compiled one by one) runs past hooks added after it was compiled — its layers would measure nothing, and
     its "dense" reference would be its compiled output: so the model runs eagerly here, whatever was compiled."""
     with torch.compiler.set_stance("force_eager"):
         yield
+
+
+def _tied_weights(linears: dict[str, torch.nn.Linear]) -> dict[str, str]:
+    """The linears whose weight another linear holds too, each with the reason compiling gives."""
+    holders: dict[int, list[str]] = {}
+    for name, module in linears.items():
+        holders.setdefault(id(module.weight), []).append(name)
+    return {name: f"its weight is tied to {', '.join(repr(other) for other in names if other != name)}'s"
+            for names in holders.values() if len(names) > 1 for name in names}  # fmt: skip
 
 
 def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, target: float, lora_rank: int,
@@ -139,6 +164,15 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
             # words): measured as sparse, it would spend budget on an error the compiled model never makes.
             kept_dense[name] = (f"features K={module.in_features}, N={module.out_features} < "
                                 f"min_features={config.min_features}")  # fmt: skip
+    for name, module in linears.items():
+        if type(module).forward is not torch.nn.Linear.forward:
+            # its hooks would replace the whole output by the pruned F.linear, and drop the rest of its forward
+            kept_dense.setdefault(name, f"{type(module).__name__}: an nn.Linear subclass with a forward of its own, "
+                                        "which calibration cannot measure as the compiled model runs it")
+    for name, why in _tied_weights(linears).items():
+        # compiling with a policy keeps a layer whose weight another one shares dense (passes/find_linears.py):
+        # Dynamo names every use of the weight after one of them
+        kept_dense.setdefault(name, f"qualified name not recoverable: {why}")
 
     # Per layer: its output error on the inputs the dense model gives it (with norm compensation and without), its
     # output energy, its FLOPs.
@@ -149,6 +183,9 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
         def hook(module: torch.nn.Linear, args: tuple, out: torch.Tensor) -> None:
             x = args[0]
             flops[name] = flops.get(name, 0) + 2 * x.numel() * module.out_features
+            dtype = out.dtype  # the dtype the layer computes in, autocast's where it is on
+            if name not in kept_dense and dtype not in SUPPORTED_DTYPES:  # as compiling words it
+                kept_dense[name] = f"dtype {dtype} unsupported"
             if name in kept_dense:
                 return
             with_norm, without = (sparse_output(module, x, m, None) for m in (method, bare))

@@ -6,12 +6,13 @@ evaluations, the LoRA fit's statistics and the trajectory objective's sampler ru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
 from .lora import LoraAdapter
-from .method import Method, sparse_linear_ref, token_rows
+from .method import Method, cast_like_autocast, sparse_linear_ref, token_rows
 from .progress import Progress
 
 Call = tuple[tuple, dict]
@@ -27,6 +28,9 @@ def as_call(sample: Any) -> Call:
 
 
 def as_calls(samples: Iterable[Any], caller: str) -> list[Call]:
+    if isinstance(samples, (torch.Tensor, dict)):  # iterated, a tensor gives its rows and a dict its keys
+        raise TypeError(f"{caller} takes samples as a list of calls (each a tensor, a tuple of positional arguments "
+                        f"or a dict of keyword arguments), got a single {type(samples).__name__}: pass [sample]")
     calls = [as_call(sample) for sample in samples]
     if not calls:
         raise ValueError(f"{caller} needs at least one sample")
@@ -34,9 +38,28 @@ def as_calls(samples: Iterable[Any], caller: str) -> list[Call]:
 
 
 def first_tensor(out: Any) -> torch.Tensor:
-    while not isinstance(out, torch.Tensor):
-        out = out[0] if isinstance(out, (tuple, list)) else out.sample
-    return out
+    """The model output's first tensor, which calibration bounds: the output itself, or the first found in a tuple,
+    list or dict (in order), a dataclass's fields or a diffusers output's `sample`."""
+    found = _first_tensor_in(out)
+    if found is None:
+        raise TypeError(f"the model's output holds no tensor to measure the error of (got {type(out).__name__})")
+    return found
+
+
+def _first_tensor_in(out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):  # diffusers' outputs are ordered dicts too
+        items = list(out.values())
+    elif isinstance(out, (tuple, list)):
+        items = list(out)
+    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
+        items = [getattr(out, field.name) for field in dataclasses.fields(out)]
+    elif isinstance(getattr(out, "sample", None), torch.Tensor):
+        return out.sample
+    else:
+        return None
+    return next((found for item in items if (found := _first_tensor_in(item)) is not None), None)
 
 
 def linears_of(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
@@ -48,17 +71,33 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def sparse_output(module: torch.nn.Linear, x: torch.Tensor, method: Method, adapter: LoraAdapter | None):
-    """The layer's output as lynx runs it on x; None where it runs dense (too few tokens, K % m)."""
+    """The layer's output as lynx runs it on x; None where it runs dense (too few tokens, K % m). Under autocast, as
+    the compiled op (and F.linear) runs: its operands cast to the autocast dtype, computed and returned in it."""
     if not method.prunes(token_rows(x), module.in_features):
         return None
+    weight, bias, device_type = module.weight, module.bias, x.device.type
+    if torch.is_autocast_enabled(device_type):
+        x, weight, bias = cast_like_autocast((x, weight, bias), device_type, torch.get_autocast_dtype(device_type))
     lora = None if adapter is None else (adapter.a.to(x), adapter.b.to(x))
-    return sparse_linear_ref(x, module.weight, module.bias, method, lora)
+    with torch.autocast(device_type, enabled=False):
+        return sparse_linear_ref(x, weight, bias, method, lora)
+
+
+def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """A linear's input from its call: positional, or by keyword (`linear(input=x)`)."""
+    return args[0] if args else kwargs["input"]
 
 
 @contextlib.contextmanager
 def hooked(modules: dict[str, torch.nn.Module], make_hook: Callable[[str], Callable]) -> Iterator[None]:
-    """Forward hooks on the named modules for the duration of the block, under no_grad."""
-    handles = [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
+    """Forward hooks on the named modules for the duration of the block, under no_grad. A hook is called as
+    ``hook(module, (x,), out)`` however the layer was given x (`layer_input`)."""
+
+    def register(module: torch.nn.Module, hook: Callable) -> torch.utils.hooks.RemovableHandle:
+        return module.register_forward_hook(
+            lambda module, args, kwargs, out: hook(module, (layer_input(args, kwargs),), out), with_kwargs=True)
+
+    handles = [register(module, make_hook(name)) for name, module in modules.items()]
     try:
         with torch.no_grad():
             yield

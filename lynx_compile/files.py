@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 
 def write_atomically(path: Path, data: bytes) -> None:
     """`data` at `path` through a temporary file renamed over it: a reader sees the old file or the new one, never
-    half of one; the file's mode is 0666 less the umask, as for `open()`."""
+    half of one. The file's mode is the one it had, or for a new file 0666 less the umask, as for `open()`."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
     try:
+        if path.exists():
+            os.fchmod(descriptor, stat.S_IMODE(path.stat().st_mode))
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
             file.flush()

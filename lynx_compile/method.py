@@ -93,6 +93,17 @@ def pruning_residual(rows: torch.Tensor, method: Method) -> torch.Tensor:
     return rows.double() - kept
 
 
+def cast_like_autocast(value: object, device_type: str, dtype: torch.dtype) -> object:
+    """`value` (a tensor, or a list or tuple of them) as autocast casts a lower-precision op's operands: floating
+    point tensors on the autocast device, fp64 excepted, to `dtype`; the rest as they are."""
+    if isinstance(value, torch.Tensor):
+        eligible = value.is_floating_point() and value.device.type == device_type and value.dtype != torch.float64
+        return value.to(dtype) if eligible else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(cast_like_autocast(item, device_type, dtype) for item in value)
+    return value
+
+
 def token_rows(x: torch.Tensor) -> int:
     """Token rows of an activation (tokens × K, any leading shape)."""
     return math.prod(x.shape[:-1])

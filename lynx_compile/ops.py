@@ -48,7 +48,7 @@ from .folds import FoldSpec, assemble, compress, compress_cutlass, compress_fp8,
 from .kernel_op import kernel_op
 from .kernels.nm_prune import nm_keep_mask_ref, nm_prune, norm_scale_ref
 from .kernels.prune_compress_24 import compressed_shape, cutlass_operand, padded_rows
-from .method import Lora, token_rows
+from .method import Lora, cast_like_autocast, token_rows
 from .paths import get_path
 from .plan import SparseLinearPlan
 
@@ -349,16 +349,6 @@ def _group_backward(ctx, grad_outs):
 sparse_linear_group.register_autograd(_group_backward, setup_context=_setup_group_backward)
 
 
-def _cast_like_autocast(value: object, device_type: str, dtype: torch.dtype) -> object:
-    """ATen's autocast eligibility: floating point, on the autocast device, not fp64."""
-    if isinstance(value, torch.Tensor):
-        eligible = value.is_floating_point() and value.device.type == device_type and value.dtype != torch.float64
-        return value.to(dtype) if eligible else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_cast_like_autocast(item, device_type, dtype) for item in value)
-    return value
-
-
 def _register_autocast(op: torch._ops.OpOverload, cast: bool) -> None:
     """An autocast kernel per device: cast as a lower-precision op (`cast`) or not at all, then run with autocast off.
 
@@ -370,7 +360,7 @@ def _register_autocast(op: torch._ops.OpOverload, cast: bool) -> None:
 
         def kernel(keyset, *args, device_type=device_type, excluded=excluded):  # noqa: ANN001
             if cast:
-                args = _cast_like_autocast(args, device_type, torch.get_autocast_dtype(device_type))
+                args = cast_like_autocast(args, device_type, torch.get_autocast_dtype(device_type))
             with torch._C._ExcludeDispatchKeyGuard(excluded):
                 return op(*args)
 

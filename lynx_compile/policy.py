@@ -129,8 +129,10 @@ class Policy:
                 continue
             stored = self.adapters.get(name)
             if stored is None:
-                raise PolicyError(f"uses a rank-{layer.lora_rank} LoRA correction but no adapter is loaded for it "
-                                  "(load the policy with Policy.load, beside its adapter file)", layer=name,
+                where = (f"the {len(self.adapters)} adapter(s) loaded (from the policy's adapter file, with "
+                         f"Policy.load) hold none under this name: was the layer renamed?" if self.adapters else
+                         "none is loaded (load the policy with Policy.load, beside its adapter file)")  # fmt: skip
+                raise PolicyError(f"uses a rank-{layer.lora_rank} LoRA correction but {where}", layer=name,
                                   field="lora_rank")  # fmt: skip
             if stored.rank < layer.lora_rank:
                 raise PolicyError(f"asks for rank {layer.lora_rank}, its adapter has rank {stored.rank}", layer=name,
@@ -143,8 +145,13 @@ class Policy:
         """A copy where every layer matching a glob takes that decision, reported as an override. A full name the
         policy lacks (a layer its samples never reached) is added with that decision; a glob that matches no layer
         is logged."""
+        if not isinstance(overrides, Mapping):
+            raise TypeError(f"with_overrides takes a dict {{layer name or glob: 'sparse' or 'dense'}}, got "
+                            f"{type(overrides).__name__}")  # fmt: skip
         layers = dict(self.layers)
         for pattern, decision in overrides.items():
+            if not isinstance(pattern, str):
+                raise TypeError(f"with_overrides: a layer name or glob is a str, got {pattern!r}")
             if decision not in ("sparse", "dense"):
                 raise PolicyError(f"override decision must be 'sparse' or 'dense', got {decision!r}",
                                   field=f"overrides[{pattern!r}]")  # fmt: skip

@@ -6,10 +6,10 @@ Rules, each learnt from a way the files lost data before:
   since (the digest). The adapters go to ``<stem>.lora.safetensors``, so ``model.json`` never meets a single-file
   checkpoint ``model.safetensors``, and a JSON path ending in ``.safetensors`` is refused.
 - Nothing overwrites a file lynx did not write: an existing JSON is replaced only if it is a lynx policy, an existing
-  adapter file only if its metadata carries lynx's marker.
+  adapter file only if its metadata carries lynx's marker and names the same policy file.
 - Each file is written to a temporary file beside it, synced, then renamed over the target (`os.replace`), adapters
   first: a crash leaves the old pair or a JSON whose digest reveals the new adapters. New files get 0666 less the
-  umask, as `open(path, "w")` gives.
+  umask, as `open(path, "w")` gives; a file replaced keeps its mode.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def write_policy_files(path: Path, document: dict[str, Any], tensors: dict[str, 
         from safetensors.torch import save
 
         target = adapters_path(path)
-        _refuse_foreign_adapters(target)
+        _refuse_foreign_adapters(target, path.name)
         blob = save(tensors, metadata={"format": ADAPTER_FORMAT, "policy": path.name})
         write_atomically(target, blob)
         document["adapter_file"] = {"name": target.name, "sha256": hashlib.sha256(blob).hexdigest()}
@@ -142,16 +142,21 @@ def _refuse_foreign_json(path: Path) -> None:
                           source=str(path))  # fmt: skip
 
 
-def _refuse_foreign_adapters(path: Path) -> None:
+def _refuse_foreign_adapters(path: Path, policy_name: str) -> None:
+    """Refuse to replace an adapter file lynx did not write, or that holds another policy's adapters (policies whose
+    names share a stem, ``p_0.2`` and ``p_0.3`` or ``p`` and ``p.json``, would share ``p_0.lora.safetensors``)."""
     if not path.exists():
         return
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as file:
-            ours = (file.metadata() or {}).get("format") == ADAPTER_FORMAT
+            metadata = file.metadata() or {}
     except Exception:  # not a safetensors file at all
-        ours = False
-    if not ours:
+        metadata = {}
+    if metadata.get("format") != ADAPTER_FORMAT:
         raise PolicyError("adapter file exists and was not written by lynx: not overwriting it (save the policy "
                           "under another name)", source=str(path))  # fmt: skip
+    if metadata.get("policy", policy_name) != policy_name:
+        raise PolicyError(f"adapter file holds the adapters of the policy {metadata['policy']!r}: not overwriting "
+                          f"them (save the policy under a name of another stem)", source=str(path))  # fmt: skip

@@ -222,11 +222,15 @@ def collect_reports(model: torch.nn.Module | None = None) -> Iterator[Report]:
 
 def linears_outside(model: torch.nn.Module, report: Report) -> list[str]:
     """The model's `nn.Linear`s in none of the report's graphs, where the report's names are the model's and some
-    are (else unknown: none)."""
+    are (else unknown: none). A linear whose weight a shown one holds too ran in the graph under that one's name
+    (Dynamo names a tied weight's every use after one of its modules): not listed."""
     model = getattr(model, "_orig_mod", model)  # what torch.compile returned: the layers' names are the model's
-    linears = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    linears = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     shown = set(report.modules)
-    return [name for name in linears if name not in shown] if shown and shown <= set(linears) else []
+    if not shown or not shown <= set(linears):
+        return []
+    shown_weights = {id(linears[name].weight) for name in shown}
+    return [name for name, module in linears.items() if name not in shown and id(module.weight) not in shown_weights]
 
 
 def publish(sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:

@@ -270,3 +270,34 @@ def test_file_modes_follow_the_umask_like_open(tmp_path, umask):
     assert expected == 0o666 & ~umask
     for name in ("policy.json", "policy.lora.safetensors"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected
+
+
+def test_a_file_replaced_keeps_its_mode(tmp_path):
+    path = tmp_path / "policy.json"
+    lora_policy().save(path)
+    for file in (path, adapters_path(path)):
+        file.chmod(0o600)  # kept private by its owner
+    lora_policy().with_overrides({"up": "dense"}).save(path)
+    assert {stat.S_IMODE(file.stat().st_mode) for file in (path, adapters_path(path))} == {0o600}
+
+
+@pytest.mark.parametrize("first, second", [("policy_0.2", "policy_0.3"), ("p.json", "p")])
+def test_policies_whose_names_share_a_stem_never_overwrite_each_others_adapters(tmp_path, first, second):
+    policy = lora_policy()
+    policy.save(tmp_path / first)
+    with pytest.raises(PolicyError, match=f"holds the adapters of the policy '{first}': not overwriting them"):
+        lora_policy().save(tmp_path / second)
+    loaded = Policy.load(tmp_path / first)
+    assert loaded == policy and torch.equal(loaded.adapters["up"].a, policy.adapters["up"].a)
+
+
+def test_a_layer_renamed_in_the_json_says_its_adapter_is_missing_from_the_file(tmp_path):
+    path = edited(tmp_path, lambda doc: doc["layers"].update(renamed=doc["layers"].pop("up")), lora_policy())
+    with pytest.raises(PolicyError, match="layer 'renamed'.* the 2 adapter.s. loaded .* hold none under this name"):
+        Policy.load(path)
+
+
+@pytest.mark.parametrize("overrides, message", [([("up", "dense")], "takes a dict"), ({3: "dense"}, "is a str, got 3")])
+def test_overrides_of_the_wrong_form_are_a_clear_error(overrides, message):
+    with pytest.raises(TypeError, match=message):
+        plain_policy().with_overrides(overrides)

@@ -113,7 +113,10 @@ def _check_unplaced(root: str, sites: list[LinearSite], ctx: PassContext) -> Non
     advice = ("compile with lynx_compile.compile_repeated_blocks(model, options=...), which knows where each block "
               "is, or compile the whole model")
     calibrated_on = config.policy.model_class if config.policy is not None else ""
-    if calibrated_on and calibrated_on not in {cls.__name__ for cls in type(module).__mro__}:
+    # a model of another class whose layers the policy names as they are (a copy, a wrapper's twin) is matched as
+    # explain matches it; a block's names relative to itself all in the policy would be a coincidence
+    names_match = calibrated_on and all(site.name in config.policy.layers for site in sites)
+    if calibrated_on and calibrated_on not in {cls.__name__ for cls in type(module).__mro__} and not names_match:
         raise RegionError(f"lynx: this graph is rooted at a {kind}, the policy was calibrated on a {calibrated_on}: "
                           f"the graph's layer names ({example}) are relative to the {kind}, the policy's to the "
                           f"{calibrated_on}, so they cannot be matched. If the {kind} is a block compiled on its "
