@@ -148,7 +148,7 @@ def _tied_weights(linears: dict[str, torch.nn.Linear]) -> dict[str, str]:
     holders: dict[int, list[str]] = {}
     for name, module in linears.items():
         holders.setdefault(id(module.weight), []).append(name)
-    return {name: f"its weight is tied to {', '.join(repr(other) for other in names if other != name)}'s"
+    return {name: f"its weight is tied to that of {', '.join(repr(other) for other in names if other != name)}"
             for names in holders.values() if len(names) > 1 for name in names}  # fmt: skip
 
 
@@ -183,9 +183,8 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
         def hook(module: torch.nn.Linear, args: tuple, out: torch.Tensor) -> None:
             x = args[0]
             flops[name] = flops.get(name, 0) + 2 * x.numel() * module.out_features
-            dtype = out.dtype  # the dtype the layer computes in, autocast's where it is on
-            if name not in kept_dense and dtype not in SUPPORTED_DTYPES:  # as compiling words it
-                kept_dense[name] = f"dtype {dtype} unsupported"
+            if name not in kept_dense and out.dtype not in SUPPORTED_DTYPES:  # the dtype it computes in (autocast's)
+                kept_dense[name] = f"dtype {out.dtype} unsupported"  # as compiling words it
             if name in kept_dense:
                 return
             with_norm, without = (sparse_output(module, x, m, None) for m in (method, bare))

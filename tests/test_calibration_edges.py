@@ -110,7 +110,7 @@ def test_tied_linears_are_recorded_dense_and_the_policy_runs_as_it_says():
     model, x = Tied().eval(), samples()
     policy = calibrate(model, x, target=10.0, progress_bar=False)
     assert decisions(policy) == {"a": "dense", "b": "dense", "c": "sparse"}
-    assert "its weight is tied to 'b'" in policy.layers["a"].reason
+    assert "its weight is tied to that of 'b'" in policy.layers["a"].reason
     with torch.no_grad(), lynx_compile.collect_reports(model) as report:
         out = torch.compile(model, backend="lynx", options={"policy": policy, **EAGER})(x[0])
     assert {layer.name for layer in report.sparse_layers} == {"c"} and report.outside == []
