@@ -115,7 +115,7 @@ def _check_unplaced(root: str, sites: list[LinearSite], ctx: PassContext) -> Non
     calibrated_on = config.policy.model_class if config.policy is not None else ""
     # a model of another class whose layers the policy names as they are (a copy, a wrapper's twin) is matched as
     # explain matches it; a block's names relative to itself all in the policy would be a coincidence
-    names_match = calibrated_on and all(site.name in config.policy.layers for site in sites)
+    names_match = calibrated_on and all(config.policy.key_for(site.name) is not None for site in sites)
     if calibrated_on and calibrated_on not in {cls.__name__ for cls in type(module).__mro__} and not names_match:
         raise RegionError(f"lynx: this graph is rooted at a {kind}, the policy was calibrated on a {calibrated_on}: "
                           f"the graph's layer names ({example}) are relative to the {kind}, the policy's to the "
