@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from ._version import __version__
-from .checks import check_int, check_number
+from .checks import check_int, check_module, check_number, check_progress, names_of
 from .config import LynxConfig, parse_options
 from .eager import Call, as_calls, hooked, linears_of, relative_error, run_calls, run_sparsified, sparse_output
 from .float8 import is_float8_weight
@@ -89,6 +89,8 @@ def calibrate(
     whole-model and regional compilation (`lynx_compile.compile_repeated_blocks`) both decide by. The model is
     remembered (weakly), so that a graph of one of its blocks compiled later in this process can be placed in it.
     """
+    check_module("calibrate", model)
+    check_progress(progress, progress_bar)
     if sampler is not None:
         check_sampler(sampler)
     # A sampled result is never exactly reproducible on every device, so a zero bound on it would be noise.
@@ -336,6 +338,8 @@ def fit_lora(
     `Policy.with_lora`. Progress: a bar over the model calls (`progress_bar=False` hides it) and, to `progress`
     (e.g. `print`), a line per group.
     """
+    check_module("fit_lora", model)
+    check_progress(progress, progress_bar)
     check_int("rank", rank, 1)
     if ridge is not None:
         check_number("ridge", ridge, minimum=0)
@@ -365,7 +369,7 @@ def fit_lora_on_calls(
     does not run one on them): skipped by default, refused when named."""
     linears = linears_of(model)
     float8 = {name for name, module in linears.items() if is_float8_weight(module.weight)}
-    names = [name for name in linears if name not in float8] if layers is None else list(layers)
+    names = [name for name in linears if name not in float8] if layers is None else list(names_of(layers))
     missing = [name for name in names if name not in linears]
     if missing:
         raise ValueError(f"fit_lora: not nn.Linear modules of this model: {missing[:5]}")

@@ -8,7 +8,10 @@ Python's bool is an int and NaN compares False with everything, so plain `isinst
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
+
+import torch
 
 
 class OptionError(ValueError):
@@ -33,8 +36,28 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def is_finite_number(value: Any) -> bool:
-    """A finite real, bools excepted (an int of any size is finite; `math.isfinite` would overflow on a huge one)."""
-    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
+    """A finite real, bools excepted; an int only as far as a float holds it (lynx computes with it as a float)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) <= sys.float_info.max
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def check_module(caller: str, model: Any) -> None:
+    """`model` an nn.Module, or what torch.compile returned for one."""
+    if not isinstance(getattr(model, "_orig_mod", model), torch.nn.Module):
+        raise TypeError(f"{caller} takes the model as an nn.Module (or what torch.compile returned for it), got "
+                        f"{type(model).__name__}")  # fmt: skip
+
+
+def check_progress(progress: Any, progress_bar: Any) -> None:
+    if progress is not None and not callable(progress):
+        raise _fail("progress", "a callable taking a line of text (e.g. print), or None", progress)
+    check_bool("progress_bar", progress_bar)
+
+
+def names_of(value: Any) -> tuple:
+    """Names given as a list, tuple or other iterable, or as one string (one name, not its letters)."""
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def check_number(name: str, value: Any, *, minimum: float = -math.inf, above: bool = False) -> float:

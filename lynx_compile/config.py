@@ -238,6 +238,8 @@ _LYNX_FIELDS = tuple(f.name for f in dataclasses.fields(LynxConfig) if f.name no
 def _inductor_mode_options(mode: str | None) -> dict[str, Any]:
     if mode in (None, "default"):
         return {}
+    if not isinstance(mode, str) or not mode:  # torch reads "" as no mode, and returns every mode's settings
+        raise OptionError(f"lynx option 'mode' must be one of torch.compile's modes, got {mode!r}")
     import torch._inductor
 
     try:
@@ -309,6 +311,7 @@ def _path_names(value: Any) -> tuple[str, ...]:
 def parse_options(options: dict[str, Any] | LynxConfig | None = None, mode: str | None = None) -> LynxConfig:
     """Turn torch.compile's ``options``/``mode`` into a validated `LynxConfig`."""
     if isinstance(options, LynxConfig):
+        _check_given_once("mode", options.mode, mode)
         return options if mode is None else dataclasses.replace(options, mode=mode)
     if options is not None and not isinstance(options, dict):
         raise OptionError(f"lynx options must be a dict (or a LynxConfig), got {type(options).__name__}")
@@ -323,6 +326,7 @@ def parse_options(options: dict[str, Any] | LynxConfig | None = None, mode: str 
         if key in _LYNX_FIELDS:
             lynx[key] = value
         elif _is_inductor_option(key):
+            _check_given_once(key, inductor.get(key), value)
             inductor[key] = value
         else:
             unknown.append(key)
@@ -333,5 +337,13 @@ def parse_options(options: dict[str, Any] | LynxConfig | None = None, mode: str 
             "and any Inductor config name (e.g. 'triton.cudagraphs', 'max_autotune') is forwarded to Inductor"
         )
     if mode is not None:
+        _check_given_once("mode", lynx.get("mode"), mode)
         lynx["mode"] = mode
     return LynxConfig(**lynx, inductor=inductor)
+
+
+def _check_given_once(name: str, first: Any, second: Any) -> None:
+    """An option given two ways (`mode` beside options, an Inductor setting at the top level and in `inductor`)
+    must say the same both times: which to keep would be a guess."""
+    if first is not None and second is not None and first != second:
+        raise OptionError(f"lynx option {name!r} is given twice, as {first!r} and as {second!r}: give it once")

@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import torch
 
 from .backend import lynx_backend
+from .checks import check_bool
 from .config import LynxConfig, parse_options
 from .regional import compiled_privately, compiled_regionally
 from .regions import register_model
@@ -57,7 +58,8 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
         model = model._orig_mod
     parameters = _forward_parameters(model)
     options = _explains_own("options", options, lynx_options, parameters, kwargs)
-    fullgraph = bool(_explains_own("fullgraph", fullgraph, lynx_fullgraph, parameters, kwargs))
+    fullgraph = _explains_own("fullgraph", fullgraph, lynx_fullgraph, parameters, kwargs)
+    fullgraph = False if fullgraph is None else check_bool("fullgraph", fullgraph)
     config = dataclasses.replace(parse_options(options), compiler="eager")
     compiled_in_place = getattr(model, "_compiled_call_impl", None) is not None
     backend = functools.partial(lynx_backend, options=config)  # equal to no other backend: never a cache hit

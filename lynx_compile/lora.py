@@ -47,6 +47,8 @@ class LoraAdapter:
     b: torch.Tensor
 
     def __post_init__(self) -> None:
+        if not isinstance(self.a, torch.Tensor) or not isinstance(self.b, torch.Tensor):
+            raise TypeError(f"LoraAdapter takes two tensors, got {type(self.a).__name__} and {type(self.b).__name__}")
         if self.a.dim() != 2 or self.b.dim() != 2 or self.a.shape[1] != self.b.shape[0]:
             shapes = f"{tuple(self.a.shape)}, {tuple(self.b.shape)}"
             raise ValueError(f"LoRA adapter needs a (N, r) and b (r, K), got {shapes}")
@@ -55,8 +57,16 @@ class LoraAdapter:
     def rank(self) -> int:
         return self.b.shape[0]
 
+    def __eq__(self, other: object) -> bool:
+        """By value (the generated comparison would ask a tensor for its truth)."""
+        if not isinstance(other, LoraAdapter):
+            return NotImplemented
+        return torch.equal(self.a, other.a) and torch.equal(self.b, other.b)
+
+    __hash__ = object.__hash__
+
     def truncated(self, rank: int) -> LoraAdapter:
-        if not 0 <= rank <= self.rank:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= self.rank:
             raise ValueError(f"cannot truncate a rank-{self.rank} adapter to rank {rank}")
         return LoraAdapter(self.a[:, :rank], self.b[:rank])
 

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from .adapter_names import spellings, unwrapped
+from .checks import check_int
 from .lora import LoraAdapter, LoraSolution
 from .method import Method
 from .policy_files import adapters_path, read_policy_files, write_policy_files
@@ -84,11 +85,16 @@ class Policy:
             if not isinstance(name, str) or not isinstance(layer, LayerPolicy):
                 raise PolicyError(f"must map layer names to LayerPolicy, got {name!r}: {layer!r}", field="layers")
         check_record({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, lambda o: Method(**o))
+        if not isinstance(self.adapters, dict) or not all(
+                isinstance(name, str) and isinstance(adapter, LoraAdapter) for name, adapter in self.adapters.items()):
+            raise PolicyError(f"must be a dict of layer names to LoraAdapter, got {self.adapters!r}", field="adapters")
         self.check_adapters()
 
     def key_for(self, name: str) -> str | None:
         """The entry of `layers` for the layer called `name`: by that name, else by the one it has without peft's
         adapter wrapper, either way round (`adapter_names`); None if the policy has none, or two."""
+        if not isinstance(name, str):
+            raise TypeError(f"a layer name is a str, got {name!r}")
         if name in self.layers:
             return name
         plain = unwrapped(name)
@@ -167,6 +173,10 @@ class Policy:
 
     def with_lora(self, solutions: dict[str, LoraSolution], rank: int) -> Policy:
         """A copy where each layer with a solution runs its rank-`rank` correction (0 removes corrections)."""
+        if not isinstance(solutions, Mapping) or not all(isinstance(s, LoraSolution) for s in solutions.values()):
+            raise TypeError(f"with_lora takes a dict of layer names to LoraSolution (fit_lora's result), got "
+                            f"{type(solutions).__name__}")  # fmt: skip
+        check_int("rank", rank, 0)
         layers, adapters = dict(self.layers), dict(self.adapters)
         for name, solution in solutions.items():
             if name not in layers:
@@ -183,6 +193,8 @@ class Policy:
     def with_measurements(self, measurements: Mapping[str, Mapping[str, Any]]) -> Policy:
         """A copy carrying these speed-rule measurements too (e.g. `lynx_compile.measured()` after compiling on the
         GPU the policy will run on); a process compiling with it takes them instead of timing again."""
+        if not isinstance(measurements, Mapping):
+            raise TypeError(f"with_measurements takes a dict (lynx_compile.measured()'s), got {measurements!r}")
         return dataclasses.replace(self, measurements={**self.measurements, **{k: dict(v) for k, v in
                                                                                measurements.items()}})  # fmt: skip
 
@@ -235,8 +247,8 @@ class Policy:
         """Write the JSON to `path` and, when layers use corrections, the adapters to `adapters_path(path)`, which
         the JSON names; atomically, and never over a file lynx did not write (`policy_files`)."""
         tensors = {}
-        for name, adapter in sorted(self.adapters.items()):
-            if name in self.layers and self.layers[name].lora_rank:
+        for name, adapter in sorted(self.adapters.items()):  # a layer's whole fit, whatever rank it runs now
+            if name in self.layers:
                 tensors[f"{name}.lora_a"] = adapter.a.detach().to("cpu", torch.float32).contiguous()
                 tensors[f"{name}.lora_b"] = adapter.b.detach().to("cpu", torch.float32).contiguous()
         write_policy_files(Path(path), self.to_dict(), tensors)

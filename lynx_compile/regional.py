@@ -44,6 +44,7 @@ from typing import Any, Iterator
 
 import torch
 
+from .checks import check_module, names_of
 from .config import LynxConfig, parse_options
 from .messages import some_names
 from .regions import RegionSpec, inside, linear_name, qualified, register_model
@@ -80,12 +81,14 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
     compiled in both variants), and `compile_kwargs` the rest of torch.compile's arguments (``fullgraph``,
     ``dynamic``). Returns `model`.
     """
+    check_module("compile_repeated_blocks", model)
     if "backend" in compile_kwargs:  # `options` is a parameter of its own
         raise TypeError("compile_repeated_blocks: the backend is lynx; pass lynx options as options=")
     config = parse_options(options, mode)
+    _check_compile_kwargs(compile_kwargs)
     if steps is not None and not isinstance(steps, StepSchedule):
         raise TypeError(f"compile_repeated_blocks: steps must be a lynx_compile.StepSchedule, got {steps!r}")
-    names = tuple(blocks) if blocks is not None else tuple(getattr(model, "_repeated_blocks", None) or ())
+    names = names_of(blocks) if blocks is not None else tuple(getattr(model, "_repeated_blocks", None) or ())
     if not names or not all(isinstance(name, str) for name in names):
         raise ValueError(f"compile_repeated_blocks: {type(model).__name__} names no repeated blocks "
                          "(diffusers' _repeated_blocks); pass blocks=[class names]")  # fmt: skip
@@ -124,6 +127,19 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
                                                                           for path, _ in members))  # fmt: skip
     _log_regions(model, regions, config)
     return model
+
+
+def _check_compile_kwargs(compile_kwargs: dict[str, Any]) -> None:
+    """torch.compile's own checks of its arguments, before an earlier compilation of the model is undone: a typo
+    (``fulgraph=``) must not leave the model uncompiled. Wrapping a function compiles nothing."""
+    try:
+        torch.compile(_nothing, backend="eager", **compile_kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as error:
+        raise TypeError(f"compile_repeated_blocks: torch.compile refuses {compile_kwargs}: {error}") from None
+
+
+def _nothing() -> None:
+    pass
 
 
 def compiled_regionally(model: torch.nn.Module) -> RegionalCompile | None:

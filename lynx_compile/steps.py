@@ -19,18 +19,24 @@ In a sampling loop of one's own, ``schedule.at(i)`` before step i's model calls.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable
 
 
 class StepSchedule:
     """The denoising steps (0-based, in the order the sampler runs them) at which the compiled blocks run sparse."""
 
     def __init__(self, sparse_steps: Iterable[int], steps: int | None = None) -> None:
+        if isinstance(sparse_steps, (str, bytes)) or not isinstance(sparse_steps, Iterable):
+            raise TypeError(f"StepSchedule: sparse_steps must be an iterable of step indices, got {sparse_steps!r}")
         chosen = frozenset(sparse_steps)
-        if not all(isinstance(step, int) and not isinstance(step, bool) and step >= 0 for step in chosen):
+        if not all(_is_step(step) for step in chosen):
             raise ValueError(f"StepSchedule: sparse_steps must be step indices ≥ 0, got {sorted(chosen, key=str)}")
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"StepSchedule: steps must be a positive int, got {steps!r}")
+        if steps is not None and max(chosen, default=0) >= steps:
+            raise ValueError(f"StepSchedule: sparse steps {sorted(step for step in chosen if step >= steps)} are "
+                             f"past the last of {steps} steps (0-based)")  # fmt: skip
         self.sparse_steps, self.steps = chosen, steps
         self.step = 0
 
@@ -41,6 +47,8 @@ class StepSchedule:
 
     def at(self, step: int) -> None:
         """Make `step` the current one (a sampling loop of one's own calls this before the step's model calls)."""
+        if not _is_step(step):
+            raise ValueError(f"StepSchedule.at: a step index ≥ 0, got {step!r}")
         self.step = step
 
     def __call__(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
@@ -55,6 +63,10 @@ class StepSchedule:
 
     def __repr__(self) -> str:
         return f"StepSchedule(sparse_steps={sorted(self.sparse_steps)}, steps={self.steps}, step={self.step})"
+
+
+def _is_step(step: Any) -> bool:
+    return isinstance(step, int) and not isinstance(step, bool) and step >= 0
 
 
 def by_step(schedule: StepSchedule, sparse: Callable[..., Any], dense: Callable[..., Any], *args: Any,

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from .checks import OptionError
+from .checks import OptionError, check_int
 from .eager import Call, relative_error, sparsified
 from .lora import LoraAdapter
 from .method import Method
@@ -132,6 +132,11 @@ def pipeline_sampler(pipe: Any, *, seed: int = 0, output_type: str = "latent", *
         sampler = lynx_compile.pipeline_sampler(pipe, prompt="a lynx", num_inference_steps=28, guidance_scale=3.5)
         policy = lynx_compile.calibrate(pipe.transformer, sampler=sampler, target=0.2)
     """
+    if not callable(pipe):
+        raise TypeError(f"pipeline_sampler takes a diffusers pipeline (or a callable like one), got {pipe!r}")
+    check_int("seed", seed, 0)
+    if "generator" in call_arguments:
+        raise TypeError("pipeline_sampler seeds a generator of its own for every run (seed=); do not pass one")
 
     def sample(model: torch.nn.Module) -> torch.Tensor:
         transformer = getattr(pipe, "transformer", None)

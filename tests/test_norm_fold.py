@@ -203,6 +203,29 @@ def test_a_norm_with_a_bias_and_no_weight_is_not_folded_and_matches_eager(compil
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
+class DefaultEpsRmsNorm(nn.Module):
+    def __init__(self, dim=64):
+        super().__init__()
+        self.norm, self.fc = nn.RMSNorm(dim), nn.Linear(dim, dim)  # eps None: torch's default
+
+    def forward(self, t):
+        return self.fc(self.norm(t))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_an_rms_norm_with_the_default_eps_folds_with_torchs(dtype):
+    """torch's rms_norm without eps takes the epsilon of the type it computes in: fp32's for 16-bit inputs, not the
+    inputs' own (7.8e-3 for bf16, which on small activations changed x by half)."""
+    torch.manual_seed(0)
+    module, t = DefaultEpsRmsNorm().to(dtype).eval(), (0.05 * torch.randn(2, 12, 64)).to(dtype)
+    options = {"execution": "simulate", "min_tokens": 1, "compiler": "eager"}
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        out = torch.compile(module, backend="lynx", options=options)(t)
+        expected = simulated(module.norm(t), module.fc)
+    assert "rms_norm(affine) folded" in report.layers[0].reason, report.layers[0].reason
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_a_fold_whose_match_its_op_would_refuse_leaves_x_as_it_is(monkeypatch):
     """A matcher's slip (inputs its op's `check` refuses) must leave x unfolded, not fail in the compiled model."""
 

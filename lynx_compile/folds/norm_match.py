@@ -129,8 +129,8 @@ def norm_call(node: torch.fx.Node, x: torch.fx.Node, x_value: torch.Tensor):
     k = x_value.shape[-1]
     if not isinstance(source, torch.fx.Node) or list(shape if isinstance(shape, (list, tuple)) else [shape]) != [k]:
         return None
-    if eps is None:  # rms_norm's default
-        eps = torch.finfo(fake_value(source).dtype).eps
+    if eps is None:  # rms_norm's default: the epsilon of the type it computes in (fp32 for 16-bit inputs)
+        eps = torch.finfo(torch.promote_types(fake_value(source).dtype, torch.float32)).eps
     if not isinstance(eps, (int, float)):
         return None
     if bias is not None and weight is None:  # F.layer_norm(t, shape, None, b): no affine kind loads a bias alone

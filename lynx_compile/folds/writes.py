@@ -2,10 +2,12 @@
 
 A fold makes x where the linear runs, from its producer's inputs: `t = fc1(x); h = gelu(t); t.mul_(-3); fc2(h)`
 folded would read t after the write and compute fc2(gelu(-3t)). So a fold is refused where a node between its
-producer and the linear writes in place to a tensor that shares storage with what the producer reads — as far as
-the graph shows it: a written tensor is followed back through views (and through in-place ops, which return what
-they wrote) to the node that made its storage, and so are the producer's inputs. Writes to other tensors, and
-writes before the producer, which the producer itself saw, leave the fold alone.
+producer and the linear writes in place to a tensor that shares storage with what the producer reads: as the graph
+shows it (a written tensor followed back through views, and through in-place ops, which return what they wrote, to
+the node that made its storage; so are the producer's inputs), and as the traced values show it, where the graph
+does not (a cast that returns its input unchanged, `t.float()` of an fp32 t; two graph inputs over one storage:
+their fake tensors share it). Writes to other tensors, and writes before the producer, which the producer itself
+saw, leave the fold alone.
 """
 
 from __future__ import annotations
@@ -71,14 +73,27 @@ def storage(node: torch.fx.Node) -> torch.fx.Node:
     return node
 
 
+def storages(node: torch.fx.Node) -> set:
+    """Keys of the storage `node` lives in: the node that made it (`storage`), and where its traced value is a
+    tensor, that value's storage."""
+    keys: set = {storage(node)}
+    value = node.meta.get("example_value", node.meta.get("val"))
+    if isinstance(value, torch.Tensor):
+        try:
+            keys.add(("storage", value.untyped_storage()._cdata))
+        except (RuntimeError, NotImplementedError):  # a tensor without a storage of its own (a subclass)
+            pass
+    return keys
+
+
 def write_past_the_fold(found: FoldMatch, x: torch.fx.Node) -> torch.fx.Node | None:
     """A node that writes in place, between the fold's producer and the last of x's users, to storage the producer
     reads (`found.inputs`, and the absorbed nodes' own inputs); None where there is none."""
     absorbed = set(found.absorbed)
     if not absorbed or not x.users:
         return None
-    read = {storage(node) for node in found.inputs if isinstance(node, torch.fx.Node)}
-    read |= {storage(arg) for node in absorbed for arg in node.all_input_nodes}
+    read = {key for node in found.inputs if isinstance(node, torch.fx.Node) for key in storages(node)}
+    read |= {key for node in absorbed for arg in node.all_input_nodes for key in storages(arg)}
     users, node = set(x.users), x
     while users:  # forward to the last user of x
         node = node.next
@@ -90,6 +105,6 @@ def write_past_the_fold(found: FoldMatch, x: torch.fx.Node) -> torch.fx.Node | N
         absorbed.discard(node)
         if node.op == "root":
             return None
-        if any(storage(target) in read for target in written(node)):
+        if any(storages(target) & read for target in written(node)):
             return node
     return None

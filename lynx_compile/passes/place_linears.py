@@ -149,7 +149,8 @@ def _warn_about_unmatched_globs(ctx: PassContext, named_in: list[object]) -> Non
         if not any(config.matches(pattern, name) for name in names) and _glob_warnings.first((option, pattern, kind)):
             example = ", ".join(repr(site.name) for site in ctx.sites[:3])
             logger.warning("lynx: %s pattern %r matches no layer of the %s compiled here (its layers are named like "
-                           "%s: relative to the module torch.compile was given); compile the whole model, or use "
+                           "%s: relative to the module torch.compile was given). A typo? Or a full name given to a "
+                           "block compiled on its own: then compile the whole model, or use "
                            "lynx_compile.compile_repeated_blocks(model, options=...), which names layers in full",
                            option, pattern, kind, example)  # fmt: skip
 
