@@ -205,6 +205,11 @@ class LynxConfig:
             data = {**data, "policy": Policy.from_dict(data["policy"])}
         return cls(**data)
 
+    def __hash__(self) -> int:
+        """By `cache_key`: a frozen config is hashable although its `inductor` dict and a policy are not; configs
+        that compare equal have equal keys."""
+        return hash(self.cache_key())
+
     def cache_key(self) -> str:
         """Everything that changes what the lynx passes emit, as a stable string (for Inductor's FX graph cache);
         a policy's adapters by the hash of their content."""

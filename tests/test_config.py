@@ -127,3 +127,8 @@ def test_the_inductor_slot_lynx_lowers_in_is_refused_when_the_options_are_read()
         parse_options({"post_grad_custom_post_pass": None})
     with pytest.raises(OptionError, match="post_grad_custom_post_pass"):
         LynxConfig(inductor={"post_grad_custom_post_pass": None})
+
+
+def test_a_config_is_hashable_as_a_frozen_dataclass_is_and_equal_configs_hash_alike():
+    first, second = LynxConfig(inductor={"max_autotune": True}), LynxConfig(inductor={"max_autotune": True})
+    assert first == second and hash(first) == hash(second) and len({first, second, LynxConfig()}) == 2
