@@ -1,5 +1,6 @@
 """Checks of user-given settings, with errors that name the setting: options at torch.compile time (`LynxConfig`,
-`Method`) and the arguments of `calibrate` and `fit_lora`.
+`Method`) and the public functions' arguments (`calibrate`, `fit_lora`, `compile_repeated_blocks`, ...), made before
+any model call or compile work.
 
 Python's bool is an int and NaN compares False with everything, so plain `isinstance`/`<` checks let `n=True` and
 `min_speedup=nan` through (the latter would make every speed comparison pass); these helpers refuse both.

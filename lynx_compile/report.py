@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import torch
 
+from .checks import check_module
 from .messages import some_names
 from .passes.utils import LinearSite
 
@@ -207,9 +208,8 @@ def collect_reports(model: torch.nn.Module | None = None) -> Iterator[Report]:
     a later call that recompiles only some of them, the others' linears are listed too. Where no graph compiled in
     the block holds a linear of the model (it compiled before; only other code compiled), none is listed.
     """
-    if model is not None and not isinstance(getattr(model, "_orig_mod", model), torch.nn.Module):
-        raise TypeError(f"lynx.collect_reports takes the model as an nn.Module (or what torch.compile returned for "
-                        f"it), got {type(model).__name__}")  # fmt: skip
+    if model is not None:
+        check_module("lynx.collect_reports", model)
     report = Report()
     _active.reports.append(report)
     try:
