@@ -347,7 +347,7 @@ def fit_lora(
     calls = as_calls(samples, "fit_lora")
     bar = Progress("fit_lora", progress, progress_bar)
     try:
-        with _running_eagerly():
+        with _running_eagerly(), _in_eval_mode(model):
             return fit_lora_on_calls(_uncompiled(model), calls, parse_options(options), rank=rank, layers=layers,
                                      ridge=ridge, memory_budget=memory_budget, progress=bar)  # fmt: skip
     finally:

@@ -206,9 +206,10 @@ class LynxConfig:
         return cls(**data)
 
     def __hash__(self) -> int:
-        """By `cache_key`: a frozen config is hashable although its `inductor` dict and a policy are not; configs
-        that compare equal have equal keys."""
-        return hash(self.cache_key())
+        """By its scalar fields (a frozen config is hashable, though its `inductor` dict and a policy are not):
+        configs that compare equal have them equal, and Python hashes 2 and 2.0 alike."""
+        return hash((self.execution, self.n, self.m, self.norm_compensation, self.min_tokens, self.min_features,
+                     self.min_speedup, self.include, self.exclude, self.mode, self.compiler))
 
     def cache_key(self) -> str:
         """Everything that changes what the lynx passes emit, as a stable string (for Inductor's FX graph cache);

@@ -83,19 +83,25 @@ def sparse_output(module: torch.nn.Linear, x: torch.Tensor, method: Method, adap
         return sparse_linear_ref(x, weight, bias, method, lora)
 
 
-def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    """A linear's input from its call: positional, or by keyword (`linear(input=x)`)."""
-    return args[0] if args else kwargs["input"]
+def layer_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """A linear's input from its call: positional, or by keyword (`linear(input=x)`; a subclass's forward may name
+    it otherwise: its first keyword); None for a call without one."""
+    if args:
+        return args[0]
+    return kwargs.get("input", next(iter(kwargs.values()), None))
 
 
 @contextlib.contextmanager
 def hooked(modules: dict[str, torch.nn.Module], make_hook: Callable[[str], Callable]) -> Iterator[None]:
     """Forward hooks on the named modules for the duration of the block, under no_grad. A hook is called as
-    ``hook(module, (x,), out)`` however the layer was given x (`layer_input`)."""
+    ``hook(module, (x,), out)`` however the layer was given x (`layer_input`; not called where it had none)."""
 
     def register(module: torch.nn.Module, hook: Callable) -> torch.utils.hooks.RemovableHandle:
-        return module.register_forward_hook(
-            lambda module, args, kwargs, out: hook(module, (layer_input(args, kwargs),), out), with_kwargs=True)
+        def called(module: torch.nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+            x = layer_input(args, kwargs)
+            return None if not isinstance(x, torch.Tensor) else hook(module, (x,), out)
+
+        return module.register_forward_hook(called, with_kwargs=True)
 
     handles = [register(module, make_hook(name)) for name, module in modules.items()]
     try:

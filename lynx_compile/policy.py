@@ -244,8 +244,9 @@ class Policy:
         return cls.from_dict(data, adapters or {})
 
     def save(self, path: str | Path) -> None:
-        """Write the JSON to `path` and, when layers use corrections, the adapters to `adapters_path(path)`, which
-        the JSON names; atomically, and never over a file lynx did not write (`policy_files`)."""
+        """Write the JSON to `path` and, where the policy holds adapters of its layers (used or turned down to rank
+        0), those to `adapters_path(path)`, which the JSON names; atomically, and never over a file lynx did not
+        write or another policy's adapters (`policy_files`)."""
         tensors = {}
         for name, adapter in sorted(self.adapters.items()):  # a layer's whole fit, whatever rank it runs now
             if name in self.layers:

@@ -19,6 +19,7 @@ In a sampling loop of one's own, ``schedule.at(i)`` before step i's model calls.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -30,13 +31,10 @@ class StepSchedule:
         if isinstance(sparse_steps, (str, bytes)) or not isinstance(sparse_steps, Iterable):
             raise TypeError(f"StepSchedule: sparse_steps must be an iterable of step indices, got {sparse_steps!r}")
         chosen = frozenset(sparse_steps)
-        if not all(_is_step(step) for step in chosen):
+        if not all(_step_index(step) is not None for step in chosen):
             raise ValueError(f"StepSchedule: sparse_steps must be step indices ≥ 0, got {sorted(chosen, key=str)}")
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"StepSchedule: steps must be a positive int, got {steps!r}")
-        if steps is not None and max(chosen, default=0) >= steps:
-            raise ValueError(f"StepSchedule: sparse steps {sorted(step for step in chosen if step >= steps)} are "
-                             f"past the last of {steps} steps (0-based)")  # fmt: skip
         self.sparse_steps, self.steps = chosen, steps
         self.step = 0
 
@@ -47,9 +45,10 @@ class StepSchedule:
 
     def at(self, step: int) -> None:
         """Make `step` the current one (a sampling loop of one's own calls this before the step's model calls)."""
-        if not _is_step(step):
+        index = _step_index(step)
+        if index is None:
             raise ValueError(f"StepSchedule.at: a step index ≥ 0, got {step!r}")
-        self.step = step
+        self.step = index
 
     def __call__(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
         """diffusers' ``callback_on_step_end``: step `step_index` has run, so the next one is current; after the
@@ -65,8 +64,15 @@ class StepSchedule:
         return f"StepSchedule(sparse_steps={sorted(self.sparse_steps)}, steps={self.steps}, step={self.step})"
 
 
-def _is_step(step: Any) -> bool:
-    return isinstance(step, int) and not isinstance(step, bool) and step >= 0
+def _step_index(step: Any) -> int | None:
+    """`step` as a step index (an int ≥ 0, or what stands for one: a numpy int, a 0-d integer tensor), else None."""
+    if isinstance(step, bool):
+        return None
+    try:
+        index = operator.index(step)
+    except TypeError:
+        return None
+    return index if index >= 0 else None
 
 
 def by_step(schedule: StepSchedule, sparse: Callable[..., Any], dense: Callable[..., Any], *args: Any,

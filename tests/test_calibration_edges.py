@@ -160,3 +160,25 @@ def test_a_policy_applied_to_another_class_with_its_layer_names_decides_as_expla
     explained = lynx_compile.explain(Unrelated().eval(), x, options={"policy": policy, **EAGER})
     assert [(layer.name, layer.decision) for layer in report.layers] == [("up", "sparse"), ("down", "sparse")]
     assert [(layer.name, layer.decision) for layer in explained.layers] == [("up", "sparse"), ("down", "sparse")]
+
+
+class ScaledByKeyword(nn.Linear):
+    def forward(self, hidden, scale=1.0):  # its input by another name
+        return super().forward(hidden) * scale
+
+
+class CallsByKeyword(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj, self.out = ScaledByKeyword(32, 64), nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.out(self.proj(hidden=x, scale=2.0))
+
+
+def test_a_subclass_called_by_its_own_keyword_is_recorded_dense_and_fit_lora_keeps_the_mode():
+    policy = calibrate(CallsByKeyword().eval(), samples(), target=10.0, progress_bar=False)
+    assert decisions(policy) == {"proj": "dense", "out": "sparse"}
+    model = Noisy()  # train mode
+    lynx_compile.fit_lora(model, samples(), rank=2, progress_bar=False)
+    assert model.norm.num_batches_tracked == 0 and all(module.training for module in model.modules())

@@ -132,3 +132,4 @@ def test_the_inductor_slot_lynx_lowers_in_is_refused_when_the_options_are_read()
 def test_a_config_is_hashable_as_a_frozen_dataclass_is_and_equal_configs_hash_alike():
     first, second = LynxConfig(inductor={"max_autotune": True}), LynxConfig(inductor={"max_autotune": True})
     assert first == second and hash(first) == hash(second) and len({first, second, LynxConfig()}) == 2
+    assert hash(LynxConfig(min_speedup=2)) == hash(LynxConfig(min_speedup=2.0))  # equal, so hashed alike
