@@ -61,6 +61,13 @@ def names_of(value: Any) -> tuple:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def check_names(name: str, value: Any, expected: str) -> tuple[str, ...]:
+    """An option of one name or a list or tuple of them (`names_of`), each a str."""
+    if not isinstance(value, (str, list, tuple)) or not all(isinstance(item, str) for item in names_of(value)):
+        raise OptionError(f"lynx option {name!r} must be {expected}, got {value!r}")
+    return names_of(value)
+
+
 def check_number(name: str, value: Any, *, minimum: float = -math.inf, above: bool = False) -> float:
     """A finite real number ≥ `minimum` (> it with `above`)."""
     expected = f"a finite number {'>' if above else '>='} {minimum}"

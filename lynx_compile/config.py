@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .adapter_names import ADAPTER_LINEAR_REASON, is_adapter_linear, spellings
-from .checks import OptionError, check_bool, check_choice, check_int, check_number
+from .checks import OptionError, check_bool, check_choice, check_int, check_names, check_number
 from .lora import tensor_digest
 from .method import Method
 from .policy import Policy, as_policy
@@ -293,25 +293,19 @@ def _check_inductor_options(entries: Any) -> None:
 
 def _globs(name: str, value: Any) -> tuple[str, ...]:
     """One glob or a list/tuple of them, as a tuple."""
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(pattern, str) for pattern in value):
-        raise OptionError(f"lynx option {name!r} must be a glob string or a list of glob strings, got {value!r}")
-    return tuple(value)
+    return check_names(name, value, "a glob string or a list of glob strings")
 
 
 def _path_names(value: Any) -> tuple[str, ...]:
     """One sparse path's name or a list of them, each a registered sparse path."""
     from .paths import PATHS  # here: the paths import the method, which imports this module's neighbours
 
-    names = (value,) if isinstance(value, str) else value
-    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
-        raise OptionError(f"lynx option 'sparse_paths' must be a path's name or a list of them, got {value!r}")
+    names = check_names("sparse_paths", value, "a path's name or a list of them")
     sparse = sorted(name for name, path in PATHS.items() if path.execution == "sparse")
     unknown = [name for name in names if name not in sparse]
     if unknown:
         raise OptionError(f"lynx option 'sparse_paths': unknown path(s) {unknown}; registered here: {sparse}")
-    return tuple(names)
+    return names
 
 
 def parse_options(options: dict[str, Any] | LynxConfig | None = None, mode: str | None = None) -> LynxConfig:

@@ -264,8 +264,7 @@ def warn_about_uncompiled_layers(placement: Placement, policy: Any) -> None:
     model = placement.model_ref() if placement.model_ref is not None else None
     # by its sparse layers, not id(policy): a policy given as a path is read again for each graph
     sparse = frozenset(name for name, layer in policy.layers.items() if layer.decision == "sparse")
-    key = (placement.model, hash(sparse))
-    if model is None or not _uncompiled_layers_warnings.first(key):
+    if model is None or not _uncompiled_layers_warnings.first((placement.model, sparse)):
         return
     compiled = [path for path, module in model.named_modules() if module.__dict__.get("_compiled_call_impl")]
     if not compiled:  # no module compiled on its own: a whole-model compile with graph breaks inside the blocks

@@ -384,7 +384,9 @@ def _warn_about_execution(ctx: PassContext) -> None:
     """Once a process per device: where the execution asked for cannot be had there (`execution_warning`)."""
     for device, float8 in {(site.device, site.float8) for site in ctx.sites}:
         key = (ctx.config.execution, str(device), float8)
-        message = execution_warning(ctx.config.execution, device, float8) if key not in _execution_warnings else None
+        if key in _execution_warnings:
+            continue
+        message = execution_warning(ctx.config.execution, device, float8)
         if message and _execution_warnings.first(key):
             logger.warning("lynx: %s", message)
 

@@ -44,7 +44,7 @@ def resolve_execution(execution: str, device: torch.device, float8: bool = False
     simulating would only make the model slower."""
     if execution != "auto":
         return execution
-    if any(path.runs_on(device) for path in paths_for("sparse", float8)):
+    if _sparse_runs_on(device, float8):
         return "sparse"
     return "dense" if device.type == "cuda" else "simulate"
 
@@ -53,11 +53,16 @@ def execution_warning(execution: str, device: torch.device, float8: bool = False
     """What a user who asked for `execution` should hear where no sparse path (of the weight's kind) runs on the
     device, as every linear there then stays dense."""
     stays_dense = execution == "sparse" or execution == "auto" and device.type == "cuda"
-    if not stays_dense or any(path.runs_on(device) for path in paths_for("sparse", float8)):
+    if not stays_dense or _sparse_runs_on(device, float8):
         return None
     return (f"no sparse path runs on {_device_name(device)}{' for float8 weights' if float8 else ''}: its linears "
             f"stay dense under execution={execution!r} (explain gives each layer's reason; execution='simulate' "
             "runs the method's numerics there, through dense GEMMs)")  # fmt: skip
+
+
+def _sparse_runs_on(device: torch.device, float8: bool) -> bool:
+    """Whether some sparse path (of the weight's kind) runs on the device."""
+    return any(path.runs_on(device) for path in paths_for("sparse", float8))
 
 
 def _device_name(device: torch.device) -> str:
