@@ -12,7 +12,8 @@ kernels, and with the row held in registers (read once, the GELU computed once) 
 the same for x = GELU(t) at 4608 × 12288, as FLUX's MLP down-projections read it, Wan's GELU(t) at 14040 × 13824
 and plain 4608 × 15360 and × 12288. For each, the FP8 kernel at its own blocking with the first read of a long row
 taking the largest value before the activation (`RAW_MAX`, the default; its maxima two to a word, the default, or
-one a member) and through it (`raw_max=False`).
+one a member) and through it (`raw_max=False`). Last, Z-Image's SwiGLU down-projection input silu(a) · b at
+4352 × 10240 (a gated fold: the general kernels only, 16-bit and FP8).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ SHAPES = [(4608, 3072), (4608, 12288), (4608, 15360), (14040, 5120), (1024, 3072
 CAT_GELU, GELU = FoldSpec("concat", ("none", "gelu_tanh")), FoldSpec("activation", ("gelu_tanh",))
 FOLDED_SHAPES = [(CAT_GELU, 4608, (3072, 12288)), (CAT_GELU, 1024, (3072, 12288)), (GELU, 4608, (12288,)),
                  (GELU, 14040, (13824,)), (IDENTITY, 4608, (15360,)), (IDENTITY, 4608, (12288,))]  # fmt: skip
+GATED_SHAPES = [(FoldSpec("gated", ("silu",)), 4352, 10240)]  # (fold, rows, K): x = silu(a) · b, a and b M × K
 HELD_WARPS = (4, 8, 16)  # FP8 rows this long held in registers (read once, GELU once) in this many warps a program
 FIRST_READS = {"raw_max": dict(raw_max=True, packed=True), "raw_max_one_a_member": dict(raw_max=True, packed=False),
                "statistics_through_activation": dict(raw_max=False, packed=True)}  # fmt: skip
@@ -142,6 +144,14 @@ def main() -> None:
         rows_out.append(row)
         print(f"{m}x{k} {folded.encode()}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items()
                                                          if key.endswith("_us")), flush=True)  # fmt: skip
+    for folded, m, k in GATED_SHAPES:
+        operands, loader = loading([torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in "ab"], folded)
+        row = {"M": m, "K": k, "fold": folded.encode(),
+               "general_us": 1e3 * cuda_graph_ms(lambda: prune_compress_24_cutlass(operands, loader)),
+               "fp8_general_us": 1e3 * cuda_graph_ms(lambda: prune_quantize_compress_fp8(operands, loader))}
+        rows_out.append(row)
+        print(f"{m}x{k} {folded.encode()}: general {row['general_us']:.1f}  fp8_general {row['fp8_general_us']:.1f}",
+              flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows_out}, indent=1))
 

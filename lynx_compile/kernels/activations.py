@@ -15,6 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .e4m3 import hardware_cast
+
 try:
     import triton
     import triton.language as tl
@@ -55,24 +57,52 @@ def activation_vjp(grad: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tens
     return torch.ops.aten.gelu_backward(grad, x, approximate=GELU_APPROXIMATE[name])
 
 
+# GELU-tanh's exponent −2·u·log2(e), u = sqrt(2/π)·(x + 0.044715·x³), as x·(A + B·x²): two multiplies and an fma
+_GELU_TANH_A = -2.0 * math.log2(math.e) * math.sqrt(2.0 / math.pi)
+_GELU_TANH_B = _GELU_TANH_A * 0.044715
+
 if triton is not None:
+    from triton.language.extra import libdevice
+
+    # Compiled kernels divide by the reciprocal's approximation (2 instructions: `div.approx`) and round pairs of
+    # values to 16 bits by one conversion, which the interpreter lacks; decided at import, as `triton.jit` decides
+    # whether to interpret
+    COMPILED = tl.constexpr(hardware_cast())
+    _A = tl.constexpr(_GELU_TANH_A)
+    _B = tl.constexpr(_GELU_TANH_B)
+    _MINUS_LOG2_E = tl.constexpr(-math.log2(math.e))
+
+    @triton.jit
+    def _divide(numerator, denominator):
+        """numerator / denominator in fp32 within 2 ulp (`div.approx`; the interpreter's exact division): a
+        denominator past 2^126 gives 0, where the activations' quotients are below bf16's and fp16's smallest
+        values anyway."""
+        if COMPILED:
+            return libdevice.fast_dividef(numerator, denominator)
+        else:
+            return numerator / denominator
+
+    @triton.jit
+    def activation_f32(f, ACTIVATION: tl.constexpr):
+        """activation(f) of fp32 f, in fp32, not rounded (`apply_activation` rounds it). GELU-tanh as
+        f / (1 + 2^(f·(A + B·f²))), which equals 0.5·f·(1 + tanh(u)) without tanh (missing from the interpreter) and
+        without cancellation near u = 0; SiLU as f / (1 + 2^(−f·log2 e)). Each is within a few fp32 ulp of the exact
+        formula, far below the bf16/fp16 rounding that follows. GELU-tanh's arithmetic is 7 instructions, 2 of them
+        on the special-function unit (written term by term, with `exp`'s range check and the full-range division,
+        it was 16–17: the compressors' largest cost where it is folded)."""
+        if ACTIVATION == 1:
+            f = 0.5 * f * (1.0 + tl.erf(f * 0.7071067811865476))
+        elif ACTIVATION == 2:
+            f = _divide(f, 1.0 + tl.exp2(f * (_A + _B * (f * f))))
+        elif ACTIVATION == 3:
+            f = _divide(f, 1.0 + tl.exp2(f * _MINUS_LOG2_E))
+        return f
 
     @triton.jit
     def apply_activation(x, ACTIVATION: tl.constexpr):
-        """x → activation(x) in fp32, rounded back to x's dtype. GELU-tanh as x·sigmoid(2u), which equals
-        0.5·x·(1 + tanh(u)) without tanh (missing from the interpreter) and without cancellation near u = 0; the
-        approximate division is within 2 fp32 ulp, far below the bf16/fp16 rounding that follows. SiLU as
-        x / (1 + exp(−x)), the same way."""
-        if ACTIVATION == 1:
-            f = x.to(tl.float32)
-            x = (0.5 * f * (1.0 + tl.erf(f * 0.7071067811865476))).to(x.dtype)
-        elif ACTIVATION == 2:
-            f = x.to(tl.float32)
-            u = 0.7978845608028654 * (f + 0.044715 * f * f * f)  # sqrt(2/π)·(x + 0.044715·x³)
-            x = tl.fdiv(f, 1.0 + tl.exp(-2.0 * u), ieee_rounding=False).to(x.dtype)  # IEEE division: many instr.
-        elif ACTIVATION == 3:
-            f = x.to(tl.float32)
-            x = tl.fdiv(f, 1.0 + tl.exp(-f), ieee_rounding=False).to(x.dtype)
+        """x (16-bit floats) → activation(x) computed in fp32 (`activation_f32`), rounded back to x's dtype."""
+        if ACTIVATION != 0:
+            x = activation_f32(x.to(tl.float32), ACTIVATION).to(x.dtype)
         return x
 
     @triton.jit

@@ -1,8 +1,9 @@
 """2:4 groups as 64-bit words: the pieces both one-pass compressors (`prune_compress_24_single_pass.py`, 16-bit,
 and `quantize_fp8_single_pass.py`, FP8) are made of. A thread loads a pair of groups of four 16-bit floats as two
-64-bit words (`load_pairs`), takes the members out of a word by shifts (`group_members`, through a folded
-activation where X is made on load), ranks them by integer keys (`kept_masks`: magnitude bits, NaN clamped to
-+inf's, the index to break ties) and places the two kept in CUTLASS's slots (`kept_members`, `stored_slots`).
+64-bit words (`load_pairs`), applies a folded activation to a word where X is made on load (`activated_group`),
+takes the members out of it by shifts (`group_members`), ranks them by integer keys (`kept_masks`: magnitude bits,
+NaN clamped to +inf's, the index to break ties) and places the two kept in CUTLASS's slots (`kept_members`,
+`stored_slots`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .activations import apply_activation
+    from .activations import COMPILED, activation_f32
 except ImportError:
     triton = None
 
@@ -30,39 +31,63 @@ if triton is not None:
 
     @triton.jit
     def activated(f, ACTIVATION: tl.constexpr, FP16: tl.constexpr):
-        """act(f) as the folds' loaders make it (`apply_activation`: fp32, rounded to X's dtype), as fp32, and its
-        magnitude bits."""
-        if FP16:
-            x = apply_activation(f.to(tl.float16), ACTIVATION)
-        else:
-            x = apply_activation(f.to(tl.bfloat16), ACTIVATION)
+        """act(f) of a 16-bit value f held in fp32, as the folds' loaders make it (`apply_activation`: fp32, rounded
+        to X's dtype), as fp32, and its magnitude bits."""
+        f = activation_f32(f, ACTIVATION)
+        x = f.to(tl.float16) if FP16 else f.to(tl.bfloat16)
         return x.to(tl.float32), x.to(tl.int16, bitcast=True).to(tl.int32) & 0x7FFF
 
     @triton.jit
-    def piece_activated(f, m, head, HEAD: tl.constexpr, TAIL: tl.constexpr, FP16: tl.constexpr):
-        """f (and its magnitude bits m) through the activation of the piece it lies in (`head`: the first)."""
-        if HEAD == TAIL:
-            if HEAD != 0:
-                f, m = activated(f, HEAD, FP16)
+    def rounded_word(low, high, FP16: tl.constexpr):
+        """fp32 `low` and `high` rounded to X's dtype and packed in an int32 word, as `halves` reads it: where
+        compiled by one conversion for both (PTX's `cvt.rn.bf16x2.f32` / `.f16x2`: a conversion a value is as slow
+        as the special functions', the activations' exponential and reciprocal), the same rounding as two."""
+        if COMPILED:
+            if FP16:
+                return tl.inline_asm_elementwise("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,r,r", [low, high],
+                                                 dtype=tl.int32, is_pure=True, pack=1)  # fmt: skip
+            return tl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,r,r", [low, high], dtype=tl.int32,
+                                             is_pure=True, pack=1)  # fmt: skip
         else:
-            f_head, m_head, f_tail, m_tail = f, m, f, m
-            if HEAD != 0:
-                f_head, m_head = activated(f, HEAD, FP16)
-            if TAIL != 0:
-                f_tail, m_tail = activated(f, TAIL, FP16)
-            f, m = tl.where(head, f_head, f_tail), tl.where(head, m_head, m_tail)
-        return f, m
+            dtype = tl.float16 if FP16 else tl.bfloat16
+            low, high = low.to(dtype).to(tl.int16, bitcast=True), high.to(dtype).to(tl.int16, bitcast=True)
+            return (low.to(tl.int32) & 0xFFFF) | (high.to(tl.int32) << 16)
 
     @triton.jit
-    def group_members(group, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr):
-        """A group's four members of X (fp32) and their magnitudes' bits, from its 64-bit word, through the
-        activation of its piece."""
+    def activated_word(word, ACTIVATION: tl.constexpr, FP16: tl.constexpr):
+        """An int32 word of two 16-bit members through the activation, as a word (`activated`, two at a time)."""
+        low, high, _, _ = halves(word, FP16)
+        return rounded_word(activation_f32(low, ACTIVATION), activation_f32(high, ACTIVATION), FP16)
+
+    @triton.jit
+    def piece_word(word, head, HEAD: tl.constexpr, TAIL: tl.constexpr, FP16: tl.constexpr):
+        """An int32 word of two members through the activation of the piece it lies in (`head`: the first)."""
+        if HEAD == TAIL:
+            if HEAD != 0:
+                word = activated_word(word, HEAD, FP16)
+        else:
+            word_head, word_tail = word, word
+            if HEAD != 0:
+                word_head = activated_word(word, HEAD, FP16)
+            if TAIL != 0:
+                word_tail = activated_word(word, TAIL, FP16)
+            word = tl.where(head, word_head, word_tail)
+        return word
+
+    @triton.jit
+    def activated_group(group, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr):
+        """A group's 64-bit word of four 16-bit members, each through the activation of its piece: X's bits."""
+        if HEAD == 0 and TAIL == 0:
+            return group
+        low = piece_word(group.to(tl.int32), head, HEAD, TAIL, FP16)
+        high = piece_word((group >> 32).to(tl.int32), head, HEAD, TAIL, FP16)
+        return low.to(tl.uint32, bitcast=True).to(tl.int64) | (high.to(tl.int64) << 32)
+
+    @triton.jit
+    def group_members(group, FP16: tl.constexpr):
+        """A group's four members (fp32) and their magnitudes' bits, from its 64-bit word."""
         f0, f1, m0, m1 = halves(group.to(tl.int32), FP16)
         f2, f3, m2, m3 = halves((group >> 32).to(tl.int32), FP16)
-        f0, m0 = piece_activated(f0, m0, head, HEAD, TAIL, FP16)
-        f1, m1 = piece_activated(f1, m1, head, HEAD, TAIL, FP16)
-        f2, m2 = piece_activated(f2, m2, head, HEAD, TAIL, FP16)
-        f3, m3 = piece_activated(f3, m3, head, HEAD, TAIL, FP16)
         return f0, f1, f2, f3, m0, m1, m2, m3
 
     @triton.jit

@@ -45,7 +45,9 @@ try:
     import triton
     import triton.language as tl
 
-    from .group_words import chunk_pairs, group_members, kept_masks, kept_members, load_pairs, stored_slots
+    from .group_words import (
+        activated_group, chunk_pairs, group_members, kept_masks, kept_members, load_pairs, stored_slots,
+    )
 except ImportError:
     triton = None
 
@@ -57,39 +59,17 @@ PAIRS_PER_PROGRAM = 128
 if triton is not None:
 
     @triton.jit
-    def _code(f, FP16: tl.constexpr):
-        """The 16-bit float f (held as an exact fp32) as its bits, in the low half of an int32."""
-        if FP16:
-            return f.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        return f.to(tl.bfloat16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-
-    @triton.jit
-    def _stored_code(group, shift, f, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr):
-        """A member's bits as stored: its own bits in the word where its piece is read as it is (NaN payloads kept),
-        else the bits of the activation's result f."""
-        raw = (group >> shift).to(tl.int32) & 0xFFFF
-        if HEAD == 0 and TAIL == 0:
-            return raw
-        elif HEAD == 0:
-            return tl.where(head, raw, _code(f, FP16))
-        elif TAIL == 0:
-            return tl.where(head, _code(f, FP16), raw)
-        else:
-            return _code(f, FP16)
-
-    @triton.jit
     def _pruned_group(group, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, INF: tl.constexpr):
         """A group's two stored slots in one int32 word (slot lo's bits low), its metadata nibble lo | hi << 2, its
         energy ‖x‖² and its kept energy ‖x̃‖² (`stored_slots`: stored are the kept nonzeros, -0.0 is zero)."""
-        f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, head, FP16, HEAD, TAIL)
+        group = activated_group(group, head, FP16, HEAD, TAIL)  # X's bits, stored as they are (NaN payloads kept)
+        f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, FP16)
         k0, k1, k2, k3 = kept_masks(m0, m1, m2, m3, INF)
         q0, q1, q2, q3 = f0 * f0, f1 * f1, f2 * f2, f3 * f3
         _, q_lo, _, q_hi = kept_members(k0, k1, k2, k3, q0, q1, q2, q3)
         lo, lo_code, hi, hi_code = kept_members(
-            k0, k1, k2, k3, _stored_code(group, 0, f0, head, FP16, HEAD, TAIL),
-            _stored_code(group, 16, f1, head, FP16, HEAD, TAIL),
-            _stored_code(group, 32, f2, head, FP16, HEAD, TAIL),
-            _stored_code(group, 48, f3, head, FP16, HEAD, TAIL))  # fmt: skip
+            k0, k1, k2, k3, group.to(tl.int32) & 0xFFFF, (group >> 16).to(tl.int32) & 0xFFFF,
+            (group >> 32).to(tl.int32) & 0xFFFF, (group >> 48).to(tl.int32) & 0xFFFF)  # fmt: skip
         word, nibble = stored_slots(lo, lo_code, hi, hi_code, 16)
         return word, nibble, q0 + q1 + q2 + q3, q_lo + q_hi
 

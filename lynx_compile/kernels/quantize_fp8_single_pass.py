@@ -45,8 +45,8 @@ try:
 
     from .e4m3 import _E4M3_MAX, quantize_e4m3, quantize_e4m3_pair
     from .group_words import (
-        activated, chunk_pairs, group_members, halves, kept_masks, kept_members, load_pairs, packed_extremes,
-        packed_max, larger_half_bits, larger_half_value, stored_byte_slots,
+        activated, activated_group, chunk_pairs, group_members, halves, kept_masks, kept_members, load_pairs,
+        packed_extremes, packed_max, larger_half_bits, larger_half_value, stored_byte_slots,
     )
 except ImportError:
     triton = None
@@ -73,7 +73,7 @@ if triton is not None:
         metadata nibble, the kept energy plus its own) — only the two kept members are quantized; without, (its four
         codes in one word, 0, the energy); last, `energy` plus the group's ‖x‖² (used where the statistics' read
         left it out, `RAW_MAX`; else dead code)."""
-        f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, head, FP16, HEAD, TAIL)
+        f0, f1, f2, f3, m0, m1, m2, m3 = group_members(activated_group(group, head, FP16, HEAD, TAIL), FP16)
         energy = energy + f0 * f0 + f1 * f1 + f2 * f2 + f3 * f3
         if PRUNE:
             k0, k1, k2, k3 = kept_masks(m0, m1, m2, m3, INF)
@@ -91,8 +91,8 @@ if triton is not None:
     def _statistics(even, odd, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr):
         """Per pair: ‖x‖², and the largest magnitude's bits (amax |x| = amax |x̃|: a group's largest is kept), which
         also tell NaN (above +inf's) where a float max would drop it; the caller reduces them along the row."""
-        e0, e1, e2, e3, a0, a1, a2, a3 = group_members(even, head, FP16, HEAD, TAIL)
-        o0, o1, o2, o3, b0, b1, b2, b3 = group_members(odd, head, FP16, HEAD, TAIL)
+        e0, e1, e2, e3, a0, a1, a2, a3 = group_members(activated_group(even, head, FP16, HEAD, TAIL), FP16)
+        o0, o1, o2, o3, b0, b1, b2, b3 = group_members(activated_group(odd, head, FP16, HEAD, TAIL), FP16)
         energy = e0 * e0 + e1 * e1 + e2 * e2 + e3 * e3 + o0 * o0 + o1 * o1 + o2 * o2 + o3 * o3
         top = tl.maximum(tl.maximum(tl.maximum(a0, a1), tl.maximum(a2, a3)),
                          tl.maximum(tl.maximum(b0, b1), tl.maximum(b2, b3)))  # fmt: skip

@@ -35,3 +35,17 @@ def test_negative_inputs_stay_below_the_bound_and_the_rest_never_decreases(name,
         # once reached, the bound stays reached, and nothing below a value reaching it is larger
         assert reaching.any() and torch.equal(reaching, running_max >= NEGATIVE_PEAK[ACTIVATIONS[name]])
         assert torch.equal(running_max[reaching], rest[reaching])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", [name for name in ACTIVATIONS if name != "none"])
+def test_every_value_is_torchs_to_one_rounding(name, dtype):
+    # the kernels' formulas (compiled: approximate exponential and division) against torch's on all 2^16 inputs:
+    # within one rounding step of the dtype, or both below 1e-6 (where torch's 1 + tanh(u) cancels to nothing);
+    # wherever torch's is finite (its exact GELU overflows from 1.7e38 on, where the kernels' gives x)
+    x = every_value(dtype)
+    ulp = 2**-7 if dtype == torch.bfloat16 else 2**-10
+    expected = activation_ref(x, name).float()
+    finite = expected.isfinite()
+    assert finite.float().mean() > 0.99
+    torch.testing.assert_close(activate(x, name).float()[finite], expected[finite], rtol=ulp, atol=1e-6)

@@ -1,10 +1,12 @@
 """`group_words.packed_extremes`: a pair of groups' largest value and largest magnitude kept two to a 32-bit word
-(PTX's max.bf16x2 / max.f16x2, compiled only: the GPU), against the same maxima taken one member at a time."""
+(PTX's max.bf16x2 / max.f16x2, compiled only: the GPU), against the same maxima taken one member at a time; and
+`group_words.rounded_word`: two fp32 values rounded to 16 bits by one conversion (PTX's cvt.rn.bf16x2.f32 /
+.f16x2.f32), against torch rounding each."""
 
 import pytest
 import torch
 
-from lynx_compile.kernels.group_words import larger_half_bits, larger_half_value, packed_extremes
+from lynx_compile.kernels.group_words import larger_half_bits, larger_half_value, packed_extremes, rounded_word
 
 pytestmark = pytest.mark.gpu
 
@@ -24,6 +26,13 @@ if triton is not None:
         high, magnitude = packed_extremes(even, odd, FP16)
         tl.store(high_ptr + index, larger_half_value(high, FP16), mask=index < N)
         tl.store(magnitude_ptr + index, larger_half_bits(magnitude), mask=index < N)
+
+    @triton.jit
+    def _rounded_kernel(low_ptr, high_ptr, word_ptr, N, FP16: tl.constexpr, BLOCK: tl.constexpr):
+        index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        low = tl.load(low_ptr + index, mask=index < N, other=0.0)
+        high = tl.load(high_ptr + index, mask=index < N, other=0.0)
+        tl.store(word_ptr + index, rounded_word(low, high, FP16), mask=index < N)
 
 
 def awkward_members(pairs, dtype):
@@ -61,3 +70,25 @@ def test_packed_maxima_equal_the_maxima_taken_one_member_at_a_time(dtype):
     bits = (members.view(torch.int16).int() & 0x7FFF).max(dim=1).values
     magnitude = magnitude.cpu()
     assert torch.equal(magnitude[~nan], bits[~nan]) and (magnitude[nan] > infinity).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="PTX: compiled kernels only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_word_rounded_by_one_conversion_holds_each_value_rounded_alone(dtype):
+    # fp32 bit patterns of every kind (NaN payloads, ±inf, subnormals, past the dtype's range), ordinary values, and
+    # values halfway between two of the dtype's (ties to even)
+    generator = torch.Generator().manual_seed(1)
+    values = torch.randint(-(2**31), 2**31, (2, 8192), generator=generator, dtype=torch.int64).int().view(torch.float32)
+    values[:, :2048] = torch.randn(2, 2048, generator=generator) * 10.0 ** torch.randint(-6, 6, (2, 2048))
+    step = torch.finfo(dtype).eps
+    values[:, 2048:2560] = (torch.randn(2, 512, generator=generator).to(dtype).float() * (1 + step / 2))
+    values[0, :6] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-45])
+    word = torch.empty(values.shape[1], dtype=torch.int32, device="cuda")
+    low, high = values[0].cuda(), values[1].cuda()
+    _rounded_kernel[(triton.cdiv(len(word), 256),)](low, high, word, len(word), FP16=dtype == torch.float16,
+                                                    BLOCK=256)  # fmt: skip
+    halves = word.cpu().view(torch.int16).view(-1, 2).view(dtype)  # little-endian: `low` in the low half
+    expected = values.t().to(dtype)
+    nan = expected.isnan()
+    assert torch.equal(halves.isnan(), nan)
+    assert torch.equal(halves[~nan].view(torch.int16), expected[~nan].view(torch.int16))
