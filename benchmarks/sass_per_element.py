@@ -3,7 +3,9 @@ without a GPU: the instructions a thread executes over the elements it handles â
 does not loop, and where it reads a row in chunks (FLUX's K = 3072: three), the code outside its loops plus each
 loop's body once a chunk. Pointers, strides and K are compiled as known multiples of 16, as Triton's launcher
 specializes them at these shapes (without it Triton loads a pair of groups as two 64-bit words in two threads and
-counts come out 10-25% off).
+counts come out 10-25% off). Rows with a GELU folded (x = GELU(t), read on load) are counted where every loop
+runs: the 16-bit kernel's, and the FP8 kernel's held in registers (read twice, its fallback loop, which only rows of
+small values run, would count as executed).
 
     python benchmarks/sass_per_element.py      # any machine with Triton's NVIDIA backend (its ptxas and nvdisasm)
 
@@ -27,6 +29,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from lynx_compile.kernels import prune_compress_24 as general  # noqa: E402
+from lynx_compile.kernels.activations import ACTIVATIONS  # noqa: E402
 from lynx_compile.kernels.nm_prune import NORM_EPS  # noqa: E402
 from lynx_compile.kernels import prune_compress_24_single_pass as single_pass  # noqa: E402
 from lynx_compile.kernels import quantize_fp8_single_pass as fp8  # noqa: E402
@@ -73,26 +76,33 @@ def executed(listing: list[str], trips: int) -> int:
     return total
 
 
-def one_pass_16_bit(k: int) -> tuple[str, int, int]:
+def one_pass_16_bit(k: int, activation: str = "none") -> tuple[str, int, int]:
     rows, pairs, chunks = fp8.checked_blocks(k, single_pass.PAIRS_PER_PROGRAM, None)
     warps = fp8.warps(rows, pairs)
+    code = ACTIVATIONS[activation]
     listing = sass_listing(single_pass._single_pass_kernel, ONE_PASS_SIGNATURE,
-                           {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HEAD": 0, "TAIL": 0,
-                            "FP16": False, "TWO": False, "HEAD_CHUNKS": 0}, warps)  # fmt: skip
-    return f"16-bit one pass, K = {k}", executed(listing, chunks), rows * k // (32 * warps)
+                           {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HEAD": code,
+                            "TAIL": code, "FP16": False, "TWO": False, "HEAD_CHUNKS": 0}, warps)  # fmt: skip
+    name = f"16-bit one pass, K = {k}" + ("" if activation == "none" else f", {activation} folded")
+    return name, executed(listing, chunks), rows * k // (32 * warps)
 
 
-def one_pass_fp8(k: int) -> tuple[str, int, int]:
+def one_pass_fp8(k: int, activation: str = "none") -> tuple[str, int, int]:
+    """(Rows read twice with a folded activation are not counted: their fallback loop, which only rows of small
+    values run, would be counted as executed.)"""
     rows, pairs, chunks = fp8.checked_blocks(k, fp8.PAIRS_PER_PROGRAM, None)
     held = chunks == 1 or chunks * pairs <= fp8.HELD_PAIRS
+    assert held or activation == "none", "the fallback loop would be counted"
     warps = fp8.warps(rows, pairs)
+    code = ACTIVATIONS[activation]
     listing = sass_listing(fp8._single_pass_kernel, {**ONE_PASS_SIGNATURE, "values_ptr": "*fp8e4nv"},
-                           {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HELD": held, "HEAD": 0,
-                            "TAIL": 0, "PRUNE": True, "NORM": True, "FP16": False, "TWO": False, "HARDWARE_CAST": True,
-                            "HEAD_CHUNKS": 0, "RAW_MAX": not held, "NEGATIVE_PEAK": fp8.NEGATIVE_PEAK[0],
-                            "PACKED": True},
+                           {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HELD": held, "HEAD": code,
+                            "TAIL": code, "PRUNE": True, "NORM": True, "FP16": False, "TWO": False,
+                            "HARDWARE_CAST": True, "HEAD_CHUNKS": 0, "RAW_MAX": not held,
+                            "NEGATIVE_PEAK": fp8.NEGATIVE_PEAK[code], "PACKED": True},
                            warps)  # fmt: skip
     name = f"FP8 one pass, K = {k}" + ("" if held else " (read twice)")
+    name += "" if code == 0 else f", {activation} folded"
     return name, executed(listing, chunks), rows * k // (32 * warps)
 
 
@@ -109,11 +119,11 @@ def general_16_bit() -> tuple[str, int, int]:
 
 
 def main() -> None:
-    rows = [one_pass_16_bit(3072), one_pass_16_bit(12288), general_16_bit()]
-    rows += [one_pass_fp8(k) for k in (3072, 5120, 12288)]
+    rows = [one_pass_16_bit(3072), one_pass_16_bit(12288), one_pass_16_bit(12288, "gelu_tanh"), general_16_bit()]
+    rows += [one_pass_fp8(k) for k in (3072, 5120, 12288)] + [one_pass_fp8(3072, "gelu_tanh")]
     print(f"triton {triton.__version__}, sm_90, bf16, CUTLASS layout")
     for name, count, elements in rows:
-        print(f"{name:38} {count:5} instructions a thread, {elements:3} elements: {count / elements:5.1f} per element")
+        print(f"{name:46} {count:5} instructions a thread, {elements:3} elements: {count / elements:5.1f} per element")
 
 
 if __name__ == "__main__":
