@@ -65,8 +65,7 @@ if triton is not None:
     from triton.language.extra import libdevice
 
     # Compiled kernels divide by the reciprocal's approximation (2 instructions: `div.approx`) and round pairs of
-    # values to 16 bits by one conversion, which the interpreter lacks; decided at import, as `triton.jit` decides
-    # whether to interpret
+    # values to 16 bits by one conversion, which the interpreter lacks (`hardware_cast`: what `triton.jit` decided)
     COMPILED = tl.constexpr(hardware_cast())
     _A = tl.constexpr(_GELU_TANH_A)
     _B = tl.constexpr(_GELU_TANH_B)

@@ -5,8 +5,6 @@ down by half (127.35 → 64 instead of 128) and turns NaN into 384."""
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 try:
@@ -69,5 +67,7 @@ if triton is not None:
 
 
 def hardware_cast() -> bool:
-    """Whether kernels round with the GPU's cast (compiled) rather than by hand (interpreted)."""
-    return os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+    """Whether lynx's kernels run compiled (rounding with the GPU's cast) rather than under Triton's interpreter (CPU
+    tests: by hand), as `triton.jit` decided when it defined them (from `TRITON_INTERPRET` or Triton's own setting,
+    however either is spelled)."""
+    return triton is not None and isinstance(e4m3_code, triton.runtime.JITFunction)

@@ -1,6 +1,10 @@
 """The fused 2:4 prune + rowwise e4m3 quantization + compress kernel (and its dense twin) against the pure-torch
 references, bit for bit, on awkward inputs."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -113,6 +117,19 @@ def test_rounding_matches_torchs_cast_where_the_interpreters_does_not(value):
     x = torch.tensor([[value, 448.0] + [0.0] * 126], dtype=torch.float32, device=DEVICE).to(torch.bfloat16)
     quantized, _ = quantize_rows_fp8(x)
     assert bits(quantized)[0, 0] == bits(x[:, :1].float().to(torch.float8_e4m3fn))[0, 0]
+
+
+@pytest.mark.parametrize("setting", ["1", "true", "0", "false", ""])
+def test_the_kernels_round_as_triton_runs_them_however_the_interpreter_is_asked_for(setting):
+    # the kernels pick the GPU's instructions (cast, packed maxima, approximate division) by `hardware_cast`, which
+    # must say what `triton.jit` made of them: under TRITON_INTERPRET=false they are compiled, not interpreted
+    probe = ("import triton; from lynx_compile.kernels.e4m3 import hardware_cast; "
+             "from lynx_compile.kernels.activations import COMPILED; "
+             "print(hardware_cast(), bool(COMPILED), bool(triton.knobs.runtime.interpret))")
+    env = {**os.environ, "TRITON_INTERPRET": setting}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    compiled, constant, interpreted = out.split()
+    assert compiled == constant == str(interpreted == "False")
 
 
 @pytest.mark.parametrize("single_pass", [None, False])
