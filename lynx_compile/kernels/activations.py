@@ -73,9 +73,10 @@ if triton is not None:
 
     @triton.jit
     def _divide(numerator, denominator):
-        """numerator / denominator in fp32 within 2 ulp (`div.approx`; the interpreter's exact division): a
-        denominator past 2^126 gives 0, where the activations' quotients are below bf16's and fp16's smallest
-        values anyway."""
+        """numerator / denominator in fp32 within 2 ulp (`div.approx.ftz`; the interpreter's exact division).
+        Compiled, a quotient below fp32's normal range (< 2^-126) flushes to ±0, and so does any over a denominator
+        past 2^126: the activations' results for |x| < 2^-125 (≈ x/2 there) and SiLU's for x ≤ −87.5 (≈ −5e-37),
+        which torch keeps as bf16 values; no kept member or norm changes by more than that."""
         if COMPILED:
             return libdevice.fast_dividef(numerator, denominator)
         else:

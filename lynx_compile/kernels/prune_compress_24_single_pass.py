@@ -62,7 +62,8 @@ if triton is not None:
     def _pruned_group(group, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, INF: tl.constexpr):
         """A group's two stored slots in one int32 word (slot lo's bits low), its metadata nibble lo | hi << 2, its
         energy ‖x‖² and its kept energy ‖x̃‖² (`stored_slots`: stored are the kept nonzeros, -0.0 is zero)."""
-        group = activated_group(group, head, FP16, HEAD, TAIL)  # X's bits, stored as they are (NaN payloads kept)
+        # X's bits, stored as they are (a piece read without an activation keeps its NaN payloads)
+        group = activated_group(group, head, FP16, HEAD, TAIL)
         f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, FP16)
         k0, k1, k2, k3 = kept_masks(m0, m1, m2, m3, INF)
         q0, q1, q2, q3 = f0 * f0, f1 * f1, f2 * f2, f3 * f3

@@ -3,6 +3,8 @@
 `group_words.rounded_word`: two fp32 values rounded to 16 bits by one conversion (PTX's cvt.rn.bf16x2.f32 /
 .f16x2.f32), against torch rounding each."""
 
+import math
+
 import pytest
 import torch
 
@@ -76,12 +78,14 @@ def test_packed_maxima_equal_the_maxima_taken_one_member_at_a_time(dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_a_word_rounded_by_one_conversion_holds_each_value_rounded_alone(dtype):
     # fp32 bit patterns of every kind (NaN payloads, ±inf, subnormals, past the dtype's range), ordinary values, and
-    # values halfway between two of the dtype's (ties to even)
+    # values exactly halfway between two neighbours of the dtype (ties: to even)
     generator = torch.Generator().manual_seed(1)
     values = torch.randint(-(2**31), 2**31, (2, 8192), generator=generator, dtype=torch.int64).int().view(torch.float32)
     values[:, :2048] = torch.randn(2, 2048, generator=generator) * 10.0 ** torch.randint(-6, 6, (2, 2048))
-    step = torch.finfo(dtype).eps
-    values[:, 2048:2560] = (torch.randn(2, 512, generator=generator).to(dtype).float() * (1 + step / 2))
+    normals = torch.randn(2, 1024, generator=generator).to(dtype).float()  # fp16's normal range, or bf16's
+    mantissa = round(-math.log2(torch.finfo(dtype).eps))  # bits: 7 for bf16, 10 for fp16
+    halfway = 1 << (23 - mantissa - 1)  # the first fp32 mantissa bit the dtype drops
+    values[:, 2048:3072] = (normals.view(torch.int32) | halfway).view(torch.float32)
     values[0, :6] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-45])
     word = torch.empty(values.shape[1], dtype=torch.int32, device="cuda")
     low, high = values[0].cuda(), values[1].cuda()
