@@ -5,7 +5,8 @@ output and writes X = GELU(·) densely, only for the compressor to read X back. 
 GELU's input and apply it on load (`prune_compress_24(..., activations=...)`), so X is never written.
 
 The activated value is rounded to the input's dtype before pruning, as the unfused kernel's store would round it, so
-the pruning sees what an unfused model's X would hold (up to the last fp32 bit of the activation's own formula).
+the pruning sees what an unfused model's X would hold (up to the last fp32 bit of the activation's own formula,
+and results below 1e-36 flushed to zero where compiled: `_divide`).
 """
 
 from __future__ import annotations
