@@ -1,6 +1,6 @@
 """GPU checks of lynx's CUTLASS sparse GEMM (`pytest -m gpu`; skipped without an sm_90 GPU, nvcc or CUTLASS's headers):
-the Triton compressor against CUTLASS's own, the kernel against the reference, graph replays, and the path in a
-compiled model."""
+the Triton compressor against its reference and CUTLASS's own compressor, the kernel against the reference, graph
+replays, and the path in a compiled model."""
 
 import pytest
 import torch
@@ -11,10 +11,11 @@ from lynx_compile.folds import IDENTITY, FoldSpec, compress_cutlass, loading
 from lynx_compile.kernels import cutlass_gemm
 from lynx_compile.kernels import prune_compress_24_single_pass as one_pass
 from lynx_compile.kernels.cutlass_gemm import CONFIGS, RASTERS, GemmConfig
-from lynx_compile.kernels.cutlass_layout import sparse_mm_ref
+from lynx_compile.kernels.cutlass_layout import prune_compress_24_ref, sparse_mm_ref
 from lynx_compile.kernels.nm_prune import nm_prune_ref
 from lynx_compile.kernels.prune_compress_24 import prune_compress_24_cutlass
 
+from cutlass_compressor import assert_same_product_as_cutlass_compressor
 from generated_code import extern_gemm_calls, kernel_launches, op_calls
 from group_patterns import every_group
 
@@ -42,14 +43,14 @@ def awkward_activation(rows: int, k: int, dtype: torch.dtype, seed: int) -> torc
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows, k", [(1, 64), (37, 192), (333, 3072), (1000, 12288), (14040, 512),
                                      (333, 2560)])  # 5 chunks of 64 pairs: a 2-warp program  # fmt: skip
-def test_compressor_is_bit_exact_with_cutlass_compressor(rows, k, dtype, single_pass):
+def test_compressor_is_bit_exact_with_its_reference_and_computes_as_cutlass_compressor(rows, k, dtype, single_pass):
     x = awkward_activation(rows, k, dtype, rows + k)
     values, metadata, scale = compress_cutlass([x], IDENTITY, single_pass=single_pass)
-    pruned, ref_scale = nm_prune_ref(x)
-    ref_values, ref_metadata = cutlass_gemm.library(CONFIGS[0], dtype).compress_reference(pruned)
+    ref_values, ref_metadata, ref_scale = prune_compress_24_ref(x)
     assert torch.equal(values.view(torch.int16), ref_values.view(torch.int16))
     assert torch.equal(metadata, ref_metadata)
     torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+    assert_same_product_as_cutlass_compressor(values, metadata, nm_prune_ref(x)[0], CONFIGS[0])
 
 
 @pytest.mark.parametrize("rows", [1, 333, 4608])
@@ -67,12 +68,13 @@ def test_the_one_pass_kernel_reads_two_activations_a_chunk_at_a_time_as_the_gene
 
 @pytest.mark.parametrize("single_pass", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_compressor_stores_every_group_pattern_as_cutlass_compressor(dtype, single_pass):
+def test_compressor_stores_every_group_pattern_as_its_reference_for_cutlass_product(dtype, single_pass):
     x = every_group(dtype, "cuda")
     values, metadata, _ = compress_cutlass([x], IDENTITY, single_pass=single_pass)
-    ref_values, ref_metadata = cutlass_gemm.library(CONFIGS[0], dtype).compress_reference(nm_prune_ref(x)[0])
+    ref_values, ref_metadata, _ = prune_compress_24_ref(x)
     assert torch.equal(values.view(torch.int16), ref_values.view(torch.int16))
     assert torch.equal(metadata, ref_metadata)
+    assert_same_product_as_cutlass_compressor(values, metadata, nm_prune_ref(x)[0], CONFIGS[0])
 
 
 @pytest.mark.parametrize("config, dtype", [(config, torch.bfloat16) for config in CONFIGS]

@@ -1,6 +1,7 @@
 """GPU checks of lynx's FP8 path (`pytest -m gpu`; skipped without an sm_90 GPU, nvcc or CUTLASS's headers): the FP8
-compressor bit-exact with its reference and with CUTLASS's own compressor, the FP8 sparse layer against the simulate
-numerics, rowwise FP8 dense, and torchao float8 models compiled end to end without a second copy of their weights."""
+compressor bit-exact with its reference and computing as CUTLASS's own compressor's operand, the FP8 sparse layer
+against the simulate numerics, rowwise FP8 dense, and torchao float8 models compiled end to end without a second
+copy of their weights."""
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from lynx_compile.method import Method
 from lynx_compile.paths import get_path
 from lynx_compile.plan import SparseLinearPlan
 
+from cutlass_compressor import assert_same_product_as_cutlass_compressor
 from generated_code import extern_gemm_calls, kernel_launches, op_calls
 from group_patterns import every_group
 
@@ -43,27 +45,25 @@ def activation(rows: int, k: int, dtype: torch.dtype, seed: int) -> torch.Tensor
     return x
 
 
-def assert_stored_as_cutlasss_compressor(x: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor) -> None:
-    """The FP8 operand is what CUTLASS's own compressor writes for x pruned and quantized by the references."""
+def assert_computes_as_cutlasss_compressor(x: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor) -> None:
+    """The FP8 operand gives the GEMM what CUTLASS's own compressor's does for x pruned and quantized by the
+    references (`cutlass_compressor`)."""
     pruned_quantized = quantize_rows(nm_prune_ref(x.float())[0])[0]
-    cutlass_values, cutlass_metadata = cutlass_gemm.library(FP8_CONFIGS[0], torch.float8_e4m3fn).compress_reference(
-        pruned_quantized)  # fmt: skip
-    assert torch.equal(values.view(torch.uint8), cutlass_values.view(torch.uint8))
-    assert torch.equal(metadata, cutlass_metadata)
+    assert_same_product_as_cutlass_compressor(values, metadata, pruned_quantized, FP8_CONFIGS[0])
 
 
 @pytest.mark.parametrize("single_pass", [None, False])  # the one-pass kernel (chunks past K = 4096), or the general
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows, k", [(1, 128), (37, 384), (333, 3072), (1000, 12288), (14040, 512), (130, 15360),
                                      (65, 16384), (3, 16512), (333, 2560), (77, 5120)])  # fmt: skip
-def test_fp8_compressor_is_bit_exact_with_its_reference_and_cutlasss_compressor(rows, k, dtype, single_pass):
+def test_fp8_compressor_is_bit_exact_with_its_reference_and_computes_as_cutlasss(rows, k, dtype, single_pass):
     x = activation(rows, k, dtype, rows + k)
     values, metadata, scale = prune_quantize_compress_fp8(x, single_pass=single_pass)
     ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x)
     assert torch.equal(values.view(torch.uint8), ref_values.view(torch.uint8))
     assert torch.equal(metadata, ref_metadata)
     torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
-    assert_stored_as_cutlasss_compressor(x, values, metadata)
+    assert_computes_as_cutlasss_compressor(x, values, metadata)
     quantized, row_scale = quantize_rows_fp8(x, single_pass=single_pass)
     ref_quantized, ref_row_scale = quantize_rows(x)
     assert torch.equal(quantized.view(torch.uint8), ref_quantized.view(torch.uint8))
@@ -90,11 +90,13 @@ def test_fp8_one_pass_kernel_reads_two_activations_a_chunk_at_a_time_as_the_gene
 
 @pytest.mark.parametrize("single_pass", [None, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_fp8_compressor_stores_every_group_pattern_as_cutlasss_compressor(dtype, single_pass):
+def test_fp8_compressor_stores_every_group_pattern_as_its_reference_for_cutlasss_product(dtype, single_pass):
     """Kept members that are zero, -0.0 or round to zero in e4m3, at every pair of positions (`every_group`)."""
     x = every_group(dtype, "cuda")
     values, metadata, _ = prune_quantize_compress_fp8(x, single_pass=single_pass)
-    assert_stored_as_cutlasss_compressor(x, values, metadata)
+    ref_values, ref_metadata, _ = prune_quantize_compress_fp8_ref(x)
+    assert torch.equal(values.view(torch.uint8), ref_values.view(torch.uint8)) and torch.equal(metadata, ref_metadata)
+    assert_computes_as_cutlasss_compressor(x, values, metadata)
 
 
 @pytest.mark.parametrize("rows, k, n", [(1, 128, 16), (77, 256, 40), (4608, 3072, 3072), (513, 12288, 64)])

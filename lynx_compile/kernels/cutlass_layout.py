@@ -18,9 +18,14 @@ CUTLASS 3.x's sm_90 sparse collective takes the activation X̃ (M × K, 2:4 alon
   them all. (`tests/kernels/test_cutlass_layout.py` checks this formula against the built library's own layout.)
 - for 8-bit elements (FP8 e4m3, kernel tile K 128) the atom is plain: 64 rows × 128 columns, K-major, so the nibble
   address is ``(g & 31) + (r & 63)·32 + (r >> 6)·2048 + (g >> 5)·M'·32``.
-- which indices are stored, as CUTLASS's compressor (`transform/kernel/sm90_sparse_gemm_compressor.hpp`) decides:
-  the nonzeros (-0.0 counts as zero); one nonzero at p < 3 → (p, 3), at 3 → (0, 3); none → (0, 0); a slot with no
-  nonzero holds +0. (cuSPARSELt's rule differs for p = 3 and for empty groups.)
+- which indices are stored: the two members lynx's rank rule keeps, in index order, as they are — a kept zero
+  (-0.0 too) in its own slot, so the operand decompresses to the pruned matrix bit for bit — and rows M .. M' are
+  empty groups, (0, 0). CUTLASS's own compressor (`transform/kernel/sm90_sparse_gemm_compressor.hpp`), which sees
+  only a pruned matrix, stores its nonzeros instead (-0.0 counts as zero): one at p < 3 → (p, 3), at 3 → (0, 3);
+  none → (0, 0), a slot with no nonzero holding +0 (cuSPARSELt's rule differs for p = 3 and for empty groups).
+  Both stand for the same matrix, and with finite weights give the GEMM the same product; lynx's compressors write
+  the first, because placing the kept members where they are is cheaper than moving zeros out of them (≈ 3 of
+  ≈ 24 instructions an element, `benchmarks/sass_per_element.py`). `compress_24_ref` writes either.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from .grid import cdiv
-from .nm_prune import nm_prune_ref
+from .nm_prune import nm_keep_mask_ref, norm_scale_ref
 from .prune_compress_24 import check_compressible
 
 META_ROWS = 64  # rows per metadata atom; the metadata of M rows covers M rounded up to it
@@ -61,7 +66,8 @@ def check_operand(pruned: torch.Tensor) -> None:
 
 
 def stored_indices_ref(nonzero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lo, hi) stored indices of each group of 4 (last dim) by CUTLASS's rule, from which entries are nonzero."""
+    """(lo, hi) stored indices of each group of 4 (last dim) by CUTLASS's compressor's rule, from which entries are
+    nonzero; or by lynx's, from which two are kept (two a group: the same rule gives them in index order)."""
     count = nonzero.sum(-1)
     index = torch.arange(4, device=nonzero.device)
     first = torch.where(nonzero, index, 4).min(-1).values  # 4: none
@@ -71,12 +77,17 @@ def stored_indices_ref(nonzero: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return lo, hi
 
 
-def compress_24_ref(pruned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, metadata bytes) of an already 2:4-pruned (M, K) matrix (bf16, fp16 or e4m3), as CUTLASS's
-    compressor writes them."""
+def compress_24_ref(pruned: torch.Tensor, kept: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, metadata bytes) of an already 2:4-pruned (M, K) matrix (bf16, fp16 or e4m3): with `kept` (M × K
+    bool, two a group: the members the rank rule kept) as lynx's compressors write them, each kept member in its own
+    slot whatever its value; without, as CUTLASS's compressor writes them, from the nonzeros (module docstring)."""
     check_operand(pruned)
     rows, k = pruned.shape
     bits, nonzero = _bits(pruned)
+    if kept is not None:
+        if kept.shape != pruned.shape or not (kept.reshape(rows, k // 4, 4).sum(-1) == 2).all():
+            raise ValueError("`kept` must mark two members of every group of 4 of the pruned matrix")
+        nonzero = kept
     groups, nonzero = bits.reshape(rows, k // 4, 4), nonzero.reshape(rows, k // 4, 4)
     lo, hi = stored_indices_ref(nonzero)
     slots = [torch.where(nonzero.gather(-1, i[..., None]), groups.gather(-1, i[..., None]), 0) for i in (lo, hi)]
@@ -111,9 +122,9 @@ def decompress_24_ref(values: torch.Tensor, metadata: torch.Tensor) -> torch.Ten
 def prune_compress_24_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """2:4 prune (lynx's rank rule) and compress to CUTLASS's layout, with the rows' norm scale s."""
     check_compressible(x)
-    pruned, scale = nm_prune_ref(x, 2, 4)
-    values, metadata = compress_24_ref(pruned)
-    return values, metadata, scale
+    kept = nm_keep_mask_ref(x, 2, 4)
+    values, metadata = compress_24_ref(torch.where(kept, x, 0), kept)
+    return values, metadata, norm_scale_ref(x, kept)
 
 
 def sparse_mm_ref(values: torch.Tensor, metadata: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,

@@ -2,8 +2,7 @@
 and `quantize_fp8_single_pass.py`, FP8) are made of. A thread loads a pair of groups of four 16-bit floats as two
 64-bit words (`load_pairs`), applies a folded activation to a word where X is made on load (`activated_group`),
 takes the members out of it by shifts (`group_members`), ranks them by integer keys (`kept_masks`: magnitude bits,
-NaN clamped to +inf's, the index to break ties) and places the two kept in CUTLASS's slots (`kept_members`,
-`stored_slots`).
+NaN clamped to +inf's, the index to break ties) and takes the two kept, CUTLASS's two slots (`kept_members`).
 """
 
 from __future__ import annotations
@@ -108,34 +107,6 @@ if triton is not None:
         lo, lo_v = tl.where(k0, 0, tl.where(k1, 1, 2)), tl.where(k0, v0, tl.where(k1, v1, v2))
         hi, hi_v = tl.where(k3, 3, tl.where(k2, 2, 1)), tl.where(k3, v3, tl.where(k2, v2, v1))
         return lo, lo_v, hi, hi_v
-
-    @triton.jit
-    def stored_slots(lo, lo_code, hi, hi_code, BITS: tl.constexpr):
-        """CUTLASS's two slots of a group whose kept members `lo` < `hi` are these codes (BITS-bit floats): (the
-        slots' codes in one word, the low slot's low; the nibble lo | hi << 2). Stored are the nonzero codes (-0.0
-        is zero) and a free slot holds +0, as `cutlass_slots` has it: both → (lo, hi); one at p → (p, 3), or (0,
-        3) when p = 3; none → (0, 0). A kept code is zero only where its value is (or rounds to) zero, so this is a
-        fix-up of the common case, cheaper than ranking four codes by a table."""
-        magnitude: tl.constexpr = (1 << (BITS - 1)) - 1
-        lo_zero, hi_zero = (lo_code & magnitude) == 0, (hi_code & magnitude) == 0
-        lo_code, hi_code = tl.where(lo_zero, 0, lo_code), tl.where(hi_zero, 0, hi_code)
-        moved = lo_zero & ~hi_zero & (hi < 3)  # the second alone is stored, in the low slot
-        lo = tl.where(lo_zero, tl.where(moved, hi, 0), lo)
-        hi = tl.where(hi_zero | moved, tl.where(lo_zero & hi_zero, 0, 3), hi)
-        lo_code, hi_code = tl.where(moved, hi_code, lo_code), tl.where(moved, 0, hi_code)
-        return lo_code | (hi_code << BITS), lo | (hi << 2)
-
-    @triton.jit
-    def stored_byte_slots(lo, hi, codes):
-        """`stored_slots` of 8-bit codes given in one word (`lo`'s in bits 0-7, `hi`'s in 8-15, as
-        `e4m3.quantize_e4m3_pair` makes them): the same slots' word and nibble, the word masked and shifted
-        whole rather than put together of two codes."""
-        lo_zero, hi_zero = (codes & 0x7F) == 0, (codes & 0x7F00) == 0
-        word = tl.where(lo_zero, 0, codes & 0xFF) | tl.where(hi_zero, 0, codes & 0xFF00)
-        moved = lo_zero & ~hi_zero & (hi < 3)  # the second alone is stored, in the low slot
-        lo = tl.where(lo_zero, tl.where(moved, hi, 0), lo)
-        hi = tl.where(hi_zero | moved, tl.where(lo_zero & hi_zero, 0, 3), hi)
-        return tl.where(moved, word >> 8, word), lo | (hi << 2)
 
     @triton.jit
     def packed_max(a, b, FP16: tl.constexpr, NAN: tl.constexpr):

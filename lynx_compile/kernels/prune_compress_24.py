@@ -25,6 +25,8 @@ from .nm_prune import NORM_EPS
 try:
     import triton
     import triton.language as tl
+
+    from .group_words import kept_members
 except ImportError:
     triton = None
 
@@ -136,19 +138,6 @@ if triton is not None:
         return k0, k1, k2, k3
 
     @triton.jit
-    def cutlass_slots(n0, n1, n2, n3, v0, v1, v2, v3):
-        """(lo, hi, lo's value, hi's value) of a group in CUTLASS's layout, from which members are stored nonzeros
-        (n) and the members' values (v): one nonzero at p → (p, 3), or (0, 3) when p = 3; none → (0, 0); a free
-        slot holds +0."""
-        count = n0.to(tl.int32) + n1.to(tl.int32) + n2.to(tl.int32) + n3.to(tl.int32)
-        zero = tl.zeros_like(v0)
-        lo = tl.where(n0, 0, tl.where(n1, 1, tl.where(n2, 2, 0)))
-        hi = tl.where(count == 0, 0, tl.where(n3 | (count < 2), 3, tl.where(n2, 2, 1)))
-        lo_value = tl.where(n0, v0, tl.where(n1, v1, tl.where(n2, v2, zero)))
-        hi_value = tl.where((hi == 3) & n3, v3, tl.where((hi == 2) & n2, v2, tl.where((hi == 1) & n1, v1, zero)))
-        return lo, hi, lo_value, hi_value
-
-    @triton.jit
     def _encode_half(
         operands, strides, scalars, values_ptr, rows, chunk, M, M_STORED, K,
         LOAD: tl.constexpr, LOAD_ARGS: tl.constexpr, BLOCK_G: tl.constexpr, LAYOUT: tl.constexpr,
@@ -162,19 +151,19 @@ if triton is not None:
         total = tl.sum(q0 + q1 + q2 + q3, axis=1)
         kept = tl.sum(tl.where(k0, q0, 0.0) + tl.where(k1, q1, 0.0) + tl.where(k2, q2, 0.0) + tl.where(k3, q3, 0.0),
                       axis=1)  # fmt: skip
-        zero = tl.zeros_like(x0)
-        v0, v1, v2, v3 = tl.where(k0, x0, zero), tl.where(k1, x1, zero), tl.where(k2, x2, zero), tl.where(k3, x3, zero)
-        # Stored slots: the nonzeros (as both libraries see them: -0.0 is zero; compared in fp32, as the interpreter
-        # compares bf16 by its bits). With fewer than two, the free slots differ by layout (module docstrings).
-        n0, n1, n2, n3 = k0 & (f0 != 0.0), k1 & (f1 != 0.0), k2 & (f2 != 0.0), k3 & (f3 != 0.0)
-        count = n0.to(tl.int32) + n1.to(tl.int32) + n2.to(tl.int32) + n3.to(tl.int32)
-        if LAYOUT == 0:  # CUSPARSELT_LAYOUT: free slots are the highest unused indices, holding what x̃ has there
+        if LAYOUT == 0:  # CUSPARSELT_LAYOUT: the nonzeros (-0.0 is zero; compared in fp32, as the interpreter
+            # compares bf16 by its bits), the free slots the highest unused indices, holding what x̃ has there
+            zero = tl.zeros_like(x0)
+            v0, v1 = tl.where(k0, x0, zero), tl.where(k1, x1, zero)
+            v2, v3 = tl.where(k2, x2, zero), tl.where(k3, x3, zero)
+            n0, n1, n2, n3 = k0 & (f0 != 0.0), k1 & (f1 != 0.0), k2 & (f2 != 0.0), k3 & (f3 != 0.0)
+            count = n0.to(tl.int32) + n1.to(tl.int32) + n2.to(tl.int32) + n3.to(tl.int32)
             lo = tl.where(n0, 0, tl.where(n1, 1, 2))
             hi = tl.where(n3 | (count < 2), 3, tl.where(n2, 2, 1))
             lo_value = tl.where(lo == 0, v0, tl.where(lo == 1, v1, v2))
             hi_value = tl.where(hi == 3, v3, tl.where(hi == 2, v2, v1))
-        else:
-            lo, hi, lo_value, hi_value = cutlass_slots(n0, n1, n2, n3, v0, v1, v2, v3)
+        else:  # CUTLASS's: the two kept, as they are (`cutlass_layout.py`)
+            lo, lo_value, hi, hi_value = kept_members(k0, k1, k2, k3, x0, x1, x2, x3)
         pairs = tl.reshape(tl.join(lo_value, hi_value), (lo_value.shape[0], 2 * BLOCK_G))
         cols = chunk * 2 * BLOCK_G + tl.arange(0, 2 * BLOCK_G)
         mask = (rows[:, None] < M_STORED) & (cols[None, :] < K // 2)  # rows M .. M_STORED: zeros
@@ -182,14 +171,15 @@ if triton is not None:
         return lo | (hi << 2), total, kept
 
     @triton.jit
-    def _store_cutlass_metadata(meta_ptr, nibbles, rows, chunk, M_META, K, BLOCK_G: tl.constexpr):
-        """CUTLASS's metadata (`cutlass_layout.py`): a byte holds groups 2j (low nibble) and 2j + 1 of one row."""
+    def _store_cutlass_metadata(meta_ptr, nibbles, rows, chunk, M, K, BLOCK_G: tl.constexpr):
+        """CUTLASS's metadata (`cutlass_layout.py`): a byte holds groups 2j (low nibble) and 2j + 1 of one row; the
+        padding rows past M, whose zeros the rank rule would keep as (0, 1), are empty groups."""
         even, odd = tl.split(tl.reshape(nibbles, (nibbles.shape[0], BLOCK_G // 2, 2)))
         r = rows[:, None]
         g = chunk * BLOCK_G + 2 * tl.arange(0, BLOCK_G // 2)[None, :]
         address = (g & 3) + ((r >> 3) & 1) * 4 + ((g >> 3) & 1) * 8 + (r & 7) * 16 + ((g >> 2) & 1) * 128 \
-            + ((r >> 4) & 3) * 256 + (r >> 6) * 1024 + (g >> 4) * (M_META * 16)
-        tl.store(meta_ptr + address // 2, (even | (odd << 4)).to(tl.uint8), mask=g < K // 4)
+            + ((r >> 4) & 3) * 256 + (r >> 6) * 1024 + (g >> 4) * (tl.cdiv(M, 64) * 64 * 16)
+        tl.store(meta_ptr + address // 2, tl.where(r < M, even | (odd << 4), 0).to(tl.uint8), mask=g < K // 4)
 
     @triton.jit
     def _compress_kernel(
@@ -220,9 +210,8 @@ if triton is not None:
                 + ((g >> 2) & 1) * 2
             tl.store(meta_ptr + address // 2, (nibble_lo | (nibble_hi << 4)).to(tl.uint8), mask=g < K // 4)
         else:
-            m_meta = tl.cdiv(M_STORED, 64) * 64
-            _store_cutlass_metadata(meta_ptr, nibble_lo, rows_lo, chunk, m_meta, K, BLOCK_G)
-            _store_cutlass_metadata(meta_ptr, nibble_hi, rows_hi, chunk, m_meta, K, BLOCK_G)
+            _store_cutlass_metadata(meta_ptr, nibble_lo, rows_lo, chunk, M_STORED, K, BLOCK_G)
+            _store_cutlass_metadata(meta_ptr, nibble_hi, rows_hi, chunk, M_STORED, K, BLOCK_G)
         # energies: (rows, 2, n_chunks), ‖x‖² then ‖x̃‖²
         tl.store(energy_ptr + rows_lo * 2 * n_chunks + chunk, total_lo, mask=rows_lo < M)
         tl.store(energy_ptr + (rows_lo * 2 + 1) * n_chunks + chunk, kept_lo, mask=rows_lo < M)
@@ -260,7 +249,7 @@ if triton is not None:
         tl.store(out_ptr + rows[:, None] * K + cols, x, mask=(rows[:, None] < M) & (cols < K))
 
 else:  # no Triton (it ships for Linux only): the references still work, nothing is launched
-    load_tile = load_rows = cutlass_slots = norm_scale_of = None
+    load_tile = load_rows = norm_scale_of = None
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ of a tile by reshapes, ranked by six float comparisons) leaves it compute-bound 
 an H200. Here, as in the FP8 one-pass kernel (both are made of `group_words.py`), a program owns whole rows (or
 one long row in chunks) and keeps their energies in registers, so s is written by the same launch; a group of four
 16-bit floats is one 64-bit word, its members are ranked by integer keys (`kept_masks`) and its two slots are the
-two it keeps (`stored_slots`). Same numerics as the general kernel: the same operand bit for bit, s equal but for
-the order of the energies' sums.
+two it keeps, as they are (`kept_members`). Same numerics as the general kernel: the same operand bit for bit, s
+equal but for the order of the energies' sums.
 
 This kernel is compute-bound too (Nsight Compute at 4608 × 3072, both kernels: SM throughput 73–76%, DRAM 17–19%),
 so the gain is what fewer instructions, fewer barriers and a better block shape buy: 27–31% at FLUX's shapes
@@ -46,7 +46,7 @@ try:
     import triton.language as tl
 
     from .group_words import (
-        activated_group, chunk_pairs, group_members, kept_masks, kept_members, load_pairs, stored_slots,
+        activated_group, chunk_pairs, group_members, kept_masks, kept_members, load_pairs,
     )
 except ImportError:
     triton = None
@@ -61,7 +61,7 @@ if triton is not None:
     @triton.jit
     def _pruned_group(group, head, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr, INF: tl.constexpr):
         """A group's two stored slots in one int32 word (slot lo's bits low), its metadata nibble lo | hi << 2, its
-        energy ‖x‖² and its kept energy ‖x̃‖² (`stored_slots`: stored are the kept nonzeros, -0.0 is zero)."""
+        energy ‖x‖² and its kept energy ‖x̃‖² (stored are the two kept, as they are: `cutlass_layout.py`)."""
         # X's bits, stored as they are (a piece read without an activation keeps its NaN payloads)
         group = activated_group(group, head, FP16, HEAD, TAIL)
         f0, f1, f2, f3, m0, m1, m2, m3 = group_members(group, FP16)
@@ -71,8 +71,7 @@ if triton is not None:
         lo, lo_code, hi, hi_code = kept_members(
             k0, k1, k2, k3, group.to(tl.int32) & 0xFFFF, (group >> 16).to(tl.int32) & 0xFFFF,
             (group >> 32).to(tl.int32) & 0xFFFF, (group >> 48).to(tl.int32) & 0xFFFF)  # fmt: skip
-        word, nibble = stored_slots(lo, lo_code, hi, hi_code, 16)
-        return word, nibble, q0 + q1 + q2 + q3, q_lo + q_hi
+        return lo_code | (hi_code << 16), lo | (hi << 2), q0 + q1 + q2 + q3, q_lo + q_hi
 
     @triton.jit
     def _prune_and_store(even, odd, pairs, live, head, rows, values_ptr, meta_ptr, M, K, FP16: tl.constexpr,
@@ -84,11 +83,13 @@ if triton is not None:
         pair = even_word.to(tl.uint32, bitcast=True).to(tl.int64) | (odd_word.to(tl.int64) << 32)
         out = values_ptr.to(tl.pointer_type(tl.int64))
         tl.store(out + rows[:, None] * (K // 8) + pairs[None, :], pair, mask=live)
-        # the metadata byte of groups 2j (low nibble) and 2j + 1 of one row (`cutlass_layout.metadata_nibble_address`)
+        # the metadata byte of groups 2j (low nibble) and 2j + 1 of one row (`cutlass_layout.metadata_nibble_address`);
+        # the padding rows past M (zeros, which the rank rule keeps as (0, 1)) are empty groups
         r, g = rows[:, None], 2 * pairs[None, :]
         address = (g & 3) + ((r >> 3) & 1) * 4 + ((g >> 3) & 1) * 8 + (r & 7) * 16 + ((g >> 2) & 1) * 128 \
             + ((r >> 4) & 3) * 256 + (r >> 6) * 1024 + (g >> 4) * (tl.cdiv(M, 64) * 64 * 16)
-        tl.store(meta_ptr + address // 2, (even_nibble | (odd_nibble << 4)).to(tl.uint8), mask=pairs[None, :] < K // 8)
+        tl.store(meta_ptr + address // 2, tl.where(r < M, even_nibble | (odd_nibble << 4), 0).to(tl.uint8),
+                 mask=pairs[None, :] < K // 8)  # fmt: skip
         return energy + odd_energy, kept + odd_kept
 
     @triton.jit

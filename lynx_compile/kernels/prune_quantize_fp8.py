@@ -34,7 +34,7 @@ from . import quantize_fp8_single_pass as single_pass_kernel
 from .cutlass_layout import META_ROWS, TILE_K
 from .e4m3 import FP8_DTYPE, hardware_cast
 from .grid import cdiv, next_power_of_2
-from .nm_prune import NORM_EPS, nm_prune_ref
+from .nm_prune import NORM_EPS, nm_keep_mask_ref, norm_scale_ref
 from .prune_compress_24 import Loader, _operands_and_loader, chunking, cutlass_operand
 
 try:
@@ -42,19 +42,14 @@ try:
     import triton.language as tl
 
     from .e4m3 import _E4M3_MAX, quantize_e4m3
-    from .prune_compress_24 import _keep_2_of_4, _load_members, cutlass_slots, norm_scale_of
+    from .group_words import kept_members
+    from .prune_compress_24 import _keep_2_of_4, _load_members, norm_scale_of
 except ImportError:
     triton = None
 
 FP8_K_MULTIPLE = TILE_K[8]  # the FP8 kernel's tile K fixes its metadata atom: K % 128
 
 if triton is not None:
-
-    @triton.jit
-    def _pruned(f0, f1, f2, f3):
-        """The four members (fp32) with the two that lynx's 2:4 rank rule drops zeroed."""
-        k0, k1, k2, k3 = _keep_2_of_4(f0, f1, f2, f3)
-        return tl.where(k0, f0, 0.0), tl.where(k1, f1, 0.0), tl.where(k2, f2, 0.0), tl.where(k3, f3, 0.0)
 
     @triton.jit
     def _statistics_kernel(
@@ -114,25 +109,28 @@ if triton is not None:
         x0, x1, x2, x3 = _load_members(operands, strides, scalars, rows, chunk, M, LOAD, LOAD_ARGS, BLOCK_G)
         p0, p1, p2, p3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
         if PRUNE:
-            p0, p1, p2, p3 = _pruned(p0, p1, p2, p3)
+            k0, k1, k2, k3 = _keep_2_of_4(p0, p1, p2, p3)
+            p0, p1, p2, p3 = tl.where(k0, p0, 0.0), tl.where(k1, p1, 0.0), tl.where(k2, p2, 0.0), tl.where(k3, p3, 0.0)
             tl.store(stats_ptr + rows * 4 * n_chunks + n_chunks + chunk,
                      tl.sum(p0 * p0 + p1 * p1 + p2 * p2 + p3 * p3, axis=1), mask=rows < M)  # fmt: skip
-        c0, c1 = quantize_e4m3(p0, inverse, HARDWARE_CAST), quantize_e4m3(p1, inverse, HARDWARE_CAST)
-        c2, c3 = quantize_e4m3(p2, inverse, HARDWARE_CAST), quantize_e4m3(p3, inverse, HARDWARE_CAST)
-        if PRUNE:  # stored: the kept values nonzero after rounding (-0.0 is zero), as CUTLASS's compressor sees
-            n0, n1, n2, n3 = (c0 & 0x7F) != 0, (c1 & 0x7F) != 0, (c2 & 0x7F) != 0, (c3 & 0x7F) != 0
-            lo, hi, lo_value, hi_value = cutlass_slots(n0, n1, n2, n3, c0, c1, c2, c3)
-            pairs = tl.reshape(tl.join(lo_value, hi_value), (16, 2 * BLOCK_G))
+            # stored: the two kept members' codes, as they are (`cutlass_layout.py`)
+            lo, lo_value, hi, hi_value = kept_members(k0, k1, k2, k3, p0, p1, p2, p3)
+            lo_code = quantize_e4m3(lo_value, inverse, HARDWARE_CAST)
+            hi_code = quantize_e4m3(hi_value, inverse, HARDWARE_CAST)
+            pairs = tl.reshape(tl.join(lo_code, hi_code), (16, 2 * BLOCK_G))
             cols = chunk * 2 * BLOCK_G + tl.arange(0, 2 * BLOCK_G)
             tl.store(values_ptr + rows[:, None] * (K // 2) + cols[None, :], pairs.to(tl.uint8), mask=rows[:, None] < M)
-            # a byte holds groups 2j (low nibble) and 2j + 1 of one row; the atom is 64 rows × 32 groups
+            # a byte holds groups 2j (low nibble) and 2j + 1 of one row; the atom is 64 rows × 32 groups; the padding
+            # rows past M (zeros, which the rank rule would keep as (0, 1)) are empty groups
             nibbles = lo | (hi << 2)
             even, odd = tl.split(tl.reshape(nibbles, (16, BLOCK_G // 2, 2)))
             r = rows[:, None]
             g = chunk * BLOCK_G + 2 * tl.arange(0, BLOCK_G // 2)[None, :]
             address = (g & 31) + (r & 63) * 32 + (r >> 6) * 2048 + (g >> 5) * (tl.cdiv(M, 64) * 64 * 32)
-            tl.store(meta_ptr + address // 2, (even | (odd << 4)).to(tl.uint8))
+            tl.store(meta_ptr + address // 2, tl.where(r < M, even | (odd << 4), 0).to(tl.uint8))
         else:
+            c0, c1 = quantize_e4m3(p0, inverse, HARDWARE_CAST), quantize_e4m3(p1, inverse, HARDWARE_CAST)
+            c2, c3 = quantize_e4m3(p2, inverse, HARDWARE_CAST), quantize_e4m3(p3, inverse, HARDWARE_CAST)
             # members (0, 2) and (1, 3) joined back as `_load_members` split them: member 2a + b at [a, b]
             tile = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), (16, 4 * BLOCK_G))
             cols = chunk * 4 * BLOCK_G + tl.arange(0, 4 * BLOCK_G)
@@ -218,9 +216,10 @@ def prune_quantize_compress_fp8_ref(
     from .cutlass_layout import compress_24_ref
 
     check_fp8_width(x.shape[-1])
-    kept, norm_scale = nm_prune_ref(x.float(), 2, 4)
-    quantized, quantization_scale = quantize_rows(kept)
-    values, metadata = compress_24_ref(quantized)
+    kept = nm_keep_mask_ref(x, 2, 4)
+    quantized, quantization_scale = quantize_rows(torch.where(kept, x.float(), 0.0))
+    values, metadata = compress_24_ref(quantized, kept)
+    norm_scale = norm_scale_ref(x, kept)
     scale = quantization_scale.reshape(-1) * (norm_scale if norm_compensation else 1.0)
     return values, metadata, scale.contiguous()
 

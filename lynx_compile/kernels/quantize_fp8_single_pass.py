@@ -46,7 +46,7 @@ try:
     from .e4m3 import _E4M3_MAX, quantize_e4m3, quantize_e4m3_pair
     from .group_words import (
         activated, activated_group, chunk_pairs, group_members, halves, kept_masks, kept_members, load_pairs,
-        packed_extremes, packed_max, larger_half_bits, larger_half_value, stored_byte_slots,
+        packed_extremes, packed_max, larger_half_bits, larger_half_value,
     )
 except ImportError:
     triton = None
@@ -79,7 +79,8 @@ if triton is not None:
             k0, k1, k2, k3 = kept_masks(m0, m1, m2, m3, INF)
             lo, lo_value, hi, hi_value = kept_members(k0, k1, k2, k3, f0, f1, f2, f3)
             kept_energy += lo_value * lo_value + hi_value * hi_value
-            word, nibble = stored_byte_slots(lo, hi, quantize_e4m3_pair(lo_value, hi_value, inverse, HARDWARE_CAST))
+            # stored as they are, a kept zero in its own slot (`cutlass_layout.py`): the codes' word, the nibble
+            word, nibble = quantize_e4m3_pair(lo_value, hi_value, inverse, HARDWARE_CAST), lo | (hi << 2)
         else:
             # the hand clamp kept: without it this loop ran 17% slower at K = 12288 on an H200 (RESULTS, session 13)
             word = quantize_e4m3(f0, inverse, HARDWARE_CAST) | (quantize_e4m3(f1, inverse, HARDWARE_CAST) << 8) \
@@ -166,10 +167,11 @@ if triton is not None:
         out = values_ptr.to(tl.pointer_type(tl.int32))
         if PRUNE:  # a pair's four stored codes: one word
             tl.store(out + rows[:, None] * (K // 8) + pairs[None, :], even_word | (odd_word << 16), mask=live)
-            # the metadata byte of groups 2j (low nibble) and 2j + 1 of one row; the atom is 64 rows × 32 groups
+            # the metadata byte of groups 2j (low nibble) and 2j + 1 of one row; the atom is 64 rows × 32 groups; the
+            # padding rows past M (zeros, which the rank rule keeps as (0, 1)) are empty groups
             r, g = rows[:, None], 2 * pairs[None, :]
             address = (g & 31) + (r & 63) * 32 + (r >> 6) * 2048 + (g >> 5) * (tl.cdiv(M, 64) * 64 * 32)
-            tl.store(meta_ptr + address // 2, (even_nibble | (odd_nibble << 4)).to(tl.uint8),
+            tl.store(meta_ptr + address // 2, tl.where(r < M, even_nibble | (odd_nibble << 4), 0).to(tl.uint8),
                      mask=pairs[None, :] < K // 8)  # fmt: skip
         else:
             columns = pairs[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]

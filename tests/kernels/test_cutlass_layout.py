@@ -19,7 +19,7 @@ from lynx_compile.kernels.cutlass_layout import (
     sparse_mm_ref,
     stored_indices_ref,
 )
-from lynx_compile.kernels.nm_prune import nm_prune_ref
+from lynx_compile.kernels.nm_prune import nm_keep_mask_ref, nm_prune_ref
 from lynx_compile.kernels.prune_compress_24 import Loader, load_tile, metadata_bytes, prune_compress_24_cutlass
 
 from group_patterns import every_group
@@ -49,10 +49,49 @@ def test_compressor_stores_every_group_pattern_as_the_reference(dtype, single_pa
 
 
 @given(activations())
-def test_decompressing_gives_back_the_pruned_matrix(x):
+def test_cutlass_rule_decompresses_to_the_pruned_matrix_but_for_negative_zeros(x):
     pruned, _ = nm_prune_ref(x)
     without_negative_zeros = torch.where(pruned == 0, torch.zeros_like(pruned), pruned)  # stored as +0
     assert torch.equal(bits(decompress_24_ref(*compress_24_ref(pruned))), bits(without_negative_zeros))
+
+
+@given(activations())
+def test_the_operand_stores_the_kept_members_where_they_are(x):
+    """lynx's operand: the slots are exactly the members the rank rule keeps (zeros and -0.0 among them), so it
+    decompresses to the pruned matrix bit for bit; the metadata of the padding rows past M is empty groups."""
+    values, metadata, _ = prune_compress_24_ref(x)
+    pruned, _ = nm_prune_ref(x)
+    assert torch.equal(bits(decompress_24_ref(values, metadata)), bits(pruned))
+    x, metadata = x.cpu(), metadata.cpu()
+    rows, k = x.shape
+    padded = -(-rows // 64) * 64
+    address = metadata_nibble_address(torch.arange(padded)[:, None], torch.arange(k // 4)[None, :], padded)
+    nibble = (metadata.int()[address >> 1] >> ((address & 1) * 4)) & 0xF
+    lo, hi = nibble & 3, nibble >> 2
+    kept = nm_keep_mask_ref(x, 2, 4).reshape(rows, k // 4, 4)
+    index = torch.arange(4)
+    expected_lo = torch.where(kept, index, 4).min(-1).values
+    expected_hi = torch.where(kept, index, -1).max(-1).values
+    assert torch.equal(lo[:rows], expected_lo) and torch.equal(hi[:rows], expected_hi)
+    assert (nibble[rows:] == 0).all()
+
+
+def test_a_kept_zero_keeps_its_slot():
+    groups = torch.tensor([[0.0, 0, 0, 0], [-0.0, 0, 5, 0], [0, 0, 0, 9], [0, -0.0, -0.0, 0], [1, 0, 0, -0.0]])
+    values, metadata = compress_24_ref(*_pruned_and_kept(groups.to(torch.bfloat16).repeat(1, 16)))
+    negative_zero, five, nine, one = -32768, 0x40A0, 0x4110, 0x3F80  # bf16 bits
+    slots = bits(values.reshape(5, 16, 2)[:, 0]).tolist()  # each row's first group
+    assert slots == [[0, 0], [negative_zero, five], [0, nine], [0, negative_zero], [one, 0]]
+    address = metadata_nibble_address(torch.arange(5)[:, None], torch.zeros(1, 1, dtype=torch.long), 64)
+    nibble = (metadata.int()[address >> 1] >> ((address & 1) * 4)) & 0xF
+    assert nibble.flatten().tolist() == [0 | 1 << 2, 0 | 2 << 2, 0 | 3 << 2, 0 | 1 << 2, 0 | 1 << 2]  # lo | hi << 2
+    with pytest.raises(ValueError, match="two members of every group"):
+        compress_24_ref(groups.to(torch.bfloat16).repeat(1, 16), torch.ones(5, 64, dtype=torch.bool))
+
+
+def _pruned_and_kept(x):
+    kept = nm_keep_mask_ref(x, 2, 4)
+    return torch.where(kept, x, 0), kept
 
 
 def test_stored_indices_follow_cutlass_rules():
@@ -79,7 +118,8 @@ def test_metadata_addresses_are_a_permutation(rows):
 def test_a_folded_loader_compresses_what_it_loads(single_pass):
     """A loader (here: two pieces read side by side, as the concat fold's) reaches the CUTLASS layout as it reaches
     cuSPARSELt's: the operand equals the same kernel's on the assembled x."""
-    head, tail = torch.randn(70, 128, dtype=torch.bfloat16), torch.randn(70, 192, dtype=torch.bfloat16)
+    head = torch.randn(70, 128, dtype=torch.bfloat16, device=DEVICE)
+    tail = torch.randn(70, 192, dtype=torch.bfloat16, device=DEVICE)
     folded = compress_cutlass([head, tail], FoldSpec("concat", ("none", "none")), single_pass=single_pass)
     plain = compress_cutlass([torch.cat([head, tail], dim=1)], IDENTITY, single_pass=single_pass)
     for a, b in zip(folded, plain):
@@ -91,10 +131,10 @@ def test_the_single_pass_kernel_in_chunks_matches_the_reference(dtype):
     """Rows longer than a program holds are read in chunks, the last one partly past K, their energies added in
     registers: the same operand, the same s. NaN and infinities in a row keep its s at 1 and stay in its values."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(5, 384, generator=g).to(dtype)  # 48 pairs of groups a row: 2 chunks of 32
+    x = torch.randn(5, 384, generator=g).to(dtype=dtype, device=DEVICE)  # 48 pairs of groups a row: 2 chunks of 32
     x[1, 7], x[2, 100], x[3, :4] = float("nan"), float("inf"), torch.tensor([-0.0, 0.0, 2.0, -0.0])
-    values = torch.empty(5, 192, dtype=dtype)
-    metadata = torch.empty(metadata_bytes(5, 384), dtype=torch.uint8)
+    values = torch.empty(5, 192, dtype=dtype, device=DEVICE)
+    metadata = torch.empty(metadata_bytes(5, 384), dtype=torch.uint8, device=DEVICE)
     scale = one_pass.launch(*loading([x], IDENTITY), values, metadata, blocks=(1, 32, 2))
     ref_values, ref_metadata, ref_scale = prune_compress_24_ref(x)
     assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
@@ -107,11 +147,12 @@ def test_the_single_pass_kernel_applies_a_folded_activation_as_the_general_one(n
     """The pieces' activations (the folds the FP8 one-pass kernel reads too) give the general kernel's operand; the
     compressor takes the kernel only where the pieces share an activation (mixed ones cost it more than they save)."""
     g = torch.Generator().manual_seed(len(names))
-    inputs = [torch.randn(70, 128 * (i + 1), generator=g).to(torch.bfloat16) for i in range(len(names))]
+    inputs = [torch.randn(70, 128 * (i + 1), generator=g).to(dtype=torch.bfloat16, device=DEVICE)
+              for i in range(len(names))]  # fmt: skip
     spec = FoldSpec("activation", names) if len(names) == 1 else FoldSpec("concat", names)
     operands, loader = loading(inputs, spec)
-    values = torch.empty(70, loader.width // 2, dtype=torch.bfloat16)
-    metadata = torch.empty(metadata_bytes(70, loader.width), dtype=torch.uint8)
+    values = torch.empty(70, loader.width // 2, dtype=torch.bfloat16, device=DEVICE)
+    metadata = torch.empty(metadata_bytes(70, loader.width), dtype=torch.uint8, device=DEVICE)
     scale = one_pass.launch(operands, loader, values, metadata)
     general = prune_compress_24_cutlass(operands, loader)
     assert torch.equal(bits(values), bits(general[0])) and torch.equal(metadata, general[1])
@@ -129,11 +170,12 @@ def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_k
     the general kernel's operand and s, bit for bit; and the compressor takes the kernel for it at its own blocking
     where the head is whole chunks of it (FLUX's 3072 + 12288)."""
     g = torch.Generator().manual_seed(rows * 10 + head_chunks)
-    inputs = [torch.randn(rows, 128 * chunks, generator=g).to(dtype) for chunks in (head_chunks, tail_chunks)]
+    inputs = [torch.randn(rows, 128 * chunks, generator=g).to(dtype=dtype, device=DEVICE)
+              for chunks in (head_chunks, tail_chunks)]  # fmt: skip
     inputs[1][0, :4] = torch.tensor([float("nan"), 1.0, -2.0, 0.0])  # a NaN in the tail keeps the row's s at 1
     operands, loader = loading(inputs, FoldSpec("concat", names))
-    values = torch.empty(rows, loader.width // 2, dtype=dtype)
-    metadata = torch.empty(metadata_bytes(rows, loader.width), dtype=torch.uint8)
+    values = torch.empty(rows, loader.width // 2, dtype=dtype, device=DEVICE)
+    metadata = torch.empty(metadata_bytes(rows, loader.width), dtype=torch.uint8, device=DEVICE)
     blocks = (1, 16, head_chunks + tail_chunks)  # 16 pairs of groups a chunk: the head is `head_chunks` of them
     assert one_pass.planned(operands, loader, blocks=blocks).arguments["HEAD_CHUNKS"] == head_chunks
     scale = one_pass.launch(operands, loader, values, metadata, blocks=blocks)
@@ -149,7 +191,7 @@ def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_k
 
 
 def test_the_single_pass_kernel_says_what_it_cannot_read():
-    x = torch.randn(128, 64, dtype=torch.bfloat16).t()  # column-major
+    x = torch.randn(128, 64, dtype=torch.bfloat16, device=DEVICE).t()  # column-major
     with pytest.raises(ValueError, match="single-pass"):
         compress_cutlass([x], IDENTITY, single_pass=True)
     assert torch.equal(bits(compress_cutlass([x], IDENTITY)[0]), bits(prune_compress_24_ref(x)[0]))  # the general one
@@ -158,7 +200,7 @@ def test_the_single_pass_kernel_says_what_it_cannot_read():
 def test_too_narrow_segments_are_refused():
     narrow = Loader(load_tile, 64, segments=(4, 60))
     with pytest.raises(ValueError, match="too narrow"):
-        prune_compress_24_cutlass([torch.randn(8, 64, dtype=torch.bfloat16)], narrow)
+        prune_compress_24_cutlass([torch.randn(8, 64, dtype=torch.bfloat16, device=DEVICE)], narrow)
 
 
 def test_fp8_encoder_round_trips_e4m3_with_cutlass_rules():

@@ -81,9 +81,13 @@ def test_every_group_pattern_is_stored_as_the_reference(dtype, single_pass):
     values, metadata, _ = prune_quantize_compress_fp8(x, norm_compensation=True, single_pass=single_pass)
     ref_values, ref_metadata, _ = prune_quantize_compress_fp8_ref(x, True)
     assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
-    # the patterns the slots' fix-up handles are all there: a kept member rounded to zero beside a nonzero one
-    kept_codes = bits(ref_values).reshape(len(x), -1, 2)[:, :30] & 0x7F
-    assert ((kept_codes[..., 0] == 0) & (kept_codes[..., 1] != 0)).any()
+    # kept members that round to zero (+0 or -0) keep their slots: the operand is the quantized pruned rows, bit for
+    # bit, and such members are there beside nonzero ones
+    pruned, _ = nm_prune_ref(x.float(), 2, 4)
+    assert torch.equal(bits(decompress_24_ref(values, metadata)), bits(quantize_rows(pruned)[0]))
+    kept_codes = bits(ref_values).reshape(len(x), -1, 2)[:, :30]
+    assert ((kept_codes[..., 0] == 0x80) & (kept_codes[..., 1] & 0x7F != 0)).any()
+    assert ((kept_codes[..., 0] & 0x7F != 0) & (kept_codes[..., 1] == 0)).any()
 
 
 @settings(max_examples=30)
