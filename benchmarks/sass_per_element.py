@@ -1,5 +1,6 @@
-"""SASS instructions per element of the compressors (both 16-bit ones, the FP8 one-pass kernel), compiled for sm_90
-without a GPU: the instructions a thread executes over the elements it handles — the static count where a kernel
+"""SASS instructions per element of the compressors (the 16-bit ones, the FP8 one-pass kernel and the FP8 general
+kernels' second pass), compiled for sm_90 without a GPU, and the registers a thread holds (with the programs an SM
+keeps resident at that count): the instructions a thread executes over the elements it handles — the static count where a kernel
 does not loop, and where it reads a row in chunks (FLUX's K = 3072: three), the code outside its loops plus each
 loop's body once a chunk. Pointers, strides and K are compiled as known multiples of 16, as Triton's launcher
 specializes them at these shapes (without it Triton loads a pair of groups as two 64-bit words in two threads and
@@ -9,8 +10,10 @@ small values run, would count as executed).
 
     python benchmarks/sass_per_element.py      # any machine with Triton's NVIDIA backend (its ptxas and nvdisasm)
 
-A compute-bound kernel's time follows its instructions per element; this counts them where no GPU is at hand.
-Counts come from the installed Triton, which may differ from the GPU machine's (benchmarks/RESULTS.md says which).
+A compute-bound kernel's time follows its instructions per element, and the latency it can hide its resident warps:
+this counts both where no GPU is at hand (a kernel that lost registers' room can be slower with fewer instructions,
+RESULTS.md, sessions 23 and 24). Counts come from the installed Triton, which may differ from the GPU machine's
+(benchmarks/RESULTS.md says which).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, not the interpreter
@@ -28,13 +32,20 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+import torch  # noqa: E402
+
+from lynx_compile.folds import FoldSpec, loading  # noqa: E402
 from lynx_compile.kernels import prune_compress_24 as general  # noqa: E402
+from lynx_compile.kernels import prune_quantize_fp8 as fp8_general  # noqa: E402
 from lynx_compile.kernels.activations import ACTIVATIONS  # noqa: E402
 from lynx_compile.kernels.nm_prune import NORM_EPS  # noqa: E402
 from lynx_compile.kernels import prune_compress_24_single_pass as single_pass  # noqa: E402
 from lynx_compile.kernels import quantize_fp8_single_pass as fp8  # noqa: E402
 
-NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+NVDISASM, CUOBJDUMP = (os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
+                       for tool in ("nvdisasm", "cuobjdump"))  # fmt: skip
+# sm_90's per-SM limits, which decide how many programs stay resident
+REGISTERS_PER_SM, WARPS_PER_SM, PROGRAMS_PER_SM = 65536, 64, 32
 SPECIALIZED = {"head_ptr", "head_stride", "tail_ptr", "tail_stride", "split", "values_ptr", "meta_ptr", "scale_ptr",
                "energy_ptr", "K"}  # fmt: skip
 ONE_PASS_SIGNATURE = {"head_ptr": "*bf16", "head_stride": "i32", "tail_ptr": "*bf16", "tail_stride": "i32",
@@ -42,8 +53,21 @@ ONE_PASS_SIGNATURE = {"head_ptr": "*bf16", "head_stride": "i32", "tail_ptr": "*b
                       "K": "i32"}  # fmt: skip
 
 
-def sass_listing(fn, signature: dict, constants: dict, warps: int) -> list[str]:
-    """The kernel's SASS for sm_90, instructions and labels."""
+class Compiled(NamedTuple):
+    listing: list[str]  # SASS, instructions and labels
+    registers: int  # a thread's
+
+
+class Row(NamedTuple):
+    name: str
+    instructions: int  # a thread executes
+    elements: int  # a thread handles
+    registers: int
+    warps: int
+
+
+def compiled(fn, signature: dict, constants: dict, warps: int) -> Compiled:
+    """The kernel compiled for sm_90: its SASS and its registers a thread."""
     names = list({**signature, **constants})
     source = ASTSource(fn=fn, signature={**signature, **{name: "constexpr" for name in constants}},
                        constexprs={(names.index(name),): value for name, value in constants.items()},
@@ -54,7 +78,15 @@ def sass_listing(fn, signature: dict, constants: dict, warps: int) -> list[str]:
         cubin.write(kernel.asm["cubin"])
         cubin.flush()
         listing = subprocess.run([NVDISASM, "-c", cubin.name], capture_output=True, text=True, check=True).stdout
-    return listing.splitlines()
+        usage = subprocess.run([CUOBJDUMP, "--dump-resource-usage", cubin.name], capture_output=True, text=True,
+                               check=True).stdout  # fmt: skip
+    return Compiled(listing.splitlines(), int(re.search(r"REG:(\d+)", usage).group(1)))
+
+
+def resident_programs(registers: int, warps: int) -> int:
+    """Programs of `warps` warps an SM keeps at once, by registers (allocated 8 a thread at a time) and warps."""
+    by_registers = REGISTERS_PER_SM // (-(-registers // 8) * 8 * 32 * warps)
+    return min(by_registers, WARPS_PER_SM // warps, PROGRAMS_PER_SM)
 
 
 def is_instruction(line: str) -> bool:
@@ -76,18 +108,18 @@ def executed(listing: list[str], trips: int) -> int:
     return total
 
 
-def one_pass_16_bit(k: int, activation: str = "none") -> tuple[str, int, int]:
+def one_pass_16_bit(k: int, activation: str = "none") -> Row:
     rows, pairs, chunks = fp8.checked_blocks(k, single_pass.PAIRS_PER_PROGRAM, None)
     warps = fp8.warps(rows, pairs)
     code = ACTIVATIONS[activation]
-    listing = sass_listing(single_pass._single_pass_kernel, ONE_PASS_SIGNATURE,
-                           {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HEAD": code,
-                            "TAIL": code, "FP16": False, "TWO": False, "HEAD_CHUNKS": 0}, warps)  # fmt: skip
+    kernel = compiled(single_pass._single_pass_kernel, ONE_PASS_SIGNATURE,
+                      {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HEAD": code, "TAIL": code,
+                       "FP16": False, "TWO": False, "HEAD_CHUNKS": 0}, warps)  # fmt: skip
     name = f"16-bit one pass, K = {k}" + ("" if activation == "none" else f", {activation} folded")
-    return name, executed(listing, chunks), rows * k // (32 * warps)
+    return Row(name, executed(kernel.listing, chunks), rows * k // (32 * warps), kernel.registers, warps)
 
 
-def one_pass_fp8(k: int, activation: str = "none") -> tuple[str, int, int]:
+def one_pass_fp8(k: int, activation: str = "none") -> Row:
     """(Rows read twice with a folded activation are not counted: their fallback loop, which only rows of small
     values run, would be counted as executed.)"""
     rows, pairs, chunks = fp8.checked_blocks(k, fp8.PAIRS_PER_PROGRAM, None)
@@ -95,35 +127,63 @@ def one_pass_fp8(k: int, activation: str = "none") -> tuple[str, int, int]:
     assert held or activation == "none", "the fallback loop would be counted"
     warps = fp8.warps(rows, pairs)
     code = ACTIVATIONS[activation]
-    listing = sass_listing(fp8._single_pass_kernel, {**ONE_PASS_SIGNATURE, "values_ptr": "*fp8e4nv"},
-                           {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HELD": held, "HEAD": code,
-                            "TAIL": code, "PRUNE": True, "NORM": True, "FP16": False, "TWO": False,
-                            "HARDWARE_CAST": True, "HEAD_CHUNKS": 0, "RAW_MAX": not held,
-                            "NEGATIVE_PEAK": fp8.NEGATIVE_PEAK[code], "PACKED": True},
-                           warps)  # fmt: skip
+    kernel = compiled(fp8._single_pass_kernel, {**ONE_PASS_SIGNATURE, "values_ptr": "*fp8e4nv"},
+                      {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HELD": held, "HEAD": code,
+                       "TAIL": code, "PRUNE": True, "NORM": True, "FP16": False, "TWO": False, "HARDWARE_CAST": True,
+                       "HEAD_CHUNKS": 0, "RAW_MAX": not held, "NEGATIVE_PEAK": fp8.NEGATIVE_PEAK[code],
+                       "PACKED": True}, warps)  # fmt: skip
     name = f"FP8 one pass, K = {k}" + ("" if held else " (read twice)")
     name += "" if code == 0 else f", {activation} folded"
-    return name, executed(listing, chunks), rows * k // (32 * warps)
+    return Row(name, executed(kernel.listing, chunks), rows * k // (32 * warps), kernel.registers, warps)
 
 
-def general_16_bit() -> tuple[str, int, int]:
+def _loader(activation: str):
+    """The general kernels' loader of X = act(t) (or X itself) and its run-time ints' signature."""
+    if activation == "none":
+        return general.load_rows, (0,), ("i32",)
+    _, loader = loading([torch.empty(8, 256, dtype=torch.bfloat16)], FoldSpec("activation", (activation,)))
+    return loader.fn, loader.args, ("i32",) * len(loader.scalars)
+
+
+def general_16_bit(activation: str = "none") -> Row:
     warps = 4
-    listing = sass_listing(
+    load, args, scalars = _loader(activation)
+    kernel = compiled(
         general._compress_kernel,
-        {"operands": ("*bf16",), "strides": ("i32", "i32"), "scalars": ("i32",), "values_ptr": "*bf16",
+        {"operands": ("*bf16",), "strides": ("i32", "i32"), "scalars": scalars, "values_ptr": "*bf16",
          "meta_ptr": "*u8", "energy_ptr": "*fp32", "M": "i32", "M_STORED": "i32", "K": "i32"},
-        {"LOAD": general.load_rows, "LOAD_ARGS": (0,), "BLOCK_G": general.GROUPS_PER_PROGRAM,
-         "LAYOUT": general.CUTLASS_LAYOUT}, warps,
+        {"LOAD": load, "LOAD_ARGS": args, "BLOCK_G": general.GROUPS_PER_PROGRAM, "LAYOUT": general.CUTLASS_LAYOUT},
+        warps,
     )  # fmt: skip
-    return "16-bit general kernel", executed(listing, 1), 16 * 4 * general.GROUPS_PER_PROGRAM // (32 * warps)
+    name = "16-bit general kernel" + ("" if activation == "none" else f", {activation} folded")
+    return Row(name, executed(kernel.listing, 1), 16 * 4 * general.GROUPS_PER_PROGRAM // (32 * warps),
+               kernel.registers, warps)  # fmt: skip
+
+
+def general_fp8(activation: str = "none") -> Row:
+    """The FP8 general kernels' second pass (prune, quantize, store), which most of their time is."""
+    warps = 4
+    load, args, scalars = _loader(activation)
+    block_g = general.GROUPS_PER_PROGRAM  # `chunking`'s chunk of a long X with one segment
+    kernel = compiled(
+        fp8_general._quantize_kernel,
+        {"operands": ("*bf16",), "strides": ("i32", "i32"), "scalars": scalars, "inverse_ptr": "*fp32",
+         "values_ptr": "*u8", "meta_ptr": "*u8", "stats_ptr": "*fp32", "M": "i32", "K": "i32"},
+        {"LOAD": load, "LOAD_ARGS": args, "BLOCK_G": block_g, "PRUNE": True, "HARDWARE_CAST": True}, warps,
+    )  # fmt: skip
+    name = "FP8 general kernels' pass 2" + ("" if activation == "none" else f", {activation} folded")
+    return Row(name, executed(kernel.listing, 1), 16 * 4 * block_g // (32 * warps), kernel.registers, warps)
 
 
 def main() -> None:
-    rows = [one_pass_16_bit(3072), one_pass_16_bit(12288), one_pass_16_bit(12288, "gelu_tanh"), general_16_bit()]
-    rows += [one_pass_fp8(k) for k in (3072, 5120, 12288)] + [one_pass_fp8(3072, "gelu_tanh")]
+    rows = [one_pass_16_bit(3072), one_pass_16_bit(12288), one_pass_16_bit(12288, "gelu_tanh"), general_16_bit(),
+            general_16_bit("gelu_tanh")]  # fmt: skip
+    rows += [one_pass_fp8(k) for k in (3072, 5120, 12288)] + [one_pass_fp8(3072, "gelu_tanh"), general_fp8()]
     print(f"triton {triton.__version__}, sm_90, bf16, CUTLASS layout")
-    for name, count, elements in rows:
-        print(f"{name:46} {count:5} instructions a thread, {elements:3} elements: {count / elements:5.1f} per element")
+    for row in rows:
+        print(f"{row.name:46} {row.instructions:5} instructions a thread, {row.elements:3} elements: "
+              f"{row.instructions / row.elements:5.1f} per element; {row.registers:3} registers, "
+              f"{resident_programs(row.registers, row.warps):2} programs of {row.warps} warps an SM")  # fmt: skip
 
 
 if __name__ == "__main__":
