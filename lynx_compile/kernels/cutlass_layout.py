@@ -85,8 +85,9 @@ def compress_24_ref(pruned: torch.Tensor, kept: torch.Tensor | None = None) -> t
     rows, k = pruned.shape
     bits, nonzero = _bits(pruned)
     if kept is not None:
-        if kept.shape != pruned.shape or not (kept.reshape(rows, k // 4, 4).sum(-1) == 2).all():
-            raise ValueError("`kept` must mark two members of every group of 4 of the pruned matrix")
+        two_a_group = kept.shape == pruned.shape and bool((kept.reshape(rows, k // 4, 4).sum(-1) == 2).all())
+        if kept.dtype != torch.bool or not two_a_group:
+            raise ValueError("`kept` must be a bool mask marking two members of every group of 4 of the pruned matrix")
         nonzero = kept
     groups, nonzero = bits.reshape(rows, k // 4, 4), nonzero.reshape(rows, k // 4, 4)
     lo, hi = stored_indices_ref(nonzero)

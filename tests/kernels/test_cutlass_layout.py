@@ -85,8 +85,10 @@ def test_a_kept_zero_keeps_its_slot():
     address = metadata_nibble_address(torch.arange(5)[:, None], torch.zeros(1, 1, dtype=torch.long), 64)
     nibble = (metadata.int()[address >> 1] >> ((address & 1) * 4)) & 0xF
     assert nibble.flatten().tolist() == [0 | 1 << 2, 0 | 2 << 2, 0 | 3 << 2, 0 | 1 << 2, 0 | 1 << 2]  # lo | hi << 2
-    with pytest.raises(ValueError, match="two members of every group"):
-        compress_24_ref(groups.to(torch.bfloat16).repeat(1, 16), torch.ones(5, 64, dtype=torch.bool))
+    pruned, kept = _pruned_and_kept(groups.to(torch.bfloat16).repeat(1, 16))
+    for wrong in (torch.ones_like(kept), kept.int(), kept[:, :32]):
+        with pytest.raises(ValueError, match="two members of every group"):
+            compress_24_ref(pruned, wrong)
 
 
 def _pruned_and_kept(x):
