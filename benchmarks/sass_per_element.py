@@ -1,19 +1,19 @@
 """SASS instructions per element of the compressors (the 16-bit ones, the FP8 one-pass kernel and the FP8 general
-kernels' second pass), compiled for sm_90 without a GPU, and the registers a thread holds (with the programs an SM keeps resident
-at that count). Instructions: those a thread executes over the elements it handles — the static count where a kernel
-does not loop, and where it reads a row in chunks (FLUX's K = 3072: three), the code outside its loops plus each loop's
-body once a chunk. Pointers, strides and K are compiled as known multiples of 16, as Triton's launcher specializes them
-at these shapes (without it Triton loads a pair of groups as two 64-bit words in two threads and counts come out 10-25%
-off). Rows with a GELU folded (x = GELU(t), read on load) are counted where every loop runs: the 16-bit kernel's, and
-the FP8 kernel's held in registers (read twice, its fallback loop, which only rows of small values run, would count as
-executed).
+kernels' second pass), compiled for sm_90 without a GPU, and the registers a thread holds (with the programs an SM
+keeps resident at that count). Instructions: those a thread executes over the elements it handles — the static count
+where a kernel does not loop, and where it reads a row in chunks (FLUX's K = 3072: three), the code outside its loops
+plus each loop's body once a chunk. Pointers, strides and K are compiled as known multiples of 16, as Triton's
+launcher specializes them at these shapes (without it Triton loads a pair of groups as two 64-bit words in two
+threads and counts come out 10-25% off). Rows with a GELU folded (x = GELU(t), read on load) are counted where every
+loop runs: the 16-bit kernel's, and the FP8 kernel's held in registers (read twice, its fallback loop, which only
+rows of small values run, would count as executed).
 
     python benchmarks/sass_per_element.py      # any machine with Triton's NVIDIA backend (ptxas, nvdisasm, cuobjdump)
 
 A compute-bound kernel's time follows its instructions per element, and the latency it can hide its resident
-warps: this counts both where no GPU is at hand (a kernel that lost registers' room can be slower with fewer instructions,
-RESULTS.md, sessions 23 and 24). Counts come from the installed Triton, which may differ from the GPU machine's
-(benchmarks/RESULTS.md says which).
+warps: this counts both where no GPU is at hand (a kernel that lost registers' room can be slower with fewer
+instructions, RESULTS.md, sessions 23 and 24). Counts come from the installed Triton, which may differ from the GPU
+machine's (benchmarks/RESULTS.md says which).
 """
 
 from __future__ import annotations
