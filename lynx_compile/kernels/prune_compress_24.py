@@ -171,15 +171,25 @@ if triton is not None:
         return lo | (hi << 2), total, kept
 
     @triton.jit
-    def _store_cutlass_metadata(meta_ptr, nibbles, rows, chunk, M, K, BLOCK_G: tl.constexpr):
-        """CUTLASS's metadata (`cutlass_layout.py`): a byte holds groups 2j (low nibble) and 2j + 1 of one row; the
-        padding rows past M, whose zeros the rank rule would keep as (0, 1), are empty groups."""
+    def store_cutlass_metadata(meta_ptr, even, odd, r, g, M, mask, EIGHT_BIT: tl.constexpr):
+        """CUTLASS's metadata bytes (`cutlass_layout.metadata_nibble_address`; the atom is 64 × 128 for 8-bit
+        elements, EIGHT_BIT): a byte holds groups g (even, nibbles `even`) and g + 1 (`odd`) of row r, stored where
+        `mask` (None: everywhere); the padding rows past M, whose zeros the rank rule would keep as (0, 1), are
+        empty groups."""
+        if EIGHT_BIT:
+            address = (g & 31) + (r & 63) * 32 + (r >> 6) * 2048 + (g >> 5) * (tl.cdiv(M, 64) * 64 * 32)
+        else:
+            address = (g & 3) + ((r >> 3) & 1) * 4 + ((g >> 3) & 1) * 8 + (r & 7) * 16 + ((g >> 2) & 1) * 128 \
+                + ((r >> 4) & 3) * 256 + (r >> 6) * 1024 + (g >> 4) * (tl.cdiv(M, 64) * 64 * 16)
+        tl.store(meta_ptr + address // 2, tl.where(r < M, even | (odd << 4), 0).to(tl.uint8), mask=mask)
+
+    @triton.jit
+    def store_chunk_metadata(meta_ptr, nibbles, rows, chunk, M, K, BLOCK_G: tl.constexpr, EIGHT_BIT: tl.constexpr):
+        """`store_cutlass_metadata` of a chunk's nibbles ([rows, BLOCK_G], the general kernels'): 8-bit chunks
+        tile K exactly (K % 128), 16-bit ones may run past it."""
         even, odd = tl.split(tl.reshape(nibbles, (nibbles.shape[0], BLOCK_G // 2, 2)))
-        r = rows[:, None]
         g = chunk * BLOCK_G + 2 * tl.arange(0, BLOCK_G // 2)[None, :]
-        address = (g & 3) + ((r >> 3) & 1) * 4 + ((g >> 3) & 1) * 8 + (r & 7) * 16 + ((g >> 2) & 1) * 128 \
-            + ((r >> 4) & 3) * 256 + (r >> 6) * 1024 + (g >> 4) * (tl.cdiv(M, 64) * 64 * 16)
-        tl.store(meta_ptr + address // 2, tl.where(r < M, even | (odd << 4), 0).to(tl.uint8), mask=g < K // 4)
+        store_cutlass_metadata(meta_ptr, even, odd, rows[:, None], g, M, None if EIGHT_BIT else g < K // 4, EIGHT_BIT)
 
     @triton.jit
     def _compress_kernel(
@@ -210,8 +220,8 @@ if triton is not None:
                 + ((g >> 2) & 1) * 2
             tl.store(meta_ptr + address // 2, (nibble_lo | (nibble_hi << 4)).to(tl.uint8), mask=g < K // 4)
         else:
-            _store_cutlass_metadata(meta_ptr, nibble_lo, rows_lo, chunk, M_STORED, K, BLOCK_G)
-            _store_cutlass_metadata(meta_ptr, nibble_hi, rows_hi, chunk, M_STORED, K, BLOCK_G)
+            store_chunk_metadata(meta_ptr, nibble_lo, rows_lo, chunk, M_STORED, K, BLOCK_G, False)
+            store_chunk_metadata(meta_ptr, nibble_hi, rows_hi, chunk, M_STORED, K, BLOCK_G, False)
         # energies: (rows, 2, n_chunks), ‖x‖² then ‖x̃‖²
         tl.store(energy_ptr + rows_lo * 2 * n_chunks + chunk, total_lo, mask=rows_lo < M)
         tl.store(energy_ptr + (rows_lo * 2 + 1) * n_chunks + chunk, kept_lo, mask=rows_lo < M)
@@ -249,7 +259,7 @@ if triton is not None:
         tl.store(out_ptr + rows[:, None] * K + cols, x, mask=(rows[:, None] < M) & (cols < K))
 
 else:  # no Triton (it ships for Linux only): the references still work, nothing is launched
-    load_tile = load_rows = norm_scale_of = None
+    load_tile = load_rows = norm_scale_of = store_cutlass_metadata = store_chunk_metadata = None
 
 
 @dataclass(frozen=True)

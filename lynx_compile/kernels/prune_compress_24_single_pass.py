@@ -48,6 +48,7 @@ try:
     from .group_words import (
         activated_group, chunk_pairs, group_members, kept_masks, kept_members, load_pairs,
     )
+    from .prune_compress_24 import store_cutlass_metadata
 except ImportError:
     triton = None
 
@@ -83,13 +84,9 @@ if triton is not None:
         pair = even_word.to(tl.uint32, bitcast=True).to(tl.int64) | (odd_word.to(tl.int64) << 32)
         out = values_ptr.to(tl.pointer_type(tl.int64))
         tl.store(out + rows[:, None] * (K // 8) + pairs[None, :], pair, mask=live)
-        # the metadata byte of groups 2j (low nibble) and 2j + 1 of one row (`cutlass_layout.metadata_nibble_address`);
-        # the padding rows past M (zeros, which the rank rule keeps as (0, 1)) are empty groups
-        r, g = rows[:, None], 2 * pairs[None, :]
-        address = (g & 3) + ((r >> 3) & 1) * 4 + ((g >> 3) & 1) * 8 + (r & 7) * 16 + ((g >> 2) & 1) * 128 \
-            + ((r >> 4) & 3) * 256 + (r >> 6) * 1024 + (g >> 4) * (tl.cdiv(M, 64) * 64 * 16)
-        tl.store(meta_ptr + address // 2, tl.where(r < M, even_nibble | (odd_nibble << 4), 0).to(tl.uint8),
-                 mask=pairs[None, :] < K // 8)  # fmt: skip
+        # the metadata byte of groups 2j (low nibble) and 2j + 1 of one row
+        store_cutlass_metadata(meta_ptr, even_nibble, odd_nibble, rows[:, None], 2 * pairs[None, :], M,
+                               pairs[None, :] < K // 8, False)  # fmt: skip
         return energy + odd_energy, kept + odd_kept
 
     @triton.jit

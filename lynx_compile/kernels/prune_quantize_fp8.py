@@ -43,7 +43,7 @@ try:
 
     from .e4m3 import _E4M3_MAX, quantize_e4m3
     from .group_words import kept_members
-    from .prune_compress_24 import _keep_2_of_4, _load_members, norm_scale_of
+    from .prune_compress_24 import _keep_2_of_4, _load_members, norm_scale_of, store_chunk_metadata
 except ImportError:
     triton = None
 
@@ -120,14 +120,7 @@ if triton is not None:
             pairs = tl.reshape(tl.join(lo_code, hi_code), (16, 2 * BLOCK_G))
             cols = chunk * 2 * BLOCK_G + tl.arange(0, 2 * BLOCK_G)
             tl.store(values_ptr + rows[:, None] * (K // 2) + cols[None, :], pairs.to(tl.uint8), mask=rows[:, None] < M)
-            # a byte holds groups 2j (low nibble) and 2j + 1 of one row; the atom is 64 rows × 32 groups; the padding
-            # rows past M (zeros, which the rank rule would keep as (0, 1)) are empty groups
-            nibbles = lo | (hi << 2)
-            even, odd = tl.split(tl.reshape(nibbles, (16, BLOCK_G // 2, 2)))
-            r = rows[:, None]
-            g = chunk * BLOCK_G + 2 * tl.arange(0, BLOCK_G // 2)[None, :]
-            address = (g & 31) + (r & 63) * 32 + (r >> 6) * 2048 + (g >> 5) * (tl.cdiv(M, 64) * 64 * 32)
-            tl.store(meta_ptr + address // 2, tl.where(r < M, even | (odd << 4), 0).to(tl.uint8))
+            store_chunk_metadata(meta_ptr, lo | (hi << 2), rows, chunk, M, K, BLOCK_G, True)
         else:
             c0, c1 = quantize_e4m3(p0, inverse, HARDWARE_CAST), quantize_e4m3(p1, inverse, HARDWARE_CAST)
             c2, c3 = quantize_e4m3(p2, inverse, HARDWARE_CAST), quantize_e4m3(p3, inverse, HARDWARE_CAST)

@@ -48,6 +48,7 @@ try:
         activated, activated_group, chunk_pairs, group_members, halves, kept_masks, kept_members, load_pairs,
         packed_extremes, packed_max, larger_half_bits, larger_half_value,
     )
+    from .prune_compress_24 import store_cutlass_metadata
 except ImportError:
     triton = None
 
@@ -167,12 +168,9 @@ if triton is not None:
         out = values_ptr.to(tl.pointer_type(tl.int32))
         if PRUNE:  # a pair's four stored codes: one word
             tl.store(out + rows[:, None] * (K // 8) + pairs[None, :], even_word | (odd_word << 16), mask=live)
-            # the metadata byte of groups 2j (low nibble) and 2j + 1 of one row; the atom is 64 rows × 32 groups; the
-            # padding rows past M (zeros, which the rank rule keeps as (0, 1)) are empty groups
-            r, g = rows[:, None], 2 * pairs[None, :]
-            address = (g & 31) + (r & 63) * 32 + (r >> 6) * 2048 + (g >> 5) * (tl.cdiv(M, 64) * 64 * 32)
-            tl.store(meta_ptr + address // 2, tl.where(r < M, even_nibble | (odd_nibble << 4), 0).to(tl.uint8),
-                     mask=pairs[None, :] < K // 8)  # fmt: skip
+            # the metadata byte of groups 2j (low nibble) and 2j + 1 of one row
+            store_cutlass_metadata(meta_ptr, even_nibble, odd_nibble, rows[:, None], 2 * pairs[None, :], M,
+                                   pairs[None, :] < K // 8, True)  # fmt: skip
         else:
             columns = pairs[None, :, None] * 2 + tl.arange(0, 2)[None, None, :]
             tl.store(out + rows[:, None, None] * (K // 4) + columns, tl.join(even_word, odd_word),
