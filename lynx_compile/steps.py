@@ -23,6 +23,8 @@ import operator
 from collections.abc import Iterable
 from typing import Any, Callable
 
+from .checks import check_int
+
 
 class StepSchedule:
     """The denoising steps (0-based, in the order the sampler runs them) at which the compiled blocks run sparse."""
@@ -33,8 +35,8 @@ class StepSchedule:
         chosen = frozenset(sparse_steps)
         if not all(_step_index(step) is not None for step in chosen):
             raise ValueError(f"StepSchedule: sparse_steps must be step indices ≥ 0, got {sorted(chosen, key=str)}")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"StepSchedule: steps must be a positive int, got {steps!r}")
+        if steps is not None:
+            check_int("StepSchedule: steps", steps, minimum=1)
         self.sparse_steps, self.steps = chosen, steps
         self.step = 0
 

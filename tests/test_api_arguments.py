@@ -102,7 +102,7 @@ def test_a_step_schedule_checks_every_step_it_is_given():
             schedule.at(step)
     schedule.at(torch.tensor(2))  # what stands for an index
     assert schedule.sparse and schedule.step == 2 and isinstance(schedule.step, int)
-    with pytest.raises(ValueError, match="steps must be a positive int"):
+    with pytest.raises(ValueError, match="StepSchedule: steps' must be an int >= 1"):
         StepSchedule([0], steps=True)
     with pytest.raises(TypeError, match="an iterable of step indices"):
         StepSchedule(5)
