@@ -43,6 +43,10 @@ SHAPES = [
     ("wan 14k attn", 14040, 5120, 5120),
     ("wan 14k ffn up", 14040, 5120, 13824),
     ("wan 14k ffn down", 14040, 13824, 5120),
+    # FLUX's text stream (512 tokens): 4 row tiles of 128, too few CTAs for 132 SMs with 256-column tiles
+    ("flux txt attn", 512, 3072, 3072),
+    ("flux txt mlp up", 512, 3072, 12288),
+    ("flux txt mlp down", 512, 12288, 3072),
 ]
 SWIZZLES = (1, 2, 4, 8)
 

@@ -267,8 +267,9 @@ def test_without_a_gpu_the_kernels_say_why():
 
 @pytest.mark.slow
 @pytest.mark.skipif(cutlass_gemm.toolchain_error() is not None, reason="needs nvcc and CUTLASS's headers")
-@pytest.mark.parametrize("config, dtype", [(CONFIGS[0], torch.bfloat16), (FP8_CONFIGS[0], torch.float8_e4m3fn)],
-                         ids=["bf16", "fp8"])
+@pytest.mark.parametrize("config, dtype", [(CONFIGS[0], torch.bfloat16), (FP8_CONFIGS[0], torch.float8_e4m3fn),
+                                           (GemmConfig(128, 128, 128, 1, 1), torch.float8_e4m3fn)],
+                         ids=["bf16", "fp8", "fp8-few-tokens"])  # the layout depends on the tile's K only
 def test_address_formula_is_the_layout_the_built_kernel_reads(config, dtype):
     """Builds the configuration (a few CPU-minutes the first time; cached) and asks its own layout."""
     lib = cutlass_gemm.library(config, dtype)
