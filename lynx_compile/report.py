@@ -79,6 +79,8 @@ class Report:
     # the model's linear modules in no compiled graph (eager: Dynamo ran their frame itself; or not called): known
     # where the model is (`explain`, `collect_reports(model)`)
     outside: list[str] = field(default_factory=list)
+    # the model's torch.ao-quantized linears (int8 or fp16 packed weights, `quantized_linears`): never in a graph
+    quantized: list[str] = field(default_factory=list)
 
     def add_graph(self, sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:
         """Rows for a compiled graph: instance by instance (in model order), each instance's layers in graph order.
@@ -128,6 +130,9 @@ class Report:
             + (f"; {len(self.outside)} linear module(s) in no graph as a linear (ran eagerly, inside a fused op such "
                f"as nn.MultiheadAttention's, or not called: dense): "
                f"{some_names(self.outside)}" if self.outside else "")
+            + (f"; {len(self.quantized)} linear module(s) quantized by torch.ao ran outside the graphs, as they are "
+               f"(Dynamo does not trace their packed weights; lynx prunes float and torchao float8 linears): "
+               f"{some_names(self.quantized)}" if self.quantized else "")
         )
 
     def regions(self) -> dict[str, dict[str, int]]:
@@ -160,7 +165,7 @@ class Report:
         data = {"summary": self.summary(), "layers": [asdict(layer) for layer in self.layers],
                 "graphs": [asdict(graph) for graph in self.graphs], "regions": self.regions(),
                 "rank": self.rank_of_world[0], "world_size": self.rank_of_world[1],
-                "outside": self.outside}  # fmt: skip
+                "outside": self.outside, "quantized": self.quantized}  # fmt: skip
         return json.dumps(data, indent=indent)
 
     def __str__(self) -> str:
@@ -217,7 +222,7 @@ def collect_reports(model: torch.nn.Module | None = None) -> Iterator[Report]:
     finally:  # by identity: an enclosing block's report may compare equal (a Report is a dataclass)
         del _active.reports[next(i for i, active in enumerate(_active.reports) if active is report)]
     if model is not None:
-        report.outside = linears_outside(model, report)
+        report.outside, report.quantized = linears_outside(model, report), quantized_linears(model)
 
 
 def linears_outside(model: torch.nn.Module, report: Report) -> list[str]:
@@ -233,9 +238,17 @@ def linears_outside(model: torch.nn.Module, report: Report) -> list[str]:
     return [name for name, module in linears.items() if name not in shown and id(module.weight) not in shown_weights]
 
 
+def quantized_linears(model: torch.nn.Module) -> list[str]:
+    """The model's linears quantized by `torch.ao.quantization` (`quantize_dynamic`'s int8 and fp16, static int8,
+    their fused variants): modules holding packed weights, not `nn.Linear`s, which Dynamo leaves to run eagerly."""
+    model = getattr(model, "_orig_mod", model)
+    packed = getattr(getattr(torch.ao.nn, "quantized", None), "Linear", None)  # the dynamic and fused ones too
+    return [name for name, module in model.named_modules() if isinstance(module, packed)] if packed else []
+
+
 def publish(sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:
     for report in _active.reports:
         report.add_graph(sites, before, after, placement)
 
 
-__all__ = ["GraphRecord", "LayerRecord", "Report", "collect_reports", "linears_outside"]
+__all__ = ["GraphRecord", "LayerRecord", "Report", "collect_reports", "linears_outside", "quantized_linears"]

@@ -2,6 +2,7 @@
 Dynamo cannot trace whole: linears in no graph are listed, a block's graph is named in full, fullgraph is passed on."""
 
 import importlib
+import json
 
 import pytest
 import torch
@@ -292,6 +293,24 @@ def test_a_compiles_report_given_the_model_lists_the_linears_that_ran_eagerly():
     with pytest.raises(TypeError, match="collect_reports takes the model as an nn.Module"):
         with lynx_compile.collect_reports(torch.compile(lambda t: t + 1, backend="lynx")):
             pass
+
+
+@pytest.mark.parametrize("dtype", [torch.qint8, torch.float16])
+def test_linears_quantized_by_torch_ao_are_named_where_they_run_as_they_are(dtype):
+    """`torch.ao.quantization.quantize_dynamic` replaces linears by modules of packed weights, which Dynamo leaves to
+    run eagerly: no graph holds them, so no row does; the summary names them, and the model computes as quantized."""
+    model = TwoBlocks().eval()
+    quantized = torch.ao.quantization.quantize_dynamic(model, {"blocks.1.fc1", "blocks.1.fc2"}, dtype=dtype)
+    x = torch.randn(2, 24, 16)
+    report = lynx_compile.explain(quantized, x)
+    assert report.quantized == ["blocks.1.fc1", "blocks.1.fc2"] and "blocks.1.fc1" not in report.modules
+    assert "2 linear module(s) quantized by torch.ao ran outside the graphs" in report.summary()
+    assert json.loads(report.to_json())["quantized"] == report.quantized
+    compiled = torch.compile(quantized, backend="lynx", options={"execution": "dense"})
+    with torch.no_grad(), lynx_compile.collect_reports(compiled) as compiled_report:
+        torch.testing.assert_close(compiled(x), quantized(x))
+    assert compiled_report.quantized == report.quantized
+    assert lynx_compile.explain(model, x).quantized == []
 
 
 class ViewedWeights(nn.Module):
