@@ -39,7 +39,7 @@ from .checks import check_bool
 from .config import LynxConfig, parse_options
 from .regional import compiled_privately, compiled_regionally
 from .regions import register_model
-from .report import Report, collect_reports, linears_outside, quantized_linears
+from .report import Report, collect_reports
 
 
 def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxConfig | None = None,
@@ -78,7 +78,7 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
                "compiled or disabled elsewhere, or not traceable")  # fmt: skip
         raise RuntimeError("lynx.explain: Dynamo captured no graph from this call: the forward ran without Dynamo "
                            f"tracing any tensor operation ({why})")
-    report.outside, report.quantized = linears_outside(model, report), quantized_linears(model)
+    report.note_linears_outside(model)
     return report
 
 

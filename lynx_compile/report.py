@@ -82,6 +82,10 @@ class Report:
     # the model's torch.ao-quantized linears (int8 or fp16 packed weights, `quantized_linears`): never in a graph
     quantized: list[str] = field(default_factory=list)
 
+    def note_linears_outside(self, model: torch.nn.Module) -> None:
+        """Fill `outside` and `quantized` from the model (or what torch.compile returned for it)."""
+        self.outside, self.quantized = linears_outside(model, self), quantized_linears(model)
+
     def add_graph(self, sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:
         """Rows for a compiled graph: instance by instance (in model order), each instance's layers in graph order.
         A region's instance already shown by an earlier graph (Dynamo compiled the region again, e.g. for other
@@ -222,7 +226,7 @@ def collect_reports(model: torch.nn.Module | None = None) -> Iterator[Report]:
     finally:  # by identity: an enclosing block's report may compare equal (a Report is a dataclass)
         del _active.reports[next(i for i, active in enumerate(_active.reports) if active is report)]
     if model is not None:
-        report.outside, report.quantized = linears_outside(model, report), quantized_linears(model)
+        report.note_linears_outside(model)
 
 
 def linears_outside(model: torch.nn.Module, report: Report) -> list[str]:
