@@ -51,6 +51,13 @@ def metadata_nibble_address(rows: torch.Tensor, groups: torch.Tensor, padded_row
             + (groups >> 4) * (padded_rows * 16))  # fmt: skip
 
 
+def metadata_nibbles(metadata: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor, padded_rows: int,
+                     element_bits: int = 16) -> torch.Tensor:  # fmt: skip
+    """The metadata nibbles (lo | hi << 2) of group `groups` of row `rows` (broadcasting int tensors)."""
+    address = metadata_nibble_address(rows, groups, padded_rows, element_bits)
+    return (metadata.int()[address >> 1] >> ((address & 1) * 4)) & 0xF
+
+
 def _bits(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(the elements' bit patterns as integers, which of them are nonzero: -0.0 is zero, NaN is not)."""
     bits = tensor.view(_INTEGER_VIEWS[tensor.element_size()])
@@ -108,10 +115,9 @@ def decompress_24_ref(values: torch.Tensor, metadata: torch.Tensor) -> torch.Ten
     """Inverse of `compress_24_ref`: the dense (M, K) matrix the two tensors stand for."""
     rows, k = values.shape[0], values.shape[1] * 2
     padded = cdiv(rows, META_ROWS) * META_ROWS
-    address = metadata_nibble_address(torch.arange(rows, device=values.device)[:, None],
-                                      torch.arange(k // 4, device=values.device)[None, :], padded,
-                                      8 * values.element_size())  # fmt: skip
-    nibble = (metadata.int()[address >> 1] >> ((address & 1) * 4)) & 0xF
+    nibble = metadata_nibbles(metadata, torch.arange(rows, device=values.device)[:, None],
+                              torch.arange(k // 4, device=values.device)[None, :], padded,
+                              8 * values.element_size())  # fmt: skip
     pairs = values.view(_INTEGER_VIEWS[values.element_size()]).reshape(rows, k // 4, 2)
     dense = torch.zeros(rows, k // 4, 4, dtype=pairs.dtype, device=values.device)
     # (0, 0) (an empty group) writes slot 1 over slot 0 at index 0: both are zeros

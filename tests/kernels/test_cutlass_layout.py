@@ -15,6 +15,7 @@ from lynx_compile.kernels.cutlass_layout import (
     compress_24_ref,
     decompress_24_ref,
     metadata_nibble_address,
+    metadata_nibbles,
     prune_compress_24_ref,
     sparse_mm_ref,
     stored_indices_ref,
@@ -65,8 +66,7 @@ def test_the_operand_stores_the_kept_members_where_they_are(x):
     x, metadata = x.cpu(), metadata.cpu()
     rows, k = x.shape
     padded = -(-rows // 64) * 64
-    address = metadata_nibble_address(torch.arange(padded)[:, None], torch.arange(k // 4)[None, :], padded)
-    nibble = (metadata.int()[address >> 1] >> ((address & 1) * 4)) & 0xF
+    nibble = metadata_nibbles(metadata, torch.arange(padded)[:, None], torch.arange(k // 4)[None, :], padded)
     lo, hi = nibble & 3, nibble >> 2
     kept = nm_keep_mask_ref(x, 2, 4).reshape(rows, k // 4, 4)
     index = torch.arange(4)
@@ -78,14 +78,13 @@ def test_the_operand_stores_the_kept_members_where_they_are(x):
 
 def test_a_kept_zero_keeps_its_slot():
     groups = torch.tensor([[0.0, 0, 0, 0], [-0.0, 0, 5, 0], [0, 0, 0, 9], [0, -0.0, -0.0, 0], [1, 0, 0, -0.0]])
-    values, metadata = compress_24_ref(*_pruned_and_kept(groups.to(torch.bfloat16).repeat(1, 16)))
+    pruned, kept = _pruned_and_kept(groups.to(torch.bfloat16).repeat(1, 16))
+    values, metadata = compress_24_ref(pruned, kept)
     negative_zero, five, nine, one = -32768, 0x40A0, 0x4110, 0x3F80  # bf16 bits
     slots = bits(values.reshape(5, 16, 2)[:, 0]).tolist()  # each row's first group
     assert slots == [[0, 0], [negative_zero, five], [0, nine], [0, negative_zero], [one, 0]]
-    address = metadata_nibble_address(torch.arange(5)[:, None], torch.zeros(1, 1, dtype=torch.long), 64)
-    nibble = (metadata.int()[address >> 1] >> ((address & 1) * 4)) & 0xF
+    nibble = metadata_nibbles(metadata, torch.arange(5)[:, None], torch.zeros(1, 1, dtype=torch.long), 64)
     assert nibble.flatten().tolist() == [0 | 1 << 2, 0 | 2 << 2, 0 | 3 << 2, 0 | 1 << 2, 0 | 1 << 2]  # lo | hi << 2
-    pruned, kept = _pruned_and_kept(groups.to(torch.bfloat16).repeat(1, 16))
     for wrong in (torch.ones_like(kept), kept.int(), kept[:, :32]):
         with pytest.raises(ValueError, match="two members of every group"):
             compress_24_ref(pruned, wrong)
