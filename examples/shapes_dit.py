@@ -40,6 +40,9 @@ def load_model(path: str | Path = CHECKPOINT, dtype: torch.dtype = torch.float32
     """The trained model (stored in bf16) in `dtype`."""
     from safetensors.torch import load_file
 
+    if not Path(path).is_file():  # the checkpoint is not in the repository: train_shapes_dit.py writes it
+        raise FileNotFoundError(f"{path}: no trained shapes DiT there; run `python examples/train_shapes_dit.py` first "
+                                "(minutes on a GPU), or pass another checkpoint")  # fmt: skip
     model = build_model()
     model.load_state_dict({name: value.to(torch.float32) for name, value in load_file(str(path)).items()})
     return model.to(dtype).eval()

@@ -20,12 +20,13 @@ import math
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ._version import __version__
 from .checks import check_int, check_module, check_number, check_progress, names_of
 from .config import LynxConfig, parse_options
 from .eager import Call, as_calls, hooked, linears_of, relative_error, run_calls, run_sparsified, sparse_output
-from .float8 import is_float8_weight
+from .float8 import UNDER_AUTOCAST, is_float8_weight, weight_kind_reason
 from .kernels.nm_prune import SUPPORTED_DTYPES
 from .lora import DEFAULT_MEMORY_BUDGET, DEFAULT_RANK, LoraSolution, ResidualStatistics, solve_lora
 from .method import Method
@@ -171,6 +172,11 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
             # its hooks would replace the whole output by the pruned F.linear, and drop the rest of its forward
             kept_dense.setdefault(name, f"{type(module).__name__}: an nn.Linear subclass with a forward of its own, "
                                         "which calibration cannot measure as the compiled model runs it")
+    for name, module in linears.items():
+        # compiling keeps these dense too (the same words): a float8 weight lynx's FP8 kernels cannot take, another
+        # tensor subclass (torchao's int8 / int4 weights, DTensor), which runs its own kernels
+        if (why := weight_kind_reason(module.weight)) is not None:
+            kept_dense.setdefault(name, why)
     for name, why in _tied_weights(linears).items():
         # compiling with a policy keeps a layer whose weight another one shares dense (passes/find_linears.py):
         # Dynamo names every use of the weight after one of them
@@ -187,6 +193,8 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
             flops[name] = flops.get(name, 0) + 2 * x.numel() * module.out_features
             if name not in kept_dense and out.dtype not in SUPPORTED_DTYPES:  # the dtype it computes in (autocast's)
                 kept_dense[name] = f"dtype {out.dtype} unsupported"  # as compiling words it
+            if name not in kept_dense and is_float8_weight(module.weight) and torch.is_autocast_enabled(x.device.type):
+                kept_dense[name] = UNDER_AUTOCAST
             if name in kept_dense:
                 return
             with_norm, without = (sparse_output(module, x, m, None) for m in (method, bare))
@@ -217,7 +225,7 @@ def _calibrate(model: torch.nn.Module, calls: list[Call], config: LynxConfig, ta
 
     solutions = {}
     if lora_rank:
-        fitted = [name for name in sorted(errors) if not is_float8_weight(linears[name].weight)]  # none on float8
+        fitted = [name for name in sorted(errors) if not is_traceable_wrapper_subclass(linears[name].weight)]
         report(f"fitting rank-{lora_rank} corrections of {len(fitted)} layers")
         solutions = fit_lora_on_calls(model, calls, config, rank=lora_rank, layers=fitted, ridge=ridge,
                                       memory_budget=DEFAULT_MEMORY_BUDGET, progress=progress)  # fmt: skip
@@ -365,18 +373,20 @@ def fit_lora_on_calls(
     memory_budget: int,
     progress: Progress,
 ) -> dict[str, LoraSolution]:
-    """`fit_lora` on (args, kwargs) pairs and a parsed `LynxConfig`. torchao float8 layers get no correction (lynx
-    does not run one on them): skipped by default, refused when named."""
+    """`fit_lora` on (args, kwargs) pairs and a parsed `LynxConfig`. Layers over a quantized weight (torchao's float8,
+    int8, int4: a tensor subclass) get no correction (lynx does not run one on them): skipped by default, refused
+    when named."""
     linears = linears_of(model)
-    float8 = {name for name, module in linears.items() if is_float8_weight(module.weight)}
-    names = [name for name in linears if name not in float8] if layers is None else list(names_of(layers))
+    subclass = {name for name, module in linears.items() if is_traceable_wrapper_subclass(module.weight)}
+    names = [name for name in linears if name not in subclass] if layers is None else list(names_of(layers))
     missing = [name for name in names if name not in linears]
     if missing:
         raise ValueError(f"fit_lora: not nn.Linear modules of this model: {missing[:5]}")
-    quantized = [name for name in names if name in float8]
+    quantized = [name for name in names if name in subclass]
     if quantized:
-        raise ValueError(f"fit_lora: torchao float8 layers take no LoRA correction (lynx does not run one on them): "
-                         f"{quantized[:5]}")  # fmt: skip
+        kinds = sorted({type(linears[name].weight).__name__ for name in quantized})
+        raise ValueError(f"fit_lora: layers whose weight is a tensor subclass (a quantized weight: {', '.join(kinds)})"
+                         f" take no LoRA correction (lynx does not run one on them): {quantized[:5]}")  # fmt: skip
     groups: list[list[str]] = [[]]
     group_bytes = 0
     for name in names:

@@ -17,11 +17,13 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from .folds import FoldSpec, assemble, quantize_fp8
 from .fp8 import float8_linear_ref, quantize_rows
 
 FLOAT8_DTYPE = torch.float8_e4m3fn
+UNDER_AUTOCAST = "float8 weight under autocast: left to torchao"
 
 
 class Float8Weight(NamedTuple):
@@ -49,7 +51,24 @@ def float8_weight_reason(value: object) -> str | None:
         return "float8 weight-only quantization (the activation stays high precision): no FP8 sparse path for it"
     if getattr(activation, "float8_dtype", FLOAT8_DTYPE) != FLOAT8_DTYPE:
         return f"float8 activation in {activation.float8_dtype}: lynx's FP8 kernels take e4m3"
+    bounds = {name: getattr(activation, name, None) for name in ("hp_value_lb", "hp_value_ub")}
+    if any(bound is not None for bound in bounds.values()):  # torchao clamps each row's max into them for its scale
+        given = ", ".join(f"{name}={bound}" for name, bound in bounds.items() if bound is not None)
+        return f"float8 activation scale bounded ({given}): lynx's FP8 compressor scales each row by its own maximum"
     return None
+
+
+def subclass_operand_reason(value: object) -> str:
+    """Why a linear over a tensor subclass operand (DTensor, torchao's int8 / int4 weights) stays dense."""
+    return f"{type(value).__name__} operand (a tensor subclass: no sparse path for it)"
+
+
+def weight_kind_reason(weight: torch.Tensor) -> str | None:
+    """Why compiling keeps a linear dense for the kind of its weight alone (a float8 weight lynx's FP8 kernels cannot
+    take, another tensor subclass), or None: what `calibrate` and `fit_lora` must not measure as sparse."""
+    if is_float8_weight(weight):
+        return float8_weight_reason(weight)
+    return subclass_operand_reason(weight) if is_traceable_wrapper_subclass(weight) else None
 
 
 def weight_scale_per_row(scale: torch.Tensor, rows: int) -> torch.Tensor:

@@ -47,7 +47,7 @@ import torch
 from .checks import check_module, names_of
 from .config import LynxConfig, parse_options
 from .messages import some_names
-from .regions import RegionSpec, inside, linear_name, qualified, register_model
+from .regions import RegionSpec, inside, linear_name, parameter_kind, qualified, register_model
 from .steps import StepSchedule, by_step
 
 logger = logging.getLogger(__name__)
@@ -90,8 +90,10 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
         raise TypeError(f"compile_repeated_blocks: steps must be a lynx_compile.StepSchedule, got {steps!r}")
     names = names_of(blocks) if blocks is not None else tuple(getattr(model, "_repeated_blocks", None) or ())
     if not names or not all(isinstance(name, str) for name in names):
+        repeated = _repeated_in_lists(model)
+        found = f" (its module lists repeat {some_names(repeated)})" if repeated else ""
         raise ValueError(f"compile_repeated_blocks: {type(model).__name__} names no repeated blocks "
-                         "(diffusers' _repeated_blocks); pass blocks=[class names]")  # fmt: skip
+                         f"(diffusers' _repeated_blocks); pass blocks=[class names]{found}")  # fmt: skip
     instances = _outermost(model, names)
     if not instances:
         raise ValueError(f"compile_repeated_blocks: no module of class {', '.join(names)} in {type(model).__name__}")
@@ -117,8 +119,11 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
         for first in members[:1] if one_graph else members:
             run = torch.compile(_region_function(*first), backend="lynx", options=region_config, **compile_kwargs)
             if steps is not None:  # the dense variant through code of its own: switching steps never recompiles
-                dense = torch.compile(_region_function(*first, variant="dense"), backend="lynx",
-                                      options=dataclasses.replace(region_config, execution="dense"), **compile_kwargs)
+                # labelled apart, so that a report over sparse and dense steps holds each variant's rows
+                dense_region = dataclasses.replace(region, label=f"{label} (dense steps)")
+                dense_config = dataclasses.replace(region_config, execution="dense", region=dense_region)
+                dense = torch.compile(_region_function(*first, variant="dense"), backend="lynx", options=dense_config,
+                                      **compile_kwargs)  # fmt: skip
             for _, module in members if one_graph else [first]:
                 module._compiled_call_impl = (functools.partial(run, module) if steps is None else
                                               functools.partial(by_step, steps, run, dense, module))  # fmt: skip
@@ -191,6 +196,17 @@ def _outermost(model: torch.nn.Module, classes: tuple[str, ...]) -> list[tuple[s
     return found
 
 
+def _repeated_in_lists(model: torch.nn.Module) -> list[str]:
+    """The classes an `nn.ModuleList` of the model holds more than once (DiT's and SD3's blocks, which diffusers does
+    not list in their `_repeated_blocks`), as "Class ×count": what `blocks=` could name."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList):
+            for child in module:
+                counts[type(child).__name__] = counts.get(type(child).__name__, 0) + 1
+    return [f"{name} ×{count}" for name, count in counts.items() if count > 1]
+
+
 def _pattern(module: torch.nn.Module, path: str, config: LynxConfig) -> tuple:
     """What makes instances share a graph: their class, parameter shapes, and each layer's decision variant."""
     layers = sorted({linear_name(name) for name, _ in module.named_parameters()})
@@ -198,7 +214,7 @@ def _pattern(module: torch.nn.Module, path: str, config: LynxConfig) -> tuple:
 
 
 def _structure(module: torch.nn.Module) -> tuple:
-    return tuple((name, tuple(p.shape), str(p.dtype), str(p.device)) for name, p in module.named_parameters())
+    return tuple((name, tuple(p.shape), parameter_kind(p)) for name, p in module.named_parameters())
 
 
 def _linears_outside(model: torch.nn.Module, instances: list[tuple[str, torch.nn.Module]],

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from .messages import Once, some_names
 
@@ -203,6 +204,9 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
         if list(own) != list(parameters) or any(tuple(own[key].shape) != shape for key, shape in shapes.items()
                                                 if key in own):  # fmt: skip
             return False
+        if module is not traced and any(parameter_kind(own[key]) != parameter_kind(parameter)
+                                        for key, parameter in parameters.items()):  # fmt: skip
+            return False  # another dtype, or torchao's float8 in one instance only: a graph of its own
         return module is traced or (not _runs_eagerly_within(model, name)
                                     and (not compiled or any(inside(name, outer) for outer in compiled)))
 
@@ -246,13 +250,26 @@ def _disabled(function: Any) -> bool:
     return False
 
 
-def _parameter_shapes(model: torch.nn.Module, path: str) -> list[tuple[str, tuple[int, ...]]] | None:
-    """The names and shapes of the parameters under the module at `path`, or None where there is none."""
+def _parameter_shapes(model: torch.nn.Module, path: str) -> list[tuple[str, tuple[int, ...], tuple]] | None:
+    """The names, shapes and kinds of the parameters under the module at `path`, or None where there is none."""
     try:
         module = model.get_submodule(path)
     except AttributeError:
         return None
-    return [(name, tuple(parameter.shape)) for name, parameter in module.named_parameters()]
+    return [(name, tuple(parameter.shape), parameter_kind(parameter)) for name, parameter in module.named_parameters()]
+
+
+def parameter_kind(parameter: torch.Tensor) -> tuple:
+    """What Dynamo guards on in a parameter besides its shape: its type, dtype and device and, for a tensor subclass
+    (torchao's float8 and int8 weights), its inner tensors' dtypes and shapes and its metadata (e4m3 or e5m2, the
+    activation's quantization). Instances whose parameters differ in any of these run graphs of their own."""
+    kind: tuple = (type(parameter).__name__, str(parameter.dtype), str(parameter.device))
+    if is_traceable_wrapper_subclass(parameter):
+        names, metadata = parameter.__tensor_flatten__()
+        inner = tuple((name, str(getattr(parameter, name).dtype), tuple(getattr(parameter, name).shape))
+                      for name in names)  # fmt: skip
+        kind += (inner, repr(metadata))
+    return kind
 
 
 _uncompiled_layers_warnings = Once()

@@ -67,6 +67,21 @@ def test_one_name_where_a_list_goes_is_that_name():
     assert list(solutions) == ["blocks.0.inner"]
 
 
+def test_a_model_naming_no_repeated_blocks_is_told_which_classes_its_lists_repeat():
+    """diffusers' DiT, PixArt and SD3 list no `_repeated_blocks`: the error names what `blocks=` could take."""
+
+    class Unlisted(Stack):
+        _repeated_blocks = []
+
+    with pytest.raises(ValueError, match=r"pass blocks=\[class names\] \(its module lists repeat Block ×2\)"):
+        lynx_compile.compile_repeated_blocks(Unlisted(), options=EAGER)
+    with pytest.raises(ValueError, match=r"pass blocks=\[class names\]$"):  # nothing repeated: nothing to suggest
+        lynx_compile.compile_repeated_blocks(nn.Sequential(Block(), nn.ModuleList([Block()])), options=EAGER)
+    lynx_compile.compile_repeated_blocks(model := Unlisted(), options=EAGER, blocks=["Block"])
+    assert [path for path, module in model.named_modules() if module.__dict__.get("_compiled_call_impl")] == [
+        "blocks.0", "blocks.1"]
+
+
 @pytest.mark.parametrize("kwargs", [{"fulgraph": True}, {"dynamic": "yes"}])
 def test_a_recompile_torch_refuses_leaves_the_earlier_compilation_in_place(kwargs):
     model = Stack().eval()

@@ -122,6 +122,52 @@ def test_reasons_for_float8_weights_lynx_cannot_take():
     rowwise = float8_tensor.Float8Tensor.from_hp(weight, granularity=PerRow(),
                                                  act_quant_kwargs=float8_tensor.QuantizeTensorToFloat8Kwargs())
     assert float8_weight_reason(rowwise) is None
+    for bound in ({"hp_value_ub": 0.5}, {"hp_value_lb": 100.0}):  # torchao's activation_value_ub / _lb
+        bounded = float8_tensor.Float8Tensor.from_hp(weight, granularity=PerRow(),
+                                                     act_quant_kwargs=float8_tensor.QuantizeTensorToFloat8Kwargs(
+                                                         granularity=PerRow(), **bound))  # fmt: skip
+        assert f"bounded ({', '.join(f'{k}={v}' for k, v in bound.items())})" in float8_weight_reason(bounded)
+
+
+def test_calibrate_measures_no_layer_compiling_keeps_dense_for_its_weights_kind():
+    """e5m2, weight-only float8 and torchao's int8 weights stay dense when compiled: `calibrate` records them dense
+    with the words compiling gives (spending none of its error budget on them, and running none of their pruning,
+    which raised inside torchao for int8), and `fit_lora` fits none (refusing them by name)."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    class Four(torch.nn.Module):
+        def __init__(self, dim: int = 128) -> None:
+            super().__init__()
+            self.a, self.b, self.c, self.d = (torch.nn.Linear(dim, dim) for _ in range(4))
+
+        def forward(self, x):
+            for layer in (self.a, self.b, self.c, self.d):
+                x = x + layer(F.gelu(x))
+            return x
+
+    torch.manual_seed(0)
+    model = Four().to(torch.bfloat16)
+    float8(model.a)
+    model.b.weight = torch.nn.Parameter(float8_tensor.Float8Tensor.from_hp(
+        model.b.weight.detach(), float8_dtype=torch.float8_e5m2, granularity=PerRow(), mm_config=Float8MMConfig(),
+        act_quant_kwargs=float8_tensor.QuantizeTensorToFloat8Kwargs(float8_dtype=torch.float8_e5m2)),
+        requires_grad=False)  # fmt: skip
+    float8(model.c, dynamic_activation=False)
+    quantize_(model.d, Int8WeightOnlyConfig())
+    samples = [torch.randn(2, 32, 128, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(i))
+               for i in range(2)]  # fmt: skip
+    policy = lynx_compile.calibrate(model, samples, target=1.0, progress_bar=False)
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        torch.compile(model, backend="lynx", options={"execution": "simulate"})(samples[0])
+    compiled = {layer.name: layer for layer in report.layers}
+    assert policy.layers["a"].decision == "sparse" == compiled["a"].decision
+    for name in "bcd":
+        assert compiled[name].decision == "dense" == policy.layers[name].decision, name
+        assert policy.layers[name].reason == compiled[name].reason and policy.layers[name].error is None, name
+    assert "Int8Tensor operand" in policy.layers["d"].reason
+    assert set(lynx_compile.fit_lora(model, samples, rank=2, progress_bar=False)) == set()
+    with pytest.raises(ValueError, match=r"weight: Float8Tensor, Int8Tensor\) take no LoRA.*\['a', 'd'\]"):
+        lynx_compile.fit_lora(model, samples, rank=2, layers=["a", "d"], progress_bar=False)
 
 
 def test_on_a_cpu_sparse_execution_keeps_float8_layers_dense_with_the_fp8_paths_reasons():
@@ -135,6 +181,13 @@ def test_on_a_cpu_sparse_execution_keeps_float8_layers_dense_with_the_fp8_paths_
     reasons = {layer.name: layer.reason for layer in report.layers}
     assert "no FP8 sparse-tensor-core kernel for cpu" in reasons["up"]
     assert "FP8" not in reasons["down"] and "cpu" in reasons["down"]
+    torch._dynamo.reset()
+    with torch.no_grad(), lynx_compile.collect_reports() as report:  # the paths allowed are none of float8's
+        torch.compile(block, backend="lynx", options={"execution": "sparse", "sparse_paths": ["cusparselt"]})(
+            torch.randn(64, 128, dtype=torch.bfloat16))
+    reasons = {layer.name: layer.reason for layer in report.layers}
+    assert reasons["up"].startswith("sparse_paths=['cusparselt'] allows no sparse path for torchao float8 layers (")
+    assert "cutlass_float8" in reasons["up"] and "sparse_paths" not in reasons["down"]
 
 
 @pytest.mark.parametrize("name", ["flux", "wan"])
@@ -215,6 +268,47 @@ def test_calibrating_with_lora_skips_float8_layers_and_fit_lora_refuses_them():
                for i in range(2)]  # fmt: skip
     policy = lynx_compile.calibrate(block, samples, target=1.0, lora_rank=4, progress_bar=False)
     assert set(policy.layers) == {"up", "down"} and not policy.adapters
-    with pytest.raises(ValueError, match="float8 layers take no LoRA correction"):
+    with pytest.raises(ValueError, match=r"tensor subclass \(a quantized weight: Float8Tensor\) take no LoRA"):
         lynx_compile.fit_lora(block, samples, rank=4, layers=["up"], progress_bar=False)
     assert lynx_compile.fit_lora(block, samples, rank=4, progress_bar=False) == {}
+
+
+def stack() -> torch.nn.Module:
+    """Two blocks in a diffusers model (whose `compile_repeated_blocks` compiles each block in place)."""
+    from diffusers import ModelMixin
+
+    class Stack(ModelMixin):
+        _repeated_blocks = ["Block"]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(Block() for _ in range(2))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = x + block(x)
+            return x
+
+    return Stack()
+
+
+@pytest.mark.parametrize("compiled_as", ["lynx_regional", "diffusers_regional"])
+def test_instances_of_a_block_quantized_unalike_are_each_reported_by_the_graph_that_runs_it(compiled_as):
+    """One block's linears torchao float8, its sibling's not: Dynamo compiles a graph for each (it guards on the
+    weights' kinds), and each instance's rows come from its own graph, not from the first one compiled."""
+    torch.manual_seed(0)
+    model = stack().to(torch.bfloat16)
+    float8(model.blocks[0].up), float8(model.blocks[0].down)
+    simulate = {"execution": "simulate"}
+    if compiled_as == "lynx_regional":
+        lynx_compile.compile_repeated_blocks(model, options=simulate)
+    else:
+        model.compile_repeated_blocks(backend="lynx", options=simulate)
+    x = torch.randn(2, 32, 128, dtype=torch.bfloat16)
+    with torch.no_grad(), lynx_compile.collect_reports(model) as report:
+        model(x)
+    rows = {layer.name: layer for layer in report.layers}
+    assert {"blocks.0.up", "blocks.1.up", "blocks.0.down", "blocks.1.down"} <= set(rows)
+    for name in ("up", "down"):
+        assert "rowwise FP8" in rows[f"blocks.0.{name}"].reason and "FP8" not in rows[f"blocks.1.{name}"].reason
+        assert rows[f"blocks.0.{name}"].graph != rows[f"blocks.1.{name}"].graph

@@ -49,6 +49,25 @@ def test_blocks_run_sparse_at_the_schedules_steps_only_and_never_recompile(compi
         torch.testing.assert_close(out, sparse if step in (1, 3) else dense, rtol=1e-4, atol=1e-4)
 
 
+def test_a_report_over_a_dense_and_a_sparse_step_holds_the_rows_of_both():
+    """Each block instance has a row from each variant that ran (the dense steps' labelled apart), not only the
+    first step's."""
+    torch.compiler.reset()
+    model, x = stack(2), batch()
+    schedule = lynx_compile.StepSchedule(sparse_steps=[1])
+    lynx_compile.compile_repeated_blocks(model, options=OPTIONS, steps=schedule)
+    with torch.no_grad(), lynx_compile.collect_reports() as report:
+        for step in (0, 1):
+            schedule.at(step)
+            model(x)
+    for name in ("blocks.0.inner", "blocks.1.out"):
+        rows = [layer for layer in report.layers if layer.name == name]
+        assert sorted(layer.decision for layer in rows) == ["dense", "sparse"], name
+        dense_row = next(layer for layer in rows if layer.decision == "dense")
+        assert dense_row.reason == "execution='dense'"
+        assert report.graphs[dense_row.graph].region.endswith("(dense steps)")
+
+
 class Pipe:
     """What a diffusers pipeline shows its step callback: itself (with its step count), the step, the timestep."""
 

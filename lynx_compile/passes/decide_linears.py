@@ -32,7 +32,7 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols, statica
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ..adapter_names import is_adapter_linear
-from ..float8 import float8_weight_reason
+from ..float8 import UNDER_AUTOCAST, float8_weight_reason, subclass_operand_reason
 from ..folds import IDENTITY, describe, get_fold
 from ..kernels.nm_prune import SUPPORTED_DTYPES
 from ..messages import Once, some_names
@@ -98,11 +98,11 @@ def _form_reason(site: LinearSite, ctx: PassContext) -> str | None:
         if why is not None:
             return why
         if site.autocast is not None:
-            return "float8 weight under autocast: left to torchao"
+            return UNDER_AUTOCAST
     operands = (fake_value(site.x),) if site.float8 else (fake_value(site.weight), fake_value(site.x))
     subclass = next((value for value in operands if is_traceable_wrapper_subclass(value)), None)
     if subclass is not None:  # its own kernels; lynx's op would not reach them
-        return f"{type(subclass).__name__} operand (a tensor subclass: no sparse path for it)"
+        return subclass_operand_reason(subclass)
     if site.dtype not in SUPPORTED_DTYPES:
         return f"dtype {site.dtype} unsupported"
     input_dtype, weight_dtype = fake_value(site.x).dtype, fake_value(site.weight).dtype
@@ -198,8 +198,16 @@ def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, 
                        max(timed, key=lambda entry: entry[0].speedup, default=(None, None)))  # fmt: skip
     if len({why for _, why in unavailable}) == 1:  # one reason (one path, or all alike): no names needed
         return best, best_path, unavailable[0][1]
-    return best, best_path, ("; ".join(f"{name}: {why}" for name, why in unavailable)
-                             or "no sparse path is registered (or allowed by sparse_paths)")  # fmt: skip
+    return best, best_path, "; ".join(f"{name}: {why}" for name, why in unavailable) or _no_path(workload, config)
+
+
+def _no_path(workload: Workload, config) -> str:
+    """Why no path was asked at all: sparse_paths allows none of this kind's (float8 or not), or none is registered."""
+    kind = "torchao float8 layers" if workload.float8 else "16-bit layers"
+    registered = [path.name for path in paths_for("sparse", workload.float8)]
+    if registered and config.sparse_paths:
+        return f"sparse_paths={list(config.sparse_paths)} allows no sparse path for {kind} ({', '.join(registered)})"
+    return f"no sparse path for {kind} is registered"
 
 
 def _conditions(measured: Measurement, site: LinearSite, ctx: PassContext, written: bool = False) -> str:
