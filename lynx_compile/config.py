@@ -34,12 +34,12 @@ class LynxConfig:
     """Options of the lynx backend.
 
     Attributes:
-        execution: how chosen linears run. ``"sparse"``: fused prune + compress and cuSPARSELt's sparse GEMM, for
-            layers where that path exists and is measured faster than dense on this GPU (others stay dense, with the
-            reason). ``"simulate"``: prune + compensate, then a dense GEMM (the method's numerics on any device, for
-            quality studies; slower than dense). ``"dense"``: no rewrite at all, the A/B baseline. ``"auto"``
-            (default): ``"sparse"`` on GPUs with a sparse path (sm_90), dense on other GPUs (with a warning),
-            ``"simulate"`` on CPUs.
+        execution: how chosen linears run. ``"sparse"``: fused prune + compress and a sparse GEMM (cuSPARSELt's or
+            lynx's CUTLASS kernel, whichever the speed rule measures faster), for layers where such a path exists and
+            is measured faster than dense on this GPU (others stay dense, with the reason). ``"simulate"``: prune +
+            compensate, then a dense GEMM (the method's numerics on any device, for quality studies; slower than
+            dense). ``"dense"``: no rewrite at all, the A/B baseline. ``"auto"`` (default): ``"sparse"`` on GPUs
+            with a sparse path (sm_90), dense on other GPUs (with a warning), ``"simulate"`` on CPUs.
         n, m: keep ``n`` of every ``m`` consecutive input channels (2:4 by default; simulate also takes 1:4, 4:8 ...).
         norm_compensation: rescale each pruned token row to its dense L2 norm (applied after the GEMM).
         min_tokens: linears with fewer input rows (tokens × batch) stay dense; a symbolic token count is decided
@@ -57,7 +57,8 @@ class LynxConfig:
             no second copy). Off by default: it runs on the GPU, but FLUX measured no faster with it (RESULTS.md,
             2026-11-26).
         sparse_paths: sparse execution: the sparse paths the speed rule may choose from, by name (``"cusparselt"``,
-            ``"cusparselt_planned"``, ``"cutlass"``: `lynx_compile.paths.PATHS`); empty means every registered one.
+            ``"cutlass"``, and ``"cusparselt_planned"`` where nvmath-python imports: `lynx_compile.paths.PATHS`);
+            empty means every registered one.
         compiler: ``"inductor"`` compiles the rewritten graph; ``"eager"`` runs it as it is (debugging, `explain`).
         policy: a `Policy` (or the path of one saved as JSON) from `lynx_compile.calibrate`: layers it marks dense
             stay dense, layers it does not name stay dense, layers it marks sparse follow the rules above.

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LayerPolicy:
+    """One layer's entry in a `Policy`: its decision, why, and what calibration measured of it."""
+
     decision: str  # "sparse" | "dense"
     reason: str
     error: float | None = None  # relative output error of the layer alone, with norm compensation
@@ -52,6 +54,10 @@ class LayerPolicy:
 
 @dataclass
 class Policy:
+    """Per-layer decisions for a model (usually from `lynx_compile.calibrate`), passed to a compile as the ``policy``
+    option: layers it marks sparse follow the speed rule, the others stay dense. `save` / `load` keep it as JSON, its
+    LoRA adapters in a safetensors file beside it."""
+
     layers: dict[str, LayerPolicy] = field(default_factory=dict)
     model_class: str = ""
     lynx_version: str = ""
