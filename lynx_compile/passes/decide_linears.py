@@ -7,7 +7,7 @@ others); dtype; K % m; too few features; too few tokens. A graph that serves sev
 `RegionError`); each instance then gets its own reason. Then the execution picks the sparse paths
 (`lynx_compile.paths`): "simulate" takes the simulate path as it is; "sparse" asks every sparse path why it cannot
 run the layer, measures the others against dense for the layer's shape (with its folded producer and correction,
-`paths.measurements`), and takes the fastest if it beats dense by `min_speedup`. Before that, siblings reading one x
+`paths.measurements`), and takes the fastest if it beats dense by `min_speedup` (`speed_rule.py`). Before that, siblings reading one x
 are measured as a group (`group_siblings`): one prune for all their GEMMs; a group that pays is decided as one, the
 others fall back to their own decisions. A torchao float8 layer (`lynx_compile.float8`) is offered only the float8
 paths (`SparsePath.float8`), measured against rowwise FP8 dense (a group's x quantized once for its members), and
@@ -24,7 +24,6 @@ out of Inductor's fusion: 0.85× dense end to end on Z-Image, whose repeated blo
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 import torch
 import torch.fx
@@ -33,15 +32,14 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ..adapter_names import is_adapter_linear
 from ..float8 import UNDER_AUTOCAST, float8_weight_reason, subclass_operand_reason
-from ..folds import IDENTITY, describe, get_fold
+from ..folds import IDENTITY, describe
 from ..kernels.nm_prune import SUPPORTED_DTYPES
 from ..messages import Once, some_names
-from ..paths import SparsePath, Workload, execution_warning, get_path, measure, paths_for, resolve_execution
-from ..paths.base import Measurement
-from ..plan import SparseLinearPlan
+from ..paths import execution_warning, get_path, paths_for, resolve_execution
 from ..regions import RegionError, warn_about_uncompiled_layers
 from .group_siblings import SiblingGroup, sibling_groups
-from .utils import LinearSite, PassContext, concrete_int, fake_value
+from .speed_rule import best_way, plan_for
+from .utils import LinearSite, PassContext, fake_value
 
 logger = logging.getLogger(__name__)
 
@@ -148,114 +146,9 @@ def _bias_reason(site: LinearSite) -> str | None:
     return None
 
 
-def _plan(site: LinearSite, ctx: PassContext, path: SparsePath, params: dict | None = None) -> SparseLinearPlan:
-    fold = site.fold.spec if site.fold is not None else IDENTITY
-    settings = tuple(sorted((params or {}).items()))
-    return SparseLinearPlan(path.name, ctx.config.method, fold, path.row_multiple, settings)
-
-
-def _workload(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = (), written: bool = False) -> Workload:
-    device = site.device
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    fold, widths, rows = IDENTITY, (), ()
-    if site.fold is not None:
-        values = site.fold.values()
-        fold, widths = site.fold.spec, tuple(int(value.shape[-1]) for value in values)
-        rows = tuple(concrete_int(value.numel()) // max(width, 1) for value, width in zip(values, widths))
-    return Workload(concrete_int(site.tokens), site.in_features, sum(out_splits) or site.out_features, site.dtype,
-                    device, ctx.config.cuda_graphs, fold, widths, site.lora_rank, out_splits,
-                    bool(out_splits) and ctx.config.pack_siblings and not site.float8, site.float8,
-                    written, rows)  # fmt: skip
-
-
-def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, SparsePath | None, str]:
-    """(the best measurement, its path, why no path could run) over the sparse paths that can run the workload: of
-    those that beat dense by min_speedup, the fastest with its norm scale applied (`Measurement.standalone_ms`);
-    where none does, the one closest to it."""
-    config = ctx.config
-    unavailable, timed = [], []
-    for path in paths_for("sparse", workload.float8):
-        if config.sparse_paths and path.name not in config.sparse_paths:
-            continue
-        why = "runs no sibling groups" if workload.out_splits and not path.groups else None
-        why = why or path.unavailable_reason(workload, config.method)
-        if why is not None:
-            unavailable.append((path.name, why))
-            continue
-        try:
-            measured = measure(path, workload, config.policy.measurements if config.policy is not None else None)
-        except Exception as error:  # a path that cannot time this layer does not run it (every rank alike)
-            if config.strict:
-                raise
-            logger.warning("lynx: measuring %s for %s failed (%s: %s); the layer stays off this path", path.name,
-                           workload.describe(), type(error).__name__, error)  # fmt: skip
-            unavailable.append((path.name, f"measuring failed ({type(error).__name__}: {error})"))
-            continue
-        timed.append((measured, path))
-    passing = [entry for entry in timed if entry[0].speedup >= config.min_speedup]
-    best, best_path = (min(passing, key=lambda entry: entry[0].standalone_ms) if passing else
-                       max(timed, key=lambda entry: entry[0].speedup, default=(None, None)))  # fmt: skip
-    if len({why for _, why in unavailable}) == 1:  # one reason (one path, or all alike): no names needed
-        return best, best_path, unavailable[0][1]
-    return best, best_path, "; ".join(f"{name}: {why}" for name, why in unavailable) or _no_path(workload, config)
-
-
-def _no_path(workload: Workload, config) -> str:
-    """Why no path was asked at all: sparse_paths allows none of this kind's (float8 or not), or none is registered."""
-    kind = "torchao float8 layers" if workload.float8 else "16-bit layers"
-    registered = [path.name for path in paths_for("sparse", workload.float8)]
-    if registered and config.sparse_paths:
-        return f"sparse_paths={list(config.sparse_paths)} allows no sparse path for {kind} ({', '.join(registered)})"
-    return f"no sparse path for {kind} is registered"
-
-
-def _conditions(measured: Measurement, site: LinearSite, ctx: PassContext, written: bool = False) -> str:
-    """What a measurement was taken under, for reasons."""
-    where = f"M={measured.tokens}, " + ("CUDA graphs" if ctx.config.cuda_graphs else
-                                       "no CUDA graphs, host time included")  # fmt: skip
-    if site.lora_rank:
-        where += f", rank-{site.lora_rank} LoRA included"
-    if site.fold is not None:
-        where += f", input {describe(site.fold.spec)} " + ("written out first" if written else "pruned on load")
-    return where
-
-
-def _measured_plan(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = (), written: bool = False):
-    """The speed rule for one layer, or for a sibling group led by `site`: (its plan, a reason naming the path and
-    the measurement, the measurement) where the fastest path beats dense by min_speedup, else (None, why not, the
-    closest measurement or None). `written`: x's folded producer runs before the op instead (the plan reads x)."""
-    best, path, unavailable = _fastest(_workload(site, ctx, out_splits, written), ctx)
-    if best is None:
-        return None, unavailable, None
-    where = _conditions(best, site, ctx, written)
-    if best.speedup < ctx.config.min_speedup:
-        why = f"sparse path measured {best.speedup:.2f}× dense ({where}) < min_speedup={ctx.config.min_speedup}"
-        return None, why, best
-    params = dict(best.params)
-    plan = _plan(site, ctx, path, params)
-    if written:
-        plan = replace(plan, fold=IDENTITY)
-    return plan, f"{path.describe(params)}, measured {best.speedup:.2f}× dense ({where})", best
-
-
-def _best_way(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = ()):
-    """`_measured_plan` for a layer or a sibling group led by `site`. With a folded producer that can cost more on
-    load than x's round trip saves — any on a float8 layer (a GELU in the FP8 compressor), a norm on any — it is
-    measured both ways, the producer applied on load or written out first, and the faster passing way is taken."""
-    options = [_measured_plan(site, ctx, out_splits)]
-    if site.fold is not None and (site.float8 or get_fold(site.fold.spec.kind).measured_both_ways):
-        options.append(_measured_plan(site, ctx, out_splits, written=True))
-    passing = [option for option in options if option[0] is not None]
-    if passing:
-        return min(passing, key=lambda option: option[2].standalone_ms)
-    measured = [option for option in options if option[2] is not None]
-    return max(measured, key=lambda option: option[2].speedup) if measured else options[0]
-
-
 def _choose_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
     """For execution="sparse": set the plan and the reason and return None, or return why the layer stays dense."""
-    plan, reason, _ = _best_way(site, ctx)
+    plan, reason, _ = best_way(site, ctx)
     if plan is None:
         return reason
     if plan.fold == IDENTITY:
@@ -266,7 +159,7 @@ def _choose_sparse_path(site: LinearSite, ctx: PassContext) -> str | None:
 
 def _decide_group(group: SiblingGroup, ctx: PassContext) -> bool:
     """Measure siblings as one unit; where it pays, decide all of them sparse with one plan and say so."""
-    plan, reason, _ = _best_way(group.sites[0], ctx, group.out_splits)
+    plan, reason, _ = best_way(group.sites[0], ctx, group.out_splits)
     if plan is None:
         logger.debug("lynx: sibling group %s stays apart (%s)", group.names, reason)
         return False
@@ -333,9 +226,9 @@ def decide_linears(gm: torch.fx.GraphModule, ctx: PassContext) -> torch.fx.Graph
             if execution == "sparse":
                 dense_reason = _choose_sparse_path(site, ctx)
             elif execution == "dense":  # "auto" on a GPU no sparse path runs on (`execution_warning` says so)
-                dense_reason = f"execution='auto': {_best_way(site, ctx)[1]}"  # each path's reason
+                dense_reason = f"execution='auto': {best_way(site, ctx)[1]}"  # each path's reason
             else:  # "simulate": the path of that execution, as it is
-                site.plan = _plan(site, ctx, paths_for(execution, site.float8)[0])
+                site.plan = plan_for(site, ctx, paths_for(execution, site.float8)[0])
         site.decision = "dense" if dense_reason else "sparse"
         if dense_reason:
             site.lora, site.plan = None, None
