@@ -385,8 +385,9 @@ def fit_lora_on_calls(
     quantized = [name for name in names if name in subclass]
     if quantized:
         kinds = sorted({type(linears[name].weight).__name__ for name in quantized})
-        raise ValueError(f"fit_lora: layers whose weight is a tensor subclass (a quantized weight: {', '.join(kinds)})"
-                         f" take no LoRA correction (lynx does not run one on them): {quantized[:5]}")  # fmt: skip
+        raise ValueError(f"fit_lora: layers whose weight is a tensor subclass ({', '.join(kinds)}: torchao's quantized "
+                         f"weights, DTensor) take no LoRA correction (lynx does not run one on them): "
+                         f"{quantized[:5]}")  # fmt: skip
     groups: list[list[str]] = [[]]
     group_bytes = 0
     for name in names:

@@ -197,14 +197,15 @@ def _outermost(model: torch.nn.Module, classes: tuple[str, ...]) -> list[tuple[s
 
 
 def _repeated_in_lists(model: torch.nn.Module) -> list[str]:
-    """The classes an `nn.ModuleList` of the model holds more than once (DiT's and SD3's blocks, which diffusers does
-    not list in their `_repeated_blocks`), as "Class ×count": what `blocks=` could name."""
+    """The block classes an `nn.ModuleList` of the model holds several instances of, and nothing else (DiT's and SD3's
+    blocks, which diffusers does not name in their `_repeated_blocks`), as "Class ×count": what `blocks=` could
+    name. Lists of leaves (an attention's `to_out`) are no blocks."""
     counts: dict[str, int] = {}
     for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList):
-            for child in module:
-                counts[type(child).__name__] = counts.get(type(child).__name__, 0) + 1
-    return [f"{name} ×{count}" for name, count in counts.items() if count > 1]
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1 and len({type(child) for child in module}) == 1:
+            if any(True for _ in module[0].children()):
+                counts[type(module[0]).__name__] = counts.get(type(module[0]).__name__, 0) + len(module)
+    return [f"{name} ×{count}" for name, count in counts.items()]
 
 
 def _pattern(module: torch.nn.Module, path: str, config: LynxConfig) -> tuple:
@@ -214,7 +215,8 @@ def _pattern(module: torch.nn.Module, path: str, config: LynxConfig) -> tuple:
 
 
 def _structure(module: torch.nn.Module) -> tuple:
-    return tuple((name, tuple(p.shape), parameter_kind(p)) for name, p in module.named_parameters())
+    return tuple((name, tuple(p.shape), str(p.dtype), str(p.device), parameter_kind(p))
+                 for name, p in module.named_parameters())  # fmt: skip
 
 
 def _linears_outside(model: torch.nn.Module, instances: list[tuple[str, torch.nn.Module]],

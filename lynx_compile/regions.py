@@ -260,16 +260,24 @@ def _parameter_shapes(model: torch.nn.Module, path: str) -> list[tuple[str, tupl
 
 
 def parameter_kind(parameter: torch.Tensor) -> tuple:
-    """What Dynamo guards on in a parameter besides its shape: its type, dtype and device and, for a tensor subclass
-    (torchao's float8 and int8 weights), its inner tensors' dtypes and shapes and its metadata (e4m3 or e5m2, the
-    activation's quantization). Instances whose parameters differ in any of these run graphs of their own."""
-    kind: tuple = (type(parameter).__name__, str(parameter.dtype), str(parameter.device))
+    """What a block instance's parameter must share with the traced instance's, besides its shape, for the graph to
+    serve it: its type and, for a tensor subclass (torchao's float8 and int8 weights, DTensor), its inner tensors'
+    kinds, dtypes and shapes and its metadata (e4m3 or e5m2, the activation's quantization), on which Dynamo guards. A
+    plain tensor's dtype and device are left out: diffusers' layerwise casting and offloading hooks change them in
+    place just before a block runs, so that the traced instance differs there from siblings its graph serves."""
+    kind: tuple = (type(parameter).__name__,)
     if is_traceable_wrapper_subclass(parameter):
         names, metadata = parameter.__tensor_flatten__()
-        inner = tuple((name, str(getattr(parameter, name).dtype), tuple(getattr(parameter, name).shape))
-                      for name in names)  # fmt: skip
-        kind += (inner, repr(metadata))
+        kind += (tuple((name, *_inner_kind(getattr(parameter, name))) for name in names), repr(metadata))
     return kind
+
+
+def _inner_kind(value: object) -> tuple:
+    """An entry of a subclass's flattened form: a tensor (itself perhaps a subclass) or other state (DTensor's
+    device mesh)."""
+    if not isinstance(value, torch.Tensor):
+        return (type(value).__name__,)
+    return (*parameter_kind(value), str(value.dtype), tuple(value.shape))
 
 
 _uncompiled_layers_warnings = Once()

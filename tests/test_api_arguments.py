@@ -75,8 +75,9 @@ def test_a_model_naming_no_repeated_blocks_is_told_which_classes_its_lists_repea
 
     with pytest.raises(ValueError, match=r"pass blocks=\[class names\] \(its module lists repeat Block ×2\)"):
         lynx_compile.compile_repeated_blocks(Unlisted(), options=EAGER)
-    with pytest.raises(ValueError, match=r"pass blocks=\[class names\]$"):  # nothing repeated: nothing to suggest
-        lynx_compile.compile_repeated_blocks(nn.Sequential(Block(), nn.ModuleList([Block()])), options=EAGER)
+    leaves = nn.Sequential(Block(), nn.ModuleList([Block()]), nn.ModuleList([nn.Linear(32, 32), nn.Linear(32, 32)]))
+    with pytest.raises(ValueError, match=r"pass blocks=\[class names\]$"):  # no block repeated: nothing to suggest
+        lynx_compile.compile_repeated_blocks(leaves, options=EAGER)
     lynx_compile.compile_repeated_blocks(model := Unlisted(), options=EAGER, blocks=["Block"])
     assert [path for path, module in model.named_modules() if module.__dict__.get("_compiled_call_impl")] == [
         "blocks.0", "blocks.1"]

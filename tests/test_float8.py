@@ -129,6 +129,37 @@ def test_reasons_for_float8_weights_lynx_cannot_take():
         assert f"bounded ({', '.join(f'{k}={v}' for k, v in bound.items())})" in float8_weight_reason(bounded)
 
 
+def test_under_autocast_calibrate_and_compiling_leave_float8_layers_to_torchao():
+    block = quantized_block()
+    samples = [torch.randn(2, 32, 128, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(i))
+               for i in range(2)]  # fmt: skip
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        policy = lynx_compile.calibrate(block, samples, target=1.0, progress_bar=False)
+        with torch.no_grad(), lynx_compile.collect_reports() as report:
+            torch.compile(block, backend="lynx", options={"execution": "simulate"})(samples[0])
+    compiled = {layer.name: layer.reason for layer in report.layers}
+    for name in ("up", "down"):
+        assert policy.layers[name].reason == compiled[name] == "float8 weight under autocast: left to torchao"
+
+
+def test_a_float8_layer_with_bounded_activation_scales_runs_torchaos_own_numerics():
+    bounded = {"act_quant_kwargs": float8_tensor.QuantizeTensorToFloat8Kwargs(granularity=PerRow(), hp_value_ub=0.5)}
+    torch.manual_seed(0)
+    block = Block().to(torch.bfloat16)
+    for linear in (block.up, block.down):
+        weight = float8_tensor.Float8Tensor.from_hp(linear.weight.detach(), granularity=PerRow(),
+                                                    mm_config=Float8MMConfig(use_fast_accum=True), **bounded)
+        linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+    x = torch.randn(64, 128, dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = block(x)  # torchao's, the activation clamped into its bound before its scale
+        with lynx_compile.collect_reports() as report:
+            out = torch.compile(block, backend="lynx", options={"execution": "simulate", "compiler": "eager"})(x)
+    assert all(layer.decision == "dense" and "scale bounded (hp_value_ub=0.5)" in layer.reason
+               for layer in report.layers) and len(report.layers) == 2  # fmt: skip
+    torch.testing.assert_close(out, expected)
+
+
 def test_calibrate_measures_no_layer_compiling_keeps_dense_for_its_weights_kind():
     """e5m2, weight-only float8 and torchao's int8 weights stay dense when compiled: `calibrate` records them dense
     with the words compiling gives (spending none of its error budget on them, and running none of their pruning,
@@ -166,7 +197,7 @@ def test_calibrate_measures_no_layer_compiling_keeps_dense_for_its_weights_kind(
         assert policy.layers[name].reason == compiled[name].reason and policy.layers[name].error is None, name
     assert "Int8Tensor operand" in policy.layers["d"].reason
     assert set(lynx_compile.fit_lora(model, samples, rank=2, progress_bar=False)) == set()
-    with pytest.raises(ValueError, match=r"weight: Float8Tensor, Int8Tensor\) take no LoRA.*\['a', 'd'\]"):
+    with pytest.raises(ValueError, match=r"\(Float8Tensor, Int8Tensor: torchao's quantized .* no LoRA.*\['a', 'd'\]"):
         lynx_compile.fit_lora(model, samples, rank=2, layers=["a", "d"], progress_bar=False)
 
 
@@ -268,7 +299,7 @@ def test_calibrating_with_lora_skips_float8_layers_and_fit_lora_refuses_them():
                for i in range(2)]  # fmt: skip
     policy = lynx_compile.calibrate(block, samples, target=1.0, lora_rank=4, progress_bar=False)
     assert set(policy.layers) == {"up", "down"} and not policy.adapters
-    with pytest.raises(ValueError, match=r"tensor subclass \(a quantized weight: Float8Tensor\) take no LoRA"):
+    with pytest.raises(ValueError, match=r"tensor subclass \(Float8Tensor: torchao's quantized .*\) take no LoRA"):
         lynx_compile.fit_lora(block, samples, rank=4, layers=["up"], progress_bar=False)
     assert lynx_compile.fit_lora(block, samples, rank=4, progress_bar=False) == {}
 

@@ -620,3 +620,52 @@ def test_diffusers_regional_compile_names_the_policys_layers_outside_its_blocks_
         run(model, batch(), batch(1, tokens=40))
     warned = [r.getMessage() for r in caplog.records if "run eagerly, dense" in r.getMessage()]
     assert len(warned) == 1 and "dense: inp, out;" in warned[0], warned
+
+
+def diffusers_stack() -> nn.Module:
+    """Three blocks in a diffusers model, for its hooks and its own `compile_repeated_blocks`."""
+    from diffusers import ModelMixin
+
+    class Blocks(ModelMixin):
+        _repeated_blocks = ["RepeatedBlock"]
+
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(RepeatedBlock() for _ in range(3))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    torch.manual_seed(0)
+    return Blocks().eval()
+
+
+@pytest.mark.parametrize("compiled_as", ["lynx", "diffusers"])
+def test_under_layerwise_casting_every_instance_is_reported_and_runs_as_its_policy_says(compiled_as):
+    # diffusers' layerwise casting casts a block's weights to the compute dtype just before it runs: when a graph is
+    # placed, the instance it was traced on is fp32 and its siblings still bf16, yet Dynamo serves them all with it.
+    from diffusers.hooks import apply_layerwise_casting
+
+    def compiled(options):
+        torch.compiler.reset()
+        model = diffusers_stack()
+        apply_layerwise_casting(model, storage_dtype=torch.bfloat16, compute_dtype=torch.float32)
+        if compiled_as == "lynx":
+            return lynx_compile.compile_repeated_blocks(model, options=options)
+        model.compile_repeated_blocks(backend="lynx", options=options)
+        return model
+
+    _, report = run(compiled(EAGER), torch.randn(2, 24, 32))
+    names = {f"blocks.{i}.{name}" for i in range(3) for name in ("inner", "out")}
+    assert {layer.name for layer in report.layers} == names
+    policy = lynx_compile.Policy({name: lynx_compile.LayerPolicy("dense" if name == "blocks.1.inner" else "sparse",
+                                                                 "test") for name in names})  # fmt: skip
+    _, report = run(compiled({**EAGER, "policy": policy}), torch.randn(2, 24, 32))
+    decided = rows(report)
+    assert decided["blocks.1.inner"] == ("dense", "policy: test") and decided["blocks.2.out"][0] == "sparse"
+    if compiled_as == "lynx":  # each decision pattern compiled apart
+        assert decided["blocks.0.inner"][0] == "sparse"
+    else:  # the hooks break the graph at each linear: one graph of nn.Linear's frame serves all three `inner`s
+        assert decided["blocks.0.inner"][0] == "dense" and "treat them differently" in decided["blocks.0.inner"][1]

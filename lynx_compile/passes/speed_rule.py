@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import torch
 
+from ..config import LynxConfig
 from ..folds import IDENTITY, describe, get_fold
 from ..paths import SparsePath, Workload, measure, paths_for
 from ..paths.base import Measurement
@@ -29,7 +30,9 @@ def plan_for(site: LinearSite, ctx: PassContext, path: SparsePath, params: dict 
     return SparseLinearPlan(path.name, ctx.config.method, fold, path.row_multiple, settings)
 
 
-def workload_of(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = (), written: bool = False) -> Workload:
+def workload_of(site: LinearSite, ctx: PassContext, out_splits: tuple[int, ...] = (),
+                written: bool = False) -> Workload:  # fmt: skip
+    """What the speed rule times for the layer at `site` (or the sibling group it leads: `out_splits`)."""
     device = site.device
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -76,7 +79,7 @@ def _fastest(workload: Workload, ctx: PassContext) -> tuple[Measurement | None, 
     return best, best_path, "; ".join(f"{name}: {why}" for name, why in unavailable) or _no_path(workload, config)
 
 
-def _no_path(workload: Workload, config) -> str:
+def _no_path(workload: Workload, config: LynxConfig) -> str:
     """Why no path was asked at all: sparse_paths allows none of this kind's (float8 or not), or none is registered."""
     kind = "torchao float8 layers" if workload.float8 else "16-bit layers"
     registered = [path.name for path in paths_for("sparse", workload.float8)]
