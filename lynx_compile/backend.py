@@ -93,6 +93,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
         pack_groups(ctx.groups_to_pack)
         publish_decisions(ctx)
         return gm.forward
+    from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx
 
     from .passes.lower_sparse_linears import LowerSparseLinears
@@ -100,7 +101,9 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
 
     lowered_gemm.register()
     patches = config.inductor_patches()
-    lowering = LowerSparseLinears(config) if ctx.rewrites else None
+    # lynx's lowering takes the slot of a post-grad pass the user set in Inductor's global config: it runs that one
+    # after its own (forwarding one in the options is refused: `config.LOWERING_SLOT`)
+    lowering = LowerSparseLinears(config, then=getattr(inductor_config, LOWERING_SLOT)) if ctx.rewrites else None
     if lowering is not None:
         patches[LOWERING_SLOT] = lowering
     compiled = compile_fx(gm, example_inputs, config_patches=patches)

@@ -12,6 +12,7 @@ import dataclasses
 import fnmatch
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,9 +235,18 @@ def _region_from_dict(data: dict[str, Any]) -> RegionSpec:
 
 
 def _content_hash(value: Any) -> str:
+    """Text for what JSON cannot write: a tensor (a policy's adapters) by its content, a path by its own text, an
+    Inductor custom pass forwarded in the options by its `uuid()` (as Inductor keys it). Anything else cannot be keyed
+    across processes: a fresh token, so that no cached graph is ever served for it (Inductor does the same for a
+    custom pass that is a plain function)."""
     if isinstance(value, torch.Tensor):
         return tensor_digest(value)
-    raise TypeError(f"{type(value).__name__} in a LynxConfig is not hashable for the cache key")
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    key = value.uuid() if callable(getattr(value, "uuid", None)) else None
+    if key is not None:
+        return f"{type(value).__module__}.{type(value).__qualname__}:{key!r}"
+    return f"uncacheable {type(value).__qualname__} {uuid.uuid4()}"
 
 
 _LYNX_FIELDS = tuple(f.name for f in dataclasses.fields(LynxConfig) if f.name not in ("inductor", "version", "region"))

@@ -274,3 +274,23 @@ def test_a_graph_dynamo_traces_again_after_a_restarted_analysis_is_reported_once
     with torch.no_grad(), lynx_compile.collect_reports() as report:
         compiled(torch.randn(2, 24, 64))
     assert len(report.graphs) == 1 and [layer.name for layer in report.layers] == ["proj"]
+
+
+def test_a_post_grad_pass_set_in_inductors_global_config_still_runs_after_lynxs_lowering(model):
+    """lynx installs its lowering in Inductor's `post_grad_custom_post_pass` per compile; a pass the user set there
+    globally was dropped on every graph lynx rewrote. It runs after lynx's now, on the graph lynx's ops are in."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    seen = []
+
+    class Counting(CustomGraphPass):
+        def __call__(self, graph):
+            seen.append(sum("lynx" in str(node.target) for node in graph.nodes))  # simulate's ops stay whole
+
+        def uuid(self):
+            return b"counting"
+
+    torch.compiler.reset()
+    with torch._inductor.config.patch(post_grad_custom_post_pass=Counting(), fx_graph_cache=False):
+        _, report = run(model, *inputs(), options={"execution": "simulate"})
+    assert len(seen) == 1 and seen[0] == len(report.sparse_layers) > 0

@@ -93,6 +93,33 @@ def test_the_cache_key_follows_adapter_content_not_identity():
     assert "tensor(" not in same  # hashed, never repr'd
 
 
+def test_the_cache_key_takes_inductor_options_json_cannot_write():
+    """A path by its text, a custom pass by its uuid (as Inductor keys it); anything else never matches a cached
+    graph (a fresh token each time: it raised inside the compile)."""
+    from pathlib import Path
+
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class Pass(CustomGraphPass):
+        def __init__(self, version):
+            self.version = version
+
+        def __call__(self, graph):
+            pass
+
+        def uuid(self):
+            return f"pass-v{self.version}"
+
+    def key(value, slot="post_grad_custom_pre_pass"):
+        return parse_options({slot: value}).cache_key()
+
+    assert key(Pass(1)) == key(Pass(1)) != key(Pass(2)) and "pass-v1" in key(Pass(1))
+    assert key(Path("/tmp/a"), "trace.debug_dir") == key("/tmp/a", "trace.debug_dir") != key(Path("/tmp/b"),
+                                                                                              "trace.debug_dir")
+    opaque = object()
+    assert key(opaque) != key(opaque)
+
+
 @pytest.mark.parametrize(
     "option, value",
     [("norm_compensation", "no"), ("norm_compensation", None), ("n", True), ("m", 4.0), ("min_tokens", True),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -57,8 +58,8 @@ logger = logging.getLogger(__name__)
 _PATTERNS = PatternMatcherPass(pass_name="lynx_lower_sparse_linears")
 _PACKAGE = Path(__file__).resolve().parent.parent
 # The shared machinery every lowering goes through; each path and fold adds its own files (`source_files`).
-_CORE_FILES = ("passes/lower_sparse_linears.py", "ops.py", "plan.py", "method.py", "folds/__init__.py",
-               "folds/base.py", "paths/__init__.py", "paths/base.py")  # fmt: skip
+_CORE_FILES = ("passes/lower_sparse_linears.py", "ops.py", "plan.py", "method.py", "float8.py", "kernel_op.py",
+               "folds/__init__.py", "folds/base.py", "paths/__init__.py", "paths/base.py")  # fmt: skip
 
 
 def _replace(match: Match, lowered: Callable[..., object], args: list) -> None:
@@ -160,11 +161,13 @@ def source_files() -> tuple[str, ...]:
 
 
 class LowerSparseLinears(CustomGraphPass):
-    """Installed per compile as Inductor's `post_grad_custom_post_pass` (never in global config). `lowered` counts
-    the nodes it lowered in the last graph it ran on (None until it runs: an FX graph cache hit skips it)."""
+    """Installed per compile as Inductor's `post_grad_custom_post_pass` (never in global config), in place of the
+    pass a user set there globally, which it runs after its own (`then`). `lowered` counts the nodes it lowered in
+    the last graph it ran on (None until it runs: an FX graph cache hit skips it)."""
 
-    def __init__(self, config: LynxConfig) -> None:
+    def __init__(self, config: LynxConfig, then: Callable[[torch.fx.Graph], object] | None = None) -> None:
         self.config = config
+        self.then = then
         self.lowered: int | None = None
 
     def __call__(self, graph: torch.fx.Graph) -> None:
@@ -175,9 +178,15 @@ class LowerSparseLinears(CustomGraphPass):
         logger.debug("lynx: lowered %d lynx::sparse_linear nodes for Inductor", self.lowered)
         if self.lowered:
             log_graph("graph after lower_sparse_linears", graph)
+        if self.then is not None:
+            self.then(graph)
 
     def uuid(self) -> bytes:
-        return _hash_of(source_files()) + self.config.cache_key().encode()
+        key = _hash_of(source_files()) + self.config.cache_key().encode()
+        if self.then is not None:  # a plain function has no key: Inductor caches no graph after one, nor does lynx
+            then = self.then.uuid() if isinstance(self.then, CustomGraphPass) else None
+            key += repr(then if then is not None else f"uncacheable {uuid.uuid4()}").encode()
+        return key
 
 
 @functools.lru_cache(maxsize=None)
