@@ -7,12 +7,12 @@ others); dtype; K % m; too few features; too few tokens. A graph that serves sev
 `RegionError`); each instance then gets its own reason. Then the execution picks the sparse paths
 (`lynx_compile.paths`): "simulate" takes the simulate path as it is; "sparse" asks every sparse path why it cannot
 run the layer, measures the others against dense for the layer's shape (with its folded producer and correction,
-`paths.measurements`), and takes the fastest if it beats dense by `min_speedup` (`speed_rule.py`). Before that, siblings reading one x
-are measured as a group (`group_siblings`): one prune for all their GEMMs; a group that pays is decided as one, the
-others fall back to their own decisions. A torchao float8 layer (`lynx_compile.float8`) is offered only the float8
-paths (`SparsePath.float8`), measured against rowwise FP8 dense (a group's x quantized once for its members), and
-groups with float8 siblings only. A float8 layer with a folded producer, and any layer with a folded norm, is also
-measured with the producer written out first, and keeps the faster way.
+`paths.measurements`), and takes the fastest if it beats dense by `min_speedup` (`speed_rule.py`). Before that,
+siblings reading one x are measured as a group (`group_siblings`): one prune for all their GEMMs; a group that pays is
+decided as one, the others fall back to their own decisions. A torchao float8 layer (`lynx_compile.float8`) is
+offered only the float8 paths (`SparsePath.float8`), measured against rowwise FP8 dense (a group's x quantized once
+for its members), and groups with float8 siblings only. A float8 layer with a folded producer, and any layer with a
+folded norm, is also measured with the producer written out first, and keeps the faster way.
 
 A symbolic token count (Dynamo made M dynamic, e.g. after a second resolution) is decided with a guard on
 M ≥ min_tokens: Dynamo then recompiles if a call falls on the other side, and this graph's ops can be lowered with
