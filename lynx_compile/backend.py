@@ -103,8 +103,9 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
     patches = config.inductor_patches()
     # lynx's lowering takes the slot of a post-grad pass the user set in Inductor's global config: it runs that one
     # after its own (forwarding one in the options is refused: `config.LOWERING_SLOT`)
-    lowering = LowerSparseLinears(config, then=getattr(inductor_config, LOWERING_SLOT)) if ctx.rewrites else None
+    lowering = LowerSparseLinears(config) if ctx.rewrites else None
     if lowering is not None:
+        lowering.then = getattr(inductor_config, LOWERING_SLOT)
         patches[LOWERING_SLOT] = lowering
     compiled = compile_fx(gm, example_inputs, config_patches=patches)
     pack_groups(ctx.groups_to_pack)  # after compiling: Inductor traced the parameters as Dynamo saw them

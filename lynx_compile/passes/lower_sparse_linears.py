@@ -165,9 +165,9 @@ class LowerSparseLinears(CustomGraphPass):
     pass a user set there globally, which it runs after its own (`then`). `lowered` counts the nodes it lowered in
     the last graph it ran on (None until it runs: an FX graph cache hit skips it)."""
 
-    def __init__(self, config: LynxConfig, then: Callable[[torch.fx.Graph], object] | None = None) -> None:
+    def __init__(self, config: LynxConfig) -> None:
         self.config = config
-        self.then = then
+        self.then: Callable[[torch.fx.Graph], object] | None = None  # the user's global pass, set by the backend
         self.lowered: int | None = None
 
     def __call__(self, graph: torch.fx.Graph) -> None:
