@@ -206,7 +206,7 @@ def _placement(model: torch.nn.Module, path: str, region: RegionSpec | None, cla
             return False
         if module is not traced and any(parameter_kind(own[key]) != parameter_kind(parameter)
                                         for key, parameter in parameters.items()):  # fmt: skip
-            return False  # another dtype, or torchao's float8 in one instance only: a graph of its own
+            return False  # torchao's float8 (another subclass, other metadata) in one instance only: its own graph
         return module is traced or (not _runs_eagerly_within(model, name)
                                     and (not compiled or any(inside(name, outer) for outer in compiled)))
 
