@@ -216,7 +216,7 @@ class LynxConfig:
     def cache_key(self) -> str:
         """Everything that changes what the lynx passes emit, as a stable string (for Inductor's FX graph cache);
         a policy's adapters by the hash of their content."""
-        return json.dumps(self.to_dict(), sort_keys=True, default=_content_hash)
+        return json.dumps(self.to_dict(), sort_keys=True, default=content_key)
 
     @property
     def cuda_graphs(self) -> bool:
@@ -234,7 +234,7 @@ def _region_from_dict(data: dict[str, Any]) -> RegionSpec:
         raise OptionError(f"lynx option 'region': {data!r} is no region ({error})") from None
 
 
-def _content_hash(value: Any) -> str:
+def content_key(value: Any) -> str:
     """Text for what JSON cannot write: a tensor (a policy's adapters) by its content, a path by its own text, an
     Inductor custom pass forwarded in the options by its `uuid()` (as Inductor keys it). Anything else cannot be keyed
     across processes: a fresh token, so that no cached graph is ever served for it (Inductor does the same for a

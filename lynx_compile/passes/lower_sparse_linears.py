@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +36,7 @@ from torch._inductor.pattern_matcher import (
     register_graph_pattern,
 )
 
-from ..config import LynxConfig
+from ..config import LynxConfig, content_key
 from ..folds import FOLDS
 from ..logs import log_graph
 from ..method import token_rows
@@ -183,10 +182,8 @@ class LowerSparseLinears(CustomGraphPass):
 
     def uuid(self) -> bytes:
         key = _hash_of(source_files()) + self.config.cache_key().encode()
-        if self.then is not None:  # a plain function has no key: Inductor caches no graph after one, nor does lynx
-            then = self.then.uuid() if isinstance(self.then, CustomGraphPass) else None
-            key += repr(then if then is not None else f"uncacheable {uuid.uuid4()}").encode()
-        return key
+        # the user's global pass keyed as one given in the options (a plain function: no graph served from the cache)
+        return key + (content_key(self.then).encode() if self.then is not None else b"")
 
 
 @functools.lru_cache(maxsize=None)
