@@ -15,6 +15,7 @@ torchao = pytest.importorskip("torchao")
 float8_tensor = pytest.importorskip("torchao.quantization.quantize_.workflows.float8.float8_tensor")
 from torchao.float8.inference import Float8MMConfig  # noqa: E402
 from torchao.quantization import PerRow, PerTensor  # noqa: E402
+from test_regional import diffusers_stack  # noqa: E402
 
 
 def float8(linear: torch.nn.Linear, granularity=None, dynamic_activation: bool = True) -> torch.nn.Linear:
@@ -304,31 +305,12 @@ def test_calibrating_with_lora_skips_float8_layers_and_fit_lora_refuses_them():
     assert lynx_compile.fit_lora(block, samples, rank=4, progress_bar=False) == {}
 
 
-def stack() -> torch.nn.Module:
-    """Two blocks in a diffusers model (whose `compile_repeated_blocks` compiles each block in place)."""
-    from diffusers import ModelMixin
-
-    class Stack(ModelMixin):
-        _repeated_blocks = ["Block"]
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.blocks = torch.nn.ModuleList(Block() for _ in range(2))
-
-        def forward(self, x):
-            for block in self.blocks:
-                x = x + block(x)
-            return x
-
-    return Stack()
-
-
 @pytest.mark.parametrize("compiled_as", ["lynx_regional", "diffusers_regional"])
 def test_instances_of_a_block_quantized_unalike_are_each_reported_by_the_graph_that_runs_it(compiled_as):
     """One block's linears torchao float8, its sibling's not: Dynamo compiles a graph for each (it guards on the
     weights' kinds), and each instance's rows come from its own graph, not from the first one compiled."""
     torch.manual_seed(0)
-    model = stack().to(torch.bfloat16)
+    model = diffusers_stack(Block, count=2).to(torch.bfloat16)
     float8(model.blocks[0].up), float8(model.blocks[0].down)
     simulate = {"execution": "simulate"}
     if compiled_as == "lynx_regional":

@@ -622,16 +622,16 @@ def test_diffusers_regional_compile_names_the_policys_layers_outside_its_blocks_
     assert len(warned) == 1 and "dense: inp, out;" in warned[0], warned
 
 
-def diffusers_stack() -> nn.Module:
-    """Three blocks in a diffusers model, for its hooks and its own `compile_repeated_blocks`."""
+def diffusers_stack(block: type[nn.Module] = RepeatedBlock, count: int = 3) -> nn.Module:
+    """Blocks in a diffusers model, for its hooks and its own `compile_repeated_blocks`."""
     from diffusers import ModelMixin
 
     class Blocks(ModelMixin):
-        _repeated_blocks = ["RepeatedBlock"]
+        _repeated_blocks = [block.__name__]
 
         def __init__(self):
             super().__init__()
-            self.blocks = nn.ModuleList(RepeatedBlock() for _ in range(3))
+            self.blocks = nn.ModuleList(block() for _ in range(count))
 
         def forward(self, x):
             for block in self.blocks:
