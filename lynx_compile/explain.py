@@ -4,8 +4,11 @@ It captures the model with Dynamo, runs the lynx passes exactly as the backend d
 eagerly (Inductor's code generation is skipped: it changes speed, not decisions). It leaves the caller's compiled
 models alone: it traces through a function of its own with a backend object of its own, so Dynamo never serves it a
 graph compiled before (and it always reports), and afterwards it drops the compiled code its trace left behind, so
-nothing the caller compiled recompiles or counts it against a recompile limit. The report lists every matched
-linear with its sizes, decision, reason and share of linear FLOPs, plus each FX graph before and after the rewrite.
+nothing the caller compiled recompiles or counts it against a recompile limit. On frames the caller's code shares
+with explain's (those after a graph break inside the model) explain's code is counted apart (torch.compile's
+``isolate_recompiles``); a torch without it (2.11) has those frames reset after explain, and they compile again on
+their next call. The report lists every matched linear with its sizes, decision, reason and share of linear FLOPs,
+plus each FX graph before and after the rewrite.
 
 A module compiled in place (``model.compile()``) runs its compiled call and would give Dynamo nothing to capture,
 so explain traces its own `_call_impl` (hooks included) instead; `torch.compile(model)`'s wrapper is explained as the
@@ -30,6 +33,8 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import logging
+import types
 from typing import Any, Iterator
 
 import torch
@@ -37,9 +42,12 @@ import torch
 from .backend import lynx_backend
 from .checks import check_bool
 from .config import LynxConfig, parse_options
+from .messages import some_names
 from .regional import compiled_privately, compiled_regionally
 from .regions import register_model
 from .report import Report, collect_reports
+
+logger = logging.getLogger(__name__)
 
 
 def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxConfig | None = None,
@@ -66,11 +74,11 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
     register_model(model)
     with _private_compile_state(), collect_reports() as report, torch.no_grad():
         if compiled_regionally(model) is not None:
-            with compiled_privately(model, config):
+            with compiled_privately(model, config, **ISOLATED):
                 model(*args, **kwargs)
         else:
             target = model._call_impl if compiled_in_place else model
-            torch.compile(_trace, backend=backend, fullgraph=fullgraph)(target, *args, **kwargs)
+            torch.compile(_trace, backend=backend, fullgraph=fullgraph, **ISOLATED)(target, *args, **kwargs)
     if not report.graphs:
         stance = getattr(getattr(torch._dynamo.eval_frame, "_stance", None), "stance", "default")
         why = (f"torch.compiler.set_stance({stance!r}) is in force, under which torch compiles nothing (not even "
@@ -106,22 +114,41 @@ def _trace(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
     return self(*args, **kwargs)
 
 
+# explain's compiles keep their cache entries, and their count against Dynamo's recompile limit, apart from the
+# caller's on the frames both compile (where torch has it: 2.13 does, 2.11 does not)
+ISOLATED = {"isolate_recompiles": True} if "isolate_recompiles" in inspect.signature(torch.compile).parameters else {}
+
+
 @contextlib.contextmanager
 def _private_compile_state() -> Iterator[None]:
     """Undo what compiling `_trace` adds to Dynamo's process-wide state: the cache entries on `_trace` and on every
     code object Dynamo first met inside the block (a model's inner frames, after a graph break), and the backends it
     registered. Code Dynamo had met before may hold the caller's entries and keeps them; explain's entries there are
-    guarded by its own backend object, so they never run for the caller's compiled models."""
+    guarded by its own backend object, so they never run for the caller's compiled models, and are counted apart
+    (`ISOLATED`). Without that, each explain would take one compile of such a frame's recompile limit, so the frames
+    that gained entries are reset instead: the caller's code there compiles again on its next call."""
     from torch._dynamo.convert_frame import input_codes
-    from torch._dynamo.eval_frame import cached_backends, reset_code
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list, cached_backends, reset_code
 
-    codes_before, backends_before = set(input_codes.seen_ids), set(cached_backends)
+    backends_before = set(cached_backends)
+    entries_before = {id(code): len(_debug_get_cache_entry_list(code)) for code in _live(input_codes.seen)}
     try:
         yield
     finally:
-        for ref in list(input_codes.seen):
-            code = ref()
-            if code is not None and (code is _trace.__code__ or id(code) not in codes_before):
+        shared = []
+        for code in _live(input_codes.seen):
+            if code is _trace.__code__ or id(code) not in entries_before:
                 reset_code(code)
+            elif not ISOLATED and len(_debug_get_cache_entry_list(code)) > entries_before[id(code)]:
+                reset_code(code)
+                shared.append(code.co_name)
+        if shared:
+            logger.info("lynx.explain: reset the compiled code of %d frame(s) it shared with compiled models (%s; "
+                        "this torch has no isolate_recompiles): they compile again on their next call", len(shared),
+                        some_names(shared))  # fmt: skip
         for key in set(cached_backends) - backends_before:
             del cached_backends[key]
+
+
+def _live(code_refs: Any) -> list[types.CodeType]:
+    return [code for code in (ref() for ref in list(code_refs)) if code is not None]

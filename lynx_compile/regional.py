@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
+from torch._dynamo.backends.registry import lookup_backend
 
 from .checks import check_module, names_of
 from .config import LynxConfig, parse_options
@@ -94,6 +95,13 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
         found = f" (its module lists repeat {some_names(repeated)})" if repeated else ""
         raise ValueError(f"compile_repeated_blocks: {type(model).__name__} names no repeated blocks "
                          f"(diffusers' _repeated_blocks); pass blocks=[class names]{found}")  # fmt: skip
+    return _compile_regions(model, config, names, steps, compile_kwargs, backend="lynx")
+
+
+def _compile_regions(model: torch.nn.Module, config: LynxConfig, names: tuple[str, ...], steps: StepSchedule | None,
+                     compile_kwargs: dict[str, Any], backend: Any) -> torch.nn.Module:  # fmt: skip
+    """`compile_repeated_blocks` once its arguments are checked: each region compiled by torch.compile with `backend`
+    ("lynx", or a backend object of explain's own, which no graph compiled for the caller's models can match)."""
     instances = _outermost(model, names)
     if not instances:
         raise ValueError(f"compile_repeated_blocks: no module of class {', '.join(names)} in {type(model).__name__}")
@@ -117,12 +125,12 @@ def compile_repeated_blocks(model: torch.nn.Module, *, options: dict[str, Any] |
         region = RegionSpec(label, tuple(path for path, _ in members), one_graph)
         region_config = dataclasses.replace(config, region=region)
         for first in members[:1] if one_graph else members:
-            run = torch.compile(_region_function(*first), backend="lynx", options=region_config, **compile_kwargs)
+            run = torch.compile(_region_function(*first), backend=backend, options=region_config, **compile_kwargs)
             if steps is not None:  # the dense variant through code of its own: switching steps never recompiles
                 # labelled apart, so that a report over sparse and dense steps holds each variant's rows
                 dense_region = dataclasses.replace(region, label=f"{label} (dense steps)")
                 dense_config = dataclasses.replace(region_config, execution="dense", region=dense_region)
-                dense = torch.compile(_region_function(*first, variant="dense"), backend="lynx", options=dense_config,
+                dense = torch.compile(_region_function(*first, variant="dense"), backend=backend, options=dense_config,
                                       **compile_kwargs)  # fmt: skip
             for _, module in members if one_graph else [first]:
                 module._compiled_call_impl = (functools.partial(run, module) if steps is None else
@@ -153,13 +161,17 @@ def compiled_regionally(model: torch.nn.Module) -> RegionalCompile | None:
 
 
 @contextlib.contextmanager
-def compiled_privately(model: torch.nn.Module, config: LynxConfig) -> Iterator[None]:
-    """`model` compiled again the way `compile_repeated_blocks` compiled it, with `config`, inside the `with`; then
-    as it was (its compiled functions restored; their Dynamo caches are the caller's to reset)."""
+def compiled_privately(model: torch.nn.Module, config: LynxConfig, **compile_kwargs: Any) -> Iterator[None]:
+    """`model` compiled again the way `compile_repeated_blocks` compiled it, with `config` (and `compile_kwargs` over
+    its own), inside the `with`; then as it was (its compiled functions restored; their Dynamo caches are the
+    caller's to reset). The regions are compiled by a backend object of their own: the caller's compiled code on
+    the frames both share (after a graph break inside a block) is never served to them, even for equal options."""
     record = _compiled[model]
     saved = [(module, module.__dict__.get("_compiled_call_impl")) for module in model.modules()]
+    private_backend = functools.partial(lookup_backend("lynx"))  # equal to no other backend object
     try:
-        compile_repeated_blocks(model, options=config, blocks=record.blocks, **record.compile_kwargs)
+        _compile_regions(model, config, record.blocks, None, {**record.compile_kwargs, **compile_kwargs},
+                         backend=private_backend)  # fmt: skip
         yield
     finally:
         for module, call in saved:

@@ -1,5 +1,8 @@
 """explain(): it reports every time, it leaves the caller's compiled models alone, and it tells calls from modules."""
 
+import sys
+
+import pytest
 import torch
 
 import lynx_compile
@@ -108,3 +111,68 @@ def test_nested_report_collections_each_get_what_ran_inside_them():
         torch._dynamo.reset()
         torch.compile(first, backend="lynx", options={"compiler": "eager"})(x)
     assert len(later.layers) == 1 and len(inner.layers) == 1  # explain's collection closed with it
+
+
+@pytest.fixture(params=["isolate_recompiles", "older_torch"])
+def explains_apart(request, monkeypatch):
+    """explain's code kept apart from the caller's on shared frames: by torch.compile's `isolate_recompiles`, or,
+    as with a torch that lacks it (2.11), by resetting those frames after explain."""
+    explain_module = sys.modules["lynx_compile.explain"]
+    if request.param == "isolate_recompiles" and not explain_module.ISOLATED:
+        pytest.skip("this torch has no isolate_recompiles")
+    if request.param == "older_torch":
+        monkeypatch.setattr(explain_module, "ISOLATED", {})
+
+
+@torch._dynamo.config.patch(recompile_limit=3)  # not monkeypatch: undone through delattr, it hides the option
+def test_repeated_explains_leave_the_callers_recompile_budget_alone(explains_apart):
+    """A notebook re-running explain on a model it shares frames with (the frames after a graph break: Dynamo
+    compiles them for the caller's model and for explain alike). explain's code must not pile up on them: past
+    Dynamo's recompile limit explain would capture nothing, and the caller's model would run eagerly on new shapes."""
+    model, x = Mlp(graph_break=True).eval(), torch.randn(32, 64)
+    graphs: list = []
+    compiled = torch.compile(model, backend=counting_backend(graphs))
+    with torch.no_grad():
+        compiled(x)
+    compiled_graphs = len(graphs)
+
+    for _ in range(torch._dynamo.config.recompile_limit + 1):
+        report = lynx_compile.explain(model, x)
+        assert [(layer.name, layer.decision) for layer in report.layers] == [("up", "sparse"), ("down", "sparse")]
+
+    longer = torch.randn(48, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(longer), model(longer))
+    assert len(graphs) > compiled_graphs  # compiled for the new shape, within the caller's own budget
+
+
+class TwoBlocks(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([Mlp(graph_break=True), Mlp(graph_break=True)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+@torch._dynamo.config.patch(recompile_limit=3)
+def test_repeated_explains_of_a_regionally_compiled_model_report_every_time(explains_apart):
+    """The blocks break the graph, so the frames after the break are compiled for the caller's regions and for
+    explain's alike. With explain's options equal to the caller's, explain was served the caller's code there and
+    reported nothing ("captured no graph"); repeated, it used up the caller's recompile budget."""
+    model, x = TwoBlocks().eval(), torch.randn(32, 64)
+    lynx_compile.compile_repeated_blocks(model, blocks=["Mlp"], options={"compiler": "eager"})
+    with torch.no_grad():
+        model(x)
+
+    for _ in range(torch._dynamo.config.recompile_limit + 1):
+        report = lynx_compile.explain(model, x, options={"compiler": "eager"})  # the caller's very options
+        assert sorted((layer.name, layer.decision) for layer in report.layers) == [
+            (f"blocks.{block}.{layer}", "sparse") for block in (0, 1) for layer in ("down", "up")
+        ]
+
+    with torch.no_grad(), lynx_compile.collect_reports() as later:
+        model(torch.randn(48, 64))
+    assert later.graphs  # compiled for the new shape, within the caller's own budget
