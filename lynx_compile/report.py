@@ -63,6 +63,11 @@ class GraphRecord:
     blocks: tuple[str, ...] = ()
 
 
+def _as_run(row: LayerRecord) -> LayerRecord:
+    """What a row says of how its layer runs: everything but where and when in the report it was found."""
+    return replace(row, graph=0, call=1, flop_share=0.0)
+
+
 def _rank_of_world() -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -88,18 +93,22 @@ class Report:
 
     def add_graph(self, sites: list[LinearSite], before: str, after: str, placement: Any = None) -> None:
         """Rows for a compiled graph: instance by instance (in model order), each instance's layers in graph order.
-        A region's instance already shown by an earlier graph (Dynamo compiled the region again, e.g. for other
-        input strides) keeps its first rows, so that its FLOPs count once."""
+        Where Dynamo compiles a region again (a graph serving every instance of a block class), a row an earlier
+        graph of that region already shows alike (the same tokens and decision: a recompile for other input strides)
+        is not shown twice; one that differs (a warm-up call with fewer tokens, then the real one) is another call,
+        as a whole model's recompile gives."""
         index = len(self.graphs)
         region, instances, blocks = ("", (), ()) if placement is None else (placement.label, placement.instances,
                                                                              placement.blocks)  # fmt: skip
         self.graphs.append(GraphRecord(before, after, region, instances, blocks))
-        shown = {layer.name for layer in self.layers if self.graphs[layer.graph].region == region} if region else set()
+        shown = {_as_run(layer) for layer in self.layers if region and self.graphs[layer.graph].region == region}
         calls = Counter(layer.name for layer in self.layers)
         for instance in range(max((len(site.names) for site in sites), default=0)):
             for site in sites:
-                if instance < len(site.names) and site.names[instance] not in shown:
+                if instance < len(site.names):
                     row = LayerRecord.from_site(site, index, instance)
+                    if _as_run(row) in shown:
+                        continue
                     calls[row.name] += 1
                     self.layers.append(replace(row, call=calls[row.name]))
         total = sum(layer.flops for layer in self.layers) or 1

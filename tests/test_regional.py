@@ -669,3 +669,31 @@ def test_under_layerwise_casting_every_instance_is_reported_and_runs_as_its_poli
         assert decided["blocks.0.inner"][0] == "sparse"
     else:  # the hooks break the graph at each linear: one graph of nn.Linear's frame serves all three `inner`s
         assert decided["blocks.0.inner"][0] == "dense" and "treat them differently" in decided["blocks.0.inner"][1]
+
+
+def test_a_region_compiled_again_for_more_tokens_reports_both_calls_as_a_whole_model_does():
+    """A warm-up call with few tokens (under `min_tokens`: dense), then the real one (sparse): each region compiles
+    twice. The report shows both graphs' rows, as calls, as whole-model compilation's report does; it used to keep
+    the warm-up's rows alone ("0 sparsified" where the real call ran sparse). A recompile whose rows are alike (other
+    input strides) is still shown once."""
+    warm_up, real = batch(0, tokens=4), batch(1, tokens=24)
+    _, whole_report = whole(stack(), EAGER, warm_up, real)
+    torch.compiler.reset()
+    regional = lynx_compile.compile_repeated_blocks(stack(), options=EAGER)
+    _, report = run(regional, warm_up, real)
+
+    def calls(report):  # Dynamo names the symbolic token count of each graph apart
+        return sorted((layer.name, layer.call, layer.tokens if isinstance(layer.tokens, int) else "symbolic",
+                       layer.decision) for layer in report.layers)  # fmt: skip
+
+    assert calls(report) == calls(whole_report)
+    assert {layer.decision for layer in report.layers if layer.call == 2} == {"sparse"}
+    assert report.summary().split(",")[0] == whole_report.summary().split(",")[0] == (
+        "10/10 linear modules sparsified (10/20 calls)")
+
+    torch.compiler.reset()
+    regional = lynx_compile.compile_repeated_blocks(stack(), options=EAGER)
+    strided = batch(2).transpose(0, 1).contiguous().transpose(0, 1)  # other strides: `inp` compiles again
+    _, twice = run(regional, batch(1), strided)
+    assert twice.regions()[OUTSIDE]["graphs"] == twice.regions()[OUTSIDE]["instances"] + 1  # `inp` twice
+    assert len(twice.layers) == len({layer.name for layer in twice.layers}) == 10
