@@ -72,17 +72,21 @@ def publish_decisions(ctx: PassContext) -> None:
 
 
 def warn_at_the_recompile_limit() -> None:
-    """Dynamo compiles a frame at most `recompile_limit` times; past that it runs the frame eagerly — dense, without
-    lynx — with one line of torch's own among the warnings. On the last compile lynx gets, say so in lynx's words."""
+    """Dynamo compiles a frame at most `recompile_limit` times, counting every torch.compile of its code (models of
+    one class compiled with options of their own share a budget: the backend is part of the guard); past that it
+    runs the frame eagerly — dense, without lynx — with one line of torch's own among the warnings. On the last
+    compile lynx gets, say so in lynx's words."""
     compile_id = torch._guards.CompileContext.current_compile_id()
     limit = getattr(torch._dynamo.config, "recompile_limit", None)
     if compile_id is None or compile_id.frame_compile_id is None or not isinstance(limit, int):
         return
     if compile_id.frame_compile_id + 1 == limit:
         logger.warning("lynx: compile %d of this frame is Dynamo's last (torch._dynamo.config.recompile_limit=%d): "
-                       "called with yet another input shape, dtype or layout, the frame runs eagerly from then on, "
-                       "dense, without lynx. Mark a varying dimension dynamic (torch._dynamo.mark_dynamic), keep "
-                       "inputs alike, or raise the limit.", limit, limit)  # fmt: skip
+                       "called with yet another input shape, dtype or layout, or compiled once more for another "
+                       "model or set of options (each torch.compile of the same code counts), the frame runs eagerly "
+                       "from then on, dense, without lynx. Mark a varying dimension dynamic "
+                       "(torch._dynamo.mark_dynamic), keep inputs alike, compile with isolate_recompiles=True (a budget "
+                       "per torch.compile call, where torch has it), or raise the limit.", limit, limit)  # fmt: skip
 
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: LynxConfig) -> Callable[..., Any]:
@@ -100,7 +104,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
     from .paths import lowered_gemm
 
     lowered_gemm.register()
-    patches = config.inductor_patches()
+    patches = {**_paths_inductor_config(ctx), **config.inductor_patches()}
     # lynx's lowering takes the slot of a post-grad pass the user set in Inductor's global config: it runs that one
     # after its own (forwarding one in the options is refused: `config.LOWERING_SLOT`)
     lowering = LowerSparseLinears(config) if ctx.rewrites else None
@@ -115,6 +119,16 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
         logger.info("lynx: lowered %d of %d lynx::sparse_linear ops for Inductor (%d left opaque: symbolic M)",
                     lowering.lowered, ctx.rewrites, opaque)  # fmt: skip
     return compiled
+
+
+def _paths_inductor_config(ctx: PassContext) -> dict[str, Any]:
+    """The Inductor settings the sparse paths of this graph's layers ask for (`SparsePath.inductor_config`)."""
+    from .paths import get_path
+
+    settings: dict[str, Any] = {}
+    for name in sorted({site.plan.path for site in ctx.sites if site.plan is not None}):
+        settings.update(get_path(name).inductor_config)
+    return settings
 
 
 def register() -> None:
