@@ -6,9 +6,10 @@ models alone: it traces through a function of its own with a backend object of i
 graph compiled before (and it always reports), and afterwards it drops the compiled code its trace left behind, so
 nothing the caller compiled recompiles or counts it against a recompile limit. On frames the caller's code shares
 with explain's (those after a graph break inside the model) explain's code is counted apart (torch.compile's
-``isolate_recompiles``); a torch without it (2.11) has those frames reset after explain, and they compile again on
-their next call. The report lists every matched linear with its sizes, decision, reason and share of linear FLOPs,
-plus each FX graph before and after the rewrite.
+``isolate_recompiles``); with a torch without it (2.11) explain resets such a frame once its own code has taken half
+of the frame's recompile limit, and the caller's code there compiles again on its next call. The report lists every
+matched linear with its sizes, decision, reason and share of linear FLOPs, plus each FX graph before and after the
+rewrite.
 
 A module compiled in place (``model.compile()``) runs its compiled call and would give Dynamo nothing to capture,
 so explain traces its own `_call_impl` (hooks included) instead; `torch.compile(model)`'s wrapper is explained as the
@@ -35,6 +36,7 @@ import functools
 import inspect
 import logging
 import types
+import weakref
 from typing import Any, Iterator
 
 import torch
@@ -118,6 +120,10 @@ def _trace(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
 # caller's on the frames both compile (where torch has it: 2.13 does, 2.11 does not)
 ISOLATED = {"isolate_recompiles": True} if "isolate_recompiles" in inspect.signature(torch.compile).parameters else {}
 
+# Without ISOLATED: how many of its frame's cache entries explain has added since the frame was last reset, for each
+# frame it shares with the caller's compiled code
+_entries_taken: weakref.WeakKeyDictionary[types.CodeType, int] = weakref.WeakKeyDictionary()
+
 
 @contextlib.contextmanager
 def _private_compile_state() -> Iterator[None]:
@@ -125,8 +131,9 @@ def _private_compile_state() -> Iterator[None]:
     code object Dynamo first met inside the block (a model's inner frames, after a graph break), and the backends it
     registered. Code Dynamo had met before may hold the caller's entries and keeps them; explain's entries there are
     guarded by its own backend object, so they never run for the caller's compiled models, and are counted apart
-    (`ISOLATED`). Without that, each explain would take one compile of such a frame's recompile limit, so the frames
-    that gained entries are reset instead: the caller's code there compiles again on its next call."""
+    (`ISOLATED`). Without that, each explain takes one compile (or more) of such a frame's recompile limit: once
+    explain has taken half of it, the frame is reset, and the caller's code there compiles again on its next call
+    (not after every explain: that recompile may take minutes where hooks break the graph at every layer)."""
     from torch._dynamo.convert_frame import input_codes
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list, cached_backends, reset_code
 
@@ -140,11 +147,16 @@ def _private_compile_state() -> Iterator[None]:
             if code is _trace.__code__ or id(code) not in entries_before:
                 reset_code(code)
             elif not ISOLATED and len(_debug_get_cache_entry_list(code)) > entries_before[id(code)]:
-                reset_code(code)
-                shared.append(code.co_name)
+                taken = _entries_taken.get(code, 0) + len(_debug_get_cache_entry_list(code)) - entries_before[id(code)]
+                _entries_taken[code] = taken
+                if taken >= max(1, torch._dynamo.config.recompile_limit // 2):
+                    reset_code(code)
+                    del _entries_taken[code]
+                    shared.append(code.co_name)
         if shared:
-            logger.info("lynx.explain: reset the compiled code of %d frame(s) it shared with compiled models (%s; "
-                        "this torch has no isolate_recompiles): they compile again on their next call", len(shared),
+            logger.info("lynx.explain: reset the compiled code of %d frame(s) it shared with compiled models (%s), "
+                        "where its own had taken half of their recompile limit (this torch has no "
+                        "isolate_recompiles): they compile again on their next call", len(shared),
                         some_names(shared))  # fmt: skip
         for key in set(cached_backends) - backends_before:
             del cached_backends[key]

@@ -1,6 +1,7 @@
 """explain(): it reports every time, it leaves the caller's compiled models alone, and it tells calls from modules."""
 
 import sys
+import weakref
 
 import pytest
 import torch
@@ -32,6 +33,19 @@ class SharedProjection(torch.nn.Module):
         return self.out(self.proj(a) * self.proj(b))
 
 
+@pytest.fixture(params=["isolate_recompiles", "older_torch"])
+def explains_apart(request, monkeypatch):
+    """explain's code kept apart from the caller's on shared frames: by torch.compile's `isolate_recompiles`, or,
+    as with a torch that lacks it (2.11), by resetting a frame once explain's code has taken half its recompile
+    limit."""
+    explain_module = sys.modules["lynx_compile.explain"]
+    if request.param == "isolate_recompiles" and not explain_module.ISOLATED:
+        pytest.skip("this torch has no isolate_recompiles")
+    if request.param == "older_torch":
+        monkeypatch.setattr(explain_module, "ISOLATED", {})
+        monkeypatch.setattr(explain_module, "_entries_taken", weakref.WeakKeyDictionary())  # no other test's count
+
+
 def counting_backend(graphs: list):
     def backend(gm, example_inputs):
         graphs.append(gm)
@@ -60,7 +74,7 @@ def test_explain_does_not_make_a_compiled_model_recompile():
     assert len(graphs) == 1  # the caller's compiled code was neither dropped nor recompiled
 
 
-def test_explain_of_a_graph_breaking_model_leaves_no_compiled_code_behind():
+def test_explain_of_a_graph_breaking_model_leaves_no_compiled_code_behind(explains_apart):
     model, x = Mlp(graph_break=True).eval(), torch.randn(32, 64)
     report = lynx_compile.explain(model, x)
     assert len(report.graphs) == 2 and [layer.name for layer in report.layers] == ["up", "down"]
@@ -111,17 +125,6 @@ def test_nested_report_collections_each_get_what_ran_inside_them():
         torch._dynamo.reset()
         torch.compile(first, backend="lynx", options={"compiler": "eager"})(x)
     assert len(later.layers) == 1 and len(inner.layers) == 1  # explain's collection closed with it
-
-
-@pytest.fixture(params=["isolate_recompiles", "older_torch"])
-def explains_apart(request, monkeypatch):
-    """explain's code kept apart from the caller's on shared frames: by torch.compile's `isolate_recompiles`, or,
-    as with a torch that lacks it (2.11), by resetting those frames after explain."""
-    explain_module = sys.modules["lynx_compile.explain"]
-    if request.param == "isolate_recompiles" and not explain_module.ISOLATED:
-        pytest.skip("this torch has no isolate_recompiles")
-    if request.param == "older_torch":
-        monkeypatch.setattr(explain_module, "ISOLATED", {})
 
 
 @torch._dynamo.config.patch(recompile_limit=3)  # not monkeypatch: undone through delattr, it hides the option

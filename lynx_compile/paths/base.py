@@ -156,8 +156,6 @@ class SparsePath(ABC):
     # `tune` times a `Workload.written` itself (its producer's kernel, then the path on x); False: the measurement
     # times that kernel apart and tunes the path on x as given
     times_written: ClassVar[bool] = False
-    # Inductor settings a graph holding this path's ops compiles with (the user's `inductor` options win)
-    inductor_config: ClassVar[dict[str, Any]] = {}
 
     def runs_on(self, device: torch.device) -> bool:
         """Whether the path can run anything on this device (decides `execution="auto"`)."""

@@ -21,11 +21,6 @@ class SimulateFloat8(SparsePath):
     execution = "simulate"
     measured = False
     float8 = True
-    # Inductor fuses a layer's epilogue (norm scale, bias) with what reads it (the next layer's activation and
-    # pruning) and by default skips the rounding to the layer's dtype between them, where the method's numerics
-    # (and the sparse kernels, which write the layer's output) round: in bf16 near-ties in the next prune then fell
-    # otherwise (3.6% off on a 3-layer MLP). Emulating the casts makes the simulate path the method's numerics.
-    inductor_config = {"emulate_precision_casts": True}
 
     def forward(self, inputs: Sequence[torch.Tensor], weight: Float8Weight, bias: torch.Tensor | None, lora: Lora,
                 plan: SparseLinearPlan) -> torch.Tensor:  # fmt: skip
