@@ -104,7 +104,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
     from .paths import lowered_gemm
 
     lowered_gemm.register()
-    patches = {**_paths_inductor_config(ctx), **config.inductor_patches()}
+    patches = config.inductor_patches()
     # lynx's lowering takes the slot of a post-grad pass the user set in Inductor's global config: it runs that one
     # after its own (forwarding one in the options is refused: `config.LOWERING_SLOT`)
     lowering = LowerSparseLinears(config) if ctx.rewrites else None
@@ -119,16 +119,6 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: L
         logger.info("lynx: lowered %d of %d lynx::sparse_linear ops for Inductor (%d left opaque: symbolic M)",
                     lowering.lowered, ctx.rewrites, opaque)  # fmt: skip
     return compiled
-
-
-def _paths_inductor_config(ctx: PassContext) -> dict[str, Any]:
-    """The Inductor settings the sparse paths of this graph's layers ask for (`SparsePath.inductor_config`)."""
-    from .paths import get_path
-
-    settings: dict[str, Any] = {}
-    for name in sorted({site.plan.path for site in ctx.sites if site.plan is not None}):
-        settings.update(get_path(name).inductor_config)
-    return settings
 
 
 def register() -> None:
