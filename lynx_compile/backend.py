@@ -73,20 +73,30 @@ def publish_decisions(ctx: PassContext) -> None:
 
 def warn_at_the_recompile_limit() -> None:
     """Dynamo compiles a frame at most `recompile_limit` times, counting every torch.compile of its code (models of
-    one class compiled with options of their own share a budget: the backend is part of the guard); past that it
-    runs the frame eagerly — dense, without lynx — with one line of torch's own among the warnings. On the last
-    compile lynx gets, say so in lynx's words."""
+    one class compiled with options of their own share a budget: the backend is part of the guard) unless a call
+    keeps its own (`isolate_recompiles`, where the compile id counts every call's compiles, so lynx says nothing and
+    leaves the warning to torch); past that Dynamo compiles no more code for the frame, and runs code compiled
+    before whose guards pass, or else the frame eagerly — dense, without lynx — with one line of torch's own among
+    the warnings. On the last compile lynx gets, say so in lynx's words."""
     compile_id = torch._guards.CompileContext.current_compile_id()
     limit = getattr(torch._dynamo.config, "recompile_limit", None)
-    if compile_id is None or compile_id.frame_compile_id is None or not isinstance(limit, int):
+    if compile_id is None or compile_id.frame_compile_id is None or not isinstance(limit, int) or _isolated():
         return
     if compile_id.frame_compile_id + 1 == limit:
         logger.warning("lynx: compile %d of this frame is Dynamo's last (torch._dynamo.config.recompile_limit=%d): "
                        "called with yet another input shape, dtype or layout, or compiled once more for another "
-                       "model or set of options (each torch.compile of the same code counts), the frame runs eagerly "
-                       "from then on, dense, without lynx. Mark a varying dimension dynamic "
-                       "(torch._dynamo.mark_dynamic), keep inputs alike, compile with isolate_recompiles=True (a budget "
-                       "per torch.compile call, where torch has it), or raise the limit.", limit, limit)  # fmt: skip
+                       "model or set of options (each torch.compile of the same code counts), the frame runs from "
+                       "then on without compiling: code compiled before whose guards pass (which may be another "
+                       "compile's, with its options), or else eagerly, dense, without lynx. Mark a varying dimension "
+                       "dynamic (torch._dynamo.mark_dynamic), keep inputs alike, compile with "
+                       "isolate_recompiles=True (a budget per torch.compile call, where torch has it), or raise the "
+                       "limit.", limit, limit)  # fmt: skip
+
+
+def _isolated() -> bool:
+    """Whether the frame compiling is compiled by a torch.compile call with `isolate_recompiles`."""
+    current = getattr(torch._C._dynamo.eval_frame, "get_eval_frame_isolate_recompiles_id", None)
+    return current is not None and current() >= 0
 
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], config: LynxConfig) -> Callable[..., Any]:

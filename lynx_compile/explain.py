@@ -45,7 +45,7 @@ from .backend import lynx_backend
 from .checks import check_bool
 from .config import LynxConfig, parse_options
 from .messages import some_names
-from .regional import compiled_privately, compiled_regionally
+from .regional import ISOLATED, compiled_privately, compiled_regionally
 from .regions import register_model
 from .report import Report, collect_reports
 
@@ -76,7 +76,7 @@ def explain(model: torch.nn.Module, *args: Any, options: dict[str, Any] | LynxCo
     register_model(model)
     with _private_compile_state(), collect_reports() as report, torch.no_grad():
         if compiled_regionally(model) is not None:
-            with compiled_privately(model, config, **ISOLATED):
+            with compiled_privately(model, config):
                 model(*args, **kwargs)
         else:
             target = model._call_impl if compiled_in_place else model
@@ -116,10 +116,6 @@ def _trace(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
     return self(*args, **kwargs)
 
 
-# explain's compiles keep their cache entries, and their count against Dynamo's recompile limit, apart from the
-# caller's on the frames both compile (where torch has it: 2.13 does, 2.11 does not)
-ISOLATED = {"isolate_recompiles": True} if "isolate_recompiles" in inspect.signature(torch.compile).parameters else {}
-
 # Without ISOLATED: how many of its frame's cache entries explain has added since the frame was last reset, for each
 # frame it shares with the caller's compiled code
 _entries_taken: weakref.WeakKeyDictionary[types.CodeType, int] = weakref.WeakKeyDictionary()
@@ -128,38 +124,60 @@ _entries_taken: weakref.WeakKeyDictionary[types.CodeType, int] = weakref.WeakKey
 @contextlib.contextmanager
 def _private_compile_state() -> Iterator[None]:
     """Undo what compiling `_trace` adds to Dynamo's process-wide state: the cache entries on `_trace` and on every
-    code object Dynamo first met inside the block (a model's inner frames, after a graph break), and the backends it
-    registered. Code Dynamo had met before may hold the caller's entries and keeps them; explain's entries there are
-    guarded by its own backend object, so they never run for the caller's compiled models, and are counted apart
-    (`ISOLATED`). Without that, each explain takes one compile (or more) of such a frame's recompile limit: once
-    explain has taken half of it, the frame is reset, and the caller's code there compiles again on its next call
-    (not after every explain: that recompile may take minutes where hooks break the graph at every layer)."""
+    code object that held none before (a model's inner frames, after a graph break, first met now or by an earlier
+    explain), and the backends it registered. Code holding the caller's entries keeps them; explain's entries there
+    are guarded by its own backend object, so they never run for the caller's compiled models, and are counted
+    apart where torch has `isolate_recompiles` (`ISOLATED`). Such a frame is reset (the caller's code there compiles
+    again on its next call) only once explain's entries would cost the caller: without `ISOLATED`, when they have
+    taken half the frame's recompile limit or the limit is reached (and, before explain traces, where the caller has
+    reached it: Dynamo then runs any code of the frame whose guards pass, whichever backend compiled it); with it,
+    when the frame's entries near Dynamo's `accumulated_recompile_limit`, which counts every bucket. Not after every
+    explain: that recompile may take minutes where hooks break the graph at every layer."""
     from torch._dynamo.convert_frame import input_codes
-    from torch._dynamo.eval_frame import _debug_get_cache_entry_list, cached_backends, reset_code
+    from torch._dynamo.eval_frame import cached_backends, reset_code
 
     backends_before = set(cached_backends)
-    entries_before = {id(code): len(_debug_get_cache_entry_list(code)) for code in _live(input_codes.seen)}
+    entries_before = {id(code): _entries(code) for code in _live(input_codes.seen)}
+    spent = [] if ISOLATED else [code for code in _live(input_codes.seen)
+                                 if entries_before[id(code)] >= torch._dynamo.config.recompile_limit]  # fmt: skip
+    for code in spent:
+        reset_code(code)
+        entries_before[id(code)] = 0
+    shared = [code.co_name for code in spent]
     try:
         yield
     finally:
-        shared = []
         for code in _live(input_codes.seen):
-            if code is _trace.__code__ or id(code) not in entries_before:
+            before = entries_before.get(id(code), 0)
+            if code is _trace.__code__ or before == 0:
                 reset_code(code)
-            elif not ISOLATED and len(_debug_get_cache_entry_list(code)) > entries_before[id(code)]:
-                taken = _entries_taken.get(code, 0) + len(_debug_get_cache_entry_list(code)) - entries_before[id(code)]
-                _entries_taken[code] = taken
-                if taken >= max(1, torch._dynamo.config.recompile_limit // 2):
-                    reset_code(code)
-                    del _entries_taken[code]
-                    shared.append(code.co_name)
+            elif _entries(code) > before and _explains_entries_cost_the_caller(code, _entries(code) - before):
+                reset_code(code)
+                shared.append(code.co_name)
         if shared:
             logger.info("lynx.explain: reset the compiled code of %d frame(s) it shared with compiled models (%s), "
-                        "where its own had taken half of their recompile limit (this torch has no "
-                        "isolate_recompiles): they compile again on their next call", len(shared),
-                        some_names(shared))  # fmt: skip
+                        "where its own would have cost them compiles: they compile again on their next call",
+                        len(shared), some_names(shared))  # fmt: skip
         for key in set(cached_backends) - backends_before:
             del cached_backends[key]
+
+
+def _explains_entries_cost_the_caller(code: types.CodeType, gained: int) -> bool:
+    config = torch._dynamo.config
+    if ISOLATED:
+        return _entries(code) >= config.accumulated_recompile_limit // 2
+    taken = _entries_taken[code] = _entries_taken.get(code, 0) + gained
+    if taken >= max(1, config.recompile_limit // 2) or _entries(code) >= config.recompile_limit:
+        del _entries_taken[code]
+        return True
+    return False
+
+
+def _entries(code: types.CodeType) -> int:
+    """The frame's cache entries, every `isolate_recompiles` bucket's."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    return len(_debug_get_cache_entry_list(code))
 
 
 def _live(code_refs: Any) -> list[types.CodeType]:

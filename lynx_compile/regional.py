@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import inspect
 import logging
 import re
 import types
@@ -64,6 +65,12 @@ class RegionalCompile:
 
 
 OUTSIDE = "linears outside the blocks"  # the region label of each linear compiled on its own
+
+# Each torch.compile call's cache entries, and their count against Dynamo's recompile limit, kept apart from other
+# calls' on the code both compile (where torch has it: 2.13 does, 2.11 does not). The frames after a graph break
+# inside a block are compiled once per region (decision pattern and step variant): counted together they reach the
+# limit, past which Dynamo runs any code of the frame whose guards pass, another region's decisions included.
+ISOLATED = {"isolate_recompiles": True} if "isolate_recompiles" in inspect.signature(torch.compile).parameters else {}
 
 _compiled: weakref.WeakKeyDictionary[torch.nn.Module, RegionalCompile] = weakref.WeakKeyDictionary()
 
@@ -106,6 +113,7 @@ def _compile_regions(model: torch.nn.Module, config: LynxConfig, names: tuple[st
     if not instances:
         raise ValueError(f"compile_repeated_blocks: no module of class {', '.join(names)} in {type(model).__name__}")
     register_model(model)
+    compile_kwargs = {**ISOLATED, **compile_kwargs}
     earlier = _compiled.get(model)
     for path in earlier.compiled if earlier is not None else ():  # options that compile fewer linears: not those
         model.get_submodule(path)._compiled_call_impl = None
@@ -138,7 +146,7 @@ def _compile_regions(model: torch.nn.Module, config: LynxConfig, names: tuple[st
     regions += [(OUTSIDE, [member]) for members in alike.values() for member in members]
     _compiled[model] = RegionalCompile(names, dict(compile_kwargs), tuple(path for _, members in regions
                                                                           for path, _ in members))  # fmt: skip
-    _log_regions(model, regions, config)
+    _log_regions(model, regions, config, variants=1 if steps is None else 2)
     return model
 
 
@@ -244,13 +252,22 @@ def _linears_outside(model: torch.nn.Module, instances: list[tuple[str, torch.nn
 
 
 def _log_regions(model: torch.nn.Module, regions: list[tuple[str, list[tuple[str, torch.nn.Module]]]],
-                 config: LynxConfig) -> None:  # fmt: skip
+                 config: LynxConfig, variants: int) -> None:  # fmt: skip
     by_class: dict[str, list[int]] = {}
     for label, members in regions:
         by_class.setdefault(label, []).append(len(members))
     for label, sizes in by_class.items():
         logger.info("lynx: %s: %d instance(s) in %d decision pattern(s), one graph each", label, sum(sizes),
                     len(sizes))  # fmt: skip
+    compiles, limit = len(regions) * variants, torch._dynamo.config.recompile_limit
+    if not ISOLATED and compiles >= limit:
+        logger.warning("lynx: %d compiled regions%s; where a block breaks the graph (diffusers' layerwise casting or "
+                       "leaf-level offloading hooks), the frames after the break are compiled once per region, and "
+                       "this torch (no isolate_recompiles) counts them against one recompile limit (%d), past which "
+                       "Dynamo runs any code of such a frame whose guards pass, another region's decisions included. "
+                       "Raise torch._dynamo.config.recompile_limit above %d (times the token counts called), or use "
+                       "torch >= 2.13", compiles, " (sparse and dense step variants)" if variants > 1 else "", limit,
+                       compiles)  # fmt: skip
     if config.policy is not None:
         layers = {linear_name(name) for name, _ in model.named_parameters()}
         stale = config.policy.names_missing_from(layers)

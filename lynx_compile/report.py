@@ -64,7 +64,10 @@ class GraphRecord:
 
 
 def _as_run(row: LayerRecord) -> LayerRecord:
-    """What a row says of how its layer runs: everything but where and when in the report it was found."""
+    """What a row says of how its layer runs: everything but where and when in the report it was found, and, for a
+    symbolic token count, its symbol's name and the example size its FLOPs were counted at (Dynamo's per graph)."""
+    if isinstance(row.tokens, str):
+        row = replace(row, tokens="symbolic", flops=0)
     return replace(row, graph=0, call=1, flop_share=0.0)
 
 

@@ -43,6 +43,7 @@ def explains_apart(request, monkeypatch):
         pytest.skip("this torch has no isolate_recompiles")
     if request.param == "older_torch":
         monkeypatch.setattr(explain_module, "ISOLATED", {})
+        monkeypatch.setattr(sys.modules["lynx_compile.regional"], "ISOLATED", {})
         monkeypatch.setattr(explain_module, "_entries_taken", weakref.WeakKeyDictionary())  # no other test's count
 
 
@@ -179,3 +180,25 @@ def test_repeated_explains_of_a_regionally_compiled_model_report_every_time(expl
     with torch.no_grad(), lynx_compile.collect_reports() as later:
         model(torch.randn(48, 64))
     assert later.graphs  # compiled for the new shape, within the caller's own budget
+
+
+@torch._dynamo.config.patch(recompile_limit=3)
+def test_explain_reports_where_the_caller_spent_a_shared_frames_recompile_budget(explains_apart):
+    """The caller's model, called with ever new token counts, has reached the recompile limit of the frame after its
+    graph break: Dynamo compiles nothing more there, and runs any code of the frame whose guards pass. explain must
+    still compile and report it (without isolate_recompiles, by resetting that frame first), and leave the caller's
+    model right."""
+    model = Mlp(graph_break=True).eval()
+    graphs: list = []
+    compiled = torch.compile(model, backend=counting_backend(graphs))
+    with torch.no_grad():
+        for tokens in (32, 40, 48, 56, 64):  # static, then dynamic: fewer recompiles than calls, so mark each
+            x = torch.randn(tokens, 64)
+            torch._dynamo.mark_static(x, 0)
+            compiled(x)
+
+    report = lynx_compile.explain(model, torch.randn(32, 64))
+    assert [(layer.name, layer.decision) for layer in report.layers] == [("up", "sparse"), ("down", "sparse")]
+    x = torch.randn(32, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))

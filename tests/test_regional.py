@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import lynx_compile
 from lynx_compile import LayerPolicy, Policy, RegionError, regions
 from lynx_compile.eager import sparsified
-from lynx_compile.method import Method
+from lynx_compile.method import Method, sparse_linear_ref
 from lynx_compile.regional import OUTSIDE, compiled_regionally
 from lynx_compile.regions import inside
 
@@ -697,3 +697,81 @@ def test_a_region_compiled_again_for_more_tokens_reports_both_calls_as_a_whole_m
     _, twice = run(regional, batch(1), strided)
     assert twice.regions()[OUTSIDE]["graphs"] == twice.regions()[OUTSIDE]["instances"] + 1  # `inp` twice
     assert len(twice.layers) == len({layer.name for layer in twice.layers}) == 10
+
+
+def test_a_graph_compiled_again_for_other_strides_with_a_symbolic_token_count_is_shown_once():
+    """Dynamo names the symbol of each graph's token count apart, and a row's FLOPs are counted at the example size:
+    neither makes a recompile's rows differ."""
+    torch.compiler.reset()
+    regional = lynx_compile.compile_repeated_blocks(stack(2), options=EAGER)
+    strided = [batch(seed, tokens=tokens).transpose(0, 1).contiguous().transpose(0, 1)
+               for seed, tokens in ((2, 40), (3, 48))]  # fmt: skip
+    _, report = run(regional, batch(0, tokens=24), batch(1, tokens=32), *strided)  # static, dynamic, then strides
+    assert sorted((layer.name, layer.call, isinstance(layer.tokens, int)) for layer in report.layers) == sorted(
+        (name, call, call == 1) for name in ("inp", "out", "blocks.0.inner", "blocks.0.out", "blocks.1.inner",
+                                             "blocks.1.out") for call in (1, 2))  # fmt: skip
+
+
+class GraphBreakingBlock(RepeatedBlock):
+    def forward(self, x):
+        h = F.gelu(self.inner(x))
+        torch._dynamo.graph_break()  # what a hook inside the block does: the frame after it is every region's
+        return x + self.out(h)
+
+
+class GraphBreakingStack(Stack):
+    _repeated_blocks = ["GraphBreakingBlock"]
+
+    def __init__(self):
+        super().__init__(count=2)
+        self.blocks = nn.ModuleList(GraphBreakingBlock() for _ in range(2))
+
+
+@torch._dynamo.config.patch(recompile_limit=4)
+def test_blocks_breaking_the_graph_keep_their_decisions_past_the_shared_frames_recompile_limit():
+    """Two decision patterns × two step variants compile the frame after the break four times; a new token count
+    reaches Dynamo's recompile limit there, past which Dynamo runs any of the frame's code whose guards pass. With
+    every region counted together, block 0 (dense by the policy) then ran block 1's sparse code. Each region's
+    compile keeps a budget of its own (torch's isolate_recompiles); a torch without it is warned (below)."""
+    if not regional_module().ISOLATED:
+        pytest.skip("this torch has no isolate_recompiles")
+    torch.manual_seed(0)
+    model = GraphBreakingStack().eval()
+    dense = {"inp", "out", "blocks.0.inner", "blocks.0.out"}
+    policy = Policy({name: LayerPolicy("dense" if name in dense else "sparse", "by hand")
+                     for name in linear_names(model)}, type(model).__name__)  # fmt: skip
+    schedule = lynx_compile.StepSchedule(sparse_steps=[1])
+    lynx_compile.compile_repeated_blocks(model, options={**EAGER, "policy": policy}, steps=schedule)
+
+    def expected(x, step):
+        x = model.inp(x)
+        for index, block in enumerate(model.blocks):
+            sparse = step == 1 and index == 1
+            linear = (lambda layer, h: sparse_linear_ref(h, layer.weight, layer.bias, Method())) if sparse else (
+                lambda layer, h: layer(h))
+            x = x + linear(block.out, F.gelu(linear(block.inner, x)))
+        return model.out(x)
+
+    with torch.no_grad():
+        for x in (batch(0), batch(1, tokens=40), batch(0)):  # the second reaches the limit
+            for step in (0, 1):
+                schedule.at(step)
+                torch.testing.assert_close(model(x), expected(x, step), rtol=0, atol=0)
+
+
+def test_a_torch_without_isolate_recompiles_is_warned_where_the_regions_reach_the_recompile_limit(monkeypatch,
+                                                                                                 caplog):  # fmt: skip
+    monkeypatch.setattr(regional_module(), "ISOLATED", {})
+    model = stack()
+    with torch._dynamo.config.patch(recompile_limit=4), caplog.at_level("WARNING", logger="lynx_compile"):
+        lynx_compile.compile_repeated_blocks(model, options=EAGER)  # 3 regions: the blocks, inp, out
+        assert "compiled regions" not in caplog.text
+        lynx_compile.compile_repeated_blocks(model, options=EAGER, steps=lynx_compile.StepSchedule(sparse_steps=[1]))
+    assert "6 compiled regions (sparse and dense step variants)" in caplog.text
+    assert "recompile_limit above 6" in caplog.text
+
+
+def regional_module():
+    import sys
+
+    return sys.modules["lynx_compile.regional"]
