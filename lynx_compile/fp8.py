@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .kernels.e4m3 import E4M3_LEAST_AMAX
 from .kernels.nm_prune import nm_prune_ref
 from .method import Method
 
@@ -26,10 +27,12 @@ E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x as e4m3, the fp32 scale of each row: amax / 448); an all-zero row gets scale 1 and stays zero; a row with
-    a NaN or an Inf keeps it to itself. The rows are multiplied by 448 / amax (one division per row, as the kernels
-    do: a division per element costs them more than the memory traffic)."""
+    a NaN or an Inf keeps it to itself; a row's amax is taken at least `E4M3_LEAST_AMAX`. The rows are multiplied by
+    448 / amax (one division per row, as the kernels do: a division per element costs them more than the memory
+    traffic)."""
     amax = x.detach().float().abs().amax(dim=-1, keepdim=True)
     positive = amax > 0  # False for a NaN amax: scale 1, and the NaN stays in its row
+    amax = amax.clamp(min=E4M3_LEAST_AMAX)
     scale = torch.where(positive, amax / E4M3_MAX, torch.ones_like(amax))
     # a tensor by a tensor: an IEEE division (a Python number by a tensor is a reciprocal times the number in torch)
     inverse = torch.where(positive, torch.full_like(amax, E4M3_MAX) / amax, torch.ones_like(amax))

@@ -78,6 +78,19 @@ def test_a_row_with_nan_keeps_it_to_itself_and_a_zero_row_gives_the_bias():
     torch.testing.assert_close(out[2], b)
 
 
+@pytest.mark.parametrize("method", [Method(), None], ids=["sparse", "dense"])
+def test_a_finite_row_too_small_for_448_over_its_amax_gives_a_finite_product(method):
+    """A bf16 row of amax below 448 / fp32's max (1.3e-36): its factor 448 / amax overflowed to inf, and its zeros
+    (pruned members, or a zero of its own) times inf made the whole row NaN. torchao's float8 gives the bias."""
+    x, w, b = operands(4, 32, 8, seed=2)
+    x[1] = torch.randn(32, generator=torch.Generator().manual_seed(3)) * 1e-37
+    x[1, 3] = 0
+    x = x.to(torch.bfloat16).float()
+    out = fp8_linear_ref(x, w, b, method)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out[1], x[1] @ w.t() + b, rtol=0, atol=1e-6)
+
+
 @pytest.mark.skipif(not hasattr(torch, "_scaled_mm"), reason="torch without _scaled_mm")
 def test_the_reference_is_what_torchs_fp8_gemm_computes_on_the_same_operands():
     x, w, b = operands(64, 128, 48, seed=2)

@@ -15,9 +15,15 @@ except ImportError:
 
 E4M3_MAX = 448.0
 FP8_DTYPE = torch.float8_e4m3fn
+# The least amax a row's quantization is taken at: below ≈ 448 / fp32's max (1.3e-36; a bf16 row may be that small)
+# the factor 448 / amax overflowed to inf, and the row's zeros (its pruned members, kept zeros) times inf were NaN.
+# A power of two whose 448 / it is finite (1.75 · 2^125) and whose scale it / 448 is a normal fp32 (a subnormal one
+# is rounded otherwise by the kernels' division than by torch's multiplication by 1 / 448).
+E4M3_LEAST_AMAX = 2.0**-117
 
 if triton is not None:
     _E4M3_MAX = tl.constexpr(E4M3_MAX)  # kernels read globals only as constexprs
+    _E4M3_LEAST_AMAX = tl.constexpr(E4M3_LEAST_AMAX)
 
     @triton.jit
     def e4m3_code(y):

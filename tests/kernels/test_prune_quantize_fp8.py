@@ -41,6 +41,9 @@ def activations(draw, max_rows=100, max_k_tiles=3):
     x = torch.randn(rows, k, generator=generator) * magnitude
     if draw(st.booleans()):  # exact ties, zeros (-0.0 too) and whole zero rows
         x = torch.randint(-2, 3, (rows, k), generator=generator).float() * draw(st.sampled_from([1.0, -0.0]))
+    if draw(st.booleans()):  # a row so small that 448 / amax overflows fp32 (in bf16; in fp16 it rounds to zero),
+        # its values fp32 normals (subnormal inputs are pruned otherwise by the kernels: RESULTS.md, session 27)
+        x[0] = torch.sign(x[0]) * (1 + torch.rand(k, generator=generator)) * 10.0 ** -draw(st.integers(36, 37))
     x = x.to(dtype=dtype, device=DEVICE)
     if draw(st.booleans()):
         x = x.t().contiguous().t()
@@ -103,7 +106,7 @@ def test_dense_quantization_matches_reference_bit_for_bit(x, single_pass):
 def test_the_operand_dequantizes_to_the_pruned_rows_within_e4m3_precision(x):
     """Without the references' code path: per element, the decompressed e4m3 operand times the row's quantization
     scale is x̃ within half an e4m3 step (2⁻⁴ relative, or half the subnormal step 2⁻⁹ of the scale), zero where x̃
-    is, and the scale is amax(|x̃|) / 448."""
+    is, and the scale is amax(|x̃|) / 448 (amax taken at least 2⁻¹¹⁷, where 448 / amax is finite)."""
     values, metadata, quantization_scale = prune_quantize_compress_fp8(x, norm_compensation=False)
     pruned, _ = nm_prune_ref(x.float(), 2, 4)
     dequantized = decompress_24_ref(values, metadata).float() * quantization_scale[:, None]
@@ -111,7 +114,8 @@ def test_the_operand_dequantizes_to_the_pruned_rows_within_e4m3_precision(x):
     assert ((dequantized - pruned).abs() <= tolerance * 1.0001).all()
     assert (dequantized[pruned == 0] == 0).all()
     amax = pruned.abs().amax(dim=1)
-    assert torch.equal(quantization_scale, torch.where(amax > 0, amax / 448, torch.ones_like(amax)))
+    assert torch.equal(quantization_scale, torch.where(amax > 0, amax.clamp(min=2**-117) / 448, torch.ones_like(amax)))
+    assert not values.float().isnan().any()  # a tiny row's zeros times an overflowed 448 / amax were NaN
 
 
 @pytest.mark.parametrize("value", [127.35, -31.55, 7.96, 0.0013, -0.0, 448.0, 2**-9 * 0.5, 2**-9 * 0.5001])
