@@ -403,6 +403,9 @@ def fit_lora_on_calls(
     for index, group in enumerate(groups):
         stats = collect_statistics(model, calls, {name: linears[name] for name in group}, config.method, progress)
         for name, layer_stats in stats.items():
+            if not layer_stats.finite():
+                raise ValueError(f"fit_lora: the inputs of {name!r} over the samples hold NaN or Inf (a sample's own, "
+                                 "or what the model computed from it): fit on samples the dense model runs finitely")
             solutions[name] = solve_lora(linears[name].weight, layer_stats, rank, ridge)
         progress.stage(f"group {index + 1}/{len(groups)}: {len(stats)} layer(s) fitted at rank {rank}")
         del stats

@@ -149,6 +149,10 @@ class ResidualStatistics:
                 moments.accumulate(chunk.double(), pruning_residual(chunk, method),
                                    part_outputs[start : start + _CHUNK_TOKENS], weight64)  # fmt: skip
 
+    def finite(self) -> bool:
+        """Whether no input or residual seen held NaN or Inf (else the moments hold them, and no fit exists)."""
+        return all(bool(torch.isfinite(m.xx).all() and torch.isfinite(m.dx).all()) for m in self.halves)
+
     def accumulate(self, x: torch.Tensor, d: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor) -> None:
         """Add tokens with inputs x and input residuals d (T, K, fp64), dense outputs (T, N), weight (N, K)."""
         for moments, part in zip(self.halves, _halves(x.shape[0])):

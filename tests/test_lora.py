@@ -147,6 +147,15 @@ def test_fit_lora_rejects_unknown_layers_and_no_samples():
         fit_lora(model, [])
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_fit_lora_on_a_sample_holding_nan_or_inf_names_the_layer_not_a_linear_algebra_error(value):
+    model = TwoLinears()
+    samples = samples_for()
+    samples[0][0, 3, 5] = value
+    with pytest.raises(ValueError, match="inputs of 'up' over the samples hold NaN or Inf"):
+        fit_lora(model, samples, rank=4)
+
+
 # ---- storage with the policy -------------------------------------------------------------------------------------
 
 
