@@ -169,17 +169,16 @@ def compiled_regionally(model: torch.nn.Module) -> RegionalCompile | None:
 
 
 @contextlib.contextmanager
-def compiled_privately(model: torch.nn.Module, config: LynxConfig, **compile_kwargs: Any) -> Iterator[None]:
-    """`model` compiled again the way `compile_repeated_blocks` compiled it, with `config` (and `compile_kwargs` over
-    its own), inside the `with`; then as it was (its compiled functions restored; their Dynamo caches are the
-    caller's to reset). The regions are compiled by a backend object of their own: the caller's compiled code on
-    the frames both share (after a graph break inside a block) is never served to them, even for equal options."""
+def compiled_privately(model: torch.nn.Module, config: LynxConfig) -> Iterator[None]:
+    """`model` compiled again the way `compile_repeated_blocks` compiled it, with `config`, inside the `with`; then
+    as it was (its compiled functions restored; their Dynamo caches are the caller's to reset). The regions are
+    compiled by a backend object of their own: the caller's compiled code on the frames both share (after a graph
+    break inside a block) is never served to them, even for equal options."""
     record = _compiled[model]
     saved = [(module, module.__dict__.get("_compiled_call_impl")) for module in model.modules()]
     private_backend = functools.partial(lookup_backend("lynx"))  # equal to no other backend object
     try:
-        _compile_regions(model, config, record.blocks, None, {**record.compile_kwargs, **compile_kwargs},
-                         backend=private_backend)  # fmt: skip
+        _compile_regions(model, config, record.blocks, None, record.compile_kwargs, backend=private_backend)
         yield
     finally:
         for module, call in saved:
@@ -260,9 +259,9 @@ def _log_regions(model: torch.nn.Module, regions: list[tuple[str, list[tuple[str
         logger.info("lynx: %s: %d instance(s) in %d decision pattern(s), one graph each", label, sum(sizes),
                     len(sizes))  # fmt: skip
     compiles, limit = len(regions) * variants, torch._dynamo.config.recompile_limit
-    if not ISOLATED and compiles >= limit:
-        logger.warning("lynx: %d compiled regions%s; where a block breaks the graph (diffusers' layerwise casting or "
-                       "leaf-level offloading hooks), the frames after the break are compiled once per region, and "
+    if not ISOLATED and compiles >= limit and _hooked(model):
+        logger.warning("lynx: %d compiled regions%s; where a hook breaks the graph (diffusers' layerwise casting or "
+                       "leaf-level offloading), the frames after the break are compiled once per region, and "
                        "this torch (no isolate_recompiles) counts them against one recompile limit (%d), past which "
                        "Dynamo runs any code of such a frame whose guards pass, another region's decisions included. "
                        "Raise torch._dynamo.config.recompile_limit above %d (times the token counts called), or use "
@@ -274,3 +273,10 @@ def _log_regions(model: torch.nn.Module, regions: list[tuple[str, list[tuple[str
         if stale:
             logger.warning("lynx: the policy names %d layer(s) this model does not have (a stale policy, or another "
                            "model): %s", len(stale), some_names(stale))
+
+
+def _hooked(model: torch.nn.Module) -> bool:
+    """Whether a module of the model has hooks (torch's, or diffusers' registry, which wraps its forward): what most
+    often breaks a block's graph."""
+    return any(module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_diffusers_hook")
+               for module in model.modules())  # fmt: skip

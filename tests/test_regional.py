@@ -762,11 +762,13 @@ def test_blocks_breaking_the_graph_keep_their_decisions_past_the_shared_frames_r
 def test_a_torch_without_isolate_recompiles_is_warned_where_the_regions_reach_the_recompile_limit(monkeypatch,
                                                                                                  caplog):  # fmt: skip
     monkeypatch.setattr(regional_module(), "ISOLATED", {})
-    model = stack()
+    model, steps = stack(), lynx_compile.StepSchedule(sparse_steps=[1])
     with torch._dynamo.config.patch(recompile_limit=4), caplog.at_level("WARNING", logger="lynx_compile"):
         lynx_compile.compile_repeated_blocks(model, options=EAGER)  # 3 regions: the blocks, inp, out
+        lynx_compile.compile_repeated_blocks(model, options=EAGER, steps=steps)  # 6, but nothing breaks the graph
         assert "compiled regions" not in caplog.text
-        lynx_compile.compile_repeated_blocks(model, options=EAGER, steps=lynx_compile.StepSchedule(sparse_steps=[1]))
+        break_the_graph_at_every_linear(model)
+        lynx_compile.compile_repeated_blocks(model, options=EAGER, steps=steps)
     assert "6 compiled regions (sparse and dense step variants)" in caplog.text
     assert "recompile_limit above 6" in caplog.text
 
