@@ -148,10 +148,11 @@ def _private_compile_state() -> Iterator[None]:
         yield
     finally:
         for code in _live(input_codes.seen):
-            before = entries_before.get(id(code), 0)
-            if code is _trace.__code__ or before == 0:
+            before = entries_before.get(id(code))
+            gained = _entries(code) - (before or 0)
+            if code is _trace.__code__ or before is None or before == 0 and gained > 0:
                 reset_code(code)
-            elif _entries(code) > before and _explains_entries_cost_the_caller(code, _entries(code) - before):
+            elif gained > 0 and _explains_entries_cost_the_caller(code, gained):
                 reset_code(code)
                 shared.append(code.co_name)
         if shared:
