@@ -1,0 +1,5 @@
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 LYNX_BUILD_DIR=$PWD/.lynx_cache/cutlass LYNX_CACHE_DIR=/tmp/lynx_measure || exit
+nvidia-smi --query-gpu=name,power.limit --format=csv | tee $OUT/device.txt
+python -c "import torch, inspect; print(torch.__version__, 'isolate_recompiles:', 'isolate_recompiles' in inspect.signature(torch.compile).parameters); import torch._inductor.config as c; print('emulate_precision_casts:', hasattr(c, 'emulate_precision_casts'))" | tee $OUT/versions.txt
+timeout 170 python -m pytest -q tests/test_explain.py tests/test_backend.py tests/test_regional.py 2>&1 | tail -6 | tee $OUT/cpu_tests_on_torch211.log
+timeout 380 python -m pytest -q -p no:logging -m gpu tests/test_gpu.py tests/test_gpu_norm_fold.py tests/test_gpu_cutlass.py tests/test_gpu_float8.py -k "simulate or simulated or regional or step or tiny_diffusers or torchao_float8_model" 2>&1 | tail -12 | tee $OUT/gpu_tests.log
