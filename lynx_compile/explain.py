@@ -148,11 +148,11 @@ def _private_compile_state() -> Iterator[None]:
         yield
     finally:
         for code in _live(input_codes.seen):
-            before = entries_before.get(id(code))
-            gained = _entries(code) - (before or 0)
+            before, total = entries_before.get(id(code)), _entries(code)
+            gained = total - (before or 0)
             if code is _trace.__code__ or before is None or before == 0 and gained > 0:
                 reset_code(code)
-            elif gained > 0 and _explains_entries_cost_the_caller(code, gained):
+            elif gained > 0 and _explains_entries_cost_the_caller(code, gained, total):
                 reset_code(code)
                 shared.append(code.co_name)
         if shared:
@@ -163,12 +163,13 @@ def _private_compile_state() -> Iterator[None]:
             del cached_backends[key]
 
 
-def _explains_entries_cost_the_caller(code: types.CodeType, gained: int) -> bool:
+def _explains_entries_cost_the_caller(code: types.CodeType, gained: int, total: int) -> bool:
+    """Whether the `gained` entries explain left on a frame it shares with the caller (`total` now) warrant a reset."""
     config = torch._dynamo.config
     if ISOLATED:
-        return _entries(code) >= config.accumulated_recompile_limit // 2
+        return total >= config.accumulated_recompile_limit // 2
     taken = _entries_taken[code] = _entries_taken.get(code, 0) + gained
-    if taken >= max(1, config.recompile_limit // 2) or _entries(code) >= config.recompile_limit:
+    if taken >= max(1, config.recompile_limit // 2) or total >= config.recompile_limit:
         del _entries_taken[code]
         return True
     return False
