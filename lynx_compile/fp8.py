@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from .kernels.e4m3 import E4M3_LEAST_AMAX
+from .kernels.e4m3 import E4M3_LEAST_AMAX, E4M3_MAX
 from .kernels.nm_prune import nm_prune_ref
 from .method import Method
-
-E4M3_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
