@@ -6,7 +6,8 @@ cuSPARSELt's best algorithm and cuBLAS: where the kernel stands, and which knobs
 
 Every configuration in `cutlass_gemm.CONFIGS` (`FP8_CONFIGS` with --fp8) plus those --configs names
 (`GemmConfig.parse`, built here if missing: minutes each; tiles swept before and never fastest:
-256x128x64_c2x1_coop, 64x256x64_c2x1_pingpong), rasters heuristic / along M / along N, swizzle 1, 2, 4, 8; GEMM
+256x128x64_c2x1_coop, 64x256x64_c2x1_pingpong, 256x128x128_c1x2_coop; a name ending `_streamk` takes CUTLASS's
+stream-K scheduler), rasters heuristic / along M / along N, swizzle 1, 2, 4, 8; GEMM
 alone on a ready operand (bf16: no scale, no bias; --fp8: e4m3 with both scales, against `torch._scaled_mm`
 rowwise, fast accumulation; no cuSPARSELt column), CUDA-graph replays, median. Ratios are dense / variant.
 

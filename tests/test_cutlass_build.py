@@ -70,3 +70,21 @@ def test_the_path_says_why_it_cannot_run_a_cpu_layer():
     path = get_path("cutlass")
     assert not path.runs_on(torch.device("cpu"))
     assert path.unavailable_reason(workload, Method()).startswith("no sparse-tensor-core kernel for cpu")
+
+
+@pytest.mark.parametrize("config", [*cutlass_gemm.CONFIGS, *cutlass_gemm.FP8_CONFIGS,
+                                    GemmConfig(256, 128, 128, 1, 2), GemmConfig(64, 256, 64, 2, 1, pingpong=True),
+                                    GemmConfig(128, 128, 128, 1, 1, stream_k=True)], ids=lambda config: config.name)
+def test_a_configuration_is_named_as_it_is_parsed_and_built(config):
+    # The name is the measurement cache's and the op's record of the kernel: parsed back, it must build the same one.
+    assert GemmConfig.parse(config.name) == config
+    defines = dict(flag.removeprefix("-D").split("=") for flag in config.defines(torch.float8_e4m3fn))
+    assert (defines["LYNX_STREAMK"], defines["LYNX_PINGPONG"]) == (str(int(config.stream_k)), str(int(config.pingpong)))
+    assert config.name.endswith("_streamk") == config.stream_k
+
+
+def test_stream_k_with_the_ping_pong_schedule_is_refused_before_a_build():
+    with pytest.raises(ValueError, match="stream-K"):
+        GemmConfig(pingpong=True, stream_k=True)
+    with pytest.raises(ValueError, match="not a CUTLASS configuration"):
+        GemmConfig.parse("128x256x64_c2x1_streamk")

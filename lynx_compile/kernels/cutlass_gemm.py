@@ -40,8 +40,8 @@ _STATUS = {1: "the kernel cannot implement this problem", 2: "initialising the k
 @dataclass(frozen=True)
 class GemmConfig:
     """One compiled kernel: CTA tile (K in logical elements: 64 for 16-bit elements, 128 for FP8, which fixes the
-    metadata layout), cluster shape, and schedule (cooperative: two consumer warp groups on one tile; ping-pong: on
-    two)."""
+    metadata layout), cluster shape, schedule (cooperative: two consumer warp groups on one tile; ping-pong: on
+    two) and tile scheduler (stream-K: the last wave's K loops split over idle CTAs; cooperative only)."""
 
     tile_m: int = 128
     tile_n: int = 256
@@ -49,45 +49,56 @@ class GemmConfig:
     cluster_m: int = 2
     cluster_n: int = 1
     pingpong: bool = False
+    stream_k: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stream_k and self.pingpong:
+            raise ValueError("CUTLASS's stream-K scheduler needs the cooperative schedule, not ping-pong")
 
     @property
     def name(self) -> str:
         schedule = "pingpong" if self.pingpong else "coop"
-        return f"{self.tile_m}x{self.tile_n}x{self.tile_k}_c{self.cluster_m}x{self.cluster_n}_{schedule}"
+        return f"{self.tile_m}x{self.tile_n}x{self.tile_k}_c{self.cluster_m}x{self.cluster_n}_{schedule}" + \
+            ("_streamk" if self.stream_k else "")  # fmt: skip
 
     @staticmethod
     @functools.cache  # the op parses its setting on every call: a regex each time is host time on the hot path
     def parse(name: str) -> GemmConfig:
-        match = re.fullmatch(r"(\d+)x(\d+)x(\d+)_c(\d+)x(\d+)_(coop|pingpong)", name)
+        match = re.fullmatch(r"(\d+)x(\d+)x(\d+)_c(\d+)x(\d+)_(coop|pingpong)(_streamk)?", name)
         if match is None:
             raise ValueError(f"not a CUTLASS configuration name: {name!r}")
-        *sizes, schedule = match.groups()
-        return GemmConfig(*map(int, sizes), pingpong=schedule == "pingpong")
+        *sizes, schedule, stream_k = match.groups()
+        return GemmConfig(*map(int, sizes), pingpong=schedule == "pingpong", stream_k=stream_k is not None)
 
     def defines(self, dtype: torch.dtype) -> list[str]:
         values = {"LYNX_ELEMENT": _ELEMENTS[dtype], "LYNX_TILE_M": self.tile_m, "LYNX_TILE_N": self.tile_n,
                   "LYNX_TILE_K": self.tile_k, "LYNX_CLUSTER_M": self.cluster_m, "LYNX_CLUSTER_N": self.cluster_n,
-                  "LYNX_PINGPONG": int(self.pingpong)}  # fmt: skip
+                  "LYNX_PINGPONG": int(self.pingpong), "LYNX_STREAMK": int(self.stream_k)}  # fmt: skip
         return [f"-D{key}={value}" for key, value in values.items()]
 
 
 # What the speed rule tries per shape (with every raster order and swizzle in `SWIZZLES`). 128×256×64 is cuSPARSELt's
 # fastest tile on FLUX shapes; a cluster of 4 along M (W multicast to more CTAs) wins on N = 3072, 2 elsewhere;
-# 128×128 is for small N or few tokens. 256×128 and a 64×256 ping-pong tile were never fastest on FLUX or Wan shapes
-# (benchmarks/tune_cutlass.py, RESULTS.md 2026-11-26), so they are not tried.
+# 128×128 is for small N or few tokens. Stream-K pays where the K loop is long and the tiles leave the last wave
+# part-empty (FLUX's single-block output, K = 15360, N = 3072: 2–5%); with K = 3072 its partial sums cost more than
+# the idle SMs (the attention output: 4–13% slower). 256×128 and a 64×256 ping-pong tile were never fastest on FLUX
+# or Wan shapes (benchmarks/tune_cutlass.py, RESULTS.md 2026-11-26 and 2026-11-28), so they are not tried.
 CONFIGS = (
     GemmConfig(128, 256, 64, 2, 1),
     GemmConfig(128, 256, 64, 4, 1),
     GemmConfig(128, 128, 64, 2, 1),
+    GemmConfig(128, 256, 64, 4, 1, stream_k=True),
 )
 SWIZZLES = (1, 2, 4)
 
 # FP8 e4m3 (output bf16), CUTLASS's fast accumulation: tile K 128, the 8-bit metadata atom's width. 128×128 without
-# a cluster is for few tokens (FLUX's 512 text tokens: 0.75–1.11× dense FP8 with 128×256 tiles, 1.01–1.23× with it).
+# a cluster is for few tokens (FLUX's 512 text tokens: 0.75–1.11× dense FP8 with 128×256 tiles, 1.01–1.23× with it);
+# stream-K as for bf16.
 FP8_CONFIGS = (
     GemmConfig(128, 256, 128, 2, 1),
     GemmConfig(128, 256, 128, 4, 1),
     GemmConfig(128, 128, 128, 1, 1),
+    GemmConfig(128, 256, 128, 2, 1, stream_k=True),
 )
 RASTERS = {"heuristic": 0, "along_m": 1, "along_n": 2}
 
@@ -216,18 +227,18 @@ class Library:
         p, i, size = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
         self.lib.lynx_sparse_gemm.argtypes = [p, p, p, p, p, p, p, i, i, i, p, i, i, p]
         self.lib.lynx_sparse_gemm.restype = i
-        self.lib.lynx_sparse_gemm_workspace.argtypes = [i, i, i]
+        self.lib.lynx_sparse_gemm_workspace.argtypes = [i, i, i, i, i]
         self.lib.lynx_sparse_gemm_workspace.restype = size
         self.lib.lynx_sparse_gemm_compress_reference.argtypes = [p, p, p, i, i, p]
         self.lib.lynx_sparse_gemm_compress_reference.restype = i
         self.lib.lynx_sparse_gemm_metadata_offset.argtypes = [i, i, i, i]
         self.lib.lynx_sparse_gemm_metadata_offset.restype = ctypes.c_longlong
-        self._workspace: dict[tuple[int, int, int], int] = {}
+        self._workspace: dict[tuple[int, ...], int] = {}
 
     def info(self) -> list[int]:
         """[element (0 bf16, 1 fp16, 2 e4m3), tile M, N, K, cluster M, N, ping-pong, metadata atom rows, atom K,
-        logical elements per byte]."""
-        values = (ctypes.c_int * 10)()
+        logical elements per byte, stream-K]."""
+        values = (ctypes.c_int * 11)()
         self.lib.lynx_sparse_gemm_info(values)
         return list(values)
 
@@ -248,10 +259,10 @@ class Library:
     def metadata_offset(self, m: int, k: int, row: int, col: int) -> int:
         return self.lib.lynx_sparse_gemm_metadata_offset(m, k, row, col)
 
-    def workspace_bytes(self, m: int, n: int, k: int) -> int:
-        key = (m, n, k)
+    def workspace_bytes(self, m: int, n: int, k: int, raster: int, swizzle: int) -> int:
+        key = (m, n, k, raster, swizzle)
         if key not in self._workspace:
-            self._workspace[key] = self.lib.lynx_sparse_gemm_workspace(m, n, k)
+            self._workspace[key] = self.lib.lynx_sparse_gemm_workspace(*key)
         return self._workspace[key]
 
 
@@ -295,7 +306,7 @@ def sparse_mm_into(out: torch.Tensor, values: torch.Tensor, metadata: torch.Tens
     if m == 0:
         return
     lib = library(config, values.dtype)
-    workspace_bytes = lib.workspace_bytes(m, n, k)
+    workspace_bytes = lib.workspace_bytes(m, n, k, raster, swizzle)
     workspace = values.new_empty((workspace_bytes,), dtype=torch.uint8) if workspace_bytes else None
     status = lib.lib.lynx_sparse_gemm(
         values.data_ptr(), metadata.data_ptr(), weight.data_ptr(), _pointer(scale), _pointer(weight_scale),

@@ -15,6 +15,7 @@
 //
 //   LYNX_ELEMENT       0: bf16, 1: fp16, 2: e4m3 (output bf16)     LYNX_TILE_M/N/K    CTA tile (K: logical elements)
 //   LYNX_CLUSTER_M/N   CTAs per cluster                             LYNX_PINGPONG      0: cooperative, 1: ping-pong
+//   LYNX_STREAMK       0: one CTA a tile (persistent), 1: stream-K (cooperative only; see TileScheduler)
 
 #include <cuda_runtime.h>
 
@@ -52,6 +53,9 @@
 #endif
 #ifndef LYNX_PINGPONG
 #define LYNX_PINGPONG 0
+#endif
+#ifndef LYNX_STREAMK
+#define LYNX_STREAMK 0
 #endif
 
 namespace {
@@ -106,8 +110,13 @@ using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder
         sizeof(typename CollectiveEpilogue::SharedStorage))>,
     KernelSchedule>::CollectiveOp;
 
+// Stream-K: where the output tiles do not fill the last wave (FLUX's N = 3072 at 4608 tokens: 432 tiles of 128 × 256
+// on 132 SMs, 3.3 waves), CUTLASS's heuristic splits the last tiles' K loops over the idle CTAs and adds their fp32
+// partial sums through a workspace, in a fixed order (deterministic reduction); otherwise one CTA a tile.
+static_assert(!(LYNX_STREAMK && LYNX_PINGPONG), "stream-K needs the cooperative schedule");
+using TileScheduler = cute::conditional_t<LYNX_STREAMK, cutlass::gemm::StreamKScheduler, void>;
 using GemmKernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
-                                                        CollectiveEpilogue>;
+                                                        CollectiveEpilogue, TileScheduler>;
 using Gemm = cutlass::gemm::device::GemmUniversalAdapter<GemmKernel>;
 using SparseConfig = typename CollectiveMainloop::SparseConfig;
 using RasterOrder = cutlass::gemm::kernel::detail::RasterOrderOptions;
@@ -177,12 +186,13 @@ typename Gemm::Arguments make_arguments(const void* values, const void* metadata
 
 extern "C" {
 
-// Bytes of device workspace `lynx_sparse_gemm` needs for this problem (0 for the data-parallel schedulers).
-size_t lynx_sparse_gemm_workspace(int m, int n, int k) {
+// Bytes of device workspace `lynx_sparse_gemm` needs for this problem, raster order and swizzle (0 without
+// stream-K; with it, the partial sums' and their barriers', which depend on how the tiles are laid out).
+size_t lynx_sparse_gemm_workspace(int m, int n, int k, int raster, int swizzle) {
   int device = 0;
   cudaGetDevice(&device);
-  auto arguments = make_arguments(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, m, n, k, 0, 1,
-                                  device);
+  auto arguments = make_arguments(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, m, n, k, raster,
+                                  swizzle, device);
   return Gemm::get_workspace_size(arguments);
 }
 
@@ -226,11 +236,11 @@ int lynx_sparse_gemm_compress_reference(const void* dense, void* values, void* m
 }
 
 // The configuration this library was built with, and the metadata layout it reads: [element, tile M, N, K,
-// cluster M, N, ping-pong, metadata atom rows, atom K (logical), logical elements of E per byte].
+// cluster M, N, ping-pong, metadata atom rows, atom K (logical), logical elements of E per byte, stream-K].
 void lynx_sparse_gemm_info(int* info) {
   int values[] = {LYNX_ELEMENT, LYNX_TILE_M, LYNX_TILE_N, LYNX_TILE_K, LYNX_CLUSTER_M, LYNX_CLUSTER_N,
                   LYNX_PINGPONG, int(typename SparseConfig::TensorEAtomM{}), int(typename SparseConfig::TensorEAtomK{}),
-                  int(typename SparseConfig::ElementEMmaSparsity{})};
+                  int(typename SparseConfig::ElementEMmaSparsity{}), LYNX_STREAMK};
   for (int i = 0; i < int(sizeof(values) / sizeof(values[0])); ++i) info[i] = values[i];
 }
 
