@@ -274,7 +274,8 @@ def test_address_formula_is_the_layout_the_built_kernel_reads(config, dtype):
     lib = cutlass_gemm.library(config, dtype)
     element_bits = 8 * torch.empty(0, dtype=dtype).element_size()
     info = lib.info()
-    assert info[1:4] == [config.tile_m, config.tile_n, config.tile_k] and info[7:] == [64, config.tile_k, 8, int(config.stream_k)]
+    assert info[1:4] == [config.tile_m, config.tile_n, config.tile_k]
+    assert info[7:] == [64, config.tile_k, 8, int(config.stream_k)]
     for rows, k in [(1, 128), (100, 384), (4608, 3072)]:
         padded = -(-rows // 64) * 64
         generator = torch.Generator().manual_seed(rows)
