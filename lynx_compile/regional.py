@@ -50,6 +50,7 @@ from .checks import check_module, names_of
 from .config import LynxConfig, parse_options
 from .messages import some_names
 from .regions import RegionSpec, inside, linear_name, parameter_kind, qualified, register_model
+from .report import has_hooks
 from .steps import StepSchedule, by_step
 
 logger = logging.getLogger(__name__)
@@ -276,7 +277,5 @@ def _log_regions(model: torch.nn.Module, regions: list[tuple[str, list[tuple[str
 
 
 def _hooked(model: torch.nn.Module) -> bool:
-    """Whether a module of the model has hooks (torch's, or diffusers' registry, which wraps its forward): what most
-    often breaks a block's graph."""
-    return any(module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_diffusers_hook")
-               for module in model.modules())  # fmt: skip
+    """Whether a module of the model has hooks: what most often breaks a block's graph."""
+    return any(has_hooks(module) for module in model.modules())

@@ -142,9 +142,9 @@ class Report:
             + (f"; {opaque} run as opaque ops (symbolic M: checked at run time, epilogue unfused)" if opaque else "")
             + self._regions_summary() + self._ranks_summary()
             + ("; no linear in the graph(s), so nothing to prune (lynx rewrites nn.Linear, F.linear and matmuls "
-               "against a weight)" if self.graphs and not self.layers else "")
-            + (f"; {len(self.outside)} linear module(s) in no graph as a linear (ran eagerly, inside a fused op such "
-               f"as nn.MultiheadAttention's, or not called: dense): "
+               "against a weight)" if self.graphs and not self.layers and not self.outside else "")
+            + (f"; {len(self.outside)} linear module(s) in no graph as a linear (ran eagerly, behind a hook that "
+               f"breaks the graph, inside a fused op such as nn.MultiheadAttention's, or not called: dense): "
                f"{some_names(self.outside)}" if self.outside else "")
             + (f"; {len(self.quantized)} linear module(s) quantized by torch.ao ran outside the graphs, as they are "
                f"(Dynamo does not trace their packed weights; lynx prunes float and torchao float8 linears): "
@@ -248,10 +248,22 @@ def linears_outside(model: torch.nn.Module, report: Report) -> list[str]:
     model = getattr(model, "_orig_mod", model)  # what torch.compile returned: the layers' names are the model's
     linears = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     shown = set(report.modules)
-    if not shown or not shown <= set(linears):
+    if not shown:
+        # No graph compiled in the block held a linear. A linear's own hook that breaks the graph (diffusers'
+        # layerwise casting, leaf-level offloading) leaves it to run eagerly where Dynamo does not compile
+        # `nn.Linear.forward` past the break (torch 2.11): those are named. Other linears are unknown (the block may
+        # be around a call that compiled only other code).
+        return [name for name, module in linears.items() if has_hooks(module)] if report.graphs else []
+    if not shown <= set(linears):
         return []
     shown_weights = {id(linears[name].weight) for name in shown}
     return [name for name, module in linears.items() if name not in shown and id(module.weight) not in shown_weights]
+
+
+def has_hooks(module: torch.nn.Module) -> bool:
+    """Whether the module has forward hooks (torch's, or diffusers' registry, which wraps its forward): what most
+    often breaks a graph at a layer."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_diffusers_hook"))
 
 
 def quantized_linears(model: torch.nn.Module) -> list[str]:
@@ -267,4 +279,5 @@ def publish(sites: list[LinearSite], before: str, after: str, placement: Any = N
         report.add_graph(sites, before, after, placement)
 
 
-__all__ = ["GraphRecord", "LayerRecord", "Report", "collect_reports", "linears_outside", "quantized_linears"]
+__all__ = ["GraphRecord", "LayerRecord", "Report", "collect_reports", "has_hooks", "linears_outside",
+           "quantized_linears"]

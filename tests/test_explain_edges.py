@@ -114,8 +114,8 @@ class EndsInDisabled(nn.Module):
 def test_linears_that_ran_in_no_graph_are_listed():
     report = lynx_compile.explain(EndsInDisabled(), torch.randn(2, 24, 16))
     assert report.modules == ["inp"] and report.outside == ["attn.q", "attn.out"]
-    assert ("2 linear module(s) in no graph as a linear (ran eagerly, inside a fused op such as "
-            "nn.MultiheadAttention's, or not called: dense): attn.q, attn.out") in report.summary()
+    assert ("2 linear module(s) in no graph as a linear (ran eagerly, behind a hook that breaks the graph, inside a "
+            "fused op such as nn.MultiheadAttention's, or not called: dense): attn.q, attn.out") in report.summary()
 
 
 def test_a_linear_compiled_on_its_own_frame_stays_dense_where_the_options_tell_linears_apart():
@@ -293,6 +293,25 @@ def test_a_compiles_report_given_the_model_lists_the_linears_that_ran_eagerly():
     with pytest.raises(TypeError, match="collect_reports takes the model as an nn.Module"):
         with lynx_compile.collect_reports(torch.compile(lambda t: t + 1, backend="lynx")):
             pass
+
+
+def test_linears_that_ran_eagerly_past_their_own_hooks_break_are_named_where_no_graph_holds_a_linear():
+    """Hooks that break the graph at every linear (diffusers' layerwise casting): on torch 2.11 Dynamo runs each
+    linear eagerly past the break, and no graph holds one. The report named none and said there was "nothing to
+    prune"; it names the hooked linears (an unhooked one's fate is unknown: the block may be around a call that
+    compiled other code). Dynamo's skipping is stood in for by `torch.compiler.disable`, so on any torch."""
+    model = TwoBlocks().eval()
+    for block in model.blocks:
+        for linear in (block.fc1, block.fc2):
+            linear.register_forward_pre_hook(lambda module, args: torch._dynamo.graph_break())
+            linear.forward = torch.compiler.disable(linear.forward)
+    model.blocks[1].fc2._forward_pre_hooks.clear()  # unhooked: not named
+    compiled = torch.compile(model, backend="lynx")
+    with torch.no_grad(), lynx_compile.collect_reports(compiled) as report:
+        compiled(torch.randn(2, 24, 16))
+    assert report.graphs and not report.layers
+    assert report.outside == ["blocks.0.fc1", "blocks.0.fc2", "blocks.1.fc1"]
+    assert "3 linear module(s) in no graph as a linear" in report.summary() and "nothing to prune" not in report.summary()
 
 
 @pytest.mark.parametrize("dtype", [torch.qint8, torch.float16])
