@@ -10,7 +10,8 @@ names are registered twice: here, when lynx_compile is imported (for `set_logs`)
 by `_lynx_compile_logs.py`, a module outside the package (importing it costs nothing) that torch itself loads through
 the `torch.backends` entry point during its import, just before it parses TORCH_LOGS; that one registers only when
 TORCH_LOGS names lynx, so that otherwise lynx's loggers stay plain Python loggers. Where the entry point is not
-installed (lynx_compile used from a checkout, or TORCH_DEVICE_BACKEND_AUTOLOAD=0), torch's module form still works:
+installed (lynx_compile used from a checkout, or TORCH_DEVICE_BACKEND_AUTOLOAD=0), or where torch parses TORCH_LOGS
+before it loads entry points (torch 2.11: `import torch` refuses the names), torch's module form still works:
 TORCH_LOGS="lynx_compile" or "+lynx_compile".
 
 Once torch manages them, lynx's loggers print through torch's handler (stderr, torch's format) and no longer
