@@ -227,7 +227,8 @@ def collect_reports(model: torch.nn.Module | None = None) -> Iterator[Report]:
     of the graphs compiled inside the block held (`Report.outside`): run eagerly, past a graph break Dynamo could
     not trace, or not called. So put the block around the model's first call, which compiles all its graphs: around
     a later call that recompiles only some of them, the others' linears are listed too. Where no graph compiled in
-    the block holds a linear of the model (it compiled before; only other code compiled), none is listed.
+    the block holds a linear of the model (it compiled before; only other code compiled), only its linears with
+    hooks are listed: a hook that breaks the graph at each linear leaves them all eager on torch 2.11.
     """
     if model is not None:
         check_module("lynx.collect_reports", model)
