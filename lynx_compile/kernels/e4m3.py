@@ -26,6 +26,15 @@ if triton is not None:
     _E4M3_LEAST_AMAX = tl.constexpr(E4M3_LEAST_AMAX)
 
     @triton.jit
+    def row_factors(amax, positive):
+        """Per row, (the factor 448 / amax that quantizes it, the dequantization scale amax / 448): both 1 where
+        `positive` is False (a zero or NaN amax, as the reference's torch.where), amax taken at least
+        `E4M3_LEAST_AMAX`, the factor an IEEE division as torch's."""
+        amax = tl.maximum(amax, _E4M3_LEAST_AMAX)
+        inverse = tl.where(positive, tl.math.div_rn(_E4M3_MAX + tl.zeros_like(amax), amax), 1.0)
+        return inverse, tl.where(positive, amax / _E4M3_MAX, 1.0)
+
+    @triton.jit
     def e4m3_code(y):
         """The e4m3 encoding (int32, 0..255) of y (fp32, |y| ≤ 448 or NaN) rounded to nearest, ties to even. Sign
         and magnitude are handled as integers: a float negation of a rounded zero may lose -0.0's sign once

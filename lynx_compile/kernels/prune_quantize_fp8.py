@@ -41,7 +41,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .e4m3 import _E4M3_LEAST_AMAX, _E4M3_MAX, quantize_e4m3
+    from .e4m3 import quantize_e4m3, row_factors
     from .group_words import kept_members
     from .prune_compress_24 import _keep_2_of_4, _load_members, norm_scale_of, store_chunk_metadata
 except ImportError:
@@ -74,19 +74,17 @@ if triton is not None:
     @triton.jit
     def _inverse_kernel(stats_ptr, inverse_ptr, scale_ptr, M, n_chunks, BLOCK_M: tl.constexpr,
                         CHUNKS: tl.constexpr):  # fmt: skip
-        """Per row: the factor 448 / amax that quantizes it and the dequantization scale amax / 448 (both 1 for a
-        zero or NaN amax, as the reference's torch.where; amax at least `E4M3_LEAST_AMAX`)."""
+        """Per row: the factor 448 / amax that quantizes it and the dequantization scale amax / 448
+        (`e4m3.row_factors`)."""
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         chunks = tl.arange(0, CHUNKS)
         mask = (rows[:, None] < M) & (chunks[None, :] < n_chunks)
         offsets = rows[:, None] * 4 * n_chunks + chunks[None, :]
         amax = tl.max(tl.load(stats_ptr + offsets + 2 * n_chunks, mask=mask, other=0.0), axis=1)
         nan = tl.sum(tl.load(stats_ptr + offsets + 3 * n_chunks, mask=mask, other=0.0), axis=1)
-        positive = (amax > 0.0) & (nan == 0.0)
-        amax = tl.maximum(amax, _E4M3_LEAST_AMAX)
-        inverse = tl.where(positive, tl.math.div_rn(_E4M3_MAX + tl.zeros_like(amax), amax), 1.0)  # as torch's
+        inverse, scale = row_factors(amax, (amax > 0.0) & (nan == 0.0))
         tl.store(inverse_ptr + rows, inverse, mask=rows < M)
-        tl.store(scale_ptr + rows, tl.where(positive, amax / _E4M3_MAX, 1.0), mask=rows < M)
+        tl.store(scale_ptr + rows, scale, mask=rows < M)
 
     @triton.jit
     def _norm_kernel(stats_ptr, scale_ptr, M, n_chunks, eps, BLOCK_M: tl.constexpr, CHUNKS: tl.constexpr):

@@ -43,7 +43,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .e4m3 import _E4M3_LEAST_AMAX, _E4M3_MAX, quantize_e4m3, quantize_e4m3_pair
+    from .e4m3 import quantize_e4m3, quantize_e4m3_pair, row_factors
     from .group_words import (
         activated, activated_group, chunk_pairs, group_members, halves, kept_masks, kept_members, load_pairs,
         packed_extremes, packed_max, larger_half_bits, larger_half_value,
@@ -277,10 +277,7 @@ if triton is not None:
                     exact = tl.maximum(exact, chunk_top)
                 top = tl.max(exact, axis=1)
         amax = _magnitude(top, FP16)
-        positive = (amax > 0.0) & (top <= INF)
-        amax = tl.maximum(amax, _E4M3_LEAST_AMAX)
-        inverse = tl.where(positive, tl.math.div_rn(_E4M3_MAX + tl.zeros_like(amax), amax), 1.0)  # as torch's
-        scale = tl.where(positive, amax / _E4M3_MAX, 1.0)
+        inverse, scale = row_factors(amax, (amax > 0.0) & (top <= INF))
 
         kept, late_energy = tl.zeros((ROWS, PAIRS), dtype=tl.float32), tl.zeros((ROWS, PAIRS), dtype=tl.float32)
         if HELD:
