@@ -42,7 +42,7 @@ def activations(draw, max_rows=100, max_k_tiles=3):
     if draw(st.booleans()):  # exact ties, zeros (-0.0 too) and whole zero rows
         x = torch.randint(-2, 3, (rows, k), generator=generator).float() * draw(st.sampled_from([1.0, -0.0]))
     if draw(st.booleans()):  # a row so small that 448 / amax overflows fp32 (in bf16; in fp16 it rounds to zero),
-        # its values fp32 normals (subnormal inputs are pruned otherwise by the kernels: RESULTS.md, session 27)
+        # its values fp32 normals (Triton's interpreter misreads bf16 subnormals: RESULTS.md, session 28)
         x[0] = torch.sign(x[0]) * (1 + torch.rand(k, generator=generator)) * 10.0 ** -draw(st.integers(36, 37))
     x = x.to(dtype=dtype, device=DEVICE)
     if draw(st.booleans()):
