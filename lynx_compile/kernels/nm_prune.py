@@ -130,7 +130,10 @@ if triton is not None:
         n_groups = K // GROUP
         total = tl.zeros([BLOCK_M], dtype=tl.float32)
         kept = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for g0 in range(0, n_groups, BLOCK_G):
+        # A while loop, not range(0, n_groups, BLOCK_G): Triton 3.6's interpreter hands K over as a one-element
+        # array, which numpy 2.x refuses as a range bound (but takes as a truth value).
+        g0 = 0
+        while g0 < n_groups:
             groups = g0 + tl.arange(0, BLOCK_G)
             cols = groups[None, :, None] * GROUP + member[None, None, :]
             mask = (rows[:, None, None] < M) & (groups[None, :, None] < n_groups)
@@ -141,6 +144,7 @@ if triton is not None:
             square = xf * xf
             total += tl.sum(tl.sum(square, axis=2), axis=1)
             kept += tl.sum(tl.sum(tl.where(keep, square, 0.0), axis=2), axis=1)
+            g0 += BLOCK_G
 
         scale = tl.sqrt(total / (kept + eps))
         # total - total is 0 for finite totals and NaN for Inf/NaN: the one test that works on every backend.
