@@ -1,4 +1,4 @@
-"""Compile every Triton kernel lynx launches for the H100's sm_90 on a machine without a GPU (tests/test_sm90_compile.py).
+"""Compile every Triton kernel lynx launches for the H100's sm_90, without a GPU (for tests/test_sm90_compile.py).
 
 Run in a process of its own with TRITON_INTERPRET unset: the kernels are then `JITFunction`s, and `hardware_cast()`
 is True, so they take the branches the GPU runs (inline PTX casts, packed maxima) that the interpreter's tests never
@@ -8,9 +8,9 @@ Triton's compiler down to a cubin (its bundled ptxas), then returns without laun
 their addresses only feed the alignment hints. A case fails here where `triton.compile` raises: the code the
 interpreter runs happily but the compiler refuses (a loop bound's type, a constexpr misused, an operand's dtype).
 
-Prints one line per case, `MARK` and JSON: {"case", "kernels" (the names compiled), "error" (or null)}; then one line of what
-the cases should cover: {"launched": the kernels lynx defines to launch (named `*_kernel`), "folds": the registered
-producer folds, "fold_examples": the folds the cases take}.
+Prints one line per case, `MARK` and JSON: {"case", "kernels" (the names compiled), "error" (or null)}; then one
+line of what the cases should cover: {"launched": the kernels lynx defines to launch (named `*_kernel`), "folds":
+the registered producer folds, "fold_examples": the folds the cases take}.
 """
 
 from __future__ import annotations
