@@ -81,6 +81,16 @@ def fold_examples(dtype: torch.dtype, k: int) -> dict[str, tuple[list[torch.Tens
     }  # fmt: skip
 
 
+def fp8_capped(registers: int) -> object:
+    from lynx_compile.folds import IDENTITY, loading
+    from lynx_compile.kernels import quantize_fp8_single_pass as single_pass
+    from lynx_compile.kernels.prune_compress_24 import cutlass_operand
+
+    operands, loader = loading([torch.randn(ROWS, 3072).to(torch.bfloat16)], IDENTITY)
+    values, metadata = cutlass_operand(ROWS, 3072, torch.float8_e4m3fn, torch.device("cpu"))
+    return single_pass.launch(operands, loader, values, metadata, True, True, True, max_registers=registers)
+
+
 def cases() -> dict[str, Callable[[], object]]:
     """Every launch path: the prune kernel, the activation kernel, and each fold through each compressor."""
     from lynx_compile import folds
@@ -102,6 +112,8 @@ def cases() -> dict[str, Callable[[], object]]:
         "FP8 dense": folds.quantize_fp8,
         "written out": folds.load,
     }
+    for registers in (64, 56):  # bench_fp8_sparse.py's variants of the FP8 one-pass kernel, registers capped
+        found[f"FP8 one pass, maxnreg {registers}"] = lambda registers=registers: fp8_capped(registers)
     for dtype, widths in ((torch.bfloat16, WIDTHS), (torch.float16, WIDTHS[:1])):
         for k in widths:
             for fold, (inputs, spec) in fold_examples(dtype, k).items():

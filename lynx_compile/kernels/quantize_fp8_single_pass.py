@@ -354,7 +354,7 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
 def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm: bool, hardware_cast: bool,
             pairs_per_program: int | None = None, blocks: tuple[int, int, int] | None = None,
             held_pairs: int = HELD_PAIRS, num_warps: int | None = None, raw_max: bool = True,
-            packed: bool = True) -> Launch:  # fmt: skip
+            packed: bool = True, max_registers: int | None = None) -> Launch:  # fmt: skip
     """The kernel's launch over X as `loader` makes it of `operands`, but for its outputs (`values_ptr`, `meta_ptr`,
     `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or `blocks` as
     given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); a row in chunks is kept in registers
@@ -362,7 +362,8 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
     magnitude alone, before any activation, where each chunk goes through one activation (`raw_max`; False reads
     the statistics through the activation, as before it: benchmarks), its maxima two to a word where compiled
     (`packed`; False one a member, as before it: benchmarks); `num_warps` as `warps` gives them, or as given
-    (benchmarks)."""
+    (benchmarks); `max_registers` caps a thread's registers (Triton's `maxnreg`: more programs resident an SM, for
+    spills; benchmarks)."""
     rows, k = operands[0].shape[0], loader.width
     pairs_per_program = pairs_per_program or pairs_for_pieces(
         operands, loader, PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)  # fmt: skip
@@ -379,7 +380,7 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
         TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast, HEAD_CHUNKS=chunked_pieces,
         RAW_MAX=raw_max and not held and (head == tail or chunked_pieces > 0),
         NEGATIVE_PEAK=max(NEGATIVE_PEAK[head], NEGATIVE_PEAK[tail]), PACKED=hardware_cast and packed,
-        num_warps=num_warps or warps(block_rows, pairs),
+        num_warps=num_warps or warps(block_rows, pairs), **({"maxnreg": max_registers} if max_registers else {}),
     ))  # fmt: skip
 
 
