@@ -1,4 +1,5 @@
-"""Timing as METHOD.md asks for it: CUDA-graph replays (launch overhead out), or host time included."""
+"""Timing as the project measures (warm-up, medians): CUDA-graph replays (launch overhead out), or host time
+included."""
 
 from __future__ import annotations
 
