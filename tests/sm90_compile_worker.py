@@ -8,9 +8,8 @@ Triton's compiler down to a cubin (its bundled ptxas), then returns without laun
 their addresses only feed the alignment hints. A case fails here where `triton.compile` raises: the code the
 interpreter runs happily but the compiler refuses (a loop bound's type, a constexpr misused, an operand's dtype).
 
-Prints one line per case, `MARK` and JSON: {"case", "kernels" (the names compiled), "error" (or null)}; then one
-line of what the cases should cover: {"launched": the kernels lynx defines to launch (named `*_kernel`), "folds":
-the registered producer folds, "fold_examples": the folds the cases take}.
+Prints one line per case, `MARK` and JSON: {"case", "kernels" (the module-qualified names compiled), "error" (or
+null)}; then one line of what the cases should cover (`coverage`).
 """
 
 from __future__ import annotations
@@ -30,8 +29,15 @@ MARK = "sm90:"  # begins the worker's lines of JSON (the compiler prints what it
 WIDTHS = (512, 15360)  # a short row, and FLUX's longest (several chunks: the long-row branches)
 
 
+def kernel_name(kernel) -> str:  # noqa: ANN001 - a JITFunction
+    """A kernel's module-qualified name: two modules each define a `_single_pass_kernel`."""
+    return f"{kernel.fn.__module__}.{kernel.fn.__name__}"
+
+
 def compiling_launches(compiled: list[str]) -> Callable:
-    """A stand-in for `JITFunction.run` that compiles the launch for sm_90 and appends the kernel's name."""
+    """A stand-in for `JITFunction.run` that compiles the launch for sm_90 and appends the kernel's name. It does what
+    `run` does before it needs a device (`create_function_from_signature`'s binder, `_pack_args`: private, with the
+    same signatures on triton 3.6 to 3.9; should they change, every case fails here, loudly), then compiles."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
@@ -46,7 +52,9 @@ def compiling_launches(compiled: list[str]) -> Callable:
         options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, specialization, options)
         kernel = triton.compile(ASTSource(self, signature, constexprs, attrs), target=target, options=options.__dict__)
         assert kernel.asm.get("cubin"), f"{self.__name__}: no cubin"
-        compiled.append(self.__name__)
+        if kwargs.get("maxnreg"):  # the cap reached the PTX the assembler reads
+            assert f".maxnreg {kwargs['maxnreg']}" in kernel.asm["ptx"], f"{self.__name__}: maxnreg not applied"
+        compiled.append(kernel_name(self))
 
     return run
 
@@ -82,6 +90,7 @@ def fold_examples(dtype: torch.dtype, k: int) -> dict[str, tuple[list[torch.Tens
 
 
 def fp8_capped(registers: int) -> object:
+    """The FP8 one-pass kernel at K = 3072 with a thread's registers capped (`bench_fp8_sparse.py`'s variants)."""
     from lynx_compile.folds import IDENTITY, loading
     from lynx_compile.kernels import quantize_fp8_single_pass as single_pass
     from lynx_compile.kernels.prune_compress_24 import cutlass_operand
@@ -122,22 +131,25 @@ def cases() -> dict[str, Callable[[], object]]:
     return found
 
 
-def coverage() -> dict[str, list[str]]:
+def coverage(planned: list[str]) -> dict[str, list[str]]:
+    """What the cases should cover, and what they were: the kernels lynx defines to launch (`*_kernel` JITFunctions
+    anywhere in the package), the registered producer folds and those the cases take, the cases planned."""
     import importlib
     import pkgutil
 
     from triton.runtime.jit import JITFunction
 
-    import lynx_compile.kernels
+    import lynx_compile
     from lynx_compile.folds import FOLDS
 
-    launched = []
-    for module in pkgutil.iter_modules(lynx_compile.kernels.__path__):
-        namespace = vars(importlib.import_module(f"lynx_compile.kernels.{module.name}"))
-        launched += [name for name, value in namespace.items()
-                     if isinstance(value, JITFunction) and name.endswith("_kernel")]  # fmt: skip
+    launched = set()
+    for module in pkgutil.walk_packages(lynx_compile.__path__, "lynx_compile."):
+        namespace = vars(importlib.import_module(module.name))
+        launched |= {kernel_name(value) for name, value in namespace.items()
+                     if isinstance(value, JITFunction) and name.endswith("_kernel")}  # fmt: skip
     examples = {spec.kind for _, spec in fold_examples(torch.bfloat16, WIDTHS[0]).values()}
-    return {"launched": sorted(launched), "folds": sorted(FOLDS), "fold_examples": sorted(examples)}
+    return {"launched": sorted(launched), "folds": sorted(FOLDS), "fold_examples": sorted(examples),
+            "planned": planned}  # fmt: skip
 
 
 def main() -> None:
@@ -145,7 +157,8 @@ def main() -> None:
         sys.exit("run with TRITON_INTERPRET unset: the interpreter compiles nothing")
     from triton.runtime.jit import JITFunction
 
-    for name, launch in cases().items():
+    planned = cases()
+    for name, launch in planned.items():
         compiled: list[str] = []
         error = None
         with mock.patch.object(JITFunction, "run", compiling_launches(compiled)):
@@ -154,7 +167,7 @@ def main() -> None:
             except Exception:  # noqa: BLE001 - reported to the test, which names the case
                 error = traceback.format_exc(limit=-3)
         print(MARK, json.dumps({"case": name, "kernels": compiled, "error": error}), flush=True)
-    print(MARK, json.dumps(coverage()), flush=True)
+    print(MARK, json.dumps(coverage(list(planned))), flush=True)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,10 @@ def test_every_launch_path_compiles_for_sm90(compiled):
 
 
 def test_the_cases_reach_every_kernel_and_every_fold(compiled):
-    """A kernel or a fold added later is compiled here without a change to this test, or fails it."""
+    """A kernel or a fold added later is compiled here without a change to this test, or fails it; and every case
+    the worker planned reported back."""
     cases, coverage = compiled
+    assert [case["case"] for case in cases] == coverage["planned"]
     reached = {name for case in cases for name in case["kernels"]}
     assert coverage["launched"] and set(coverage["launched"]) <= reached, set(coverage["launched"]) - reached
     assert coverage["folds"] == coverage["fold_examples"]

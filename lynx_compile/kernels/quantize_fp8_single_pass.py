@@ -362,8 +362,8 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
     magnitude alone, before any activation, where each chunk goes through one activation (`raw_max`; False reads
     the statistics through the activation, as before it: benchmarks), its maxima two to a word where compiled
     (`packed`; False one a member, as before it: benchmarks); `num_warps` as `warps` gives them, or as given
-    (benchmarks); `max_registers` caps a thread's registers (Triton's `maxnreg`: more programs resident an SM, for
-    spills; benchmarks)."""
+    (benchmarks); `max_registers` caps a thread's registers (Triton's `maxnreg`: more programs resident an SM, at
+    the cost of spills; benchmarks)."""
     rows, k = operands[0].shape[0], loader.width
     pairs_per_program = pairs_per_program or pairs_for_pieces(
         operands, loader, PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)  # fmt: skip
