@@ -118,7 +118,7 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
         times[f"compress_fp8_held_warps{warps}"] = cuda_graph_ms(
             lambda warps=warps: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True,
                                                    held_pairs=2048, num_warps=warps))  # fmt: skip
-    for registers in (64, 56):  # a thread's registers capped: more programs resident an SM, for a few spills
+    for registers in (64, 56):  # a thread's registers capped: more programs resident an SM, at the cost of spills
         times[f"compress_fp8_maxnreg{registers}"] = cuda_graph_ms(
             lambda registers=registers: single_pass.launch(operands, loader, out_values, out_metadata, True, True,
                                                            True, max_registers=registers))  # fmt: skip

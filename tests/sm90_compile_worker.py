@@ -101,7 +101,8 @@ def fp8_capped(registers: int) -> object:
 
 
 def cases() -> dict[str, Callable[[], object]]:
-    """Every launch path: the prune kernel, the activation kernel, and each fold through each compressor."""
+    """Every launch path: the prune kernel, the activation kernel, the FP8 one-pass kernel with its registers capped,
+    and each fold through each compressor."""
     from lynx_compile import folds
     from lynx_compile.kernels.activations import ACTIVATIONS, activate
     from lynx_compile.kernels.nm_prune import nm_prune_triton
