@@ -226,12 +226,11 @@ def test_tiny_diffusers_model_sparse_matches_simulate(name):
     import sys
 
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from zoo import ZOO, output_tensor
+    from zoo import ZOO, output_tensor, to_cuda_bf16
 
     entry = ZOO[name]
     model = entry.build().cuda().to(torch.bfloat16)
-    inputs = {k: v.cuda().to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else
-              (v.cuda() if torch.is_tensor(v) else v) for k, v in entry.make_inputs(0).items()}  # fmt: skip
+    inputs = to_cuda_bf16(entry.make_inputs(0))
     outputs, sparse_names = {}, []
     for execution in ("sparse", "simulate", "dense"):  # simulate exactly the layers the sparse run put on sparse cores
         torch._dynamo.reset()
@@ -402,16 +401,12 @@ def test_regional_compilation_with_an_unalike_policy_runs_on_sparse_cores_as_the
     import sys
 
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from zoo import ZOO, build_flux, output_tensor
-
-    def on_gpu(inputs):
-        return {k: v.cuda().to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else
-                (v.cuda() if torch.is_tensor(v) else v) for k, v in inputs.items()}  # fmt: skip
+    from zoo import ZOO, build_flux, output_tensor, to_cuda_bf16
 
     def model():
         return build_flux(3).cuda().to(torch.bfloat16)
 
-    steps = [on_gpu(ZOO["flux"].make_inputs(seed)) for seed in range(3)]
+    steps = [to_cuda_bf16(ZOO["flux"].make_inputs(seed)) for seed in range(3)]
     dense = {"single_transformer_blocks.0.proj_out", "proj_out"}
     policy = lynx_compile.Policy({name: lynx_compile.LayerPolicy("dense" if name in dense else "sparse", "by hand")
                                   for name, module in model().named_modules() if isinstance(module, nn.Linear)},

@@ -21,23 +21,13 @@ import pytest
 import torch
 from test_family import FAMILY, first_output
 from test_zoo import relative_error
+from zoo import to_cuda_bf16
 
 import lynx_compile
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 EVERY_LAYER = 1e-3  # min_speedup: every layer the method can take goes sparse, whatever the speed rule measures
-
-
-def to_cuda_bf16(value):
-    """Inputs as the model's user passes them on the GPU: floating tensors in bf16, the rest as they are."""
-    if isinstance(value, torch.Tensor):
-        return value.cuda().to(torch.bfloat16) if value.is_floating_point() else value.cuda()
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_cuda_bf16(item) for item in value)
-    if isinstance(value, dict):
-        return {key: to_cuda_bf16(item) for key, item in value.items()}
-    return value
 
 
 def compiled_output(model, inputs, **options):

@@ -48,6 +48,18 @@ def output_tensor(out) -> torch.Tensor:
     return out[0]
 
 
+def to_cuda_bf16(value):
+    """A model's inputs as its user passes them on the GPU: floating tensors in bf16, other tensors moved, the rest
+    (and the structure of lists, tuples and dicts) as they are."""
+    if isinstance(value, torch.Tensor):
+        return value.cuda().to(torch.bfloat16) if value.is_floating_point() else value.cuda()
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cuda_bf16(item) for item in value)
+    if isinstance(value, dict):
+        return {key: to_cuda_bf16(item) for key, item in value.items()}
+    return value
+
+
 def _randomize_parameters(model: torch.nn.Module, seed: int) -> None:
     """Seeded re-init: weights ~ N(0, 1/fan_in) (gain ~1 per layer), biases ~ N(0, 0.02^2),
     norm scales (initialised to ones) ~ 1 + N(0, 0.1^2)."""
