@@ -19,7 +19,8 @@ reference encoder's (`operand_bit_exact`: both the one-pass kernel the layer tak
 one). `quantize_two_pass` and `compress_fp8_two_pass` time the general kernels, `compress_fp8_pairsP` the one-pass
 kernel with P pairs of groups a program, `compress_fp8_read_twice` with a row in chunks read twice (not kept in
 registers), `compress_fp8_held_warpsW` with rows up to K = 16384 held, in W warps a program, `compress_fp8_maxnregR`
-with a thread's registers capped at R (Triton's `maxnreg`); `compress_fp8_gelu`
+with a thread's registers capped at R (Triton's `maxnreg`), `compress_fp8_pairs64_warps2` in chunks of 64 pairs of
+groups, 2 warps a program; `compress_fp8_gelu`
 (one-pass) and `compress_fp8_gelu_two_pass` the compressor with a GELU folded, as the MLP down-projections run it.
 """
 
@@ -118,10 +119,14 @@ def bench_shape(name: str, m: int, k: int, n: int) -> dict:
         times[f"compress_fp8_held_warps{warps}"] = cuda_graph_ms(
             lambda warps=warps: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True,
                                                    held_pairs=2048, num_warps=warps))  # fmt: skip
-    for registers in (64, 56):  # a thread's registers capped: more programs resident an SM, at the cost of spills
+    for registers in (64, 56, 48):  # a thread's registers capped: more programs resident an SM, at the cost of spills
         times[f"compress_fp8_maxnreg{registers}"] = cuda_graph_ms(
             lambda registers=registers: single_pass.launch(operands, loader, out_values, out_metadata, True, True,
                                                            True, max_registers=registers))  # fmt: skip
+    # chunks of 64 pairs of groups in 2 warps a program: half the registers a program, so more rows in flight an SM
+    times["compress_fp8_pairs64_warps2"] = cuda_graph_ms(
+        lambda: single_pass.launch(operands, loader, out_values, out_metadata, True, True, True,
+                                   blocks=(1, 64, -(-k // 512)), num_warps=2))  # fmt: skip
     if k > 4096:  # GELU applied on load to all of x, as an MLP down-projection takes it
         gelu = FoldSpec("activation", ("gelu_tanh",))
         times["compress_fp8_gelu"] = cuda_graph_ms(lambda: compress_fp8([x], gelu))

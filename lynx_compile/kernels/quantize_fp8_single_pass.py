@@ -62,6 +62,14 @@ SMALL_ROW_PAIRS = 128  # rows this short are taken whole, several a program, how
 # a row in chunks up to this long is kept in registers and read once (8 K elements): longer rows held (K = 12288,
 # 15360 in 16 warps) took 123 and 151 µs at 4608 rows on an H200 against 92 and 120 read twice (RESULTS, session 12)
 HELD_PAIRS = 1024
+# pruning a row in several chunks: where it is read twice, a thread takes one pair of groups a chunk (warps = pairs
+# / 32), and a row held that fits `SHORT_HELD_CHUNKS` chunks of `SHORT_HELD_CHUNK_PAIRS` (K ≤ 4096) is held in those,
+# one pair a thread too (2 warps). On an H200: K = 3072 at 4608 rows 14.6 µs against 15.6 in chunks of 128 in 4 warps,
+# K = 4096 20.7 against 21.8; read twice, K = 12288 in chunks of 256 in 8 warps 62.8 against 64.1 in 4, through GELU
+# 76.2 against 77.2, K = 15360 78.0 against 91.3. Held longer rows stay as they were: a thread holding 10 pairs
+# (Wan's K = 5120 at 14040 rows) took 85.1 µs against 70.9, 16 pairs (K = 8192) 45.0 against 41.6
+# (`benchmarks/tune_fp8_compressor.py`, `bench_fp8_sparse.py`; RESULTS, session 30)
+SHORT_HELD_CHUNK_PAIRS, SHORT_HELD_CHUNKS = 64, 8
 
 
 if triton is not None:
@@ -357,17 +365,25 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
             packed: bool = True, max_registers: int | None = None) -> Launch:  # fmt: skip
     """The kernel's launch over X as `loader` makes it of `operands`, but for its outputs (`values_ptr`, `meta_ptr`,
     `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or `blocks` as
-    given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); a row in chunks is kept in registers
-    and read once up to `held_pairs` pairs of groups, read twice past that, the first time for its largest
-    magnitude alone, before any activation, where each chunk goes through one activation (`raw_max`; False reads
-    the statistics through the activation, as before it: benchmarks), its maxima two to a word where compiled
-    (`packed`; False one a member, as before it: benchmarks); `num_warps` as `warps` gives them, or as given
-    (benchmarks); `max_registers` caps a thread's registers (Triton's `maxnreg`: more programs resident an SM, at
-    the cost of spills; benchmarks)."""
+    given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); pruning, a short row held in chunks
+    takes chunks of `SHORT_HELD_CHUNK_PAIRS`. A row in chunks is kept in registers and read once up to
+    `held_pairs` pairs of groups, read twice past that, the first time for its largest magnitude alone, before any
+    activation, where each chunk goes through one activation (`raw_max`; False reads the statistics through the
+    activation, as before it: benchmarks), its maxima two to a word where compiled (`packed`; False one a member,
+    as before it: benchmarks); `num_warps` as given (benchmarks), else one pair of groups a thread a chunk where a
+    row pruned is read twice, else as `warps` gives them; `max_registers` caps a thread's registers (Triton's
+    `maxnreg`; benchmarks only: Inductor rebuilds a user-defined kernel's config through `config_to_dict`, which
+    keeps `num_warps` and `num_stages`, not `maxnreg`, so a compiled model would not run what the speed rule timed)."""
     rows, k = operands[0].shape[0], loader.width
+    chosen = pairs_per_program is None and blocks is None
     pairs_per_program = pairs_per_program or pairs_for_pieces(
         operands, loader, PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)  # fmt: skip
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
+    if chosen and prune and chunks > 1 and chunks * pairs > held_pairs:  # read twice
+        num_warps = num_warps or max(1, pairs // 32)
+    elif chosen and prune and chunks > 1 and cdiv(k // 8, SHORT_HELD_CHUNK_PAIRS) <= SHORT_HELD_CHUNKS:
+        short = pairs_for_pieces(operands, loader, SHORT_HELD_CHUNK_PAIRS)
+        block_rows, pairs, chunks = checked_blocks(k, short, None)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     head, tail = piece_activations(loader)
     held = chunks == 1 or chunks * pairs <= held_pairs

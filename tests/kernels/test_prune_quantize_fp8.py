@@ -290,7 +290,28 @@ def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype, held_
         assert torch.equal(bits(values), bits(ref_values)) and torch.equal(scale, ref_scale.reshape(-1))
 
 
-@pytest.mark.parametrize("k", [2560, 3072])  # 5 chunks of 64 pairs (two warps a program), 3 of 128: held
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 4096), min_size=1, max_size=2), st.sampled_from(["none", "gelu_tanh"]),
+       st.booleans())  # fmt: skip
+def test_the_chosen_blocking_covers_a_row_and_gives_each_thread_its_own_pairs(widths, tail, prune):
+    """For any row (one piece, or two through different activations), the blocking `planned` chooses reads the
+    whole row and no two threads of a program hold the same pair of groups; pruning a row in several chunks, a
+    thread holds one pair a chunk where the row is read twice or fits `SHORT_HELD_CHUNKS` short chunks, which are
+    then what it is held in."""
+    pieces = [torch.empty(2, 8 * width, dtype=torch.bfloat16) for width in widths]
+    one_piece = IDENTITY if tail == "none" else FoldSpec("activation", (tail,))
+    spec = FoldSpec("concat", ("none", tail)) if len(pieces) == 2 else one_piece
+    arguments = single_pass.planned(*loading(pieces, spec), prune, True, False).arguments
+    rows, pairs, chunks, warps = (arguments[key] for key in ("ROWS", "PAIRS", "CHUNKS", "num_warps"))
+    assert chunks * pairs >= arguments["K"] // 8 and (chunks == 1 or rows == 1)
+    assert warps == 1 or 32 * warps <= rows * pairs
+    short = -(-arguments["K"] // 8 // single_pass.SHORT_HELD_CHUNK_PAIRS) <= single_pass.SHORT_HELD_CHUNKS
+    if prune and chunks > 1 and (short or not arguments["HELD"]):
+        assert pairs == 32 * warps or pairs < 32 and warps == 1
+        assert not short or pairs <= single_pass.SHORT_HELD_CHUNK_PAIRS
+
+
+@pytest.mark.parametrize("k", [2560, 3072])  # 5 and 6 chunks of 64 pairs, two warps a program: held
 def test_the_one_pass_kernel_holds_a_row_of_chunks_where_a_whole_block_would_be_padding(k):
     x = activation_rows(3, k, torch.bfloat16)
     assert single_pass._blocks(k // 8, single_pass.PAIRS_PER_PROGRAM)[2] > 1
