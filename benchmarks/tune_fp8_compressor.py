@@ -5,6 +5,7 @@ program, row held in registers or read twice, registers a thread capped) is fast
                                                          # tune_fp8_compressor.json to $OUT
     python benchmarks/tune_fp8_compressor.py --compile-shard I/N [name ...]  # compiles (runs once, untimed) every
         # Nth variant from the Ith into Triton's cache: N of these at once first make the timed run's compiles hits
+    --uncapped: no `maxnreg` variants; --loose: chunks padding up to a third of a row (not an eighth)
 
 Per case (tokens M, K, the fold as FLUX runs it), every variant: chunks of P pairs of groups (P = 32 … 512, at most
 an eighth of the row padding), W warps a program (1 to 4 pairs of groups a thread a chunk), the row held (where a
@@ -40,15 +41,20 @@ CASES = [  # (name, M, the pieces' widths, fold): FLUX 1024²'s compressors as i
     ("k4096", 4608, (4096,), IDENTITY),  # rows held in chunks, longer than FLUX's
     ("wan k5120", 14040, (5120,), IDENTITY),  # Wan2.1-14B's q/k/v, attention output and FFN up at 14040 tokens
     ("k8192", 4608, (8192,), IDENTITY),  # the longest row held
+    # widths whose pairs of groups no power of two near 128 divides: the chunks `_blocks` pads at most a tenth
+    ("k1152", 4608, (1152,), IDENTITY),  # DiT-XL's and PixArt's hidden size (144 pairs)
+    ("k2240", 4608, (2240,), IDENTITY),  # Sana's (280 pairs)
+    ("k4608", 4608, (4608,), IDENTITY),  # DiT-XL's and PixArt's MLP down (576 pairs)
 ]
 REGISTERS = (None, 64, 80, 96)
 
 
-def variants(row_pairs: int):
-    """(blocks, warps, held) of every blocking swept for rows of `row_pairs` pairs of groups."""
+def variants(row_pairs: int, padding: int = 8):
+    """(blocks, warps, held) of every blocking swept for rows of `row_pairs` pairs of groups, padded at most
+    1 / `padding` of a row."""
     for pairs in (32, 64, 128, 256, 512):
         chunks = cdiv(row_pairs, pairs)
-        if chunks * pairs - row_pairs > row_pairs // 8:
+        if chunks * pairs - row_pairs > row_pairs // padding:
             continue
         for warps in (1, 2, 4, 8):
             if not 1 <= pairs // (32 * warps) <= 4:
@@ -59,7 +65,8 @@ def variants(row_pairs: int):
                 yield (1, pairs, chunks), warps, held
 
 
-def sweep(name: str, m: int, widths: tuple[int, ...], fold: FoldSpec, shard: tuple[int, int] | None = None) -> dict:
+def sweep(name: str, m: int, widths: tuple[int, ...], fold: FoldSpec, shard: tuple[int, int] | None = None,
+          registers: tuple[int | None, ...] = REGISTERS, padding: int = 8) -> dict:
     pieces = [torch.randn(m, width, device="cuda", dtype=torch.bfloat16) for width in widths]
     operands, loader = loading(pieces, fold)
     k = loader.width
@@ -72,32 +79,32 @@ def sweep(name: str, m: int, widths: tuple[int, ...], fold: FoldSpec, shard: tup
 
     chosen = compress()
     if shard is not None:
-        for index, (blocks, warps, held) in enumerate(variants(k // 8)):
-            for number, registers in enumerate(REGISTERS):
-                if (index * len(REGISTERS) + number) % shard[1] == shard[0]:
+        for index, (blocks, warps, held) in enumerate(variants(k // 8, padding)):
+            for number, cap in enumerate(registers):
+                if (index * len(registers) + number) % shard[1] == shard[0]:
                     compress(blocks=blocks, num_warps=warps, held_pairs=blocks[1] * blocks[2] if held else 0,
-                             max_registers=registers)  # fmt: skip
+                             max_registers=cap)  # fmt: skip
         return {}
     times = {"quantize": cuda_graph_ms(lambda: quantize_fp8(pieces, fold)),
              "chosen": cuda_graph_ms(lambda: single_pass.launch(operands, loader, values, metadata, True, True,
                                                                 True))}  # fmt: skip
     plan = single_pass.planned(operands, loader, True, True, True)
     rows = []
-    for blocks, warps, held in variants(k // 8):
-        for registers in REGISTERS:
+    for blocks, warps, held in variants(k // 8, padding):
+        for cap in registers:
             blocking = dict(blocks=blocks, num_warps=warps, held_pairs=blocks[1] * blocks[2] if held else 0,
-                            max_registers=registers)  # fmt: skip
+                            max_registers=cap)  # fmt: skip
             try:
                 out = compress(**blocking)
             except Exception as error:  # a variant Triton refuses (out of resources) is reported, not fatal
-                rows.append({"blocks": blocks, "warps": warps, "held": held, "maxnreg": registers,
+                rows.append({"blocks": blocks, "warps": warps, "held": held, "maxnreg": cap,
                              "error": f"{type(error).__name__}: {str(error)[:120]}"})  # fmt: skip
                 continue
             same = torch.equal(out[0], chosen[0]) and torch.equal(out[1], chosen[1]) and torch.allclose(
                 out[2], chosen[2], rtol=1e-5, atol=0)  # fmt: skip
             ms = cuda_graph_ms(lambda blocking=blocking: single_pass.launch(operands, loader, values, metadata, True,
                                                                             True, True, **blocking))  # fmt: skip
-            rows.append({"blocks": blocks, "warps": warps, "held": held, "maxnreg": registers, "ms": ms,
+            rows.append({"blocks": blocks, "warps": warps, "held": held, "maxnreg": cap, "ms": ms,
                          "same": same})  # fmt: skip
     timed = [r for r in rows if "ms" in r and r["same"]]
     best = min(timed, key=lambda r: r["ms"])
@@ -114,14 +121,16 @@ def main() -> None:
     words, shard = sys.argv[1:], None
     if words[:1] == ["--compile-shard"]:
         shard, words = tuple(int(part) for part in words[1].split("/")), words[2:]
+    sweeping = dict(registers=(None,) if "--uncapped" in words else REGISTERS, padding=3 if "--loose" in words else 8)
+    words = [word for word in words if word not in ("--uncapped", "--loose")]
     cases = [case for case in CASES if not words or any(word in case[0] for word in words)]
     if shard is not None:
         for case in cases:
-            sweep(*case, shard=shard)
+            sweep(*case, shard=shard, **sweeping)
         return
     results = []
     for case in cases:
-        results.append(sweep(*case))
+        results.append(sweep(*case, **sweeping))
         r = results[-1]
         top = sorted((v for v in r["variants"] if "ms" in v and v["same"]), key=lambda v: v["ms"])[:6]
         print(f"\n{r['case']} (M={r['M']}, K={r['K']}, {r['fold']}): quantize {r['quantize_ms'] * 1e3:.1f} µs, "
