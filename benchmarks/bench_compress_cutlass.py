@@ -3,7 +3,8 @@ block shapes against the general two-launch kernel, on the same x (CUDA-graph re
 
     python benchmarks/bench_compress_cutlass.py [--json out.json]     # a CUDA GPU
 
-Block shapes are (rows a program, pairs of groups a chunk, chunks a row); the default is the one `_blocks` picks.
+Block shapes are (rows a program, pairs of groups a chunk, chunks a row); the default is
+the one `row_blocking.row_blocks` picks.
 Then FLUX's single-block output projection's x, cat(attention, GELU(MLP)) folded into the compressor: the general
 kernel against the one-pass kernel at chunks of 64 and 128 pairs (the head piece whole chunks: each chunk through
 its own piece's activation) and of 256 (3072 is not whole chunks of 2048: each member through both, selected);
@@ -34,7 +35,7 @@ from lynx_compile.kernels.e4m3 import hardware_cast  # noqa: E402
 from lynx_compile.kernels.prune_quantize_fp8 import prune_quantize_compress_fp8  # noqa: E402
 from lynx_compile.kernels.grid import cdiv  # noqa: E402
 from lynx_compile.kernels.prune_compress_24 import metadata_bytes, prune_compress_24_cutlass  # noqa: E402
-from lynx_compile.kernels.quantize_fp8_single_pass import _blocks  # noqa: E402
+from lynx_compile.kernels.row_blocking import row_blocks  # noqa: E402
 from lynx_compile.timing import cuda_graph_ms  # noqa: E402
 from needs_gpu import require_cuda  # noqa: E402
 
@@ -75,7 +76,7 @@ def main() -> None:
         operands, loader = loading([x], IDENTITY)
         values = torch.empty(m, k // 2, device="cuda", dtype=torch.bfloat16)
         metadata = torch.empty(metadata_bytes(m, k), device="cuda", dtype=torch.uint8)
-        row = {"M": m, "K": k, "default_blocks": list(_blocks(k // 8, single_pass.PAIRS_PER_PROGRAM)),
+        row = {"M": m, "K": k, "default_blocks": list(row_blocks(k // 8, single_pass.PAIRS_PER_PROGRAM)),
                "general_us": 1e3 * cuda_graph_ms(lambda: prune_compress_24_cutlass(x))}  # fmt: skip
         expected = prune_compress_24_cutlass(x)
         for name, blocks in variants(k).items():

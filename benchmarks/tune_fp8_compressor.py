@@ -41,10 +41,10 @@ CASES = [  # (name, M, the pieces' widths, fold): FLUX 1024²'s compressors as i
     ("k4096", 4608, (4096,), IDENTITY),  # rows held in chunks, longer than FLUX's
     ("wan k5120", 14040, (5120,), IDENTITY),  # Wan2.1-14B's q/k/v, attention output and FFN up at 14040 tokens
     ("k8192", 4608, (8192,), IDENTITY),  # the longest row held
-    # widths whose pairs of groups no power of two near 128 divides: the chunks `_blocks` pads at most a tenth
+    # widths whose pairs of groups no power of two near 128 divides: `row_blocks` pads chunks at most a tenth
     ("k1152", 4608, (1152,), IDENTITY),  # DiT-XL's and PixArt's hidden size (144 pairs)
-    ("k2240", 4608, (2240,), IDENTITY),  # Sana's (280 pairs)
     ("k4608", 4608, (4608,), IDENTITY),  # DiT-XL's and PixArt's MLP down (576 pairs)
+    ("k1536", 4608, (1536,), IDENTITY),  # SD3's hidden size (192 pairs)
 ]
 REGISTERS = (None, 64, 80, 96)
 

@@ -101,8 +101,8 @@ def fp8_capped(registers: int) -> object:
 
 
 def cases() -> dict[str, Callable[[], object]]:
-    """Every launch path: the prune kernel, the activation kernel, the FP8 one-pass kernel with its registers capped,
-    and each fold through each compressor."""
+    """Every launch path: the prune kernel, the activation kernel, the FP8 one-pass kernel with its registers capped
+    and its rows held in chunks of each length, and each fold through each compressor."""
     from lynx_compile import folds
     from lynx_compile.kernels.activations import ACTIVATIONS, activate
     from lynx_compile.kernels.nm_prune import nm_prune_triton
@@ -124,6 +124,9 @@ def cases() -> dict[str, Callable[[], object]]:
     }
     for registers in (64, 56):  # bench_fp8_sparse.py's variants of the FP8 one-pass kernel, registers capped
         found[f"FP8 one pass, maxnreg {registers}"] = lambda registers=registers: fp8_capped(registers)
+    for k in (1152, 3072, 4608):  # rows held in `held_blocks`' chunks of 32, 64 and 128 pairs, one a thread
+        found[f"FP8 held in chunks K={k}"] = lambda k=k: folds.compress_fp8(
+            [torch.randn(ROWS, k).to(torch.bfloat16)], folds.IDENTITY)  # fmt: skip
     for dtype, widths in ((torch.bfloat16, WIDTHS), (torch.float16, WIDTHS[:1])):
         for k in widths:
             for fold, (inputs, spec) in fold_examples(dtype, k).items():

@@ -32,7 +32,7 @@ from .launcher import Launch
 from .nm_prune import NORM_EPS
 from .prune_compress_24 import Loader
 from .quantize_fp8_single_pass import applies as reads
-from .quantize_fp8_single_pass import (
+from .row_blocking import (
     checked_blocks,
     head_chunks,
     pairs_for_pieces,

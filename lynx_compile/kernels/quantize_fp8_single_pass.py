@@ -34,10 +34,19 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from .activations import NEGATIVE_PEAK
 from .cutlass_layout import META_ROWS
-from .grid import cdiv, next_power_of_2
+from .grid import cdiv
 from .launcher import Launch, provably_aligned, traceable
 from .nm_prune import NORM_EPS
 from .prune_compress_24 import Loader
+from .row_blocking import (
+    checked_blocks,
+    head_chunks,
+    held_blocks,
+    pairs_for_pieces,
+    piece_activations,
+    warps,
+    x_arguments,
+)
 
 try:
     import triton
@@ -58,18 +67,9 @@ except ImportError:
 # at 512, 80.9 at 256, 86.5 at 128; quantizing only 59.9 at 512, 72.2 at 128 (RESULTS, session 13)
 PAIRS_PER_PROGRAM = 256
 QUANTIZE_PAIRS_PER_PROGRAM = 512
-SMALL_ROW_PAIRS = 128  # rows this short are taken whole, several a program, however much of them is padding
 # a row in chunks up to this long is kept in registers and read once (8 K elements): longer rows held (K = 12288,
 # 15360 in 16 warps) took 123 and 151 µs at 4608 rows on an H200 against 92 and 120 read twice (RESULTS, session 12)
 HELD_PAIRS = 1024
-# pruning a row in several chunks: where it is read twice, a thread takes one pair of groups a chunk (warps = pairs
-# / 32), and a row held that fits `SHORT_HELD_CHUNKS` chunks of `SHORT_HELD_CHUNK_PAIRS` (K ≤ 4096) is held in those,
-# one pair a thread too (2 warps). On an H200: K = 3072 at 4608 rows 14.6 µs against 15.6 in chunks of 128 in 4 warps,
-# K = 4096 20.7 against 21.8; read twice, K = 12288 in chunks of 256 in 8 warps 62.8 against 64.1 in 4, through GELU
-# 76.2 against 77.2, K = 15360 78.0 against 91.3. Held longer rows stay as they were: a thread holding 10 pairs
-# (Wan's K = 5120 at 14040 rows) took 85.1 µs against 70.9, 16 pairs (K = 8192) 45.0 against 41.6
-# (`benchmarks/tune_fp8_compressor.py`, `bench_fp8_sparse.py`; RESULTS, session 30)
-SHORT_HELD_CHUNK_PAIRS, SHORT_HELD_CHUNKS = 64, 8
 
 
 if triton is not None:
@@ -330,21 +330,6 @@ def applies(operands: Sequence[torch.Tensor], loader: Loader, traced: bool = Fal
                and x.stride(1) == 1 and x.stride(0) % 4 == 0 and x.data_ptr() % 8 == 0 for x in operands)  # fmt: skip
 
 
-def _blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
-    """(rows a program takes, pairs of groups it holds at a time, chunks a row is read in) for rows of `row_pairs`
-    pairs: whole rows, several a program, where a row fits a power of two that is small (`SMALL_ROW_PAIRS`) or at
-    most a tenth padding; else one row in the largest power-of-two chunks ≤ `pairs_per_program` whose padding past
-    the row's end is at most a tenth of it — FLUX's K = 3072 (384 pairs): 3 chunks of 128, not one of 512 with a
-    quarter of its lanes computing padding; Wan's K = 5120 (640 pairs): 5 of 128."""
-    padded = next_power_of_2(row_pairs)
-    if padded <= pairs_per_program and (padded <= SMALL_ROW_PAIRS or padded - row_pairs <= row_pairs // 10):
-        return min(META_ROWS, pairs_per_program // padded), padded, 1
-    pairs = min(pairs_per_program, padded)
-    while pairs > 16 and cdiv(row_pairs, pairs) * pairs - row_pairs > row_pairs // 10:
-        pairs //= 2
-    return 1, pairs, cdiv(row_pairs, pairs)
-
-
 def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tensor, metadata: torch.Tensor, prune: bool,
            norm: bool, hardware_cast: bool, traced: bool = False, **blocking: Any) -> torch.Tensor:  # fmt: skip
     """Run the kernel over X as `loader` makes it of `operands` (`applies`) into `values` (and, with `prune`,
@@ -364,26 +349,29 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
             held_pairs: int = HELD_PAIRS, num_warps: int | None = None, raw_max: bool = True,
             packed: bool = True, max_registers: int | None = None) -> Launch:  # fmt: skip
     """The kernel's launch over X as `loader` makes it of `operands`, but for its outputs (`values_ptr`, `meta_ptr`,
-    `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time (`_blocks`), or `blocks` as
-    given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); pruning, a short row held in chunks
-    takes chunks of `SHORT_HELD_CHUNK_PAIRS`. A row in chunks is kept in registers and read once up to
+    `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time (`row_blocks`), or `blocks` as
+    given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); pruning, a row held in chunks takes
+    `held_blocks`' where it finds some. A row in chunks is kept in registers and read once up to
     `held_pairs` pairs of groups, read twice past that, the first time for its largest magnitude alone, before any
     activation, where each chunk goes through one activation (`raw_max`; False reads the statistics through the
     activation, as before it: benchmarks), its maxima two to a word where compiled (`packed`; False one a member,
     as before it: benchmarks); `num_warps` as given (benchmarks), else one pair of groups a thread a chunk where a
-    row pruned is read twice, else as `warps` gives them; `max_registers` caps a thread's registers (Triton's
-    `maxnreg`; benchmarks only: Inductor rebuilds a user-defined kernel's config through `config_to_dict`, which
-    keeps `num_warps` and `num_stages`, not `maxnreg`, so a compiled model would not run what the speed rule timed)."""
+    pruned row is read twice or held in `held_blocks`', else as `warps` gives them; `max_registers` caps a thread's
+    registers (Triton's `maxnreg`; benchmarks only: Inductor rebuilds a user-defined kernel's config through
+    `config_to_dict`, which keeps `num_warps` and `num_stages`, not `maxnreg`, so a compiled model would not run
+    what the speed rule timed)."""
     rows, k = operands[0].shape[0], loader.width
     chosen = pairs_per_program is None and blocks is None
     pairs_per_program = pairs_per_program or pairs_for_pieces(
         operands, loader, PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)  # fmt: skip
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
-    if chosen and prune and chunks > 1 and chunks * pairs > held_pairs:  # read twice
-        num_warps = num_warps or max(1, pairs // 32)
-    elif chosen and prune and chunks > 1 and cdiv(k // 8, SHORT_HELD_CHUNK_PAIRS) <= SHORT_HELD_CHUNKS:
-        short = pairs_for_pieces(operands, loader, SHORT_HELD_CHUNK_PAIRS)
-        block_rows, pairs, chunks = checked_blocks(k, short, None)
+    if chosen and prune and chunks > 1:  # one pair of groups a thread a chunk, read twice or in `held_blocks`'
+        read_twice = chunks * pairs > held_pairs
+        held_in = None if read_twice else held_blocks(operands, loader)
+        if held_in is not None:
+            block_rows, pairs, chunks = held_in
+        if read_twice or held_in is not None:
+            num_warps = num_warps or max(1, pairs // 32)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     head, tail = piece_activations(loader)
     held = chunks == 1 or chunks * pairs <= held_pairs
@@ -398,56 +386,3 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
         NEGATIVE_PEAK=max(NEGATIVE_PEAK[head], NEGATIVE_PEAK[tail]), PACKED=hardware_cast and packed,
         num_warps=num_warps or warps(block_rows, pairs), **({"maxnreg": max_registers} if max_registers else {}),
     ))  # fmt: skip
-
-
-def checked_blocks(k: int, pairs_per_program: int, blocks: tuple[int, int, int] | None) -> tuple[int, int, int]:
-    """(rows a program, pairs a chunk, chunks a row) for rows of K elements: `blocks` as given, checked to cover a
-    row, or `_blocks`' choice."""
-    block_rows, pairs, chunks = blocks or _blocks(k // 8, pairs_per_program)
-    if chunks * pairs < k // 8 or (chunks > 1 and block_rows != 1) or block_rows > META_ROWS:
-        raise ValueError(f"blocks {blocks} do not cover rows of {k // 8} pairs of groups")
-    return block_rows, pairs, chunks
-
-
-def x_arguments(operands: Sequence[torch.Tensor], k: int) -> dict[str, Any]:
-    """How the one-pass kernels are given X: the head, its row stride, the tail, its row stride, the split along K."""
-    head, tail = operands[0], operands[-1]
-    return dict(head_ptr=head, head_stride=head.stride(0), tail_ptr=tail, tail_stride=tail.stride(0),
-                split=head.shape[1] if len(operands) == 2 else k)  # fmt: skip
-
-
-def piece_activations(loader: Loader) -> tuple[int, int]:
-    """The head's and the tail's activation codes; one piece: its activation for both."""
-    return (loader.pieces * 2)[:2]
-
-
-def pairs_for_pieces(operands: Sequence[torch.Tensor], loader: Loader, pairs_per_program: int) -> int:
-    """`pairs_per_program`, or where two pieces go through different activations the largest power of two below it,
-    down to 64, at which the head piece is whole chunks (`head_chunks`), for both one-pass kernels: at 4608 × (3072
-    + GELU 12288) the FP8 kernel took 174 µs at chunks of 128 pairs, 225 at 256 (each member through both
-    activations; H200, benchmarks/RESULTS.md, session 15)."""
-    pairs = pairs_per_program
-    while pairs >= 64:
-        if head_chunks(operands, loader, pairs):
-            return pairs
-        pairs //= 2
-    return pairs_per_program
-
-
-def head_chunks(operands: Sequence[torch.Tensor], loader: Loader, pairs: int) -> int:
-    """How many chunks of `pairs` pairs of groups the head piece is, where two pieces go through different
-    activations and the head is whole chunks (FLUX's 3072 attention columns: three of 128 pairs), so that the
-    one-pass kernels read each chunk through its own piece's activation alone; else 0 (one activation, or each
-    member through both, selected)."""
-    head, tail = piece_activations(loader)
-    split = operands[0].shape[1]
-    if len(operands) != 2 or head == tail or not isinstance(split, int) or split % (8 * pairs):
-        return 0
-    return split // (8 * pairs)
-
-
-def warps(block_rows: int, pairs: int) -> int:
-    """A program's warps: 4, more where it holds more than a pair of groups a thread (up to 16), fewer for chunks of
-    fewer than 128 pairs (so that no two threads hold the same pair)."""
-    held = block_rows * pairs
-    return max(1, min(16, max(4, held // 128), held // 32))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from lynx_compile.fp8 import quantize_rows
 from lynx_compile.folds import IDENTITY, FoldSpec, compress_fp8, loading, quantize_fp8
 from lynx_compile.kernels import quantize_fp8_single_pass as single_pass
+from lynx_compile.kernels import row_blocking
 from lynx_compile.kernels.activations import activate
 from lynx_compile.kernels.cutlass_layout import decompress_24_ref
 from lynx_compile.kernels.e4m3 import hardware_cast
@@ -296,25 +297,31 @@ def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype, held_
 def test_the_chosen_blocking_covers_a_row_and_gives_each_thread_its_own_pairs(widths, tail, prune):
     """For any row (one piece, or two through different activations), the blocking `planned` chooses reads the
     whole row and no two threads of a program hold the same pair of groups; pruning a row in several chunks, a
-    thread holds one pair a chunk where the row is read twice or fits `SHORT_HELD_CHUNKS` short chunks, which are
-    then what it is held in."""
+    thread holds one pair a chunk where the row is read twice or held in `held_blocks`' chunks, which are then at
+    most `HELD_CHUNKS`, padded at most an eighth of the row, the head whole chunks."""
     pieces = [torch.empty(2, 8 * width, dtype=torch.bfloat16) for width in widths]
     one_piece = IDENTITY if tail == "none" else FoldSpec("activation", (tail,))
     spec = FoldSpec("concat", ("none", tail)) if len(pieces) == 2 else one_piece
-    arguments = single_pass.planned(*loading(pieces, spec), prune, True, False).arguments
+    operands, loader = loading(pieces, spec)
+    arguments = single_pass.planned(operands, loader, prune, True, False).arguments
     rows, pairs, chunks, warps = (arguments[key] for key in ("ROWS", "PAIRS", "CHUNKS", "num_warps"))
-    assert chunks * pairs >= arguments["K"] // 8 and (chunks == 1 or rows == 1)
+    row_pairs = arguments["K"] // 8
+    assert chunks * pairs >= row_pairs and (chunks == 1 or rows == 1)
     assert warps == 1 or 32 * warps <= rows * pairs
-    short = -(-arguments["K"] // 8 // single_pass.SHORT_HELD_CHUNK_PAIRS) <= single_pass.SHORT_HELD_CHUNKS
-    if prune and chunks > 1 and (short or not arguments["HELD"]):
+    held_in = row_blocking.held_blocks(operands, loader)
+    if prune and chunks > 1 and (held_in is not None or not arguments["HELD"]):
         assert pairs == 32 * warps or pairs < 32 and warps == 1
-        assert not short or pairs <= single_pass.SHORT_HELD_CHUNK_PAIRS
+    if prune and chunks > 1 and arguments["HELD"] and held_in is not None:
+        assert (1, pairs, chunks) == held_in and chunks <= row_blocking.HELD_CHUNKS
+        assert chunks * pairs - row_pairs <= row_pairs // 8
+        assert len(pieces) == 1 or tail == "none" or arguments["HEAD_CHUNKS"] > 0
 
 
-@pytest.mark.parametrize("k", [2560, 3072])  # 5 and 6 chunks of 64 pairs, two warps a program: held
+# held in 5 chunks of 32 pairs (one warp), 5 and 6 of 64 (two warps), 5 of 128 (four; `held_blocks`)
+@pytest.mark.parametrize("k", [1152, 2560, 3072, 4608])
 def test_the_one_pass_kernel_holds_a_row_of_chunks_where_a_whole_block_would_be_padding(k):
     x = activation_rows(3, k, torch.bfloat16)
-    assert single_pass._blocks(k // 8, single_pass.PAIRS_PER_PROGRAM)[2] > 1
+    assert row_blocking.row_blocks(k // 8, single_pass.PAIRS_PER_PROGRAM)[2] > 1
     values, metadata, scale = prune_quantize_compress_fp8(x)
     ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x)
     assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
@@ -323,11 +330,11 @@ def test_the_one_pass_kernel_holds_a_row_of_chunks_where_a_whole_block_would_be_
 
 @given(st.integers(1, 4096), st.sampled_from([64, 256, 512, 1024]))
 def test_the_one_pass_blocks_cover_a_row_with_little_padding(row_pairs, pairs_per_program):
-    block_rows, pairs, chunks = single_pass._blocks(row_pairs, pairs_per_program)
+    block_rows, pairs, chunks = row_blocking.row_blocks(row_pairs, pairs_per_program)
     assert pairs & (pairs - 1) == 0 and block_rows * pairs <= max(pairs_per_program, 16) and chunks * pairs >= row_pairs
     if chunks == 1:  # whole rows, short or little padded: as many as fill the program, at most a metadata tile's 64
         assert pairs < 2 * row_pairs and block_rows == min(64, pairs_per_program // pairs)
-        assert pairs <= single_pass.SMALL_ROW_PAIRS or pairs - row_pairs <= row_pairs // 10
+        assert pairs <= row_blocking.SMALL_ROW_PAIRS or pairs - row_pairs <= row_pairs // 10
     else:  # one row in chunks: the padding is at most a tenth, or the chunks are the smallest
         assert block_rows == 1 and (chunks * pairs - row_pairs <= row_pairs // 10 or pairs == 16)
 
