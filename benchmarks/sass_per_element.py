@@ -41,6 +41,7 @@ from lynx_compile.kernels.activations import ACTIVATIONS  # noqa: E402
 from lynx_compile.kernels.nm_prune import NORM_EPS  # noqa: E402
 from lynx_compile.kernels import prune_compress_24_single_pass as single_pass  # noqa: E402
 from lynx_compile.kernels import quantize_fp8_single_pass as fp8  # noqa: E402
+from lynx_compile.kernels import row_blocking  # noqa: E402
 
 NVDISASM, CUOBJDUMP = (os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
                        for tool in ("nvdisasm", "cuobjdump"))  # fmt: skip
@@ -109,8 +110,8 @@ def executed(listing: list[str], trips: int) -> int:
 
 
 def one_pass_16_bit(k: int, activation: str = "none") -> Row:
-    rows, pairs, chunks = fp8.checked_blocks(k, single_pass.PAIRS_PER_PROGRAM, None)
-    warps = fp8.warps(rows, pairs)
+    rows, pairs, chunks = row_blocking.checked_blocks(k, single_pass.PAIRS_PER_PROGRAM, None)
+    warps = row_blocking.warps(rows, pairs)
     code = ACTIVATIONS[activation]
     kernel = compiled(single_pass._single_pass_kernel, ONE_PASS_SIGNATURE,
                       {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HEAD": code, "TAIL": code,
@@ -122,10 +123,10 @@ def one_pass_16_bit(k: int, activation: str = "none") -> Row:
 def one_pass_fp8(k: int, activation: str = "none") -> Row:
     """(Rows read twice with a folded activation are not counted: their fallback loop, which only rows of small
     values run, would be counted as executed.)"""
-    rows, pairs, chunks = fp8.checked_blocks(k, fp8.PAIRS_PER_PROGRAM, None)
-    held = chunks == 1 or chunks * pairs <= fp8.HELD_PAIRS
+    fold = FoldSpec() if activation == "none" else FoldSpec("activation", (activation,))
+    planned = fp8.planned(*loading([torch.empty(1, k, dtype=torch.bfloat16)], fold), True, True, True).arguments
+    rows, pairs, chunks, held, warps = (planned[key] for key in ("ROWS", "PAIRS", "CHUNKS", "HELD", "num_warps"))
     assert held or activation == "none", "the fallback loop would be counted"
-    warps = fp8.warps(rows, pairs)
     code = ACTIVATIONS[activation]
     kernel = compiled(fp8._single_pass_kernel, {**ONE_PASS_SIGNATURE, "values_ptr": "*fp8e4nv"},
                       {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HELD": held, "HEAD": code,

@@ -122,7 +122,7 @@ def cases() -> dict[str, Callable[[], object]]:
         "FP8 dense": folds.quantize_fp8,
         "written out": folds.load,
     }
-    for registers in (64, 56):  # bench_fp8_sparse.py's variants of the FP8 one-pass kernel, registers capped
+    for registers in (64, 56, 48):  # bench_fp8_sparse.py's variants of the FP8 one-pass kernel, registers capped
         found[f"FP8 one pass, maxnreg {registers}"] = lambda registers=registers: fp8_capped(registers)
     for k in (1152, 3072, 4608):  # rows held in `held_blocks`' chunks of 32, 64 and 128 pairs, one a thread
         found[f"FP8 held in chunks K={k}"] = lambda k=k: folds.compress_fp8(

@@ -61,10 +61,11 @@ try:
 except ImportError:
     triton = None
 
-# pairs of groups a program holds at a time, pruning (2 K elements, two pairs a thread with 4 warps) and quantizing
-# only: with four pairs a thread the 2:4 selection's masks outgrow the predicate registers (Triton 3.6's sm_90 code
-# at K = 12288: 33.8 instructions an element at 512 pairs, 29.9 at 256). On an H200 at 4608 × 12288: pruning 96.8 µs
-# at 512, 80.9 at 256, 86.5 at 128; quantizing only 59.9 at 512, 72.2 at 128 (RESULTS, session 13)
+# pairs of groups a program holds at a time, pruning (2 K elements) and quantizing only. In 4 warps, four pairs a
+# thread made the 2:4 selection's masks outgrow the predicate registers (Triton 3.6's sm_90 code at K = 12288: 33.8
+# instructions an element at 512 pairs, 29.9 at 256). On an H200 at 4608 × 12288 in 4 warps: pruning 96.8 µs at 512,
+# 80.9 at 256, 86.5 at 128; quantizing only 59.9 at 512, 72.2 at 128 (RESULTS, session 13). A pruned row in chunks
+# now takes one pair a thread (`planned`, `row_blocking.held_blocks`)
 PAIRS_PER_PROGRAM = 256
 QUANTIZE_PAIRS_PER_PROGRAM = 512
 # a row in chunks up to this long is kept in registers and read once (8 K elements): longer rows held (K = 12288,
@@ -355,23 +356,25 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
     `held_pairs` pairs of groups, read twice past that, the first time for its largest magnitude alone, before any
     activation, where each chunk goes through one activation (`raw_max`; False reads the statistics through the
     activation, as before it: benchmarks), its maxima two to a word where compiled (`packed`; False one a member,
-    as before it: benchmarks); `num_warps` as given (benchmarks), else one pair of groups a thread a chunk where a
-    pruned row is read twice or held in `held_blocks`', else as `warps` gives them; `max_registers` caps a thread's
+    as before it: benchmarks); `num_warps` as given (benchmarks: the blocking then as `pairs_per_program` or
+    `blocks` make it), else, where `planned` blocks a pruned row in chunks itself, one pair of groups a thread a
+    chunk (read twice, or held in `held_blocks`'), else as `warps` gives them; `max_registers` caps a thread's
     registers (Triton's `maxnreg`; benchmarks only: Inductor rebuilds a user-defined kernel's config through
     `config_to_dict`, which keeps `num_warps` and `num_stages`, not `maxnreg`, so a compiled model would not run
     what the speed rule timed)."""
     rows, k = operands[0].shape[0], loader.width
-    chosen = pairs_per_program is None and blocks is None
+    chosen = pairs_per_program is None and blocks is None and num_warps is None  # a benchmark's own blocking as is
     pairs_per_program = pairs_per_program or pairs_for_pieces(
         operands, loader, PAIRS_PER_PROGRAM if prune else QUANTIZE_PAIRS_PER_PROGRAM)  # fmt: skip
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     if chosen and prune and chunks > 1:  # one pair of groups a thread a chunk, read twice or in `held_blocks`'
         read_twice = chunks * pairs > held_pairs
         held_in = None if read_twice else held_blocks(operands, loader)
-        if held_in is not None:
+        if held_in is not None and held_in[1] * held_in[2] <= held_pairs:
             block_rows, pairs, chunks = held_in
-        if read_twice or held_in is not None:
-            num_warps = num_warps or max(1, pairs // 32)
+            num_warps = max(1, pairs // 32)
+        elif read_twice:
+            num_warps = max(1, pairs // 32)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     head, tail = piece_activations(loader)
     held = chunks == 1 or chunks * pairs <= held_pairs

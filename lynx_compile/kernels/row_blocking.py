@@ -17,15 +17,16 @@ from .prune_compress_24 import Loader
 
 SMALL_ROW_PAIRS = 128  # rows this short are taken whole, several a program, however much of them is padding
 # pruning a row in several chunks, a thread takes one pair of groups a chunk (warps = pairs / 32). Read twice, the
-# chunks are `row_blocks`'; held, the shortest of `HELD_CHUNK_PAIRS` that makes at most `HELD_CHUNKS` chunks (pairs a
-# thread) padded at most an eighth of the row (and, for two pieces through different activations, whole chunks of
-# the head). On an H200 at 4608 rows: K = 1152 in 5 chunks of 32 7.1 µs against 15.6 in 9 of 16 in one warp (lanes
-# holding the same pairs); K = 3072 6 of 64 14.6 against 15.6 in 3 of 128 in 4 warps (12 of 32 15.3); K = 4096 8 of
-# 64 20.7 against 21.8; K = 4608 5 of 128 25.5 against 28.6 in 9 of 64; 10 pairs a thread (Wan's K = 5120 in 10
-# of 64) took 85.1 µs against 70.9 in 5 of 128. Read twice, K = 12288 in chunks of 256 in 8 warps 62.8 against 64.1
-# in 4, through GELU 76.2 against 77.2, K = 15360 78.0 against 91.3 (`benchmarks/tune_fp8_compressor.py`,
-# `bench_fp8_sparse.py`; RESULTS, session 30)
-HELD_CHUNK_PAIRS, HELD_CHUNKS = (32, 64, 128, 256), 8
+# chunks are `row_blocks`'; held, the shortest of `HELD_CHUNK_PAIRS` that make at most `HELD_CHUNKS` chunks (pairs
+# a thread) padded at most an eighth of the row (and, for two pieces through different activations, whole chunks of
+# the head; 128 × 8 pairs cover any row held, so longer chunks would never be taken). On an H200 at 4608 rows:
+# K = 1152 in 5 chunks of 32 7.1 µs against 15.6 in 9 of 16 in one warp (lanes holding the same pairs); K = 3072
+# 6 of 64 14.6 against 15.7 in 3 of 128 in 4 warps (12 of 32 15.3); K = 4096 8 of 64 20.7 against 21.8; K = 4608
+# 5 of 128 25.5 against 28.6 in 9 of 64; 10 pairs a thread (Wan's K = 5120 in 10 of 64) took 85.1 µs against 70.9
+# in 5 of 128. Read twice, K = 12288 in chunks of 256 in 8 warps 62.8 against 64.3 in 4, through GELU 76.2–76.4
+# against 77.1, K = 15360 78.0 against 91.3 (`benchmarks/tune_fp8_compressor.py`, `bench_fp8_sparse.py`; RESULTS,
+# session 30)
+HELD_CHUNK_PAIRS, HELD_CHUNKS = (32, 64, 128), 8
 
 
 def row_blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:

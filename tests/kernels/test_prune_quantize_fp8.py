@@ -296,9 +296,10 @@ def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype, held_
        st.booleans())  # fmt: skip
 def test_the_chosen_blocking_covers_a_row_and_gives_each_thread_its_own_pairs(widths, tail, prune):
     """For any row (one piece, or two through different activations), the blocking `planned` chooses reads the
-    whole row and no two threads of a program hold the same pair of groups; pruning a row in several chunks, a
-    thread holds one pair a chunk where the row is read twice or held in `held_blocks`' chunks, which are then at
-    most `HELD_CHUNKS`, padded at most an eighth of the row, the head whole chunks."""
+    whole row, and no two threads of a program hold the same pair of groups but in a program of one warp over
+    chunks shorter than 32 pairs (`row_blocks`' fallback on rows no power of two divides); pruning a row in several
+    chunks, a thread holds one pair a chunk where the row is read twice or held in `held_blocks`' chunks, which are
+    then at most `HELD_CHUNKS`, padded at most an eighth of the row, the head whole chunks."""
     pieces = [torch.empty(2, 8 * width, dtype=torch.bfloat16) for width in widths]
     one_piece = IDENTITY if tail == "none" else FoldSpec("activation", (tail,))
     spec = FoldSpec("concat", ("none", tail)) if len(pieces) == 2 else one_piece
@@ -317,11 +318,25 @@ def test_the_chosen_blocking_covers_a_row_and_gives_each_thread_its_own_pairs(wi
         assert len(pieces) == 1 or tail == "none" or arguments["HEAD_CHUNKS"] > 0
 
 
+# the blockings `held_blocks` and `planned` choose where they were measured fastest (an H200 at 4608 rows,
+# benchmarks/RESULTS.md, session 30): (chunks, pairs a chunk, warps, held)
+MEASURED_CHOICES = {1152: (5, 32, 1, True), 3072: (6, 64, 2, True), 4096: (8, 64, 2, True), 4608: (5, 128, 4, True),
+                    5120: (5, 128, 4, True), 8192: (8, 128, 4, True), 12288: (6, 256, 8, False)}  # fmt: skip
+
+
+@pytest.mark.parametrize("k", sorted(MEASURED_CHOICES))
+def test_a_pruned_row_in_chunks_takes_the_blocking_measured_fastest(k):
+    operands, loader = loading([torch.empty(2, k, dtype=torch.bfloat16)], IDENTITY)
+    arguments = single_pass.planned(operands, loader, True, True, False).arguments
+    assert tuple(arguments[key] for key in ("CHUNKS", "PAIRS", "num_warps", "HELD")) == MEASURED_CHOICES[k]
+
+
 # held in 5 chunks of 32 pairs (one warp), 5 and 6 of 64 (two warps), 5 of 128 (four; `held_blocks`)
 @pytest.mark.parametrize("k", [1152, 2560, 3072, 4608])
 def test_the_one_pass_kernel_holds_a_row_of_chunks_where_a_whole_block_would_be_padding(k):
     x = activation_rows(3, k, torch.bfloat16)
-    assert row_blocking.row_blocks(k // 8, single_pass.PAIRS_PER_PROGRAM)[2] > 1
+    arguments = single_pass.planned(*loading([x], IDENTITY), True, True, hardware_cast()).arguments
+    assert arguments["CHUNKS"] > 1 and arguments["HELD"]
     values, metadata, scale = prune_quantize_compress_fp8(x)
     ref_values, ref_metadata, ref_scale = prune_quantize_compress_fp8_ref(x)
     assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
