@@ -41,7 +41,6 @@ from lynx_compile.kernels.activations import ACTIVATIONS  # noqa: E402
 from lynx_compile.kernels.nm_prune import NORM_EPS  # noqa: E402
 from lynx_compile.kernels import prune_compress_24_single_pass as single_pass  # noqa: E402
 from lynx_compile.kernels import quantize_fp8_single_pass as fp8  # noqa: E402
-from lynx_compile.kernels import row_blocking  # noqa: E402
 
 NVDISASM, CUOBJDUMP = (os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
                        for tool in ("nvdisasm", "cuobjdump"))  # fmt: skip
@@ -110,8 +109,9 @@ def executed(listing: list[str], trips: int) -> int:
 
 
 def one_pass_16_bit(k: int, activation: str = "none") -> Row:
-    rows, pairs, chunks = row_blocking.checked_blocks(k, single_pass.PAIRS_PER_PROGRAM, None)
-    warps = row_blocking.warps(rows, pairs)
+    fold = FoldSpec() if activation == "none" else FoldSpec("activation", (activation,))
+    planned = single_pass.planned(*loading([torch.empty(1, k, dtype=torch.bfloat16)], fold)).arguments
+    rows, pairs, chunks, warps = (planned[key] for key in ("ROWS", "PAIRS", "CHUNKS", "num_warps"))
     code = ACTIVATIONS[activation]
     kernel = compiled(single_pass._single_pass_kernel, ONE_PASS_SIGNATURE,
                       {"EPS": NORM_EPS, "ROWS": rows, "PAIRS": pairs, "CHUNKS": chunks, "HEAD": code, "TAIL": code,

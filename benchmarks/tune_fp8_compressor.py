@@ -49,9 +49,9 @@ CASES = [  # (name, M, the pieces' widths, fold): FLUX 1024²'s compressors as i
 REGISTERS = (None, 64, 80, 96)
 
 
-def variants(row_pairs: int, padding: int = 8):
-    """(blocks, warps, held) of every blocking swept for rows of `row_pairs` pairs of groups, padded at most
-    1 / `padding` of a row."""
+def variants(row_pairs: int, padding: int, registers: tuple[int | None, ...]):
+    """Every blocking swept for rows of `row_pairs` pairs of groups, padded at most 1 / `padding` of a row, each
+    with each register cap: (its description for the results, the arguments `single_pass.launch` takes for it)."""
     for pairs in (32, 64, 128, 256, 512):
         chunks = cdiv(row_pairs, pairs)
         if chunks * pairs - row_pairs > row_pairs // padding:
@@ -62,7 +62,10 @@ def variants(row_pairs: int, padding: int = 8):
             for held in (True, False):
                 if held and row_pairs > 16 * 32 * warps or not held and chunks == 1:
                     continue
-                yield (1, pairs, chunks), warps, held
+                for cap in registers:
+                    yield ({"blocks": (1, pairs, chunks), "warps": warps, "held": held, "maxnreg": cap},
+                           dict(blocks=(1, pairs, chunks), num_warps=warps, held_pairs=pairs * chunks if held else 0,
+                                max_registers=cap))  # fmt: skip
 
 
 def sweep(name: str, m: int, widths: tuple[int, ...], fold: FoldSpec, shard: tuple[int, int] | None = None,
@@ -79,33 +82,26 @@ def sweep(name: str, m: int, widths: tuple[int, ...], fold: FoldSpec, shard: tup
 
     chosen = compress()
     if shard is not None:
-        for index, (blocks, warps, held) in enumerate(variants(k // 8, padding)):
-            for number, cap in enumerate(registers):
-                if (index * len(registers) + number) % shard[1] == shard[0]:
-                    compress(blocks=blocks, num_warps=warps, held_pairs=blocks[1] * blocks[2] if held else 0,
-                             max_registers=cap)  # fmt: skip
+        for index, (_, blocking) in enumerate(variants(k // 8, padding, registers)):
+            if index % shard[1] == shard[0]:
+                compress(**blocking)
         return {}
     times = {"quantize": cuda_graph_ms(lambda: quantize_fp8(pieces, fold)),
              "chosen": cuda_graph_ms(lambda: single_pass.launch(operands, loader, values, metadata, True, True,
                                                                 True))}  # fmt: skip
     plan = single_pass.planned(operands, loader, True, True, True)
     rows = []
-    for blocks, warps, held in variants(k // 8, padding):
-        for cap in registers:
-            blocking = dict(blocks=blocks, num_warps=warps, held_pairs=blocks[1] * blocks[2] if held else 0,
-                            max_registers=cap)  # fmt: skip
-            try:
-                out = compress(**blocking)
-            except Exception as error:  # a variant Triton refuses (out of resources) is reported, not fatal
-                rows.append({"blocks": blocks, "warps": warps, "held": held, "maxnreg": cap,
-                             "error": f"{type(error).__name__}: {str(error)[:120]}"})  # fmt: skip
-                continue
-            same = torch.equal(out[0], chosen[0]) and torch.equal(out[1], chosen[1]) and torch.allclose(
-                out[2], chosen[2], rtol=1e-5, atol=0)  # fmt: skip
-            ms = cuda_graph_ms(lambda blocking=blocking: single_pass.launch(operands, loader, values, metadata, True,
-                                                                            True, True, **blocking))  # fmt: skip
-            rows.append({"blocks": blocks, "warps": warps, "held": held, "maxnreg": cap, "ms": ms,
-                         "same": same})  # fmt: skip
+    for described, blocking in variants(k // 8, padding, registers):
+        try:
+            out = compress(**blocking)
+        except Exception as error:  # a variant Triton refuses (out of resources) is reported, not fatal
+            rows.append({**described, "error": f"{type(error).__name__}: {str(error)[:120]}"})
+            continue
+        same = torch.equal(out[0], chosen[0]) and torch.equal(out[1], chosen[1]) and torch.allclose(
+            out[2], chosen[2], rtol=1e-5, atol=0)  # fmt: skip
+        ms = cuda_graph_ms(lambda blocking=blocking: single_pass.launch(operands, loader, values, metadata, True,
+                                                                        True, True, **blocking))  # fmt: skip
+        rows.append({**described, "ms": ms, "same": same})
     timed = [r for r in rows if "ms" in r and r["same"]]
     best = min(timed, key=lambda r: r["ms"])
     return {"case": name, "M": m, "K": k, "fold": fold.encode(), "quantize_ms": times["quantize"],

@@ -369,11 +369,10 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
     block_rows, pairs, chunks = checked_blocks(k, pairs_per_program, blocks)
     if chosen and prune and chunks > 1:  # one pair of groups a thread a chunk, read twice or in `held_blocks`'
         read_twice = chunks * pairs > held_pairs
-        held_in = None if read_twice else held_blocks(operands, loader)
-        if held_in is not None and held_in[1] * held_in[2] <= held_pairs:
+        held_in = None if read_twice else held_blocks(operands, loader, held_pairs)
+        if held_in is not None:
             block_rows, pairs, chunks = held_in
-            num_warps = max(1, pairs // 32)
-        elif read_twice:
+        if read_twice or held_in is not None:
             num_warps = max(1, pairs // 32)
     covered = cdiv(rows, META_ROWS) * META_ROWS if prune else rows
     head, tail = piece_activations(loader)

@@ -44,16 +44,17 @@ def row_blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
     return 1, pairs, cdiv(row_pairs, pairs)
 
 
-def held_blocks(operands: Sequence[torch.Tensor], loader: Loader) -> tuple[int, int, int] | None:
+def held_blocks(operands: Sequence[torch.Tensor], loader: Loader, held_pairs: int) -> tuple[int, int, int] | None:
     """(1, pairs a chunk, chunks) for a pruned row held in chunks, one pair of groups a thread: the shortest chunks
-    of `HELD_CHUNK_PAIRS` that make at most `HELD_CHUNKS` of them, padded at most an eighth of the row, and where two
-    pieces go through different activations the head whole chunks; None where none does."""
+    of `HELD_CHUNK_PAIRS` that make at most `HELD_CHUNKS` of them, padded at most an eighth of the row, still held
+    (at most `held_pairs` pairs in all), and where two pieces go through different activations the head whole
+    chunks; None where none does."""
     row_pairs = loader.width // 8
     head, tail = piece_activations(loader)
     for pairs in HELD_CHUNK_PAIRS:
         chunks = cdiv(row_pairs, pairs)
-        if chunks <= HELD_CHUNKS and chunks * pairs - row_pairs <= row_pairs // 8 and (
-                head == tail or head_chunks(operands, loader, pairs) > 0):  # fmt: skip
+        if chunks <= HELD_CHUNKS and chunks * pairs - row_pairs <= row_pairs // 8 and chunks * pairs <= held_pairs \
+                and (head == tail or head_chunks(operands, loader, pairs) > 0):  # fmt: skip
             return 1, pairs, chunks
     return None
 

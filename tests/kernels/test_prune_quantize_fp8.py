@@ -309,7 +309,7 @@ def test_the_chosen_blocking_covers_a_row_and_gives_each_thread_its_own_pairs(wi
     row_pairs = arguments["K"] // 8
     assert chunks * pairs >= row_pairs and (chunks == 1 or rows == 1)
     assert warps == 1 or 32 * warps <= rows * pairs
-    held_in = row_blocking.held_blocks(operands, loader)
+    held_in = row_blocking.held_blocks(operands, loader, single_pass.HELD_PAIRS)
     if prune and chunks > 1 and (held_in is not None or not arguments["HELD"]):
         assert pairs == 32 * warps or pairs < 32 and warps == 1
     if prune and chunks > 1 and arguments["HELD"] and held_in is not None:
