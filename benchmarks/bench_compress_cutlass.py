@@ -2,9 +2,10 @@
 block shapes against the general two-launch kernel, on the same x (CUDA-graph replay, median; µs).
 
     python benchmarks/bench_compress_cutlass.py [--json out.json]     # a CUDA GPU
+    python benchmarks/bench_compress_cutlass.py --shapes 4608x1152,4608x4608 --plain-only  # those rows of X alone
 
 Block shapes are (rows a program, pairs of groups a chunk, chunks a row); the default is
-the one `row_blocking.row_blocks` picks.
+the one `row_blocking.row_blocks` picks, beside chunks of 16 to 256 pairs (`row_blocking.warps`' warps).
 Then FLUX's single-block output projection's x, cat(attention, GELU(MLP)) folded into the compressor: the general
 kernel against the one-pass kernel at chunks of 64 and 128 pairs (the head piece whole chunks: each chunk through
 its own piece's activation) and of 256 (3072 is not whole chunks of 2048: each member through both, selected);
@@ -50,15 +51,20 @@ FIRST_READS = {"raw_max": dict(raw_max=True, packed=True), "raw_max_one_a_member
 
 
 def variants(k: int) -> dict[str, tuple[int, int, int] | None]:
-    """Block shapes that cover a row of k // 8 pairs: the default, whole rows at 1-4 a program, exact chunks."""
+    """Block shapes that cover a row of k // 8 pairs: the default, whole rows at 1-4 a program, chunks of 16-256."""
     row_pairs = k // 8
     shapes: dict[str, tuple[int, int, int] | None] = {"default": None}
     for rows, pairs in ((1, 1024), (2, 512), (4, 512), (2, 1024)):
         if pairs >= row_pairs and rows * pairs <= 4096:
             shapes[f"rows{rows}_pairs{pairs}"] = (rows, pairs, 1)
-    for pairs in (64, 128, 256):
+    for pairs in (16, 32, 64, 128, 256):
         shapes[f"chunks_of_{pairs}"] = (1, pairs, cdiv(row_pairs, pairs))
     return shapes
+
+
+def shapes_argument(text: str) -> list[tuple[int, int]]:
+    """"4608x1152,4608x4608" -> [(4608, 1152), (4608, 4608)]."""
+    return [tuple(int(size) for size in shape.split("x")) for shape in text.split(",")]
 
 
 def main() -> None:
@@ -68,10 +74,12 @@ def main() -> None:
     parser.add_argument("--held-warps", default=",".join(map(str, HELD_WARPS)),
                         help="warps a program for the FP8 rows held in registers, comma-separated ('' skips them)")
     parser.add_argument("--folded-only", action="store_true", help="time only the folded and FP8 rows")
+    parser.add_argument("--shapes", type=shapes_argument, default=SHAPES, help="plain X's rows: MxK,MxK,...")
+    parser.add_argument("--plain-only", action="store_true", help="time only plain X (no folded, no gated rows)")
     args = parser.parse_args()
     held_warps = [int(warps) for warps in args.held_warps.split(",") if warps]
     rows_out = []
-    for m, k in [] if args.folded_only else SHAPES:
+    for m, k in [] if args.folded_only else args.shapes:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         operands, loader = loading([x], IDENTITY)
         values = torch.empty(m, k // 2, device="cuda", dtype=torch.bfloat16)
@@ -88,7 +96,7 @@ def main() -> None:
         rows_out.append(row)
         print(f"{m}x{k}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items() if key.endswith("_us")),
               flush=True)  # fmt: skip
-    for folded, m, widths in FOLDED_SHAPES:
+    for folded, m, widths in [] if args.plain_only else FOLDED_SHAPES:
         inputs = [torch.randn(m, width, device="cuda", dtype=torch.bfloat16) for width in widths]
         operands, loader = loading(inputs, folded)
         k = loader.width
@@ -145,7 +153,7 @@ def main() -> None:
         rows_out.append(row)
         print(f"{m}x{k} {folded.encode()}: " + "  ".join(f"{key[:-3]} {value:.1f}" for key, value in row.items()
                                                          if key.endswith("_us")), flush=True)  # fmt: skip
-    for folded, m, k in GATED_SHAPES:
+    for folded, m, k in [] if args.plain_only else GATED_SHAPES:
         operands, loader = loading([torch.randn(m, k, device="cuda", dtype=torch.bfloat16) for _ in "ab"], folded)
         row = {"M": m, "K": k, "fold": folded.encode(),
                "general_us": 1e3 * cuda_graph_ms(lambda: prune_compress_24_cutlass(operands, loader)),

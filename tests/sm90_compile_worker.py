@@ -102,7 +102,8 @@ def fp8_capped(registers: int) -> object:
 
 def cases() -> dict[str, Callable[[], object]]:
     """Every launch path: the prune kernel, the activation kernel, the FP8 one-pass kernel with its registers capped
-    and its rows held in chunks of each length, and each fold through each compressor."""
+    and its rows held in chunks of each length, the 16-bit one's in chunks of 32 and 64 pairs, and each fold through
+    each compressor."""
     from lynx_compile import folds
     from lynx_compile.kernels.activations import ACTIVATIONS, activate
     from lynx_compile.kernels.nm_prune import nm_prune_triton
@@ -126,6 +127,9 @@ def cases() -> dict[str, Callable[[], object]]:
         found[f"FP8 one pass, maxnreg {registers}"] = lambda registers=registers: fp8_capped(registers)
     for k in (1152, 3072, 4608):  # rows held in `held_blocks`' chunks of 32, 64 and 128 pairs, one a thread
         found[f"FP8 held in chunks K={k}"] = lambda k=k: folds.compress_fp8(
+            [torch.randn(ROWS, k).to(torch.bfloat16)], folds.IDENTITY)  # fmt: skip
+    for k in (1152, 4608):  # the 16-bit kernel's rows in `row_blocks`' chunks of 32 (one warp) and 64 pairs
+        found[f"CUTLASS layout in chunks K={k}"] = lambda k=k: folds.compress_cutlass(
             [torch.randn(ROWS, k).to(torch.bfloat16)], folds.IDENTITY)  # fmt: skip
     for dtype, widths in ((torch.bfloat16, WIDTHS), (torch.float16, WIDTHS[:1])):
         for k in widths:

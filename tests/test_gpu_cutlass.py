@@ -42,7 +42,8 @@ def awkward_activation(rows: int, k: int, dtype: torch.dtype, seed: int) -> torc
 @pytest.mark.parametrize("single_pass", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows, k", [(1, 64), (37, 192), (333, 3072), (1000, 12288), (14040, 512),
-                                     (333, 2560)])  # 5 chunks of 64 pairs: a 2-warp program  # fmt: skip
+                                     (333, 2560),  # 5 chunks of 64 pairs: a 2-warp program
+                                     (333, 1152), (333, 1088), (333, 4608)])  # no power of two divides  # fmt: skip
 def test_compressor_is_bit_exact_with_its_reference_and_computes_as_cutlass_compressor(rows, k, dtype, single_pass):
     x = awkward_activation(rows, k, dtype, rows + k)
     values, metadata, scale = compress_cutlass([x], IDENTITY, single_pass=single_pass)

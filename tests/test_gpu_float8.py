@@ -55,7 +55,8 @@ def assert_computes_as_cutlasss_compressor(x: torch.Tensor, values: torch.Tensor
 @pytest.mark.parametrize("single_pass", [None, False])  # the one-pass kernel (chunks past K = 4096), or the general
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows, k", [(1, 128), (37, 384), (333, 3072), (1000, 12288), (14040, 512), (130, 15360),
-                                     (65, 16384), (3, 16512), (333, 2560), (77, 5120)])  # fmt: skip
+                                     (65, 16384), (3, 16512), (333, 2560), (77, 5120), (333, 1152), (333, 1536),
+                                     (333, 4608), (33, 8192)])  # fmt: skip
 def test_fp8_compressor_is_bit_exact_with_its_reference_and_computes_as_cutlasss(rows, k, dtype, single_pass):
     x = activation(rows, k, dtype, rows + k)
     values, metadata, scale = prune_quantize_compress_fp8(x, single_pass=single_pass)

@@ -27,19 +27,25 @@ SMALL_ROW_PAIRS = 128  # rows this short are taken whole, several a program, how
 # against 77.1, K = 15360 78.0 against 91.3 (`benchmarks/tune_fp8_compressor.py`, `bench_fp8_sparse.py`; RESULTS,
 # session 30)
 HELD_CHUNK_PAIRS, HELD_CHUNKS = (32, 64, 128), 8
+# `row_blocks`' chunks are at least a warp's 32 pairs, one a lane: shorter chunks leave two lanes computing each
+# pair. The 16-bit one-pass kernel on an H200 at 4608 rows: K = 1152 in 5 chunks of 32 8.1 µs against 13.1 in 9 of
+# 16, K = 1088 8.1 against 13.2 (`benchmarks/bench_compress_cutlass.py --shapes`; RESULTS, session 31)
+MIN_CHUNK_PAIRS = 32
 
 
 def row_blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
     """(rows a program takes, pairs of groups it holds at a time, chunks a row is read in) for rows of `row_pairs`
     pairs: whole rows, several a program, where a row fits a power of two that is small (`SMALL_ROW_PAIRS`) or at
     most a tenth padding; else one row in the largest power-of-two chunks ≤ `pairs_per_program` whose padding past
-    the row's end is at most a tenth of it — FLUX's K = 3072 (384 pairs): 3 chunks of 128, not one of 512 with a
-    quarter of its lanes computing padding; Wan's K = 5120 (640 pairs): 5 of 128."""
+    the row's end is at most a tenth of it, down to `MIN_CHUNK_PAIRS` — FLUX's K = 3072 (384 pairs): 3 chunks of
+    128, not one of 512 with a quarter of its lanes computing padding; Wan's K = 5120 (640 pairs): 5 of 128;
+    DiT-XL's 1152 (144 pairs): 5 of 32. (An eighth's bound, as `held_blocks`', was measured 4% slower at Lumina's
+    K = 2304, 5 × 64 against 9 × 32, and 15% faster at K = 4160, 9 × 64 against 17 × 32, a width no DiT has.)"""
     padded = next_power_of_2(row_pairs)
     if padded <= pairs_per_program and (padded <= SMALL_ROW_PAIRS or padded - row_pairs <= row_pairs // 10):
         return min(META_ROWS, pairs_per_program // padded), padded, 1
     pairs = min(pairs_per_program, padded)
-    while pairs > 16 and cdiv(row_pairs, pairs) * pairs - row_pairs > row_pairs // 10:
+    while pairs > MIN_CHUNK_PAIRS and cdiv(row_pairs, pairs) * pairs - row_pairs > row_pairs // 10:
         pairs //= 2
     return 1, pairs, cdiv(row_pairs, pairs)
 
@@ -112,5 +118,5 @@ def warps(block_rows: int, pairs: int) -> int:
     return max(1, min(16, max(4, held // 128), held // 32))
 
 
-__all__ = ["HELD_CHUNKS", "HELD_CHUNK_PAIRS", "SMALL_ROW_PAIRS", "checked_blocks", "head_chunks", "held_blocks",
-           "pairs_for_pieces", "piece_activations", "row_blocks", "warps", "x_arguments"]
+__all__ = ["HELD_CHUNKS", "HELD_CHUNK_PAIRS", "MIN_CHUNK_PAIRS", "SMALL_ROW_PAIRS", "checked_blocks",
+           "head_chunks", "held_blocks", "pairs_for_pieces", "piece_activations", "row_blocks", "warps", "x_arguments"]

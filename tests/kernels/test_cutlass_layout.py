@@ -143,6 +143,28 @@ def test_the_single_pass_kernel_in_chunks_matches_the_reference(dtype):
     assert scale[1] == 1 and scale[2] == 1
 
 
+# the 16-bit kernel's blocking where it was measured fastest (an H200 at 4608 rows, benchmarks/RESULTS.md, session 31):
+# (chunks, pairs a chunk, warps), each the fastest or within 1% of it; at 1152 and 1088 chunks of 16 in one warp took
+# 1.6x as long
+MEASURED_CHOICES = {1088: (5, 32, 1), 1152: (5, 32, 1), 2304: (9, 32, 1), 3072: (3, 128, 4), 4608: (9, 64, 2),
+                    6144: (6, 128, 4)}  # fmt: skip
+
+
+@pytest.mark.parametrize("k", sorted(MEASURED_CHOICES))
+def test_the_single_pass_kernel_takes_the_blocking_measured_fastest(k):
+    arguments = one_pass.planned(*loading([torch.empty(2, k, dtype=torch.bfloat16)], IDENTITY)).arguments
+    assert tuple(arguments[key] for key in ("CHUNKS", "PAIRS", "num_warps")) == MEASURED_CHOICES[k]
+
+
+def test_the_single_pass_kernel_in_chunks_of_a_warp_matches_the_reference():
+    """DiT-XL's and PixArt's width, 1152 (144 pairs of groups): 5 chunks of 32, the last one partly past K."""
+    x = torch.randn(3, 1152, generator=torch.Generator().manual_seed(5)).to(dtype=torch.bfloat16, device=DEVICE)
+    values, metadata, scale = compress_cutlass([x], IDENTITY, single_pass=True)
+    ref_values, ref_metadata, ref_scale = prune_compress_24_ref(x)
+    assert torch.equal(bits(values), bits(ref_values)) and torch.equal(metadata, ref_metadata)
+    torch.testing.assert_close(scale, ref_scale, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("names", [("gelu_tanh",), ("none", "none"), ("none", "gelu_tanh"), ("gelu", "none")])
 def test_the_single_pass_kernel_applies_a_folded_activation_as_the_general_one(names):
     """The pieces' activations (the folds the FP8 one-pass kernel reads too) give the general kernel's operand; the

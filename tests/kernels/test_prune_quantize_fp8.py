@@ -296,10 +296,9 @@ def test_the_one_pass_kernel_in_chunks_matches_the_reference(prune, dtype, held_
        st.booleans())  # fmt: skip
 def test_the_chosen_blocking_covers_a_row_and_gives_each_thread_its_own_pairs(widths, tail, prune):
     """For any row (one piece, or two through different activations), the blocking `planned` chooses reads the
-    whole row, and no two threads of a program hold the same pair of groups but in a program of one warp over
-    chunks shorter than 32 pairs (`row_blocks`' fallback on rows no power of two divides); pruning a row in several
-    chunks, a thread holds one pair a chunk where the row is read twice or held in `held_blocks`' chunks, which are
-    then at most `HELD_CHUNKS`, padded at most an eighth of the row, the head whole chunks."""
+    whole row, and no two threads of a program hold the same pair of groups; pruning a row in several chunks, a
+    thread holds one pair a chunk where the row is read twice or held in `held_blocks`' chunks, which are then at
+    most `HELD_CHUNKS`, padded at most an eighth of the row, the head whole chunks."""
     pieces = [torch.empty(2, 8 * width, dtype=torch.bfloat16) for width in widths]
     one_piece = IDENTITY if tail == "none" else FoldSpec("activation", (tail,))
     spec = FoldSpec("concat", ("none", tail)) if len(pieces) == 2 else one_piece
@@ -308,10 +307,10 @@ def test_the_chosen_blocking_covers_a_row_and_gives_each_thread_its_own_pairs(wi
     rows, pairs, chunks, warps = (arguments[key] for key in ("ROWS", "PAIRS", "CHUNKS", "num_warps"))
     row_pairs = arguments["K"] // 8
     assert chunks * pairs >= row_pairs and (chunks == 1 or rows == 1)
-    assert warps == 1 or 32 * warps <= rows * pairs
+    assert 32 * warps <= rows * pairs
     held_in = row_blocking.held_blocks(operands, loader, single_pass.HELD_PAIRS)
     if prune and chunks > 1 and (held_in is not None or not arguments["HELD"]):
-        assert pairs == 32 * warps or pairs < 32 and warps == 1
+        assert pairs == 32 * warps
     if prune and chunks > 1 and arguments["HELD"] and held_in is not None:
         assert (1, pairs, chunks) == held_in and chunks <= row_blocking.HELD_CHUNKS
         assert chunks * pairs - row_pairs <= row_pairs // 8
@@ -350,8 +349,8 @@ def test_the_one_pass_blocks_cover_a_row_with_little_padding(row_pairs, pairs_pe
     if chunks == 1:  # whole rows, short or little padded: as many as fill the program, at most a metadata tile's 64
         assert pairs < 2 * row_pairs and block_rows == min(64, pairs_per_program // pairs)
         assert pairs <= row_blocking.SMALL_ROW_PAIRS or pairs - row_pairs <= row_pairs // 10
-    else:  # one row in chunks: the padding is at most a tenth, or the chunks are the smallest
-        assert block_rows == 1 and (chunks * pairs - row_pairs <= row_pairs // 10 or pairs == 16)
+    else:  # one row in chunks: the padding is at most a tenth, or the chunks are a warp's 32 pairs
+        assert block_rows == 1 and pairs >= 32 and (chunks * pairs - row_pairs <= row_pairs // 10 or pairs == 32)
 
 
 def test_the_one_pass_kernel_says_what_it_cannot_read():
