@@ -4,7 +4,7 @@ kernel library reads (a compile of one configuration: also the check that the ke
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lynx_compile.folds import IDENTITY, FoldSpec, compress_cutlass, loading
@@ -154,6 +154,23 @@ MEASURED_CHOICES = {1088: (5, 32, 1), 1152: (5, 32, 1), 2304: (9, 32, 1), 3072: 
 def test_the_single_pass_kernel_takes_the_blocking_measured_fastest(k):
     arguments = one_pass.planned(*loading([torch.empty(2, k, dtype=torch.bfloat16)], IDENTITY)).arguments
     assert tuple(arguments[key] for key in ("CHUNKS", "PAIRS", "num_warps")) == MEASURED_CHOICES[k]
+
+
+@given(st.integers(1, 256), st.sampled_from(["none", "gelu_tanh"]), st.integers(1, 2))
+@example(18, "none", 1).via("DiT-XL's K = 1152")
+def test_the_single_pass_blocking_covers_a_row_and_gives_each_lane_its_own_pairs(width, tail, pieces):
+    """For any row of whole 64-element blocks (plain, one activation, or two pieces through different ones), the
+    blocking `planned` chooses reads the whole row in chunks of at least a warp's 32 pairs, and no program has more
+    lanes than pairs (two lanes on one pair compute it twice: 1.6x the time at K = 1152)."""
+    k = 64 * width
+    split = 64 * max(1, width // 2) if pieces == 2 and width > 1 else k
+    widths = [split, k - split] if split < k else [k]
+    spec = FoldSpec("concat", ("none", tail)) if len(widths) == 2 else FoldSpec("activation", (tail,))
+    operands, loader = loading([torch.empty(2, w, dtype=torch.bfloat16) for w in widths], spec)
+    arguments = one_pass.planned(operands, loader).arguments
+    rows, pairs, chunks, warps = (arguments[key] for key in ("ROWS", "PAIRS", "CHUNKS", "num_warps"))
+    assert chunks * pairs >= k // 8 and (chunks == 1 or rows == 1 and pairs >= 32)
+    assert 32 * warps <= rows * pairs
 
 
 def test_the_single_pass_kernel_in_chunks_of_a_warp_matches_the_reference():
