@@ -108,9 +108,17 @@ def executed(listing: list[str], trips: int) -> int:
     return total
 
 
+def _fold(activation: str) -> FoldSpec:
+    return FoldSpec() if activation == "none" else FoldSpec("activation", (activation,))
+
+
+def _row(k: int, activation: str = "none"):
+    """(operands, loader) of one row of X = act(t) (or X itself) K wide, as the one-pass kernels' `planned` takes it."""
+    return loading([torch.empty(1, k, dtype=torch.bfloat16)], _fold(activation))
+
+
 def one_pass_16_bit(k: int, activation: str = "none") -> Row:
-    fold = FoldSpec() if activation == "none" else FoldSpec("activation", (activation,))
-    planned = single_pass.planned(*loading([torch.empty(1, k, dtype=torch.bfloat16)], fold)).arguments
+    planned = single_pass.planned(*_row(k, activation)).arguments
     rows, pairs, chunks, warps = (planned[key] for key in ("ROWS", "PAIRS", "CHUNKS", "num_warps"))
     code = ACTIVATIONS[activation]
     kernel = compiled(single_pass._single_pass_kernel, ONE_PASS_SIGNATURE,
@@ -123,8 +131,7 @@ def one_pass_16_bit(k: int, activation: str = "none") -> Row:
 def one_pass_fp8(k: int, activation: str = "none") -> Row:
     """(Rows read twice with a folded activation are not counted: their fallback loop, which only rows of small
     values run, would be counted as executed.)"""
-    fold = FoldSpec() if activation == "none" else FoldSpec("activation", (activation,))
-    planned = fp8.planned(*loading([torch.empty(1, k, dtype=torch.bfloat16)], fold), True, True, True).arguments
+    planned = fp8.planned(*_row(k, activation), True, True, True).arguments
     rows, pairs, chunks, held, warps = (planned[key] for key in ("ROWS", "PAIRS", "CHUNKS", "HELD", "num_warps"))
     assert held or activation == "none", "the fallback loop would be counted"
     code = ACTIVATIONS[activation]
@@ -142,7 +149,7 @@ def _loader(activation: str):
     """The general kernels' loader of X = act(t) (or X itself) and its run-time ints' signature."""
     if activation == "none":
         return general.load_rows, (0,), ("i32",)
-    _, loader = loading([torch.empty(8, 256, dtype=torch.bfloat16)], FoldSpec("activation", (activation,)))
+    _, loader = loading([torch.empty(8, 256, dtype=torch.bfloat16)], _fold(activation))
     return loader.fn, loader.args, ("i32",) * len(loader.scalars)
 
 
