@@ -10,7 +10,8 @@ program, row held in registers or read twice, registers a thread capped) is fast
 Per case (tokens M, K, the fold as FLUX runs it), every variant: chunks of P pairs of groups (P = 32 … 512, at most
 an eighth of the row padding), W warps a program (1 to 4 pairs of groups a thread a chunk), the row held (where a
 thread holds at most 16 pairs of the row) or read twice, `maxnreg` none, 64, 80 or 96. Each is the compressor
-the layer runs (prune, norm scale, quantize, compress; the GPU's saturating cast), timed by CUDA-graph replays
+the layer runs (prune, norm scale, quantize, compress; the GPU's saturating cast), a held row's first look at it
+taking the largest magnitude alone or every statistic (as before session 32), timed by CUDA-graph replays
 (median), beside the dense quantizer and the blocking `planned` chooses today, in the same process, on random
 (never zero) data. A variant counts only where its operand equals the chosen blocking's bit for bit and its row scale
 to within a rounding of the order it sums ‖x‖² in.
@@ -45,6 +46,7 @@ CASES = [  # (name, M, the pieces' widths, fold): FLUX 1024²'s compressors as i
     ("k1152", 4608, (1152,), IDENTITY),  # DiT-XL's and PixArt's hidden size (144 pairs)
     ("k4608", 4608, (4608,), IDENTITY),  # DiT-XL's and PixArt's MLP down (576 pairs)
     ("k1536", 4608, (1536,), IDENTITY),  # SD3's hidden size (192 pairs)
+    ("k4608 gelu", 4608, (4608,), GELU),  # DiT-XL's and PixArt's MLP down as the layer takes it: a held row, GELU
 ]
 REGISTERS = (None, 64, 80, 96)
 
@@ -62,10 +64,14 @@ def variants(row_pairs: int, padding: int, registers: tuple[int | None, ...]):
             for held in (True, False):
                 if held and row_pairs > 16 * 32 * warps or not held and chunks == 1:
                     continue
-                for cap in registers:
-                    yield ({"blocks": (1, pairs, chunks), "warps": warps, "held": held, "maxnreg": cap},
-                           dict(blocks=(1, pairs, chunks), num_warps=warps, held_pairs=pairs * chunks if held else 0,
-                                max_registers=cap))  # fmt: skip
+                # a held row's first look at it: the largest magnitude alone (the energies with the values,
+                # as a row read twice), or every statistic (sessions 12-31)
+                for first in ("magnitudes", "statistics") if held else ("magnitudes",):
+                    for cap in registers:
+                        yield ({"blocks": (1, pairs, chunks), "warps": warps, "held": held, "first": first,
+                                "maxnreg": cap},
+                               dict(blocks=(1, pairs, chunks), num_warps=warps, held_pairs=pairs * chunks if held
+                                    else 0, raw_max=first == "magnitudes", max_registers=cap))  # fmt: skip
 
 
 def sweep(name: str, m: int, widths: tuple[int, ...], fold: FoldSpec, shard: tuple[int, int] | None = None,
@@ -134,7 +140,8 @@ def main() -> None:
               f"{r['not_equal']} not equal, {r['errors']} refused", flush=True)  # fmt: skip
         for v in top:
             print(f"  {v['ms'] * 1e3:6.1f} µs  pairs {v['blocks'][1]:3} x {v['blocks'][2]:2} chunks, {v['warps']} "
-                  f"warps, {'held' if v['held'] else 'read twice'}, maxnreg {v['maxnreg']}", flush=True)  # fmt: skip
+                  f"warps, {'held' if v['held'] else 'read twice'}, first {v['first']}, maxnreg {v['maxnreg']}",
+                  flush=True)  # fmt: skip
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     with open(os.path.join(os.environ.get("OUT", "/tmp"), "tune_fp8_compressor.json"), "w") as f:
         json.dump({**meta, "cases": results}, f, indent=1)

@@ -12,9 +12,10 @@ import lynx_compile
 from lynx_compile.float8 import dense_float8_linear, quantize_weight
 from lynx_compile.folds import IDENTITY, FoldSpec, loading
 from lynx_compile.fp8 import float8_linear_ref, quantize_rows
-from lynx_compile.kernels import cutlass_gemm, quantize_fp8_single_pass
+from lynx_compile.kernels import cutlass_gemm, quantize_fp8_single_pass, row_blocking
 from lynx_compile.kernels.cutlass_gemm import FP8_CONFIGS
 from lynx_compile.kernels.nm_prune import nm_prune_ref
+from lynx_compile.kernels.prune_compress_24 import metadata_bytes
 from lynx_compile.kernels.prune_quantize_fp8 import (
     prune_quantize_compress_fp8,
     prune_quantize_compress_fp8_ref,
@@ -87,6 +88,32 @@ def test_fp8_one_pass_kernel_reads_two_activations_a_chunk_at_a_time_as_the_gene
     general = quantize_rows_fp8(operands, loader, single_pass=False)
     assert torch.equal(quantized.view(torch.uint8), general[0].view(torch.uint8))
     assert torch.equal(row_scale, general[1])
+
+
+@pytest.mark.parametrize("raw_max", [None, True])  # the first look as `planned` decides; the magnitude first always
+@pytest.mark.parametrize("name", ["gelu_tanh", "silu"])
+@pytest.mark.parametrize("rows, k", [(333, 1152), (4608, 3072), (333, 4608), (333, 12288)])  # held; read twice
+def test_fp8_one_pass_kernel_with_an_activation_folded_writes_the_general_kernels_bits(rows, k, name, raw_max):
+    """X = act(t) on load, rows held in registers (K ≤ 8192) or read twice: the first look takes every statistic
+    (short rows held) or the largest magnitude before the activation where that is sure (`RAW_MAX`; rows of
+    10⁻⁵ … 10² here, so the small ones are read again through it), and the operand equals the general kernels' bit
+    for bit, pruned and dense."""
+    x = activation(rows, k, torch.bfloat16, k)
+    operands, loader = loading([x], FoldSpec("activation", (name,)))
+    first_look = dict(raw_max=raw_max)
+    planned = quantize_fp8_single_pass.planned(operands, loader, True, True, True, **first_look).arguments
+    assert planned["RAW_MAX"] == (raw_max or not planned["HELD"] or k // 8 > row_blocking.STATISTICS_FIRST_PAIRS)
+    values = torch.empty(rows, k // 2, dtype=torch.float8_e4m3fn, device="cuda")
+    metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device="cuda")
+    scale = quantize_fp8_single_pass.launch(operands, loader, values, metadata, True, True, True, **first_look)
+    general = prune_quantize_compress_fp8(operands, loader, single_pass=False)
+    assert torch.equal(values.view(torch.uint8), general[0].view(torch.uint8)) and torch.equal(metadata, general[1])
+    torch.testing.assert_close(scale, general[2], rtol=1e-5, atol=0)  # the energies summed in another order
+    quantized = torch.empty(rows, k, dtype=torch.float8_e4m3fn, device="cuda")
+    row_scale = quantize_fp8_single_pass.launch(operands, loader, quantized, metadata, False, True, True, **first_look)
+    general = quantize_rows_fp8(operands, loader, single_pass=False)
+    assert torch.equal(quantized.view(torch.uint8), general[0].view(torch.uint8))
+    assert torch.equal(row_scale, general[1].reshape(-1))
 
 
 @pytest.mark.parametrize("single_pass", [None, False])

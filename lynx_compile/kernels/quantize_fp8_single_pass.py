@@ -3,18 +3,20 @@
 X is its operand as it is, or made on load by a folded activation or a concatenation of two operands, each through
 its activation (`Loader.pieces`); other loaders take the general kernels.
 
-`prune_quantize_fp8.py` has the general kernels (any loader): three launches and two reads of X, because a program
-there owns a chunk of K while the scale needs the whole row. Here a program owns whole rows: as many as fill
+`prune_quantize_fp8.py` has the general kernels (any loader): three launches and two reads of X, because a program there
+owns a chunk of K while the scale needs the whole row. Here a program owns whole rows: as many as fill
 `PAIRS_PER_PROGRAM` pairs of groups (`QUANTIZE_PAIRS_PER_PROGRAM` without pruning) where a short row fits, their
-statistics reductions inside the program; a row of up to `HELD_PAIRS` pairs (K ≤ 8192) in chunks, all kept in
-registers; a longer row is read in chunks twice, the second time from L2: first for its largest magnitude alone,
-then for the values and ‖x‖². Where a chunk goes through one activation, the first read takes the largest value
-before it: act(largest x) is the row's largest |act(x)| wherever it reaches what act takes below zero (GELU ≈ −0.17,
-SiLU ≈ −0.28: `activations.NEGATIVE_PEAK`), so the activation is computed once, in the second read; rows where it
-does not reach that, or that hold NaN or ±inf, are read once more through the activation (`RAW_MAX`).
-Two pieces through different activations (FLUX's cat(attention, GELU(MLP))) go a chunk at a time through their
-own activation where the head piece is whole chunks (`head_chunks`; the blocking halves its chunks, down to 64
-pairs of groups, to make it so), else each member through both, selected.
+statistics reductions inside the program; a row of up to `HELD_PAIRS` pairs (K ≤ 8192) in chunks, all kept in registers;
+a longer row is read in chunks twice, the second time from L2. The first look at a row read twice, or held and longer
+than `row_blocking.STATISTICS_FIRST_PAIRS` (K > 3072), takes its largest magnitude alone, and the second, which
+quantizes, ‖x‖²: on a long held row a first look at every statistic keeps the members' fp32 values live through the
+row's reduction (K = 4608: 111 registers a thread against 72), on a short one it is the fewer instructions. Where a
+chunk goes through one activation, the first look takes the largest value before it: act(largest x) is the row's largest
+|act(x)| wherever it reaches what act takes below zero (GELU ≈ −0.17, SiLU ≈ −0.28: `activations.NEGATIVE_PEAK`), so the
+activation is computed once, in the second look; rows where it does not reach that, or that hold NaN or ±inf, are read
+once more through the activation, from L2 (`RAW_MAX`). Two pieces through different activations (FLUX's cat(attention,
+GELU(MLP))) go a chunk at a time through their own activation where the head piece is whole chunks (`head_chunks`; the
+blocking halves its chunks, down to 64 pairs of groups, to make it so), else each member through both, selected.
 The same numerics, bit for bit (the tests run both kernels against the reference).
 
 It is also leaner per element (33 SASS instructions per element at K = 3072 against the general pass 2's 48.5,
@@ -44,6 +46,7 @@ from .row_blocking import (
     held_blocks,
     pairs_for_pieces,
     piece_activations,
+    statistics_first,
     warps,
     x_arguments,
 )
@@ -229,10 +232,10 @@ if triton is not None:
         norm). HELD: the chunks stay in registers between the statistics and the values (X read once); else each is
         read twice, the second time from L2. X = cat(act₀(head), act₁(tail)) with (HEAD, TAIL) = (act₀, act₁)
         (`kernels.activations` codes) and TWO; X = act₀(head) without (split = K). HEAD_CHUNKS > 0: the head is
-        that many whole chunks, each chunk read through its own piece's activation alone. RAW_MAX (rows read twice,
-        one activation a chunk): the first read takes the largest magnitude from the values before their activation
-        and no energy, which the second read adds up, and with PACKED (compiled, not interpreted) keeps its maxima
-        two to a word (`packed_extremes`); NEGATIVE_PEAK bounds |act(x)| for x < 0."""
+        that many whole chunks, each chunk read through its own piece's activation alone. RAW_MAX (one activation a
+        chunk, or none): the first look (read, or load of a held row) takes the largest magnitude from the values
+        before their activation and no energy, which the second adds up, and with PACKED (compiled, not
+        interpreted) keeps its maxima two to a word (`packed_extremes`); NEGATIVE_PEAK bounds |act(x)| for x < 0."""
         INF: tl.constexpr = 0x7C00 if FP16 else 0x7F80  # +inf's magnitude bits; NaN's are above
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         x = (head_ptr, head_stride, tail_ptr, tail_stride, split)
@@ -248,8 +251,14 @@ if triton is not None:
             for chunk in tl.static_range(CHUNKS):
                 pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
                 even, odd = load_pairs(x, rows, pairs, live, head, TWO)
-                chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL, HEAD_CHUNKS)
-                energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
+                if RAW_MAX:
+                    top, raw, high_head, high_tail = _chunk_raw_extremes(even, odd, chunk, top, raw, high_head,
+                                                                         high_tail, FP16, HEAD, TAIL, HEAD_CHUNKS,
+                                                                         PACKED)  # fmt: skip
+                else:
+                    chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL,
+                                                                HEAD_CHUNKS)  # fmt: skip
+                    energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
                 held = held + ((even, odd, pairs, live, head),)
         else:
             for chunk in range(CHUNKS):
@@ -279,10 +288,12 @@ if triton is not None:
             candidate_holds = (tl.max(raw, axis=1) < INF) & (_magnitude(top, FP16) >= NEGATIVE_PEAK)
             if tl.min(candidate_holds.to(tl.int32), axis=0) == 0:
                 exact = tl.zeros((ROWS, PAIRS), dtype=tl.int32)
-                for chunk in range(CHUNKS):
-                    pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
+                # read again, a held row's too: from its registers, the compiler kept the activated values of every
+                # chunk alive to the stores (128 registers a thread at K = 3072, against 64 so)
+                for again in range(CHUNKS):  # (not `chunk`: a held row's is a constexpr)
+                    pairs, live, head = chunk_pairs(rows, again, split, M, K, PAIRS)
                     even, odd = load_pairs(x, rows, pairs, live, head, TWO)
-                    _, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL, HEAD_CHUNKS)
+                    _, chunk_top = _chunk_statistics(even, odd, head, again, FP16, HEAD, TAIL, HEAD_CHUNKS)
                     exact = tl.maximum(exact, chunk_top)
                 top = tl.max(exact, axis=1)
         amax = _magnitude(top, FP16)
@@ -292,10 +303,11 @@ if triton is not None:
         if HELD:
             for chunk in tl.static_range(CHUNKS):
                 even, odd, pairs, live, head = held[chunk]
-                chunk_kept, _ = _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows, inverse,
-                                                          values_ptr, meta_ptr, M, K, PRUNE, FP16, HEAD, TAIL,
-                                                          HEAD_CHUNKS, INF, HARDWARE_CAST)  # fmt: skip
-                kept += chunk_kept
+                chunk_kept, chunk_energy = _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows,
+                                                                     inverse, values_ptr, meta_ptr, M, K, PRUNE, FP16,
+                                                                     HEAD, TAIL, HEAD_CHUNKS, INF,
+                                                                     HARDWARE_CAST)  # fmt: skip
+                kept, late_energy = kept + chunk_kept, late_energy + chunk_energy
         else:
             for chunk in range(CHUNKS):
                 pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
@@ -305,8 +317,8 @@ if triton is not None:
                                                                      HEAD, TAIL, HEAD_CHUNKS, INF,
                                                                      HARDWARE_CAST)  # fmt: skip
                 kept, late_energy = kept + chunk_kept, late_energy + chunk_energy
-            if RAW_MAX:  # the statistics' read took no energy
-                energy = tl.sum(late_energy, axis=1)
+        if RAW_MAX:  # the statistics' read took no energy
+            energy = tl.sum(late_energy, axis=1)
         if PRUNE and NORM:
             kept = tl.sum(kept, axis=1)
             scale *= tl.where(energy - energy == 0.0, tl.sqrt(energy / (kept + EPS)), 1.0)
@@ -347,17 +359,18 @@ def launch(operands: Sequence[torch.Tensor], loader: Loader, values: torch.Tenso
 
 def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm: bool, hardware_cast: bool,
             pairs_per_program: int | None = None, blocks: tuple[int, int, int] | None = None,
-            held_pairs: int = HELD_PAIRS, num_warps: int | None = None, raw_max: bool = True,
+            held_pairs: int = HELD_PAIRS, num_warps: int | None = None, raw_max: bool | None = None,
             packed: bool = True, max_registers: int | None = None) -> Launch:  # fmt: skip
     """The kernel's launch over X as `loader` makes it of `operands`, but for its outputs (`values_ptr`, `meta_ptr`,
     `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time (`row_blocks`), or `blocks` as
     given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); pruning, a row held in chunks takes
     `held_blocks`' where it finds some. A row in chunks is kept in registers and read once up to
-    `held_pairs` pairs of groups, read twice past that, the first time for its largest magnitude alone, before any
-    activation, where each chunk goes through one activation (`raw_max`; False reads the statistics through the
-    activation, as before it: benchmarks), its maxima two to a word where compiled (`packed`; False one a member,
-    as before it: benchmarks); `num_warps` as given (benchmarks: the blocking then as `pairs_per_program` or
-    `blocks` make it), else, where `planned` blocks a pruned row in chunks itself, one pair of groups a thread a
+    `held_pairs` pairs of groups, read twice past that; the first look at a row read twice or held and longer than
+    `STATISTICS_FIRST_PAIRS` takes its largest magnitude alone, before any activation, where each chunk goes
+    through one activation (`raw_max` None; True: every row so, False: none, every statistic first, through the
+    activation: benchmarks), its maxima two to a word where compiled (`packed`; False one a member, as before it:
+    benchmarks);
+    `num_warps` as given (benchmarks: the blocking then as `pairs_per_program` or `blocks` make it), else, where `planned` blocks a pruned row in chunks itself, one pair of groups a thread a
     chunk (read twice, or held in `held_blocks`'), else as `warps` gives them; `max_registers` caps a thread's
     registers (Triton's `maxnreg`; benchmarks only: Inductor rebuilds a user-defined kernel's config through
     `config_to_dict`, which keeps `num_warps` and `num_stages`, not `maxnreg`, so a compiled model would not run
@@ -384,7 +397,8 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
         **x_arguments(operands, k), M=rows, K=k, EPS=NORM_EPS, ROWS=block_rows, PAIRS=pairs, CHUNKS=chunks,
         HELD=held, HEAD=head, TAIL=tail, PRUNE=prune, NORM=norm, FP16=operands[0].dtype == torch.float16,
         TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast, HEAD_CHUNKS=chunked_pieces,
-        RAW_MAX=raw_max and not held and (head == tail or chunked_pieces > 0),
+        RAW_MAX=(raw_max is not False) and (head == tail or chunked_pieces > 0)
+        and (raw_max or not (held and statistics_first(k // 8))),
         NEGATIVE_PEAK=max(NEGATIVE_PEAK[head], NEGATIVE_PEAK[tail]), PACKED=hardware_cast and packed,
         num_warps=num_warps or warps(block_rows, pairs), **({"maxnreg": max_registers} if max_registers else {}),
     ))  # fmt: skip

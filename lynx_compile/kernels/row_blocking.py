@@ -16,17 +16,26 @@ from .grid import cdiv, next_power_of_2
 from .prune_compress_24 import Loader
 
 SMALL_ROW_PAIRS = 128  # rows this short are taken whole, several a program, however much of them is padding
+# The FP8 kernel's first look at a held row of at most this many pairs of groups takes every statistic (‖x‖² with
+# the largest magnitude); a longer one's takes the largest magnitude alone, ‖x‖² then coming with the values, as a
+# row read twice does. On an H200 at 4608 rows, every statistic first against the magnitude alone: K = 1152 7.1 µs
+# against 7.5, 1536 8.0 against 8.2, 3072 14.6 against 15.0 (their blockings below); K = 4096 20.8 against 20.3,
+# 4608 25.3 against 24.4 (5 chunks of 128), Wan's 5120 at 14040 rows 70.8 against 67.9, 8192 39.7 against 35.7:
+# the longer the row, the more registers every statistic keeps live through its reduction (RESULTS, session 32)
+STATISTICS_FIRST_PAIRS = 384
 # pruning a row in several chunks, a thread takes one pair of groups a chunk (warps = pairs / 32). Read twice, the
-# chunks are `row_blocks`'; held, the shortest of `HELD_CHUNK_PAIRS` that make at most `HELD_CHUNKS` chunks (pairs
-# a thread) padded at most an eighth of the row (and, for two pieces through different activations, whole chunks of
+# chunks are `row_blocks`'; held, the shortest of `HELD_CHUNK_PAIRS` that make at most `held_chunks` chunks (pairs a
+# thread) padded at most an eighth of the row (and, for two pieces through different activations, whole chunks of
 # the head; 128 × 8 pairs cover any row held, so longer chunks would never be taken). On an H200 at 4608 rows:
 # K = 1152 in 5 chunks of 32 7.1 µs against 15.6 in 9 of 16 in one warp (lanes holding the same pairs); K = 3072
-# 6 of 64 14.6 against 15.7 in 3 of 128 in 4 warps (12 of 32 15.3); K = 4096 8 of 64 20.7 against 21.8; K = 4608
-# 5 of 128 25.5 against 28.6 in 9 of 64; 10 pairs a thread (Wan's K = 5120 in 10 of 64) took 85.1 µs against 70.9
-# in 5 of 128. Read twice, K = 12288 in chunks of 256 in 8 warps 62.8 against 64.3 in 4, through GELU 76.2–76.4
-# against 77.1, K = 15360 78.0 against 91.3 (`benchmarks/tune_fp8_compressor.py`, `bench_fp8_sparse.py`; RESULTS,
-# session 30)
-HELD_CHUNK_PAIRS, HELD_CHUNKS = (32, 64, 128), 8
+# 6 of 64 14.6 against 15.7 in 3 of 128 in 4 warps (12 of 32 15.3); K = 4096 8 of 64 20.7 against 21.8 (session 30).
+# Its magnitude alone first, a thread holds up to 10: K = 4608 in 9 of 64 21.6 against 24.4 in 5 of 128, Wan's 5120
+# in 10 of 64 65.5 against 67.9 (every statistic first: 28.2 against 25.3, 85.1 against 70.9), K = 8192 8 of 128 35.7
+# against 39.9 in 16 of 64. Read twice, K = 12288 in chunks of 256 in 8 warps 62.8 against 64.3 in 4, through GELU
+# 76.2–76.4 against 77.1, K = 15360 78.0 against 91.3 (`benchmarks/tune_fp8_compressor.py`, `bench_fp8_sparse.py`;
+# RESULTS, sessions 30 and 32)
+HELD_CHUNK_PAIRS = (32, 64, 128)
+HELD_CHUNKS, HELD_CHUNKS_MAGNITUDE_FIRST = 8, 10
 # `row_blocks`' chunks are at least a warp's 32 pairs, one a lane: shorter chunks leave two lanes computing each
 # pair. The 16-bit one-pass kernel on an H200 at 4608 rows: K = 1152 in 5 chunks of 32 8.1 µs against 13.1 in 9 of
 # 16, K = 1088 8.1 against 13.2 (`benchmarks/bench_compress_cutlass.py --shapes`; RESULTS, session 31)
@@ -50,17 +59,28 @@ def row_blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
     return 1, pairs, cdiv(row_pairs, pairs)
 
 
+def statistics_first(row_pairs: int) -> bool:
+    """Whether the FP8 kernel's first look at a held row of `row_pairs` pairs of groups takes every statistic, not
+    its largest magnitude alone (`STATISTICS_FIRST_PAIRS`)."""
+    return row_pairs <= STATISTICS_FIRST_PAIRS
+
+
+def held_chunks(row_pairs: int) -> int:
+    """The most chunks (pairs a thread) `held_blocks` holds a row of `row_pairs` pairs of groups in."""
+    return HELD_CHUNKS if statistics_first(row_pairs) else HELD_CHUNKS_MAGNITUDE_FIRST
+
+
 def held_blocks(operands: Sequence[torch.Tensor], loader: Loader, held_pairs: int) -> tuple[int, int, int] | None:
     """(1, pairs a chunk, chunks) for a pruned row held in chunks, one pair of groups a thread: the shortest chunks
-    of `HELD_CHUNK_PAIRS` that make at most `HELD_CHUNKS` of them, padded at most an eighth of the row, still held
+    of `HELD_CHUNK_PAIRS` that make at most `held_chunks` of them, padded at most an eighth of the row, still held
     (at most `held_pairs` pairs in all), and where two pieces go through different activations the head whole
     chunks; None where none does."""
     row_pairs = loader.width // 8
     head, tail = piece_activations(loader)
     for pairs in HELD_CHUNK_PAIRS:
         chunks = cdiv(row_pairs, pairs)
-        if chunks <= HELD_CHUNKS and chunks * pairs - row_pairs <= row_pairs // 8 and chunks * pairs <= held_pairs \
-                and (head == tail or head_chunks(operands, loader, pairs) > 0):  # fmt: skip
+        if chunks <= held_chunks(row_pairs) and chunks * pairs - row_pairs <= row_pairs // 8 \
+                and chunks * pairs <= held_pairs and (head == tail or head_chunks(operands, loader, pairs) > 0):
             return 1, pairs, chunks
     return None
 
@@ -118,5 +138,6 @@ def warps(block_rows: int, pairs: int) -> int:
     return max(1, min(16, max(4, held // 128), held // 32))
 
 
-__all__ = ["HELD_CHUNKS", "HELD_CHUNK_PAIRS", "MIN_CHUNK_PAIRS", "SMALL_ROW_PAIRS", "checked_blocks",
-           "head_chunks", "held_blocks", "pairs_for_pieces", "piece_activations", "row_blocks", "warps", "x_arguments"]
+__all__ = ["HELD_CHUNKS", "HELD_CHUNKS_MAGNITUDE_FIRST", "HELD_CHUNK_PAIRS", "MIN_CHUNK_PAIRS", "SMALL_ROW_PAIRS",
+           "STATISTICS_FIRST_PAIRS", "checked_blocks", "head_chunks", "held_blocks", "held_chunks", "pairs_for_pieces",
+           "piece_activations", "row_blocks", "statistics_first", "warps", "x_arguments"]

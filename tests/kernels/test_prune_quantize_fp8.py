@@ -186,14 +186,16 @@ def test_a_folded_concatenation_equals_quantizing_its_written_out_output(pieces,
     assert torch.equal(bits(quantized), bits(ref_quantized)) and torch.equal(row_scale, ref_row_scale)
 
 
-@settings(max_examples=10)
+@settings(max_examples=14)
 @given(rows=st.integers(2, 9), head_chunks=st.integers(1, 2), tail_chunks=st.integers(1, 2),  # a NaN row and a tie row
        pieces=st.sampled_from([("none", "gelu_tanh"), ("silu", "none")]), prune=st.booleans(),
-       held_pairs=st.sampled_from([64, 0]))  # fmt: skip
+       held_pairs=st.sampled_from([64, 0]), raw_max=st.sampled_from([None, True]))  # fmt: skip
 def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_kernel(
-        rows, head_chunks, tail_chunks, pieces, prune, held_pairs):  # fmt: skip
+        rows, head_chunks, tail_chunks, pieces, prune, held_pairs, raw_max):  # fmt: skip
     """Where the head piece is whole chunks, the one-pass kernel reads each chunk through its own piece's activation
-    alone (HEAD_CHUNKS), its chunks kept in registers or read twice: the general kernel's bits and scales."""
+    alone (HEAD_CHUNKS), its chunks kept in registers or read twice, the first look at a held row as `planned`
+    decides (rows this short: every statistic) or its largest magnitude alone: the general kernel's bits and
+    scales."""
     head = activation_rows(rows, 128 * head_chunks, torch.bfloat16)
     tail = activation_rows(rows, 128 * tail_chunks, torch.bfloat16)
     operands, loader = loading([head, tail], FoldSpec("concat", pieces))
@@ -201,10 +203,12 @@ def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_k
     values = torch.empty(rows, k // 2 if prune else k, dtype=torch.float8_e4m3fn, device=DEVICE)
     metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=DEVICE)
     blocks = (1, 16, head_chunks + tail_chunks)  # 16 pairs of groups a chunk: the head is `head_chunks` of them
-    planned = single_pass.planned(operands, loader, prune, True, hardware_cast(), blocks=blocks, held_pairs=held_pairs)
+    planned = single_pass.planned(operands, loader, prune, True, hardware_cast(), blocks=blocks, held_pairs=held_pairs,
+                                  raw_max=raw_max)  # fmt: skip
     assert planned.arguments["HEAD_CHUNKS"] == head_chunks and planned.arguments["HELD"] == (held_pairs > 0)
+    assert planned.arguments["RAW_MAX"] == (raw_max or held_pairs == 0)
     scale = single_pass.launch(operands, loader, values, metadata, prune, True, hardware_cast(), blocks=blocks,
-                               held_pairs=held_pairs)  # fmt: skip
+                               held_pairs=held_pairs, raw_max=raw_max)  # fmt: skip
     if prune:
         general = prune_quantize_compress_fp8(operands, loader, single_pass=False)
         assert torch.equal(bits(values), bits(general[0])) and torch.equal(metadata, general[1])
@@ -231,20 +235,22 @@ def rows_around_the_negative_peak(draw, rows=6):
 
 
 @settings(max_examples=12, deadline=None)
-@given(rows_around_the_negative_peak(), st.sampled_from(["gelu", "gelu_tanh", "silu"]), st.booleans())
-def test_a_row_read_twice_takes_its_largest_magnitude_from_before_the_activation(x, name, prune):
-    """One activation on load, a row in chunks read twice: the first read finds the largest |act(x)| from the
-    largest x (`RAW_MAX`) where that is sure, and reads the row again through the activation where it is not:
-    either way the general kernel's bits (the norm scale's sum in another order: its last bits)."""
+@given(rows_around_the_negative_peak(), st.sampled_from(["gelu", "gelu_tanh", "silu"]), st.booleans(), st.booleans())
+def test_a_row_in_chunks_takes_its_largest_magnitude_from_before_the_activation(x, name, prune, held):
+    """One activation on load, a row in chunks, read twice or held in registers: the first look finds the largest
+    |act(x)| from the largest x (`RAW_MAX`) where that is sure, and reads the row again through the activation where
+    it is not: either way the general kernel's bits (the norm scale's sum in another order: its last bits)."""
     rows, k = x.shape
     operands, loader = loading([x], FoldSpec("activation", (name,)))
     values = torch.empty(rows, k // 2 if prune else k, dtype=torch.float8_e4m3fn, device=DEVICE)
     metadata = torch.empty(metadata_bytes(rows, k), dtype=torch.uint8, device=DEVICE)
-    blocks = (1, 16, k // 128)
-    planned = single_pass.planned(operands, loader, prune, True, hardware_cast(), blocks=blocks, held_pairs=0)
-    assert planned.arguments["RAW_MAX"] and not planned.arguments["HELD"]
+    blocks, held_pairs = (1, 16, k // 128), k // 8 if held else 0
+    # (rows this short held take every statistic first where `planned` decides: `raw_max` asks for the magnitude)
+    planned = single_pass.planned(operands, loader, prune, True, hardware_cast(), blocks=blocks,
+                                  held_pairs=held_pairs, raw_max=True)  # fmt: skip
+    assert planned.arguments["RAW_MAX"] and planned.arguments["HELD"] == held
     scale = single_pass.launch(operands, loader, values, metadata, prune, True, hardware_cast(), blocks=blocks,
-                               held_pairs=0)  # fmt: skip
+                               held_pairs=held_pairs, raw_max=True)  # fmt: skip
     if prune:
         general = prune_quantize_compress_fp8(operands, loader, single_pass=False)
         finite = general[2].isfinite()
@@ -298,7 +304,7 @@ def test_the_chosen_blocking_covers_a_row_and_gives_each_thread_its_own_pairs(wi
     """For any row (one piece, or two through different activations), the blocking `planned` chooses reads the
     whole row, and no two threads of a program hold the same pair of groups; pruning a row in several chunks, a
     thread holds one pair a chunk where the row is read twice or held in `held_blocks`' chunks, which are then at
-    most `HELD_CHUNKS`, padded at most an eighth of the row, the head whole chunks."""
+    most `held_chunks`, padded at most an eighth of the row, the head whole chunks."""
     pieces = [torch.empty(2, 8 * width, dtype=torch.bfloat16) for width in widths]
     one_piece = IDENTITY if tail == "none" else FoldSpec("activation", (tail,))
     spec = FoldSpec("concat", ("none", tail)) if len(pieces) == 2 else one_piece
@@ -312,25 +318,42 @@ def test_the_chosen_blocking_covers_a_row_and_gives_each_thread_its_own_pairs(wi
     if prune and chunks > 1 and (held_in is not None or not arguments["HELD"]):
         assert pairs == 32 * warps
     if prune and chunks > 1 and arguments["HELD"] and held_in is not None:
-        assert (1, pairs, chunks) == held_in and chunks <= row_blocking.HELD_CHUNKS
+        assert (1, pairs, chunks) == held_in and chunks <= row_blocking.held_chunks(row_pairs)
         assert chunks * pairs - row_pairs <= row_pairs // 8
         assert len(pieces) == 1 or tail == "none" or arguments["HEAD_CHUNKS"] > 0
 
 
 # the blockings `held_blocks` and `planned` choose where they were measured fastest (an H200 at 4608 rows,
-# benchmarks/RESULTS.md, session 30): (chunks, pairs a chunk, warps, held)
-MEASURED_CHOICES = {1152: (5, 32, 1, True), 3072: (6, 64, 2, True), 4096: (8, 64, 2, True), 4608: (5, 128, 4, True),
-                    5120: (5, 128, 4, True), 8192: (8, 128, 4, True), 12288: (6, 256, 8, False)}  # fmt: skip
+# benchmarks/RESULTS.md, sessions 30 and 32): (chunks, pairs a chunk, warps, held, the first look at the largest
+# magnitude alone)
+MEASURED_CHOICES = {1152: (5, 32, 1, True, False), 1536: (6, 32, 1, True, False), 3072: (6, 64, 2, True, False),
+                    4096: (8, 64, 2, True, True), 4608: (9, 64, 2, True, True), 5120: (10, 64, 2, True, True),
+                    8192: (8, 128, 4, True, True), 12288: (6, 256, 8, False, True)}  # fmt: skip
 
 
 @pytest.mark.parametrize("k", sorted(MEASURED_CHOICES))
 def test_a_pruned_row_in_chunks_takes_the_blocking_measured_fastest(k):
     operands, loader = loading([torch.empty(2, k, dtype=torch.bfloat16)], IDENTITY)
     arguments = single_pass.planned(operands, loader, True, True, False).arguments
-    assert tuple(arguments[key] for key in ("CHUNKS", "PAIRS", "num_warps", "HELD")) == MEASURED_CHOICES[k]
+    assert tuple(arguments[key] for key in ("CHUNKS", "PAIRS", "num_warps", "HELD", "RAW_MAX")) == MEASURED_CHOICES[k]
 
 
-# held in 5 chunks of 32 pairs (one warp), 5 and 6 of 64 (two warps), 5 of 128 (four; `held_blocks`)
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 2048), st.sampled_from(["none", "gelu_tanh"]), st.booleans())
+def test_a_held_row_looks_first_at_every_statistic_only_where_it_is_short(row_pairs, name, prune):
+    """The first look at a row takes its largest magnitude alone wherever the row is read twice or held longer than
+    `STATISTICS_FIRST_PAIRS` pairs of groups, and every statistic at a held row up to that; `raw_max` True or False
+    forces either."""
+    operands, loader = loading([torch.empty(2, 8 * row_pairs, dtype=torch.bfloat16)],
+                               FoldSpec("activation", (name,)) if name != "none" else IDENTITY)  # fmt: skip
+    held = single_pass.planned(operands, loader, prune, True, False).arguments["HELD"]
+    magnitude_first = single_pass.planned(operands, loader, prune, True, False).arguments["RAW_MAX"]
+    assert magnitude_first == (not held or row_pairs > row_blocking.STATISTICS_FIRST_PAIRS)
+    assert single_pass.planned(operands, loader, prune, True, False, raw_max=True).arguments["RAW_MAX"]
+    assert not single_pass.planned(operands, loader, prune, True, False, raw_max=False).arguments["RAW_MAX"]
+
+
+# held in 5 chunks of 32 pairs (one warp), 5, 6 and 9 of 64 (two warps; `held_blocks`), the last its magnitude first
 @pytest.mark.parametrize("k", [1152, 2560, 3072, 4608])
 def test_the_one_pass_kernel_holds_a_row_of_chunks_where_a_whole_block_would_be_padding(k):
     x = activation_rows(3, k, torch.bfloat16)
