@@ -112,7 +112,8 @@ def sweep(name: str, m: int, widths: tuple[int, ...], fold: FoldSpec, shard: tup
     best = min(timed, key=lambda r: r["ms"])
     return {"case": name, "M": m, "K": k, "fold": fold.encode(), "quantize_ms": times["quantize"],
             "chosen_ms": times["chosen"],
-            "chosen": {key: plan.arguments[key] for key in ("PAIRS", "CHUNKS", "HELD", "num_warps")}, "best": best,
+            "chosen": {key: plan.arguments[key] for key in ("PAIRS", "CHUNKS", "HELD", "num_warps", "RAW_MAX")},
+            "best": best,
             "chosen_over_best": times["chosen"] / best["ms"],
             "variants": rows, "not_equal": sum(1 for r in rows if "ms" in r and not r["same"]),
             "errors": sum(1 for r in rows if "error" in r)}  # fmt: skip

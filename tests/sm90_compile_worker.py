@@ -125,9 +125,12 @@ def cases() -> dict[str, Callable[[], object]]:
     }
     for registers in (64, 56, 48):  # bench_fp8_sparse.py's variants of the FP8 one-pass kernel, registers capped
         found[f"FP8 one pass, maxnreg {registers}"] = lambda registers=registers: fp8_capped(registers)
-    for k in (1152, 3072, 4608):  # rows held in `held_blocks`' chunks of 32, 64 and 128 pairs, one a thread
+    for k in (1152, 3072, 8192):  # rows held in `held_blocks`' chunks of 32, 64 and 128 pairs, one a thread
         found[f"FP8 held in chunks K={k}"] = lambda k=k: folds.compress_fp8(
             [torch.randn(ROWS, k).to(torch.bfloat16)], folds.IDENTITY)  # fmt: skip
+    # a held row past 384 pairs, its largest magnitude first, through an activation: the read-again loop compiled
+    found["FP8 held in chunks K=4608, gelu_tanh folded"] = lambda: folds.compress_fp8(
+        [torch.randn(ROWS, 4608).to(torch.bfloat16)], folds.FoldSpec("activation", ("gelu_tanh",)))
     for k in (1152, 4608):  # the 16-bit kernel's rows in `row_blocks`' chunks of 32 (one warp) and 64 pairs
         found[f"CUTLASS layout in chunks K={k}"] = lambda k=k: folds.compress_cutlass(
             [torch.randn(ROWS, k).to(torch.bfloat16)], folds.IDENTITY)  # fmt: skip

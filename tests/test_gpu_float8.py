@@ -98,7 +98,9 @@ def test_fp8_one_pass_kernel_with_an_activation_folded_writes_the_general_kernel
     (short rows held) or the largest magnitude before the activation where that is sure (`RAW_MAX`; rows of
     10⁻⁵ … 10² here, so the small ones are read again through it), and the operand equals the general kernels' bit
     for bit, pruned and dense."""
-    x = activation(rows, k, torch.bfloat16, k)
+    g = torch.Generator(device="cuda").manual_seed(k)  # (not `activation`: its rows all hold a 2.0)
+    magnitude = 10.0 ** torch.randint(-5, 3, (rows, 1), device="cuda", generator=g)
+    x = (torch.randn(rows, k, device="cuda", generator=g) * magnitude).to(torch.bfloat16)
     operands, loader = loading([x], FoldSpec("activation", (name,)))
     first_look = dict(raw_max=raw_max)
     planned = quantize_fp8_single_pass.planned(operands, loader, True, True, True, **first_look).arguments
