@@ -203,6 +203,20 @@ if triton is not None:
         return energy, top
 
     @triton.jit
+    def _chunk_first_look(even, odd, head, chunk, energy, top, raw, high_head, high_tail, FP16: tl.constexpr,
+                          HEAD: tl.constexpr, TAIL: tl.constexpr, HEAD_CHUNKS: tl.constexpr, RAW_MAX: tl.constexpr,
+                          PACKED: tl.constexpr):  # fmt: skip
+        """The running first-look statistics with chunk `chunk`'s, the row held or read twice: with RAW_MAX its
+        largest magnitude alone (`_chunk_raw_extremes`), else ‖x‖² and the largest magnitude (`_chunk_statistics`)."""
+        if RAW_MAX:
+            top, raw, high_head, high_tail = _chunk_raw_extremes(even, odd, chunk, top, raw, high_head, high_tail,
+                                                                 FP16, HEAD, TAIL, HEAD_CHUNKS, PACKED)  # fmt: skip
+        else:
+            chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL, HEAD_CHUNKS)
+            energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
+        return energy, top, raw, high_head, high_tail
+
+    @triton.jit
     def _chunk_quantize_and_store(even, odd, pairs, live, head, chunk, rows, inverse, values_ptr, meta_ptr, M, K,
                                   PRUNE: tl.constexpr, FP16: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr,
                                   HEAD_CHUNKS: tl.constexpr, INF: tl.constexpr,
@@ -251,27 +265,17 @@ if triton is not None:
             for chunk in tl.static_range(CHUNKS):
                 pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
                 even, odd = load_pairs(x, rows, pairs, live, head, TWO)
-                if RAW_MAX:
-                    top, raw, high_head, high_tail = _chunk_raw_extremes(even, odd, chunk, top, raw, high_head,
-                                                                         high_tail, FP16, HEAD, TAIL, HEAD_CHUNKS,
-                                                                         PACKED)  # fmt: skip
-                else:
-                    chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL,
-                                                                HEAD_CHUNKS)  # fmt: skip
-                    energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
+                energy, top, raw, high_head, high_tail = _chunk_first_look(
+                    even, odd, head, chunk, energy, top, raw, high_head, high_tail, FP16, HEAD, TAIL, HEAD_CHUNKS,
+                    RAW_MAX, PACKED)  # fmt: skip
                 held = held + ((even, odd, pairs, live, head),)
         else:
             for chunk in range(CHUNKS):
                 pairs, live, head = chunk_pairs(rows, chunk, split, M, K, PAIRS)
                 even, odd = load_pairs(x, rows, pairs, live, head, TWO)
-                if RAW_MAX:
-                    top, raw, high_head, high_tail = _chunk_raw_extremes(even, odd, chunk, top, raw, high_head,
-                                                                         high_tail, FP16, HEAD, TAIL, HEAD_CHUNKS,
-                                                                         PACKED)  # fmt: skip
-                else:
-                    chunk_energy, chunk_top = _chunk_statistics(even, odd, head, chunk, FP16, HEAD, TAIL,
-                                                                HEAD_CHUNKS)  # fmt: skip
-                    energy, top = energy + chunk_energy, tl.maximum(top, chunk_top)
+                energy, top, raw, high_head, high_tail = _chunk_first_look(
+                    even, odd, head, chunk, energy, top, raw, high_head, high_tail, FP16, HEAD, TAIL, HEAD_CHUNKS,
+                    RAW_MAX, PACKED)  # fmt: skip
         if RAW_MAX and PACKED:
             top, raw = larger_half_bits(top), larger_half_bits(raw)
             high_head, high_tail = larger_half_value(high_head, FP16), larger_half_value(high_tail, FP16)
