@@ -7,10 +7,12 @@ its activation (`Loader.pieces`); other loaders take the general kernels.
 owns a chunk of K while the scale needs the whole row. Here a program owns whole rows: as many as fill
 `PAIRS_PER_PROGRAM` pairs of groups (`QUANTIZE_PAIRS_PER_PROGRAM` without pruning) where a short row fits, their
 statistics reductions inside the program; a row of up to `HELD_PAIRS` pairs (K ≤ 8192) in chunks, all kept in registers;
-a longer row is read in chunks twice, the second time from L2. The first look at a row read twice, or pruned, held and
-longer than `row_blocking.STATISTICS_FIRST_PAIRS` (K > 3072), takes its largest magnitude alone, and the second, which
-quantizes, ‖x‖²: on a long held row a first look at every statistic keeps the members' fp32 values live through the
-row's reduction (K = 4608: 111 registers a thread against 72), on a short one it is the fewer instructions. Where a
+a longer row is read in chunks twice, the second time from L2. The first look at a row read twice, held without
+pruning, or pruned, held and longer than `row_blocking.STATISTICS_FIRST_PAIRS` (K > 3072), takes its largest magnitude
+alone, and the second, which quantizes, ‖x‖²: on a long held row a first look at every statistic keeps the members'
+fp32 values live through the row's reduction (K = 4608: 111 registers a thread against 72), on a short pruned one it
+is the fewer instructions; the dense quantizer needs no ‖x‖², and its largest magnitude alone was 3–6% faster at
+every held width timed (K = 3072–8192, RESULTS.md session 33). Where a
 chunk goes through one activation, the first look takes the largest value before it: act(largest x) is the row's largest
 |act(x)| wherever it reaches what act takes below zero (GELU ≈ −0.17, SiLU ≈ −0.28: `activations.NEGATIVE_PEAK`), so the
 activation is computed once, in the second look; rows where it does not reach that, or that hold NaN or ±inf, are read
@@ -368,17 +370,16 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
     """The kernel's launch over X as `loader` makes it of `operands`, but for its outputs (`values_ptr`, `meta_ptr`,
     `scale_ptr`). A program holds up to `pairs_per_program` pairs of groups at a time (`row_blocks`), or `blocks` as
     given (rows a program, pairs a chunk, chunks a row: tests and benchmarks); pruning, a row held in chunks takes
-    `held_blocks`' where it finds some. A row in chunks is kept in registers and read once up to
-    `held_pairs` pairs of groups, read twice past that; the first look at a row read twice, or pruned, held and
-    longer than `STATISTICS_FIRST_PAIRS`, takes its largest magnitude alone, before any activation, where each
-    chunk goes through one activation (`raw_max` None; True: every row so, False: none, every statistic first,
-    through the activation: benchmarks), its maxima two to a word where compiled (`packed`; False one a member, as
-    before it: benchmarks); `num_warps` as given (benchmarks: the blocking then as `pairs_per_program` or `blocks`
-    make it), else, where `planned` blocks a pruned row in chunks itself, one pair of groups a thread a chunk (read
-    twice, or held in `held_blocks`'), else as `warps` gives them; `max_registers` caps a thread's
-    registers (Triton's `maxnreg`; benchmarks only: Inductor rebuilds a user-defined kernel's config through
-    `config_to_dict`, which keeps `num_warps` and `num_stages`, not `maxnreg`, so a compiled model would not run
-    what the speed rule timed)."""
+    `held_blocks`' where it finds some. A row in chunks is kept in registers and read once up to `held_pairs` pairs of
+    groups, read twice past that; the first look at a row read twice, held without pruning, or pruned, held and longer
+    than `STATISTICS_FIRST_PAIRS`, takes its largest magnitude alone, before any activation, where each chunk goes
+    through one activation (`raw_max` None; True: every row so, False: none, every statistic first, through the
+    activation: benchmarks), its maxima two to a word where compiled (`packed`; False one a member, as before it:
+    benchmarks); `num_warps` as given (benchmarks: the blocking then as `pairs_per_program` or `blocks` make it), else,
+    where `planned` blocks a pruned row in chunks itself, one pair of groups a thread a chunk (read twice, or held in
+    `held_blocks`'), else as `warps` gives them; `max_registers` caps a thread's registers (Triton's `maxnreg`;
+    benchmarks only: Inductor rebuilds a user-defined kernel's config through `config_to_dict`, which keeps `num_warps`
+    and `num_stages`, not `maxnreg`, so a compiled model would not run what the speed rule timed)."""
     rows, k = operands[0].shape[0], loader.width
     chosen = pairs_per_program is None and blocks is None and num_warps is None  # a benchmark's own blocking as is
     pairs_per_program = pairs_per_program or pairs_for_pieces(
@@ -402,7 +403,7 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
         HELD=held, HEAD=head, TAIL=tail, PRUNE=prune, NORM=norm, FP16=operands[0].dtype == torch.float16,
         TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast, HEAD_CHUNKS=chunked_pieces,
         RAW_MAX=(raw_max is not False) and (head == tail or chunked_pieces > 0)
-        and (raw_max or not held or prune and not statistics_first(k // 8)),
+        and (raw_max or not held or not prune or not statistics_first(k // 8)),
         NEGATIVE_PEAK=max(NEGATIVE_PEAK[head], NEGATIVE_PEAK[tail]), PACKED=hardware_cast and packed,
         num_warps=num_warps or warps(block_rows, pairs), **({"maxnreg": max_registers} if max_registers else {}),
     ))  # fmt: skip

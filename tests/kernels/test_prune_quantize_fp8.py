@@ -194,8 +194,8 @@ def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_k
         rows, head_chunks, tail_chunks, pieces, prune, held_pairs, raw_max):  # fmt: skip
     """Where the head piece is whole chunks, the one-pass kernel reads each chunk through its own piece's activation
     alone (HEAD_CHUNKS), its chunks kept in registers or read twice, the first look at a held row as `planned`
-    decides (rows this short: every statistic) or its largest magnitude alone: the general kernel's bits and
-    scales."""
+    decides (rows this short: every statistic, pruned; the largest magnitude alone, dense) or its largest magnitude
+    alone: the general kernel's bits and scales."""
     head = activation_rows(rows, 128 * head_chunks, torch.bfloat16)
     tail = activation_rows(rows, 128 * tail_chunks, torch.bfloat16)
     operands, loader = loading([head, tail], FoldSpec("concat", pieces))
@@ -206,7 +206,7 @@ def test_pieces_through_different_activations_a_chunk_at_a_time_as_the_general_k
     planned = single_pass.planned(operands, loader, prune, True, hardware_cast(), blocks=blocks, held_pairs=held_pairs,
                                   raw_max=raw_max)  # fmt: skip
     assert planned.arguments["HEAD_CHUNKS"] == head_chunks and planned.arguments["HELD"] == (held_pairs > 0)
-    assert planned.arguments["RAW_MAX"] == (raw_max or held_pairs == 0)
+    assert planned.arguments["RAW_MAX"] == (raw_max or held_pairs == 0 or not prune)
     scale = single_pass.launch(operands, loader, values, metadata, prune, True, hardware_cast(), blocks=blocks,
                                held_pairs=held_pairs, raw_max=raw_max)  # fmt: skip
     if prune:
@@ -340,15 +340,15 @@ def test_a_pruned_row_in_chunks_takes_the_blocking_measured_fastest(k):
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 2048), st.sampled_from(["none", "gelu_tanh"]), st.booleans())
-def test_a_held_row_looks_first_at_every_statistic_only_where_it_is_short(row_pairs, name, prune):
-    """The first look at a row takes its largest magnitude alone wherever the row is read twice or, pruned, held
-    longer than `STATISTICS_FIRST_PAIRS` pairs of groups, and every statistic at any other held row; `raw_max` True
-    or False forces either."""
+def test_a_held_row_looks_first_at_every_statistic_only_where_it_is_pruned_and_short(row_pairs, name, prune):
+    """The first look at a row takes its largest magnitude alone wherever the row is read twice, quantized without
+    pruning, or, pruned, held longer than `STATISTICS_FIRST_PAIRS` pairs of groups, and every statistic at any other
+    held row; `raw_max` True or False forces either."""
     operands, loader = loading([torch.empty(2, 8 * row_pairs, dtype=torch.bfloat16)],
                                FoldSpec("activation", (name,)) if name != "none" else IDENTITY)  # fmt: skip
     arguments = single_pass.planned(operands, loader, prune, True, False).arguments
-    magnitude_first = not arguments["HELD"] or prune and row_pairs > row_blocking.STATISTICS_FIRST_PAIRS
-    assert arguments["RAW_MAX"] == magnitude_first  # (the dense quantizer's held rows as before: not timed so)
+    magnitude_first = not arguments["HELD"] or not prune or row_pairs > row_blocking.STATISTICS_FIRST_PAIRS
+    assert arguments["RAW_MAX"] == magnitude_first
     assert single_pass.planned(operands, loader, prune, True, False, raw_max=True).arguments["RAW_MAX"]
     assert not single_pass.planned(operands, loader, prune, True, False, raw_max=False).arguments["RAW_MAX"]
 
