@@ -7,19 +7,19 @@ its activation (`Loader.pieces`); other loaders take the general kernels.
 owns a chunk of K while the scale needs the whole row. Here a program owns whole rows: as many as fill
 `PAIRS_PER_PROGRAM` pairs of groups (`QUANTIZE_PAIRS_PER_PROGRAM` without pruning) where a short row fits, their
 statistics reductions inside the program; a row of up to `HELD_PAIRS` pairs (K ≤ 8192) in chunks, all kept in registers;
-a longer row is read in chunks twice, the second time from L2. The first look at a row read twice, held without
-pruning, or pruned, held and longer than `row_blocking.STATISTICS_FIRST_PAIRS` (K > 3072), takes its largest magnitude
-alone, and the second, which quantizes, ‖x‖²: on a long held row a first look at every statistic keeps the members'
-fp32 values live through the row's reduction (K = 4608: 111 registers a thread against 72), on a short pruned one it
-is the fewer instructions; the dense quantizer needs no ‖x‖², and its largest magnitude alone was 3–6% faster at
-every held width timed (K = 3072–8192, RESULTS.md session 33). Where a
-chunk goes through one activation, the first look takes the largest value before it: act(largest x) is the row's largest
-|act(x)| wherever it reaches what act takes below zero (GELU ≈ −0.17, SiLU ≈ −0.28: `activations.NEGATIVE_PEAK`), so the
-activation is computed once, in the second look; rows where it does not reach that, or that hold NaN or ±inf, are read
-once more through the activation, from L2 (`RAW_MAX`). Two pieces through different activations (FLUX's cat(attention,
-GELU(MLP))) go a chunk at a time through their own activation where the head piece is whole chunks (`head_chunks`; the
-blocking halves its chunks, down to 64 pairs of groups, to make it so), else each member through both, selected.
-The same numerics, bit for bit (the tests run both kernels against the reference).
+a longer row is read in chunks twice, the second time from L2. The first look at a row read twice, held without pruning,
+or pruned, held and longer than `row_blocking.STATISTICS_FIRST_PAIRS` (K > 3072), takes its largest magnitude alone, and
+the second, which quantizes, ‖x‖²: on a long held row a first look at every statistic keeps the members' fp32 values
+live through the row's reduction (K = 4608: 111 registers a thread against 72), on a short pruned one it is the fewer
+instructions; the dense quantizer needs no ‖x‖², and its largest magnitude alone was 5–12% faster at every held width
+timed (K = 1152–8192, RESULTS.md session 33). Where a chunk goes through one activation, the first look takes the
+largest value before it: act(largest x) is the row's largest |act(x)| wherever it reaches what act takes below zero
+(GELU ≈ −0.17, SiLU ≈ −0.28: `activations.NEGATIVE_PEAK`), so the activation is computed once, in the second look; rows
+where it does not reach that, or that hold NaN or ±inf, are read once more through the activation, from L2 (`RAW_MAX`).
+Two pieces through different activations (FLUX's cat(attention, GELU(MLP))) go a chunk at a time through their own
+activation where the head piece is whole chunks (`head_chunks`; the blocking halves its chunks, down to 64 pairs of
+groups, to make it so), else each member through both, selected. The same numerics, bit for bit (the tests run both
+kernels against the reference).
 
 It is also leaner per element (33 SASS instructions per element at K = 3072 against the general pass 2's 48.5,
 `benchmarks/sass_per_element.py` on Triton 3.6), being made of `group_words.py`: members come out of 64-bit words
