@@ -403,7 +403,7 @@ def planned(operands: Sequence[torch.Tensor], loader: Loader, prune: bool, norm:
         HELD=held, HEAD=head, TAIL=tail, PRUNE=prune, NORM=norm, FP16=operands[0].dtype == torch.float16,
         TWO=len(operands) == 2, HARDWARE_CAST=hardware_cast, HEAD_CHUNKS=chunked_pieces,
         RAW_MAX=(raw_max is not False) and (head == tail or chunked_pieces > 0)
-        and (raw_max or not held or not prune or not statistics_first(k // 8)),
+        and (raw_max or not (held and prune and statistics_first(k // 8))),
         NEGATIVE_PEAK=max(NEGATIVE_PEAK[head], NEGATIVE_PEAK[tail]), PACKED=hardware_cast and packed,
         num_warps=num_warps or warps(block_rows, pairs), **({"maxnreg": max_registers} if max_registers else {}),
     ))  # fmt: skip

@@ -60,8 +60,9 @@ def row_blocks(row_pairs: int, pairs_per_program: int) -> tuple[int, int, int]:
 
 
 def statistics_first(row_pairs: int) -> bool:
-    """Whether the FP8 kernel's first look at a held row of `row_pairs` pairs of groups takes every statistic, not
-    its largest magnitude alone (`STATISTICS_FIRST_PAIRS`)."""
+    """Whether the FP8 kernel's first look at a pruned, held row of `row_pairs` pairs of groups takes every statistic,
+    not its largest magnitude alone (`STATISTICS_FIRST_PAIRS`; the dense quantizer's held rows always take the
+    magnitude first)."""
     return row_pairs <= STATISTICS_FIRST_PAIRS
 
 
